@@ -1,0 +1,44 @@
+//! ferry-core: the record format, checksums and ordering rules of ferry,
+//! shared by the kernel module and the userspace daemon.
+//!
+//! The crate is `no_std`, has no mandatory dependency and its algorithms
+//! allocate nothing: storage (rings, windows, bitmap words) is owned by the
+//! caller and lent as slices or fixed arrays. Checksums come through the
+//! [`Digest`] trait, which the kernel implements over its `crc32c()` and
+//! `xxh64()`, and userspace over hardware-accelerated crates (feature
+//! `std`, [`FastDigest`]).
+//!
+//! One module per concern, in the order data flows:
+//!
+//! * [`record`] — record format v1 (encode, decode, verify).
+//! * [`digest`] — CRC-32C and XXH64, reference implementation and vectors.
+//! * [`gate`] — the log-before-data gate on the primary (G2).
+//! * [`progress`] — per-stream completion, acknowledgement, resubmission.
+//! * [`select`] — receive windows and the apply limit at the secondary (G1).
+//! * [`checkpoint`] — interval rendezvous and atomic interval apply (G4).
+//! * [`consistency`] — application-consistent points.
+//! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
+//! * [`command`] — commands written to the character device.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::cast_possible_truncation)]
+
+mod bytes;
+
+pub mod bitmap;
+pub mod checkpoint;
+pub mod command;
+pub mod consistency;
+pub mod digest;
+pub mod gate;
+pub mod progress;
+pub mod record;
+pub mod select;
+
+#[cfg(feature = "std")]
+mod fast;
+
+pub use digest::{Digest, SoftDigest};
+#[cfg(feature = "std")]
+pub use fast::FastDigest;
