@@ -1,0 +1,51 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# ferry: entry points.
+#
+#   make            build dm-ferry.ko (against the cached guest kernel, built
+#                   on first use; or against KDIR=/path/to/your/kernel/build)
+#   make test       userspace tests + the guest suite (what CI runs)
+#   make demo       boot a guest, create a ferry device, run fio, show status
+#   make bench      ferry vs dm-linear vs the raw disk, in guests
+#   make kernel     only build (or find) the cached guest kernel
+#   make clean
+#
+# FERRY_CACHE (default /var/cache/ferry) holds the kernel builds and tools.
+
+FERRY_CACHE ?= /var/cache/ferry
+FLAVOUR ?= debug
+LLVM ?= 1
+export FERRY_CACHE
+
+# With KDIR given, build against that tree with the caller's toolchain.
+# Without, use the cached kernel and Debian's rustc that built it.
+define kbuild
+	@set -e; \
+	if [ -n "$(KDIR)" ]; then kdir="$(KDIR)"; else \
+		kdir=$$(scripts/build-kernel.sh $(FLAVOUR)); eval "$$(scripts/deps.sh --env)"; fi; \
+	$(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) $(1)
+endef
+
+all: module
+
+module:
+	$(call kbuild,modules)
+
+kernel:
+	@scripts/build-kernel.sh $(FLAVOUR)
+
+test:
+	@tests/run.sh
+
+demo:
+	@scripts/demo.sh
+
+bench:
+	@scripts/bench.sh
+
+clean:
+	@if [ -n "$(KDIR)" ]; then kdir="$(KDIR)"; else kdir=$$(ls -d $(FERRY_CACHE)/kernel/$(FLAVOUR)/linux 2>/dev/null); fi; \
+	if [ -n "$$kdir" ]; then $(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) clean; fi
+	rm -rf out rust/bindings_generated.rs
+
+.PHONY: all module kernel test demo bench clean

@@ -1,0 +1,12 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The C declarations dm-ferry uses that the kernel crate of 6.12 does not
+ * bind.  bindgen turns this header into bindings_generated.rs at build time,
+ * with the module's own compiler flags, so every layout comes from the
+ * kernel's headers and configuration.
+ */
+#include <linux/bio.h>
+#include <linux/blkdev.h>
+#include <linux/device-mapper.h>
+
+#include "helpers.h"

@@ -1,0 +1,520 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The device-mapper layer: the only code in dm-ferry that touches
+//! `struct target_type`, `struct dm_target`, `struct dm_dev` and
+//! `struct bio` through raw pointers.
+//!
+//! A target implements the safe [`Target`] trait; [`Registration`] builds
+//! the C `target_type` whose callbacks are the `extern "C"` shims in
+//! [`VTable`], each of which turns the pointers device-mapper hands it into
+//! references and calls the trait.
+
+use crate::bindings as b;
+use core::cell::UnsafeCell;
+use core::ffi::CStr;
+use kernel::ffi::{c_char, c_int, c_uint, c_void};
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use kernel::error::code::{EINVAL, ENOMEM};
+use kernel::prelude::*;
+
+/// A constructor failure: the errno returned to device-mapper and the message
+/// it logs for the administrator (`ti->error`).
+pub(crate) struct CtrError {
+    pub(crate) msg: &'static CStr,
+    pub(crate) err: Error,
+}
+
+impl CtrError {
+    /// An invalid table line: `-EINVAL` with `msg`.
+    pub(crate) fn inval(msg: &'static CStr) -> Self {
+        Self { msg, err: EINVAL }
+    }
+}
+
+/// What `map` did with a bio.
+pub(crate) enum MapResult {
+    /// The bio now points at a lower device; device-mapper submits it.
+    Remapped,
+}
+
+/// The kind of status device-mapper asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusType {
+    /// `dmsetup status`: counters and state.
+    Info,
+    /// `dmsetup table`: the constructor's arguments.
+    Table,
+    /// The IMA measurement line.
+    Ima,
+}
+
+/// A device-mapper target type implemented in safe Rust.
+pub(crate) trait Target: Sized + Send + Sync {
+    /// Name of the target in tables (`<start> <len> <name> <args...>`).
+    const NAME: &'static CStr;
+    /// Version reported by `dmsetup targets`.
+    const VERSION: [u32; 3];
+
+    /// Builds a target from its table arguments.  Runs in process context
+    /// and may sleep.
+    fn new(ctr: &mut Ctr<'_>, args: &[&CStr]) -> Result<Self, CtrError>;
+
+    /// Maps a bio.  Called concurrently on any CPU, possibly for bios marked
+    /// `REQ_NOWAIT`: must not sleep.
+    fn map(&self, bio: &mut Bio<'_>) -> MapResult;
+
+    /// Writes the status line of kind `ty`.
+    fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>);
+
+    /// Reports every underlying device (and the range of it this target uses)
+    /// to `devices`, stopping at the first non-zero return.
+    fn iterate_devices(&self, devices: &IterateDevices<'_>) -> c_int;
+
+    /// Adjusts the queue limits stacked from the underlying devices.
+    fn io_hints(&self, _limits: &mut b::queue_limits) {}
+}
+
+/// The target being constructed (`struct dm_target` during `ctr`).
+///
+/// # Invariants
+///
+/// `ti` is the valid `dm_target` device-mapper passed to `ctr`, exclusively
+/// ours until `ctr` returns.
+pub(crate) struct Ctr<'a> {
+    ti: NonNull<b::dm_target>,
+    _p: PhantomData<&'a mut b::dm_target>,
+}
+
+impl Ctr<'_> {
+    fn ti(&self) -> &b::dm_target {
+        // SAFETY: by the type invariant `ti` is valid for the life of `self`.
+        unsafe { self.ti.as_ref() }
+    }
+
+    fn ti_mut(&mut self) -> &mut b::dm_target {
+        // SAFETY: by the type invariant `ti` is valid and exclusively ours.
+        unsafe { self.ti.as_mut() }
+    }
+
+    /// First sector of the target in the mapped device.
+    pub(crate) fn begin(&self) -> u64 {
+        self.ti().begin
+    }
+
+    /// Length of the target in sectors.
+    pub(crate) fn len(&self) -> u64 {
+        self.ti().len
+    }
+
+    /// Opens `path` (a device path or `major:minor`) with the table's mode.
+    pub(crate) fn get_device(&mut self, path: &CStr) -> Result<DmDev, Error> {
+        let ti = self.ti.as_ptr();
+        let mut dev: *mut b::dm_dev = core::ptr::null_mut();
+        // SAFETY: `ti` is valid (type invariant) and `ti->table` is the table
+        // being loaded, which outlives the constructor.
+        let mode = unsafe { b::dm_table_get_mode((*ti).table) };
+        // SAFETY: `ti` is valid, `path` is NUL-terminated, `dev` is a valid
+        // place for the result.
+        let ret = unsafe { b::dm_get_device(ti, path.as_ptr().cast(), mode, &mut dev) };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        let dev = NonNull::new(dev).ok_or(ENOMEM)?;
+        // INVARIANT: `dev` was just obtained from `dm_get_device` on `ti`,
+        // and the target owning the `DmDev` is dropped in `dtr` (or in `ctr`
+        // on failure), before device-mapper frees `ti`.
+        Ok(DmDev { ti: self.ti, dev })
+    }
+
+    /// Number of empty flush bios device-mapper sends to `map` per flush.
+    pub(crate) fn set_num_flush_bios(&mut self, n: u32) {
+        self.ti_mut().num_flush_bios = n;
+    }
+
+    /// Number of discard bios per discard (0: discards unsupported).
+    pub(crate) fn set_num_discard_bios(&mut self, n: u32) {
+        self.ti_mut().num_discard_bios = n;
+    }
+
+    /// Number of write-zeroes bios per write-zeroes (0: unsupported).
+    pub(crate) fn set_num_write_zeroes_bios(&mut self, n: u32) {
+        self.ti_mut().num_write_zeroes_bios = n;
+    }
+
+    /// Number of secure-erase bios per secure erase (0: unsupported).
+    pub(crate) fn set_num_secure_erase_bios(&mut self, n: u32) {
+        self.ti_mut().num_secure_erase_bios = n;
+    }
+}
+
+/// An underlying device opened with `dm_get_device`; released on drop.
+///
+/// # Invariants
+///
+/// `dev` came from `dm_get_device(ti, ...)` and has not been put; `ti` stays
+/// valid for as long as this value lives.
+pub(crate) struct DmDev {
+    ti: NonNull<b::dm_target>,
+    dev: NonNull<b::dm_dev>,
+}
+
+// SAFETY: a `dm_dev` is a reference-counted handle that device-mapper lets any
+// context read (`bdev`, `name`); the only mutation, `dm_put_device`, happens
+// once, in `drop`.
+unsafe impl Send for DmDev {}
+// SAFETY: shared access only reads immutable fields of the handle.
+unsafe impl Sync for DmDev {}
+
+impl DmDev {
+    fn bdev(&self) -> *mut b::block_device {
+        // SAFETY: `dev` is valid by the type invariant; `bdev` is set when the
+        // device is opened and constant afterwards.
+        unsafe { (*self.dev.as_ptr()).bdev }
+    }
+
+    /// The `major:minor` name device-mapper uses in tables.
+    pub(crate) fn name(&self) -> &CStr {
+        // SAFETY: `dev` is valid; `name` is a NUL-terminated array filled by
+        // `dm_get_device` and never changed afterwards.
+        let name = unsafe { &(*self.dev.as_ptr()).name };
+        // SAFETY: `name` is a NUL-terminated C string inside the handle that
+        // lives as long as `self`.
+        unsafe { CStr::from_ptr(name.as_ptr().cast()) }
+    }
+
+    /// Size of the device in 512-byte sectors.
+    pub(crate) fn nr_sectors(&self) -> u64 {
+        // SAFETY: `bdev` is a valid, open block device.
+        unsafe { b::ferry_bdev_nr_sectors(self.bdev()) }
+    }
+
+    /// Logical block size of the device in bytes.
+    pub(crate) fn logical_block_size(&self) -> u32 {
+        // SAFETY: `bdev` is a valid, open block device.
+        unsafe { b::ferry_bdev_logical_block_size(self.bdev()) }
+    }
+
+    /// The device number, equal for two handles on the same device.
+    pub(crate) fn devt(&self) -> u32 {
+        // SAFETY: `bdev` is a valid, open block device.
+        unsafe { b::ferry_bdev_devt(self.bdev()) }
+    }
+}
+
+impl Drop for DmDev {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant `dev` was obtained from
+        // `dm_get_device` on `ti`, which is still valid, and is put only here.
+        unsafe { b::dm_put_device(self.ti.as_ptr(), self.dev.as_ptr()) };
+    }
+}
+
+/// The operation of a bio.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes,
+    SecureErase,
+    Other,
+}
+
+/// A bio handed to `map`.
+///
+/// # Invariants
+///
+/// `bio` is valid and owned by the target for the duration of `map`.
+pub(crate) struct Bio<'a> {
+    bio: NonNull<b::bio>,
+    _p: PhantomData<&'a mut b::bio>,
+}
+
+impl Bio<'_> {
+    fn raw(&self) -> &b::bio {
+        // SAFETY: valid for the life of `self` by the type invariant.
+        unsafe { self.bio.as_ref() }
+    }
+
+    /// The bio's operation.  An empty `REQ_PREFLUSH` write is a [`Op::Flush`].
+    pub(crate) fn op(&self) -> Op {
+        let opf = self.raw().bi_opf;
+        let op = opf & ((1u32 << b::REQ_OP_BITS) - 1);
+        match op {
+            b::req_op_REQ_OP_READ => Op::Read,
+            b::req_op_REQ_OP_WRITE => {
+                if self.sectors() == 0 && opf & (1u32 << b::req_flag_bits___REQ_PREFLUSH) != 0 {
+                    Op::Flush
+                } else {
+                    Op::Write
+                }
+            }
+            b::req_op_REQ_OP_FLUSH => Op::Flush,
+            b::req_op_REQ_OP_DISCARD => Op::Discard,
+            b::req_op_REQ_OP_WRITE_ZEROES => Op::WriteZeroes,
+            b::req_op_REQ_OP_SECURE_ERASE => Op::SecureErase,
+            _ => Op::Other,
+        }
+    }
+
+    /// First sector addressed, relative to the mapped device.
+    pub(crate) fn sector(&self) -> u64 {
+        self.raw().bi_iter.bi_sector
+    }
+
+    /// Length in sectors.
+    pub(crate) fn sectors(&self) -> u32 {
+        self.raw().bi_iter.bi_size >> 9
+    }
+
+    /// Redirects the bio to `sector` of `dev`.
+    pub(crate) fn remap(&mut self, dev: &DmDev, sector: u64) {
+        // SAFETY: the bio is ours during `map` (type invariant) and `bdev` is
+        // an open block device.
+        unsafe { b::ferry_bio_set_dev(self.bio.as_ptr(), dev.bdev()) };
+        // SAFETY: as above; no other context reads the bio during `map`.
+        unsafe { (*self.bio.as_ptr()).bi_iter.bi_sector = sector };
+    }
+}
+
+/// Output buffer of a status request, with `DMEMIT` semantics: text beyond
+/// the buffer is dropped and the buffer stays NUL-terminated.
+///
+/// # Invariants
+///
+/// `buf` points to `cap` writable bytes for the life of the writer, and
+/// `cap > 0`.
+pub(crate) struct StatusWriter<'a> {
+    buf: NonNull<u8>,
+    cap: usize,
+    len: usize,
+    _p: PhantomData<&'a mut [u8]>,
+}
+
+impl fmt::Write for StatusWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &byte in s.as_bytes() {
+            if self.len + 1 >= self.cap {
+                return Err(fmt::Error);
+            }
+            // SAFETY: `len + 1 < cap`, so `len` and `len + 1` are in bounds
+            // of the buffer (type invariant).
+            unsafe {
+                self.buf.as_ptr().add(self.len).write(byte);
+                self.buf.as_ptr().add(self.len + 1).write(0);
+            }
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The `iterate_devices` callout device-mapper passed in.
+pub(crate) struct IterateDevices<'a> {
+    ti: *mut b::dm_target,
+    f: b::iterate_devices_callout_fn,
+    data: *mut c_void,
+    _p: PhantomData<&'a ()>,
+}
+
+impl IterateDevices<'_> {
+    /// Reports `len` sectors of `dev` from `start` as used by this target.
+    pub(crate) fn call(&self, dev: &DmDev, start: u64, len: u64) -> c_int {
+        match self.f {
+            // SAFETY: device-mapper's callout takes the target, a device of
+            // it, a range and its own opaque `data`, all valid here.
+            Some(f) => unsafe { f(self.ti, dev.dev.as_ptr(), start, len, self.data) },
+            None => 0,
+        }
+    }
+}
+
+/// The C callbacks for target type `T`.
+struct VTable<T: Target>(PhantomData<T>);
+
+impl<T: Target> VTable<T> {
+    /// # Safety
+    ///
+    /// Called by device-mapper with a valid `ti` and `argc` valid C strings in
+    /// `argv`, in process context.
+    unsafe extern "C" fn ctr(ti: *mut b::dm_target, argc: c_uint, argv: *mut *mut c_char) -> c_int {
+        // INVARIANT: device-mapper gives us `ti` exclusively during ctr.
+        let Some(ti_nn) = NonNull::new(ti) else {
+            return EINVAL.to_errno();
+        };
+        let mut ctr = Ctr { ti: ti_nn, _p: PhantomData };
+        let fail = |ctr: &mut Ctr<'_>, e: CtrError| {
+            ctr.ti_mut().error = e.msg.as_ptr().cast::<c_char>().cast_mut();
+            e.err.to_errno()
+        };
+
+        let argc = argc as usize;
+        let mut args: KVec<&CStr> = match KVec::with_capacity(argc, GFP_KERNEL) {
+            Ok(v) => v,
+            Err(_) => return fail(&mut ctr, CtrError { msg: c"Cannot allocate argument list", err: ENOMEM }),
+        };
+        for i in 0..argc {
+            // SAFETY: `argv` holds `argc` pointers (device-mapper's contract).
+            let p = unsafe { *argv.add(i) };
+            // SAFETY: each is a NUL-terminated string that outlives `ctr`.
+            let arg = unsafe { CStr::from_ptr(p.cast()) };
+            // Cannot fail: capacity was reserved above.
+            if args.push(arg, GFP_KERNEL).is_err() {
+                return fail(&mut ctr, CtrError { msg: c"Cannot allocate argument list", err: ENOMEM });
+            }
+        }
+
+        let target = match T::new(&mut ctr, &args) {
+            Ok(t) => t,
+            Err(e) => return fail(&mut ctr, e),
+        };
+        let target = match KBox::new(target, GFP_KERNEL) {
+            Ok(t) => t,
+            Err(_) => return fail(&mut ctr, CtrError { msg: c"Cannot allocate target context", err: ENOMEM }),
+        };
+        ctr.ti_mut().private = KBox::into_raw(target).cast();
+        0
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a target whose `ctr` succeeded; called once, when no `map` or
+    /// other callback can run any more.
+    unsafe extern "C" fn dtr(ti: *mut b::dm_target) {
+        // SAFETY: `ti` is valid (caller) and `private` holds the box that
+        // `ctr` leaked; device-mapper calls `dtr` once.
+        let target = unsafe { KBox::from_raw((*ti).private.cast::<T>()) };
+        drop(target);
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target and `bio` a bio device-mapper owns and
+    /// passes to us for the duration of the call.
+    unsafe extern "C" fn map(ti: *mut b::dm_target, bio: *mut b::bio) -> c_int {
+        // SAFETY: `private` is the target set by `ctr`, valid until `dtr`,
+        // which device-mapper never runs concurrently with `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        let Some(bio) = NonNull::new(bio) else {
+            return b::DM_MAPIO_KILL as c_int;
+        };
+        // INVARIANT: device-mapper hands the bio to `map` for its duration.
+        let mut bio = Bio { bio, _p: PhantomData };
+        match target.map(&mut bio) {
+            MapResult::Remapped => b::DM_MAPIO_REMAPPED as c_int,
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target; `result` points to `maxlen` bytes.
+    unsafe extern "C" fn status(
+        ti: *mut b::dm_target,
+        ty: b::status_type_t,
+        _flags: c_uint,
+        result: *mut c_char,
+        maxlen: c_uint,
+    ) {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        let Some(buf) = NonNull::new(result.cast::<u8>()) else {
+            return;
+        };
+        if maxlen == 0 {
+            return;
+        }
+        // SAFETY: `maxlen > 0` bytes are writable at `result`.
+        unsafe { buf.as_ptr().write(0) };
+        // INVARIANT: `buf` has `maxlen > 0` writable bytes (caller).
+        let mut out = StatusWriter { buf, cap: maxlen as usize, len: 0, _p: PhantomData };
+        let ty = match ty {
+            b::status_type_t_STATUSTYPE_INFO => StatusType::Info,
+            b::status_type_t_STATUSTYPE_TABLE => StatusType::Table,
+            b::status_type_t_STATUSTYPE_IMA => StatusType::Ima,
+            _ => return,
+        };
+        target.status(ty, &mut out);
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target; `f` and `data` are device-mapper's.
+    unsafe extern "C" fn iterate_devices(
+        ti: *mut b::dm_target,
+        f: b::iterate_devices_callout_fn,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        target.iterate_devices(&IterateDevices { ti, f, data, _p: PhantomData })
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target; `limits` is valid and ours for the call.
+    unsafe extern "C" fn io_hints(ti: *mut b::dm_target, limits: *mut b::queue_limits) {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        // SAFETY: device-mapper passes a valid, exclusive `limits`.
+        if let Some(limits) = unsafe { limits.as_mut() } {
+            target.io_hints(limits);
+        }
+    }
+}
+
+/// A registered target type; unregistered on drop.
+///
+/// # Invariants
+///
+/// `tt` is registered with device-mapper and, being boxed, never moves while
+/// registered.
+pub(crate) struct Registration<T: Target> {
+    tt: KBox<UnsafeCell<b::target_type>>,
+    _p: PhantomData<T>,
+}
+
+// SAFETY: after registration only device-mapper touches the `target_type`,
+// under its own lock; we only pass its address to `dm_unregister_target`.
+unsafe impl<T: Target> Send for Registration<T> {}
+// SAFETY: as above; `&Registration` gives no access to the `target_type`.
+unsafe impl<T: Target> Sync for Registration<T> {}
+
+impl<T: Target> Registration<T> {
+    /// Registers target type `T` with device-mapper, owned by `module`.
+    pub(crate) fn new(module: &'static ThisModule) -> Result<Self> {
+        let tt = b::target_type {
+            name: T::NAME.as_ptr().cast(),
+            module: module.as_ptr().cast(),
+            version: T::VERSION,
+            features: u64::from(b::DM_TARGET_NOWAIT),
+            ctr: Some(VTable::<T>::ctr),
+            dtr: Some(VTable::<T>::dtr),
+            map: Some(VTable::<T>::map),
+            status: Some(VTable::<T>::status),
+            iterate_devices: Some(VTable::<T>::iterate_devices),
+            io_hints: Some(VTable::<T>::io_hints),
+            ..Default::default()
+        };
+        let tt = KBox::new(UnsafeCell::new(tt), GFP_KERNEL)?;
+        // SAFETY: `tt` is a fully initialised `target_type` in a heap
+        // allocation that does not move and outlives the registration (it is
+        // unregistered in `drop` before being freed).
+        let ret = unsafe { b::dm_register_target(tt.get()) };
+        if ret != 0 {
+            return Err(Error::from_errno(ret));
+        }
+        Ok(Self { tt, _p: PhantomData })
+    }
+}
+
+impl<T: Target> Drop for Registration<T> {
+    fn drop(&mut self) {
+        // SAFETY: registered by `new` (type invariant); device-mapper holds a
+        // module reference for every live target of this type, so none exist
+        // when the module is unloading.
+        unsafe { b::dm_unregister_target(self.tt.get()) };
+    }
+}

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dm-ferry: asynchronous, write-order-faithful block replication.
+//!
+//! The module registers the `ferry` device-mapper target.  `dm.rs` is the
+//! thin unsafe layer over device-mapper; `table.rs` parses table lines;
+//! `target.rs` is the target, in safe Rust.
+
+use kernel::prelude::*;
+
+mod bindings;
+mod dm;
+mod table;
+mod target;
+
+module! {
+    type: FerryModule,
+    name: "dm_ferry",
+    author: "The ferry developers",
+    description: "device-mapper target for asynchronous write-order-faithful replication",
+    license: "GPL",
+}
+
+struct FerryModule {
+    _target: dm::Registration<target::Ferry>,
+}
+
+impl kernel::Module for FerryModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let target = dm::Registration::new(module)?;
+        pr_info!("ferry: target registered\n");
+        Ok(Self { _target: target })
+    }
+}
+
+impl Drop for FerryModule {
+    fn drop(&mut self) {
+        pr_info!("ferry: target unregistered\n");
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make test`: the userspace tests, then the guest suite.  Exits non-zero on
+# the first failing part; prints a summary with durations.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+out=${FERRY_OUT:-$PWD/out}/test
+rm -rf "$out"; mkdir -p "$out"
+summary=()
+step() {
+	local name=$1 t0=$SECONDS; shift
+	echo "==== $name"
+	if "$@"; then
+		summary+=("PASS $name ($((SECONDS - t0))s)")
+	else
+		summary+=("FAIL $name ($((SECONDS - t0))s)")
+		printf '%s\n' "${summary[@]}"
+		exit 1
+	fi
+}
+
+step "dependencies" scripts/deps.sh
+if [ -f userspace/Cargo.toml ]; then
+	step "cargo test (userspace)" bash -c 'cd userspace && cargo test --workspace --quiet'
+fi
+step "table parser unit tests" bash -c "rustc --edition 2021 --test rust/table.rs -o '$out/table-test' && '$out/table-test' --quiet"
+step "kernel (debug, cached)" scripts/build-kernel.sh debug
+step "module" make --no-print-directory module
+step "initramfs" scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko
+
+disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
+step "guest: target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
+	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
+step "guests: two joined guests" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
+	--out "$out/vm-net" net-ping
+
+printf '%s\n' "${summary[@]}"
