@@ -162,6 +162,13 @@ impl<const STREAMS: usize, const OPEN: usize> ConsistencyTracker<STREAMS, OPEN> 
         Ok(None)
     }
 
+    /// Restarts every stream at `start` after a resync: points still open
+    /// are dropped (their sets were discarded), the last held point stays.
+    pub fn restart(&mut self, start: [u64; STREAMS]) {
+        self.last_closed = start;
+        self.open = [None; OPEN];
+    }
+
     /// Stream `stream` leaves the group.
     pub fn resign(&mut self, stream: u32) {
         if stream < MAX_STREAMS {

@@ -1,0 +1,1387 @@
+//! Deterministic simulation of a ferry consistency group: a primary with one
+//! `log` and two `data` devices, a writer issuing dependent and concurrent
+//! writes, a network that reorders, duplicates, drops, corrupts, delays and
+//! partitions each stream, and a secondary with a remote log and atomic
+//! interval apply. Primary and secondary crash at random steps and recover.
+//!
+//! Everything the system under test decides goes through ferry-core: record
+//! encoding and verification, the gate, progress, receive windows, the limit,
+//! the checkpoint rendezvous, the apply state machine, consistency points and
+//! the bitmap. An independent oracle checks after every step:
+//!
+//! * G1: the secondary image a host may read equals the primary's image
+//!   after a prefix of its completion order;
+//! * G2: no data record becomes durable at the secondary before every log
+//!   record of lower or equal group order;
+//! * G3: every block where the images differ is dirty in the primary's bitmap,
+//!   and every record the primary drops as acknowledged is durable remotely;
+//! * G4: host reads wait while an interval is applied, and the readable image
+//!   is exactly the image at the end of the last applied interval;
+//! * G5: every record the secondary stores is byte for byte one the primary
+//!   produced; consistency points are held only when their sets are durable.
+//!
+//! At the end the faults stop and the run must converge: the secondary
+//! applies everything and its image equals the primary's.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+use ferry_core::bitmap::{chunks_of, decode_bitmap, words_for, ChunkBitmap};
+use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, IntervalSlot, Rendezvous};
+use ferry_core::consistency::ConsistencyTracker;
+use ferry_core::gate::{releasable_prefix, DeviceClass, LogPending, PendingLog, Watermark};
+use ferry_core::progress::Progress;
+use ferry_core::record::{
+    decode_record, encode_record, off, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader,
+    RecordKind, HEADER_LEN, SECTOR_SIZE,
+};
+use ferry_core::select::{group_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow};
+use ferry_core::FastDigest;
+
+/// Streams (devices) of the group: stream 0 is the `log` device.
+pub const DEVICES: usize = 3;
+const CLASSES: [DeviceClass; DEVICES] = [DeviceClass::Log, DeviceClass::Data, DeviceClass::Data];
+const BLOCKS: u64 = 16;
+const CHUNK_SHIFT: u32 = 1;
+const WINDOW: usize = 96;
+const INTERVALS: usize = 32;
+/// Sequence numbers a restarted primary skips (its persisted reservation).
+const JUMP: u64 = 1 << 12;
+const RTO: u64 = 10;
+const GROUP_ID: u64 = 0x6665_7272_7953_494d;
+const MAX_INFLIGHT: usize = 4;
+
+/// A defect injected on purpose to show the oracle catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// The primary releases data records without waiting for the watermark.
+    GateIgnoresWatermark,
+    /// The secondary's limit is the latest run end instead of the earliest.
+    LimitIsMax,
+    /// The secondary stores records whose checksums or signatures fail.
+    SkipVerification,
+    /// The secondary applies intervals without persisting the
+    /// update-in-progress mark.
+    NoUpdateInProgressMark,
+}
+
+/// One simulation run.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Steps with faults before the final drain.
+    pub steps: u64,
+    /// Defect to inject.
+    pub bug: Option<Bug>,
+}
+
+impl Config {
+    /// The standard run for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            steps: 260,
+            bug: None,
+        }
+    }
+}
+
+/// A violated guarantee.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// Seed of the run.
+    pub seed: u64,
+    /// Step at which the oracle objected.
+    pub step: u64,
+    /// Guarantee violated.
+    pub rule: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} step {}: {} violated: {}",
+            self.seed, self.step, self.rule, self.detail
+        )
+    }
+}
+
+/// Counters of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Writes completed on the primary.
+    pub writes: u64,
+    /// Intervals applied at the secondary.
+    pub intervals: u64,
+    /// Records rejected by verification at the secondary.
+    pub rejected: u64,
+    /// Primary crashes.
+    pub primary_crashes: u64,
+    /// Secondary crashes.
+    pub secondary_crashes: u64,
+    /// Intervals redone after a secondary crash.
+    pub redos: u64,
+    /// Host reads that had to wait for an interval.
+    pub reads_waited: u64,
+    /// Consistency points held.
+    pub points_held: u64,
+    /// Steps run, drain included.
+    pub steps: u64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// True with probability `per_mille / 1000`.
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+fn key() -> GroupKey {
+    GroupKey::derive(&FastDigest, GROUP_ID, b"simulation").expect("key")
+}
+
+// ---------------------------------------------------------------- network
+
+#[derive(Clone, Debug)]
+enum Msg {
+    Record(Vec<u8>),
+    Ack { dev_seq: u64, applied: u64 },
+}
+
+#[derive(Clone, Debug)]
+struct Packet {
+    at: u64,
+    stream: usize,
+    to_secondary: bool,
+    msg: Msg,
+}
+
+struct Faults {
+    drop: u64,
+    dup: u64,
+    corrupt: u64,
+    max_delay: u64,
+    partition: u64,
+}
+
+const FAULTY: Faults = Faults {
+    drop: 60,
+    dup: 60,
+    corrupt: 40,
+    max_delay: 9,
+    partition: 6,
+};
+const CALM: Faults = Faults {
+    drop: 0,
+    dup: 30,
+    corrupt: 0,
+    max_delay: 4,
+    partition: 0,
+};
+
+struct Net {
+    q: Vec<Packet>,
+    down_until: [u64; DEVICES],
+}
+
+impl Net {
+    fn send(&mut self, rng: &mut Rng, f: &Faults, now: u64, stream: usize, to_sec: bool, msg: Msg) {
+        if now < self.down_until[stream] || rng.chance(f.drop) {
+            return;
+        }
+        let copies = if rng.chance(f.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut msg = msg.clone();
+            if rng.chance(f.corrupt) {
+                match &mut msg {
+                    Msg::Record(b) if !b.is_empty() => {
+                        let i = rng.below(b.len() as u64) as usize;
+                        b[i] ^= 1 << rng.below(8);
+                    }
+                    // Acknowledgements travel in authenticated frames: a
+                    // damaged one is discarded by the link.
+                    _ => continue,
+                }
+            }
+            let at = now + 1 + rng.below(f.max_delay);
+            self.q.push(Packet {
+                at,
+                stream,
+                to_secondary: to_sec,
+                msg,
+            });
+        }
+    }
+
+    fn due(&mut self, rng: &mut Rng, now: u64) -> Vec<Packet> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.q.len() {
+            if self.q[i].at <= now {
+                out.push(self.q.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        // Deliver in a random order.
+        for i in (1..out.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            out.swap(i, j);
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- oracle
+
+struct Oracle {
+    seed: u64,
+    step: u64,
+    /// Per device and block: `(group_seq, token)` of completed writes, in
+    /// completion order.
+    history: Vec<Vec<Vec<(u64, u64)>>>,
+    /// Every record the primary produced, by (stream, dev_seq).
+    produced: HashMap<(usize, u64), Vec<u8>>,
+    /// Log records (every record of a log device) not yet durable remotely.
+    log_not_durable: BTreeSet<u64>,
+    /// Records ever durable at the secondary.
+    durable: HashSet<(usize, u64)>,
+    /// Group order of the last marker of each closed interval.
+    epoch_end: HashMap<u64, u64>,
+    /// dev_seq of each stream's record of each consistency point.
+    points: HashMap<u64, [u64; DEVICES]>,
+    /// First dev_seq of each stream's current generation.
+    gen_base: [u64; DEVICES],
+}
+
+impl Oracle {
+    fn fail(&self, rule: &'static str, detail: String) -> Failure {
+        Failure {
+            seed: self.seed,
+            step: self.step,
+            rule,
+            detail,
+        }
+    }
+
+    fn image_at(&self, dev: usize, block: usize, gseq: u64) -> u64 {
+        let h = &self.history[dev][block];
+        let i = h.partition_point(|&(g, _)| g <= gseq);
+        if i == 0 {
+            0
+        } else {
+            h[i - 1].1
+        }
+    }
+
+    fn sequenced(&mut self, stream: usize, h: &RecordHeader, bytes: &[u8]) {
+        self.produced.insert((stream, h.dev_seq), bytes.to_vec());
+        if CLASSES[stream] == DeviceClass::Log {
+            self.log_not_durable.insert(h.group_seq);
+        }
+        if h.kind.modifies_data() && !h.flags.has(Flags::RESYNC) {
+            for b in h.sector..h.sector + u64::from(h.nr_sectors) {
+                self.history[stream][b as usize].push((h.group_seq, h.group_seq));
+            }
+        }
+    }
+
+    fn made_durable(&mut self, stream: usize, h: &RecordHeader, bytes: &[u8]) -> Result<(), Failure> {
+        match self.produced.get(&(stream, h.dev_seq)) {
+            Some(orig) if orig.as_slice() == bytes => {}
+            _ => {
+                return Err(self.fail(
+                    "G5 validated before applied",
+                    format!(
+                        "stream {stream} dev_seq {} stored but differs from what the primary produced",
+                        h.dev_seq
+                    ),
+                ))
+            }
+        }
+        if CLASSES[stream] == DeviceClass::Data {
+            if let Some(&l) = self.log_not_durable.first() {
+                if l <= h.group_seq {
+                    return Err(self.fail(
+                        "G2 log before data",
+                        format!(
+                            "data record group_seq {} durable before log record group_seq {l}",
+                            h.group_seq
+                        ),
+                    ));
+                }
+            }
+        } else {
+            self.log_not_durable.remove(&h.group_seq);
+        }
+        self.durable.insert((stream, h.dev_seq));
+        Ok(())
+    }
+
+    fn check_image(&self, sec: &[Vec<u64>], applied: u64) -> Result<(), Failure> {
+        // G1: the image equals the image after the prefix ending at the
+        // latest write it shows.
+        let p = sec.iter().flatten().copied().max().unwrap_or(0);
+        for (d, img) in sec.iter().enumerate() {
+            for (b, &v) in img.iter().enumerate() {
+                let want = self.image_at(d, b, p);
+                if v != want {
+                    return Err(self.fail(
+                        "G1 write-order fidelity",
+                        format!(
+                            "device {d} block {b} holds write {v} but the prefix through write {p} has {want}"
+                        ),
+                    ));
+                }
+            }
+        }
+        // G4: and it is exactly the end of the last applied interval.
+        let end = if applied == 0 {
+            0
+        } else {
+            match self.epoch_end.get(&applied) {
+                Some(&e) => e,
+                None => {
+                    return Err(self.fail(
+                        "G4 atomic intervals",
+                        format!("applied interval {applied} was never closed by the primary"),
+                    ))
+                }
+            }
+        };
+        for (d, img) in sec.iter().enumerate() {
+            for (b, &v) in img.iter().enumerate() {
+                let want = self.image_at(d, b, end);
+                if v != want {
+                    return Err(self.fail(
+                        "G4 atomic intervals",
+                        format!(
+                            "device {d} block {b} holds {v}, interval {applied} ends with {want}"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- primary
+
+struct SpoolRec {
+    dev_seq: u64,
+    group_seq: u64,
+    kind: RecordKind,
+    bytes: Vec<u8>,
+    last_sent: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+struct Inflight {
+    dev: usize,
+    kind: RecordKind,
+    block: u64,
+    len: u64,
+}
+
+struct PDev {
+    // Durable (the device and the meta device).
+    image: Vec<u64>,
+    bitmap: Vec<u64>,
+    // Volatile.
+    dev_seq: u64,
+    spool: std::collections::VecDeque<SpoolRec>,
+    released: u64,
+    progress: Progress<[u64; 4]>,
+    log: LogPending<Vec<PendingLog>>,
+    chunk_epoch: Vec<u64>,
+    last_point: u64,
+}
+
+impl PDev {
+    fn new(start: u64) -> Self {
+        Self {
+            image: vec![0; BLOCKS as usize],
+            bitmap: vec![0; words_for(BLOCKS >> CHUNK_SHIFT) as usize],
+            dev_seq: start,
+            spool: Default::default(),
+            released: start,
+            progress: Progress::new([0; 4], start),
+            log: LogPending::new(vec![PendingLog::default(); 4096]),
+            chunk_epoch: vec![0; (BLOCKS >> CHUNK_SHIFT) as usize],
+            last_point: start,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Handshake {
+    generation: u64,
+    bases: [u64; DEVICES],
+    first_epoch: u64,
+}
+
+struct Primary {
+    up: bool,
+    devs: Vec<PDev>,
+    group_seq: u64,
+    clock: u64,
+    epoch: u64,
+    point: u64,
+    generation: u64,
+    inflight: Vec<Inflight>,
+    handshake: Option<Handshake>,
+}
+
+// ---------------------------------------------------------------- secondary
+
+#[derive(Clone)]
+struct Entry {
+    h: RecordHeader,
+    payload: Vec<u8>,
+}
+
+type Window = StreamWindow<(), Vec<Option<Received<()>>>>;
+
+struct Job {
+    epoch: u64,
+    items: Vec<(usize, u64)>,
+    pos: usize,
+}
+
+struct Secondary {
+    up: bool,
+    // Durable: the image, the remote log, the meta block.
+    image: Vec<Vec<u64>>,
+    log: HashMap<(usize, u64), Entry>,
+    mark: ApplyMark,
+    next: [u64; DEVICES],
+    next_stamp: [Stamp; DEVICES],
+    first_epoch: u64,
+    points: ConsistencyTracker<DEVICES, 8>,
+    point_scan: [u64; DEVICES],
+    generation: u64,
+    // Volatile.
+    windows: Vec<Window>,
+    rendezvous: Rendezvous<Vec<IntervalSlot>>,
+    apply: IntervalApply,
+    job: Option<Job>,
+    handshake: Option<Handshake>,
+}
+
+impl Secondary {
+    fn new() -> Self {
+        let mut s = Self {
+            up: true,
+            image: vec![vec![0; BLOCKS as usize]; DEVICES],
+            log: HashMap::new(),
+            mark: IntervalApply::new(0).mark(),
+            next: [1; DEVICES],
+            next_stamp: [Stamp::ZERO; DEVICES],
+            first_epoch: 1,
+            points: ConsistencyTracker::new([0; DEVICES], (1 << DEVICES) - 1),
+            point_scan: [0; DEVICES],
+            generation: 0,
+            windows: Vec::new(),
+            rendezvous: Rendezvous::new(vec![IntervalSlot::default(); INTERVALS], 1, 0),
+            apply: IntervalApply::new(0),
+            job: None,
+            handshake: None,
+        };
+        s.rebuild();
+        s
+    }
+
+    /// Rebuilds the volatile state from the durable one (start, restart).
+    fn rebuild(&mut self) {
+        self.windows = (0..DEVICES)
+            .map(|s| StreamWindow::new(vec![None; WINDOW], self.next[s], self.next_stamp[s]))
+            .collect();
+        self.rendezvous = Rendezvous::new(
+            vec![IntervalSlot::default(); INTERVALS],
+            self.first_epoch,
+            (1 << DEVICES) - 1,
+        );
+        let mut entries: Vec<_> = self.log.iter().map(|(k, e)| (*k, e.h)).collect();
+        entries.sort_by_key(|(k, _)| *k);
+        for ((s, ds), h) in entries {
+            let r = received(&h);
+            if matches!(self.windows[s].insert(ds, r), Ok(Insert::Accepted { .. }))
+                && h.kind == RecordKind::Checkpoint
+            {
+                let _ = self.rendezvous.marker(s as u32, h.epoch, r.stamp);
+            }
+        }
+        let (apply, _) = IntervalApply::recover(self.mark);
+        self.apply = apply;
+        self.job = None;
+        self.handshake = None;
+    }
+}
+
+fn received(h: &RecordHeader) -> Received<()> {
+    Received {
+        stamp: Stamp {
+            timestamp_ns: h.timestamp_ns,
+            group_seq: h.group_seq,
+        },
+        epoch: h.epoch,
+        kind: h.kind,
+        item: (),
+    }
+}
+
+/// What a secondary without verification would make of a damaged record.
+fn parse_unverified(b: &[u8]) -> Option<(RecordHeader, Vec<u8>)> {
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let h = RecordHeader {
+        kind: RecordKind::from_u8(*b.get(off::KIND)?)?,
+        flags: Flags(*b.get(off::FLAGS)?),
+        group_id: u64_at(off::GROUP_ID)?,
+        device_id: u32_at(off::DEVICE_ID)?,
+        payload_len: u32_at(off::PAYLOAD_LEN)?,
+        dev_seq: u64_at(off::DEV_SEQ)?,
+        group_seq: u64_at(off::GROUP_SEQ)?,
+        timestamp_ns: u64_at(off::TIMESTAMP)?,
+        epoch: u64_at(off::EPOCH)?,
+        sector: u64_at(off::SECTOR)?,
+        nr_sectors: u32_at(off::NR_SECTORS)?,
+    };
+    h.validate().ok()?;
+    if h.sector + u64::from(h.nr_sectors) > BLOCKS {
+        return None;
+    }
+    let p = b.get(HEADER_LEN..HEADER_LEN + h.payload_len as usize)?;
+    Some((h, p.to_vec()))
+}
+
+// ---------------------------------------------------------------- the world
+
+struct World {
+    cfg: Config,
+    rng: Rng,
+    now: u64,
+    key: GroupKey,
+    net: Net,
+    p: Primary,
+    s: Secondary,
+    o: Oracle,
+    stats: Stats,
+    faults: &'static Faults,
+    image_dirty: bool,
+}
+
+/// Runs one simulation; `Ok` with its counters, or the first violation.
+pub fn run(cfg: Config) -> Result<Stats, Failure> {
+    let mut w = World {
+        cfg,
+        rng: Rng(cfg.seed ^ 0x5EED_F00D_CAFE_0001),
+        now: 0,
+        key: key(),
+        net: Net {
+            q: Vec::new(),
+            down_until: [0; DEVICES],
+        },
+        p: Primary {
+            up: true,
+            devs: (0..DEVICES).map(|_| PDev::new(0)).collect(),
+            group_seq: 0,
+            clock: 0,
+            epoch: 1,
+            point: 0,
+            generation: 0,
+            inflight: Vec::new(),
+            handshake: None,
+        },
+        s: Secondary::new(),
+        o: Oracle {
+            seed: cfg.seed,
+            step: 0,
+            history: vec![vec![Vec::new(); BLOCKS as usize]; DEVICES],
+            produced: HashMap::new(),
+            log_not_durable: BTreeSet::new(),
+            durable: HashSet::new(),
+            epoch_end: HashMap::new(),
+            points: HashMap::new(),
+            gen_base: [1; DEVICES],
+        },
+        stats: Stats::default(),
+        faults: &FAULTY,
+        image_dirty: true,
+    };
+    for _ in 0..cfg.steps {
+        w.step(true)?;
+    }
+    w.drain()?;
+    w.stats.steps = w.now;
+    Ok(w.stats)
+}
+
+impl World {
+    fn step(&mut self, faults: bool) -> Result<(), Failure> {
+        self.now += 1;
+        self.o.step = self.now;
+        if faults {
+            self.inject_faults()?;
+        }
+        if self.p.up {
+            if faults {
+                self.writer();
+            } else {
+                self.complete_some(MAX_INFLIGHT);
+            }
+            if self.now % 12 == 0 {
+                self.checkpoint();
+            }
+            if faults && self.rng.chance(15) {
+                self.consistency_point();
+            }
+            self.release_and_send();
+            self.offer_handshake();
+        }
+        for pkt in self.net.due(&mut self.rng, self.now) {
+            if pkt.to_secondary {
+                if self.s.up {
+                    if let Msg::Record(b) = pkt.msg {
+                        self.receive(pkt.stream, &b)?;
+                    }
+                }
+            } else if self.p.up {
+                if let Msg::Ack { dev_seq, applied } = pkt.msg {
+                    self.on_ack(pkt.stream, dev_seq, applied)?;
+                }
+            }
+        }
+        if self.s.up {
+            self.secondary_work()?;
+        }
+        self.check()
+    }
+
+    fn inject_faults(&mut self) -> Result<(), Failure> {
+        for s in 0..DEVICES {
+            if self.rng.chance(self.faults.partition) {
+                self.net.down_until[s] = self.now + 5 + self.rng.below(40);
+            }
+            if self.now == self.net.down_until[s] && self.p.up {
+                self.reconnect(s);
+            }
+        }
+        if self.p.up && self.rng.chance(4) {
+            self.crash_primary();
+        } else if !self.p.up && self.rng.chance(100) {
+            self.recover_primary();
+        }
+        if self.s.up && self.rng.chance(5) {
+            self.crash_secondary();
+        } else if !self.s.up && self.rng.chance(120) {
+            self.recover_secondary()?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ primary
+
+    fn writer(&mut self) {
+        if self.p.inflight.len() < MAX_INFLIGHT && self.rng.chance(450) {
+            let dev = self.rng.below(DEVICES as u64) as usize;
+            self.submit(dev);
+        }
+        if !self.p.inflight.is_empty() && self.rng.chance(550) {
+            let i = self.rng.below(self.p.inflight.len() as u64) as usize;
+            let done = self.p.inflight.swap_remove(i);
+            self.complete(done);
+            // A database writes its data page once the log record is down.
+            if CLASSES[done.dev] == DeviceClass::Log && self.rng.chance(500) {
+                let dev = 1 + self.rng.below(DEVICES as u64 - 1) as usize;
+                self.submit(dev);
+            }
+        }
+    }
+
+    fn complete_some(&mut self, n: usize) {
+        for _ in 0..n {
+            if let Some(done) = self.p.inflight.pop() {
+                self.complete(done);
+            }
+        }
+    }
+
+    fn submit(&mut self, dev: usize) {
+        let roll = self.rng.below(100);
+        let kind = match roll {
+            0..=79 => RecordKind::Write,
+            80..=86 => RecordKind::Discard,
+            87..=93 => RecordKind::WriteZeroes,
+            _ => RecordKind::Flush,
+        };
+        let (block, len) = if kind == RecordKind::Flush {
+            (0, 0)
+        } else {
+            let len = 1 + self.rng.below(2);
+            let block = self.rng.below(BLOCKS - len + 1);
+            // Concurrent writes never overlap (their order would be undefined).
+            if self.p.inflight.iter().any(|f| {
+                f.dev == dev && f.len > 0 && f.block < block + len && block < f.block + f.len
+            }) {
+                return;
+            }
+            (block, len)
+        };
+        if len > 0 {
+            // Write intent: the chunk is dirty before the write is issued.
+            let (c, n) = chunks_of(block, len, CHUNK_SHIFT).expect("chunks");
+            let nbits = BLOCKS >> CHUNK_SHIFT;
+            let mut bm = ChunkBitmap::new(&mut self.p.devs[dev].bitmap, nbits).expect("bitmap");
+            bm.set_range(c, n).expect("range");
+        }
+        self.p.inflight.push(Inflight {
+            dev,
+            kind,
+            block,
+            len,
+        });
+    }
+
+    fn complete(&mut self, w: Inflight) {
+        let mut payload = Vec::new();
+        let gseq = self.p.group_seq + 1;
+        if w.kind == RecordKind::Write {
+            for _ in 0..w.len {
+                let mut sector = vec![0u8; SECTOR_SIZE as usize];
+                sector[..8].copy_from_slice(&gseq.to_le_bytes());
+                for (i, b) in sector.iter_mut().enumerate().skip(8) {
+                    *b = (gseq as u8).wrapping_add(i as u8);
+                }
+                payload.extend_from_slice(&sector);
+            }
+        }
+        let h = self.sequence(w.dev, w.kind, Flags(0), w.block, w.len, &payload, self.p.epoch);
+        debug_assert_eq!(h.group_seq, gseq);
+        if w.kind.modifies_data() {
+            for b in w.block..w.block + w.len {
+                self.p.devs[w.dev].image[b as usize] = gseq;
+            }
+            let (c, n) = chunks_of(w.block, w.len, CHUNK_SHIFT).expect("chunks");
+            for c in c..c + n {
+                self.p.devs[w.dev].chunk_epoch[c as usize] = self.p.epoch;
+            }
+            self.stats.writes += 1;
+        }
+    }
+
+    /// Gives a completed write (or a marker) its place in the stream and in
+    /// the group order, encodes it and puts it in the spool.
+    #[allow(clippy::too_many_arguments)]
+    fn sequence(
+        &mut self,
+        dev: usize,
+        kind: RecordKind,
+        flags: Flags,
+        sector: u64,
+        nr: u64,
+        payload: &[u8],
+        epoch: u64,
+    ) -> RecordHeader {
+        self.p.group_seq += 1;
+        self.p.clock = (self.p.clock + 1).max(self.now * 1000);
+        let d = &mut self.p.devs[dev];
+        d.dev_seq += 1;
+        let mut flags = flags;
+        if CLASSES[dev] == DeviceClass::Log {
+            flags.0 |= Flags::LOG;
+        }
+        let h = RecordHeader {
+            kind,
+            flags,
+            group_id: GROUP_ID,
+            device_id: dev as u32,
+            payload_len: payload.len() as u32,
+            dev_seq: d.dev_seq,
+            group_seq: self.p.group_seq,
+            timestamp_ns: self.p.clock,
+            epoch,
+            sector,
+            nr_sectors: nr as u32,
+        };
+        let mut bytes = vec![0u8; h.record_len()];
+        encode_record(&h, payload, &self.key, &FastDigest, &mut bytes).expect("encode");
+        d.progress.complete(h.dev_seq).expect("progress window");
+        if CLASSES[dev] == DeviceClass::Log {
+            d.log
+                .push(PendingLog {
+                    dev_seq: h.dev_seq,
+                    group_seq: h.group_seq,
+                })
+                .expect("log gate");
+        }
+        d.spool.push_back(SpoolRec {
+            dev_seq: h.dev_seq,
+            group_seq: h.group_seq,
+            kind,
+            bytes: bytes.clone(),
+            last_sent: None,
+        });
+        self.o.sequenced(dev, &h, &bytes);
+        h
+    }
+
+    fn checkpoint(&mut self) {
+        let e = self.p.epoch;
+        let mut last = 0;
+        for dev in 0..DEVICES {
+            last = self.sequence(dev, RecordKind::Checkpoint, Flags(0), 0, 0, &[], e).group_seq;
+        }
+        self.o.epoch_end.insert(e, last);
+        self.p.epoch += 1;
+    }
+
+    fn consistency_point(&mut self) {
+        self.p.point += 1;
+        let id = self.p.point;
+        let label = Label::new(format!("cp-{id}").as_bytes()).expect("label");
+        let mut seqs = [0; DEVICES];
+        for (dev, seq) in seqs.iter_mut().enumerate() {
+            let cp = ConsistencyPayload {
+                cp_id: id,
+                first_dev_seq: self.p.devs[dev].last_point + 1,
+                label,
+            };
+            let mut buf = [0u8; 80];
+            let n = cp.encode(&mut buf).expect("cp");
+            let e = self.p.epoch;
+            let h = self.sequence(dev, RecordKind::ConsistencyPoint, Flags(0), 0, 0, &buf[..n], e);
+            self.p.devs[dev].last_point = h.dev_seq;
+            *seq = h.dev_seq;
+        }
+        self.o.points.insert(id, seqs);
+    }
+
+    fn release_and_send(&mut self) {
+        let wm = if self.cfg.bug == Some(Bug::GateIgnoresWatermark) {
+            Watermark::UNBOUNDED
+        } else {
+            Watermark::of(self.p.devs.iter().filter(|d| !d.log.is_empty()).map(|d| &d.log))
+        };
+        for dev in 0..DEVICES {
+            let d = &mut self.p.devs[dev];
+            let released = d.released;
+            let queue = d
+                .spool
+                .iter()
+                .filter(|r| r.dev_seq > released)
+                .map(|r| (r.kind, r.group_seq));
+            let n = releasable_prefix(CLASSES[dev], wm, queue) as u64;
+            d.released += n;
+            let mut sent = 0;
+            let mut out = Vec::new();
+            for r in d.spool.iter_mut() {
+                if r.dev_seq > d.released || sent >= 6 {
+                    break;
+                }
+                if r.last_sent.is_none_or(|t| self.now >= t + RTO) {
+                    r.last_sent = Some(self.now);
+                    out.push(r.bytes.clone());
+                    sent += 1;
+                }
+            }
+            for b in out {
+                self.net
+                    .send(&mut self.rng, self.faults, self.now, dev, true, Msg::Record(b));
+            }
+        }
+    }
+
+    /// The link of `stream` came back: send again what was not acknowledged.
+    fn reconnect(&mut self, stream: usize) {
+        let d = &mut self.p.devs[stream];
+        if let Some(r) = d.progress.resubmit() {
+            for rec in d.spool.iter_mut() {
+                if r.contains(rec.dev_seq) {
+                    rec.last_sent = None;
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, stream: usize, dev_seq: u64, applied: u64) -> Result<(), Failure> {
+        let d = &mut self.p.devs[stream];
+        if let Err(e) = d.progress.ack(dev_seq) {
+            return Err(self.o.fail("protocol", format!("stream {stream} ack {dev_seq}: {e}")));
+        }
+        let acked = d.progress.acked();
+        if CLASSES[stream] == DeviceClass::Log {
+            d.log.ack(acked);
+        }
+        while d.spool.front().is_some_and(|r| r.dev_seq <= acked) {
+            let r = d.spool.pop_front().expect("front");
+            if !d.progress.is_replicated(r.dev_seq) || !self.o.durable.contains(&(stream, r.dev_seq)) {
+                return Err(self.o.fail(
+                    "G3 nothing lost",
+                    format!("stream {stream} dev_seq {} dropped from the spool but not durable remotely", r.dev_seq),
+                ));
+            }
+        }
+        // Chunks whose writes all belong to applied intervals are clean.
+        let busy: Vec<(u64, u64)> = self
+            .p
+            .inflight
+            .iter()
+            .filter(|f| f.dev == stream && f.len > 0)
+            .map(|f| chunks_of(f.block, f.len, CHUNK_SHIFT).expect("chunks"))
+            .collect();
+        let d = &mut self.p.devs[stream];
+        let nbits = BLOCKS >> CHUNK_SHIFT;
+        let epochs = d.chunk_epoch.clone();
+        let mut bm = ChunkBitmap::new(&mut d.bitmap, nbits).expect("bitmap");
+        let dirty: Vec<(u64, u64)> = bm.runs().collect();
+        for (start, len) in dirty {
+            for c in start..start + len {
+                let in_flight = busy.iter().any(|&(b, n)| b <= c && c < b + n);
+                if epochs[c as usize] <= applied && !in_flight {
+                    bm.clear_range(c, 1).expect("range");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn crash_primary(&mut self) {
+        self.stats.primary_crashes += 1;
+        self.p.up = false;
+        // Writes in flight never complete; the spool and the gate are lost.
+        // What they held is covered by the bitmap (checked by G3).
+        self.p.inflight.clear();
+        self.p.handshake = None;
+        self.o.log_not_durable.clear();
+    }
+
+    fn recover_primary(&mut self) {
+        self.p.up = true;
+        self.p.generation += 1;
+        self.p.group_seq += JUMP;
+        self.p.epoch += 1;
+        let resync_epoch = self.p.epoch;
+        let mut bases = [0; DEVICES];
+        for (dev, base) in bases.iter_mut().enumerate() {
+            let old = &self.p.devs[dev];
+            let start = old.dev_seq + JUMP;
+            // The bitmap comes back from its on-disk encoding.
+            let nbits = BLOCKS >> CHUNK_SHIFT;
+            let mut words = old.bitmap.clone();
+            let bm = ChunkBitmap::new(&mut words, nbits).expect("bitmap");
+            let mut disk = vec![0u8; bm.encoded_len()];
+            bm.encode(CHUNK_SHIFT, &FastDigest, &mut disk).expect("encode");
+            let mut back = vec![0u64; words.len()];
+            decode_bitmap(&disk, &FastDigest, &mut back).expect("decode");
+            let image = old.image.clone();
+            let mut d = PDev::new(start);
+            d.image = image;
+            d.bitmap = back;
+            d.chunk_epoch = vec![resync_epoch; nbits as usize];
+            self.p.devs[dev] = d;
+            *base = start + 1;
+            self.o.gen_base[dev] = start + 1;
+        }
+        // Resync: the dirty chunks, log device first, as one interval.
+        for dev in 0..DEVICES {
+            let nbits = BLOCKS >> CHUNK_SHIFT;
+            let mut words = self.p.devs[dev].bitmap.clone();
+            let runs: Vec<(u64, u64)> = ChunkBitmap::new(&mut words, nbits)
+                .expect("bitmap")
+                .runs()
+                .collect();
+            for (c, n) in runs {
+                let first = c << CHUNK_SHIFT;
+                let count = n << CHUNK_SHIFT;
+                let mut payload = Vec::new();
+                for b in first..first + count {
+                    let mut sector = vec![0u8; SECTOR_SIZE as usize];
+                    sector[..8].copy_from_slice(&self.p.devs[dev].image[b as usize].to_le_bytes());
+                    payload.extend_from_slice(&sector);
+                }
+                self.sequence(
+                    dev,
+                    RecordKind::Write,
+                    Flags(Flags::RESYNC),
+                    first,
+                    count,
+                    &payload,
+                    resync_epoch,
+                );
+            }
+        }
+        self.checkpoint();
+        self.p.handshake = Some(Handshake {
+            generation: self.p.generation,
+            bases,
+            first_epoch: resync_epoch,
+        });
+    }
+
+    fn offer_handshake(&mut self) {
+        if let Some(hs) = self.p.handshake {
+            if self.s.generation >= hs.generation {
+                self.p.handshake = None;
+            } else if self.s.up && self.s.handshake.is_none() {
+                self.s.handshake = Some(hs);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ secondary
+
+    fn receive(&mut self, stream: usize, bytes: &[u8]) -> Result<(), Failure> {
+        let (h, payload) = match decode_record(bytes, &self.key, &FastDigest) {
+            Ok(r) => (r.header, r.payload.to_vec()),
+            Err(_) => {
+                self.stats.rejected += 1;
+                if self.cfg.bug != Some(Bug::SkipVerification) {
+                    return Ok(());
+                }
+                match parse_unverified(bytes) {
+                    Some(x) => x,
+                    None => return Ok(()),
+                }
+            }
+        };
+        if h.device_id as usize != stream || self.s.handshake.is_some() {
+            return Ok(());
+        }
+        let w = &mut self.s.windows[stream];
+        if h.dev_seq < w.next() {
+            self.send_ack(stream);
+            return Ok(());
+        }
+        if h.kind == RecordKind::Checkpoint {
+            let oldest = self.s.rendezvous.oldest();
+            if h.epoch < oldest || h.epoch >= oldest + INTERVALS as u64 {
+                return Ok(());
+            }
+        }
+        let r = received(&h);
+        match self.s.windows[stream].insert(h.dev_seq, r) {
+            Ok(Insert::Accepted { run_end }) => {
+                self.o.made_durable(stream, &h, bytes)?;
+                self.s.log.insert((stream, h.dev_seq), Entry { h, payload });
+                if h.kind == RecordKind::Checkpoint {
+                    let _ = self.s.rendezvous.marker(stream as u32, h.epoch, r.stamp);
+                }
+                self.scan_points(stream, run_end)?;
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+        self.send_ack(stream);
+        Ok(())
+    }
+
+    /// Consistency points whose stream run now reaches them are validated.
+    fn scan_points(&mut self, stream: usize, run_end: u64) -> Result<(), Failure> {
+        while self.s.point_scan[stream] < run_end {
+            let ds = self.s.point_scan[stream] + 1;
+            self.s.point_scan[stream] = ds;
+            let Some(e) = self.s.log.get(&(stream, ds)) else {
+                continue;
+            };
+            if e.h.kind != RecordKind::ConsistencyPoint {
+                continue;
+            }
+            let cp = ConsistencyPayload::decode(&e.payload).map_err(|err| {
+                self.o
+                    .fail("G5 validated before applied", format!("bad consistency point: {err}"))
+            })?;
+            match self.s.points.delivered(stream as u32, ds, &cp) {
+                Ok(Some(held)) => {
+                    self.stats.points_held += 1;
+                    let seqs = self.o.points.get(&held.cp_id).copied().unwrap_or_default();
+                    for (s, &last) in seqs.iter().enumerate() {
+                        for d in self.o.gen_base[s]..=last {
+                            if !self.o.durable.contains(&(s, d)) {
+                                return Err(self.o.fail(
+                                    "G5 validated before applied",
+                                    format!(
+                                        "consistency point {} held without stream {s} record {d}",
+                                        held.cp_id
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    return Err(self.o.fail(
+                        "G5 validated before applied",
+                        format!("consistency point {} refused: {err}", cp.cp_id),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_ack(&mut self, stream: usize) {
+        let msg = Msg::Ack {
+            dev_seq: self.s.windows[stream].run_end(),
+            applied: self.s.apply.applied(),
+        };
+        self.net
+            .send(&mut self.rng, self.faults, self.now, stream, false, msg);
+    }
+
+    fn secondary_work(&mut self) -> Result<(), Failure> {
+        if self.s.job.is_none() {
+            if let Some(hs) = self.s.handshake.take() {
+                self.accept_handshake(hs);
+            }
+            self.plan_interval()?;
+        }
+        if let Some(job) = &mut self.s.job {
+            let n = 1 + self.rng.below(3) as usize;
+            for _ in 0..n {
+                if job.pos >= job.items.len() {
+                    break;
+                }
+                let (s, ds) = job.items[job.pos];
+                job.pos += 1;
+                if let Some(e) = self.s.log.get(&(s, ds)) {
+                    apply_entry(&mut self.s.image[s], e);
+                    self.image_dirty = true;
+                }
+            }
+            if job.pos >= job.items.len() {
+                self.finish_interval()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_handshake(&mut self, hs: Handshake) {
+        let s = &mut self.s;
+        s.log.clear();
+        s.next = hs.bases;
+        s.first_epoch = hs.first_epoch;
+        s.point_scan = hs.bases.map(|b| b - 1);
+        s.points.restart(hs.bases.map(|b| b - 1));
+        s.generation = hs.generation;
+        for (i, w) in s.windows.iter_mut().enumerate() {
+            w.reset(hs.bases[i], s.next_stamp[i]);
+        }
+        s.rendezvous.reset(hs.first_epoch);
+    }
+
+    fn plan_interval(&mut self) -> Result<(), Failure> {
+        let limit = if self.cfg.bug == Some(Bug::LimitIsMax) {
+            self.s.windows.iter().map(|w| w.run_end_stamp()).max()
+        } else {
+            group_limit(&self.s.windows)
+        };
+        let Some(limit) = limit else { return Ok(()) };
+        let Some((epoch, cut)) = self.s.rendezvous.ready(limit) else {
+            return Ok(());
+        };
+        let mut items = Vec::new();
+        while let Some(i) = next_in_group_order(&self.s.windows, cut) {
+            let (ds, _) = self.s.windows[i].pop_front().expect("front");
+            items.push((i, ds));
+        }
+        let mark = self
+            .s
+            .apply
+            .begin(epoch)
+            .map_err(|e| self.o.fail("G4 atomic intervals", format!("begin {epoch}: {e}")))?;
+        if self.cfg.bug != Some(Bug::NoUpdateInProgressMark) {
+            self.s.mark = persist(mark);
+        }
+        self.s.job = Some(Job {
+            epoch,
+            items,
+            pos: 0,
+        });
+        Ok(())
+    }
+
+    fn finish_interval(&mut self) -> Result<(), Failure> {
+        let job = self.s.job.take().expect("job");
+        let mark = self
+            .s
+            .apply
+            .finish(job.epoch)
+            .map_err(|e| self.o.fail("G4 atomic intervals", format!("finish {}: {e}", job.epoch)))?;
+        // One meta update: mark idle, streams' positions, log trimmed.
+        self.s.mark = persist(mark);
+        for &(s, ds) in &job.items {
+            if let Some(e) = self.s.log.remove(&(s, ds)) {
+                if ds >= self.s.next[s] {
+                    self.s.next[s] = ds + 1;
+                    self.s.next_stamp[s] = received(&e.h).stamp;
+                }
+            }
+        }
+        self.s.first_epoch = job.epoch + 1;
+        let _ = self.s.rendezvous.retire(job.epoch);
+        self.stats.intervals += 1;
+        self.image_dirty = true;
+        for s in 0..DEVICES {
+            self.send_ack(s);
+        }
+        Ok(())
+    }
+
+    fn crash_secondary(&mut self) {
+        self.stats.secondary_crashes += 1;
+        self.s.up = false;
+    }
+
+    fn recover_secondary(&mut self) -> Result<(), Failure> {
+        self.s.up = true;
+        // The mark is read back from its on-disk block.
+        self.s.mark = persist(self.s.mark);
+        self.s.rebuild();
+        if let ApplyState::InProgress { epoch } = self.s.mark.state {
+            // Redo the whole interval from the remote log; reads wait.
+            self.stats.redos += 1;
+            let limit = group_limit(&self.s.windows).unwrap_or(Stamp::ZERO);
+            let cut = match self.s.rendezvous.ready(limit) {
+                Some((e, cut)) if e == epoch => cut,
+                other => {
+                    return Err(self.o.fail(
+                        "G4 atomic intervals",
+                        format!("interval {epoch} cannot be redone from the remote log ({other:?})"),
+                    ))
+                }
+            };
+            let mut items = Vec::new();
+            while let Some(i) = next_in_group_order(&self.s.windows, cut) {
+                let (ds, _) = self.s.windows[i].pop_front().expect("front");
+                items.push((i, ds));
+            }
+            self.s.job = Some(Job {
+                epoch,
+                items,
+                pos: 0,
+            });
+        } else {
+            // A host may read as soon as the secondary is back.
+            self.o.check_image(&self.s.image, self.s.apply.applied())?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ oracle
+
+    fn check(&mut self) -> Result<(), Failure> {
+        // G4: a host read waits while an interval is being applied.
+        if self.s.up && self.s.job.is_some() {
+            if self.s.apply.may_read() {
+                return Err(self
+                    .o
+                    .fail("G4 atomic intervals", "host read allowed during an interval".into()));
+            }
+            self.stats.reads_waited += 1;
+        }
+        let readable = self.s.up && self.s.apply.may_read();
+        if readable && self.image_dirty {
+            self.image_dirty = false;
+            self.o.check_image(&self.s.image, self.s.apply.applied())?;
+        }
+        // G3: every block where the images differ is marked dirty.
+        let nbits = BLOCKS >> CHUNK_SHIFT;
+        for d in 0..DEVICES {
+            let mut words = self.p.devs[d].bitmap.clone();
+            let bm = ChunkBitmap::new(&mut words, nbits).expect("bitmap");
+            for b in 0..BLOCKS {
+                if self.p.devs[d].image[b as usize] != self.s.image[d][b as usize]
+                    && !bm.test(b >> CHUNK_SHIFT)
+                {
+                    return Err(self.o.fail(
+                        "G3 nothing lost",
+                        format!("device {d} block {b} differs from the secondary but is clean"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), Failure> {
+        self.faults = &CALM;
+        self.net.down_until = [0; DEVICES];
+        if !self.p.up {
+            self.recover_primary();
+        }
+        if !self.s.up {
+            self.recover_secondary()?;
+        }
+        self.complete_some(MAX_INFLIGHT);
+        self.checkpoint();
+        let target = self.p.epoch - 1;
+        for _ in 0..4000 {
+            self.step(false)?;
+            if self.s.apply.applied() >= target && self.s.job.is_none() {
+                break;
+            }
+        }
+        for d in 0..DEVICES {
+            if self.p.devs[d].image != self.s.image[d] {
+                return Err(self.o.fail(
+                    "liveness",
+                    format!(
+                        "after the drain device {d} differs (applied {} of {target})",
+                        self.s.apply.applied()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a mark to its on-disk form and reads it back.
+fn persist(mark: ApplyMark) -> ApplyMark {
+    let mut b = [0u8; ferry_core::checkpoint::APPLY_MARK_LEN];
+    mark.encode(&FastDigest, &mut b);
+    ApplyMark::decode(&b, &FastDigest).expect("mark")
+}
+
+fn apply_entry(image: &mut [u64], e: &Entry) {
+    let h = &e.h;
+    match h.kind {
+        RecordKind::Write => {
+            for (i, sector) in e.payload.chunks_exact(SECTOR_SIZE as usize).enumerate() {
+                let token = u64::from_le_bytes(sector[..8].try_into().expect("8 bytes"));
+                if let Some(b) = image.get_mut(h.sector as usize + i) {
+                    *b = token;
+                }
+            }
+        }
+        RecordKind::Discard | RecordKind::WriteZeroes => {
+            for b in h.sector..h.sector + u64::from(h.nr_sectors) {
+                if let Some(b) = image.get_mut(b as usize) {
+                    *b = h.group_seq;
+                }
+            }
+        }
+        _ => {}
+    }
+}

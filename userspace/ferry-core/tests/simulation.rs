@@ -1,0 +1,177 @@
+//! The deterministic simulation under `cargo test`.
+//!
+//! * `seeds`: FERRY_SIM_SEEDS seeds (default 10,000) from FERRY_SIM_START
+//!   (default 0), on every core; any failing seed is printed with the
+//!   command that replays it.
+//! * `replay`: runs FERRY_SIM_SEED alone, verbosely.
+//! * `soak` (ignored): millions of seeds, e.g.
+//!   `FERRY_SIM_SEEDS=1000000 cargo test --release --test simulation -- --ignored soak`.
+//! * `bug_*`: defects injected on purpose; the oracle must catch each.
+
+mod sim;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use sim::{run, Bug, Config, Failure, Stats};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn replay_hint(f: &Failure, bug: Option<Bug>) -> String {
+    match bug {
+        None => format!(
+            "{f}\n  reproduce: FERRY_SIM_SEED={} cargo test -p ferry-core --test simulation -- replay --nocapture",
+            f.seed
+        ),
+        Some(b) => format!("{f} (with {b:?})"),
+    }
+}
+
+/// Runs `count` seeds from `start` on every core; returns the failures and
+/// the summed counters.
+fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<Failure>, Stats) {
+    let next = AtomicU64::new(start);
+    let failures = Mutex::new(Vec::new());
+    let total = Mutex::new(Stats::default());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                let mut local = Stats::default();
+                loop {
+                    if stop_at_first && !failures.lock().unwrap().is_empty() {
+                        break;
+                    }
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= start + count {
+                        break;
+                    }
+                    let mut cfg = Config::new(seed);
+                    cfg.bug = bug;
+                    match run(cfg) {
+                        Ok(s) => {
+                            local.writes += s.writes;
+                            local.intervals += s.intervals;
+                            local.rejected += s.rejected;
+                            local.primary_crashes += s.primary_crashes;
+                            local.secondary_crashes += s.secondary_crashes;
+                            local.redos += s.redos;
+                            local.reads_waited += s.reads_waited;
+                            local.points_held += s.points_held;
+                            local.steps += s.steps;
+                        }
+                        Err(f) => {
+                            if bug.is_none() {
+                                eprintln!("{}", replay_hint(&f, bug));
+                            }
+                            failures.lock().unwrap().push(f);
+                        }
+                    }
+                }
+                let mut t = total.lock().unwrap();
+                t.writes += local.writes;
+                t.intervals += local.intervals;
+                t.rejected += local.rejected;
+                t.primary_crashes += local.primary_crashes;
+                t.secondary_crashes += local.secondary_crashes;
+                t.redos += local.redos;
+                t.reads_waited += local.reads_waited;
+                t.points_held += local.points_held;
+                t.steps += local.steps;
+            });
+        }
+    });
+    (failures.into_inner().unwrap(), total.into_inner().unwrap())
+}
+
+fn run_seeds(default_count: u64) {
+    let start = env_u64("FERRY_SIM_START", 0);
+    let count = env_u64("FERRY_SIM_SEEDS", default_count);
+    let t = Instant::now();
+    let (failures, s) = sweep(start, count, None, false);
+    println!(
+        "simulation: {count} seeds from {start} in {:.1?}: {} steps, {} writes, {} intervals applied, \
+         {} primary and {} secondary crashes, {} redos, {} damaged records rejected, \
+         {} host reads held, {} consistency points held",
+        t.elapsed(),
+        s.steps,
+        s.writes,
+        s.intervals,
+        s.primary_crashes,
+        s.secondary_crashes,
+        s.redos,
+        s.rejected,
+        s.reads_waited,
+        s.points_held
+    );
+    if !failures.is_empty() {
+        let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
+        seeds.sort_unstable();
+        panic!("{} of {count} seeds failed: {seeds:?}", failures.len());
+    }
+    assert!(s.intervals > count, "the secondary barely applied anything");
+    assert!(s.primary_crashes > 0 && s.secondary_crashes > 0 && s.redos > 0);
+}
+
+#[test]
+fn seeds() {
+    run_seeds(10_000);
+}
+
+#[test]
+#[ignore = "long: run explicitly with FERRY_SIM_SEEDS"]
+fn soak() {
+    run_seeds(1_000_000);
+}
+
+#[test]
+fn replay() {
+    let Ok(seed) = std::env::var("FERRY_SIM_SEED") else {
+        return;
+    };
+    let seed: u64 = seed.parse().expect("FERRY_SIM_SEED");
+    match run(Config::new(seed)) {
+        Ok(s) => println!("seed {seed}: ok {s:?}"),
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// Runs seeds with `bug` until the oracle objects; fails if it never does.
+fn caught(bug: Bug, expect_rule: &str) {
+    let (failures, _) = sweep(0, 2_000, Some(bug), true);
+    let f = failures
+        .iter()
+        .min_by_key(|f| f.seed)
+        .unwrap_or_else(|| panic!("{bug:?} went unnoticed over 2000 seeds"));
+    println!("{bug:?} caught: {f}");
+    assert!(
+        failures.iter().any(|f| f.rule.starts_with(expect_rule)),
+        "{bug:?} caught, but not as {expect_rule}: {f}"
+    );
+}
+
+#[test]
+fn bug_gate_ignoring_watermark_is_caught() {
+    caught(Bug::GateIgnoresWatermark, "G2");
+}
+
+#[test]
+fn bug_limit_taking_latest_run_is_caught() {
+    caught(Bug::LimitIsMax, "G");
+}
+
+#[test]
+fn bug_skipping_verification_is_caught() {
+    caught(Bug::SkipVerification, "G");
+}
+
+#[test]
+fn bug_missing_update_in_progress_mark_is_caught() {
+    caught(Bug::NoUpdateInProgressMark, "G");
+}
