@@ -60,6 +60,10 @@ pub const fn words_for(nbits: u64) -> u64 {
     nbits.div_ceil(64)
 }
 
+fn words_usize(nbits: u64) -> usize {
+    usize::try_from(words_for(nbits)).unwrap_or(usize::MAX)
+}
+
 /// Chunks touched by `nr_sectors` sectors from `sector`, with chunks of
 /// `1 << chunk_shift` sectors: `(first_chunk, count)`. `None` on overflow or
 /// a shift of 64 or more.
@@ -99,7 +103,7 @@ impl<'a> ChunkBitmap<'a> {
     }
 
     fn clear_tail(&mut self) {
-        let used = words_for(self.nbits) as usize;
+        let used = words_usize(self.nbits);
         let rem = self.nbits % 64;
         if rem != 0 {
             if let Some(w) = self.words.get_mut(used - 1) {
@@ -118,7 +122,7 @@ impl<'a> ChunkBitmap<'a> {
 
     /// The words in use.
     pub fn words(&self) -> &[u64] {
-        let n = words_for(self.nbits) as usize;
+        let n = words_usize(self.nbits);
         self.words.get(..n).unwrap_or(&[])
     }
 
@@ -296,7 +300,11 @@ pub struct BitmapHeader {
 
 impl BitmapHeader {
     /// Encodes the 32-byte header into `out`.
-    pub fn encode<D: Digest + ?Sized>(&self, digest: &D, out: &mut [u8]) -> Result<(), BitmapError> {
+    pub fn encode<D: Digest + ?Sized>(
+        &self,
+        digest: &D,
+        out: &mut [u8],
+    ) -> Result<(), BitmapError> {
         if self.chunk_shift > MAX_CHUNK_SHIFT {
             return Err(BitmapError::BadChunkShift);
         }
@@ -366,7 +374,7 @@ pub fn decode_bitmap<D: Digest + ?Sized>(
     if (words.len() as u64) < n {
         return Err(BitmapError::StorageTooSmall);
     }
-    let n = n as usize;
+    let n = usize::try_from(n).map_err(|_| BitmapError::StorageTooSmall)?;
     let body_len = n.checked_mul(8).ok_or(BitmapError::Truncated)?;
     let end = BITMAP_HEADER_LEN
         .checked_add(body_len)
@@ -396,6 +404,7 @@ pub fn decode_bitmap<D: Digest + ?Sized>(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::digest::SoftDigest;
@@ -444,7 +453,10 @@ mod tests {
         for i in 0..n {
             let mut c = buf;
             c[i] ^= 0x10;
-            assert!(decode_bitmap(&c[..n], &SoftDigest, &mut out).is_err(), "{i}");
+            assert!(
+                decode_bitmap(&c[..n], &SoftDigest, &mut out).is_err(),
+                "{i}"
+            );
         }
         for cut in 0..n {
             assert!(decode_bitmap(&buf[..cut], &SoftDigest, &mut out).is_err());

@@ -128,7 +128,8 @@ impl<S: AsRef<[IntervalSlot]> + AsMut<[IntervalSlot]>> Rendezvous<S> {
         if off >= cap as u64 {
             return Err(CheckpointError::OutOfWindow);
         }
-        Ok((self.head + off as usize) % cap)
+        let off = usize::try_from(off).map_err(|_| CheckpointError::OutOfWindow)?;
+        Ok((self.head + off) % cap)
     }
 
     /// Oldest open interval.
@@ -142,7 +143,12 @@ impl<S: AsRef<[IntervalSlot]> + AsMut<[IntervalSlot]>> Rendezvous<S> {
     }
 
     /// Records that `stream` delivered its marker for `epoch` with `stamp`.
-    pub fn marker(&mut self, stream: u32, epoch: u64, stamp: Stamp) -> Result<MarkerStatus, CheckpointError> {
+    pub fn marker(
+        &mut self,
+        stream: u32,
+        epoch: u64,
+        stamp: Stamp,
+    ) -> Result<MarkerStatus, CheckpointError> {
         let b = bit(stream)?;
         if epoch < self.base {
             return Ok(MarkerStatus::Stale);
@@ -381,6 +387,7 @@ impl IntervalApply {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::digest::SoftDigest;

@@ -155,7 +155,9 @@ impl Command {
             Self::AckLog { .. } | Self::Ack { .. } => 16,
             Self::Applied { .. } | Self::Start { .. } => 8,
             Self::InsertCheckpoint | Self::Stop => 0,
-            Self::InsertConsistencyPoint { label } => label.as_bytes().len() as u16,
+            Self::InsertConsistencyPoint { label } => {
+                u16::try_from(label.as_bytes().len()).map_err(|_| CommandError::BadLabel)?
+            }
         };
         let mut w = Writer::new(out);
         let r = (|| {
@@ -298,6 +300,7 @@ impl Iterator for Commands<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
@@ -351,13 +354,22 @@ mod tests {
         assert_eq!(Command::decode(&b[..n]), Err(CommandError::BadMagic));
         let mut b = buf;
         b[4] = 9;
-        assert_eq!(Command::decode(&b[..n]), Err(CommandError::UnsupportedVersion(9)));
+        assert_eq!(
+            Command::decode(&b[..n]),
+            Err(CommandError::UnsupportedVersion(9))
+        );
         let mut b = buf;
         b[5] = 99;
-        assert_eq!(Command::decode(&b[..n]), Err(CommandError::UnknownOpcode(99)));
+        assert_eq!(
+            Command::decode(&b[..n]),
+            Err(CommandError::UnknownOpcode(99))
+        );
         let mut b = buf;
         b[8] = 0x80;
-        assert_eq!(Command::decode(&b[..n]), Err(CommandError::UnknownFlags(0x80)));
+        assert_eq!(
+            Command::decode(&b[..n]),
+            Err(CommandError::UnknownFlags(0x80))
+        );
         let mut b = buf;
         b[12] = 1;
         assert_eq!(Command::decode(&b[..n]), Err(CommandError::ReservedNotZero));

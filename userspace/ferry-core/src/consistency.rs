@@ -183,6 +183,7 @@ impl<const STREAMS: usize, const OPEN: usize> ConsistencyTracker<STREAMS, OPEN> 
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 
@@ -212,6 +213,9 @@ mod tests {
         t.resign(1);
         assert_eq!(t.delivered(0, 12, &cp(3, 10)).unwrap().unwrap().cp_id, 3);
         assert_eq!(t.last_held().unwrap().cp_id, 3);
-        assert_eq!(t.delivered(2, 1, &cp(4, 1)), Err(ConsistencyError::BadStream));
+        assert_eq!(
+            t.delivered(2, 1, &cp(4, 1)),
+            Err(ConsistencyError::BadStream)
+        );
     }
 }

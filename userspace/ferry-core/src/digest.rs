@@ -74,6 +74,7 @@ impl Crc32c {
 
 const CRC32C_POLY: u32 = 0x82F6_3B78;
 
+#[allow(clippy::cast_possible_truncation)] // i < 256
 const fn crc32c_tables() -> [[u32; 256]; 8] {
     let mut t = [[0u32; 256]; 8];
     let mut i = 0;
@@ -81,7 +82,11 @@ const fn crc32c_tables() -> [[u32; 256]; 8] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ CRC32C_POLY } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ CRC32C_POLY
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[0][i] = c;
@@ -227,10 +232,7 @@ pub mod vectors {
         (b"", 0xFFFF_FFFF),
         (b"123456789", !0xE306_9283),
         (b"a", !0xC1D0_4330),
-        (
-            b"The quick brown fox jumps over the lazy dog",
-            !0x2262_0404,
-        ),
+        (b"The quick brown fox jumps over the lazy dog", !0x2262_0404),
     ];
     /// `(message, seed, xxh64)`.
     pub const XXH64: &[(&[u8], u64, u64)] = &[
@@ -247,6 +249,7 @@ pub mod vectors {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -19,6 +19,7 @@ impl Digest for FastDigest {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::digest::{vectors, SoftDigest};

@@ -52,8 +52,9 @@ impl Watermark {
         S: AsRef<[PendingLog]> + 'a,
         I: IntoIterator<Item = &'a LogPending<S>>,
     {
-        logs.into_iter()
-            .fold(Self::UNBOUNDED, |w, l| w.min(Self::from_lowest_pending(l.lowest())))
+        logs.into_iter().fold(Self::UNBOUNDED, |w, l| {
+            w.min(Self::from_lowest_pending(l.lowest()))
+        })
     }
 
     /// Whether a data record of group order `group_seq` may be released.
@@ -210,6 +211,7 @@ impl<S: AsRef<[PendingLog]> + AsMut<[PendingLog]>> LogPending<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -224,6 +224,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> Progress<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

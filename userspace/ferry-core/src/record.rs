@@ -211,7 +211,11 @@ impl RecordHeader {
                 if self.nr_sectors == 0 {
                     return Err(RecordError::LengthMismatch);
                 }
-                if self.sector.checked_add(u64::from(self.nr_sectors)).is_none() {
+                if self
+                    .sector
+                    .checked_add(u64::from(self.nr_sectors))
+                    .is_none()
+                {
                     return Err(RecordError::SectorOverflow);
                 }
                 let expect = if self.kind == RecordKind::Write {
@@ -385,7 +389,7 @@ impl Label {
             .copy_from_slice(src);
         Ok(Self {
             bytes,
-            len: src.len() as u8,
+            len: u8::try_from(src.len()).map_err(|_| RecordError::BadLabel)?,
         })
     }
 
@@ -422,7 +426,7 @@ pub struct ConsistencyPayload {
 impl ConsistencyPayload {
     /// Encoded length (the record's `payload_len`).
     pub fn len(&self) -> u32 {
-        (CP_FIXED_LEN + self.label.as_bytes().len()) as u32
+        u32::try_from(CP_FIXED_LEN + self.label.as_bytes().len()).unwrap_or(u32::MAX)
     }
 
     /// Never empty: the label has at least one byte.
@@ -537,7 +541,11 @@ pub fn encode_tail<D: Digest + ?Sized>(
     out: &mut [u8; TAIL_LEN],
 ) {
     out[..4].copy_from_slice(&TAIL_MAGIC);
-    set_u32(out, off::TAIL_PAYLOAD_LEN, get_u32(header, off::PAYLOAD_LEN));
+    set_u32(
+        out,
+        off::TAIL_PAYLOAD_LEN,
+        get_u32(header, off::PAYLOAD_LEN),
+    );
     set_u64(out, off::TAIL_GROUP_SEQ, get_u64(header, off::GROUP_SEQ));
     let sig = tail_sig(digest, key, out, get_u64(header, off::HEAD_SIG));
     set_u64(out, off::TAIL_SIG, sig);
@@ -643,7 +651,11 @@ pub fn decode_header<D: Digest + ?Sized>(
 }
 
 /// Checks a payload given as fragments in order against the header.
-pub fn verify_payload<'f, D, I>(dh: &DecodedHeader, digest: &D, fragments: I) -> Result<(), RecordError>
+pub fn verify_payload<'f, D, I>(
+    dh: &DecodedHeader,
+    digest: &D,
+    fragments: I,
+) -> Result<(), RecordError>
 where
     D: Digest + ?Sized,
     I: IntoIterator<Item = &'f [u8]>,
@@ -709,7 +721,9 @@ pub fn decode_record<'a, D: Digest + ?Sized>(
         .get(HEADER_LEN..total - TAIL_LEN)
         .ok_or(RecordError::LengthMismatch)?;
     verify_payload(&dh, digest, [payload])?;
-    let tail = buf.get(total - TAIL_LEN..total).ok_or(RecordError::LengthMismatch)?;
+    let tail = buf
+        .get(total - TAIL_LEN..total)
+        .ok_or(RecordError::LengthMismatch)?;
     verify_tail(&dh, tail, key, digest)?;
     if dh.header.kind == RecordKind::ConsistencyPoint {
         ConsistencyPayload::decode(payload)?;
@@ -722,7 +736,60 @@ pub fn decode_record<'a, D: Digest + ?Sized>(
     })
 }
 
+/// A complete record with known bytes, to check a [`Digest`] binding (the
+/// kernel's) end to end: group 1, secret `"ferry"`, a 512-byte write of
+/// `0xAB` bytes from `log` device 2 with `dev_seq` 3, `group_seq` 4,
+/// timestamp 5, epoch 6, sector 7.
+pub mod vector {
+    use super::{Flags, RecordHeader, RecordKind, HEADER_LEN, TAIL_LEN};
+
+    /// Group secret.
+    pub const SECRET: &[u8] = b"ferry";
+    /// Every payload byte.
+    pub const PAYLOAD_BYTE: u8 = 0xAB;
+    /// Head key derived from group 1 and [`SECRET`].
+    pub const HEAD_KEY: u64 = 0xef19_6f54_049e_ee41;
+    /// Tail key derived from group 1 and [`SECRET`].
+    pub const TAIL_KEY: u64 = 0x9dc9_9842_acae_43ea;
+    /// Standard CRC-32C of the payload.
+    pub const PAYLOAD_CRC: u32 = 0xb2fd_e42f;
+
+    /// The header fields.
+    pub const fn header() -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Write,
+            flags: Flags(Flags::LOG),
+            group_id: 1,
+            device_id: 2,
+            payload_len: 512,
+            dev_seq: 3,
+            group_seq: 4,
+            timestamp_ns: 5,
+            epoch: 6,
+            sector: 7,
+            nr_sectors: 1,
+        }
+    }
+
+    /// The encoded header.
+    pub const HEADER: [u8; HEADER_LEN] = [
+        0x46, 0x52, 0x52, 0x59, 0x01, 0x00, 0x01, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x2f, 0xe4, 0xfd, 0xb2, 0x00, 0x00, 0x00,
+        0x00, 0x9a, 0xe4, 0xd6, 0x08, 0x99, 0x9e, 0xa0, 0x6e, 0x1b, 0x06, 0x3c, 0x24,
+    ];
+
+    /// The encoded tail.
+    pub const TAIL: [u8; TAIL_LEN] = [
+        0x59, 0x52, 0x52, 0x46, 0x00, 0x02, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x49, 0xa5, 0xab, 0x90, 0x1f, 0x5d, 0xf4, 0xf5,
+    ];
+}
+
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::digest::SoftDigest;
@@ -754,6 +821,31 @@ mod tests {
         let n = encode_record(&h, &payload, &key(), &SoftDigest, &mut buf).unwrap();
         assert_eq!(n, buf.len());
         (buf, h)
+    }
+
+    #[test]
+    fn pinned_vector() {
+        let k = GroupKey::derive(&SoftDigest, 1, vector::SECRET).unwrap();
+        assert_eq!((k.head, k.tail), (vector::HEAD_KEY, vector::TAIL_KEY));
+        let payload = [vector::PAYLOAD_BYTE; 512];
+        assert_eq!(crc32c(&SoftDigest, &payload), vector::PAYLOAD_CRC);
+        let mut head = [0u8; HEADER_LEN];
+        encode_header(
+            &vector::header(),
+            vector::PAYLOAD_CRC,
+            &k,
+            &SoftDigest,
+            &mut head,
+        )
+        .unwrap();
+        assert_eq!(head, vector::HEADER);
+        let mut tail = [0u8; TAIL_LEN];
+        encode_tail(&head, &k, &SoftDigest, &mut tail);
+        assert_eq!(tail, vector::TAIL);
+        let dh = decode_header(&vector::HEADER, &k, &SoftDigest).unwrap();
+        assert_eq!(dh.header, vector::header());
+        verify_payload(&dh, &SoftDigest, [&payload[..100], &payload[100..]]).unwrap();
+        verify_tail(&dh, &vector::TAIL, &k, &SoftDigest).unwrap();
     }
 
     #[test]
@@ -797,7 +889,10 @@ mod tests {
         let (buf, _) = encoded();
         let mut b = buf;
         b[0] = b'X';
-        assert_eq!(decode_record(&b, &key(), &SoftDigest), Err(RecordError::BadMagic));
+        assert_eq!(
+            decode_record(&b, &key(), &SoftDigest),
+            Err(RecordError::BadMagic)
+        );
         let mut b = buf;
         b[4] = 2;
         assert_eq!(
@@ -857,11 +952,19 @@ mod tests {
             Err(RecordError::ReservedNotZero)
         );
         assert_eq!(
-            decode_header(&with_field(&buf, off::PAYLOAD_LEN, &513u32.to_le_bytes()), &k, &d),
+            decode_header(
+                &with_field(&buf, off::PAYLOAD_LEN, &513u32.to_le_bytes()),
+                &k,
+                &d
+            ),
             Err(RecordError::LengthMismatch)
         );
         assert_eq!(
-            decode_header(&with_field(&buf, off::SECTOR, &u64::MAX.to_le_bytes()), &k, &d),
+            decode_header(
+                &with_field(&buf, off::SECTOR, &u64::MAX.to_le_bytes()),
+                &k,
+                &d
+            ),
             Err(RecordError::SectorOverflow)
         );
         assert_eq!(

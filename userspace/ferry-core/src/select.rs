@@ -137,7 +137,7 @@ impl<T: Copy, S: AsRef<[Option<Received<T>>]> + AsMut<[Option<Received<T>>]>> St
         if cap == 0 || off >= cap as u64 {
             return None;
         }
-        Some((self.head + off as usize) % cap)
+        Some((self.head + usize::try_from(off).ok()?) % cap)
     }
 
     /// The record held at `dev_seq`.
@@ -177,7 +177,11 @@ impl<T: Copy, S: AsRef<[Option<Received<T>>]> + AsMut<[Option<Received<T>>]>> St
         {
             return Err(WindowError::OrderViolation);
         }
-        let slot = self.slots.as_mut().get_mut(i).ok_or(WindowError::OutOfWindow)?;
+        let slot = self
+            .slots
+            .as_mut()
+            .get_mut(i)
+            .ok_or(WindowError::OutOfWindow)?;
         *slot = Some(rec);
         self.held += 1;
         while self.get(self.next.saturating_add(self.run)).is_some() {
@@ -214,7 +218,8 @@ impl<T: Copy, S: AsRef<[Option<Received<T>>]> + AsMut<[Option<Received<T>>]>> St
         if self.run == 0 {
             self.applied_stamp
         } else {
-            self.get(self.run_end()).map_or(self.applied_stamp, |r| r.stamp)
+            self.get(self.run_end())
+                .map_or(self.applied_stamp, |r| r.stamp)
         }
     }
 
@@ -291,6 +296,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

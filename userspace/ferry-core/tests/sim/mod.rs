@@ -83,7 +83,7 @@ impl Config {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
-            steps: 260,
+            steps: 400,
             bug: None,
         }
     }
@@ -304,16 +304,21 @@ impl Oracle {
         }
     }
 
-    fn made_durable(&mut self, stream: usize, h: &RecordHeader, bytes: &[u8]) -> Result<(), Failure> {
+    fn made_durable(
+        &mut self,
+        stream: usize,
+        h: &RecordHeader,
+        bytes: &[u8],
+    ) -> Result<(), Failure> {
         match self.produced.get(&(stream, h.dev_seq)) {
             Some(orig) if orig.as_slice() == bytes => {}
             _ => {
                 return Err(self.fail(
                     "G5 validated before applied",
                     format!(
-                        "stream {stream} dev_seq {} stored but differs from what the primary produced",
-                        h.dev_seq
-                    ),
+                    "stream {stream} dev_seq {} stored but differs from what the primary produced",
+                    h.dev_seq
+                ),
                 ))
             }
         }
@@ -775,7 +780,15 @@ impl World {
                 payload.extend_from_slice(&sector);
             }
         }
-        let h = self.sequence(w.dev, w.kind, Flags(0), w.block, w.len, &payload, self.p.epoch);
+        let h = self.sequence(
+            w.dev,
+            w.kind,
+            Flags(0),
+            w.block,
+            w.len,
+            &payload,
+            self.p.epoch,
+        );
         debug_assert_eq!(h.group_seq, gseq);
         if w.kind.modifies_data() {
             for b in w.block..w.block + w.len {
@@ -849,7 +862,9 @@ impl World {
         let e = self.p.epoch;
         let mut last = 0;
         for dev in 0..DEVICES {
-            last = self.sequence(dev, RecordKind::Checkpoint, Flags(0), 0, 0, &[], e).group_seq;
+            last = self
+                .sequence(dev, RecordKind::Checkpoint, Flags(0), 0, 0, &[], e)
+                .group_seq;
         }
         self.o.epoch_end.insert(e, last);
         self.p.epoch += 1;
@@ -869,7 +884,15 @@ impl World {
             let mut buf = [0u8; 80];
             let n = cp.encode(&mut buf).expect("cp");
             let e = self.p.epoch;
-            let h = self.sequence(dev, RecordKind::ConsistencyPoint, Flags(0), 0, 0, &buf[..n], e);
+            let h = self.sequence(
+                dev,
+                RecordKind::ConsistencyPoint,
+                Flags(0),
+                0,
+                0,
+                &buf[..n],
+                e,
+            );
             self.p.devs[dev].last_point = h.dev_seq;
             *seq = h.dev_seq;
         }
@@ -880,9 +903,15 @@ impl World {
         let wm = if self.cfg.bug == Some(Bug::GateIgnoresWatermark) {
             Watermark::UNBOUNDED
         } else {
-            Watermark::of(self.p.devs.iter().filter(|d| !d.log.is_empty()).map(|d| &d.log))
+            Watermark::of(
+                self.p
+                    .devs
+                    .iter()
+                    .filter(|d| !d.log.is_empty())
+                    .map(|d| &d.log),
+            )
         };
-        for dev in 0..DEVICES {
+        for (dev, &class) in CLASSES.iter().enumerate() {
             let d = &mut self.p.devs[dev];
             let released = d.released;
             let queue = d
@@ -890,7 +919,7 @@ impl World {
                 .iter()
                 .filter(|r| r.dev_seq > released)
                 .map(|r| (r.kind, r.group_seq));
-            let n = releasable_prefix(CLASSES[dev], wm, queue) as u64;
+            let n = releasable_prefix(class, wm, queue) as u64;
             d.released += n;
             let mut sent = 0;
             let mut out = Vec::new();
@@ -905,8 +934,14 @@ impl World {
                 }
             }
             for b in out {
-                self.net
-                    .send(&mut self.rng, self.faults, self.now, dev, true, Msg::Record(b));
+                self.net.send(
+                    &mut self.rng,
+                    self.faults,
+                    self.now,
+                    dev,
+                    true,
+                    Msg::Record(b),
+                );
             }
         }
     }
@@ -926,7 +961,9 @@ impl World {
     fn on_ack(&mut self, stream: usize, dev_seq: u64, applied: u64) -> Result<(), Failure> {
         let d = &mut self.p.devs[stream];
         if let Err(e) = d.progress.ack(dev_seq) {
-            return Err(self.o.fail("protocol", format!("stream {stream} ack {dev_seq}: {e}")));
+            return Err(self
+                .o
+                .fail("protocol", format!("stream {stream} ack {dev_seq}: {e}")));
         }
         let acked = d.progress.acked();
         if CLASSES[stream] == DeviceClass::Log {
@@ -934,7 +971,9 @@ impl World {
         }
         while d.spool.front().is_some_and(|r| r.dev_seq <= acked) {
             let r = d.spool.pop_front().expect("front");
-            if !d.progress.is_replicated(r.dev_seq) || !self.o.durable.contains(&(stream, r.dev_seq)) {
+            if !d.progress.is_replicated(r.dev_seq)
+                || !self.o.durable.contains(&(stream, r.dev_seq))
+            {
                 return Err(self.o.fail(
                     "G3 nothing lost",
                     format!("stream {stream} dev_seq {} dropped from the spool but not durable remotely", r.dev_seq),
@@ -990,7 +1029,8 @@ impl World {
             let mut words = old.bitmap.clone();
             let bm = ChunkBitmap::new(&mut words, nbits).expect("bitmap");
             let mut disk = vec![0u8; bm.encoded_len()];
-            bm.encode(CHUNK_SHIFT, &FastDigest, &mut disk).expect("encode");
+            bm.encode(CHUNK_SHIFT, &FastDigest, &mut disk)
+                .expect("encode");
             let mut back = vec![0u64; words.len()];
             decode_bitmap(&disk, &FastDigest, &mut back).expect("decode");
             let image = old.image.clone();
@@ -1107,8 +1147,10 @@ impl World {
                 continue;
             }
             let cp = ConsistencyPayload::decode(&e.payload).map_err(|err| {
-                self.o
-                    .fail("G5 validated before applied", format!("bad consistency point: {err}"))
+                self.o.fail(
+                    "G5 validated before applied",
+                    format!("bad consistency point: {err}"),
+                )
             })?;
             match self.s.points.delivered(stream as u32, ds, &cp) {
                 Ok(Some(held)) => {
@@ -1205,11 +1247,10 @@ impl World {
             let (ds, _) = self.s.windows[i].pop_front().expect("front");
             items.push((i, ds));
         }
-        let mark = self
-            .s
-            .apply
-            .begin(epoch)
-            .map_err(|e| self.o.fail("G4 atomic intervals", format!("begin {epoch}: {e}")))?;
+        let mark = self.s.apply.begin(epoch).map_err(|e| {
+            self.o
+                .fail("G4 atomic intervals", format!("begin {epoch}: {e}"))
+        })?;
         if self.cfg.bug != Some(Bug::NoUpdateInProgressMark) {
             self.s.mark = persist(mark);
         }
@@ -1223,11 +1264,10 @@ impl World {
 
     fn finish_interval(&mut self) -> Result<(), Failure> {
         let job = self.s.job.take().expect("job");
-        let mark = self
-            .s
-            .apply
-            .finish(job.epoch)
-            .map_err(|e| self.o.fail("G4 atomic intervals", format!("finish {}: {e}", job.epoch)))?;
+        let mark = self.s.apply.finish(job.epoch).map_err(|e| {
+            self.o
+                .fail("G4 atomic intervals", format!("finish {}: {e}", job.epoch))
+        })?;
         // One meta update: mark idle, streams' positions, log trimmed.
         self.s.mark = persist(mark);
         for &(s, ds) in &job.items {
@@ -1267,7 +1307,9 @@ impl World {
                 other => {
                     return Err(self.o.fail(
                         "G4 atomic intervals",
-                        format!("interval {epoch} cannot be redone from the remote log ({other:?})"),
+                        format!(
+                            "interval {epoch} cannot be redone from the remote log ({other:?})"
+                        ),
                     ))
                 }
             };
@@ -1294,9 +1336,10 @@ impl World {
         // G4: a host read waits while an interval is being applied.
         if self.s.up && self.s.job.is_some() {
             if self.s.apply.may_read() {
-                return Err(self
-                    .o
-                    .fail("G4 atomic intervals", "host read allowed during an interval".into()));
+                return Err(self.o.fail(
+                    "G4 atomic intervals",
+                    "host read allowed during an interval".into(),
+                ));
             }
             self.stats.reads_waited += 1;
         }
