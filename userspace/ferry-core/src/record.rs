@@ -195,7 +195,9 @@ impl RecordHeader {
 
     /// Total encoded size of a record with this header.
     pub const fn record_len(&self) -> usize {
-        HEADER_LEN + self.payload_len as usize + TAIL_LEN
+        HEADER_LEN
+            .saturating_add(self.payload_len as usize)
+            .saturating_add(TAIL_LEN)
     }
 
     /// Checks the rules a header must satisfy whatever its origin.

@@ -1343,6 +1343,17 @@ impl World {
             }
             self.stats.reads_waited += 1;
         }
+        // G1 and G4 as a host would see the image if the secondary were
+        // promoted now: an interval in progress is first finished (redone).
+        if let (true, Some(job)) = (self.s.up, &self.s.job) {
+            let mut view = self.s.image.clone();
+            for &(s, ds) in &job.items[job.pos..] {
+                if let Some(e) = self.s.log.get(&(s, ds)) {
+                    apply_entry(&mut view[s], e);
+                }
+            }
+            self.o.check_image(&view, job.epoch)?;
+        }
         let readable = self.s.up && self.s.apply.may_read();
         if readable && self.image_dirty {
             self.image_dirty = false;
