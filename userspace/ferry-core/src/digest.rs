@@ -16,7 +16,7 @@
 //!   (a record header, a record tail, a key), so the one-shot form suffices.
 //!
 //! [`SoftDigest`] is a portable reference implementation with no dependency;
-//! the `std` feature adds [`FastDigest`](crate::FastDigest), backed by
+//! the `std` feature adds `FastDigest`, backed by
 //! hardware-accelerated crates. Both are pinned to the vectors in
 //! [`vectors`].
 

@@ -6,7 +6,7 @@
 //! caller and lent as slices or fixed arrays. Checksums come through the
 //! [`Digest`] trait, which the kernel implements over its `crc32c()` and
 //! `xxh64()`, and userspace over hardware-accelerated crates (feature
-//! `std`, [`FastDigest`]).
+//! `std`, `FastDigest`).
 //!
 //! One module per concern, in the order data flows:
 //!
@@ -19,6 +19,30 @@
 //! * [`consistency`] — application-consistent points.
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
 //! * [`command`] — commands written to the character device.
+//!
+//! # In the kernel
+//!
+//! The module compiles `src/lib.rs` as crate `ferry_core` with no feature
+//! (`no_std`, `core` only, no allocation, no floating point) and provides:
+//!
+//! * a [`Digest`] over `crc32c()` (raw, no inversion) and `xxh64()`; it can
+//!   check the binding at load time against [`digest::vectors`] and
+//!   [`record::vector`];
+//! * per write, at completion: a [`record::RecordHeader`], the payload CRC
+//!   over the bio's pages ([`digest::Crc32c`]), then
+//!   [`record::encode_header`] into an 88-byte buffer and
+//!   [`record::encode_tail`] into a 24-byte one;
+//! * per `log` device a [`gate::LogPending`] ring it owns; the release
+//!   decision is [`gate::Watermark::of`] and [`gate::releasable_prefix`];
+//! * per device a [`progress::Progress`] (acknowledgements, resubmission,
+//!   "replicated" reporting);
+//! * per device a [`bitmap::ChunkBitmap`] over its own words, written to the
+//!   meta device with [`bitmap::ChunkBitmap::encode`];
+//! * [`command::Commands`] over each `write(2)` to the character device
+//!   (any [`command::CommandError`] is `-EINVAL`);
+//! * in secondary mode, [`checkpoint::IntervalApply`] and its
+//!   [`checkpoint::ApplyMark`] (host reads wait unless
+//!   [`checkpoint::IntervalApply::may_read`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
