@@ -5,7 +5,8 @@
 //!   command that replays it.
 //! * `replay`: runs FERRY_SIM_SEED alone, verbosely.
 //! * `soak` (ignored): millions of seeds, e.g.
-//!   `FERRY_SIM_SEEDS=1000000 cargo test --release --test simulation -- --ignored soak`.
+//!   `FERRY_SIM_SEEDS=1000000 FERRY_SIM_START=10000 cargo test --test simulation -- --ignored soak --nocapture`
+//!   (the test profile is optimised and keeps overflow checks).
 //! * `bug_*`: defects injected on purpose; the oracle must catch each.
 
 mod sim;
