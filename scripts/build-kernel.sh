@@ -21,10 +21,14 @@ eval "$("$here/deps.sh" --env)"
 
 src_tar=/usr/src/linux-source-6.12.tar.xz
 src_ver=$(dpkg-query -W -f='${Version}' linux-source-6.12)
-key=$( {
+# Trees with the same base (source and toolchain) differ only in config.
+base=$( {
 	echo "$src_ver"
-	cat "$here/kernel/base.config" "$here/kernel/$flavour.config" "$0"
 	rustc --version; bindgen --version; clang --version | head -1
+} | sha256sum | cut -c1-16)
+key=$( {
+	echo "$base"
+	cat "$here/kernel/base.config" "$here/kernel/$flavour.config" "$0"
 } | sha256sum | cut -c1-16)
 
 top="$cache/kernel/$flavour-$key"
@@ -43,9 +47,22 @@ log() { echo "build-kernel[$flavour]: $*" >&2; }
 start=$(date +%s)
 rm -rf "$top"
 mkdir -p "$top"
-log "unpacking linux-source $src_ver"
-tar -C "$top" -xf "$src_tar"
-mv "$top"/linux-source-6.12 "$kdir"
+# A built tree of the same base and flavour, if any, seeds the build: Kbuild
+# then rebuilds only what the changed options touch.
+seed=
+for t in "$cache/kernel/$flavour"-*/; do
+	t=${t%/}
+	[ -f "$t/.built" ] && [ "$(cat "$t/.base" 2>/dev/null)" = "$base" ] && seed=$t
+done
+if [ -n "$seed" ]; then
+	log "seeding from $seed"
+	cp -a "$seed/linux" "$kdir"
+else
+	log "unpacking linux-source $src_ver"
+	tar -C "$top" -xf "$src_tar"
+	mv "$top"/linux-source-6.12 "$kdir"
+fi
+echo "$base" >"$top/.base"
 
 cd "$kdir"
 m() { make -s LLVM=1 "$@"; }

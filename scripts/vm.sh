@@ -7,13 +7,15 @@
 #                    other, and to nothing else, by a QEMU socket netdev on
 #                    127.0.0.1; they get 10.99.0.1 and 10.99.0.2.
 #   --kernel FILE    bzImage (default: the cached debug kernel)
-#   --initrd FILE    initramfs from scripts/mkinitramfs.sh (required)
+#   --initrd FILE    initramfs from scripts/mkinitramfs.sh (required); its
+#                    tools image (FILE with .cpio -> .tools.img) is attached
+#                    read-only as the last disk of every guest
 #   --disk SPEC      a virtio disk for every guest, repeatable: SIZE (a new
 #                    sparse raw file, e.g. 256M) or PATH (an existing image,
 #                    with %n replaced by the guest number)
 #   --out DIR        serial logs and disk images (default: a new temp dir)
 #   --timeout SEC    hard limit on the whole run (default 900)
-#   --mem MB         guest memory (default 1024)
+#   --mem MB         guest memory (default 512)
 #   --smp N          vCPUs per guest (default 2, 1 with --icount)
 #   --icount         deterministic guest time: -icount shift=0,sleep=off
 #   --append STR     extra kernel command line
@@ -28,7 +30,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-guests=1 kernel= initrd= out= timeout=900 mem=1024 smp= icount=0 append=
+guests=1 kernel= initrd= out= timeout=900 mem=512 smp= icount=0 append=
 disks=() tests=()
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -50,13 +52,15 @@ done
 [ -n "$initrd" ] || { echo "vm.sh: --initrd is required" >&2; exit 2; }
 [ ${#tests[@]} -gt 0 ] || { echo "vm.sh: name at least one test" >&2; exit 2; }
 case "$guests" in 1|2) ;; *) echo "vm.sh: --guests must be 1 or 2" >&2; exit 2 ;; esac
+tools=${initrd%.cpio}.tools.img
+[ -f "$tools" ] || { echo "vm.sh: no tools image $tools (scripts/mkinitramfs.sh makes it)" >&2; exit 2; }
 [ -n "$kernel" ] || kernel="$("$here/build-kernel.sh" debug)/arch/x86/boot/bzImage"
 [ -n "$out" ] || out=$(mktemp -d "${TMPDIR:-/tmp}/ferry-vm.XXXXXX")
 mkdir -p "$out"
 [ -n "$smp" ] || { [ $icount = 1 ] && smp=1 || smp=2; }
 
 case "${FERRY_ACCEL:-tcg}" in
-tcg) accel=(-accel tcg -cpu max) ;;
+tcg) accel=(-accel tcg -cpu max,la57=off) ;;
 kvm) accel=(-accel kvm -cpu host) ;;
 *) echo "vm.sh: FERRY_ACCEL must be tcg or kvm" >&2; exit 2 ;;
 esac
@@ -85,9 +89,12 @@ start_guest() {
 		else
 			f=${d//%n/$n}
 		fi
-		args+=(-drive "file=$f,format=raw,if=virtio,cache=unsafe,discard=unmap")
+		args+=(-drive "file=$f,format=raw,if=none,id=d$i,cache=unsafe,discard=unmap"
+		       -device "virtio-blk-pci,drive=d$i")
 		i=$((i + 1))
 	done
+	args+=(-drive "file=$tools,format=raw,if=none,id=tools,readonly=on"
+	       -device virtio-blk-pci,drive=tools,serial=ferrytools)
 	if [ "$guests" = 2 ]; then
 		local role=listen; [ "$n" = 1 ] && role=connect
 		args+=(-netdev "socket,id=n0,$role=127.0.0.1:$port"

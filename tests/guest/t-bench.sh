@@ -16,7 +16,7 @@ run() {  # run <target> <workload>
 	rand4k) a="--rw=randwrite --bs=4k --iodepth=32" ;;
 	seq1m) a="--rw=write --bs=1M --iodepth=4" ;;
 	esac
-	fio --name=b --filename="$(dev_of "$1")" --direct=1 --ioengine=libaio $a \
+	fio --thread --name=b --filename="$(dev_of "$1")" --direct=1 --ioengine=libaio $a \
 		--time_based --runtime="$secs" --ramp_time=1 --size=$((D / 2))s \
 		--minimal --terse-version=3 >/tmp/b.out 2>&1 || { cat /tmp/b.out; fail "fio $1 $2"; }
 	# terse v3: field 48 write KiB/s, 49 write IOPS, 71 write clat p99 (us)
