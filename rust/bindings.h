@@ -7,6 +7,8 @@
  */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
+#include <linux/crc32c.h>
 #include <linux/device-mapper.h>
+#include <linux/xxhash.h>
 
 #include "helpers.h"

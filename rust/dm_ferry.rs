@@ -3,12 +3,14 @@
 //! dm-ferry: asynchronous, write-order-faithful block replication.
 //!
 //! The module registers the `ferry` device-mapper target.  `dm.rs` is the
-//! thin unsafe layer over device-mapper; `table.rs` parses table lines;
-//! `target.rs` is the target, in safe Rust.
+//! thin unsafe layer over device-mapper; `digest.rs` binds ferry-core's
+//! checksums to the kernel's and checks them at load; `table.rs` parses
+//! table lines; `target.rs` is the target, in safe Rust.
 
 use kernel::prelude::*;
 
 mod bindings;
+mod digest;
 mod dm;
 mod table;
 mod target;
@@ -27,8 +29,9 @@ struct FerryModule {
 
 impl kernel::Module for FerryModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        digest::self_test()?;
         let target = dm::Registration::new(module)?;
-        pr_info!("ferry: target registered\n");
+        pr_info!("ferry: checksums match ferry-core vectors; target registered\n");
         Ok(Self { _target: target })
     }
 }
