@@ -29,7 +29,10 @@ pub enum ConsistencyError {
         /// Where it claims to start.
         got: u64,
     },
-    /// Too many points open at once.
+    /// Too many points open at once. Nothing changed: deliver the record
+    /// again later, once lagging streams have validated older points (the
+    /// caller keeps the record, and what follows it in the stream, until
+    /// then).
     Full,
     /// Same id with another label, or ids out of order.
     Conflict,

@@ -30,7 +30,7 @@ use std::fmt;
 
 use ferry_core::bitmap::{chunks_of, decode_bitmap, words_for, ChunkBitmap};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, IntervalSlot, Rendezvous};
-use ferry_core::consistency::ConsistencyTracker;
+use ferry_core::consistency::{ConsistencyError, ConsistencyTracker};
 use ferry_core::gate::{releasable_prefix, DeviceClass, LogPending, PendingLog, Watermark};
 use ferry_core::progress::Progress;
 use ferry_core::record::{
@@ -1171,6 +1171,12 @@ impl World {
                     }
                 }
                 Ok(None) => {}
+                Err(ConsistencyError::Full) => {
+                    // Too many points open: validate this one later, and do
+                    // not apply past it meanwhile (see plan_interval).
+                    self.s.point_scan[stream] = ds - 1;
+                    return Ok(());
+                }
                 Err(err) => {
                     return Err(self.o.fail(
                         "G5 validated before applied",
@@ -1192,6 +1198,10 @@ impl World {
     }
 
     fn secondary_work(&mut self) -> Result<(), Failure> {
+        for s in 0..DEVICES {
+            let end = self.s.windows[s].run_end();
+            self.scan_points(s, end)?;
+        }
         if self.s.job.is_none() {
             if let Some(hs) = self.s.handshake.take() {
                 self.accept_handshake(hs);
@@ -1242,6 +1252,16 @@ impl World {
         let Some((epoch, cut)) = self.s.rendezvous.ready(limit) else {
             return Ok(());
         };
+        // A record leaves the remote log only once scanned for points.
+        for (s, w) in self.s.windows.iter().enumerate() {
+            let mut ds = w.next();
+            while w.get(ds).is_some_and(|r| r.stamp <= cut) {
+                ds += 1;
+            }
+            if ds - 1 > self.s.point_scan[s] {
+                return Ok(());
+            }
+        }
         let mut items = Vec::new();
         while let Some(i) = next_in_group_order(&self.s.windows, cut) {
             let (ds, _) = self.s.windows[i].pop_front().expect("front");
