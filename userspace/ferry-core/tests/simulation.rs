@@ -53,6 +53,10 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                     if seed >= start + count {
                         break;
                     }
+                    let n = seed - start + 1;
+                    if n % 50_000 == 0 {
+                        eprintln!("simulation: {n} seeds run");
+                    }
                     let mut cfg = Config::new(seed);
                     cfg.bug = bug;
                     match run(cfg) {
