@@ -120,8 +120,11 @@ fn run_seeds(default_count: u64) {
         seeds.sort_unstable();
         panic!("{} of {count} seeds failed: {seeds:?}", failures.len());
     }
-    assert!(s.intervals > count, "the secondary barely applied anything");
-    assert!(s.primary_crashes > 0 && s.secondary_crashes > 0 && s.redos > 0);
+    if count >= 1000 {
+        // The faults did happen and the secondary did its work.
+        assert!(s.intervals > count, "the secondary barely applied anything");
+        assert!(s.primary_crashes > 0 && s.secondary_crashes > 0 && s.redos > 0);
+    }
 }
 
 #[test]
