@@ -4,15 +4,13 @@
 //!
 //! The module registers the `ferry` device-mapper target.  `dm.rs` is the
 //! thin unsafe layer over device-mapper; `digest.rs` binds ferry-core's
-//! checksums to the kernel's and checks them at load; `table.rs` parses
-//! table lines; `target.rs` is the target, in safe Rust.
+//! checksums to the kernel's and checks them at load; `target.rs` is the target, in safe Rust.
 
 use kernel::prelude::*;
 
 mod bindings;
 mod digest;
 mod dm;
-mod table;
 mod target;
 
 module! {

@@ -8,7 +8,7 @@
 //! replication path; this version does not write to it.
 
 use crate::dm::{Bio, Ctr, CtrError, DmDev, IterateDevices, MapResult, Op, StatusType, StatusWriter, Target};
-use crate::table;
+use ferry_core::table;
 use core::ffi::CStr;
 use kernel::ffi::c_int;
 use core::fmt::Write;

@@ -5,9 +5,9 @@ ferry_load
 D=$(sectors /dev/vda)
 say "\$ dmsetup create demo --table \"0 $D ferry /dev/vda /dev/vdb\""
 dm create demo --table "0 $D ferry /dev/vda /dev/vdb" || fail "create"
-say "\$ fio --rw=randrw --bs=4k --iodepth=16 --size=64M --verify=crc32c /dev/mapper/demo"
+say "\$ fio --rw=randrw --bs=4k --iodepth=16 --size=16M --verify=crc32c /dev/mapper/demo"
 fio --thread --name=demo --filename=/dev/mapper/demo --direct=1 --ioengine=libaio --rw=randrw --bs=4k \
-	--iodepth=16 --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 >/tmp/fio.out 2>&1 ||
+	--iodepth=16 --size=16M --verify=crc32c --verify_fatal=1 --do_verify=1 >/tmp/fio.out 2>&1 ||
 	{ cat /tmp/fio.out; fail "fio"; }
 grep -E '^\s+(read|write):|err=' /tmp/fio.out | while read -r l; do say "  $l"; done
 say "\$ dmsetup table demo"

@@ -4,11 +4,11 @@ ferry_load
 D=$(sectors /dev/vda)
 dm create f0 --table "0 $D ferry /dev/vda /dev/vdc" || fail "create"
 
-fio_verify --name=rand4k --filename=/dev/mapper/f0 --rw=randwrite --bs=4k --iodepth=16 --size=32M
+fio_verify --name=rand4k --filename=/dev/mapper/f0 --rw=randwrite --bs=4k --iodepth=16 --size=16M
 ok "fio randwrite 4k verify"
-fio_verify --name=seq1m --filename=/dev/mapper/f0 --rw=write --bs=1M --iodepth=4 --offset=64M --size=64M
+fio_verify --name=seq1m --filename=/dev/mapper/f0 --rw=write --bs=1M --iodepth=4 --offset=64M --size=32M
 ok "fio sequential 1M verify"
-fio_verify --name=mixed --filename=/dev/mapper/f0 --rw=randrw --bsrange=512-256k --iodepth=8 --offset=160M --size=16M
+fio_verify --name=mixed --filename=/dev/mapper/f0 --rw=randrw --bsrange=512-256k --iodepth=8 --offset=160M --size=8M
 ok "fio mixed sizes verify"
 
 write_pattern /dev/mapper/f0 200 /tmp/p 8

@@ -3,7 +3,7 @@ ferry_load
 D=$(sectors /dev/vda)
 dm create f0 --table "0 $D ferry /dev/vda /dev/vdc" || fail "create"
 fio --thread --name=bg --filename=/dev/mapper/f0 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
-	--iodepth=16 --size=48M --verify=crc32c --verify_fatal=1 --do_verify=1 >/tmp/fio.bg 2>&1 &
+	--iodepth=16 --size=12M --verify=crc32c --verify_fatal=1 --do_verify=1 >/tmp/fio.bg 2>&1 &
 fiopid=$!
 for i in 1 2 3 4 5 6; do
 	sleep 1

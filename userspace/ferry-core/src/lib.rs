@@ -19,6 +19,7 @@
 //! * [`consistency`] — application-consistent points.
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
 //! * [`command`] — commands written to the character device.
+//! * [`table`] — the device-mapper table line of the `ferry` target.
 //!
 //! # In the kernel
 //!
@@ -59,6 +60,7 @@ pub mod gate;
 pub mod progress;
 pub mod record;
 pub mod select;
+pub mod table;
 
 #[cfg(feature = "std")]
 mod fast;

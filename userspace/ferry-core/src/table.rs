@@ -1,5 +1,3 @@
-// SPDX-License-Identifier: GPL-2.0
-
 //! The `ferry` table line:
 //!
 //! ```text
@@ -11,27 +9,29 @@
 //! * `data_offset <sectors>`: first sector of the target on the data device
 //!   (default 0).
 //!
-//! Parsing is pure: it needs no device and no kernel, so the same code is
-//! unit-tested in userspace.  Every rejection has its own message.
+//! Parsing is pure: it needs no device and no kernel.  The kernel module
+//! checks the devices the line names; every rejection has its own message,
+//! which the module puts in `ti->error`.
 
 use core::ffi::CStr;
 
 /// The arguments of a table line, borrowed from the line.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TableArgs<'a> {
+pub struct TableArgs<'a> {
     /// Data device: path or `major:minor`.
-    pub(crate) data_dev: &'a CStr,
+    pub data_dev: &'a CStr,
     /// Meta device: path or `major:minor`.
-    pub(crate) meta_dev: &'a CStr,
+    pub meta_dev: &'a CStr,
     /// First sector of the target on the data device.
-    pub(crate) data_offset: u64,
+    pub data_offset: u64,
     /// Whether `data_offset` was given (so the table line reproduces it).
-    pub(crate) data_offset_set: bool,
+    pub data_offset_set: bool,
 }
 
 /// Why a table line was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TableError {
+#[allow(missing_docs)]
+pub enum TableError {
     NoArguments,
     MissingMetaDevice,
     BadOptionCount,
@@ -45,7 +45,7 @@ pub(crate) enum TableError {
 
 impl TableError {
     /// The message for `ti->error` (and the administrator's kernel log).
-    pub(crate) fn message(self) -> &'static CStr {
+    pub fn message(self) -> &'static CStr {
         match self {
             Self::NoArguments => c"Missing arguments: <data_dev> <meta_dev> [<#opts> <opt>...]",
             Self::MissingMetaDevice => c"Missing meta device",
@@ -62,7 +62,7 @@ impl TableError {
 
 /// Parses a strictly decimal `u64`: digits only, no sign, no spaces, no
 /// prefix, no overflow.
-pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 20 {
         return None;
     }
@@ -77,13 +77,18 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
 }
 
 /// Parses the arguments after the target name.
-pub(crate) fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
+pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
     let (data_dev, meta_dev) = match args {
         [] => return Err(TableError::NoArguments),
         [_] => return Err(TableError::MissingMetaDevice),
         [d, m, ..] => (*d, *m),
     };
-    let mut t = TableArgs { data_dev, meta_dev, data_offset: 0, data_offset_set: false };
+    let mut t = TableArgs {
+        data_dev,
+        meta_dev,
+        data_offset: 0,
+        data_offset_set: false,
+    };
     let rest = &args[2..];
     let Some((count, opts)) = rest.split_first() else {
         return Ok(t);
@@ -117,9 +122,8 @@ pub(crate) fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> 
 mod tests {
     use super::*;
 
-    fn run(line: &[&'static CStr]) -> Result<TableArgs<'static>, TableError> {
-        let owned: Vec<&'static CStr> = line.to_vec();
-        parse(Vec::leak(owned))
+    fn run(line: &'static [&'static CStr]) -> Result<TableArgs<'static>, TableError> {
+        parse(line)
     }
 
     #[test]
@@ -139,7 +143,7 @@ mod tests {
     #[test]
     fn rejects_each_bad_line_with_its_error() {
         use TableError::*;
-        let cases: &[(&[&'static CStr], TableError)] = &[
+        let cases: &[(&'static [&'static CStr], TableError)] = &[
             (&[], NoArguments),
             (&[c"a"], MissingMetaDevice),
             (&[c"a", c"b", c"x"], BadOptionCount),
@@ -150,9 +154,15 @@ mod tests {
             (&[c"a", c"b", c"1", c"bogus"], UnknownOption),
             (&[c"a", c"b", c"1", c"data_offset"], MissingOptionValue),
             (&[c"a", c"b", c"2", c"data_offset", c"12x"], BadDataOffset),
-            (&[c"a", c"b", c"2", c"data_offset", c"18446744073709551616"], BadDataOffset),
+            (
+                &[c"a", c"b", c"2", c"data_offset", c"18446744073709551616"],
+                BadDataOffset,
+            ),
             (&[c"a", c"b", c"2", c"data_offset", c"+1"], BadDataOffset),
-            (&[c"a", c"b", c"4", c"data_offset", c"1", c"data_offset", c"2"], DuplicateOption),
+            (
+                &[c"a", c"b", c"4", c"data_offset", c"1", c"data_offset", c"2"],
+                DuplicateOption,
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(run(line), Err(*want), "line {line:?}");
@@ -184,7 +194,15 @@ mod tests {
     fn parse_u64_is_strict() {
         assert_eq!(parse_u64(b"0"), Some(0));
         assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [&b""[..], b" 1", b"1 ", b"0x10", b"1e3", b"-0", b"18446744073709551616"] {
+        for bad in [
+            &b""[..],
+            b" 1",
+            b"1 ",
+            b"0x10",
+            b"1e3",
+            b"-0",
+            b"18446744073709551616",
+        ] {
             assert_eq!(parse_u64(bad), None, "{bad:?}");
         }
     }
