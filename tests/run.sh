@@ -23,7 +23,6 @@ step "dependencies" scripts/deps.sh
 if [ -f userspace/Cargo.toml ]; then
 	step "cargo test (userspace)" bash -c 'cd userspace && cargo test --workspace --quiet'
 fi
-step "table parser unit tests" bash -c "rustc --edition 2021 --test rust/table.rs -o '$out/table-test' && '$out/table-test' --quiet"
 step "kernel (debug, cached)" scripts/build-kernel.sh debug
 step "module" make --no-print-directory module
 step "initramfs" scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko

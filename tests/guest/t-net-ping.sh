@@ -5,16 +5,23 @@ ping -c 3 -W 5 "$peer" >/tmp/ping || { cat /tmp/ping; fail "ping $peer"; }
 ok "ping $peer: $(tail -1 /tmp/ping)"
 ip route | grep -q default && fail "guest has a default route"
 
-# Both sides know the content, so each checks what it received.
-seq 1 150000 >/tmp/send
-nc -l -p 7000 </tmp/send >/dev/null &
-server=$!
-for i in $(seq 1 30); do
-	nc -w 5 "$peer" 7000 </dev/null >/tmp/recv 2>/dev/null
-	[ -s /tmp/recv ] && break
-	sleep 1
-done
-cmp /tmp/send /tmp/recv || fail "TCP transfer from $peer: $(wc -c </tmp/recv) of $(wc -c </tmp/send) bytes"
-( sleep 30; kill $server 2>/dev/null ) &
-wait $server
-ok "TCP transfer both ways ($(wc -c </tmp/recv) bytes)"
+# Each side serves a file the other fetches and checks (both know its
+# content), then publishes "done" and waits for the peer's "done", so that
+# neither powers off while the other still needs its server.
+mkdir -p /tmp/www
+seq 1 150000 >/tmp/www/data
+httpd -p 7000 -h /tmp/www || fail "httpd"
+# (Debian's static busybox wget crashes with -T: timeout(1) bounds it.)
+fetch() {  # fetch <path> <out>: retry for up to 60 s
+	for i in $(seq 1 60); do
+		timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0
+		sleep 1
+	done
+	return 1
+}
+fetch data /tmp/recv || fail "TCP: cannot fetch from $peer"
+cmp /tmp/www/data /tmp/recv || fail "TCP transfer from $peer: $(wc -c </tmp/recv) of $(wc -c </tmp/www/data) bytes"
+touch /tmp/www/done
+fetch done /dev/null || fail "peer never finished"
+killall httpd
+ok "TCP transfer each way ($(wc -c </tmp/recv) bytes)"
