@@ -53,7 +53,10 @@ pub(crate) fn self_test() -> Result {
     }
 
     let fail = |what: &str| {
-        pr_err!("ferry: record encoding disagrees with the pinned vector: {}\n", what);
+        pr_err!(
+            "ferry: record encoding disagrees with the pinned vector: {}\n",
+            what
+        );
         EINVAL
     };
     let key = GroupKey::derive(&d, 1, vector::SECRET).map_err(|_| fail("key"))?;

@@ -12,11 +12,11 @@
 use crate::bindings as b;
 use core::cell::UnsafeCell;
 use core::ffi::CStr;
-use kernel::ffi::{c_char, c_int, c_uint, c_void};
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 use kernel::error::code::{EINVAL, ENOMEM};
+use kernel::ffi::{c_char, c_int, c_uint, c_void};
 use kernel::prelude::*;
 
 /// A constructor failure: the errno returned to device-mapper and the message
@@ -345,7 +345,10 @@ impl<T: Target> VTable<T> {
         let Some(ti_nn) = NonNull::new(ti) else {
             return EINVAL.to_errno();
         };
-        let mut ctr = Ctr { ti: ti_nn, _p: PhantomData };
+        let mut ctr = Ctr {
+            ti: ti_nn,
+            _p: PhantomData,
+        };
         let fail = |ctr: &mut Ctr<'_>, e: CtrError| {
             ctr.ti_mut().error = e.msg.as_ptr().cast::<c_char>().cast_mut();
             e.err.to_errno()
@@ -354,7 +357,15 @@ impl<T: Target> VTable<T> {
         let argc = argc as usize;
         let mut args: KVec<&CStr> = match KVec::with_capacity(argc, GFP_KERNEL) {
             Ok(v) => v,
-            Err(_) => return fail(&mut ctr, CtrError { msg: c"Cannot allocate argument list", err: ENOMEM }),
+            Err(_) => {
+                return fail(
+                    &mut ctr,
+                    CtrError {
+                        msg: c"Cannot allocate argument list",
+                        err: ENOMEM,
+                    },
+                )
+            }
         };
         for i in 0..argc {
             // SAFETY: `argv` holds `argc` pointers (device-mapper's contract).
@@ -363,7 +374,13 @@ impl<T: Target> VTable<T> {
             let arg = unsafe { CStr::from_ptr(p.cast()) };
             // Cannot fail: capacity was reserved above.
             if args.push(arg, GFP_KERNEL).is_err() {
-                return fail(&mut ctr, CtrError { msg: c"Cannot allocate argument list", err: ENOMEM });
+                return fail(
+                    &mut ctr,
+                    CtrError {
+                        msg: c"Cannot allocate argument list",
+                        err: ENOMEM,
+                    },
+                );
             }
         }
 
@@ -373,7 +390,15 @@ impl<T: Target> VTable<T> {
         };
         let target = match KBox::new(target, GFP_KERNEL) {
             Ok(t) => t,
-            Err(_) => return fail(&mut ctr, CtrError { msg: c"Cannot allocate target context", err: ENOMEM }),
+            Err(_) => {
+                return fail(
+                    &mut ctr,
+                    CtrError {
+                        msg: c"Cannot allocate target context",
+                        err: ENOMEM,
+                    },
+                )
+            }
         };
         ctr.ti_mut().private = KBox::into_raw(target).cast();
         0
@@ -402,7 +427,10 @@ impl<T: Target> VTable<T> {
             return b::DM_MAPIO_KILL as c_int;
         };
         // INVARIANT: device-mapper hands the bio to `map` for its duration.
-        let mut bio = Bio { bio, _p: PhantomData };
+        let mut bio = Bio {
+            bio,
+            _p: PhantomData,
+        };
         match target.map(&mut bio) {
             MapResult::Remapped => b::DM_MAPIO_REMAPPED as c_int,
         }
@@ -429,7 +457,12 @@ impl<T: Target> VTable<T> {
         // SAFETY: `maxlen > 0` bytes are writable at `result`.
         unsafe { buf.as_ptr().write(0) };
         // INVARIANT: `buf` has `maxlen > 0` writable bytes (caller).
-        let mut out = StatusWriter { buf, cap: maxlen as usize, len: 0, _p: PhantomData };
+        let mut out = StatusWriter {
+            buf,
+            cap: maxlen as usize,
+            len: 0,
+            _p: PhantomData,
+        };
         let ty = match ty {
             b::status_type_t_STATUSTYPE_INFO => StatusType::Info,
             b::status_type_t_STATUSTYPE_TABLE => StatusType::Table,
@@ -449,7 +482,12 @@ impl<T: Target> VTable<T> {
     ) -> c_int {
         // SAFETY: as in `map`.
         let target = unsafe { &*(*ti).private.cast::<T>() };
-        target.iterate_devices(&IterateDevices { ti, f, data, _p: PhantomData })
+        target.iterate_devices(&IterateDevices {
+            ti,
+            f,
+            data,
+            _p: PhantomData,
+        })
     }
 
     /// # Safety
@@ -506,7 +544,10 @@ impl<T: Target> Registration<T> {
         if ret != 0 {
             return Err(Error::from_errno(ret));
         }
-        Ok(Self { tt, _p: PhantomData })
+        Ok(Self {
+            tt,
+            _p: PhantomData,
+        })
     }
 }
 

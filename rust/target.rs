@@ -7,12 +7,14 @@
 //! for the superblock, write-intent log and dirty-chunk bitmap of the
 //! replication path; this version does not write to it.
 
-use crate::dm::{Bio, Ctr, CtrError, DmDev, IterateDevices, MapResult, Op, StatusType, StatusWriter, Target};
-use ferry_core::table;
+use crate::dm::{
+    Bio, Ctr, CtrError, DmDev, IterateDevices, MapResult, Op, StatusType, StatusWriter, Target,
+};
 use core::ffi::CStr;
-use kernel::ffi::c_int;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use ferry_core::table;
+use kernel::ffi::c_int;
 use kernel::prelude::*;
 
 /// Sectors at the start of the meta device reserved for the superblock slots
@@ -58,21 +60,34 @@ pub(crate) struct Ferry {
 }
 
 impl Ferry {
-    fn check_devices(ctr: &Ctr<'_>, data: &DmDev, meta: &DmDev, data_offset: u64) -> Result<(), CtrError> {
+    fn check_devices(
+        ctr: &Ctr<'_>,
+        data: &DmDev,
+        meta: &DmDev,
+        data_offset: u64,
+    ) -> Result<(), CtrError> {
         if data.devt() == meta.devt() {
             return Err(CtrError::inval(c"Data and meta device are the same device"));
         }
         let len = ctr.len();
         if len > data.nr_sectors() {
-            return Err(CtrError::inval(c"Data device smaller than the target length"));
+            return Err(CtrError::inval(
+                c"Data device smaller than the target length",
+            ));
         }
         let lbs_sectors = u64::from(data.logical_block_size() / 512).max(1);
         if data_offset % lbs_sectors != 0 {
-            return Err(CtrError::inval(c"data_offset not aligned to the data device's logical block size"));
+            return Err(CtrError::inval(
+                c"data_offset not aligned to the data device's logical block size",
+            ));
         }
         match data_offset.checked_add(len) {
             Some(end) if end <= data.nr_sectors() => {}
-            _ => return Err(CtrError::inval(c"data_offset + target length beyond the end of the data device")),
+            _ => {
+                return Err(CtrError::inval(
+                    c"data_offset + target length beyond the end of the data device",
+                ))
+            }
         }
         let need = meta_sectors_needed(len);
         if meta.nr_sectors() < need {
@@ -83,7 +98,9 @@ impl Ferry {
                 len,
                 need
             );
-            return Err(CtrError::inval(c"Meta device too small (see the kernel log for the size needed)"));
+            return Err(CtrError::inval(
+                c"Meta device too small (see the kernel log for the size needed)",
+            ));
         }
         Ok(())
     }
@@ -95,8 +112,14 @@ impl Target for Ferry {
 
     fn new(ctr: &mut Ctr<'_>, args: &[&CStr]) -> Result<Self, CtrError> {
         let t = table::parse(args).map_err(|e| CtrError::inval(e.message()))?;
-        let data = ctr.get_device(t.data_dev).map_err(|err| CtrError { msg: c"Cannot open data device", err })?;
-        let meta = ctr.get_device(t.meta_dev).map_err(|err| CtrError { msg: c"Cannot open meta device", err })?;
+        let data = ctr.get_device(t.data_dev).map_err(|err| CtrError {
+            msg: c"Cannot open data device",
+            err,
+        })?;
+        let meta = ctr.get_device(t.meta_dev).map_err(|err| CtrError {
+            msg: c"Cannot open meta device",
+            err,
+        })?;
         Self::check_devices(ctr, &data, &meta, t.data_offset)?;
 
         ctr.set_num_flush_bios(1);
