@@ -9,6 +9,12 @@
 #include <linux/blkdev.h>
 #include <linux/crc32c.h>
 #include <linux/device-mapper.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/poll.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
 #include <linux/xxhash.h>
 
 #include "helpers.h"

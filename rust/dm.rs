@@ -18,6 +18,7 @@ use core::ptr::NonNull;
 use kernel::error::code::{EINVAL, ENOMEM};
 use kernel::ffi::{c_char, c_int, c_uint, c_void};
 use kernel::prelude::*;
+use kernel::types::ForeignOwnable;
 
 /// A constructor failure: the errno returned to device-mapper and the message
 /// it logs for the administrator (`ti->error`).
@@ -34,9 +35,14 @@ impl CtrError {
 }
 
 /// What `map` did with a bio.
-pub(crate) enum MapResult {
+pub(crate) enum MapResult<Io> {
     /// The bio now points at a lower device; device-mapper submits it.
-    Remapped,
+    /// The object, if any, is handed back to [`Target::end_io`] when the
+    /// bio completes.
+    Remapped(Option<Io>),
+    /// A `REQ_NOWAIT` bio that would have to wait: it fails with
+    /// `BLK_STS_AGAIN` and the submitter retries without the flag.
+    WouldBlock,
 }
 
 /// The kind of status device-mapper asks for.
@@ -56,6 +62,8 @@ pub(crate) trait Target: Sized + Send + Sync {
     const NAME: &'static CStr;
     /// Version reported by `dmsetup targets`.
     const VERSION: [u32; 3];
+    /// What `map` attaches to a bio for `end_io` (a `KBox` or an `Arc`).
+    type Io: ForeignOwnable + Send;
 
     /// Builds a target from its table arguments.  Runs in process context
     /// and may sleep.
@@ -63,7 +71,18 @@ pub(crate) trait Target: Sized + Send + Sync {
 
     /// Maps a bio.  Called concurrently on any CPU, possibly for bios marked
     /// `REQ_NOWAIT`: must not sleep.
-    fn map(&self, bio: &mut Bio<'_>) -> MapResult;
+    fn map(&self, bio: &mut Bio<'_>) -> MapResult<Self::Io>;
+
+    /// A bio that `map` remapped with an object attached has completed,
+    /// successfully or not.  Runs in the lower device's completion context
+    /// (possibly a hard interrupt): must not sleep.
+    fn end_io(&self, _io: Self::Io, _ok: bool) {}
+
+    /// `dmsetup message <dev> <sector> <args...>`.  Process context; may
+    /// sleep.  A reply, if any, goes to `out`.
+    fn message(&self, _args: &[&CStr], _out: &mut StatusWriter<'_>) -> Result {
+        Err(EINVAL)
+    }
 
     /// Writes the status line of kind `ty`.
     fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>);
@@ -270,6 +289,42 @@ impl Bio<'_> {
         self.raw().bi_iter.bi_size >> 9
     }
 
+    /// Length in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.raw().bi_iter.bi_size as usize
+    }
+
+    fn has_flag(&self, bit: u32) -> bool {
+        self.raw().bi_opf & (1u32 << bit) != 0
+    }
+
+    /// Forced unit access: the write is durable when it completes.
+    pub(crate) fn is_fua(&self) -> bool {
+        self.has_flag(b::req_flag_bits___REQ_FUA)
+    }
+
+    /// The device cache is flushed before the bio's data is written.
+    pub(crate) fn is_preflush(&self) -> bool {
+        self.has_flag(b::req_flag_bits___REQ_PREFLUSH)
+    }
+
+    /// The submitter asked not to be blocked.
+    pub(crate) fn is_nowait(&self) -> bool {
+        self.has_flag(b::req_flag_bits___REQ_NOWAIT)
+    }
+
+    /// Calls `f(page, offset, len)` for each single-page segment of the
+    /// bio's data, in order.  `page` is valid while the bio is.
+    pub(crate) fn for_each_segment(&self, mut f: impl FnMut(*mut b::page, usize, usize)) {
+        let mut iter = self.raw().bi_iter;
+        let mut bv = b::bio_vec::default();
+        // SAFETY: the bio is valid for the life of `self`; the helper only
+        // reads its vector and advances our private copy of the iterator.
+        while unsafe { b::ferry_bio_next_segment(self.bio.as_ptr(), &mut iter, &mut bv) } {
+            f(bv.bv_page, bv.bv_offset as usize, bv.bv_len as usize);
+        }
+    }
+
     /// Redirects the bio to `sector` of `dev`.
     pub(crate) fn remap(&mut self, dev: &DmDev, sector: u64) {
         // SAFETY: the bio is ours during `map` (type invariant) and `bdev` is
@@ -384,6 +439,8 @@ impl<T: Target> VTable<T> {
             }
         }
 
+        // One pointer per bio: the object `map` attaches for `end_io`.
+        ctr.ti_mut().per_io_data_size = core::mem::size_of::<*const c_void>() as c_uint;
         let target = match T::new(&mut ctr, &args) {
             Ok(t) => t,
             Err(e) => return fail(&mut ctr, e),
@@ -431,8 +488,100 @@ impl<T: Target> VTable<T> {
             bio,
             _p: PhantomData,
         };
+        // SAFETY: `ctr` set `per_io_data_size` to one pointer, so the
+        // per-bio area holds a `*const c_void`; it is ours while the bio is.
+        let slot = unsafe {
+            b::dm_per_bio_data(bio.bio.as_ptr(), core::mem::size_of::<*const c_void>())
+                .cast::<*const c_void>()
+        };
+        // Null until `map` attaches an object: every path that completes the
+        // bio (remapped or not) reaches `end_io`, which reads the slot.
+        // SAFETY: `slot` is the bio's per-bio area (above).
+        unsafe { slot.write(core::ptr::null()) };
         match target.map(&mut bio) {
-            MapResult::Remapped => b::DM_MAPIO_REMAPPED as c_int,
+            MapResult::Remapped(io) => {
+                let p = io.map_or(core::ptr::null(), T::Io::into_foreign);
+                // SAFETY: `slot` is the bio's per-bio area (above).
+                unsafe { slot.write(p) };
+                b::DM_MAPIO_REMAPPED as c_int
+            }
+            MapResult::WouldBlock => {
+                // SAFETY: the bio is ours; `bio_wouldblock_error` completes
+                // it with BLK_STS_AGAIN and we report it as submitted.
+                unsafe { b::ferry_bio_wouldblock_error(bio.bio.as_ptr()) };
+                b::DM_MAPIO_SUBMITTED as c_int
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target and `bio` a bio that `map` remapped,
+    /// now completing; `error` points to its status.
+    unsafe extern "C" fn end_io(ti: *mut b::dm_target, bio: *mut b::bio, error: *mut b::blk_status_t) -> c_int {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        // SAFETY: the per-bio area of a bio `map` remapped holds the pointer
+        // `map` wrote (null or a leaked box), read once here.
+        let p = unsafe {
+            b::dm_per_bio_data(bio, core::mem::size_of::<*const c_void>())
+                .cast::<*const c_void>()
+                .read()
+        };
+        if !p.is_null() {
+            // SAFETY: `p` came from `into_foreign` in `map`; ownership
+            // returns here exactly once.
+            let io = unsafe { T::Io::from_foreign(p) };
+            // SAFETY: `error` is valid for reads (device-mapper's contract).
+            let ok = unsafe { *error } == 0;
+            target.end_io(io, ok);
+        }
+        b::DM_ENDIO_DONE as c_int
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target; `argv` holds `argc` C strings and
+    /// `result` `maxlen` writable bytes.  Process context.
+    unsafe extern "C" fn message(
+        ti: *mut b::dm_target,
+        argc: c_uint,
+        argv: *mut *mut c_char,
+        result: *mut c_char,
+        maxlen: c_uint,
+    ) -> c_int {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        let Some(buf) = NonNull::new(result.cast::<u8>()) else {
+            return EINVAL.to_errno();
+        };
+        if maxlen == 0 {
+            return EINVAL.to_errno();
+        }
+        // SAFETY: `maxlen > 0` bytes are writable at `result`.
+        unsafe { buf.as_ptr().write(0) };
+        // INVARIANT: `buf` has `maxlen > 0` writable bytes.
+        let mut out = StatusWriter {
+            buf,
+            cap: maxlen as usize,
+            len: 0,
+            _p: PhantomData,
+        };
+        let mut args: KVec<&CStr> = match KVec::with_capacity(argc as usize, GFP_KERNEL) {
+            Ok(v) => v,
+            Err(_) => return ENOMEM.to_errno(),
+        };
+        for i in 0..argc as usize {
+            // SAFETY: `argv` holds `argc` NUL-terminated strings that
+            // outlive the call.
+            let arg = unsafe { CStr::from_ptr((*argv.add(i)).cast()) };
+            if args.push(arg, GFP_KERNEL).is_err() {
+                return ENOMEM.to_errno();
+            }
+        }
+        match target.message(&args, &mut out) {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
         }
     }
 
@@ -531,6 +680,8 @@ impl<T: Target> Registration<T> {
             ctr: Some(VTable::<T>::ctr),
             dtr: Some(VTable::<T>::dtr),
             map: Some(VTable::<T>::map),
+            end_io: Some(VTable::<T>::end_io),
+            message: Some(VTable::<T>::message),
             status: Some(VTable::<T>::status),
             iterate_devices: Some(VTable::<T>::iterate_devices),
             io_hints: Some(VTable::<T>::io_hints),

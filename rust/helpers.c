@@ -1,10 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Out-of-line wrappers for static inline block-layer functions, called from
- * the Rust side of dm-ferry.  No logic lives here.
+ * Out-of-line wrappers for static inline functions and macros of the kernel,
+ * called from the Rust side of dm-ferry.  No logic lives here.
  */
 #include <linux/bio.h>
+#include <linux/fs.h>
+#include <linux/module.h>
 #include <linux/blkdev.h>
+#include <linux/highmem.h>
+#include <linux/poll.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "helpers.h"
 
@@ -27,3 +34,109 @@ dev_t ferry_bdev_devt(struct block_device *bdev)
 {
 	return bdev->bd_dev;
 }
+
+bool ferry_bio_next_segment(struct bio *bio, struct bvec_iter *iter, struct bio_vec *bv)
+{
+	if (!iter->bi_size)
+		return false;
+	*bv = bio_iter_iovec(bio, *iter);
+	bio_advance_iter_single(bio, iter, bv->bv_len);
+	return true;
+}
+
+void *ferry_kmap_local_page(struct page *page)
+{
+	return kmap_local_page(page);
+}
+
+void ferry_kunmap_local(void *addr)
+{
+	kunmap_local(addr);
+}
+
+void ferry_spin_lock_init(spinlock_t *lock)
+{
+	spin_lock_init(lock);
+}
+
+unsigned long ferry_spin_lock_irqsave(spinlock_t *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+void ferry_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
+}
+
+void ferry_init_waitqueue_head(struct wait_queue_head *wq)
+{
+	init_waitqueue_head(wq);
+}
+
+void ferry_wake_up_all(struct wait_queue_head *wq)
+{
+	wake_up_all(wq);
+}
+
+void ferry_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt)
+{
+	poll_wait(file, wq, pt);
+}
+
+int ferry_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *), const void *arg)
+{
+	return wait_event_interruptible(*wq, cond(arg));
+}
+
+void ferry_wait_event(struct wait_queue_head *wq, bool (*cond)(const void *), const void *arg)
+{
+	wait_event(*wq, cond(arg));
+}
+
+void ferry_init_delayed_work(struct delayed_work *dwork, void (*fn)(struct work_struct *))
+{
+	INIT_DELAYED_WORK(dwork, fn);
+}
+
+bool ferry_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay)
+{
+	return schedule_delayed_work(dwork, delay);
+}
+
+struct delayed_work *ferry_to_delayed_work(struct work_struct *work)
+{
+	return to_delayed_work(work);
+}
+
+const unsigned int ferry_pollin = (__force unsigned int)(EPOLLIN | EPOLLRDNORM);
+const unsigned int ferry_pollout = (__force unsigned int)(EPOLLOUT | EPOLLWRNORM);
+
+void ferry_bio_wouldblock_error(struct bio *bio)
+{
+	bio_wouldblock_error(bio);
+}
+
+/*
+ * The character device /dev/ferry/<group>: a file_operations table whose
+ * functions are implemented in Rust (chardev.rs).  THIS_MODULE pins the
+ * module while a file is open.
+ */
+int ferry_chardev_open(struct inode *inode, struct file *file);
+int ferry_chardev_release(struct inode *inode, struct file *file);
+ssize_t ferry_chardev_read(struct file *file, char __user *buf, size_t len, loff_t *ppos);
+ssize_t ferry_chardev_write(struct file *file, const char __user *buf, size_t len, loff_t *ppos);
+__poll_t ferry_chardev_poll(struct file *file, struct poll_table_struct *pt);
+
+const struct file_operations ferry_chardev_fops = {
+	.owner = THIS_MODULE,
+	.open = ferry_chardev_open,
+	.release = ferry_chardev_release,
+	.read = ferry_chardev_read,
+	.write = ferry_chardev_write,
+	.poll = ferry_chardev_poll,
+	.llseek = noop_llseek,
+};

@@ -2,38 +2,112 @@
 
 //! The `ferry` target.
 //!
-//! For now a pass-through: every bio is remapped to the data device, as
-//! dm-linear does, and counted.  The meta device is validated and reserved
-//! for the superblock, write-intent log and dirty-chunk bitmap of the
-//! replication path; this version does not write to it.
+//! In mode `passthrough` every bio is remapped to the data device, as
+//! dm-linear does, and counted.  In mode `primary` the device is a member of
+//! a consistency group (`group.rs`): every write, discard, write-zeroes and
+//! flush also becomes a record of the group, spooled until the secondary
+//! acknowledges it.  Reads are remapped in both modes.
+//!
+//! The meta device is validated and reserved for the superblock,
+//! write-intent log and dirty-chunk bitmap; this version keeps the bitmap
+//! in memory only and does not write to the meta device.
 
 use crate::dm::{
     Bio, Ctr, CtrError, DmDev, IterateDevices, MapResult, Op, StatusType, StatusWriter, Target,
 };
+use crate::group::{self, DeviceStatus, Given, Group, JoinError, Record, RepMode, Settings};
+use crate::payload::Payload;
 use core::ffi::CStr;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use ferry_core::table;
+use ferry_core::record::RecordKind;
+use ferry_core::table::{
+    self, Mode, Opt, Overflow, Role, TableArgs, DEFAULT_CHECKPOINT_MS, DEFAULT_SPOOL_MB,
+    GROUP_NAME_MAX,
+};
 use kernel::ffi::c_int;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 /// Sectors at the start of the meta device reserved for the superblock slots
 /// and the write-intent log (1 MiB).
 const META_RESERVED_SECTORS: u64 = 2048;
-/// Dirty-chunk granularity of the bitmap: 64 KiB.
-const CHUNK_SECTORS: u64 = 128;
 /// Largest bio the target accepts (1 MiB): a replicated write becomes one
-/// record, whose payload the spool holds whole.  The cap applies from the
-/// first version so that a device's limits do not change under its users
-/// when replication is turned on.
+/// record, whose payload the spool holds whole.  The cap applies in every
+/// mode so that a device's limits do not change under its users when
+/// replication is turned on.
 const MAX_IO_SECTORS: u32 = 2048;
 
-/// Sectors the meta device needs for a target of `len` sectors: the reserved
-/// area plus one bit per chunk, rounded up to 4 KiB.
-pub(crate) fn meta_sectors_needed(len: u64) -> u64 {
-    let chunks = len.div_ceil(CHUNK_SECTORS);
+/// Sectors the meta device needs for a target of `len` sectors in chunks of
+/// `chunk_sectors`: the reserved area plus one bit per chunk, rounded up to
+/// 4 KiB.
+pub(crate) fn meta_sectors_needed(len: u64, chunk_sectors: u64) -> u64 {
+    let chunks = len.div_ceil(chunk_sectors);
     let bitmap_bytes = chunks.div_ceil(8).div_ceil(4096) * 4096;
     META_RESERVED_SECTORS + bitmap_bytes / 512
+}
+
+/// The table's options, owned, to reproduce the line.
+struct Options {
+    given: u16,
+    data_offset: u64,
+    mode: Mode,
+    group: [u8; GROUP_NAME_MAX],
+    group_len: usize,
+    device_id: u32,
+    role: Role,
+    chunk_kb: u32,
+    spool_mb: Option<u32>,
+    overflow: Option<Overflow>,
+    checkpoint_ms: Option<u32>,
+}
+
+impl Options {
+    fn new(t: &TableArgs<'_>) -> Self {
+        let mut group = [0u8; GROUP_NAME_MAX];
+        let g = t.group.unwrap_or_default();
+        let n = g.len().min(GROUP_NAME_MAX);
+        group[..n].copy_from_slice(&g[..n]);
+        Self {
+            given: t.given,
+            data_offset: t.data_offset,
+            mode: t.mode,
+            group,
+            group_len: n,
+            device_id: t.device_id,
+            role: t.role,
+            chunk_kb: t.chunk_kb,
+            spool_mb: t.spool_mb,
+            overflow: t.overflow,
+            checkpoint_ms: t.checkpoint_ms,
+        }
+    }
+
+    fn write(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+        let t = TableArgs {
+            data_dev: c"",
+            meta_dev: c"",
+            data_offset: self.data_offset,
+            data_offset_set: self.given & Opt::DataOffset as u16 != 0,
+            mode: self.mode,
+            group: (self.group_len > 0).then_some(&self.group[..self.group_len]),
+            device_id: self.device_id,
+            role: self.role,
+            chunk_kb: self.chunk_kb,
+            spool_mb: self.spool_mb,
+            overflow: self.overflow,
+            checkpoint_ms: self.checkpoint_ms,
+            given: self.given,
+        };
+        t.write_options(out)
+    }
+}
+
+/// The replication side of a `primary` target.
+struct Primary {
+    group: Arc<Group>,
+    id: u32,
+    role: Role,
 }
 
 /// Bios seen by `map`, by kind; reported by `dmsetup status`.
@@ -54,9 +128,9 @@ pub(crate) struct Ferry {
     begin: u64,
     len: u64,
     data_offset: u64,
-    /// Whether the table line named `data_offset` (reproduced by `table`).
-    data_offset_set: bool,
+    opts: Options,
     counters: Counters,
+    primary: Option<Primary>,
 }
 
 impl Ferry {
@@ -65,6 +139,7 @@ impl Ferry {
         data: &DmDev,
         meta: &DmDev,
         data_offset: u64,
+        chunk_sectors: u64,
     ) -> Result<(), CtrError> {
         if data.devt() == meta.devt() {
             return Err(CtrError::inval(c"Data and meta device are the same device"));
@@ -89,7 +164,7 @@ impl Ferry {
                 ))
             }
         }
-        let need = meta_sectors_needed(len);
+        let need = meta_sectors_needed(len, chunk_sectors);
         if meta.nr_sectors() < need {
             pr_err!(
                 "ferry: meta device {} has {} sectors; a target of {} sectors needs {}\n",
@@ -104,11 +179,71 @@ impl Ferry {
         }
         Ok(())
     }
+
+    fn join(ctr: &Ctr<'_>, t: &TableArgs<'_>, data: &DmDev) -> Result<Option<Primary>, CtrError> {
+        let Some(name) = t.group else {
+            return Ok(None);
+        };
+        let settings = Settings {
+            spool_mb: t.spool_mb.unwrap_or(DEFAULT_SPOOL_MB),
+            overflow: t.overflow.unwrap_or(Overflow::Bitmap),
+            checkpoint_ms: t.checkpoint_ms.unwrap_or(DEFAULT_CHECKPOINT_MS),
+        };
+        let given = Given {
+            spool_mb: t.spool_mb.is_some(),
+            overflow: t.overflow.is_some(),
+            checkpoint_ms: t.checkpoint_ms.is_some(),
+        };
+        let chunk_shift = t.chunk_sectors().trailing_zeros();
+        let group = crate::registry()
+            .join(name, settings, given, t.device_id, data.devt(), t.role, ctr.len(), chunk_shift)
+            .map_err(|e| match e {
+                JoinError::Settings => CtrError::inval(
+                    c"spool_mb, overflow or checkpoint_ms differ from the group's",
+                ),
+                JoinError::IdTaken => {
+                    CtrError::inval(c"device_id already used by another device of the group")
+                }
+                JoinError::Role => CtrError::inval(c"role differs from the loaded device's"),
+                JoinError::NoMemory => CtrError {
+                    msg: c"Cannot allocate the device's spool ring",
+                    err: ENOMEM,
+                },
+                JoinError::Create(err) => CtrError {
+                    msg: c"Cannot create the group's character device",
+                    err,
+                },
+            })?;
+        Ok(Some(Primary {
+            group,
+            id: t.device_id,
+            role: t.role,
+        }))
+    }
+
+    fn record_kind(op: Op, bio: &Bio<'_>) -> Option<RecordKind> {
+        match op {
+            Op::Write if bio.sectors() > 0 => Some(RecordKind::Write),
+            Op::Flush => Some(RecordKind::Flush),
+            Op::Discard | Op::SecureErase => Some(RecordKind::Discard),
+            Op::WriteZeroes => Some(RecordKind::WriteZeroes),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        if let Some(p) = &self.primary {
+            crate::registry().leave(&p.group, p.id);
+        }
+    }
 }
 
 impl Target for Ferry {
     const NAME: &'static CStr = c"ferry";
-    const VERSION: [u32; 3] = [0, 1, 0];
+    const VERSION: [u32; 3] = [0, 2, 0];
+    type Io = Arc<Record>;
 
     fn new(ctr: &mut Ctr<'_>, args: &[&CStr]) -> Result<Self, CtrError> {
         let t = table::parse(args).map_err(|e| CtrError::inval(e.message()))?;
@@ -120,7 +255,8 @@ impl Target for Ferry {
             msg: c"Cannot open meta device",
             err,
         })?;
-        Self::check_devices(ctr, &data, &meta, t.data_offset)?;
+        Self::check_devices(ctr, &data, &meta, t.data_offset, t.chunk_sectors())?;
+        let primary = Self::join(ctr, &t, &data)?;
 
         ctr.set_num_flush_bios(1);
         ctr.set_num_discard_bios(1);
@@ -132,14 +268,16 @@ impl Target for Ferry {
             begin: ctr.begin(),
             len: ctr.len(),
             data_offset: t.data_offset,
-            data_offset_set: t.data_offset_set,
+            opts: Options::new(&t),
             counters: Counters::default(),
+            primary,
         })
     }
 
-    fn map(&self, bio: &mut Bio<'_>) -> MapResult {
+    fn map(&self, bio: &mut Bio<'_>) -> MapResult<Arc<Record>> {
         let c = &self.counters;
-        let counter = match bio.op() {
+        let op = bio.op();
+        let counter = match op {
             Op::Read => Some(&c.reads),
             Op::Write => Some(&c.writes),
             Op::Flush => Some(&c.flushes),
@@ -152,38 +290,105 @@ impl Target for Ferry {
         }
         // Empty flushes carry no sector; device-mapper gives them the
         // target's first sector, so the same arithmetic holds for all bios.
-        let sector = self.data_offset + bio.sector().wrapping_sub(self.begin);
-        bio.remap(&self.data, sector);
-        MapResult::Remapped
+        let rel = bio.sector().wrapping_sub(self.begin);
+        let mut rec = None;
+        if let (Some(p), Some(kind)) = (&self.primary, Self::record_kind(op, bio)) {
+            let r = group::record_for(
+                kind,
+                p.id,
+                p.role,
+                rel,
+                bio.sectors(),
+                bio.is_fua(),
+                bio.is_preflush(),
+            );
+            let bytes = if kind == RecordKind::Write { bio.bytes() } else { 0 };
+            let nowait = bio.is_nowait();
+            match p.group.prepare(r, bytes, nowait, || Payload::copy_from_bio(bio)) {
+                Ok(r) => rec = r,
+                Err(_) => return MapResult::WouldBlock,
+            }
+        }
+        bio.remap(&self.data, self.data_offset + rel);
+        MapResult::Remapped(rec)
+    }
+
+    fn end_io(&self, rec: Arc<Record>, ok: bool) {
+        if let Some(p) = &self.primary {
+            p.group.complete(rec, ok);
+        }
+    }
+
+    fn message(&self, args: &[&CStr], _out: &mut StatusWriter<'_>) -> Result {
+        let Some(p) = &self.primary else {
+            pr_warn!("ferry: messages need mode primary\n");
+            return Err(EINVAL);
+        };
+        match args {
+            [cmd] if cmd.to_bytes() == b"checkpoint" => p.group.checkpoint().map(|_| ()),
+            [cmd, label] if cmd.to_bytes() == b"cp" => {
+                p.group.consistency_point(label.to_bytes()).map(|_| ())
+            }
+            _ => {
+                pr_warn!("ferry: unknown message (checkpoint | cp <label>)\n");
+                Err(EINVAL)
+            }
+        }
     }
 
     fn status(&self, ty: StatusType, out: &mut StatusWriter<'_>) {
         let c = &self.counters;
         // A full buffer truncates the line, as DMEMIT does; nothing to report.
         let _ = match ty {
-            StatusType::Info => write!(
-                out,
-                "passthrough {} {} {} {} {}",
-                c.reads.load(Relaxed),
-                c.writes.load(Relaxed),
-                c.flushes.load(Relaxed),
-                c.discards.load(Relaxed),
-                c.write_zeroes.load(Relaxed),
-            ),
-            StatusType::Table => {
-                let r = write!(out, "{} {}", self.data.name().to_str().unwrap_or("?"), self.meta.name().to_str().unwrap_or("?"));
-                if self.data_offset_set {
-                    write!(out, " 2 data_offset {}", self.data_offset)
-                } else {
-                    r
+            StatusType::Info => match &self.primary {
+                None => write!(
+                    out,
+                    "passthrough {} {} {} {} {}",
+                    c.reads.load(Relaxed),
+                    c.writes.load(Relaxed),
+                    c.flushes.load(Relaxed),
+                    c.discards.load(Relaxed),
+                    c.write_zeroes.load(Relaxed),
+                ),
+                Some(p) => {
+                    let s: DeviceStatus = p.group.status(p.id);
+                    write!(
+                        out,
+                        "primary {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+                        core::str::from_utf8(p.group.name()).unwrap_or("?"),
+                        p.id,
+                        p.role.name(),
+                        match s.mode {
+                            RepMode::Replicating => "replicating",
+                            RepMode::Ahead => "ahead",
+                        },
+                        s.written,
+                        s.completed,
+                        s.shipped,
+                        s.acked,
+                        s.spool_used / 1024,
+                        s.spool_cap / 1024,
+                        s.dirty,
+                        s.epoch,
+                        s.dropped,
+                        s.rejected,
+                    )
                 }
-            }
+            },
+            StatusType::Table => write!(
+                out,
+                "{} {}",
+                self.data.name().to_str().unwrap_or("?"),
+                self.meta.name().to_str().unwrap_or("?")
+            )
+            .and_then(|()| self.opts.write(out)),
             StatusType::Ima => write!(
                 out,
-                "target_name=ferry,target_version=0.1.0,data_device={},meta_device={},data_offset={};",
+                "target_name=ferry,target_version=0.2.0,data_device={},meta_device={},data_offset={},mode={};",
                 self.data.name().to_str().unwrap_or("?"),
                 self.meta.name().to_str().unwrap_or("?"),
-                self.data_offset
+                self.data_offset,
+                self.opts.mode.name(),
             ),
         };
     }

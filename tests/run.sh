@@ -25,11 +25,14 @@ if [ -f userspace/Cargo.toml ]; then
 fi
 step "kernel (debug, cached)" scripts/build-kernel.sh debug
 step "module" make --no-print-directory module
-step "initramfs" scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko
+step "guest tools" bash -c "scripts/guest-tools.sh >'$out/tools.list'"
+step "initramfs" bash -c "scripts/mkinitramfs.sh '$out/initramfs.cpio' dm-ferry.ko \$(cat '$out/tools.list')"
 
 disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
 step "guest: target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
+step "guest: primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
+	primary gate chardev overflow markers
 step "guests: two joined guests" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-net" net-ping
 

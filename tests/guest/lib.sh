@@ -50,9 +50,24 @@ ferry_load() {
 
 # Removes every device-mapper device and unloads the module.
 ferry_cleanup() {
+	killall ferry-test >/dev/null 2>&1 || true
 	dm remove_all >/dev/null 2>&1 || true
 	grep -q '^dm_ferry ' /proc/modules && rmmod dm_ferry
 	return 0
+}
+
+# Starts `ferry-test read` for group $1 in the background with log $2 and
+# further options; it drains until `reader_stop` and then idle for 1.5 s.
+# Sets $rp.  reader_stop waits for it and fails the test if it failed.
+reader_start() {
+	g=$1 rlog=$2; shift 2
+	rm -f "$rlog.stop"
+	ferry-test read --group "$g" --log "$rlog" --idle-ms 1500 --stop-file "$rlog.stop" "$@" >"$rlog.out" 2>&1 &
+	rp=$!
+}
+reader_stop() {
+	touch "$rlog.stop"
+	wait $rp || { tail -5 "$rlog"; cat "$rlog.out"; fail "reader"; }
 }
 
 # Puts a marker in the kernel log; klog_since prints what followed it.

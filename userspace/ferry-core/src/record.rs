@@ -331,6 +331,15 @@ impl fmt::Display for RecordError {
 
 const HEAD_DOMAIN: u64 = u64::from_le_bytes(*b"ferryHD1");
 const TAIL_DOMAIN: u64 = u64::from_le_bytes(*b"ferryTL1");
+const GROUP_ID_DOMAIN: u64 = u64::from_le_bytes(*b"ferryGID");
+
+/// The id of the group named `name` (the `group` word of its table lines):
+/// `xxh64(name, "ferryGID")`, the seed being those 8 ASCII bytes read as a
+/// u64 LE.  Both sites derive it from the name they are configured with.
+pub fn group_id_of_name<D: Digest + ?Sized>(digest: &D, name: &[u8]) -> u64 {
+    digest.xxh64(GROUP_ID_DOMAIN, name)
+}
+
 /// Longest group secret [`GroupKey::derive`] accepts.
 pub const SECRET_MAX: usize = 64;
 

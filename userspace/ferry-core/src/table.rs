@@ -8,12 +8,151 @@
 //!
 //! * `data_offset <sectors>`: first sector of the target on the data device
 //!   (default 0).
+//! * `mode primary|passthrough`: `primary` replicates (needs `group`);
+//!   `passthrough` only remaps.  Default: `primary` when a group is given,
+//!   `passthrough` otherwise.
+//! * `group <name>`: the consistency group; one group-wide order over all
+//!   its devices.
+//! * `device_id <n>`: the device's number in its group (default 0).
+//! * `role log|data`: `log` devices lead `data` devices (default `data`).
+//! * `chunk_kb <n>`: dirty-chunk size of the bitmap (default 64).
+//! * `spool_mb <n>`, `overflow bitmap|block`, `checkpoint_ms <n>`: settings
+//!   of the group; every device of a group gives the same value or none.
 //!
 //! Parsing is pure: it needs no device and no kernel.  The kernel module
-//! checks the devices the line names; every rejection has its own message,
-//! which the module puts in `ti->error`.
+//! checks the devices the line names and the group's consistency; every
+//! rejection has its own message, which the module puts in `ti->error`.
 
 use core::ffi::CStr;
+use core::fmt;
+
+/// Longest group name (it names the character device `/dev/ferry/<group>`).
+pub const GROUP_NAME_MAX: usize = 32;
+/// Devices per group: `device_id` is below this.
+pub const MAX_DEVICES: u32 = 32;
+/// Default spool cap of a group, MiB.
+pub const DEFAULT_SPOOL_MB: u32 = 64;
+/// Largest spool cap, MiB.
+pub const MAX_SPOOL_MB: u32 = 16384;
+/// Default dirty-chunk size, KiB.
+pub const DEFAULT_CHUNK_KB: u32 = 64;
+/// Smallest and largest dirty-chunk size, KiB (powers of two).
+pub const CHUNK_KB_RANGE: (u32, u32) = (4, 65536);
+/// Default checkpoint period, ms.
+pub const DEFAULT_CHECKPOINT_MS: u32 = 1000;
+/// Smallest and largest non-zero checkpoint period, ms.
+pub const CHECKPOINT_MS_RANGE: (u32, u32) = (10, 3_600_000);
+
+/// What the target does with writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Remap only, as dm-linear.
+    Passthrough,
+    /// Tag, spool and replicate every write.
+    Primary,
+}
+
+impl Mode {
+    /// The word of the table line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Passthrough => "passthrough",
+            Self::Primary => "primary",
+        }
+    }
+}
+
+/// The device's place in the log-before-data order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A data device: its writes wait for the log writes before them.
+    Data,
+    /// A log device (a database's WAL volume): its writes lead.
+    Log,
+}
+
+impl Role {
+    /// The word of the table line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// What a full spool does to writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Mark the chunk dirty and complete the write (mode `ahead`).
+    Bitmap,
+    /// Hold writers until the spool has room.
+    Block,
+}
+
+impl Overflow {
+    /// The word of the table line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bitmap => "bitmap",
+            Self::Block => "block",
+        }
+    }
+}
+
+/// The optional arguments, as bits of [`TableArgs::given`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+#[allow(missing_docs)]
+pub enum Opt {
+    DataOffset = 1 << 0,
+    Mode = 1 << 1,
+    Group = 1 << 2,
+    DeviceId = 1 << 3,
+    Role = 1 << 4,
+    ChunkKb = 1 << 5,
+    SpoolMb = 1 << 6,
+    Overflow = 1 << 7,
+    CheckpointMs = 1 << 8,
+}
+
+impl Opt {
+    /// Every option, in the order the table line is reproduced.
+    pub const ALL: [Opt; 9] = [
+        Opt::DataOffset,
+        Opt::Mode,
+        Opt::Group,
+        Opt::DeviceId,
+        Opt::Role,
+        Opt::ChunkKb,
+        Opt::SpoolMb,
+        Opt::Overflow,
+        Opt::CheckpointMs,
+    ];
+
+    /// The option's keyword.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::DataOffset => "data_offset",
+            Self::Mode => "mode",
+            Self::Group => "group",
+            Self::DeviceId => "device_id",
+            Self::Role => "role",
+            Self::ChunkKb => "chunk_kb",
+            Self::SpoolMb => "spool_mb",
+            Self::Overflow => "overflow",
+            Self::CheckpointMs => "checkpoint_ms",
+        }
+    }
+
+    fn from_word(w: &[u8]) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.name().as_bytes() == w)
+    }
+
+    const fn bit(self) -> u16 {
+        self as u16
+    }
+}
 
 /// The arguments of a table line, borrowed from the line.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,6 +165,65 @@ pub struct TableArgs<'a> {
     pub data_offset: u64,
     /// Whether `data_offset` was given (so the table line reproduces it).
     pub data_offset_set: bool,
+    /// What the target does with writes.
+    pub mode: Mode,
+    /// The consistency group (as its name's bytes), if any.
+    pub group: Option<&'a [u8]>,
+    /// The device's number in its group.
+    pub device_id: u32,
+    /// Log or data.
+    pub role: Role,
+    /// Dirty-chunk size, KiB.
+    pub chunk_kb: u32,
+    /// Group setting: spool cap, MiB (`None`: not given).
+    pub spool_mb: Option<u32>,
+    /// Group setting: spool overflow policy.
+    pub overflow: Option<Overflow>,
+    /// Group setting: checkpoint period, ms; 0: on demand only.
+    pub checkpoint_ms: Option<u32>,
+    /// The options given, as [`Opt`] bits.
+    pub given: u16,
+}
+
+impl TableArgs<'_> {
+    /// Whether `opt` was on the line.
+    pub const fn has(&self, opt: Opt) -> bool {
+        self.given & opt.bit() != 0
+    }
+
+    /// Sectors per dirty chunk.
+    pub const fn chunk_sectors(&self) -> u64 {
+        self.chunk_kb as u64 * 2
+    }
+
+    /// Writes the optional part of the line, ` <#opts> <opt> <value>...`,
+    /// with the options given, in [`Opt::ALL`] order; nothing when none
+    /// was given.  Parsing the devices and this text gives back `self`.
+    pub fn write_options<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        if self.given == 0 {
+            return Ok(());
+        }
+        write!(out, " {}", 2 * self.given.count_ones())?;
+        for opt in Opt::ALL.into_iter().filter(|o| self.has(*o)) {
+            write!(out, " {} ", opt.name())?;
+            match opt {
+                Opt::DataOffset => write!(out, "{}", self.data_offset)?,
+                Opt::Mode => out.write_str(self.mode.name())?,
+                Opt::Group => {
+                    for &c in self.group.unwrap_or_default() {
+                        out.write_char(char::from(c))?;
+                    }
+                }
+                Opt::DeviceId => write!(out, "{}", self.device_id)?,
+                Opt::Role => out.write_str(self.role.name())?,
+                Opt::ChunkKb => write!(out, "{}", self.chunk_kb)?,
+                Opt::SpoolMb => write!(out, "{}", self.spool_mb.unwrap_or_default())?,
+                Opt::Overflow => out.write_str(self.overflow.map_or("", Overflow::name))?,
+                Opt::CheckpointMs => write!(out, "{}", self.checkpoint_ms.unwrap_or_default())?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a table line was rejected.
@@ -38,9 +236,19 @@ pub enum TableError {
     OptionCountTooLarge,
     TooManyArguments,
     UnknownOption,
-    MissingOptionValue,
+    MissingOptionValue(Opt),
     BadDataOffset,
     DuplicateOption,
+    BadMode,
+    BadGroup,
+    BadDeviceId,
+    BadRole,
+    BadChunkKb,
+    BadSpoolMb,
+    BadOverflow,
+    BadCheckpointMs,
+    PrimaryNeedsGroup,
+    PassthroughWithGroupOptions,
 }
 
 impl TableError {
@@ -53,9 +261,35 @@ impl TableError {
             Self::OptionCountTooLarge => c"Optional argument count exceeds the arguments given",
             Self::TooManyArguments => c"Too many arguments after the optional arguments",
             Self::UnknownOption => c"Unknown optional argument",
-            Self::MissingOptionValue => c"Optional argument data_offset needs a value",
+            Self::MissingOptionValue(o) => match o {
+                Opt::DataOffset => c"Optional argument data_offset needs a value",
+                Opt::Mode => c"Optional argument mode needs a value",
+                Opt::Group => c"Optional argument group needs a value",
+                Opt::DeviceId => c"Optional argument device_id needs a value",
+                Opt::Role => c"Optional argument role needs a value",
+                Opt::ChunkKb => c"Optional argument chunk_kb needs a value",
+                Opt::SpoolMb => c"Optional argument spool_mb needs a value",
+                Opt::Overflow => c"Optional argument overflow needs a value",
+                Opt::CheckpointMs => c"Optional argument checkpoint_ms needs a value",
+            },
             Self::BadDataOffset => c"Invalid data_offset: expected a decimal number of sectors",
             Self::DuplicateOption => c"Optional argument given twice",
+            Self::BadMode => c"Invalid mode: expected primary or passthrough",
+            Self::BadGroup => {
+                c"Invalid group: 1 to 32 characters of [A-Za-z0-9_.-], starting with a letter or digit"
+            }
+            Self::BadDeviceId => c"Invalid device_id: expected 0 to 31",
+            Self::BadRole => c"Invalid role: expected log or data",
+            Self::BadChunkKb => c"Invalid chunk_kb: expected a power of two from 4 to 65536",
+            Self::BadSpoolMb => c"Invalid spool_mb: expected 1 to 16384",
+            Self::BadOverflow => c"Invalid overflow: expected bitmap or block",
+            Self::BadCheckpointMs => {
+                c"Invalid checkpoint_ms: expected 0 (on demand only) or 10 to 3600000"
+            }
+            Self::PrimaryNeedsGroup => c"mode primary needs a group",
+            Self::PassthroughWithGroupOptions => {
+                c"mode passthrough takes no group, device_id, role, spool_mb, overflow or checkpoint_ms"
+            }
         }
     }
 }
@@ -76,6 +310,21 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+fn parse_u32_in(s: &[u8], lo: u32, hi: u32) -> Option<u32> {
+    let v = u32::try_from(parse_u64(s)?).ok()?;
+    (lo..=hi).contains(&v).then_some(v)
+}
+
+/// Whether `name` is a valid group name: it becomes a path component under
+/// `/dev/ferry/` and a word of status lines.
+pub fn valid_group_name(name: &[u8]) -> bool {
+    matches!(name.first(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= GROUP_NAME_MAX
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
 /// Parses the arguments after the target name.
 pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
     let (data_dev, meta_dev) = match args {
@@ -88,6 +337,15 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         meta_dev,
         data_offset: 0,
         data_offset_set: false,
+        mode: Mode::Passthrough,
+        group: None,
+        device_id: 0,
+        role: Role::Data,
+        chunk_kb: DEFAULT_CHUNK_KB,
+        spool_mb: None,
+        overflow: None,
+        checkpoint_ms: None,
+        given: 0,
     };
     let rest = &args[2..];
     let Some((count, opts)) = rest.split_first() else {
@@ -102,19 +360,87 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         return Err(TableError::TooManyArguments);
     }
     let mut it = opts.iter();
-    while let Some(opt) = it.next() {
-        match opt.to_bytes() {
-            b"data_offset" => {
-                if t.data_offset_set {
-                    return Err(TableError::DuplicateOption);
-                }
-                let v = it.next().ok_or(TableError::MissingOptionValue)?;
-                t.data_offset = parse_u64(v.to_bytes()).ok_or(TableError::BadDataOffset)?;
+    let mut mode = None;
+    while let Some(word) = it.next() {
+        let opt = Opt::from_word(word.to_bytes()).ok_or(TableError::UnknownOption)?;
+        if t.given & opt.bit() != 0 {
+            return Err(TableError::DuplicateOption);
+        }
+        t.given |= opt.bit();
+        let v = it
+            .next()
+            .ok_or(TableError::MissingOptionValue(opt))?
+            .to_bytes();
+        match opt {
+            Opt::DataOffset => {
+                t.data_offset = parse_u64(v).ok_or(TableError::BadDataOffset)?;
                 t.data_offset_set = true;
             }
-            _ => return Err(TableError::UnknownOption),
+            Opt::Mode => {
+                mode = Some(match v {
+                    b"primary" => Mode::Primary,
+                    b"passthrough" => Mode::Passthrough,
+                    _ => return Err(TableError::BadMode),
+                })
+            }
+            Opt::Group => {
+                if !valid_group_name(v) {
+                    return Err(TableError::BadGroup);
+                }
+                t.group = Some(v);
+            }
+            Opt::DeviceId => {
+                t.device_id = parse_u32_in(v, 0, MAX_DEVICES - 1).ok_or(TableError::BadDeviceId)?
+            }
+            Opt::Role => {
+                t.role = match v {
+                    b"log" => Role::Log,
+                    b"data" => Role::Data,
+                    _ => return Err(TableError::BadRole),
+                }
+            }
+            Opt::ChunkKb => {
+                let (lo, hi) = CHUNK_KB_RANGE;
+                t.chunk_kb = parse_u32_in(v, lo, hi)
+                    .filter(|c| c.is_power_of_two())
+                    .ok_or(TableError::BadChunkKb)?
+            }
+            Opt::SpoolMb => {
+                t.spool_mb = Some(parse_u32_in(v, 1, MAX_SPOOL_MB).ok_or(TableError::BadSpoolMb)?)
+            }
+            Opt::Overflow => {
+                t.overflow = Some(match v {
+                    b"bitmap" => Overflow::Bitmap,
+                    b"block" => Overflow::Block,
+                    _ => return Err(TableError::BadOverflow),
+                })
+            }
+            Opt::CheckpointMs => {
+                let (lo, hi) = CHECKPOINT_MS_RANGE;
+                let ms = parse_u64(v)
+                    .and_then(|m| u32::try_from(m).ok())
+                    .filter(|&m| m == 0 || (lo..=hi).contains(&m))
+                    .ok_or(TableError::BadCheckpointMs)?;
+                t.checkpoint_ms = Some(ms);
+            }
         }
     }
+    let group_opts = Opt::Group.bit()
+        | Opt::DeviceId.bit()
+        | Opt::Role.bit()
+        | Opt::SpoolMb.bit()
+        | Opt::Overflow.bit()
+        | Opt::CheckpointMs.bit();
+    t.mode = match (mode, t.group) {
+        (Some(Mode::Primary), None) => return Err(TableError::PrimaryNeedsGroup),
+        (Some(Mode::Passthrough), _) if t.given & group_opts != 0 => {
+            return Err(TableError::PassthroughWithGroupOptions)
+        }
+        (Some(m), _) => m,
+        (None, Some(_)) => Mode::Primary,
+        (None, None) if t.given & group_opts != 0 => return Err(TableError::PrimaryNeedsGroup),
+        (None, None) => Mode::Passthrough,
+    };
     Ok(t)
 }
 
@@ -133,11 +459,63 @@ mod tests {
         assert_eq!(t.meta_dev, c"/dev/vdc");
         assert_eq!(t.data_offset, 0);
         assert!(!t.data_offset_set);
+        assert_eq!(t.mode, Mode::Passthrough);
         let t = run(&[c"8:16", c"8:32", c"0"]).unwrap();
         assert!(!t.data_offset_set);
         let t = run(&[c"a", c"b", c"2", c"data_offset", c"2048"]).unwrap();
         assert_eq!(t.data_offset, 2048);
         assert!(t.data_offset_set);
+        assert!(t.has(Opt::DataOffset));
+        assert!(!t.has(Opt::Group));
+    }
+
+    #[test]
+    fn accepts_replication_options() {
+        let t = run(&[
+            c"a",
+            c"b",
+            c"16",
+            c"group",
+            c"db1",
+            c"device_id",
+            c"3",
+            c"role",
+            c"log",
+            c"chunk_kb",
+            c"128",
+            c"spool_mb",
+            c"32",
+            c"overflow",
+            c"block",
+            c"checkpoint_ms",
+            c"250",
+            c"mode",
+            c"primary",
+        ])
+        .unwrap();
+        assert_eq!(t.mode, Mode::Primary);
+        assert_eq!(t.group, Some(&b"db1"[..]));
+        assert_eq!(t.device_id, 3);
+        assert_eq!(t.role, Role::Log);
+        assert_eq!(t.chunk_kb, 128);
+        assert_eq!(t.chunk_sectors(), 256);
+        assert_eq!(t.spool_mb, Some(32));
+        assert_eq!(t.overflow, Some(Overflow::Block));
+        assert_eq!(t.checkpoint_ms, Some(250));
+        // A group alone makes a primary with defaults.
+        let t = run(&[c"a", c"b", c"2", c"group", c"g"]).unwrap();
+        assert_eq!(t.mode, Mode::Primary);
+        assert_eq!(t.role, Role::Data);
+        assert_eq!(t.device_id, 0);
+        assert_eq!(t.chunk_kb, DEFAULT_CHUNK_KB);
+        assert_eq!(
+            (t.spool_mb, t.overflow, t.checkpoint_ms),
+            (None, None, None)
+        );
+        let t = run(&[c"a", c"b", c"4", c"group", c"g", c"checkpoint_ms", c"0"]).unwrap();
+        assert_eq!(t.checkpoint_ms, Some(0));
+        let t = run(&[c"a", c"b", c"4", c"mode", c"passthrough", c"chunk_kb", c"4"]).unwrap();
+        assert_eq!(t.mode, Mode::Passthrough);
     }
 
     #[test]
@@ -152,7 +530,14 @@ mod tests {
             (&[c"a", c"b", c"99999999999999999999999"], BadOptionCount),
             (&[c"a", c"b", c"0", c"extra"], TooManyArguments),
             (&[c"a", c"b", c"1", c"bogus"], UnknownOption),
-            (&[c"a", c"b", c"1", c"data_offset"], MissingOptionValue),
+            (
+                &[c"a", c"b", c"1", c"data_offset"],
+                MissingOptionValue(Opt::DataOffset),
+            ),
+            (
+                &[c"a", c"b", c"1", c"group"],
+                MissingOptionValue(Opt::Group),
+            ),
             (&[c"a", c"b", c"2", c"data_offset", c"12x"], BadDataOffset),
             (
                 &[c"a", c"b", c"2", c"data_offset", c"18446744073709551616"],
@@ -163,6 +548,65 @@ mod tests {
                 &[c"a", c"b", c"4", c"data_offset", c"1", c"data_offset", c"2"],
                 DuplicateOption,
             ),
+            (&[c"a", c"b", c"2", c"mode", c"secondary"], BadMode),
+            (&[c"a", c"b", c"2", c"group", c"-x"], BadGroup),
+            (&[c"a", c"b", c"2", c"group", c"a/b"], BadGroup),
+            (&[c"a", c"b", c"2", c"group", c".."], BadGroup),
+            (
+                &[
+                    c"a",
+                    c"b",
+                    c"2",
+                    c"group",
+                    c"abcdefghijklmnopqrstuvwxyz0123456",
+                ],
+                BadGroup,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"device_id", c"32"],
+                BadDeviceId,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"role", c"wal"],
+                BadRole,
+            ),
+            (&[c"a", c"b", c"2", c"chunk_kb", c"48"], BadChunkKb),
+            (&[c"a", c"b", c"2", c"chunk_kb", c"2"], BadChunkKb),
+            (&[c"a", c"b", c"2", c"chunk_kb", c"131072"], BadChunkKb),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"spool_mb", c"0"],
+                BadSpoolMb,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"spool_mb", c"16385"],
+                BadSpoolMb,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"overflow", c"drop"],
+                BadOverflow,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"checkpoint_ms", c"5"],
+                BadCheckpointMs,
+            ),
+            (
+                &[
+                    c"a",
+                    c"b",
+                    c"4",
+                    c"group",
+                    c"g",
+                    c"checkpoint_ms",
+                    c"4294967296",
+                ],
+                BadCheckpointMs,
+            ),
+            (&[c"a", c"b", c"2", c"mode", c"primary"], PrimaryNeedsGroup),
+            (&[c"a", c"b", c"2", c"role", c"log"], PrimaryNeedsGroup),
+            (
+                &[c"a", c"b", c"4", c"mode", c"passthrough", c"group", c"g"],
+                PassthroughWithGroupOptions,
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(run(line), Err(*want), "line {line:?}");
@@ -172,22 +616,80 @@ mod tests {
     #[test]
     fn messages_are_distinct() {
         use TableError::*;
-        let all = [
+        let mut all = std::vec![
             NoArguments,
             MissingMetaDevice,
             BadOptionCount,
             OptionCountTooLarge,
             TooManyArguments,
             UnknownOption,
-            MissingOptionValue,
             BadDataOffset,
             DuplicateOption,
+            BadMode,
+            BadGroup,
+            BadDeviceId,
+            BadRole,
+            BadChunkKb,
+            BadSpoolMb,
+            BadOverflow,
+            BadCheckpointMs,
+            PrimaryNeedsGroup,
+            PassthroughWithGroupOptions,
         ];
+        all.extend(Opt::ALL.map(MissingOptionValue));
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.message(), b.message());
             }
         }
+    }
+
+    #[test]
+    fn options_are_reproduced() {
+        use std::ffi::CString;
+        let lines: &[&[&CStr]] = &[
+            &[c"a", c"b"],
+            &[c"a", c"b", c"0"],
+            &[c"a", c"b", c"2", c"data_offset", c"8"],
+            &[
+                c"a",
+                c"b",
+                c"12",
+                c"checkpoint_ms",
+                c"0",
+                c"role",
+                c"log",
+                c"group",
+                c"g-1",
+                c"overflow",
+                c"bitmap",
+                c"spool_mb",
+                c"7",
+                c"device_id",
+                c"2",
+            ],
+        ];
+        for line in lines {
+            let t = parse(line).unwrap();
+            let mut s = std::string::String::new();
+            t.write_options(&mut s).unwrap();
+            let words: std::vec::Vec<CString> = s
+                .split_whitespace()
+                .map(|w| CString::new(w).unwrap())
+                .collect();
+            let mut again: std::vec::Vec<&CStr> = std::vec![line[0], line[1]];
+            again.extend(words.iter().map(|w| w.as_c_str()));
+            assert_eq!(parse(&again).unwrap(), t, "{s}");
+        }
+    }
+
+    #[test]
+    fn option_names_round_trip() {
+        for o in Opt::ALL {
+            assert_eq!(Opt::from_word(o.name().as_bytes()), Some(o));
+        }
+        let bits: u16 = Opt::ALL.iter().map(|o| o.bit()).sum();
+        assert_eq!(bits.count_ones(), 9);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Table-line parser: arbitrary words are either rejected with a typed
-//! error or parse to arguments consistent with the words.
+//! error or parse to arguments that the canonical writer reproduces: the
+//! devices plus `write_options` parse back to the same arguments.
 #![no_main]
 
-use ferry_core::table::parse;
+use ferry_core::table::{parse, Opt};
 use libfuzzer_sys::fuzz_target;
 use std::ffi::{CStr, CString};
 
@@ -17,11 +18,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(t) = parse(&args) {
         assert_eq!(t.data_dev, args[0]);
         assert_eq!(t.meta_dev, args[1]);
-        // Options follow the two devices and the count.
-        let opts = args.get(3..).unwrap_or(&[]);
-        assert_eq!(t.data_offset_set, opts.iter().any(|a| a.to_bytes() == b"data_offset"));
+        assert_eq!(t.data_offset_set, t.has(Opt::DataOffset));
         if !t.data_offset_set {
             assert_eq!(t.data_offset, 0);
         }
+        let mut line = String::new();
+        t.write_options(&mut line).unwrap();
+        let again_words: Vec<CString> = line
+            .split_whitespace()
+            .map(|w| CString::new(w).unwrap())
+            .collect();
+        let mut again = vec![args[0], args[1]];
+        again.extend(again_words.iter().map(|w| w.as_c_str()));
+        assert_eq!(parse(&again).unwrap(), t, "{line}");
     }
 });

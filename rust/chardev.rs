@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The character device `/dev/ferry/<group>`: a misc device (mode 0600)
+//! whose file operations (in `helpers.c`, so that `THIS_MODULE` pins the
+//! module while a file is open) call the shims below.  Each shim turns the
+//! C arguments into safe ones and calls the [`Group`]'s method.
+
+use crate::bindings as b;
+use crate::group::Group;
+use core::marker::PhantomPinned;
+use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::ffi::{c_char, c_int, c_uint, c_void};
+use kernel::prelude::*;
+use kernel::sync::{Arc, ArcBorrow};
+use kernel::types::Opaque;
+use kernel::uaccess::UserSlice;
+
+/// Longest `name` of the misc device (`ferry-<group>`) with its NUL.
+const NAME_LEN: usize = 48;
+
+/// Largest `write(2)` the device takes at once: many commands back to back.
+pub(crate) const WRITE_MAX: usize = 4096;
+
+/// The misc device of a group.
+#[pin_data]
+pub(crate) struct MiscDev {
+    #[pin]
+    misc: Opaque<b::miscdevice>,
+    name: [u8; NAME_LEN],
+    nodename: [u8; NAME_LEN],
+    /// The group, as a reference leaked while registered.
+    owner: core::sync::atomic::AtomicPtr<Group>,
+    registered: AtomicBool,
+    #[pin]
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the misc device is only touched through misc_register and
+// misc_deregister (serialised by the misc core) and atomics.
+unsafe impl Sync for MiscDev {}
+// SAFETY: as above.
+unsafe impl Send for MiscDev {}
+
+fn c_name(prefix: &[u8], sep: u8, group: &[u8]) -> [u8; NAME_LEN] {
+    let mut out = [0u8; NAME_LEN];
+    let mut i = 0;
+    for &c in Iterator::chain(Iterator::chain(prefix.iter(), core::iter::once(&sep)), group) {
+        if i + 1 >= NAME_LEN {
+            break;
+        }
+        out[i] = c;
+        i += 1;
+    }
+    out
+}
+
+impl MiscDev {
+    /// An initialiser of the (unregistered) device of group `name`.
+    pub(crate) fn new(group: &[u8]) -> impl PinInit<Self> {
+        let name = c_name(b"ferry", b'-', group);
+        let nodename = c_name(b"ferry", b'/', group);
+        pin_init!(Self {
+            misc: Opaque::new(b::miscdevice::default()),
+            name,
+            nodename,
+            owner: core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            registered: AtomicBool::new(false),
+            _pin: PhantomPinned,
+        })
+    }
+
+    /// Registers `/dev/ferry/<group>` for `group`, which holds `self`.
+    /// The registration keeps a reference to the group until
+    /// [`Self::deregister`].
+    pub(crate) fn register(&self, group: Arc<Group>) -> Result {
+        let m = self.misc.get();
+        // SAFETY: `m` is ours and not registered (no one else reads it);
+        // the names live in `self`, which is pinned inside the group and
+        // outlives the registration; the fops table is static.
+        unsafe {
+            (*m).minor = b::MISC_DYNAMIC_MINOR as c_int;
+            (*m).name = self.name.as_ptr().cast::<c_char>();
+            (*m).nodename = self.nodename.as_ptr().cast::<c_char>();
+            (*m).mode = 0o600;
+            (*m).fops = &b::ferry_chardev_fops;
+        }
+        self.owner
+            .store(Arc::into_raw(group).cast_mut(), Ordering::Release);
+        // SAFETY: `m` is a filled-in miscdevice at a stable address.
+        let r = unsafe { b::misc_register(m) };
+        if r != 0 {
+            self.drop_owner();
+            return Err(Error::from_errno(r));
+        }
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes the device node; files already open keep working on the
+    /// group they hold.  No `open` runs after this returns.  Process context.
+    pub(crate) fn deregister(&self) {
+        if self.registered.swap(false, Ordering::AcqRel) {
+            // SAFETY: registered by `register` and not yet deregistered.
+            unsafe { b::misc_deregister(self.misc.get()) };
+            self.drop_owner();
+        }
+    }
+
+    fn drop_owner(&self) {
+        let p = self.owner.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            // SAFETY: `p` came from `Arc::into_raw` in `register`.
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+}
+
+/// The group an open file holds (its `private_data`).
+///
+/// # Safety
+///
+/// `file` is an open file of the device, opened by `ferry_chardev_open`.
+unsafe fn file_group<'a>(file: *mut b::file) -> ArcBorrow<'a, Group> {
+    // SAFETY: `open` stored `Arc::into_raw` in `private_data`; `release`
+    // drops it, after every other file operation has returned.
+    unsafe { ArcBorrow::from_raw((*file).private_data.cast::<Group>()) }
+}
+
+/// # Safety
+///
+/// Called by the VFS through `ferry_chardev_fops`, after `misc_open` set
+/// `private_data` to the misc device.
+#[no_mangle]
+unsafe extern "C" fn ferry_chardev_open(inode: *mut b::inode, file: *mut b::file) -> c_int {
+    // SAFETY: `misc_open` stored the `miscdevice` in `private_data`; it is
+    // field `misc` of a registered `MiscDev` (`Opaque` is transparent).
+    let dev = unsafe {
+        &*kernel::container_of!((*file).private_data.cast::<b::miscdevice>(), MiscDev, misc)
+    };
+    let p = dev.owner.load(Ordering::Acquire);
+    if p.is_null() {
+        return ENODEV.to_errno();
+    }
+    // SAFETY: `misc_open` runs under the misc lock, so the device is still
+    // registered and its reference to the group (`p`) alive.
+    let group: Arc<Group> = unsafe { ArcBorrow::from_raw(p) }.into();
+    if let Err(e) = group.open() {
+        return e.to_errno();
+    }
+    // SAFETY: the file is being opened and is ours to set up.
+    unsafe {
+        (*file).private_data = Arc::into_raw(group).cast_mut().cast::<c_void>();
+        b::stream_open(inode, file);
+    }
+    0
+}
+
+/// # Safety
+///
+/// As for every file operation: `file` was opened by `ferry_chardev_open`.
+#[no_mangle]
+unsafe extern "C" fn ferry_chardev_release(_inode: *mut b::inode, file: *mut b::file) -> c_int {
+    // SAFETY: the reference `open` leaked, returned once, at release.
+    let group = unsafe { Arc::from_raw((*file).private_data.cast::<Group>()) };
+    group.release();
+    0
+}
+
+/// # Safety
+///
+/// `file` was opened by `ferry_chardev_open`; `buf` is a user pointer.
+#[no_mangle]
+unsafe extern "C" fn ferry_chardev_read(
+    file: *mut b::file,
+    buf: *mut c_char,
+    len: usize,
+    _ppos: *mut b::loff_t,
+) -> isize {
+    // SAFETY: see `file_group`.
+    let group = unsafe { file_group(file) };
+    // SAFETY: `file` is valid for the call.
+    let nonblock = unsafe { (*file).f_flags } & b::O_NONBLOCK != 0;
+    let mut out = UserSlice::new(buf as usize, len).writer();
+    match group.read(&mut out, len, nonblock) {
+        Ok(n) => n as isize,
+        Err(e) => e.to_errno() as isize,
+    }
+}
+
+/// # Safety
+///
+/// `file` was opened by `ferry_chardev_open`; `buf` is a user pointer.
+#[no_mangle]
+unsafe extern "C" fn ferry_chardev_write(
+    file: *mut b::file,
+    buf: *const c_char,
+    len: usize,
+    _ppos: *mut b::loff_t,
+) -> isize {
+    // SAFETY: see `file_group`.
+    let group = unsafe { file_group(file) };
+    if len > WRITE_MAX {
+        return EINVAL.to_errno() as isize;
+    }
+    let mut cmds = KVec::new();
+    if let Err(e) = UserSlice::new(buf as usize, len).read_all(&mut cmds, GFP_KERNEL) {
+        return e.to_errno() as isize;
+    }
+    match group.write(&cmds) {
+        Ok(()) => len as isize,
+        Err(e) => e.to_errno() as isize,
+    }
+}
+
+/// # Safety
+///
+/// `file` was opened by `ferry_chardev_open`; `pt` is the VFS's.
+#[no_mangle]
+unsafe extern "C" fn ferry_chardev_poll(file: *mut b::file, pt: *mut b::poll_table_struct) -> c_uint {
+    // SAFETY: see `file_group`.
+    let group = unsafe { file_group(file) };
+    // SAFETY: `file` and `pt` are this poll call's; the wait queue lives in
+    // the group, which the open file keeps alive.
+    unsafe { group.readable_wq().poll_wait(file, pt) };
+    // SAFETY: constants defined in helpers.c, never written.
+    let (pollin, pollout) = unsafe { (b::ferry_pollin, b::ferry_pollout) };
+    if group.readable() {
+        pollin | pollout
+    } else {
+        pollout
+    }
+}

@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Payload storage of spooled records: whole pages, copied from a write
+//! bio's segments in `map` and copied out to the reader of the character
+//! device.  The unsafe code maps pages (`kmap_local_page`) and walks bio
+//! segments; the rest is bounds-checked slice copies.
+
+use crate::bindings as b;
+use crate::dm::Bio;
+use kernel::alloc::{flags, AllocError};
+use kernel::page::{Page, PAGE_SIZE};
+use kernel::prelude::*;
+use kernel::uaccess::UserSliceWriter;
+
+/// A record's payload: `len` bytes in `ceil(len / PAGE_SIZE)` pages.
+pub(crate) struct Payload {
+    pages: KVec<Page>,
+    len: usize,
+}
+
+/// Runs `f` on the bytes of `page`, mapped for the duration of the call.
+fn with_mapped<R>(page: *mut b::page, f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> R) -> R {
+    // SAFETY: `page` is a valid page (callers pass pages they own or that a
+    // live bio holds); the mapping is released below, in reverse order of
+    // any nested mapping because `f` cannot leak it.
+    let addr = unsafe { b::ferry_kmap_local_page(page) };
+    // SAFETY: a mapped page is PAGE_SIZE bytes, valid for reads and writes
+    // until unmapped; no other reference to this mapping exists.
+    let r = f(unsafe { &mut *addr.cast::<[u8; PAGE_SIZE]>() });
+    // SAFETY: `addr` was returned by the matching map above.
+    unsafe { b::ferry_kunmap_local(addr) };
+    r
+}
+
+impl Payload {
+    /// An empty payload (flushes, markers).
+    pub(crate) fn empty() -> Self {
+        Self {
+            pages: KVec::new(),
+            len: 0,
+        }
+    }
+
+    /// Pages a payload of `len` bytes occupies.
+    pub(crate) fn pages_for(len: usize) -> usize {
+        len.div_ceil(PAGE_SIZE)
+    }
+
+    /// Copies the data of a write bio.  Never sleeps (`GFP_NOWAIT`); an
+    /// allocation failure is the caller's overflow.
+    pub(crate) fn copy_from_bio(bio: &Bio<'_>) -> Result<Self, AllocError> {
+        let len = bio.bytes();
+        let n = Self::pages_for(len);
+        let gfp = flags::GFP_NOWAIT | flags::__GFP_NOWARN;
+        let mut pages = KVec::with_capacity(n, gfp)?;
+        for _ in 0..n {
+            pages.push(Page::alloc_page(gfp)?, gfp)?;
+        }
+        let mut p = Self { pages, len };
+        let mut at = 0usize;
+        bio.for_each_segment(|page, offset, seg_len| {
+            with_mapped(page, |src| {
+                if let Some(src) = src.get(offset..offset + seg_len) {
+                    p.write_at(at, src);
+                }
+            });
+            at += seg_len;
+        });
+        Ok(p)
+    }
+
+    /// Copies `src` into the payload at byte `at` (clipped to the payload).
+    fn write_at(&mut self, mut at: usize, mut src: &[u8]) {
+        while !src.is_empty() && at < self.len {
+            let (pi, po) = (at / PAGE_SIZE, at % PAGE_SIZE);
+            let n = src.len().min(PAGE_SIZE - po).min(self.len - at);
+            let Some(page) = self.pages.get(pi) else {
+                return;
+            };
+            with_mapped(page.as_ptr().cast(), |dst| {
+                dst[po..po + n].copy_from_slice(&src[..n]);
+            });
+            src = &src[n..];
+            at += n;
+        }
+    }
+
+    /// Payload length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Calls `f` on each page's bytes in order (the last one clipped).
+    pub(crate) fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) {
+        let mut left = self.len;
+        for page in self.pages.iter() {
+            let n = left.min(PAGE_SIZE);
+            with_mapped(page.as_ptr().cast(), |bytes| f(&bytes[..n]));
+            left -= n;
+        }
+    }
+
+    /// Copies the payload to user space.  May fault and sleep: call with no
+    /// spinlock held.
+    pub(crate) fn copy_to_user(&self, out: &mut UserSliceWriter) -> Result {
+        let mut left = self.len;
+        for page in self.pages.iter() {
+            let n = left.min(PAGE_SIZE);
+            // Bounce through the stack-free path: map, copy, unmap.  The
+            // user copy may fault, which `kmap_local` mappings allow.
+            with_mapped(page.as_ptr().cast(), |bytes| out.write_slice(&bytes[..n]))?;
+            left -= n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Delayed work on the system workqueue (`struct delayed_work`), which the
+//! 6.12 kernel crate does not wrap.  The owner of a [`DelayedWork`] embeds
+//! it, names itself with [`DelayedWork::set_owner`], and cancels it with
+//! [`DelayedWork::cancel_sync`] before it goes away.
+
+use crate::bindings as b;
+use core::marker::PhantomPinned;
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+/// What a [`DelayedWork`] runs, in process context.
+pub(crate) trait Worker: Sync {
+    /// The work function.
+    fn run(&self);
+}
+
+/// A delayed work item whose function is `T::run` on its owner.
+#[pin_data]
+pub(crate) struct DelayedWork<T: Worker> {
+    #[pin]
+    dw: Opaque<b::delayed_work>,
+    owner: AtomicPtr<T>,
+    #[pin]
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the work item is only touched through the workqueue API, which
+// is thread-safe; the owner pointer is atomic.
+unsafe impl<T: Worker> Sync for DelayedWork<T> {}
+// SAFETY: as above.
+unsafe impl<T: Worker> Send for DelayedWork<T> {}
+
+impl<T: Worker> DelayedWork<T> {
+    /// An initialiser of an idle work item with no owner yet.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            // SAFETY: `slot` is valid for writes and pinned.
+            dw <- Opaque::ffi_init(|slot| unsafe { b::ferry_init_delayed_work(slot, Some(Self::run_raw)) }),
+            owner: AtomicPtr::new(core::ptr::null_mut()),
+            _pin: PhantomPinned,
+        })
+    }
+
+    /// Names the owner the work function runs on.
+    ///
+    /// # Safety
+    ///
+    /// `owner` contains `self` (so it does not move) and calls
+    /// [`Self::cancel_sync`] before it is dropped.
+    pub(crate) unsafe fn set_owner(&self, owner: &T) {
+        self.owner
+            .store((owner as *const T).cast_mut(), Ordering::Release);
+    }
+
+    /// Runs the work function after `delay` jiffies, unless already queued.
+    pub(crate) fn schedule(&self, delay: kernel::time::Jiffies) {
+        // SAFETY: the work item is initialised and pinned.
+        unsafe { b::ferry_schedule_delayed_work(self.dw.get(), delay) };
+    }
+
+    /// Cancels the work and waits for a running instance to finish.  The
+    /// work function must not re-arm itself after its owner asked it to
+    /// stop.  Process context.
+    pub(crate) fn cancel_sync(&self) {
+        // SAFETY: the work item is initialised and pinned.
+        unsafe { b::cancel_delayed_work_sync(self.dw.get()) };
+    }
+
+    /// # Safety
+    ///
+    /// Called by the workqueue with the `work_struct` inside a
+    /// `DelayedWork<T>` initialised by `new`.
+    unsafe extern "C" fn run_raw(work: *mut b::work_struct) {
+        // SAFETY: `work` is the `work` field of the `delayed_work` of a
+        // `DelayedWork<T>` (caller).
+        let dw = unsafe { b::ferry_to_delayed_work(work) };
+        // SAFETY: `Opaque` is transparent, so `dw` is the address of field
+        // `dw` of a live `DelayedWork<T>`.
+        let this = unsafe { &*kernel::container_of!(dw, Self, dw) };
+        let owner = this.owner.load(Ordering::Acquire);
+        // SAFETY: a set owner contains `this` and cancels the work before
+        // it is dropped (`set_owner`'s contract), so it is alive here.
+        if let Some(owner) = unsafe { owner.as_ref() } {
+            owner.run();
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! `ferry-test`: the guest-side tools of ferry's test suite.
+//!
+//! * `read`: drains `/dev/ferry/<group>` like a replication helper would:
+//!   decodes and verifies every record (checksums, signatures, group),
+//!   checks per-device continuity and the log-before-data gate, applies
+//!   writes to shadow images, acknowledges (log acknowledgements possibly
+//!   delayed), and writes one line per record to a log.
+//! * `write`: dependent writes of self-describing 4 KiB blocks (each write
+//!   is submitted after the previous one completed), round-robin over
+//!   devices, with `O_DIRECT | O_DSYNC`.
+//! * `check`: proves from the reader's log that every write of `write`
+//!   appears exactly once, in group order, with its exact payload.
+//! * `cmd`: sends one raw command and prints the errno it got.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ferry_core::command::Command;
+use ferry_core::record::{self, Flags, GroupKey, Label, RecordKind, HEADER_LEN};
+use ferry_core::FastDigest;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Size of a self-describing block.
+const BLOCK: usize = 4096;
+/// Magic of a self-describing block.
+const BLOCK_MAGIC: &[u8; 8] = b"FERRYBLK";
+/// Read buffer: the largest record (1 MiB payload) fits with room.
+const READ_BUF: usize = 4 << 20;
+
+#[derive(Parser)]
+#[command(about = "ferry's guest-side test tools")]
+struct Cli {
+    #[command(subcommand)]
+    tool: Tool,
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// Drain, verify and acknowledge the records of a group.
+    Read(ReadArgs),
+    /// Dependent self-describing writes.
+    Write(WriteArgs),
+    /// Check a reader log against a writer log.
+    Check(CheckArgs),
+    /// Send one command; print "ok" or the errno name.
+    Cmd(CmdArgs),
+}
+
+#[derive(clap::Args)]
+struct ReadArgs {
+    /// The group's name (its records are signed with its id).
+    #[arg(long)]
+    group: String,
+    /// The character device (default /dev/ferry/<group>).
+    #[arg(long)]
+    dev: Option<PathBuf>,
+    /// Per-record log.
+    #[arg(long)]
+    log: PathBuf,
+    /// Apply writes of device ID to image PATH (`ID=PATH`), repeatable.
+    #[arg(long, value_parser = parse_apply)]
+    apply: Vec<(u32, PathBuf)>,
+    /// Exit after this long without a record (and no acknowledgement due).
+    #[arg(long, default_value_t = 3000)]
+    idle_ms: u64,
+    /// Do not exit for idleness before this file exists.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
+    /// Exit after this long in all.
+    #[arg(long, default_value_t = 600_000)]
+    max_ms: u64,
+    /// Delay before acknowledging a log record.
+    #[arg(long, default_value_t = 0)]
+    log_ack_delay_ms: u64,
+    /// Never acknowledge anything (the spool fills).
+    #[arg(long)]
+    no_ack: bool,
+    /// Stop after this many records (without acknowledging the last
+    /// batch), to test redelivery.
+    #[arg(long)]
+    max_records: Option<u64>,
+    /// Use poll(2) with this timeout between reads (else blocking reads
+    /// with O_NONBLOCK polling every 10 ms).
+    #[arg(long, default_value_t = true)]
+    use_poll: bool,
+    /// Read buffer size (bytes).
+    #[arg(long, default_value_t = READ_BUF)]
+    buf: usize,
+}
+
+fn parse_apply(s: &str) -> Result<(u32, PathBuf), String> {
+    let (id, path) = s.split_once('=').ok_or("expected ID=PATH")?;
+    Ok((id.parse().map_err(|e| format!("{e}"))?, PathBuf::from(path)))
+}
+
+#[derive(clap::Args)]
+struct WriteArgs {
+    /// Devices to write to, round-robin, repeatable.
+    #[arg(long, required = true)]
+    dev: Vec<PathBuf>,
+    /// Number of writes.
+    #[arg(long)]
+    count: u64,
+    /// Blocks (4 KiB) per device to spread the writes over.
+    #[arg(long, default_value_t = 256)]
+    blocks: u64,
+    /// Seed of the block choice and content.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Completion log: one line `write_id device block` per write.
+    #[arg(long)]
+    log: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The writer's log.
+    #[arg(long)]
+    writes: PathBuf,
+    /// The reader's log.
+    #[arg(long)]
+    records: PathBuf,
+    /// Device ids of the writer's devices, in its `--dev` order.
+    #[arg(long, value_delimiter = ',')]
+    ids: Vec<u32>,
+}
+
+#[derive(clap::Args)]
+struct CmdArgs {
+    /// The character device.
+    #[arg(long)]
+    dev: PathBuf,
+    /// Keep the device open and send after reading this many bytes (to
+    /// have shipped records).
+    #[arg(long, default_value_t = 0)]
+    read_first: usize,
+    /// ack-log DEV SEQ | ack DEV SEQ | applied EPOCH | checkpoint |
+    /// cp LABEL | start | stop | raw HEX
+    #[arg(trailing_var_arg = true, required = true)]
+    words: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.tool {
+        Tool::Read(a) => read(a),
+        Tool::Write(a) => write(a),
+        Tool::Check(a) => check(a),
+        Tool::Cmd(a) => cmd(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-test: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn io<T>(what: &str, r: std::io::Result<T>) -> Res<T> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn encode(c: &Command) -> Vec<u8> {
+    let mut b = [0u8; ferry_core::command::COMMAND_MAX_LEN];
+    let n = c.encode(&mut b).expect("command fits");
+    b[..n].to_vec()
+}
+
+/// What the reader knows of one device.
+#[derive(Default)]
+struct Dev {
+    first_dev_seq: u64,
+    last_dev_seq: u64,
+    is_log: bool,
+    /// Log records read, not yet log-acknowledged: (dev_seq, group_seq, due).
+    unacked_log: VecDeque<(u64, u64, Instant)>,
+    /// Highest dev_seq read and not yet acknowledged (spool release).
+    ack_to: u64,
+    acked: u64,
+    image: Option<File>,
+    records: u64,
+    writes: u64,
+    checkpoints: u64,
+    cps: u64,
+    flushes: u64,
+}
+
+fn read(a: ReadArgs) -> Res<()> {
+    let d = FastDigest;
+    let gid = record::group_id_of_name(&d, a.group.as_bytes());
+    let key = GroupKey::derive(&d, gid, &[]).map_err(|e| format!("{e:?}"))?;
+    let path = a
+        .dev
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/dev/ferry/{}", a.group)));
+    let mut f = io(
+        "open",
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path),
+    )?;
+    let mut log = io("log", File::create(&a.log))?;
+    let mut devs: BTreeMap<u32, Dev> = BTreeMap::new();
+    for (id, p) in &a.apply {
+        let img = io(
+            "image",
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p),
+        )?;
+        devs.entry(*id).or_default().image = Some(img);
+    }
+    let mut buf = vec![0u8; a.buf];
+    let start = Instant::now();
+    let mut last_record = Instant::now();
+    let mut total = 0u64;
+    let log_delay = Duration::from_millis(a.log_ack_delay_ms);
+    loop {
+        if start.elapsed() > Duration::from_millis(a.max_ms) {
+            return Err("time limit".into());
+        }
+        let n = match f.read(&mut buf) {
+            Ok(0) => {
+                writeln!(log, "eof").ok();
+                break;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        let mut off = 0;
+        while off < n {
+            let rec = record::decode_record(&buf[off..n], &key, &d)
+                .map_err(|e| format!("record at byte {off} of a {n}-byte read: {e:?}"))?;
+            let h = rec.header;
+            let dev = devs.entry(h.device_id).or_default();
+            // A session starts at the first unacknowledged record, then
+            // every device's stream is contiguous.
+            if dev.first_dev_seq == 0 {
+                dev.first_dev_seq = h.dev_seq;
+                dev.last_dev_seq = h.dev_seq - 1;
+            }
+            if h.dev_seq != dev.last_dev_seq + 1 {
+                return Err(format!(
+                    "device {}: dev_seq {} after {} (not contiguous)",
+                    h.device_id, h.dev_seq, dev.last_dev_seq
+                ));
+            }
+            dev.last_dev_seq = h.dev_seq;
+            dev.records += 1;
+            let is_log = h.flags.has(Flags::LOG);
+            dev.is_log = is_log;
+            // The gate, seen from the reader: every log record read before
+            // with a lower group order is acknowledged already.
+            if !is_log {
+                for (id, o) in devs.iter() {
+                    if let Some(&(s, g, _)) =
+                        o.unacked_log.iter().find(|(_, g, _)| *g < h.group_seq)
+                    {
+                        return Err(format!(
+                            "gate: data record g={} (device {}) released before log record g={} (device {id}, dev_seq {s}) was acknowledged",
+                            h.group_seq, h.device_id, g
+                        ));
+                    }
+                }
+            }
+            let dev = devs.get_mut(&h.device_id).expect("present");
+            if is_log {
+                dev.unacked_log
+                    .push_back((h.dev_seq, h.group_seq, Instant::now() + log_delay));
+            }
+            dev.ack_to = h.dev_seq;
+            let mut extra = String::new();
+            match h.kind {
+                RecordKind::Write => {
+                    dev.writes += 1;
+                    if let Some(img) = &dev.image {
+                        io("apply", img.write_all_at(rec.payload, h.sector * 512))?;
+                    }
+                    let crc = ferry_core::digest::crc32c(&d, rec.payload);
+                    extra = format!(" crc={crc:08x}");
+                    if let Some(id) = block_write_id(rec.payload) {
+                        extra += &format!(" wid={id}");
+                    }
+                }
+                RecordKind::WriteZeroes => {
+                    if let Some(img) = &dev.image {
+                        let z = vec![0u8; h.nr_sectors as usize * 512];
+                        io("apply", img.write_all_at(&z, h.sector * 512))?;
+                    }
+                }
+                RecordKind::Checkpoint => dev.checkpoints += 1,
+                RecordKind::Flush => dev.flushes += 1,
+                RecordKind::ConsistencyPoint => {
+                    dev.cps += 1;
+                    if let Some(cp) = rec.consistency() {
+                        extra = format!(
+                            " cp_id={} first={} label={}",
+                            cp.cp_id,
+                            cp.first_dev_seq,
+                            cp.label.as_str()
+                        );
+                    }
+                }
+                RecordKind::Discard => {}
+            }
+            writeln!(
+                log,
+                "rec kind={:?} dev={} role={} dev_seq={} group_seq={} epoch={} ts={} sector={} nr={} flags={:#x}{}",
+                h.kind,
+                h.device_id,
+                if is_log { "log" } else { "data" },
+                h.dev_seq,
+                h.group_seq,
+                h.epoch,
+                h.timestamp_ns,
+                h.sector,
+                h.nr_sectors,
+                h.flags.0,
+                extra
+            )
+            .ok();
+            off += rec.len;
+            total += 1;
+            last_record = Instant::now();
+            if a.max_records.is_some_and(|m| total >= m) {
+                log.flush().ok();
+                println!("reader|records={total}|stopped=max_records");
+                return Ok(());
+            }
+        }
+        if !a.no_ack {
+            send_acks(&mut f, &mut devs, &mut log)?;
+        }
+        let pending = devs
+            .values()
+            .any(|d| !d.unacked_log.is_empty() || d.ack_to > d.acked);
+        if n == 0 {
+            let stop = a.stop_file.as_ref().is_none_or(|p| p.exists());
+            if stop
+                && last_record.elapsed() > Duration::from_millis(a.idle_ms)
+                && (a.no_ack || !pending)
+            {
+                break;
+            }
+            if a.use_poll && !pending {
+                let fds = &mut [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+                io(
+                    "poll",
+                    poll(fds, PollTimeout::from(100u16)).map_err(std::io::Error::from),
+                )?;
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    log.flush().ok();
+    for (id, dv) in &devs {
+        if let Some(img) = &dv.image {
+            io("sync", img.sync_all())?;
+        }
+        println!(
+            "reader|dev={id}|log={}|records={}|writes={}|checkpoints={}|cps={}|flushes={}|first_dev_seq={}|last_dev_seq={}",
+            dv.is_log, dv.records, dv.writes, dv.checkpoints, dv.cps, dv.flushes, dv.first_dev_seq, dv.last_dev_seq
+        );
+    }
+    println!("reader|records={total}");
+    Ok(())
+}
+
+/// Writes the acknowledgements that are due: log acknowledgements after
+/// their delay, then spool acknowledgements (for a log device, only of
+/// what is log-acknowledged).
+fn send_acks(f: &mut File, devs: &mut BTreeMap<u32, Dev>, log: &mut File) -> Res<()> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for (&id, dv) in devs.iter_mut() {
+        let mut log_to = None;
+        while dv
+            .unacked_log
+            .front()
+            .is_some_and(|&(_, _, due)| due <= now)
+        {
+            log_to = dv.unacked_log.pop_front().map(|(s, _, _)| s);
+        }
+        if let Some(s) = log_to {
+            out.extend(encode(&Command::AckLog {
+                device: id,
+                dev_seq: s,
+            }));
+            writeln!(log, "acklog dev={id} dev_seq={s}").ok();
+        }
+        let limit = match dv.unacked_log.front() {
+            Some(&(s, _, _)) => s - 1,
+            None => dv.ack_to,
+        };
+        if limit > dv.acked {
+            out.extend(encode(&Command::Ack {
+                device: id,
+                dev_seq: limit,
+            }));
+            dv.acked = limit;
+        }
+    }
+    if !out.is_empty() {
+        io("write acks", f.write_all(&out))?;
+    }
+    Ok(())
+}
+
+/// The write id of a self-describing block, if `p` is one.
+fn block_write_id(p: &[u8]) -> Option<u64> {
+    if p.len() != BLOCK || &p[..8] != BLOCK_MAGIC {
+        return None;
+    }
+    let id = u64::from_le_bytes(p[8..16].try_into().ok()?);
+    (p == make_block(
+        id,
+        u64::from_le_bytes(p[16..24].try_into().ok()?),
+        u64::from_le_bytes(p[24..32].try_into().ok()?),
+    )
+    .as_slice())
+    .then_some(id)
+}
+
+/// The content of write `id` to `block` with `seed`: a header and a
+/// pattern derived from all three, so that any byte out of place shows.
+fn make_block(id: u64, block: u64, seed: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK];
+    b[..8].copy_from_slice(BLOCK_MAGIC);
+    b[8..16].copy_from_slice(&id.to_le_bytes());
+    b[16..24].copy_from_slice(&block.to_le_bytes());
+    b[24..32].copy_from_slice(&seed.to_le_bytes());
+    let mut x = id ^ block.rotate_left(17) ^ seed.rotate_left(41) ^ 0x9E37_79B9_7F4A_7C15;
+    for chunk in b[32..].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = chunk.len();
+        chunk.copy_from_slice(&x.to_le_bytes()[..n]);
+    }
+    b
+}
+
+fn write(a: WriteArgs) -> Res<()> {
+    let mut files = Vec::new();
+    for p in &a.dev {
+        files.push(io(
+            "open device",
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(p),
+        )?);
+    }
+    let mut log = io("log", File::create(&a.log))?;
+    // An aligned buffer for O_DIRECT.
+    let mut raw = vec![0u8; 2 * BLOCK];
+    let off = raw.as_ptr().align_offset(BLOCK);
+    let mut x = a.seed | 1;
+    for id in 1..=a.count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let di = ((id - 1) as usize) % files.len();
+        let block = x % a.blocks;
+        let data = make_block(id, block, a.seed);
+        raw[off..off + BLOCK].copy_from_slice(&data);
+        io(
+            "write",
+            files[di].write_all_at(&raw[off..off + BLOCK], block * BLOCK as u64),
+        )?;
+        writeln!(log, "{id} {di} {block}").map_err(|e| e.to_string())?;
+    }
+    println!("writer|writes={}", a.count);
+    Ok(())
+}
+
+fn check(a: CheckArgs) -> Res<()> {
+    let wl = BufReader::new(io("writes", File::open(&a.writes))?);
+    let mut want = Vec::new();
+    for line in wl.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let v: Vec<u64> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+        if let [id, di, block] = v[..] {
+            let dev = *a.ids.get(di as usize).ok_or("device index beyond --ids")?;
+            want.push((id, dev, block));
+        }
+    }
+    let rl = BufReader::new(io("records", File::open(&a.records))?);
+    // (group_seq, write_id, dev, sector)
+    let mut got = Vec::new();
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    for line in rl.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if !line.starts_with("rec kind=Write") {
+            continue;
+        }
+        let kv: HashMap<&str, &str> = line.split(' ').filter_map(|w| w.split_once('=')).collect();
+        let num = |k: &str| -> Res<u64> {
+            kv.get(k)
+                .ok_or(format!("no {k} in {line}"))?
+                .parse()
+                .map_err(|e| format!("{k}: {e}"))
+        };
+        let Some(wid) = kv.get("wid") else { continue };
+        let wid: u64 = wid.parse().map_err(|e| format!("wid: {e}"))?;
+        *seen.entry(wid).or_default() += 1;
+        got.push((num("group_seq")?, wid, num("dev")? as u32, num("sector")?));
+    }
+    got.sort_unstable();
+    if let Some((w, n)) = seen.iter().find(|(_, n)| **n > 1) {
+        return Err(format!("write {w} shipped {n} times"));
+    }
+    if got.len() != want.len() {
+        return Err(format!(
+            "{} writes completed, {} shipped (first missing: {:?})",
+            want.len(),
+            got.len(),
+            want.iter().find(|(id, _, _)| !seen.contains_key(id))
+        ));
+    }
+    for (i, ((_, wid, dev, sector), (id, wdev, block))) in got.iter().zip(&want).enumerate() {
+        if wid != id || dev != wdev || *sector != block * (BLOCK as u64 / 512) {
+            return Err(format!(
+                "position {i} in group order: write {wid} (device {dev}, sector {sector}); the completion order has write {id} (device {wdev}, block {block})"
+            ));
+        }
+    }
+    println!("check|writes={}|in_group_order=yes", want.len());
+    Ok(())
+}
+
+fn cmd(a: CmdArgs) -> Res<()> {
+    let mut f = io(
+        "open",
+        OpenOptions::new().read(true).write(true).open(&a.dev),
+    )
+    .map_err(|e| {
+        // Report the errno name for the EBUSY test.
+        println!("open|{e}");
+        e
+    })?;
+    if a.read_first > 0 {
+        let mut buf = vec![0u8; a.read_first.max(HEADER_LEN)];
+        io("read", f.read(&mut buf))?;
+    }
+    let w: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    let num = |s: &str| -> Res<u64> { s.parse().map_err(|e| format!("{s}: {e}")) };
+    let bytes = match w[..] {
+        ["ack-log", d, s] => encode(&Command::AckLog {
+            device: num(d)? as u32,
+            dev_seq: num(s)?,
+        }),
+        ["ack", d, s] => encode(&Command::Ack {
+            device: num(d)? as u32,
+            dev_seq: num(s)?,
+        }),
+        ["applied", e] => encode(&Command::Applied { epoch: num(e)? }),
+        ["checkpoint"] => encode(&Command::InsertCheckpoint),
+        ["cp", l] => encode(&Command::InsertConsistencyPoint {
+            label: Label::new(l.as_bytes()).map_err(|e| format!("{e:?}"))?,
+        }),
+        ["start"] => encode(&Command::Start { flags: 0 }),
+        ["stop"] => encode(&Command::Stop),
+        ["raw", hex] => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Res<Vec<u8>>>()?,
+        _ => return Err(format!("unknown command {w:?}")),
+    };
+    match f.write(&bytes) {
+        Ok(n) => println!("cmd|ok|{n}"),
+        Err(e) => println!("cmd|errno|{}", e.raw_os_error().unwrap_or(0)),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::Digest;
+
+    #[test]
+    fn blocks_describe_themselves() {
+        let b = make_block(7, 3, 1);
+        assert_eq!(block_write_id(&b), Some(7));
+        let mut c = b.clone();
+        c[100] ^= 1;
+        assert_eq!(block_write_id(&c), None);
+        assert_ne!(make_block(7, 3, 1), make_block(8, 3, 1));
+    }
+
+    #[test]
+    fn digest_is_the_fast_one() {
+        assert_eq!(
+            FastDigest.crc32c(!0, b"abc"),
+            ferry_core::SoftDigest.crc32c(!0, b"abc")
+        );
+    }
+}
