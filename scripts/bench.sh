@@ -17,7 +17,7 @@ rm -rf "$out"; mkdir -p "$out"
 rounds=${FERRY_BENCH_ROUNDS:-5} secs=${FERRY_BENCH_SECS:-8}
 kdir=$(scripts/build-kernel.sh release)
 make --no-print-directory module FLAVOUR=release
-scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko
+scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
 shm=$(mktemp -d /dev/shm/ferry-bench.XXXXXX)
 trap 'rm -rf "$shm"' EXIT
 truncate -s 1G "$shm/data.img"; truncate -s 64M "$shm/meta.img"
@@ -43,13 +43,20 @@ def report(title, rows):
         rs = sorted(r for ww, r in rows if ww == w)
         metric, idx = ("IOPS", 0) if w == "rand4k" else ("MB/s", 1)
         print(f"  {w} ({len(rs)} rounds): {metric} min / median / max")
-        for t in ("raw", "linear", "ferry"):
+        for t in ("raw", "linear", "ferry", "primary"):
             v = [rows[(w, r)][t][idx] for r in rs if t in rows[(w, r)]]
             if v: print(f"    {t:7s} {min(v):10.1f} {st.median(v):10.1f} {max(v):10.1f}")
-        ratio = [rows[(w, r)]["ferry"][idx] / rows[(w, r)]["linear"][idx] for r in rs]
-        p99 = [rows[(w, r)]["ferry"][2] / rows[(w, r)]["linear"][2] for r in rs if rows[(w, r)]["linear"][2] > 0]
-        print(f"    ferry/linear {metric}: median {st.median(ratio):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratio)})")
-        if p99: print(f"    ferry/linear p99 latency: median {st.median(p99):.3f}")
+        for t in ("ferry", "primary"):
+            rr = [r for r in rs if t in rows[(w, r)] and "linear" in rows[(w, r)]]
+            if not rr: continue
+            ratio = [rows[(w, r)][t][idx] / rows[(w, r)]["linear"][idx] for r in rr]
+            p99 = [rows[(w, r)][t][2] / rows[(w, r)]["linear"][2] for r in rr if rows[(w, r)]["linear"][2] > 0]
+            print(f"    {t}/linear {metric}: median {st.median(ratio):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratio)})")
+            if p99: print(f"    {t}/linear p99 latency: median {st.median(p99):.3f}")
 report("wall clock (release kernel, disks in host memory)", load("wall"))
 report("CPU cost (-icount: IOPS in instruction time)", load("icount"))
+for name in ("wall", "icount"):
+    for line in open(f"{out}/{name}/g0.log", errors="replace"):
+        if line.startswith(("bench-primary|", "bench-record|")):
+            print(f"  [{name}] {line.strip()}")
 PY

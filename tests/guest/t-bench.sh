@@ -1,5 +1,6 @@
-# Benchmark: fio on the raw disk, dm-linear and ferry, in alternating
-# rounds in this one guest.  Prints "bench|<round>|<target>|<workload>|
+# Benchmark: fio on the raw disk, dm-linear, ferry as a pass-through and
+# ferry as a primary (a reader acknowledging every record at once), in
+# alternating rounds in this one guest.  Prints "bench|<round>|<target>|<workload>|
 # <iops>|<MB/s>|<p99 us>" lines for scripts/bench.sh to reduce.
 rounds=${FERRY_BENCH_ROUNDS:-5}
 secs=${FERRY_BENCH_SECS:-8}
@@ -8,7 +9,10 @@ ferry_load
 D=$(sectors /dev/vda)
 dm create lin --table "0 $D linear /dev/vda 0" || fail "linear"
 dm create fer --table "0 $D ferry /dev/vda /dev/vdb" || fail "ferry"
-dev_of() { case $1 in raw) echo /dev/vda ;; linear) echo /dev/mapper/lin ;; ferry) echo /dev/mapper/fer ;; esac; }
+dm create pri --table "0 $D ferry /dev/vda /dev/vdb 6 group bench spool_mb 128 checkpoint_ms 1000" || fail "primary"
+ferry-test read --group bench --log /dev/null --quiet --idle-ms 100000000 --max-ms 100000000 >/tmp/bench-reader.out 2>&1 &
+reader=$!
+dev_of() { case $1 in raw) echo /dev/vda ;; linear) echo /dev/mapper/lin ;; ferry) echo /dev/mapper/fer ;; primary) echo /dev/mapper/pri ;; esac; }
 # Lay the data down once so that no target pays for first writes.
 dd if=/dev/zero of=/dev/vda bs=1M count=$((D / 2048)) oflag=direct 2>/dev/null
 run() {  # run <target> <workload>
@@ -25,12 +29,18 @@ run() {  # run <target> <workload>
 for r in $(seq 1 "$rounds"); do
 	# Rotate the order every round so that no target always goes first.
 	case $((r % 3)) in
-	1) order="linear ferry raw" ;;
-	2) order="ferry raw linear" ;;
-	0) order="raw linear ferry" ;;
+	1) order="linear ferry primary raw" ;;
+	2) order="ferry primary raw linear" ;;
+	0) order="primary raw linear ferry" ;;
 	esac
 	for w in $(echo "$workloads" | tr , ' '); do
 		for t in $order; do run "$t" "$w" "$r"; done
 	done
 done
-dm remove fer; dm remove lin
+# The primary must have replicated every round (never gone ahead).
+set -- $(dm status pri)
+[ "$8" = replicating ] || fail "primary went ahead during the benchmark: $*"
+echo "bench-primary|completed=${10}|acked=${12}|spool_kb=${13}|not_shipped=${17}"
+dmesg | grep -o 'record overhead [0-9]* bytes' | head -1 | sed 's/^/bench-record|/'
+kill $reader
+dm remove pri; dm remove fer; dm remove lin

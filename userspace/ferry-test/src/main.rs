@@ -64,6 +64,9 @@ struct ReadArgs {
     /// Per-record log.
     #[arg(long)]
     log: PathBuf,
+    /// Verify but write no per-record lines (benchmarks).
+    #[arg(long)]
+    quiet: bool,
     /// Apply writes of device ID to image PATH (`ID=PATH`), repeatable.
     #[arg(long, value_parser = parse_apply)]
     apply: Vec<(u32, PathBuf)>,
@@ -319,7 +322,8 @@ fn read(a: ReadArgs) -> Res<()> {
                 }
                 RecordKind::Discard => {}
             }
-            writeln!(
+            if !a.quiet {
+                writeln!(
                 log,
                 "rec kind={:?} dev={} role={} dev_seq={} group_seq={} epoch={} ts={} sector={} nr={} flags={:#x}{}",
                 h.kind,
@@ -335,6 +339,7 @@ fn read(a: ReadArgs) -> Res<()> {
                 extra
             )
             .ok();
+            }
             off += rec.len;
             total += 1;
             last_record = Instant::now();
