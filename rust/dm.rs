@@ -43,6 +43,10 @@ pub(crate) enum MapResult<Io> {
     /// A `REQ_NOWAIT` bio that would have to wait: it fails with
     /// `BLK_STS_AGAIN` and the submitter retries without the flag.
     WouldBlock,
+    /// The bio (already remapped) is handed to [`Target::defer`], which
+    /// submits it later from process context; the object goes to `end_io`
+    /// as for `Remapped`.
+    Defer(Option<Io>),
 }
 
 /// The kind of status device-mapper asks for.
@@ -77,6 +81,12 @@ pub(crate) trait Target: Sized + Send + Sync {
     /// successfully or not.  Runs in the lower device's completion context
     /// (possibly a hard interrupt): must not sleep.
     fn end_io(&self, _io: Self::Io, _ok: bool) {}
+
+    /// Takes a bio that `map` deferred: the target submits it (or fails
+    /// it) later.  Same context as `map`.
+    fn defer(&self, bio: HeldBio) {
+        bio.fail();
+    }
 
     /// `dmsetup message <dev> <sector> <args...>`.  Process context; may
     /// sleep.  A reply, if any, goes to `out`.
@@ -335,6 +345,165 @@ impl Bio<'_> {
     }
 }
 
+/// A bio `map` deferred: owned by the target until it submits or fails it.
+///
+/// # Invariants
+///
+/// `bio` is a remapped bio device-mapper gave to the target
+/// (`DM_MAPIO_SUBMITTED`); nothing else touches it until `submit`/`fail`.
+pub(crate) struct HeldBio {
+    bio: NonNull<b::bio>,
+}
+
+// SAFETY: the bio is exclusively ours (type invariant) and bios may be
+// submitted from any thread.
+unsafe impl Send for HeldBio {}
+
+impl HeldBio {
+    /// Submits the bio to the device it was remapped to.  Its completion
+    /// reaches `end_io` with the object `map` attached.
+    pub(crate) fn submit(self) {
+        // SAFETY: the bio is ours (type invariant) and remapped; dm takes it.
+        unsafe { b::dm_submit_bio_remap(self.bio.as_ptr(), core::ptr::null_mut()) };
+    }
+
+    /// Completes the bio with an I/O error (its `end_io` runs).
+    pub(crate) fn fail(self) {
+        // SAFETY: the bio is ours (type invariant); this completes it.
+        unsafe { b::ferry_bio_io_error(self.bio.as_ptr()) };
+    }
+}
+
+/// A FIFO of held bios, linked through `bi_next` as `struct bio_list` is.
+pub(crate) struct HeldList {
+    head: Option<NonNull<b::bio>>,
+    tail: Option<NonNull<b::bio>>,
+}
+
+// SAFETY: the list owns its bios (see `HeldBio`).
+unsafe impl Send for HeldList {}
+
+impl HeldList {
+    /// An empty list.
+    pub(crate) const fn new() -> Self {
+        Self {
+            head: None,
+            tail: None,
+        }
+    }
+
+    /// Appends `b`.
+    pub(crate) fn push(&mut self, b: HeldBio) {
+        let bio = b.bio;
+        // SAFETY: the bio is ours; `bi_next` is free while we hold it.
+        unsafe { (*bio.as_ptr()).bi_next = core::ptr::null_mut() };
+        match self.tail {
+            // SAFETY: `t` is a bio of this list, ours.
+            Some(t) => unsafe { (*t.as_ptr()).bi_next = bio.as_ptr() },
+            None => self.head = Some(bio),
+        }
+        self.tail = Some(bio);
+    }
+
+    /// Removes and returns the first bio.
+    pub(crate) fn pop(&mut self) -> Option<HeldBio> {
+        let h = self.head?;
+        // SAFETY: `h` is a bio of this list, ours.
+        let next = unsafe { (*h.as_ptr()).bi_next };
+        // SAFETY: as above; the link is cleared before the bio leaves us.
+        unsafe { (*h.as_ptr()).bi_next = core::ptr::null_mut() };
+        self.head = NonNull::new(next);
+        if self.head.is_none() {
+            self.tail = None;
+        }
+        // INVARIANT: the bio was held; it leaves the list to one owner.
+        Some(HeldBio { bio: h })
+    }
+
+    /// Moves every bio out, leaving the list empty.
+    pub(crate) fn take(&mut self) -> Self {
+        core::mem::replace(self, Self::new())
+    }
+}
+
+impl Drop for HeldList {
+    fn drop(&mut self) {
+        // A dropped list must not lose bios: fail what is left.
+        while let Some(b) = self.pop() {
+            b.fail();
+        }
+    }
+}
+
+/// A block device a target holds open, for synchronous I/O from process
+/// context (the meta device).
+///
+/// # Invariants
+///
+/// Whoever holds a `BdevRef` guarantees that a `DmDev` on the device stays
+/// open while it is used.
+#[derive(Clone, Copy)]
+pub(crate) struct BdevRef(NonNull<b::block_device>);
+
+// SAFETY: a block device handle may be used from any thread.
+unsafe impl Send for BdevRef {}
+// SAFETY: as above.
+unsafe impl Sync for BdevRef {}
+
+impl BdevRef {
+    /// Reads (`write` false) or writes 4096 bytes at `sector` to or from
+    /// `page`, and waits.  A write is `REQ_SYNC | REQ_FUA` (durable when
+    /// it returns).  Process context only, never from `map`.
+    pub(crate) fn page_io(&self, sector: u64, page: &kernel::page::Page, write: bool) -> Result {
+        let op = if write {
+            b::req_op_REQ_OP_WRITE
+                | (1u32 << b::req_flag_bits___REQ_SYNC)
+                | (1u32 << b::req_flag_bits___REQ_FUA)
+        } else {
+            b::req_op_REQ_OP_READ
+        };
+        // SAFETY: a constant defined in helpers.c.
+        let gfp = unsafe { b::ferry_gfp_noio };
+        // SAFETY: the device is open (type invariant); `fs_bio_set` is the
+        // kernel's general bio set; GFP_NOIO may sleep (process context).
+        let bio = unsafe {
+            b::bio_alloc_bioset(
+                self.0.as_ptr(),
+                1,
+                op,
+                gfp,
+                core::ptr::addr_of_mut!(b::fs_bio_set),
+            )
+        };
+        let Some(bio) = NonNull::new(bio) else {
+            return Err(ENOMEM);
+        };
+        // SAFETY: `bio` is ours; the page outlives the synchronous I/O.
+        unsafe {
+            (*bio.as_ptr()).bi_iter.bi_sector = sector;
+            b::__bio_add_page(bio.as_ptr(), page.as_ptr().cast(), 4096, 0);
+        }
+        // SAFETY: `bio` is fully set up; we wait for it and then drop it.
+        let r = unsafe { b::submit_bio_wait(bio.as_ptr()) };
+        // SAFETY: our reference from `bio_alloc_bioset`.
+        unsafe { b::bio_put(bio.as_ptr()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_errno(r))
+        }
+    }
+}
+
+impl DmDev {
+    /// A handle for synchronous I/O, valid while this `DmDev` (or another
+    /// on the same device) stays open.
+    pub(crate) fn bdev_ref(&self) -> BdevRef {
+        // INVARIANT: the caller keeps a `DmDev` open while using it.
+        BdevRef(NonNull::new(self.bdev()).unwrap_or(NonNull::dangling()))
+    }
+}
+
 /// Output buffer of a status request, with `DMEMIT` semantics: text beyond
 /// the buffer is dropped and the buffer stays NUL-terminated.
 ///
@@ -504,6 +673,15 @@ impl<T: Target> VTable<T> {
                 // SAFETY: `slot` is the bio's per-bio area (above).
                 unsafe { slot.write(p) };
                 b::DM_MAPIO_REMAPPED as c_int
+            }
+            MapResult::Defer(io) => {
+                let p = io.map_or(core::ptr::null(), T::Io::into_foreign);
+                // SAFETY: `slot` is the bio's per-bio area (above).
+                unsafe { slot.write(p) };
+                // INVARIANT: returning DM_MAPIO_SUBMITTED below gives the
+                // bio to the target, which `defer` hands it to.
+                target.defer(HeldBio { bio: bio.bio });
+                b::DM_MAPIO_SUBMITTED as c_int
             }
             MapResult::WouldBlock => {
                 // SAFETY: the bio is ours; `bio_wouldblock_error` completes

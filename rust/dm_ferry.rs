@@ -6,6 +6,8 @@
 //! thin unsafe layer over device-mapper; `digest.rs` binds ferry-core's
 //! checksums to the kernel's and checks them at load; `target.rs` is the target, in safe Rust.
 
+#![recursion_limit = "256"]
+
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
 

@@ -32,12 +32,15 @@
 
 use crate::chardev::MiscDev;
 use crate::digest::KernelDigest;
-use crate::payload::Payload;
+use crate::dm::{BdevRef, HeldBio, HeldList};
+use crate::payload::{with_mapped, Payload};
 use crate::sync::{IrqSpinLock, WaitQueue};
-use crate::work::{DelayedWork, Worker};
+use crate::work::{DelayedWork, WorkId, Worker};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::command::{Command, CommandError, Commands};
+use ferry_core::bitmap::{chunks_of, words_for, ChunkBitmap};
 use ferry_core::gate::{may_release, DeviceClass, Watermark};
+use ferry_core::meta::{self, sb_flags, Superblock, BITS_PER_PAGE};
 use ferry_core::record::{
     self, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader, RecordKind, CP_FIXED_LEN,
     HEADER_LEN, LABEL_MAX, TAIL_LEN,
@@ -45,7 +48,7 @@ use ferry_core::record::{
 use ferry_core::table::{Overflow, Role, GROUP_NAME_MAX, MAX_DEVICES};
 use kernel::alloc::flags;
 use kernel::new_mutex;
-use kernel::page::PAGE_SIZE;
+use kernel::page::{Page, PAGE_SIZE};
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::uaccess::UserSliceWriter;
@@ -84,6 +87,9 @@ pub(crate) struct Record {
     inline_len: usize,
     /// Spool bytes charged for this record.
     charge: usize,
+    /// Write-intent generation (0 or 1) whose count this record holds, or
+    /// [`NO_GEN`] (no chunk: flushes, markers).
+    wgen: usize,
     dev_seq: AtomicU64,
     group_seq: AtomicU64,
     timestamp_ns: AtomicU64,
@@ -106,6 +112,7 @@ impl Record {
             inline: [0; CP_FIXED_LEN + LABEL_MAX],
             inline_len: 0,
             charge: PAGE_SIZE,
+            wgen: NO_GEN,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),
             timestamp_ns: AtomicU64::new(0),
@@ -145,6 +152,9 @@ impl Record {
         self.group_seq.load(Relaxed)
     }
 }
+
+/// `Record::wgen` of a record that touches no chunk.
+const NO_GEN: usize = 2;
 
 /// The records of one device, in `dev_seq` order (see the module doc).
 struct Ring {
@@ -232,10 +242,23 @@ struct Stream {
     cp_first: u64,
     /// Writes mapped (bios), for status.
     written: u64,
-    /// Dirty-chunk bits (writes not in the spool: overflow, failures).
+    /// Dirty-chunk bits: chunks the secondary misses writes of (overflow,
+    /// failed writes, and what the meta device named at load).  Always
+    /// also set on disk.
     dirty: KVVec<u64>,
     dirty_bits: u64,
     chunk_shift: u32,
+    /// Write intent: bits durable on the meta device.  A write goes to its
+    /// chunks only once their bits are here.
+    ondisk: KVVec<u64>,
+    /// Bits deferred writes wait for (set in `map`, written by the kick
+    /// work).
+    want: KVVec<u64>,
+    /// Chunks written in each of two generations; `cur` is open.
+    touch: [KVVec<u64>; 2],
+    /// Records of each generation not yet acknowledged.
+    outstanding: [u64; 2],
+    cur: usize,
 }
 
 impl Stream {
@@ -253,26 +276,116 @@ impl Stream {
         self.ring.at(idx).map(|r| r.group_seq())
     }
 
+    /// The chunks `[first, first + n)` a range touches, clipped.
+    fn chunks(&self, sector: u64, nr_sectors: u64) -> Option<(u64, u64)> {
+        let (first, n) = chunks_of(sector, nr_sectors.max(1), self.chunk_shift)?;
+        let end = (first + n).min(self.dirty_bits);
+        (first < end).then_some((first, end - first))
+    }
+
     fn mark_dirty(&mut self, sector: u64, nr_sectors: u64) {
-        let Some((first, n)) =
-            ferry_core::bitmap::chunks_of(sector, nr_sectors.max(1), self.chunk_shift)
-        else {
-            return;
+        if let Some((first, n)) = self.chunks(sector, nr_sectors) {
+            set_bits(&mut self.dirty, self.dirty_bits, first, n);
+        }
+    }
+
+    /// Write intent for a write to `[sector, +nr)`: marks the chunks
+    /// written in the open generation; returns whether some chunk is not
+    /// on disk yet (the write must wait), after adding those to `want`.
+    fn intend(&mut self, sector: u64, nr_sectors: u64) -> bool {
+        let Some((first, n)) = self.chunks(sector, nr_sectors) else {
+            return false;
         };
-        if let Ok(mut bm) = ferry_core::bitmap::ChunkBitmap::new(&mut self.dirty, self.dirty_bits) {
-            let end = (first + n).min(self.dirty_bits);
-            if first < end {
-                let _ = bm.set_range(first, end - first);
-            }
+        let bits = self.dirty_bits;
+        set_bits(&mut self.touch[self.cur], bits, first, n);
+        let ondisk = ChunkBitmap::new(&mut self.ondisk, bits)
+            .and_then(|b| b.any_clear_in_range(first, n))
+            .unwrap_or(true);
+        if ondisk {
+            set_bits(&mut self.want, bits, first, n);
+        }
+        ondisk
+    }
+
+    /// A record of generation `g` is acknowledged, dropped or failed.
+    fn finish(&mut self, g: usize) {
+        if let Some(o) = self.outstanding.get_mut(g) {
+            *o = o.saturating_sub(1);
         }
     }
 
     fn dirty_count(&mut self) -> u64 {
-        ferry_core::bitmap::ChunkBitmap::new(&mut self.dirty, self.dirty_bits)
+        ChunkBitmap::new(&mut self.dirty, self.dirty_bits)
             .map(|bm| bm.count())
             .unwrap_or(0)
     }
 }
+
+fn set_bits(words: &mut [u64], nbits: u64, first: u64, n: u64) {
+    if let Ok(mut bm) = ChunkBitmap::new(words, nbits) {
+        let _ = bm.set_range(first, n);
+    }
+}
+
+fn zeroed_words(n: usize) -> Result<KVVec<u64>> {
+    let mut v = KVVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        v.push(0u64, GFP_KERNEL)?;
+    }
+    Ok(v)
+}
+
+/// The meta device of a stream, for process-context I/O under the group's
+/// `meta` mutex (which serialises every write to a stream's bitmap, so a
+/// page on disk is always a snapshot of the bits in memory).
+struct StreamMeta {
+    dev: BdevRef,
+    /// The page every meta I/O of the stream goes through (no page-sized
+    /// buffer on the kernel stack).
+    page: Page,
+    sb: Superblock,
+    /// Bitmap pages to write (cleared bits) after a sweep.
+    changed: KVVec<bool>,
+    /// The wanted bits of the page being written.
+    wsnap: KVec<u64>,
+}
+
+/// Reads 4 KiB at `sector` into `page` and runs `f` on them.
+fn meta_read<R>(dev: &BdevRef, page: &Page, sector: u64, f: impl FnOnce(&[u8; PAGE_SIZE]) -> R) -> Result<R> {
+    dev.page_io(sector, page, false)?;
+    Ok(with_mapped(page.as_ptr().cast(), |b| f(b)))
+}
+
+/// Fills `page` with `f` and writes it durably at `sector`.
+fn meta_write(dev: &BdevRef, page: &Page, sector: u64, f: impl FnOnce(&mut [u8; PAGE_SIZE])) -> Result {
+    with_mapped(page.as_ptr().cast(), f);
+    dev.page_io(sector, page, true)
+}
+
+impl StreamMeta {
+    fn write_sb(&mut self) -> Result {
+        self.sb.generation += 1;
+        let sb = self.sb;
+        let mut r = Ok(());
+        meta_write(&self.dev, &self.page, meta::slot_sector(sb.slot()), |b| {
+            b.fill(0);
+            r = sb.encode(&KernelDigest, b).map_err(|_| EINVAL);
+        })?;
+        r
+    }
+}
+
+/// Copies words `[w0, w0 + 512)` of `words` (missing ones as zero), or'ed
+/// with `or`'s, into a bitmap page image, little-endian.
+fn page_of(words: &[u64], w0: usize, out: &mut [u8; PAGE_SIZE], or: Option<&[u64]>) {
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let w = words.get(w0 + i).copied().unwrap_or(0)
+            | or.and_then(|o| o.get(w0 + i).copied()).unwrap_or(0);
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+const WORDS_PER_PAGE: usize = (BITS_PER_PAGE / 64) as usize;
 
 /// Whether the group ships records or only tracks dirty chunks.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -297,6 +410,8 @@ struct State {
     /// Last applied interval the secondary reported.
     applied_epoch: u64,
     cp_id: u64,
+    /// Writes waiting for their chunks' bits to reach the meta device.
+    held: HeldList,
 }
 
 impl State {
@@ -375,6 +490,8 @@ struct Ctl {
 pub(crate) struct Group {
     #[pin]
     work: DelayedWork<Group>,
+    #[pin]
+    kick: DelayedWork<Group>,
     name: [u8; GROUP_NAME_MAX],
     name_len: usize,
     id: u64,
@@ -389,7 +506,11 @@ pub(crate) struct Group {
     #[pin]
     ctl: Mutex<Ctl>,
     #[pin]
+    meta: Mutex<KVec<Option<StreamMeta>>>,
+    #[pin]
     misc: MiscDev,
+    /// When the last checkpoint marker went in (ms of the monotonic clock).
+    last_checkpoint_ms: AtomicU64,
     dead: AtomicBool,
     /// Records not shipped because the group was ahead or the write failed.
     dropped: AtomicU64,
@@ -410,6 +531,10 @@ pub(crate) enum JoinError {
     NoMemory,
     /// The group could not be created (its character device, memory).
     Create(Error),
+    /// The meta device could not be read or written.
+    MetaIo,
+    /// The meta device's superblock is another device's.
+    MetaMismatch,
 }
 
 impl Group {
@@ -421,12 +546,15 @@ impl Group {
         let len = name.len().min(GROUP_NAME_MAX);
         n[..len].copy_from_slice(&name[..len]);
         let mut streams = KVec::with_capacity(MAX_DEVICES as usize, GFP_KERNEL)?;
+        let mut metas = KVec::with_capacity(MAX_DEVICES as usize, GFP_KERNEL)?;
         for _ in 0..MAX_DEVICES {
             streams.push(None, GFP_KERNEL)?;
+            metas.push(None, GFP_KERNEL)?;
         }
         let g = Arc::pin_init(
             pin_init!(Self {
-                work <- DelayedWork::new(),
+                work <- DelayedWork::new(WorkId::Tick),
+                kick <- DelayedWork::new(WorkId::Kick),
                 name: n,
                 name_len: len,
                 id,
@@ -442,6 +570,7 @@ impl Group {
                     mode: RepMode::Replicating,
                     applied_epoch: 0,
                     cp_id: 0,
+                    held: HeldList::new(),
                 }),
                 readable <- WaitQueue::new(),
                 space <- WaitQueue::new(),
@@ -450,7 +579,9 @@ impl Group {
                     devt: [0; MAX_DEVICES as usize],
                     reader_open: false,
                 }),
+                meta <- new_mutex!(metas),
                 misc <- MiscDev::new(&n[..len]),
+                last_checkpoint_ms: AtomicU64::new(0),
                 dead: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
@@ -460,13 +591,22 @@ impl Group {
         )?;
         // SAFETY: the work item is a field of the group, which cancels it in
         // `shutdown` before the registry lets the group go.
-        unsafe { g.work.set_owner(&g) };
-        g.misc.register(g.clone())?;
-        if settings.checkpoint_ms > 0 {
-            g.work
-                .schedule(kernel::time::msecs_to_jiffies(settings.checkpoint_ms));
+        unsafe {
+            g.work.set_owner(&g);
+            g.kick.set_owner(&g);
         }
+        g.misc.register(g.clone())?;
+        g.work.schedule(kernel::time::msecs_to_jiffies(g.tick_ms()));
         Ok(g)
+    }
+
+    /// Period of the tick work: the checkpoint period, at most a second
+    /// (the tick also clears acknowledged chunks on the meta devices).
+    fn tick_ms(&self) -> u32 {
+        match self.settings.checkpoint_ms {
+            0 => 1000,
+            ms => ms.min(1000),
+        }
     }
 
     /// The group's name.
@@ -482,6 +622,7 @@ impl Group {
     /// Adds device `id` (data device `devt`) of `role`, covering `sectors`
     /// sectors in chunks of `1 << chunk_shift` sectors.  A second target
     /// for the same device (a table reload) shares its stream.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn join(
         &self,
         id: u32,
@@ -489,6 +630,7 @@ impl Group {
         role: Role,
         sectors: u64,
         chunk_shift: u32,
+        meta_dev: BdevRef,
     ) -> core::result::Result<(), JoinError> {
         let mut ctl = self.ctl.lock();
         let i = id as usize;
@@ -507,10 +649,49 @@ impl Group {
         let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
         let ring = Ring::new(cap).map_err(|_| JoinError::NoMemory)?;
         let bits = sectors.div_ceil(1u64 << chunk_shift);
-        let words = usize::try_from(ferry_core::bitmap::words_for(bits)).map_err(|_| JoinError::NoMemory)?;
-        let mut dirty = KVVec::with_capacity(words, GFP_KERNEL).map_err(|_| JoinError::NoMemory)?;
-        for _ in 0..words {
-            dirty.push(0u64, GFP_KERNEL).map_err(|_| JoinError::NoMemory)?;
+        let words = usize::try_from(words_for(bits)).map_err(|_| JoinError::NoMemory)?;
+        fn nm<E>(_: E) -> JoinError {
+            JoinError::NoMemory
+        }
+        let mut dirty = zeroed_words(words).map_err(nm)?;
+        let mut ondisk = zeroed_words(words).map_err(nm)?;
+        let want = zeroed_words(words).map_err(nm)?;
+        let touch = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
+        let pages = words.div_ceil(WORDS_PER_PAGE);
+        let mut changed = KVVec::with_capacity(pages, GFP_KERNEL).map_err(nm)?;
+        for _ in 0..pages {
+            changed.push(false, GFP_KERNEL).map_err(nm)?;
+        }
+        let mut sm = StreamMeta {
+            dev: meta_dev,
+            page: Page::alloc_page(GFP_KERNEL).map_err(|_| JoinError::NoMemory)?,
+            sb: Superblock {
+                flags: 0,
+                uuid: [0; 16],
+                generation: 0,
+                group_id: self.id,
+                device_id: id,
+                chunk_kb: 1u32 << (chunk_shift - 1),
+                len_sectors: sectors,
+                acked_dev_seq: 0,
+            },
+            changed,
+            wsnap: {
+                let mut v = KVec::with_capacity(WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?;
+                for _ in 0..WORDS_PER_PAGE {
+                    v.push(0u64, GFP_KERNEL).map_err(nm)?;
+                }
+                v
+            },
+        };
+        let loaded = self.load_meta(&mut sm, &mut ondisk, pages)?;
+        for (d, o) in dirty.iter_mut().zip(ondisk.iter()) {
+            *d = *o;
+        }
+        if loaded > 0 {
+            let mut st = self.state.lock();
+            let msg = "the meta device names chunks the secondary may miss (unclean shutdown or overflow)";
+            self.enter_ahead(&mut st, msg);
         }
         let stream = Stream {
             role,
@@ -524,7 +705,15 @@ impl Group {
             dirty,
             dirty_bits: bits,
             chunk_shift,
+            ondisk,
+            want,
+            touch,
+            outstanding: [0; 2],
+            cur: 0,
         };
+        if let Some(slot) = self.meta.lock().get_mut(i) {
+            *slot = Some(sm);
+        }
         {
             let mut st = self.state.lock();
             if let Some(slot) = st.streams.get_mut(i) {
@@ -537,6 +726,73 @@ impl Group {
         Ok(())
     }
 
+    /// Reads the superblock and the bitmap of a joining device into
+    /// `ondisk`, or formats a meta device that has no valid superblock.
+    /// Returns the number of chunks the bitmap names.
+    fn load_meta(
+        &self,
+        sm: &mut StreamMeta,
+        ondisk: &mut [u64],
+        pages: usize,
+    ) -> core::result::Result<u64, JoinError> {
+        let io = |_| JoinError::MetaIo;
+        let d = KernelDigest;
+        let slot = |k| meta_read(&sm.dev, &sm.page, meta::slot_sector(k), |b| Superblock::decode(&d, b).ok());
+        let (a, b) = (slot(0).map_err(io)?, slot(1).map_err(io)?);
+        let current = match (a, b) {
+            (Some(a), Some(b)) => Some(if b.generation > a.generation { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let mut set = 0u64;
+        match current {
+            None => {
+                // A new meta device: empty bitmap (the secondary is taken
+                // to start equal), a fresh identity.
+                // SAFETY: `uuid` is 16 writable bytes.
+                unsafe {
+                    crate::bindings::ferry_get_random_bytes(sm.sb.uuid.as_mut_ptr().cast(), 16)
+                };
+                for p in 0..pages as u64 {
+                    meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p, |b| b.fill(0))
+                        .map_err(io)?;
+                }
+                pr_info!(
+                    "ferry: group {}: device {}: formatted its meta device\n",
+                    core::str::from_utf8(self.name()).unwrap_or("?"),
+                    sm.sb.device_id
+                );
+            }
+            Some(found) => {
+                let want = sm.sb;
+                if (found.group_id, found.device_id, found.chunk_kb, found.len_sectors)
+                    != (want.group_id, want.device_id, want.chunk_kb, want.len_sectors)
+                {
+                    return Err(JoinError::MetaMismatch);
+                }
+                sm.sb = found;
+                for p in 0..pages {
+                    meta_read(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
+                        for (i, w) in b.chunks(8).enumerate() {
+                            let mut le = [0u8; 8];
+                            le.copy_from_slice(w);
+                            if let Some(d) = ondisk.get_mut(p * WORDS_PER_PAGE + i) {
+                                *d = u64::from_le_bytes(le);
+                                set += u64::from(d.count_ones());
+                            }
+                        }
+                    })
+                    .map_err(io)?;
+                }
+            }
+        }
+        sm.sb.flags &= !sb_flags::AHEAD;
+        if set > 0 {
+            sm.sb.flags |= sb_flags::AHEAD;
+        }
+        sm.write_sb().map_err(io)?;
+        Ok(set)
+    }
+
     /// Removes one user of device `id`; the last one frees its stream and
     /// the spool its records held.  Returns whether the group is now empty.
     pub(crate) fn leave(&self, id: u32) -> bool {
@@ -545,6 +801,26 @@ impl Group {
         ctl.users[i] = ctl.users[i].saturating_sub(1);
         if ctl.users[i] > 0 {
             return false;
+        }
+        // Last chance to clear acknowledged chunks, then the superblock
+        // says how the device was left.
+        {
+            let mut metas = self.meta.lock();
+            self.sweep_stream(&mut metas, i, true);
+            let ahead = self.state.lock().mode == RepMode::Ahead;
+            let acked = self.state.lock().stream(id).map_or(0, |s| s.acked);
+            if let Some(Some(sm)) = metas.get_mut(i) {
+                sm.sb.acked_dev_seq = sm.sb.acked_dev_seq.max(acked);
+                if ahead {
+                    sm.sb.flags |= sb_flags::AHEAD;
+                }
+                if sm.write_sb().is_err() {
+                    pr_err!("ferry: device {}: cannot write the superblock at release\n", id);
+                }
+            }
+            if let Some(slot) = metas.get_mut(i) {
+                *slot = None;
+            }
         }
         let stream = {
             let mut st = self.state.lock();
@@ -570,6 +846,7 @@ impl Group {
     fn shutdown(&self) {
         self.dead.store(true, Relaxed);
         self.work.cancel_sync();
+        self.kick.cancel_sync();
         self.misc.deregister();
         self.readable.wake_all();
         self.space.wake_all();
@@ -586,64 +863,97 @@ impl Group {
         }
     }
 
-    /// Reserves spool room for a record of `charge` bytes.  Never sleeps.
-    /// `false`: the group is (now) ahead and the write goes to the bitmap.
-    fn try_reserve(&self, id: u32, charge: usize, block: bool, first: bool) -> Reserve {
+    /// Admits a write of device `id` to `[sector, +nr)` (nr 0: no data
+    /// range): write intent (first pass only), then spool room for a record
+    /// of `charge` bytes.  Never sleeps.
+    fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, block: bool, first: bool) -> Admit {
         let mut st = self.state.lock();
+        let reserve = if st.mode == RepMode::Ahead {
+            Reserve::Ahead
+        } else if st.spool_used + charge <= self.settings.spool_bytes() {
+            Reserve::Done
+        } else if block {
+            Reserve::Full
+        } else {
+            Reserve::Overflow
+        };
+        let Some(s) = st.stream(id) else {
+            return Admit {
+                reserve: Reserve::Ahead,
+                defer: false,
+                wgen: NO_GEN,
+            };
+        };
+        let mut defer = false;
         if first {
-            if let Some(s) = st.stream(id) {
-                s.written += 1;
+            s.written += 1;
+            if nr > 0 {
+                defer = s.intend(sector, nr);
             }
         }
-        if st.mode == RepMode::Ahead {
-            return Reserve::Ahead;
+        let mut wgen = NO_GEN;
+        match reserve {
+            Reserve::Done if nr > 0 => {
+                wgen = s.cur;
+                s.outstanding[wgen] += 1;
+            }
+            Reserve::Ahead | Reserve::Overflow => s.mark_dirty(sector, nr),
+            _ => {}
         }
-        if st.spool_used + charge <= self.settings.spool_bytes() {
-            st.spool_used += charge;
-            return Reserve::Done;
+        match reserve {
+            Reserve::Done => st.spool_used += charge,
+            Reserve::Overflow => self.enter_ahead(&mut st, "spool full"),
+            _ => {}
         }
-        if block {
-            return Reserve::Full;
+        Admit {
+            reserve,
+            defer,
+            wgen,
         }
-        self.enter_ahead(&mut st, "spool full");
-        Reserve::Ahead
     }
 
-    fn mark_dirty(&self, id: u32, sector: u64, nr_sectors: u64) {
-        let mut st = self.state.lock();
-        if let Some(s) = st.stream(id) {
-            s.mark_dirty(sector, nr_sectors);
-        }
-    }
 
     /// `map` of a write-like bio of device `id`: builds its record, or
     /// marks its chunks dirty when the spool cannot take it.
     ///
     /// `fill` copies the bio's data into a payload.  `nowait`: the bio may
-    /// not sleep.  Returns the record to attach to the bio, `Ok(None)` when
-    /// the write is tracked in the bitmap, `Err(EAGAIN)` for a `REQ_NOWAIT`
-    /// bio that would have to wait for room.
+    /// not sleep.  Returns the record to attach to the bio (`None` when the
+    /// write is tracked in the bitmap only) and whether the bio must wait
+    /// for its chunks' write intent to reach the meta device
+    /// ([`Self::hold`]); `Err(EAGAIN)` for a `REQ_NOWAIT` bio that would
+    /// have to wait.
     pub(crate) fn prepare(
         &self,
         mut rec: Record,
         payload_bytes: usize,
         nowait: bool,
         fill: impl FnOnce() -> core::result::Result<Payload, kernel::alloc::AllocError>,
-    ) -> Result<Option<Arc<Record>>> {
+    ) -> Result<(Option<Arc<Record>>, bool)> {
         let id = rec.device_id;
         let (sector, nr) = (rec.sector, u64::from(rec.nr_sectors));
         rec.charge = PAGE_SIZE * Payload::pages_for(payload_bytes).max(1);
         let block = self.settings.overflow == Overflow::Block;
         let mut first = true;
+        let mut defer = false;
         loop {
-            let r = self.try_reserve(id, rec.charge, block, first);
+            let a = self.admit(id, sector, nr, rec.charge, block, first);
+            if first && a.defer && nowait {
+                // Nothing reserved yet unless the spool said Done: undo it.
+                if a.reserve == Reserve::Done {
+                    self.unadmit(id, rec.charge, a.wgen);
+                }
+                return Err(EAGAIN);
+            }
+            defer |= a.defer;
             first = false;
-            match r {
-                Reserve::Done => break,
-                Reserve::Ahead => {
-                    self.mark_dirty(id, sector, nr);
+            match a.reserve {
+                Reserve::Done => {
+                    rec.wgen = a.wgen;
+                    break;
+                }
+                Reserve::Ahead | Reserve::Overflow => {
                     self.dropped.fetch_add(1, Relaxed);
-                    return Ok(None);
+                    return Ok((None, defer));
                 }
                 Reserve::Full if nowait => return Err(EAGAIN),
                 Reserve::Full => self.space.wait(&|| self.has_room(rec.charge)),
@@ -652,33 +962,53 @@ impl Group {
         if payload_bytes > 0 {
             match fill() {
                 Ok(p) => rec.payload = p,
-                Err(_) => return self.prepare_failed(rec.charge, id, sector, nr, "out of memory for the spool"),
+                Err(_) => return Ok((self.prepare_failed(&rec, "out of memory for the spool"), defer)),
             }
         }
-        let charge = rec.charge;
+        let (charge, wgen) = (rec.charge, rec.wgen);
         match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
-            Ok(r) => Ok(Some(r)),
-            Err(_) => self.prepare_failed(charge, id, sector, nr, "out of memory for the spool"),
+            Ok(r) => Ok((Some(r), defer)),
+            Err(_) => {
+                let mut st = self.state.lock();
+                st.spool_used = st.spool_used.saturating_sub(charge);
+                self.enter_ahead(&mut st, "out of memory for the spool");
+                if let Some(s) = st.stream(id) {
+                    s.finish(wgen);
+                    s.mark_dirty(sector, nr);
+                }
+                drop(st);
+                self.dropped.fetch_add(1, Relaxed);
+                Ok((None, defer))
+            }
         }
     }
 
-    fn prepare_failed(
-        &self,
-        charge: usize,
-        id: u32,
-        sector: u64,
-        nr: u64,
-        why: &str,
-    ) -> Result<Option<Arc<Record>>> {
+    fn unadmit(&self, id: u32, charge: usize, wgen: usize) {
         let mut st = self.state.lock();
         st.spool_used = st.spool_used.saturating_sub(charge);
-        self.enter_ahead(&mut st, why);
         if let Some(s) = st.stream(id) {
-            s.mark_dirty(sector, nr);
+            s.finish(wgen);
+        }
+    }
+
+    fn prepare_failed(&self, rec: &Record, why: &str) -> Option<Arc<Record>> {
+        let mut st = self.state.lock();
+        st.spool_used = st.spool_used.saturating_sub(rec.charge);
+        self.enter_ahead(&mut st, why);
+        if let Some(s) = st.stream(rec.device_id) {
+            s.finish(rec.wgen);
+            s.mark_dirty(rec.sector, u64::from(rec.nr_sectors));
         }
         drop(st);
         self.dropped.fetch_add(1, Relaxed);
-        Ok(None)
+        None
+    }
+
+    /// Takes a write that waits for its write intent; the kick work
+    /// submits it once the bits are on the meta device.  Any context.
+    pub(crate) fn hold(&self, bio: HeldBio) {
+        self.state.lock().held.push(bio);
+        self.kick.schedule(0);
     }
 
     fn has_room(&self, charge: usize) -> bool {
@@ -693,7 +1023,7 @@ impl Group {
     pub(crate) fn complete(&self, rec: Arc<Record>, ok: bool) {
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
         let mut st = self.state.lock();
-        let charge = rec.charge;
+        let (charge, wgen) = (rec.charge, rec.wgen);
         let (id, sector, nr) = (rec.device_id, rec.sector, u64::from(rec.nr_sectors));
         let failed = if !ok {
             // The data may have partly landed: the chunk is unknown to the
@@ -710,6 +1040,7 @@ impl Group {
         if failed {
             st.spool_used = st.spool_used.saturating_sub(charge);
             if let Some(s) = st.stream(id) {
+                s.finish(wgen);
                 s.mark_dirty(sector, nr);
             }
         }
@@ -993,6 +1324,7 @@ impl Group {
                         {
                             let Some(r) = s.ring.pop() else { break };
                             released += r.charge;
+                            s.finish(r.wgen);
                             // Freed after the lock is dropped; if the list
                             // cannot grow, drop it here (kfree is fine).
                             let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
@@ -1048,10 +1380,22 @@ fn eopnotsupp() -> Error {
     Error::from_errno(-(kernel::bindings::EOPNOTSUPP as i32))
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Reserve {
+    /// Room reserved.
     Done,
+    /// No room; the writer may wait (`overflow block`).
     Full,
+    /// No room: the group went ahead now.
+    Overflow,
+    /// The group is ahead: bitmap only.
     Ahead,
+}
+
+struct Admit {
+    reserve: Reserve,
+    defer: bool,
+    wgen: usize,
 }
 
 /// What `dmsetup status` reports of a primary device.
@@ -1070,20 +1414,173 @@ pub(crate) struct DeviceStatus {
 }
 
 impl Worker for Group {
-    /// The checkpoint timer: closes the interval when it holds records.
-    fn run(&self) {
+    fn run(&self, id: WorkId) {
+        match id {
+            WorkId::Tick => self.tick(),
+            WorkId::Kick => self.persist(),
+        }
+    }
+}
+
+impl Group {
+    /// The periodic work: closes the checkpoint interval when it is due
+    /// and holds records, and clears acknowledged chunks on disk.
+    fn tick(&self) {
         if self.dead.load(Relaxed) {
             return;
         }
+        let ms = self.settings.checkpoint_ms;
+        let now = (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64;
         let busy = self.state.lock().since_checkpoint > 0;
-        if busy {
+        if ms > 0 && busy && now >= self.last_checkpoint_ms.load(Relaxed) + u64::from(ms) {
             // A full spool skips this marker; the interval then spans two
             // periods.
             let _ = self.checkpoint();
+            self.last_checkpoint_ms.store(now, Relaxed);
+        }
+        {
+            let mut metas = self.meta.lock();
+            for i in 0..MAX_DEVICES as usize {
+                self.sweep_stream(&mut metas, i, false);
+            }
         }
         if !self.dead.load(Relaxed) {
             self.work
-                .schedule(kernel::time::msecs_to_jiffies(self.settings.checkpoint_ms));
+                .schedule(kernel::time::msecs_to_jiffies(self.tick_ms()));
+        }
+    }
+
+    /// Clears, on disk, the chunks whose writes are all acknowledged: those
+    /// written in the closed generation, not since, not dirty, once no
+    /// record of that generation is outstanding; then opens a new
+    /// generation.  `last`: the device is leaving (no write in flight), so
+    /// both generations may close.  Called with `meta` held.
+    fn sweep_stream(&self, metas: &mut KVec<Option<StreamMeta>>, i: usize, last: bool) {
+        let Some(Some(sm)) = metas.get_mut(i) else {
+            return;
+        };
+        let mut any = false;
+        {
+            let mut st = self.state.lock();
+            let Some(Some(s)) = st.streams.get_mut(i) else {
+                return;
+            };
+            let prev = 1 - s.cur;
+            let closing: &[usize] = if last { &[0, 1] } else { core::slice::from_ref(&prev) };
+            if closing.iter().any(|&g| s.outstanding[g] > 0) {
+                return;
+            }
+            for w in 0..s.ondisk.len() {
+                let mut clear = s.touch[prev][w];
+                if last {
+                    clear |= s.touch[s.cur][w];
+                } else {
+                    clear &= !s.touch[s.cur][w];
+                }
+                clear &= !s.dirty[w] & !s.want[w] & s.ondisk[w];
+                if clear != 0 {
+                    // Cleared in memory before on disk: a write that comes
+                    // now waits for the bit to be written again, after this.
+                    s.ondisk[w] &= !clear;
+                    if let Some(c) = sm.changed.get_mut(w / WORDS_PER_PAGE) {
+                        *c = true;
+                    }
+                    any = true;
+                }
+                s.touch[prev][w] = 0;
+                if last {
+                    s.touch[s.cur][w] = 0;
+                }
+            }
+            s.cur = prev;
+        }
+        if !any {
+            return;
+        }
+        for p in 0..sm.changed.len() {
+            let Some(c) = sm.changed.get_mut(p) else { break };
+            if !core::mem::replace(c, false) {
+                continue;
+            }
+            let w0 = p * WORDS_PER_PAGE;
+            let r = meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
+                let st = self.state.lock();
+                if let Some(Some(s)) = st.streams.get(i) {
+                    page_of(&s.ondisk, w0, b, None);
+                }
+            });
+            // A failed clear only leaves bits set: more to resync, never less.
+            if r.is_err() {
+                pr_err!("ferry: device {}: cannot clear bitmap page {}\n", i, p);
+            }
+        }
+    }
+
+    /// The kick work: writes the wanted bits to the meta devices, then
+    /// submits the writes that waited for them.  A write whose bits could
+    /// not be written fails with an I/O error.
+    fn persist(&self) {
+        let mut metas = self.meta.lock();
+        // Take the waiting writes first: their bits were wanted before they
+        // were queued, so the bits written below cover all of them.
+        let mut held = self.state.lock().held.take();
+        let mut ok = true;
+        for (i, sm) in metas.iter_mut().enumerate() {
+            let Some(sm) = sm else { continue };
+            let words = {
+                let st = self.state.lock();
+                st.streams.get(i).and_then(Option::as_ref).map_or(0, |s| s.want.len())
+            };
+            for p in 0..words.div_ceil(WORDS_PER_PAGE) {
+                let w0 = p * WORDS_PER_PAGE;
+                let wanted = {
+                    let st = self.state.lock();
+                    st.streams.get(i).and_then(Option::as_ref).is_some_and(|s| {
+                        s.want.iter().skip(w0).take(WORDS_PER_PAGE).any(|&w| w != 0)
+                    })
+                };
+                if !wanted {
+                    continue;
+                }
+                let wsnap = &mut sm.wsnap;
+                let r = meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
+                    let st = self.state.lock();
+                    if let Some(Some(s)) = st.streams.get(i) {
+                        for (k, w) in wsnap.iter_mut().enumerate() {
+                            *w = s.want.get(w0 + k).copied().unwrap_or(0);
+                        }
+                        page_of(&s.ondisk, w0, b, Some(&s.want));
+                    }
+                });
+                if r.is_err() {
+                    pr_err!(
+                        "ferry: device {}: cannot write bitmap page {}; failing the writes that wait for it\n",
+                        i,
+                        p
+                    );
+                    ok = false;
+                    continue;
+                }
+                let mut st = self.state.lock();
+                if let Some(Some(s)) = st.streams.get_mut(i) {
+                    for (k, &w) in sm.wsnap.iter().enumerate() {
+                        if let Some(o) = s.ondisk.get_mut(w0 + k) {
+                            *o |= w;
+                        }
+                        if let Some(x) = s.want.get_mut(w0 + k) {
+                            *x &= !w;
+                        }
+                    }
+                }
+            }
+        }
+        drop(metas);
+        while let Some(b) = held.pop() {
+            if ok {
+                b.submit();
+            } else {
+                b.fail();
+            }
         }
     }
 }
@@ -1148,6 +1645,7 @@ impl Registry {
         role: Role,
         sectors: u64,
         chunk_shift: u32,
+        meta_dev: BdevRef,
     ) -> core::result::Result<Arc<Group>, JoinError> {
         let mut groups = self.groups.lock();
         let found = groups.iter().flatten().find(|g| g.name() == name).cloned();
@@ -1164,7 +1662,7 @@ impl Registry {
             }
             None => (Group::create(name, settings).map_err(JoinError::Create)?, true),
         };
-        if let Err(e) = g.join(id, devt, role, sectors, chunk_shift) {
+        if let Err(e) = g.join(id, devt, role, sectors, chunk_shift, meta_dev) {
             if created {
                 g.shutdown();
             }

@@ -9,6 +9,7 @@
 #include <linux/blkdev.h>
 #include <linux/highmem.h>
 #include <linux/poll.h>
+#include <linux/random.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -114,10 +115,21 @@ struct delayed_work *ferry_to_delayed_work(struct work_struct *work)
 
 const unsigned int ferry_pollin = (__force unsigned int)(EPOLLIN | EPOLLRDNORM);
 const unsigned int ferry_pollout = (__force unsigned int)(EPOLLOUT | EPOLLWRNORM);
+const gfp_t ferry_gfp_noio = GFP_NOIO;
 
 void ferry_bio_wouldblock_error(struct bio *bio)
 {
 	bio_wouldblock_error(bio);
+}
+
+void ferry_bio_io_error(struct bio *bio)
+{
+	bio_io_error(bio);
+}
+
+void ferry_get_random_bytes(void *buf, size_t len)
+{
+	get_random_bytes(buf, len);
 }
 
 /*

@@ -28,6 +28,8 @@ unsigned int ferry_bdev_logical_block_size(struct block_device *bdev);
 dev_t ferry_bdev_devt(struct block_device *bdev);
 
 void ferry_bio_wouldblock_error(struct bio *bio);
+void ferry_bio_io_error(struct bio *bio);
+void ferry_get_random_bytes(void *buf, size_t len);
 
 /* Single-page segments of a bio, as bio_for_each_segment() walks them. */
 bool ferry_bio_next_segment(struct bio *bio, struct bvec_iter *iter, struct bio_vec *bv);
@@ -57,5 +59,8 @@ extern const struct file_operations ferry_chardev_fops;
 /* Poll masks. */
 extern const unsigned int ferry_pollin;
 extern const unsigned int ferry_pollout;
+
+/* Allocation flags the kernel crate of 6.12 lacks. */
+extern const gfp_t ferry_gfp_noio;
 
 #endif

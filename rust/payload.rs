@@ -19,7 +19,7 @@ pub(crate) struct Payload {
 }
 
 /// Runs `f` on the bytes of `page`, mapped for the duration of the call.
-fn with_mapped<R>(page: *mut b::page, f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> R) -> R {
+pub(crate) fn with_mapped<R>(page: *mut b::page, f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> R) -> R {
     // SAFETY: `page` is a valid page (callers pass pages they own or that a
     // live bio holds); the mapping is released below, in reverse order of
     // any nested mapping because `f` cannot leak it.

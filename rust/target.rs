@@ -8,12 +8,12 @@
 //! flush also becomes a record of the group, spooled until the secondary
 //! acknowledges it.  Reads are remapped in both modes.
 //!
-//! The meta device is validated and reserved for the superblock,
-//! write-intent log and dirty-chunk bitmap; this version keeps the bitmap
-//! in memory only and does not write to the meta device.
+//! The meta device of a primary holds its superblock and its write-intent
+//! bitmap (`group.rs`); a passthrough target only checks its size.
 
 use crate::dm::{
-    Bio, Ctr, CtrError, DmDev, IterateDevices, MapResult, Op, StatusType, StatusWriter, Target,
+    Bio, Ctr, CtrError, DmDev, HeldBio, IterateDevices, MapResult, Op, StatusType, StatusWriter,
+    Target,
 };
 use crate::group::{self, DeviceStatus, Given, Group, JoinError, Record, RepMode, Settings};
 use crate::payload::Payload;
@@ -29,9 +29,6 @@ use kernel::ffi::c_int;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
-/// Sectors at the start of the meta device reserved for the superblock slots
-/// and the write-intent log (1 MiB).
-const META_RESERVED_SECTORS: u64 = 2048;
 /// Largest bio the target accepts (1 MiB): a replicated write becomes one
 /// record, whose payload the spool holds whole.  The cap applies in every
 /// mode so that a device's limits do not change under its users when
@@ -39,12 +36,10 @@ const META_RESERVED_SECTORS: u64 = 2048;
 const MAX_IO_SECTORS: u32 = 2048;
 
 /// Sectors the meta device needs for a target of `len` sectors in chunks of
-/// `chunk_sectors`: the reserved area plus one bit per chunk, rounded up to
-/// 4 KiB.
+/// `chunk_sectors` (`Documentation/ferry.rst`; layout in ferry-core's
+/// `meta`).
 pub(crate) fn meta_sectors_needed(len: u64, chunk_sectors: u64) -> u64 {
-    let chunks = len.div_ceil(chunk_sectors);
-    let bitmap_bytes = chunks.div_ceil(8).div_ceil(4096) * 4096;
-    META_RESERVED_SECTORS + bitmap_bytes / 512
+    ferry_core::meta::meta_sectors(len, chunk_sectors)
 }
 
 /// The table's options, owned, to reproduce the line.
@@ -180,7 +175,12 @@ impl Ferry {
         Ok(())
     }
 
-    fn join(ctr: &Ctr<'_>, t: &TableArgs<'_>, data: &DmDev) -> Result<Option<Primary>, CtrError> {
+    fn join(
+        ctr: &Ctr<'_>,
+        t: &TableArgs<'_>,
+        data: &DmDev,
+        meta: &DmDev,
+    ) -> Result<Option<Primary>, CtrError> {
         let Some(name) = t.group else {
             return Ok(None);
         };
@@ -196,7 +196,17 @@ impl Ferry {
         };
         let chunk_shift = t.chunk_sectors().trailing_zeros();
         let group = crate::registry()
-            .join(name, settings, given, t.device_id, data.devt(), t.role, ctr.len(), chunk_shift)
+            .join(
+                name,
+                settings,
+                given,
+                t.device_id,
+                data.devt(),
+                t.role,
+                ctr.len(),
+                chunk_shift,
+                meta.bdev_ref(),
+            )
             .map_err(|e| match e {
                 JoinError::Settings => CtrError::inval(
                     c"spool_mb, overflow or checkpoint_ms differ from the group's",
@@ -213,6 +223,13 @@ impl Ferry {
                     msg: c"Cannot create the group's character device",
                     err,
                 },
+                JoinError::MetaIo => CtrError {
+                    msg: c"Cannot read or write the meta device",
+                    err: EIO,
+                },
+                JoinError::MetaMismatch => CtrError::inval(
+                    c"Meta device belongs to another device (group, device_id, chunk_kb or length differ)",
+                ),
             })?;
         Ok(Some(Primary {
             group,
@@ -256,7 +273,7 @@ impl Target for Ferry {
             err,
         })?;
         Self::check_devices(ctr, &data, &meta, t.data_offset, t.chunk_sectors())?;
-        let primary = Self::join(ctr, &t, &data)?;
+        let primary = Self::join(ctr, &t, &data, &meta)?;
 
         ctr.set_num_flush_bios(1);
         ctr.set_num_discard_bios(1);
@@ -292,6 +309,7 @@ impl Target for Ferry {
         // target's first sector, so the same arithmetic holds for all bios.
         let rel = bio.sector().wrapping_sub(self.begin);
         let mut rec = None;
+        let mut defer = false;
         if let (Some(p), Some(kind)) = (&self.primary, Self::record_kind(op, bio)) {
             let r = group::record_for(
                 kind,
@@ -305,12 +323,26 @@ impl Target for Ferry {
             let bytes = if kind == RecordKind::Write { bio.bytes() } else { 0 };
             let nowait = bio.is_nowait();
             match p.group.prepare(r, bytes, nowait, || Payload::copy_from_bio(bio)) {
-                Ok(r) => rec = r,
+                Ok((r, d)) => {
+                    rec = r;
+                    defer = d;
+                }
                 Err(_) => return MapResult::WouldBlock,
             }
         }
         bio.remap(&self.data, self.data_offset + rel);
-        MapResult::Remapped(rec)
+        if defer {
+            MapResult::Defer(rec)
+        } else {
+            MapResult::Remapped(rec)
+        }
+    }
+
+    fn defer(&self, bio: HeldBio) {
+        match &self.primary {
+            Some(p) => p.group.hold(bio),
+            None => bio.fail(),
+        }
     }
 
     fn end_io(&self, rec: Arc<Record>, ok: bool) {

@@ -11,10 +11,19 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
+/// Which of its owner's work items ran.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkId {
+    /// The periodic tick.
+    Tick,
+    /// On-demand work.
+    Kick,
+}
+
 /// What a [`DelayedWork`] runs, in process context.
 pub(crate) trait Worker: Sync {
-    /// The work function.
-    fn run(&self);
+    /// The work function of item `id`.
+    fn run(&self, id: WorkId);
 }
 
 /// A delayed work item whose function is `T::run` on its owner.
@@ -23,6 +32,7 @@ pub(crate) struct DelayedWork<T: Worker> {
     #[pin]
     dw: Opaque<b::delayed_work>,
     owner: AtomicPtr<T>,
+    id: WorkId,
     #[pin]
     _pin: PhantomPinned,
 }
@@ -34,12 +44,13 @@ unsafe impl<T: Worker> Sync for DelayedWork<T> {}
 unsafe impl<T: Worker> Send for DelayedWork<T> {}
 
 impl<T: Worker> DelayedWork<T> {
-    /// An initialiser of an idle work item with no owner yet.
-    pub(crate) fn new() -> impl PinInit<Self> {
+    /// An initialiser of an idle work item `id` with no owner yet.
+    pub(crate) fn new(id: WorkId) -> impl PinInit<Self> {
         pin_init!(Self {
             // SAFETY: `slot` is valid for writes and pinned.
             dw <- Opaque::ffi_init(|slot| unsafe { b::ferry_init_delayed_work(slot, Some(Self::run_raw)) }),
             owner: AtomicPtr::new(core::ptr::null_mut()),
+            id,
             _pin: PhantomPinned,
         })
     }
@@ -84,7 +95,7 @@ impl<T: Worker> DelayedWork<T> {
         // SAFETY: a set owner contains `this` and cancels the work before
         // it is dropped (`set_owner`'s contract), so it is alive here.
         if let Some(owner) = unsafe { owner.as_ref() } {
-            owner.run();
+            owner.run(this.id);
         }
     }
 }

@@ -56,6 +56,14 @@ ferry_cleanup() {
 	return 0
 }
 
+# Wipes the superblocks (and bitmaps) of the meta devices a test uses, so
+# that the test starts from new meta devices.
+meta_wipe() {
+	for m in "$@"; do
+		dd if=/dev/zero of="$m" bs=1M count=16 oflag=direct 2>/dev/null || fail "wipe $m"
+	done
+}
+
 # Starts `ferry-test read` for group $1 in the background with log $2 and
 # further options; it drains until `reader_stop` and then idle for 1.5 s.
 # Sets $rp.  reader_stop waits for it and fails the test if it failed.

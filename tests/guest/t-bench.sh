@@ -6,6 +6,7 @@ rounds=${FERRY_BENCH_ROUNDS:-5}
 secs=${FERRY_BENCH_SECS:-8}
 workloads=${FERRY_BENCH_WORKLOADS:-rand4k,seq1m}
 ferry_load
+dd if=/dev/zero of=/dev/vdb bs=1M count=16 oflag=direct 2>/dev/null
 D=$(sectors /dev/vda)
 dm create lin --table "0 $D linear /dev/vda 0" || fail "linear"
 dm create fer --table "0 $D ferry /dev/vda /dev/vdb" || fail "ferry"

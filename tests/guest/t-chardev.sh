@@ -2,6 +2,7 @@
 # with its errno and nothing lost, redelivery after a reopen, the end of
 # the stream when the group goes, no unload while it is open.
 ferry_load
+meta_wipe /dev/vdc
 S=65536
 dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 4 group gc checkpoint_ms 0" || fail "create"
 dd if=/dev/urandom of=/dev/mapper/c0 bs=4k count=20 oflag=direct 2>/dev/null
@@ -30,6 +31,7 @@ dm remove c0
 
 # Redelivery: a reader that stops without acknowledging; the next one gets
 # everything again from dev_seq 1 (its continuity check starts at 1).
+meta_wipe /dev/vdc
 dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 4 group gc checkpoint_ms 0" || fail "create"
 dd if=/dev/urandom of=/dev/mapper/c0 bs=4k count=50 oflag=direct 2>/dev/null
 ferry-test read --group gc --log /tmp/c1.log --no-ack --max-records 10 >/dev/null || fail "first reader"
@@ -50,6 +52,7 @@ grep -q '^eof$' /tmp/c3.log || fail "reader saw no end of stream"
 ok "removing the group ends the reader's stream"
 
 # A file left open pins the module, not the group.
+meta_wipe /dev/vdc
 dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 2 group gc" || fail "create"
 exec 3</dev/ferry/gc
 dm remove c0 || fail "remove with the device open"

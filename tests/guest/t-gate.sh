@@ -3,6 +3,7 @@
 # reader fails if a data record arrives before every log record below it
 # was acknowledged; log records must overtake the data records they block.
 ferry_load
+meta_wipe /dev/vdc
 for i in 0 1 2; do
 	dm create d$i --table "0 65536 linear /dev/vda $((i * 65536))" || fail "d$i"
 	dm create m$i --table "0 8192 linear /dev/vdc $((i * 8192))" || fail "m$i"

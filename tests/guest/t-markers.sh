@@ -1,6 +1,7 @@
 # Checkpoint markers at the configured rate in every stream, on demand by
 # message, and consistency points with their label.
 ferry_load
+meta_wipe /dev/vdc
 for i in 0 1; do
 	dm create d$i --table "0 65536 linear /dev/vda $((i * 65536))" || fail "d$i"
 	dm create m$i --table "0 8192 linear /dev/vdc $((i * 8192))" || fail "m$i"

@@ -2,6 +2,7 @@
 # ahead) without blocking; `overflow block` holds writers until the reader
 # frees room, and loses nothing.
 ferry_load
+meta_wipe /dev/vdc
 S=65536
 dm create o0 --table "0 $S ferry /dev/vda /dev/vdc 4 group go spool_mb 1" || fail "create"
 dd if=/dev/urandom of=/dev/mapper/o0 bs=64k count=64 oflag=direct 2>/dev/null || fail "writes blocked or failed"
@@ -13,6 +14,7 @@ set -- $(dm status o0)
 ok "overflow bitmap: ahead, ${15} dirty chunks, spool ${13}/${14} KiB"
 dm remove o0
 
+meta_wipe /dev/vdc
 dm create o1 --table "0 $S ferry /dev/vda /dev/vdc 6 group gb spool_mb 1 overflow block" || fail "create block"
 ferry-test write --dev /dev/mapper/o1 --count 600 --blocks 4096 --log /tmp/ow.log >/dev/null &
 wp=$!

@@ -2,6 +2,7 @@
 # of /dev/ferry/<group> exactly once, in group order, with its exact
 # payload; the reader's shadow image equals the device; status adds up.
 ferry_load
+meta_wipe /dev/vdc
 S=65536  # 32 MiB: the shadow image lives in guest memory
 dd if=/dev/zero of=/dev/vda bs=1M count=32 oflag=direct 2>/dev/null
 dm create p0 --table "0 $S ferry /dev/vda /dev/vdc 2 group g1" || fail "create"

@@ -179,6 +179,12 @@ impl<'a> ChunkBitmap<'a> {
         Ok(self.next_set(start).is_some_and(|b| b < end))
     }
 
+    /// Whether any chunk of `start..start + len` is clear.
+    pub fn any_clear_in_range(&self, start: u64, len: u64) -> Result<bool, BitmapError> {
+        let end = self.check(start, len)?;
+        Ok(self.next_clear(start) < end)
+    }
+
     /// Clears every chunk.
     pub fn clear_all(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
@@ -429,6 +435,10 @@ mod tests {
         assert!(!b.test(64) && b.test(63) && b.test(74));
         assert!(b.any_in_range(0, 4).unwrap());
         assert!(!b.any_in_range(8, 52).unwrap());
+        assert!(!b.any_clear_in_range(3, 5).unwrap());
+        assert!(b.any_clear_in_range(3, 6).unwrap());
+        assert!(b.any_clear_in_range(63, 2).unwrap());
+        assert!(b.any_clear_in_range(0, 201).is_err());
         assert!(!b.test(1000));
     }
 

@@ -18,6 +18,7 @@
 //! * [`checkpoint`] — interval rendezvous and atomic interval apply (G4).
 //! * [`consistency`] — application-consistent points.
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
+//! * [`meta`] — the meta device of a primary: layout, superblock.
 //! * [`command`] — commands written to the character device.
 //! * [`table`] — the device-mapper table line of the `ferry` target.
 //!
@@ -57,6 +58,7 @@ pub mod command;
 pub mod consistency;
 pub mod digest;
 pub mod gate;
+pub mod meta;
 pub mod progress;
 pub mod record;
 pub mod select;

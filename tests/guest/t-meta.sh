@@ -1,0 +1,51 @@
+# The meta device of a primary: formatted when new; its write-intent bitmap
+# names every chunk written and not acknowledged, across a remove and a
+# re-create; chunks whose writes are all acknowledged are cleared on disk;
+# a meta device of another device is refused.
+ferry_load
+meta_wipe /dev/vdc
+T="0 65536 ferry /dev/vda /dev/vdc 4 group gm checkpoint_ms 0"
+kmark m1
+dm create m0 --table "$T" || fail "create"
+klog_since m1 | grep -q "formatted its meta device" || fail "no format message"
+# Ten writes, each in its own 64 KiB chunk; nobody acknowledges them.
+for i in 0 1 2 3 4 5 6 7 8 9; do
+	dd if=/dev/urandom of=/dev/mapper/m0 bs=4k count=1 seek=$((i * 32)) oflag=direct 2>/dev/null
+done
+bits() { dd if=/dev/vdc bs=4k skip=256 count=1 iflag=direct 2>/dev/null | od -An -v -tu1 | tr -s ' ' '\n' |
+	awk 'NF { n += ($1 % 2) + int($1 / 2) % 2 + int($1 / 4) % 2 + int($1 / 8) % 2 + int($1 / 16) % 2 + int($1 / 32) % 2 + int($1 / 64) % 2 + int($1 / 128) % 2 } END { print n + 0 }'; }
+[ "$(bits)" = 10 ] || fail "on-disk bitmap has $(bits) bits after 10 unacknowledged writes"
+ok "10 unacknowledged writes: 10 chunks marked on disk"
+dm remove m0
+dm create m0 --table "$T" || fail "re-create"
+set -- $(dm status m0)
+[ "$8" = ahead ] && [ "${15}" = 10 ] || fail "after re-create: $*"
+ok "re-created: ahead, 10 dirty chunks from the meta device"
+dm remove m0
+
+# All acknowledged: the sweep clears the chunks on disk.
+meta_wipe /dev/vdc
+dm create m0 --table "$T" || fail "create"
+reader_start gm /tmp/m.log
+for i in 0 1 2 3 4 5 6 7 8 9; do
+	dd if=/dev/urandom of=/dev/mapper/m0 bs=4k count=1 seek=$((i * 32)) oflag=direct 2>/dev/null
+done
+reader_stop
+n=10
+for i in $(seq 1 10); do n=$(bits); [ "$n" = 0 ] && break; sleep 1; done
+[ "$n" = 0 ] || fail "$n chunks still marked after every write was acknowledged"
+ok "every write acknowledged: the chunks cleared on disk"
+dm remove m0
+dm create m0 --table "$T" || fail "re-create"
+set -- $(dm status m0)
+[ "$8" = replicating ] && [ "${15}" = 0 ] || fail "clean re-create: $*"
+ok "re-created after a clean release: replicating, nothing dirty"
+dm remove m0
+
+# Another device's meta device is refused.
+dm create x0 --table "0 65536 ferry /dev/vda /dev/vdc 4 group other checkpoint_ms 0" 2>/dev/null &&
+	fail "accepted the meta device of group gm for group other"
+dm create x0 --table "0 32768 ferry /dev/vda /dev/vdc 4 group gm checkpoint_ms 0" 2>/dev/null &&
+	fail "accepted a meta device of another length"
+klog_since m1 | grep -q "Meta device belongs to another device" || fail "no message for a foreign meta device"
+ok "a meta device of another group or length is refused"
