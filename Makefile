@@ -7,6 +7,7 @@
 #   make test       userspace tests + the guest suite (what CI runs)
 #   make demo       boot a guest, create a ferry device, run fio, show status
 #   make bench      ferry vs dm-linear vs the raw disk, in guests
+#   make soak       the crash points of make test, FERRY_CRASH_POINTS (100) of them
 #   make kernel     only build (or find) the cached guest kernel
 #   make clean
 #
@@ -43,9 +44,12 @@ demo:
 bench:
 	@scripts/bench.sh
 
+soak:
+	@FERRY_CRASH_POINTS=$${FERRY_CRASH_POINTS:-100} tests/soak.sh
+
 clean:
 	@if [ -n "$(KDIR)" ]; then kdir="$(KDIR)"; else kdir=$$(ls -d $(FERRY_CACHE)/kernel/$(FLAVOUR)/linux 2>/dev/null); fi; \
 	if [ -n "$$kdir" ]; then $(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) clean; fi
 	rm -rf out rust/bindings_generated.rs
 
-.PHONY: all module kernel test demo bench clean
+.PHONY: all module kernel test demo bench soak clean

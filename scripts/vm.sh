@@ -19,6 +19,10 @@
 #   --smp N          vCPUs per guest (default 2, 1 with --icount)
 #   --icount         deterministic guest time: -icount shift=0,sleep=off
 #   --append STR     extra kernel command line
+#   --kill-after SEC once guest 0 prints "FERRY-ARMED", wait SEC seconds
+#                    (fractions allowed) and kill every guest with SIGKILL,
+#                    as a power cut would; the exit status is then 0 if the
+#                    guest was armed and had not failed
 #
 # The guests run the named tests (tests/guest/t-<test>.sh) and print
 # "FERRY-VERDICT: PASS" or "FAIL".  The exit status is 0 when every guest
@@ -30,7 +34,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-guests=1 kernel= initrd= out= timeout=900 mem=512 smp= icount=0 append=
+guests=1 kernel= initrd= out= timeout=900 mem=512 smp= icount=0 append= kill_after=
 disks=() tests=()
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
 	--smp) smp=$2; shift 2 ;;
 	--icount) icount=1; shift ;;
 	--append) append=$2; shift 2 ;;
+	--kill-after) kill_after=$2; shift 2 ;;
 	-h|--help) sed -n '2,30p' "$0"; exit 0 ;;
 	-*) echo "vm.sh: unknown option $1" >&2; exit 2 ;;
 	*) tests+=("$1"); shift ;;
@@ -118,6 +123,24 @@ fi
 
 timed_out=0
 deadline=$(( start + timeout ))
+if [ -n "$kill_after" ]; then
+	while kill -0 "${pids[0]}" 2>/dev/null && ! grep -aq '^FERRY-ARMED' "$out/g0.log" 2>/dev/null; do
+		if [ "$(date +%s)" -ge $deadline ]; then timed_out=1; break; fi
+		sleep 0.2
+	done
+	if [ $timed_out = 0 ] && grep -aq '^FERRY-ARMED' "$out/g0.log" && ! grep -aq '^FERRY-VERDICT' "$out/g0.log"; then
+		sleep "$kill_after"
+		cleanup
+		for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+		if grep -aq '^FERRY-VERDICT\|^FAIL' "$out/g0.log"; then
+			echo "vm.sh: ${tests[*]}: the guest stopped or failed before the kill"
+			tail -n 40 "$out/g0.log"
+			exit 1
+		fi
+		echo "vm.sh: ${tests[*]}: killed ${kill_after}s after arming, in $(( $(date +%s) - start ))s; logs in $out"
+		exit 0
+	fi
+fi
 for p in "${pids[@]}"; do
 	while kill -0 "$p" 2>/dev/null; do
 		if [ "$(date +%s)" -ge $deadline ]; then timed_out=1; break 2; fi

@@ -33,6 +33,7 @@ step "guest: target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm
 	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
 step "guest: primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
 	primary gate chardev overflow markers meta
+step "guest: crash points (G3)" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 step "guests: two joined guests" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-net" net-ping
 

@@ -49,6 +49,9 @@ enum Tool {
     Write(WriteArgs),
     /// Check a reader log against a writer log.
     Check(CheckArgs),
+    /// After a crash: every completed write the reader did not acknowledge
+    /// lies in a chunk marked on the meta device.
+    CrashCheck(CrashCheckArgs),
     /// Send one command; print "ok" or the errno name.
     Cmd(CmdArgs),
 }
@@ -82,6 +85,13 @@ struct ReadArgs {
     /// Delay before acknowledging a log record.
     #[arg(long, default_value_t = 0)]
     log_ack_delay_ms: u64,
+    /// Delay before acknowledging any record (spool release).
+    #[arg(long, default_value_t = 0)]
+    ack_delay_ms: u64,
+    /// Log the write ids of acknowledged records, durably and before the
+    /// acknowledgement is sent, to `PATH:BYTE_OFFSET` (512-byte entries).
+    #[arg(long, value_parser = parse_log_dev)]
+    ack_log: Option<(PathBuf, u64)>,
     /// Never acknowledge anything (the spool fills).
     #[arg(long)]
     no_ack: bool,
@@ -103,6 +113,11 @@ fn parse_apply(s: &str) -> Result<(u32, PathBuf), String> {
     Ok((id.parse().map_err(|e| format!("{e}"))?, PathBuf::from(path)))
 }
 
+fn parse_log_dev(s: &str) -> Result<(PathBuf, u64), String> {
+    let (p, off) = s.rsplit_once(':').ok_or("expected PATH:BYTE_OFFSET")?;
+    Ok((PathBuf::from(p), off.parse().map_err(|e| format!("{e}"))?))
+}
+
 #[derive(clap::Args)]
 struct WriteArgs {
     /// Devices to write to, round-robin, repeatable.
@@ -120,6 +135,29 @@ struct WriteArgs {
     /// Completion log: one line `write_id device block` per write.
     #[arg(long)]
     log: PathBuf,
+    /// Also log each completed write durably to `PATH:BYTE_OFFSET`
+    /// (512-byte entries), after it completed.
+    #[arg(long, value_parser = parse_log_dev)]
+    log_dev: Option<(PathBuf, u64)>,
+    /// Write blocks in order (block = id mod blocks) instead of at random.
+    #[arg(long)]
+    sequential: bool,
+}
+
+#[derive(clap::Args)]
+struct CrashCheckArgs {
+    /// The writer's durable log, `PATH:BYTE_OFFSET`.
+    #[arg(long, value_parser = parse_log_dev)]
+    writes: (PathBuf, u64),
+    /// The reader's durable acknowledgement log, `PATH:BYTE_OFFSET`.
+    #[arg(long, value_parser = parse_log_dev)]
+    acks: (PathBuf, u64),
+    /// The meta device.
+    #[arg(long)]
+    meta: PathBuf,
+    /// Chunk size of the device, KiB.
+    #[arg(long, default_value_t = 64)]
+    chunk_kb: u64,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +194,7 @@ fn main() -> ExitCode {
         Tool::Read(a) => read(a),
         Tool::Write(a) => write(a),
         Tool::Check(a) => check(a),
+        Tool::CrashCheck(a) => crash_check(a),
         Tool::Cmd(a) => cmd(a),
     };
     match r {
@@ -187,6 +226,8 @@ struct Dev {
     is_log: bool,
     /// Log records read, not yet log-acknowledged: (dev_seq, group_seq, due).
     unacked_log: VecDeque<(u64, u64, Instant)>,
+    /// Records read and not yet acknowledged: (dev_seq, write id, due).
+    ackq: VecDeque<(u64, Option<u64>, Instant)>,
     /// Highest dev_seq read and not yet acknowledged (spool release).
     ack_to: u64,
     acked: u64,
@@ -228,6 +269,10 @@ fn read(a: ReadArgs) -> Res<()> {
         )?;
         devs.entry(*id).or_default().image = Some(img);
     }
+    let mut ack_log = match &a.ack_log {
+        Some((p, off)) => Some(DurableLog::open(p, *off)?),
+        None => None,
+    };
     let mut buf = vec![0u8; a.buf];
     let start = Instant::now();
     let mut last_record = Instant::now();
@@ -288,6 +333,16 @@ fn read(a: ReadArgs) -> Res<()> {
                     .push_back((h.dev_seq, h.group_seq, Instant::now() + log_delay));
             }
             dev.ack_to = h.dev_seq;
+            let wid = if h.kind == RecordKind::Write {
+                block_write_id(rec.payload)
+            } else {
+                None
+            };
+            dev.ackq.push_back((
+                h.dev_seq,
+                wid,
+                Instant::now() + Duration::from_millis(a.ack_delay_ms),
+            ));
             let mut extra = String::new();
             match h.kind {
                 RecordKind::Write => {
@@ -350,11 +405,11 @@ fn read(a: ReadArgs) -> Res<()> {
             }
         }
         if !a.no_ack {
-            send_acks(&mut f, &mut devs, &mut log)?;
+            send_acks(&mut f, &mut devs, &mut log, ack_log.as_mut())?;
         }
         let pending = devs
             .values()
-            .any(|d| !d.unacked_log.is_empty() || d.ack_to > d.acked);
+            .any(|d| !d.unacked_log.is_empty() || !d.ackq.is_empty() || d.ack_to > d.acked);
         if n == 0 {
             let stop = a.stop_file.as_ref().is_none_or(|p| p.exists());
             if stop
@@ -389,11 +444,18 @@ fn read(a: ReadArgs) -> Res<()> {
 }
 
 /// Writes the acknowledgements that are due: log acknowledgements after
-/// their delay, then spool acknowledgements (for a log device, only of
-/// what is log-acknowledged).
-fn send_acks(f: &mut File, devs: &mut BTreeMap<u32, Dev>, log: &mut File) -> Res<()> {
+/// their delay, then spool acknowledgements of the records whose delay
+/// passed (for a log device, only of what is log-acknowledged).  The write
+/// ids acknowledged go to `ack_log` first, durably.
+fn send_acks(
+    f: &mut File,
+    devs: &mut BTreeMap<u32, Dev>,
+    log: &mut File,
+    mut ack_log: Option<&mut DurableLog>,
+) -> Res<()> {
     let now = Instant::now();
     let mut out = Vec::new();
+    let mut wids = Vec::new();
     for (&id, dv) in devs.iter_mut() {
         let mut log_to = None;
         while dv
@@ -412,20 +474,94 @@ fn send_acks(f: &mut File, devs: &mut BTreeMap<u32, Dev>, log: &mut File) -> Res
         }
         let limit = match dv.unacked_log.front() {
             Some(&(s, _, _)) => s - 1,
-            None => dv.ack_to,
+            None => u64::MAX,
         };
-        if limit > dv.acked {
+        let mut to = dv.acked;
+        while let Some(&(s, wid, due)) = dv.ackq.front() {
+            if due > now || s > limit {
+                break;
+            }
+            dv.ackq.pop_front();
+            to = s;
+            wids.extend(wid);
+        }
+        if to > dv.acked {
             out.extend(encode(&Command::Ack {
                 device: id,
-                dev_seq: limit,
+                dev_seq: to,
             }));
-            dv.acked = limit;
+            dv.acked = to;
         }
+    }
+    if let Some(l) = ack_log.as_mut() {
+        let lines: Vec<String> = wids.iter().map(|w| format!("A {w}")).collect();
+        l.append(&lines)?;
     }
     if !out.is_empty() {
         io("write acks", f.write_all(&out))?;
     }
     Ok(())
+}
+
+/// An append-only log of 512-byte entries on a block device, each written
+/// durably (`O_DIRECT | O_DSYNC`); an empty entry ends it.
+struct DurableLog {
+    f: File,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl DurableLog {
+    fn open(p: &PathBuf, off: u64) -> Res<Self> {
+        let f = io(
+            "open log device",
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(p),
+        )?;
+        Ok(Self {
+            f,
+            at: off,
+            buf: Vec::new(),
+        })
+    }
+
+    fn append(&mut self, lines: &[String]) -> Res<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let n = lines.len() * 512;
+        self.buf.resize(n + BLOCK, 0);
+        let off = self.buf.as_ptr().align_offset(BLOCK);
+        let area = &mut self.buf[off..off + n];
+        area.fill(0);
+        for (i, l) in lines.iter().enumerate() {
+            let b = &l.as_bytes()[..l.len().min(511)];
+            area[i * 512..i * 512 + b.len()].copy_from_slice(b);
+        }
+        io("log write", self.f.write_all_at(area, self.at))?;
+        self.at += n as u64;
+        Ok(())
+    }
+
+    /// The entries from `off` up to the first empty one.
+    fn read_all(p: &PathBuf, off: u64) -> Res<Vec<String>> {
+        let f = io("open log", File::open(p))?;
+        let mut out = Vec::new();
+        let mut at = off;
+        let mut sector = [0u8; 512];
+        loop {
+            io("read log", f.read_exact_at(&mut sector, at))?;
+            let end = sector.iter().position(|&c| c == 0).unwrap_or(512);
+            if end == 0 {
+                return Ok(out);
+            }
+            out.push(String::from_utf8_lossy(&sector[..end]).into_owned());
+            at += 512;
+        }
+    }
 }
 
 /// The write id of a self-describing block, if `p` is one.
@@ -474,6 +610,10 @@ fn write(a: WriteArgs) -> Res<()> {
         )?);
     }
     let mut log = io("log", File::create(&a.log))?;
+    let mut dlog = match &a.log_dev {
+        Some((p, off)) => Some(DurableLog::open(p, *off)?),
+        None => None,
+    };
     // An aligned buffer for O_DIRECT.
     let mut raw = vec![0u8; 2 * BLOCK];
     let off = raw.as_ptr().align_offset(BLOCK);
@@ -483,7 +623,11 @@ fn write(a: WriteArgs) -> Res<()> {
         x ^= x >> 7;
         x ^= x << 17;
         let di = ((id - 1) as usize) % files.len();
-        let block = x % a.blocks;
+        let block = if a.sequential {
+            (id - 1) % a.blocks
+        } else {
+            x % a.blocks
+        };
         let data = make_block(id, block, a.seed);
         raw[off..off + BLOCK].copy_from_slice(&data);
         io(
@@ -491,6 +635,9 @@ fn write(a: WriteArgs) -> Res<()> {
             files[di].write_all_at(&raw[off..off + BLOCK], block * BLOCK as u64),
         )?;
         writeln!(log, "{id} {di} {block}").map_err(|e| e.to_string())?;
+        if let Some(d) = dlog.as_mut() {
+            d.append(&[format!("W {id} {di} {block}")])?;
+        }
     }
     println!("writer|writes={}", a.count);
     Ok(())
@@ -548,6 +695,75 @@ fn check(a: CheckArgs) -> Res<()> {
         }
     }
     println!("check|writes={}|in_group_order=yes", want.len());
+    Ok(())
+}
+
+fn crash_check(a: CrashCheckArgs) -> Res<()> {
+    let writes = DurableLog::read_all(&a.writes.0, a.writes.1)?;
+    let acks = DurableLog::read_all(&a.acks.0, a.acks.1)?;
+    let acked: std::collections::HashSet<u64> = acks
+        .iter()
+        .filter_map(|l| l.strip_prefix("A ")?.parse().ok())
+        .collect();
+    // The bitmap: one 4 KiB page per 32768 chunks, from sector 2048.
+    let meta = io(
+        "open meta",
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&a.meta),
+    )?;
+    let chunk_blocks = a.chunk_kb * 1024 / BLOCK as u64;
+    let mut unacked = 0u64;
+    let mut chunks_written = std::collections::HashSet::new();
+    let mut pages: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut raw = vec![0u8; 2 * BLOCK];
+    let off = raw.as_ptr().align_offset(BLOCK);
+    for l in &writes {
+        let v: Vec<u64> = l
+            .split(' ')
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [id, _dev, block] = v[..] else {
+            return Err(format!("bad write log entry {l:?}"));
+        };
+        let chunk = block / chunk_blocks;
+        chunks_written.insert(chunk);
+        if acked.contains(&id) {
+            continue;
+        }
+        unacked += 1;
+        let page = chunk / (BLOCK as u64 * 8);
+        if let std::collections::hash_map::Entry::Vacant(e) = pages.entry(page) {
+            let buf = &mut raw[off..off + BLOCK];
+            io(
+                "read bitmap",
+                meta.read_exact_at(buf, (2048 + page * 8) * 512),
+            )?;
+            e.insert(buf.to_vec());
+        }
+        let bit = chunk % (BLOCK as u64 * 8);
+        if pages[&page][(bit / 8) as usize] & (1 << (bit % 8)) == 0 {
+            return Err(format!(
+                "G3: write {id} (block {block}, chunk {chunk}) completed, was not acknowledged, and its chunk is not marked"
+            ));
+        }
+    }
+    if writes.is_empty() || unacked == 0 {
+        return Err(format!(
+            "nothing to check: {} writes logged, {} unacknowledged",
+            writes.len(),
+            unacked
+        ));
+    }
+    println!(
+        "crash|writes={}|acked={}|unacked={}|chunks_written={}",
+        writes.len(),
+        acked.len(),
+        unacked,
+        chunks_written.len()
+    );
     Ok(())
 }
 

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# `make soak`: many crash points (FERRY_CRASH_POINTS, default 100) against
+# the module and tools of this tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${FERRY_OUT:-$PWD/out}/soak
+mkdir -p "$out"
+scripts/build-kernel.sh debug >/dev/null
+make --no-print-directory module
+scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
+tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"
