@@ -20,10 +20,18 @@ export FERRY_CACHE
 
 # With KDIR given, build against that tree with the caller's toolchain.
 # Without, use the cached kernel and Debian's rustc that built it.
+# Kbuild names headers relative to the kernel tree, so it cannot see that
+# objects (and the bindgen output) were built against another tree: when
+# the tree changes (say, the debug flavour after the release one), clean
+# first.  .kdir remembers the last tree.
 define kbuild
 	@set -e; \
 	if [ -n "$(KDIR)" ]; then kdir="$(KDIR)"; else \
 		kdir=$$(scripts/build-kernel.sh $(FLAVOUR)); eval "$$(scripts/deps.sh --env)"; fi; \
+	kdir=$$(cd "$$kdir" && pwd -P); \
+	if [ "$$(cat .kdir 2>/dev/null)" != "$$kdir" ]; then \
+		$(MAKE) -s -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) clean; \
+		rm -f rust/bindings_generated.rs; echo "$$kdir" >.kdir; fi; \
 	$(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) $(1)
 endef
 
@@ -50,6 +58,6 @@ soak:
 clean:
 	@if [ -n "$(KDIR)" ]; then kdir="$(KDIR)"; else kdir=$$(ls -d $(FERRY_CACHE)/kernel/$(FLAVOUR)/linux 2>/dev/null); fi; \
 	if [ -n "$$kdir" ]; then $(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) clean; fi
-	rm -rf out rust/bindings_generated.rs
+	rm -rf out rust/bindings_generated.rs .kdir
 
 .PHONY: all module kernel test demo bench soak clean

@@ -48,12 +48,20 @@ struct FerryModule {
 impl kernel::Module for FerryModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         digest::self_test()?;
-        let registry = KBox::new(group::Registry::new()?, GFP_KERNEL)?;
+        work::init()?;
+        let registry = match group::Registry::new().and_then(|r| Ok(KBox::new(r, GFP_KERNEL)?)) {
+            Ok(r) => r,
+            Err(e) => {
+                work::exit();
+                return Err(e);
+            }
+        };
         REGISTRY.store(KBox::into_raw(registry), Ordering::Release);
         let target = match dm::Registration::new(module) {
             Ok(t) => t,
             Err(e) => {
                 free_registry();
+                work::exit();
                 return Err(e);
             }
         };
@@ -80,6 +88,7 @@ impl Drop for FerryModule {
     fn drop(&mut self) {
         drop(self.target.take());
         free_registry();
+        work::exit();
         pr_info!("ferry: target unregistered\n");
     }
 }

@@ -103,9 +103,14 @@ void ferry_init_delayed_work(struct delayed_work *dwork, void (*fn)(struct work_
 	INIT_DELAYED_WORK(dwork, fn);
 }
 
-bool ferry_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay)
+struct workqueue_struct *ferry_alloc_workqueue(void)
 {
-	return schedule_delayed_work(dwork, delay);
+	return alloc_workqueue("ferry", WQ_MEM_RECLAIM, 0);
+}
+
+bool ferry_queue_delayed_work(struct workqueue_struct *wq, struct delayed_work *dwork, unsigned long delay)
+{
+	return queue_delayed_work(wq, dwork, delay);
 }
 
 struct delayed_work *ferry_to_delayed_work(struct work_struct *work)

@@ -48,9 +48,12 @@ void ferry_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_
 int ferry_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *), const void *arg);
 void ferry_wait_event(struct wait_queue_head *wq, bool (*cond)(const void *), const void *arg);
 
-/* Delayed work on the system workqueue. */
+/* Delayed work on the module's own workqueue (WQ_MEM_RECLAIM: it carries
+ * writes). */
+struct workqueue_struct;
 void ferry_init_delayed_work(struct delayed_work *dwork, void (*fn)(struct work_struct *));
-bool ferry_schedule_delayed_work(struct delayed_work *dwork, unsigned long delay);
+struct workqueue_struct *ferry_alloc_workqueue(void);
+bool ferry_queue_delayed_work(struct workqueue_struct *wq, struct delayed_work *dwork, unsigned long delay);
 struct delayed_work *ferry_to_delayed_work(struct work_struct *work);
 
 /* File operations of /dev/ferry/<group> (functions in chardev.rs). */

@@ -1,13 +1,39 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Delayed work on the system workqueue (`struct delayed_work`), which the
-//! 6.12 kernel crate does not wrap.  The owner of a [`DelayedWork`] embeds
+//! Delayed work (`struct delayed_work`), which the 6.12 kernel crate does
+//! not wrap, on the module's own workqueue: it writes the bitmap and
+//! submits deferred writes, so it is `WQ_MEM_RECLAIM` (it must make
+//! progress when memory is short and writeback waits on it).  The owner of a [`DelayedWork`] embeds
 //! it, names itself with [`DelayedWork::set_owner`], and cancels it with
 //! [`DelayedWork::cancel_sync`] before it goes away.
 
 use crate::bindings as b;
 use core::marker::PhantomPinned;
 use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// The module's workqueue, set between [`init`] and [`exit`].
+static WQ: AtomicPtr<b::workqueue_struct> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Creates the module's workqueue.  Module init, before any work exists.
+pub(crate) fn init() -> Result {
+    // SAFETY: no precondition; returns a new workqueue or null.
+    let wq = unsafe { b::ferry_alloc_workqueue() };
+    if wq.is_null() {
+        return Err(ENOMEM);
+    }
+    WQ.store(wq, Ordering::Release);
+    Ok(())
+}
+
+/// Destroys the module's workqueue.  Module exit, after every work item
+/// was cancelled (every group is gone).
+pub(crate) fn exit() {
+    let wq = WQ.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !wq.is_null() {
+        // SAFETY: `wq` came from `init` and no work is queued on it.
+        unsafe { b::destroy_workqueue(wq) };
+    }
+}
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
@@ -68,8 +94,13 @@ impl<T: Worker> DelayedWork<T> {
 
     /// Runs the work function after `delay` jiffies, unless already queued.
     pub(crate) fn schedule(&self, delay: kernel::time::Jiffies) {
-        // SAFETY: the work item is initialised and pinned.
-        unsafe { b::ferry_schedule_delayed_work(self.dw.get(), delay) };
+        let wq = WQ.load(Ordering::Acquire);
+        if wq.is_null() {
+            return;
+        }
+        // SAFETY: the work item is initialised and pinned; `wq` lives until
+        // module exit, after every group (and work item) is gone.
+        unsafe { b::ferry_queue_delayed_work(wq, self.dw.get(), delay) };
     }
 
     /// Cancels the work and waits for a running instance to finish.  The
