@@ -518,6 +518,48 @@ pub(crate) struct StatusWriter<'a> {
     _p: PhantomData<&'a mut [u8]>,
 }
 
+impl StatusWriter<'_> {
+    /// A writer over device-mapper's result buffer, emptied; `None` for a
+    /// null or empty buffer.
+    ///
+    /// # Safety
+    ///
+    /// `result` points to `maxlen` bytes writable for the life of the writer.
+    unsafe fn from_raw(result: *mut c_char, maxlen: c_uint) -> Option<Self> {
+        let buf = NonNull::new(result.cast::<u8>())?;
+        if maxlen == 0 {
+            return None;
+        }
+        // SAFETY: `maxlen > 0` bytes are writable at `result` (caller).
+        unsafe { buf.as_ptr().write(0) };
+        // INVARIANT: `buf` has `maxlen > 0` writable bytes (caller).
+        Some(Self {
+            buf,
+            cap: maxlen as usize,
+            len: 0,
+            _p: PhantomData,
+        })
+    }
+}
+
+/// The `argc` arguments device-mapper passes to `ctr` and `message`.
+///
+/// # Safety
+///
+/// `argv` holds `argc` NUL-terminated strings that outlive `'a`.
+unsafe fn collect_args<'a>(argc: c_uint, argv: *mut *mut c_char) -> Result<KVec<&'a CStr>> {
+    let argc = argc as usize;
+    let mut args = KVec::with_capacity(argc, GFP_KERNEL)?;
+    for i in 0..argc {
+        // SAFETY: `i < argc` pointers are valid, each a NUL-terminated
+        // string living for `'a` (caller).
+        let arg = unsafe { CStr::from_ptr((*argv.add(i)).cast()) };
+        // Cannot fail: the capacity is reserved.
+        args.push(arg, GFP_KERNEL)?;
+    }
+    Ok(args)
+}
+
 impl fmt::Write for StatusWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for &byte in s.as_bytes() {
@@ -578,35 +620,17 @@ impl<T: Target> VTable<T> {
             e.err.to_errno()
         };
 
-        let argc = argc as usize;
-        let mut args: KVec<&CStr> = match KVec::with_capacity(argc, GFP_KERNEL) {
-            Ok(v) => v,
-            Err(_) => {
-                return fail(
-                    &mut ctr,
-                    CtrError {
-                        msg: c"Cannot allocate argument list",
-                        err: ENOMEM,
-                    },
-                )
-            }
+        // SAFETY: device-mapper passes `argc` strings in `argv` that outlive
+        // the constructor.
+        let Ok(args) = (unsafe { collect_args(argc, argv) }) else {
+            return fail(
+                &mut ctr,
+                CtrError {
+                    msg: c"Cannot allocate argument list",
+                    err: ENOMEM,
+                },
+            );
         };
-        for i in 0..argc {
-            // SAFETY: `argv` holds `argc` pointers (device-mapper's contract).
-            let p = unsafe { *argv.add(i) };
-            // SAFETY: each is a NUL-terminated string that outlives `ctr`.
-            let arg = unsafe { CStr::from_ptr(p.cast()) };
-            // Cannot fail: capacity was reserved above.
-            if args.push(arg, GFP_KERNEL).is_err() {
-                return fail(
-                    &mut ctr,
-                    CtrError {
-                        msg: c"Cannot allocate argument list",
-                        err: ENOMEM,
-                    },
-                );
-            }
-        }
 
         // One pointer per bio: the object `map` attaches for `end_io`.
         ctr.ti_mut().per_io_data_size = core::mem::size_of::<*const c_void>() as c_uint;
@@ -730,33 +754,14 @@ impl<T: Target> VTable<T> {
     ) -> c_int {
         // SAFETY: as in `map`.
         let target = unsafe { &*(*ti).private.cast::<T>() };
-        let Some(buf) = NonNull::new(result.cast::<u8>()) else {
+        // SAFETY: `result` has `maxlen` writable bytes (caller).
+        let Some(mut out) = (unsafe { StatusWriter::from_raw(result, maxlen) }) else {
             return EINVAL.to_errno();
         };
-        if maxlen == 0 {
-            return EINVAL.to_errno();
-        }
-        // SAFETY: `maxlen > 0` bytes are writable at `result`.
-        unsafe { buf.as_ptr().write(0) };
-        // INVARIANT: `buf` has `maxlen > 0` writable bytes.
-        let mut out = StatusWriter {
-            buf,
-            cap: maxlen as usize,
-            len: 0,
-            _p: PhantomData,
+        // SAFETY: `argv` holds `argc` strings that outlive the call.
+        let Ok(args) = (unsafe { collect_args(argc, argv) }) else {
+            return ENOMEM.to_errno();
         };
-        let mut args: KVec<&CStr> = match KVec::with_capacity(argc as usize, GFP_KERNEL) {
-            Ok(v) => v,
-            Err(_) => return ENOMEM.to_errno(),
-        };
-        for i in 0..argc as usize {
-            // SAFETY: `argv` holds `argc` NUL-terminated strings that
-            // outlive the call.
-            let arg = unsafe { CStr::from_ptr((*argv.add(i)).cast()) };
-            if args.push(arg, GFP_KERNEL).is_err() {
-                return ENOMEM.to_errno();
-            }
-        }
         match target.message(&args, &mut out) {
             Ok(()) => 0,
             Err(e) => e.to_errno(),
@@ -775,20 +780,9 @@ impl<T: Target> VTable<T> {
     ) {
         // SAFETY: as in `map`.
         let target = unsafe { &*(*ti).private.cast::<T>() };
-        let Some(buf) = NonNull::new(result.cast::<u8>()) else {
+        // SAFETY: `result` has `maxlen` writable bytes (caller).
+        let Some(mut out) = (unsafe { StatusWriter::from_raw(result, maxlen) }) else {
             return;
-        };
-        if maxlen == 0 {
-            return;
-        }
-        // SAFETY: `maxlen > 0` bytes are writable at `result`.
-        unsafe { buf.as_ptr().write(0) };
-        // INVARIANT: `buf` has `maxlen > 0` writable bytes (caller).
-        let mut out = StatusWriter {
-            buf,
-            cap: maxlen as usize,
-            len: 0,
-            _p: PhantomData,
         };
         let ty = match ty {
             b::status_type_t_STATUSTYPE_INFO => StatusType::Info,

@@ -166,12 +166,8 @@ struct Ring {
 
 impl Ring {
     fn new(capacity: usize) -> Result<Self> {
-        let mut slots = KVVec::with_capacity(capacity, GFP_KERNEL)?;
-        for _ in 0..capacity {
-            slots.push(None, GFP_KERNEL)?;
-        }
         Ok(Self {
-            slots,
+            slots: KVVec::from_elem(None, capacity, GFP_KERNEL)?,
             head: 0,
             len: 0,
             sent: 0,
@@ -327,12 +323,8 @@ fn set_bits(words: &mut [u64], nbits: u64, first: u64, n: u64) {
     }
 }
 
-fn zeroed_words(n: usize) -> Result<KVVec<u64>> {
-    let mut v = KVVec::with_capacity(n, GFP_KERNEL)?;
-    for _ in 0..n {
-        v.push(0u64, GFP_KERNEL)?;
-    }
-    Ok(v)
+fn zeroed_words(n: usize) -> Result<KVVec<u64>, kernel::alloc::AllocError> {
+    KVVec::from_elem(0u64, n, GFP_KERNEL)
 }
 
 /// The meta device of a stream, for process-context I/O under the group's
@@ -519,6 +511,21 @@ pub(crate) struct Group {
     members: AtomicUsize,
 }
 
+/// A device joining its group.
+pub(crate) struct Member {
+    /// `device_id`.
+    pub(crate) id: u32,
+    /// The data device's number (a reload of the same device shares its
+    /// stream).
+    pub(crate) devt: u32,
+    pub(crate) role: Role,
+    /// Length of the target, sectors.
+    pub(crate) sectors: u64,
+    /// log2 of the chunk size in sectors.
+    pub(crate) chunk_shift: u32,
+    pub(crate) meta: BdevRef,
+}
+
 /// Why a device could not join a group.
 pub(crate) enum JoinError {
     /// `spool_mb`, `overflow` or `checkpoint_ms` differ from the group's.
@@ -622,16 +629,15 @@ impl Group {
     /// Adds device `id` (data device `devt`) of `role`, covering `sectors`
     /// sectors in chunks of `1 << chunk_shift` sectors.  A second target
     /// for the same device (a table reload) shares its stream.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn join(
-        &self,
-        id: u32,
-        devt: u32,
-        role: Role,
-        sectors: u64,
-        chunk_shift: u32,
-        meta_dev: BdevRef,
-    ) -> core::result::Result<(), JoinError> {
+    pub(crate) fn join(&self, m: &Member) -> core::result::Result<(), JoinError> {
+        let Member {
+            id,
+            devt,
+            role,
+            sectors,
+            chunk_shift,
+            meta: meta_dev,
+        } = *m;
         let mut ctl = self.ctl.lock();
         let i = id as usize;
         if ctl.users[i] > 0 {
@@ -658,10 +664,7 @@ impl Group {
         let want = zeroed_words(words).map_err(nm)?;
         let touch = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
         let pages = words.div_ceil(WORDS_PER_PAGE);
-        let mut changed = KVVec::with_capacity(pages, GFP_KERNEL).map_err(nm)?;
-        for _ in 0..pages {
-            changed.push(false, GFP_KERNEL).map_err(nm)?;
-        }
+        let changed = KVVec::from_elem(false, pages, GFP_KERNEL).map_err(nm)?;
         let mut sm = StreamMeta {
             dev: meta_dev,
             page: Page::alloc_page(GFP_KERNEL).map_err(|_| JoinError::NoMemory)?,
@@ -676,13 +679,7 @@ impl Group {
                 acked_dev_seq: 0,
             },
             changed,
-            wsnap: {
-                let mut v = KVec::with_capacity(WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?;
-                for _ in 0..WORDS_PER_PAGE {
-                    v.push(0u64, GFP_KERNEL).map_err(nm)?;
-                }
-                v
-            },
+            wsnap: KVec::from_elem(0u64, WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?,
         };
         let loaded = self.load_meta(&mut sm, &mut ondisk, pages)?;
         for (d, o) in dirty.iter_mut().zip(ondisk.iter()) {
@@ -807,8 +804,11 @@ impl Group {
         {
             let mut metas = self.meta.lock();
             self.sweep_stream(&mut metas, i, true);
-            let ahead = self.state.lock().mode == RepMode::Ahead;
-            let acked = self.state.lock().stream(id).map_or(0, |s| s.acked);
+            let (ahead, acked) = {
+                let mut st = self.state.lock();
+                let ahead = st.mode == RepMode::Ahead;
+                (ahead, st.stream(id).map_or(0, |s| s.acked))
+            };
             if let Some(Some(sm)) = metas.get_mut(i) {
                 sm.sb.acked_dev_seq = sm.sb.acked_dev_seq.max(acked);
                 if ahead {
@@ -1634,18 +1634,12 @@ impl Registry {
     /// Joins device `id` to the group named `name`, created with `settings`
     /// if it does not exist; the `given` settings must match an existing
     /// group's.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn join(
         &self,
         name: &[u8],
         settings: Settings,
         given: Given,
-        id: u32,
-        devt: u32,
-        role: Role,
-        sectors: u64,
-        chunk_shift: u32,
-        meta_dev: BdevRef,
+        m: &Member,
     ) -> core::result::Result<Arc<Group>, JoinError> {
         let mut groups = self.groups.lock();
         let found = groups.iter().flatten().find(|g| g.name() == name).cloned();
@@ -1662,7 +1656,7 @@ impl Registry {
             }
             None => (Group::create(name, settings).map_err(JoinError::Create)?, true),
         };
-        if let Err(e) = g.join(id, devt, role, sectors, chunk_shift, meta_dev) {
+        if let Err(e) = g.join(m) {
             if created {
                 g.shutdown();
             }
@@ -1675,7 +1669,7 @@ impl Registry {
                 None => groups.push(Some(g.clone()), GFP_KERNEL).is_ok(),
             };
             if !stored {
-                g.leave(id);
+                g.leave(m.id);
                 g.shutdown();
                 return Err(JoinError::NoMemory);
             }

@@ -106,8 +106,8 @@ impl Payload {
         let mut left = self.len;
         for page in self.pages.iter() {
             let n = left.min(PAGE_SIZE);
-            // Bounce through the stack-free path: map, copy, unmap.  The
-            // user copy may fault, which `kmap_local` mappings allow.
+            // The user copy may fault and sleep, which `kmap_local`
+            // mappings allow.
             with_mapped(page.as_ptr().cast(), |bytes| out.write_slice(&bytes[..n]))?;
             left -= n;
         }

@@ -15,7 +15,9 @@ use crate::dm::{
     Bio, Ctr, CtrError, DmDev, HeldBio, IterateDevices, MapResult, Op, StatusType, StatusWriter,
     Target,
 };
-use crate::group::{self, DeviceStatus, Given, Group, JoinError, Record, RepMode, Settings};
+use crate::group::{
+    self, DeviceStatus, Given, Group, JoinError, Member, Record, RepMode, Settings,
+};
 use crate::payload::Payload;
 use core::ffi::CStr;
 use core::fmt::Write;
@@ -200,12 +202,14 @@ impl Ferry {
                 name,
                 settings,
                 given,
-                t.device_id,
-                data.devt(),
-                t.role,
-                ctr.len(),
-                chunk_shift,
-                meta.bdev_ref(),
+                &Member {
+                    id: t.device_id,
+                    devt: data.devt(),
+                    role: t.role,
+                    sectors: ctr.len(),
+                    chunk_shift,
+                    meta: meta.bdev_ref(),
+                },
             )
             .map_err(|e| match e {
                 JoinError::Settings => CtrError::inval(

@@ -8,10 +8,14 @@ T="0 65536 ferry /dev/vda /dev/vdc 4 group gm checkpoint_ms 0"
 kmark m1
 dm create m0 --table "$T" || fail "create"
 klog_since m1 | grep -q "formatted its meta device" || fail "no format message"
-# Ten writes, each in its own 64 KiB chunk; nobody acknowledges them.
-for i in 0 1 2 3 4 5 6 7 8 9; do
-	dd if=/dev/urandom of=/dev/mapper/m0 bs=4k count=1 seek=$((i * 32)) oflag=direct 2>/dev/null
-done
+# Ten writes, each in its own 64 KiB chunk.
+ten_writes() {
+	for i in 0 1 2 3 4 5 6 7 8 9; do
+		dd if=/dev/urandom of=/dev/mapper/m0 bs=4k count=1 seek=$((i * 32)) oflag=direct 2>/dev/null
+	done
+}
+# Nobody acknowledges them.
+ten_writes
 bits() { dd if=/dev/vdc bs=4k skip=256 count=1 iflag=direct 2>/dev/null | od -An -v -tu1 | tr -s ' ' '\n' |
 	awk 'NF { n += ($1 % 2) + int($1 / 2) % 2 + int($1 / 4) % 2 + int($1 / 8) % 2 + int($1 / 16) % 2 + int($1 / 32) % 2 + int($1 / 64) % 2 + int($1 / 128) % 2 } END { print n + 0 }'; }
 [ "$(bits)" = 10 ] || fail "on-disk bitmap has $(bits) bits after 10 unacknowledged writes"
@@ -27,9 +31,7 @@ dm remove m0
 meta_wipe /dev/vdc
 dm create m0 --table "$T" || fail "create"
 reader_start gm /tmp/m.log
-for i in 0 1 2 3 4 5 6 7 8 9; do
-	dd if=/dev/urandom of=/dev/mapper/m0 bs=4k count=1 seek=$((i * 32)) oflag=direct 2>/dev/null
-done
+ten_writes
 reader_stop
 n=10
 for i in $(seq 1 10); do n=$(bits); [ "$n" = 0 ] && break; sleep 1; done
