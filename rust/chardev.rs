@@ -18,8 +18,14 @@ use kernel::uaccess::UserSlice;
 /// Longest `name` of the misc device (`ferry-<group>`) with its NUL.
 const NAME_LEN: usize = 48;
 
-/// Largest `write(2)` the device takes at once: many commands back to back.
+/// Largest `write(2)` of commands the device takes at once: many commands
+/// back to back.
 pub(crate) const WRITE_MAX: usize = 4096;
+
+/// Largest `write(2)` at all: one record of the largest bio the target
+/// accepts (1 MiB), which a secondary applies.
+const WRITE_RECORD_MAX: usize =
+    ferry_core::record::HEADER_LEN + (1 << 20) + ferry_core::record::TAIL_LEN;
 
 /// The misc device of a group.
 #[pin_data]
@@ -199,11 +205,15 @@ unsafe extern "C" fn ferry_chardev_write(
 ) -> isize {
     // SAFETY: see `file_group`.
     let group = unsafe { file_group(file) };
-    if len > WRITE_MAX {
+    if len > WRITE_RECORD_MAX {
         return EINVAL.to_errno() as isize;
     }
-    let mut cmds = KVec::new();
-    if let Err(e) = UserSlice::new(buf as usize, len).read_all(&mut cmds, GFP_KERNEL) {
+    // A record may be 1 MiB: virtually contiguous memory.
+    let mut cmds = match KVVec::from_elem(0u8, len, GFP_KERNEL) {
+        Ok(v) => v,
+        Err(_) => return ENOMEM.to_errno() as isize,
+    };
+    if let Err(e) = UserSlice::new(buf as usize, len).reader().read_slice(&mut cmds) {
         return e.to_errno() as isize;
     }
     match group.write(&cmds) {

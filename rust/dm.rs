@@ -43,6 +43,9 @@ pub(crate) enum MapResult<Io> {
     /// A `REQ_NOWAIT` bio that would have to wait: it fails with
     /// `BLK_STS_AGAIN` and the submitter retries without the flag.
     WouldBlock,
+    /// The bio is refused: it fails with `BLK_STS_NOTSUPP` (`EOPNOTSUPP`),
+    /// e.g. a host write to a secondary.
+    Refuse,
     /// The bio (already remapped) is handed to [`Target::defer`], which
     /// submits it later from process context; the object goes to `end_io`
     /// as for `Remapped`.
@@ -495,6 +498,77 @@ impl BdevRef {
     }
 }
 
+impl BdevRef {
+    /// Writes `payload` at `sector` and waits (`REQ_SYNC`, not durable
+    /// until [`flush`](Self::flush)).  Process context only.
+    pub(crate) fn write_payload(&self, sector: u64, payload: &crate::payload::Payload) -> Result {
+        let n = crate::payload::Payload::pages_for(payload.len());
+        if n == 0 {
+            return Ok(());
+        }
+        let nr_vecs = u16::try_from(n).map_err(|_| EINVAL)?;
+        let op = b::req_op_REQ_OP_WRITE | (1u32 << b::req_flag_bits___REQ_SYNC);
+        // SAFETY: a constant defined in helpers.c.
+        let gfp = unsafe { b::ferry_gfp_noio };
+        // SAFETY: as in `page_io`; `nr_vecs <= 256` (a payload is at most
+        // 1 MiB), within BIO_MAX_VECS.
+        let bio = unsafe {
+            b::bio_alloc_bioset(
+                self.0.as_ptr(),
+                nr_vecs,
+                op,
+                gfp,
+                core::ptr::addr_of_mut!(b::fs_bio_set),
+            )
+        };
+        let Some(bio) = NonNull::new(bio) else {
+            return Err(ENOMEM);
+        };
+        // SAFETY: `bio` is ours.
+        unsafe { (*bio.as_ptr()).bi_iter.bi_sector = sector };
+        payload.for_each_page(|page, len| {
+            // SAFETY: `bio` has room for `n` vectors, one per page; the
+            // pages belong to `payload`, which outlives the synchronous I/O.
+            unsafe { b::__bio_add_page(bio.as_ptr(), page, len as c_uint, 0) };
+        });
+        // SAFETY: `bio` is fully set up; we wait for it and then drop it.
+        let r = unsafe { b::submit_bio_wait(bio.as_ptr()) };
+        // SAFETY: our reference from `bio_alloc_bioset`.
+        unsafe { b::bio_put(bio.as_ptr()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_errno(r))
+        }
+    }
+
+    /// Flushes the device's volatile cache and waits.
+    pub(crate) fn flush(&self) -> Result {
+        // SAFETY: the device is open (type invariant); process context.
+        errno(unsafe { b::ferry_blkdev_flush(self.0.as_ptr()) })
+    }
+
+    /// Zeroes `nr` sectors at `sector` and waits.
+    pub(crate) fn zeroout(&self, sector: u64, nr: u64) -> Result {
+        // SAFETY: as in `flush`.
+        errno(unsafe { b::ferry_blkdev_zeroout(self.0.as_ptr(), sector, nr) })
+    }
+
+    /// Discards `nr` sectors at `sector` (nothing when unsupported).
+    pub(crate) fn discard(&self, sector: u64, nr: u64) -> Result {
+        // SAFETY: as in `flush`.
+        errno(unsafe { b::ferry_blkdev_discard(self.0.as_ptr(), sector, nr) })
+    }
+}
+
+fn errno(r: c_int) -> Result {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Error::from_errno(r))
+    }
+}
+
 impl DmDev {
     /// A handle for synchronous I/O, valid while this `DmDev` (or another
     /// on the same device) stays open.
@@ -705,6 +779,12 @@ impl<T: Target> VTable<T> {
                 // INVARIANT: returning DM_MAPIO_SUBMITTED below gives the
                 // bio to the target, which `defer` hands it to.
                 target.defer(HeldBio { bio: bio.bio });
+                b::DM_MAPIO_SUBMITTED as c_int
+            }
+            MapResult::Refuse => {
+                // SAFETY: the bio is ours; the helper completes it with
+                // BLK_STS_NOTSUPP and we report it as submitted.
+                unsafe { b::ferry_bio_refuse(bio.bio.as_ptr()) };
                 b::DM_MAPIO_SUBMITTED as c_int
             }
             MapResult::WouldBlock => {

@@ -5,6 +5,12 @@
 //! by the secondary, the log-before-data gate, checkpoint and
 //! consistency-point markers, and the character device `ferryd` reads.
 //!
+//! A group may instead be a **secondary**: host writes are refused, and
+//! `ferryd` applies whole checkpoint intervals through the character device
+//! (`APPLY_BEGIN`, the interval's records, `APPLY_END`) under an
+//! update-in-progress mark kept on every member's meta device; host reads
+//! wait while an interval is applied.  `promote` turns it into a primary.
+//!
 //! # Sequencing at completion
 //!
 //! A record gets its `dev_seq`, `group_seq` and timestamp when its write
@@ -37,6 +43,7 @@ use crate::payload::{with_mapped, Payload};
 use crate::sync::{IrqSpinLock, WaitQueue};
 use crate::work::{DelayedWork, WorkId, Worker};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LEN};
 use ferry_core::command::{Command, CommandError, Commands};
 use ferry_core::bitmap::{chunks_of, words_for, ChunkBitmap};
 use ferry_core::gate::{may_release, DeviceClass, Watermark};
@@ -404,6 +411,12 @@ struct State {
     cp_id: u64,
     /// Writes waiting for their chunks' bits to reach the meta device.
     held: HeldList,
+    /// Secondary: an interval is being applied; host reads wait.
+    applying: bool,
+    /// Secondary: host reads submitted and not completed.
+    reads_submitted: u64,
+    /// Secondary: host reads held until the interval is applied.
+    held_reads: HeldList,
 }
 
 impl State {
@@ -468,8 +481,18 @@ impl State {
     }
 }
 
+/// A member's data device, for the secondary's apply path.
+#[derive(Clone, Copy)]
+struct DataDev {
+    dev: BdevRef,
+    offset: u64,
+    sectors: u64,
+}
+
 /// Control state, process context only.
 struct Ctl {
+    /// Each member's data device.
+    data: [Option<DataDev>; MAX_DEVICES as usize],
     /// Targets using each device id (a reload briefly has two).
     users: [u32; MAX_DEVICES as usize],
     /// The data device each device id stands for.
@@ -509,6 +532,19 @@ pub(crate) struct Group {
     /// Commands rejected, by any cause.
     rejected: AtomicU64,
     members: AtomicUsize,
+    /// The group is a secondary (until promoted).
+    secondary: AtomicBool,
+    /// Secondary: the apply state, mirrored by the marks on the meta
+    /// devices.  Taken before `ctl`.
+    #[pin]
+    apply: Mutex<IntervalApply>,
+    /// Secondary: woken when the last submitted host read completes.
+    #[pin]
+    quiet: WaitQueue,
+    /// Attached to host reads of a secondary, to count them at completion.
+    read_token: Arc<Record>,
+    /// Secondary: records applied, per device.
+    applied_records: [AtomicU64; MAX_DEVICES as usize],
 }
 
 /// A device joining its group.
@@ -524,6 +560,12 @@ pub(crate) struct Member {
     /// log2 of the chunk size in sectors.
     pub(crate) chunk_shift: u32,
     pub(crate) meta: BdevRef,
+    /// The data device and the target's offset in it (the secondary
+    /// writes there).
+    pub(crate) data: BdevRef,
+    pub(crate) data_offset: u64,
+    /// The table says `mode secondary`.
+    pub(crate) secondary: bool,
 }
 
 /// Why a device could not join a group.
@@ -542,10 +584,12 @@ pub(crate) enum JoinError {
     MetaIo,
     /// The meta device's superblock is another device's.
     MetaMismatch,
+    /// `mode primary` for a secondary group, or the reverse.
+    Site,
 }
 
 impl Group {
-    fn create(name: &[u8], settings: Settings) -> Result<Arc<Self>> {
+    fn create(name: &[u8], settings: Settings, secondary: bool) -> Result<Arc<Self>> {
         let d = KernelDigest;
         let id = record::group_id_of_name(&d, name);
         let key = GroupKey::derive(&d, id, &[]).map_err(|_| EINVAL)?;
@@ -558,6 +602,7 @@ impl Group {
             streams.push(None, GFP_KERNEL)?;
             metas.push(None, GFP_KERNEL)?;
         }
+        let read_token = Arc::new(Record::new(RecordKind::Flush, u32::MAX, Role::Data), GFP_KERNEL)?;
         let g = Arc::pin_init(
             pin_init!(Self {
                 work <- DelayedWork::new(WorkId::Tick),
@@ -578,10 +623,14 @@ impl Group {
                     applied_epoch: 0,
                     cp_id: 0,
                     held: HeldList::new(),
+                    applying: false,
+                    reads_submitted: 0,
+                    held_reads: HeldList::new(),
                 }),
                 readable <- WaitQueue::new(),
                 space <- WaitQueue::new(),
                 ctl <- new_mutex!(Ctl {
+                    data: [None; MAX_DEVICES as usize],
                     users: [0; MAX_DEVICES as usize],
                     devt: [0; MAX_DEVICES as usize],
                     reader_open: false,
@@ -593,6 +642,11 @@ impl Group {
                 dropped: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 members: AtomicUsize::new(0),
+                secondary: AtomicBool::new(secondary),
+                apply <- new_mutex!(IntervalApply::new(0)),
+                quiet <- WaitQueue::new(),
+                read_token,
+                applied_records: [const { AtomicU64::new(0) }; MAX_DEVICES as usize],
             }),
             GFP_KERNEL,
         )?;
@@ -637,8 +691,15 @@ impl Group {
             sectors,
             chunk_shift,
             meta: meta_dev,
+            data,
+            data_offset,
+            secondary,
         } = *m;
+        let mut apply = self.apply.lock();
         let mut ctl = self.ctl.lock();
+        if secondary != self.is_secondary() {
+            return Err(JoinError::Site);
+        }
         let i = id as usize;
         if ctl.users[i] > 0 {
             if ctl.devt[i] != devt {
@@ -650,6 +711,13 @@ impl Group {
             }
             drop(st);
             ctl.users[i] += 1;
+            if let Some(slot) = ctl.data.get_mut(i) {
+                *slot = Some(DataDev {
+                    dev: data,
+                    offset: data_offset,
+                    sectors,
+                });
+            }
             return Ok(());
         }
         let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
@@ -682,6 +750,14 @@ impl Group {
             wsnap: KVec::from_elem(0u64, WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?,
         };
         let loaded = self.load_meta(&mut sm, &mut ondisk, pages)?;
+        if secondary {
+            let mark = Self::read_mark(&sm).map_err(|_| JoinError::MetaIo)?;
+            *apply = Self::merge_marks(apply.mark(), mark);
+            if !apply.may_read() {
+                self.state.lock().applying = true;
+            }
+        }
+        drop(apply);
         for (d, o) in dirty.iter_mut().zip(ondisk.iter()) {
             *d = *o;
         }
@@ -719,6 +795,14 @@ impl Group {
         }
         ctl.users[i] = 1;
         ctl.devt[i] = devt;
+        if let Some(slot) = ctl.data.get_mut(i) {
+            *slot = Some(DataDev {
+                dev: data,
+                offset: data_offset,
+                sectors,
+            });
+        }
+        self.applied_records[i].store(0, Relaxed);
         self.members.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -798,6 +882,9 @@ impl Group {
         ctl.users[i] = ctl.users[i].saturating_sub(1);
         if ctl.users[i] > 0 {
             return false;
+        }
+        if let Some(slot) = ctl.data.get_mut(i) {
+            *slot = None;
         }
         // Last chance to clear acknowledged chunks, then the superblock
         // says how the device was left.
@@ -1173,13 +1260,16 @@ impl Group {
     /// Whether a record can be read now (or the group is gone: end of
     /// stream).
     pub(crate) fn readable(&self) -> bool {
-        self.dead.load(Relaxed) || self.state.lock().next_releasable().is_some()
+        self.dead.load(Relaxed) || self.is_secondary() || self.state.lock().next_releasable().is_some()
     }
 
     /// `read(2)`: whole framed records, in group order through the gate,
     /// as many as fit in `len` bytes.  Blocks for the first one unless
     /// `nonblock`.  A buffer too small for the next record: `EINVAL`.
     pub(crate) fn read(&self, out: &mut UserSliceWriter, len: usize, nonblock: bool) -> Result<usize> {
+        if self.is_secondary() {
+            return self.secondary_state(out, len);
+        }
         loop {
             let ctl = self.ctl.lock();
             let done = self.read_locked(out, len)?;
@@ -1263,6 +1353,12 @@ impl Group {
         if buf.is_empty() {
             return Err(EINVAL);
         }
+        if self.is_secondary() {
+            return self.secondary_write(buf);
+        }
+        if buf.len() > crate::chardev::WRITE_MAX {
+            return Err(EINVAL);
+        }
         {
             let st = self.state.lock();
             for c in Commands::new(buf) {
@@ -1295,6 +1391,7 @@ impl Group {
             Command::Applied { epoch } if epoch >= st.epoch => Err(ERANGE),
             // Leaving `ahead` needs a resync, which this version does not have.
             Command::Start { .. } if st.mode == RepMode::Ahead => Err(eopnotsupp()),
+            Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => Err(eopnotsupp()),
             _ => Ok(()),
         }
     }
@@ -1351,6 +1448,7 @@ impl Group {
                 let mut st = self.state.lock();
                 self.enter_ahead(&mut st, "replication stopped");
             }
+            Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => return Err(eopnotsupp()),
         }
         Ok(())
     }
@@ -1374,6 +1472,325 @@ impl Group {
             rejected: self.rejected.load(Relaxed),
         }
     }
+}
+
+/// What a host read of a secondary does.
+pub(crate) enum ReadGate {
+    /// Go to the data device now, carrying the token.
+    Go(Arc<Record>),
+    /// Wait (deferred) until the interval being applied is complete.
+    Hold(Arc<Record>),
+}
+
+/// Size of what `read(2)` returns on a secondary's character device: the
+/// apply mark, then the members as a bit mask (u64 LE).
+pub(crate) const SECONDARY_STATE_LEN: usize = APPLY_MARK_LEN + 8;
+
+/// The secondary side of a group.
+impl Group {
+    /// Whether the group is a secondary.
+    pub(crate) fn is_secondary(&self) -> bool {
+        self.secondary.load(Relaxed)
+    }
+
+    /// Whether `rec` is the token `map` attaches to a secondary's reads.
+    pub(crate) fn is_read_token(&self, rec: &Arc<Record>) -> bool {
+        Arc::ptr_eq(rec, &self.read_token)
+    }
+
+    /// `map` of a host read: it goes now, or waits for the interval being
+    /// applied.  Never sleeps.
+    pub(crate) fn secondary_read(&self) -> ReadGate {
+        let mut st = self.state.lock();
+        if st.applying {
+            ReadGate::Hold(self.read_token.clone())
+        } else {
+            st.reads_submitted += 1;
+            ReadGate::Go(self.read_token.clone())
+        }
+    }
+
+    /// Takes a read `map` held; submits it at once if the interval ended
+    /// meanwhile.
+    pub(crate) fn hold_read(&self, bio: HeldBio) {
+        let mut st = self.state.lock();
+        if st.applying {
+            st.held_reads.push(bio);
+        } else {
+            st.reads_submitted += 1;
+            drop(st);
+            bio.submit();
+        }
+    }
+
+    /// A host read completed.
+    pub(crate) fn read_done(&self) {
+        let mut st = self.state.lock();
+        st.reads_submitted = st.reads_submitted.saturating_sub(1);
+        let quiet = st.reads_submitted == 0;
+        drop(st);
+        if quiet {
+            self.quiet.wake_all();
+        }
+    }
+
+    /// Reads the apply mark of a member's meta device: copy A, else copy B,
+    /// else (a device never applied to) idle at interval 0.
+    fn read_mark(sm: &StreamMeta) -> Result<ApplyMark> {
+        let d = KernelDigest;
+        for sector in meta::APPLY_MARK_SECTORS {
+            let m = meta_read(&sm.dev, &sm.page, sector, |b| ApplyMark::decode(b, &d).ok())?;
+            if let Some(m) = m {
+                return Ok(m);
+            }
+        }
+        Ok(IntervalApply::new(0).mark())
+    }
+
+    /// The group's apply state from the marks of its members: an interval
+    /// in progress on any device is in progress for the group (it is
+    /// redone); otherwise the highest interval applied.
+    fn merge_marks(cur: ApplyMark, m: ApplyMark) -> IntervalApply {
+        let pick = match (cur.state, m.state) {
+            (ApplyState::InProgress { epoch: a }, ApplyState::InProgress { epoch: b }) => {
+                if b > a {
+                    m
+                } else {
+                    cur
+                }
+            }
+            (ApplyState::InProgress { .. }, ApplyState::Idle) => cur,
+            (ApplyState::Idle, ApplyState::InProgress { .. }) => m,
+            (ApplyState::Idle, ApplyState::Idle) => {
+                if m.applied > cur.applied {
+                    m
+                } else {
+                    cur
+                }
+            }
+        };
+        IntervalApply::recover(pick).0
+    }
+
+    /// Writes `mark` durably to every member's meta device, copy A then
+    /// copy B on each.
+    fn write_marks(&self, mark: ApplyMark) -> Result {
+        let d = KernelDigest;
+        let mut enc = [0u8; APPLY_MARK_LEN];
+        mark.encode(&d, &mut enc);
+        let metas = self.meta.lock();
+        for sm in metas.iter().flatten() {
+            for sector in meta::APPLY_MARK_SECTORS {
+                meta_write(&sm.dev, &sm.page, sector, |b| {
+                    b.fill(0);
+                    b[..APPLY_MARK_LEN].copy_from_slice(&enc);
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `APPLY_BEGIN epoch`: the mark goes to every meta device, host reads
+    /// are held, and the reads already submitted are waited for.  Beginning
+    /// the interval already in progress (a redo after a crash) is allowed.
+    fn apply_begin(&self, epoch: u64) -> Result {
+        let mut apply = self.apply.lock();
+        match apply.state() {
+            ApplyState::InProgress { epoch: e } if e == epoch => {}
+            ApplyState::InProgress { .. } => return Err(EBUSY),
+            ApplyState::Idle => {
+                let before = *apply;
+                let mark = apply.begin(epoch).map_err(|_| ERANGE)?;
+                if let Err(e) = self.write_marks(mark) {
+                    *apply = before;
+                    return Err(e);
+                }
+            }
+        }
+        self.state.lock().applying = true;
+        self.quiet.wait(&|| self.state.lock().reads_submitted == 0);
+        Ok(())
+    }
+
+    /// `APPLY_END epoch`: the data devices are flushed, the mark is cleared
+    /// on every meta device, and the held reads go.
+    fn apply_end(&self, epoch: u64) -> Result {
+        let mut apply = self.apply.lock();
+        if apply.state() != (ApplyState::InProgress { epoch }) {
+            return Err(ERANGE);
+        }
+        let devs = self.ctl.lock().data;
+        for dd in devs.iter().flatten() {
+            dd.dev.flush()?;
+        }
+        let before = *apply;
+        let mark = apply.finish(epoch).map_err(|_| ERANGE)?;
+        if let Err(e) = self.write_marks(mark) {
+            *apply = before;
+            return Err(e);
+        }
+        let mut held = {
+            let mut st = self.state.lock();
+            st.applying = false;
+            st.applied_epoch = epoch;
+            let held = st.held_reads.take();
+            held
+        };
+        while let Some(bio) = held.pop() {
+            self.state.lock().reads_submitted += 1;
+            bio.submit();
+        }
+        Ok(())
+    }
+
+    /// One record of the interval in progress, written (or done) on its
+    /// device before the call returns.  Checked whole first: magic,
+    /// checksums and signatures (`EBADMSG`), one record exactly, a member
+    /// device and a range inside it (`EINVAL`), the open interval's epoch
+    /// (`ERANGE`).
+    fn apply_record(&self, buf: &[u8]) -> Result {
+        let d = KernelDigest;
+        let rec = record::decode_record(buf, &self.key, &d).map_err(|_| ebadmsg())?;
+        let h = rec.header;
+        if rec.len != buf.len() {
+            return Err(EINVAL);
+        }
+        let apply = self.apply.lock();
+        if apply.state() != (ApplyState::InProgress { epoch: h.epoch }) {
+            return Err(ERANGE);
+        }
+        let dd = self
+            .ctl
+            .lock()
+            .data
+            .get(h.device_id as usize)
+            .copied()
+            .flatten()
+            .ok_or(EINVAL)?;
+        let nr = u64::from(h.nr_sectors);
+        let in_range = h.sector.checked_add(nr).is_some_and(|end| end <= dd.sectors);
+        let at = dd.offset + h.sector;
+        match h.kind {
+            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes if !in_range => {
+                return Err(EINVAL)
+            }
+            RecordKind::Write => {
+                let p = Payload::from_slice(rec.payload).map_err(|_| ENOMEM)?;
+                dd.dev.write_payload(at, &p)?;
+            }
+            RecordKind::Discard => dd.dev.discard(at, nr)?,
+            RecordKind::WriteZeroes => dd.dev.zeroout(at, nr)?,
+            RecordKind::Flush => dd.dev.flush()?,
+            RecordKind::Checkpoint | RecordKind::ConsistencyPoint => {}
+        }
+        drop(apply);
+        if let Some(c) = self.applied_records.get(h.device_id as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `read(2)` of a secondary: its state ([`SECONDARY_STATE_LEN`] bytes).
+    fn secondary_state(&self, out: &mut UserSliceWriter, len: usize) -> Result<usize> {
+        if len < SECONDARY_STATE_LEN {
+            return Err(EINVAL);
+        }
+        let mark = self.apply.lock().mark();
+        let members = {
+            let ctl = self.ctl.lock();
+            ctl.users
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| **u > 0)
+                .fold(0u64, |m, (i, _)| m | 1 << i)
+        };
+        let mut b = [0u8; SECONDARY_STATE_LEN];
+        let mut enc = [0u8; APPLY_MARK_LEN];
+        mark.encode(&KernelDigest, &mut enc);
+        b[..APPLY_MARK_LEN].copy_from_slice(&enc);
+        b[APPLY_MARK_LEN..].copy_from_slice(&members.to_le_bytes());
+        out.write_slice(&b)?;
+        Ok(SECONDARY_STATE_LEN)
+    }
+
+    /// `write(2)` of a secondary: one record, or commands.
+    fn secondary_write(&self, buf: &[u8]) -> Result {
+        if buf.starts_with(&record::MAGIC) {
+            return self.apply_record(buf);
+        }
+        if buf.len() > crate::chardev::WRITE_MAX {
+            return Err(EINVAL);
+        }
+        for c in Commands::new(buf) {
+            match c.map_err(|_: CommandError| EINVAL)? {
+                Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => {}
+                _ => return Err(eopnotsupp()),
+            }
+        }
+        for c in Commands::new(buf).flatten() {
+            match c {
+                Command::ApplyBegin { epoch } => self.apply_begin(epoch)?,
+                Command::ApplyEnd { epoch } => self.apply_end(epoch)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `dmsetup message <dev> 0 promote`: the secondary becomes a primary
+    /// that numbers and spools its own writes and tracks them in its
+    /// bitmap.  Refused (`EBUSY`) while an interval is in progress or
+    /// `ferryd` holds the character device.
+    pub(crate) fn promote(&self) -> Result {
+        let apply = self.apply.lock();
+        if !self.is_secondary() {
+            return Err(EINVAL);
+        }
+        if let ApplyState::InProgress { epoch } = apply.state() {
+            pr_warn!(
+                "ferry: group {}: interval {} is being applied: let ferryd finish it before promote\n",
+                core::str::from_utf8(self.name()).unwrap_or("?"),
+                epoch
+            );
+            return Err(EBUSY);
+        }
+        let ctl = self.ctl.lock();
+        if ctl.reader_open {
+            pr_warn!(
+                "ferry: group {}: /dev/ferry/{} is open: stop ferryd before promote\n",
+                core::str::from_utf8(self.name()).unwrap_or("?"),
+                core::str::from_utf8(self.name()).unwrap_or("?"),
+            );
+            return Err(EBUSY);
+        }
+        self.secondary.store(false, Relaxed);
+        drop(ctl);
+        pr_info!(
+            "ferry: group {}: promoted to primary at interval {}\n",
+            core::str::from_utf8(self.name()).unwrap_or("?"),
+            apply.applied()
+        );
+        Ok(())
+    }
+
+    /// Status of a secondary device: (applying, applied interval, interval
+    /// in progress or 0, records applied to the device, reads held).
+    pub(crate) fn secondary_status(&self, id: u32) -> (u64, u64, u64) {
+        let mark = self.apply.lock().mark();
+        let in_progress = match mark.state {
+            ApplyState::InProgress { epoch } => epoch,
+            ApplyState::Idle => 0,
+        };
+        let n = self
+            .applied_records
+            .get(id as usize)
+            .map_or(0, |c| c.load(Relaxed));
+        (mark.applied, in_progress, n)
+    }
+}
+
+fn ebadmsg() -> Error {
+    Error::from_errno(-(kernel::bindings::EBADMSG as i32))
 }
 
 fn eopnotsupp() -> Error {
@@ -1654,7 +2071,10 @@ impl Registry {
                 }
                 (g, false)
             }
-            None => (Group::create(name, settings).map_err(JoinError::Create)?, true),
+            None => (
+                Group::create(name, settings, m.secondary).map_err(JoinError::Create)?,
+                true,
+            ),
         };
         if let Err(e) = g.join(m) {
             if created {

@@ -132,6 +132,35 @@ void ferry_bio_io_error(struct bio *bio)
 	bio_io_error(bio);
 }
 
+/* A write to a secondary: refused, "Operation not supported". */
+void ferry_bio_refuse(struct bio *bio)
+{
+	bio->bi_status = BLK_STS_NOTSUPP;
+	bio_endio(bio);
+}
+
+int ferry_blkdev_flush(struct block_device *bdev)
+{
+	return blkdev_issue_flush(bdev);
+}
+
+int ferry_blkdev_zeroout(struct block_device *bdev, sector_t sector, sector_t nr)
+{
+	return blkdev_issue_zeroout(bdev, sector, nr, GFP_NOIO, 0);
+}
+
+/* A discard the device does not support is not an error: its content is
+ * undefined after a discard anyway. */
+int ferry_blkdev_discard(struct block_device *bdev, sector_t sector, sector_t nr)
+{
+	int r;
+
+	if (!bdev_max_discard_sectors(bdev))
+		return 0;
+	r = blkdev_issue_discard(bdev, sector, nr, GFP_NOIO);
+	return r == -EOPNOTSUPP ? 0 : r;
+}
+
 void ferry_get_random_bytes(void *buf, size_t len)
 {
 	get_random_bytes(buf, len);

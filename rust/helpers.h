@@ -56,6 +56,12 @@ struct workqueue_struct *ferry_alloc_workqueue(void);
 bool ferry_queue_delayed_work(struct workqueue_struct *wq, struct delayed_work *dwork, unsigned long delay);
 struct delayed_work *ferry_to_delayed_work(struct work_struct *work);
 
+/* Secondary mode: refuse a host write; apply records synchronously. */
+void ferry_bio_refuse(struct bio *bio);
+int ferry_blkdev_flush(struct block_device *bdev);
+int ferry_blkdev_zeroout(struct block_device *bdev, sector_t sector, sector_t nr);
+int ferry_blkdev_discard(struct block_device *bdev, sector_t sector, sector_t nr);
+
 /* File operations of /dev/ferry/<group> (functions in chardev.rs). */
 extern const struct file_operations ferry_chardev_fops;
 

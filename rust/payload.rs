@@ -69,6 +69,32 @@ impl Payload {
         Ok(p)
     }
 
+    /// A copy of `src` (process context; may sleep).
+    pub(crate) fn from_slice(src: &[u8]) -> Result<Self, AllocError> {
+        let n = Self::pages_for(src.len());
+        let mut pages = KVec::with_capacity(n, GFP_KERNEL)?;
+        for _ in 0..n {
+            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        let mut p = Self {
+            pages,
+            len: src.len(),
+        };
+        p.write_at(0, src);
+        Ok(p)
+    }
+
+    /// Calls `f(page, len)` for each page in order (`len` is the bytes of
+    /// the payload in it).  The pages live as long as `self`.
+    pub(crate) fn for_each_page(&self, mut f: impl FnMut(*mut b::page, usize)) {
+        let mut left = self.len;
+        for page in self.pages.iter() {
+            let n = left.min(PAGE_SIZE);
+            f(page.as_ptr().cast(), n);
+            left -= n;
+        }
+    }
+
     /// Copies `src` into the payload at byte `at` (clipped to the payload).
     fn write_at(&mut self, mut at: usize, mut src: &[u8]) {
         while !src.is_empty() && at < self.len {

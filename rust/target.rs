@@ -8,6 +8,11 @@
 //! flush also becomes a record of the group, spooled until the secondary
 //! acknowledges it.  Reads are remapped in both modes.
 //!
+//! In mode `secondary` the device belongs to a group that refuses host
+//! writes, holds host reads while `ferryd` applies an interval, and writes
+//! the records `ferryd` hands it through the character device
+//! (`group.rs`).  `promote` turns the group into a primary.
+//!
 //! The meta device of a primary holds its superblock and its write-intent
 //! bitmap (`group.rs`); a passthrough target only checks its size.
 
@@ -16,7 +21,7 @@ use crate::dm::{
     Target,
 };
 use crate::group::{
-    self, DeviceStatus, Given, Group, JoinError, Member, Record, RepMode, Settings,
+    self, DeviceStatus, Given, Group, JoinError, Member, ReadGate, Record, RepMode, Settings,
 };
 use crate::payload::Payload;
 use core::ffi::CStr;
@@ -80,13 +85,15 @@ impl Options {
         }
     }
 
-    fn write(&self, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+    /// Writes the options; `mode` is the device's mode now (a promoted
+    /// secondary is a primary, and a reload with this line keeps it one).
+    fn write(&self, mode: Mode, out: &mut StatusWriter<'_>) -> core::fmt::Result {
         let t = TableArgs {
             data_dev: c"",
             meta_dev: c"",
             data_offset: self.data_offset,
             data_offset_set: self.given & Opt::DataOffset as u16 != 0,
-            mode: self.mode,
+            mode,
             group: (self.group_len > 0).then_some(&self.group[..self.group_len]),
             device_id: self.device_id,
             role: self.role,
@@ -209,6 +216,9 @@ impl Ferry {
                     sectors: ctr.len(),
                     chunk_shift,
                     meta: meta.bdev_ref(),
+                    data: data.bdev_ref(),
+                    data_offset: t.data_offset,
+                    secondary: t.mode == Mode::Secondary,
                 },
             )
             .map_err(|e| match e {
@@ -231,6 +241,9 @@ impl Ferry {
                     msg: c"Cannot read or write the meta device",
                     err: EIO,
                 },
+                JoinError::Site => CtrError::inval(
+                    c"mode differs from the group's (a secondary becomes a primary by promote)",
+                ),
                 JoinError::MetaMismatch => CtrError::inval(
                     c"Meta device belongs to another device (group, device_id, chunk_kb or length differ)",
                 ),
@@ -240,6 +253,14 @@ impl Ferry {
             id: t.device_id,
             role: t.role,
         }))
+    }
+
+    /// The device's mode now.
+    fn mode(&self) -> Mode {
+        match &self.primary {
+            Some(p) if self.opts.mode == Mode::Secondary && !p.group.is_secondary() => Mode::Primary,
+            _ => self.opts.mode,
+        }
     }
 
     fn record_kind(op: Op, bio: &Bio<'_>) -> Option<RecordKind> {
@@ -312,6 +333,22 @@ impl Target for Ferry {
         // Empty flushes carry no sector; device-mapper gives them the
         // target's first sector, so the same arithmetic holds for all bios.
         let rel = bio.sector().wrapping_sub(self.begin);
+        if let Some(p) = self.primary.as_ref().filter(|p| p.group.is_secondary()) {
+            return match op {
+                Op::Read => {
+                    bio.remap(&self.data, self.data_offset + rel);
+                    match p.group.secondary_read() {
+                        ReadGate::Go(t) => MapResult::Remapped(Some(t)),
+                        ReadGate::Hold(t) => MapResult::Defer(Some(t)),
+                    }
+                }
+                Op::Flush => {
+                    bio.remap(&self.data, self.data_offset + rel);
+                    MapResult::Remapped(None)
+                }
+                _ => MapResult::Refuse,
+            };
+        }
         let mut rec = None;
         let mut defer = false;
         if let (Some(p), Some(kind)) = (&self.primary, Self::record_kind(op, bio)) {
@@ -344,6 +381,7 @@ impl Target for Ferry {
 
     fn defer(&self, bio: HeldBio) {
         match &self.primary {
+            Some(p) if p.group.is_secondary() => p.group.hold_read(bio),
             Some(p) => p.group.hold(bio),
             None => bio.fail(),
         }
@@ -351,15 +389,28 @@ impl Target for Ferry {
 
     fn end_io(&self, rec: Arc<Record>, ok: bool) {
         if let Some(p) = &self.primary {
-            p.group.complete(rec, ok);
+            if p.group.is_read_token(&rec) {
+                p.group.read_done();
+            } else {
+                p.group.complete(rec, ok);
+            }
         }
     }
 
     fn message(&self, args: &[&CStr], _out: &mut StatusWriter<'_>) -> Result {
         let Some(p) = &self.primary else {
-            pr_warn!("ferry: messages need mode primary\n");
+            pr_warn!("ferry: messages need mode primary or secondary\n");
             return Err(EINVAL);
         };
+        if p.group.is_secondary() {
+            return match args {
+                [cmd] if cmd.to_bytes() == b"promote" => p.group.promote(),
+                _ => {
+                    pr_warn!("ferry: unknown message for a secondary (promote)\n");
+                    Err(EINVAL)
+                }
+            };
+        }
         match args {
             [cmd] if cmd.to_bytes() == b"checkpoint" => p.group.checkpoint().map(|_| ()),
             [cmd, label] if cmd.to_bytes() == b"cp" => {
@@ -386,6 +437,21 @@ impl Target for Ferry {
                     c.discards.load(Relaxed),
                     c.write_zeroes.load(Relaxed),
                 ),
+                Some(p) if p.group.is_secondary() => {
+                    let (applied, in_progress, records) = p.group.secondary_status(p.id);
+                    write!(
+                        out,
+                        "secondary {} {} {} {} {} {} {} {}",
+                        core::str::from_utf8(p.group.name()).unwrap_or("?"),
+                        p.id,
+                        p.role.name(),
+                        if in_progress > 0 { "applying" } else { "idle" },
+                        applied,
+                        in_progress,
+                        records,
+                        p.group.status(p.id).rejected,
+                    )
+                }
                 Some(p) => {
                     let s: DeviceStatus = p.group.status(p.id);
                     write!(
@@ -417,14 +483,14 @@ impl Target for Ferry {
                 self.data.name().to_str().unwrap_or("?"),
                 self.meta.name().to_str().unwrap_or("?")
             )
-            .and_then(|()| self.opts.write(out)),
+            .and_then(|()| self.opts.write(self.mode(), out)),
             StatusType::Ima => write!(
                 out,
                 "target_name=ferry,target_version=0.2.0,data_device={},meta_device={},data_offset={},mode={};",
                 self.data.name().to_str().unwrap_or("?"),
                 self.meta.name().to_str().unwrap_or("?"),
                 self.data_offset,
-                self.opts.mode.name(),
+                self.mode().name(),
             ),
         };
     }

@@ -32,7 +32,7 @@ disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
 step "guest: target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
 step "guest: primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
-	primary gate chardev overflow markers meta
+	primary gate chardev overflow markers meta secondary
 step "guest: crash points (G3)" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 step "guests: two joined guests" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-net" net-ping

@@ -36,6 +36,10 @@ pub mod opcode {
     pub const START: u8 = 6;
     /// [`Command::Stop`](super::Command::Stop).
     pub const STOP: u8 = 7;
+    /// [`Command::ApplyBegin`](super::Command::ApplyBegin).
+    pub const APPLY_BEGIN: u8 = 8;
+    /// [`Command::ApplyEnd`](super::Command::ApplyEnd).
+    pub const APPLY_END: u8 = 9;
 }
 
 /// Flags of [`Command::Start`].
@@ -86,6 +90,20 @@ pub enum Command {
     },
     /// Stop replication; writes keep being tracked in the bitmap.
     Stop,
+    /// Secondary: interval `epoch` is about to be applied.  The
+    /// update-in-progress mark is made durable and host reads are held
+    /// before the command returns; the records of the interval follow.
+    ApplyBegin {
+        /// The interval.
+        epoch: u64,
+    },
+    /// Secondary: every record of interval `epoch` has been written.  The
+    /// data devices are flushed, the mark is cleared durably and host reads
+    /// resume.
+    ApplyEnd {
+        /// The interval.
+        epoch: u64,
+    },
 }
 
 /// Why a command was rejected.
@@ -146,6 +164,8 @@ impl Command {
             Self::InsertConsistencyPoint { .. } => opcode::INSERT_CONSISTENCY_POINT,
             Self::Start { .. } => opcode::START,
             Self::Stop => opcode::STOP,
+            Self::ApplyBegin { .. } => opcode::APPLY_BEGIN,
+            Self::ApplyEnd { .. } => opcode::APPLY_END,
         }
     }
 
@@ -153,7 +173,10 @@ impl Command {
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, CommandError> {
         let body_len: u16 = match self {
             Self::AckLog { .. } | Self::Ack { .. } => 16,
-            Self::Applied { .. } | Self::Start { .. } => 8,
+            Self::Applied { .. }
+            | Self::Start { .. }
+            | Self::ApplyBegin { .. }
+            | Self::ApplyEnd { .. } => 8,
             Self::InsertCheckpoint | Self::Stop => 0,
             Self::InsertConsistencyPoint { label } => {
                 u16::try_from(label.as_bytes().len()).map_err(|_| CommandError::BadLabel)?
@@ -171,7 +194,9 @@ impl Command {
                     w.u32(0)?;
                     w.u64(*dev_seq)
                 }
-                Self::Applied { epoch } => w.u64(*epoch),
+                Self::Applied { epoch } | Self::ApplyBegin { epoch } | Self::ApplyEnd { epoch } => {
+                    w.u64(*epoch)
+                }
                 Self::Start { flags } => {
                     w.u32(*flags)?;
                     w.u32(0)
@@ -224,13 +249,17 @@ impl Command {
                     Self::Ack { device, dev_seq }
                 }
             }
-            opcode::APPLIED => {
+            opcode::APPLIED | opcode::APPLY_BEGIN | opcode::APPLY_END => {
                 fixed(8)?;
                 let epoch = b.u64().ok_or(t)?;
                 if epoch == 0 {
                     return Err(CommandError::ZeroSequence);
                 }
-                Self::Applied { epoch }
+                match op {
+                    opcode::APPLIED => Self::Applied { epoch },
+                    opcode::APPLY_BEGIN => Self::ApplyBegin { epoch },
+                    _ => Self::ApplyEnd { epoch },
+                }
             }
             opcode::INSERT_CHECKPOINT => {
                 fixed(0)?;
@@ -304,7 +333,7 @@ impl Iterator for Commands<'_> {
 mod tests {
     use super::*;
 
-    fn all() -> [Command; 7] {
+    fn all() -> [Command; 9] {
         [
             Command::AckLog {
                 device: 1,
@@ -323,6 +352,8 @@ mod tests {
                 flags: start_flags::FULL_RESYNC,
             },
             Command::Stop,
+            Command::ApplyBegin { epoch: 4 },
+            Command::ApplyEnd { epoch: 4 },
         ]
     }
 
@@ -338,7 +369,7 @@ mod tests {
             }
             n += k;
         }
-        let got: [Command; 7] = {
+        let got: [Command; 9] = {
             let mut it = Commands::new(&buf[..n]).map(Result::unwrap);
             core::array::from_fn(|_| it.next().unwrap())
         };

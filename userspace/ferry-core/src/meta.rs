@@ -3,7 +3,9 @@
 //! ```text
 //! sector 0..8      superblock slot 0 (4 KiB)
 //! sector 8..16     superblock slot 1 (4 KiB)
-//! sector 16..2048  reserved
+//! sector 16..24    apply mark, copy A (secondary; 32 bytes, rest zero)
+//! sector 24..32    apply mark, copy B
+//! sector 32..2048  reserved
 //! sector 2048..    write-intent bitmap: one bit per chunk, u64 words LE,
 //!                  bit i of word w = chunk 64 w + i, padded to 4 KiB
 //! ```
@@ -28,6 +30,11 @@ pub const SLOT_LEN: usize = 4096;
 pub const fn slot_sector(i: u64) -> u64 {
     i * (SLOT_LEN as u64 / 512)
 }
+/// Sectors of the two copies of a secondary's apply mark
+/// ([`crate::checkpoint::ApplyMark`]): written A then B, each durably, so a
+/// torn write of one leaves the other; read A first (the newer one when
+/// both are valid).
+pub const APPLY_MARK_SECTORS: [u64; 2] = [16, 24];
 /// First sector of the bitmap.
 pub const BITMAP_SECTOR: u64 = 2048;
 /// Bits per 4 KiB bitmap page.

@@ -50,6 +50,8 @@ pub enum Mode {
     Passthrough,
     /// Tag, spool and replicate every write.
     Primary,
+    /// Refuse host writes; apply whole intervals received from a primary.
+    Secondary,
 }
 
 impl Mode {
@@ -58,6 +60,7 @@ impl Mode {
         match self {
             Self::Passthrough => "passthrough",
             Self::Primary => "primary",
+            Self::Secondary => "secondary",
         }
     }
 }
@@ -274,7 +277,7 @@ impl TableError {
             },
             Self::BadDataOffset => c"Invalid data_offset: expected a decimal number of sectors",
             Self::DuplicateOption => c"Optional argument given twice",
-            Self::BadMode => c"Invalid mode: expected primary or passthrough",
+            Self::BadMode => c"Invalid mode: expected primary, secondary or passthrough",
             Self::BadGroup => {
                 c"Invalid group: 1 to 32 characters of [A-Za-z0-9_.-], starting with a letter or digit"
             }
@@ -286,7 +289,7 @@ impl TableError {
             Self::BadCheckpointMs => {
                 c"Invalid checkpoint_ms: expected 0 (on demand only) or 10 to 3600000"
             }
-            Self::PrimaryNeedsGroup => c"mode primary needs a group",
+            Self::PrimaryNeedsGroup => c"mode primary or secondary needs a group",
             Self::PassthroughWithGroupOptions => {
                 c"mode passthrough takes no group, device_id, role, spool_mb, overflow or checkpoint_ms"
             }
@@ -379,6 +382,7 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
             Opt::Mode => {
                 mode = Some(match v {
                     b"primary" => Mode::Primary,
+                    b"secondary" => Mode::Secondary,
                     b"passthrough" => Mode::Passthrough,
                     _ => return Err(TableError::BadMode),
                 })
@@ -432,7 +436,7 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         | Opt::Overflow.bit()
         | Opt::CheckpointMs.bit();
     t.mode = match (mode, t.group) {
-        (Some(Mode::Primary), None) => return Err(TableError::PrimaryNeedsGroup),
+        (Some(Mode::Primary | Mode::Secondary), None) => return Err(TableError::PrimaryNeedsGroup),
         (Some(Mode::Passthrough), _) if t.given & group_opts != 0 => {
             return Err(TableError::PassthroughWithGroupOptions)
         }
@@ -548,7 +552,7 @@ mod tests {
                 &[c"a", c"b", c"4", c"data_offset", c"1", c"data_offset", c"2"],
                 DuplicateOption,
             ),
-            (&[c"a", c"b", c"2", c"mode", c"secondary"], BadMode),
+            (&[c"a", c"b", c"2", c"mode", c"tertiary"], BadMode),
             (&[c"a", c"b", c"2", c"group", c"-x"], BadGroup),
             (&[c"a", c"b", c"2", c"group", c"a/b"], BadGroup),
             (&[c"a", c"b", c"2", c"group", c".."], BadGroup),
@@ -602,6 +606,10 @@ mod tests {
                 BadCheckpointMs,
             ),
             (&[c"a", c"b", c"2", c"mode", c"primary"], PrimaryNeedsGroup),
+            (
+                &[c"a", c"b", c"2", c"mode", c"secondary"],
+                PrimaryNeedsGroup,
+            ),
             (&[c"a", c"b", c"2", c"role", c"log"], PrimaryNeedsGroup),
             (
                 &[c"a", c"b", c"4", c"mode", c"passthrough", c"group", c"g"],

@@ -187,8 +187,14 @@ struct CmdArgs {
     /// have shipped records).
     #[arg(long, default_value_t = 0)]
     read_first: usize,
+    /// The group (signs `record`).
+    #[arg(long, default_value = "")]
+    group: String,
     /// ack-log DEV SEQ | ack DEV SEQ | applied EPOCH | checkpoint |
-    /// cp LABEL | start | stop | raw HEX
+    /// cp LABEL | start | stop | raw HEX | apply-begin EPOCH |
+    /// apply-end EPOCH | state (a secondary's) |
+    /// record EPOCH DEV SEQ BLOCK [corrupt|header-only] (a 4 KiB write of
+    /// the self-describing block SEQ at BLOCK)
     #[arg(trailing_var_arg = true, required = true)]
     words: Vec<String>,
 }
@@ -818,6 +824,53 @@ fn cmd(a: CmdArgs) -> Res<()> {
         }),
         ["start"] => encode(&Command::Start { flags: 0 }),
         ["stop"] => encode(&Command::Stop),
+        ["apply-begin", e] => encode(&Command::ApplyBegin { epoch: num(e)? }),
+        ["apply-end", e] => encode(&Command::ApplyEnd { epoch: num(e)? }),
+        ["state"] => {
+            let mut b = [0u8; 64];
+            match f.read(&mut b) {
+                Ok(n) => {
+                    let m = ferry_core::checkpoint::ApplyMark::decode(&b[..n], &FastDigest)
+                        .map_err(|e| format!("{e:?}"))?;
+                    let members = u64::from_le_bytes(b[32..40].try_into().unwrap_or_default());
+                    let state = match m.state {
+                        ferry_core::checkpoint::ApplyState::Idle => "idle|0".to_string(),
+                        ferry_core::checkpoint::ApplyState::InProgress { epoch } => {
+                            format!("applying|{epoch}")
+                        }
+                    };
+                    println!("state|{state}|applied={}|members={members:#x}", m.applied);
+                }
+                Err(e) => println!("state|errno|{}", e.raw_os_error().unwrap_or(0)),
+            }
+            return Ok(());
+        }
+        ["record", e, dev, sq, blk, ref rest @ ..] => {
+            let (seq, block) = (num(sq)?, num(blk)?);
+            let d = &FastDigest;
+            let gid = record::group_id_of_name(d, a.group.as_bytes());
+            let key = GroupKey::derive(d, gid, &[]).map_err(|e| format!("{e:?}"))?;
+            let mut h = record::RecordHeader::new(RecordKind::Write);
+            h.group_id = gid;
+            h.device_id = num(dev)? as u32;
+            h.payload_len = BLOCK as u32;
+            h.dev_seq = seq;
+            h.group_seq = seq;
+            h.timestamp_ns = seq;
+            h.epoch = num(e)?;
+            h.sector = block * (BLOCK as u64 / 512);
+            h.nr_sectors = (BLOCK / 512) as u32;
+            let payload = make_block(seq, block, 0);
+            let mut out = vec![0u8; h.record_len()];
+            record::encode_record(&h, &payload, &key, &FastDigest, &mut out)
+                .map_err(|e| format!("{e:?}"))?;
+            match rest {
+                ["corrupt"] => out[HEADER_LEN + 100] ^= 1,
+                ["header-only"] => out.truncate(HEADER_LEN),
+                _ => {}
+            }
+            out
+        }
         ["raw", hex] => (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
