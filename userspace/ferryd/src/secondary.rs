@@ -1,0 +1,688 @@
+//! The secondary's `ferryd`.
+//!
+//! * **Receive.**  Each authenticated stream connection delivers batches of
+//!   records.  Every record is verified (checksums, signatures, group, the
+//!   stream it came on); a bad one is counted by reason and the connection
+//!   is closed, so the primary reconnects and sends again from what this
+//!   side acknowledged (the re-request).  Records are appended to the
+//!   stream's file of the remote log (one file per device: log and data
+//!   records apart), the file is fsynced, the records enter the stream's
+//!   window (ferry-core's `StreamWindow`) and the contiguous run end is
+//!   acknowledged.
+//! * **Apply.**  ferry-core chooses what may be applied: the limit is the
+//!   earliest of the streams' run-end stamps; the oldest checkpoint
+//!   interval whose markers all arrived at or below it is applied whole,
+//!   in group order, through the kernel (`APPLY_BEGIN`, records,
+//!   `APPLY_END`; the kernel keeps the update-in-progress mark).  The
+//!   positions reached are then saved (`state.json`) and the applied part
+//!   of the remote log is released (hole punched).
+//! * **Restart.**  The kernel's mark says which interval was applied last
+//!   and whether one was in progress; the remote log from the saved
+//!   positions rebuilds the windows and the rendezvous, and an interval in
+//!   progress is applied again (redo).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalSlot, Rendezvous};
+use ferry_core::command::Command;
+use ferry_core::record::{self, GroupKey, RecordError, RecordKind};
+use ferry_core::select::{group_limit, next_in_group_order, Received, Stamp, StreamWindow};
+use ferry_core::FastDigest;
+use ferryd::config::{Config, Role};
+use ferryd::link::{self, Frame, Side};
+use ferryd::status::{Status, Stream};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::{Rejected, Report};
+
+/// Records a stream may hold between the last applied and the newest.
+const WINDOW: usize = 1 << 18;
+/// Checkpoint intervals open at once.
+const INTERVALS: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    off: u64,
+    len: u32,
+}
+
+type Window = StreamWindow<Loc, Vec<Option<Received<Loc>>>>;
+
+/// What is saved after each interval, per device.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    /// First `dev_seq` not applied.
+    next: u64,
+    /// Stamp of the last applied record.
+    ts: u64,
+    gs: u64,
+    /// Offset in the stream's file below which everything is applied.
+    log_start: u64,
+}
+
+struct StreamState {
+    id: u32,
+    saved: Saved,
+    connected: u32,
+    record_bytes: u64,
+    wire_bytes: u64,
+}
+
+struct State {
+    /// The members' windows, in the order of `streams` (ferry-core's
+    /// selection takes them as a slice).
+    windows: Vec<Window>,
+    streams: Vec<StreamState>,
+    rendezvous: Rendezvous<Vec<IntervalSlot>>,
+    applied: u64,
+    applying: u64,
+    intervals: u64,
+    release: bool,
+    released: bool,
+}
+
+struct Sec {
+    cfg: Config,
+    key: Vec<u8>,
+    gkey: GroupKey,
+    dir: PathBuf,
+    dev: Mutex<Option<File>>,
+    state: Mutex<State>,
+    logs: Vec<Mutex<File>>,
+    more: Notify,
+    rejected: Rejected,
+    auth_refused: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stamp(h: &record::RecordHeader) -> Stamp {
+    Stamp {
+        timestamp_ns: h.timestamp_ns,
+        group_seq: h.group_seq,
+    }
+}
+
+fn received(h: &record::RecordHeader, loc: Loc) -> Received<Loc> {
+    Received {
+        stamp: stamp(h),
+        epoch: h.epoch,
+        kind: h.kind,
+        item: loc,
+    }
+}
+
+/// A short name for a rejection reason (metrics label).
+fn reason(e: &RecordError) -> &'static str {
+    match e {
+        RecordError::Truncated { .. } => "truncated",
+        RecordError::HeaderChecksum | RecordError::PayloadChecksum => "checksum",
+        RecordError::HeadSignature | RecordError::TailSignature => "signature",
+        RecordError::WrongGroup => "wrong_group",
+        RecordError::BadTail | RecordError::TailMismatch => "tail",
+        _ => "malformed",
+    }
+}
+
+/// Reads the secondary kernel's state: its apply mark and members.
+fn kernel_state(f: &mut File) -> Result<(ApplyMark, u64)> {
+    let mut b = [0u8; 64];
+    let n = f.read(&mut b).context("read the secondary's state")?;
+    if n < 40 {
+        bail!("the character device is not a secondary's (is the table `mode secondary`?)");
+    }
+    let mark = ApplyMark::decode(&b[..32], &FastDigest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((mark, u64::from_le_bytes(b[32..40].try_into()?)))
+}
+
+impl Sec {
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn save(&self, saved: &BTreeMap<u32, Saved>) -> Result<()> {
+        let tmp = self.dir.join("state.json.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(serde_json::to_string(saved)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.state_path())?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    fn command(&self, c: Command) -> Result<()> {
+        let mut b = [0u8; 64];
+        let n = c.encode(&mut b).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut dev = lock(&self.dev);
+        let f = dev.as_mut().context("released")?;
+        f.write_all(&b[..n]).with_context(|| format!("{c:?}"))
+    }
+}
+
+pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
+    let path = cfg.device();
+    let mut dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let (mark, members) = kernel_state(&mut dev)?;
+    let (applied, applying) = match mark.state {
+        ApplyState::Idle => (mark.applied, 0),
+        ApplyState::InProgress { epoch } => (mark.applied, epoch),
+    };
+    let dir = cfg.log_dir.clone().context("log_dir")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let d = &FastDigest;
+    let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+    let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let saved: BTreeMap<u32, Saved> = match std::fs::read(dir.join("state.json")) {
+        Ok(b) => serde_json::from_slice(&b).context("state.json")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).context("state.json"),
+    };
+    let mut rendezvous = Rendezvous::new(
+        vec![IntervalSlot::default(); INTERVALS],
+        applied + 1,
+        members,
+    );
+    let mut streams = Vec::new();
+    let mut windows = Vec::new();
+    let mut logs = Vec::new();
+    for id in (0..64u32).filter(|i| members & (1 << i) != 0) {
+        let mut sv = saved.get(&id).copied().unwrap_or(Saved {
+            next: 1,
+            ..Saved::default()
+        });
+        let p = dir.join(format!("stream-{id}.log"));
+        let f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&p)
+            .with_context(|| format!("open {}", p.display()))?;
+        // The log from the saved position: what is applied moves `next`,
+        // the rest goes back into the window; a torn tail is cut.
+        let mut buf = Vec::new();
+        {
+            let mut r = &f;
+            std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(sv.log_start))?;
+            r.read_to_end(&mut buf)?;
+        }
+        let mut recs = Vec::new();
+        let mut off = 0usize;
+        while off < buf.len() {
+            match record::decode_record(&buf[off..], &gkey, d) {
+                Ok(r) => {
+                    recs.push((
+                        r.header,
+                        Loc {
+                            off: sv.log_start + off as u64,
+                            len: r.len as u32,
+                        },
+                    ));
+                    off += r.len;
+                }
+                Err(e) => {
+                    warn!(
+                        device = id,
+                        offset = sv.log_start + off as u64,
+                        "remote log ends with a bad record ({e}): cut"
+                    );
+                    f.set_len(sv.log_start + off as u64)?;
+                    f.sync_all()?;
+                    break;
+                }
+            }
+        }
+        for (h, loc) in &recs {
+            if h.epoch <= applied && h.dev_seq >= sv.next {
+                sv.next = h.dev_seq + 1;
+                (sv.ts, sv.gs) = (h.timestamp_ns, h.group_seq);
+                sv.log_start = sv.log_start.max(loc.off + u64::from(loc.len));
+            }
+        }
+        let mut window = Window::new(
+            vec![None; WINDOW],
+            sv.next,
+            Stamp {
+                timestamp_ns: sv.ts,
+                group_seq: sv.gs,
+            },
+        );
+        let mut held = 0;
+        for (h, loc) in &recs {
+            if h.epoch > applied
+                && h.dev_seq >= sv.next
+                && window.insert(h.dev_seq, received(h, *loc)).is_ok()
+            {
+                held += 1;
+                if h.kind == RecordKind::Checkpoint {
+                    let _ = rendezvous.marker(id, h.epoch, stamp(h));
+                }
+            }
+        }
+        info!(
+            device = id,
+            next = sv.next,
+            held,
+            "stream recovered from the remote log"
+        );
+        windows.push(window);
+        streams.push(StreamState {
+            id,
+            saved: sv,
+            connected: 0,
+            record_bytes: 0,
+            wire_bytes: 0,
+        });
+        logs.push(Mutex::new(f));
+    }
+    if streams.is_empty() {
+        bail!("the secondary group has no device");
+    }
+    if applying > 0 {
+        info!(
+            interval = applying,
+            "an interval was being applied: redo from the remote log"
+        );
+    }
+    let listen = cfg.listen.context("listen")?;
+    let status = cfg.status;
+    let s = Arc::new(Sec {
+        cfg,
+        key,
+        gkey,
+        dir,
+        dev: Mutex::new(Some(dev)),
+        state: Mutex::new(State {
+            windows,
+            streams,
+            rendezvous,
+            applied,
+            applying,
+            intervals: 0,
+            release: false,
+            released: false,
+        }),
+        logs,
+        more: Notify::new(),
+        rejected: Rejected::default(),
+        auth_refused: AtomicU64::new(0),
+    });
+    crate::serve_status(status, s.clone())?;
+    let tls = tokio_rustls::TlsAcceptor::from(link::server_config()?);
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    info!(%listen, applied, "secondary ready");
+    crate::notify_ready();
+    let s2 = s.clone();
+    let applier = tokio::spawn(async move { apply_loop(s2).await });
+    let accept = async {
+        loop {
+            let (tcp, peer) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let (s, tls) = (s.clone(), tls.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serve(&s, tls, tcp).await {
+                    warn!(%peer, "connection: {e:#}");
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::select! {
+        r = applier => match r.context("applier")? {
+            Ok(()) => { info!("released"); Ok(()) }
+            Err(e) => Err(e),
+        },
+        r = accept => r,
+        _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
+    }
+}
+
+/// Decrements a stream's connection count when a connection ends.
+struct Connected<'a>(&'a Sec, usize);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        if let Some(s) = st.streams.get_mut(self.1) {
+            s.connected = s.connected.saturating_sub(1);
+        }
+    }
+}
+
+async fn serve(
+    s: &Arc<Sec>,
+    tls: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+) -> Result<()> {
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS")?;
+    let mut ekm = [0u8; 32];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut ekm, link::EXPORTER_LABEL, None)
+        .map_err(|e| anyhow::anyhow!("exporter: {e}"))?;
+    let hello = tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut tls))
+        .await
+        .context("no hello")??;
+    let Frame::Hello {
+        version,
+        group,
+        device,
+        tag,
+    } = hello
+    else {
+        s.auth_refused.fetch_add(1, Relaxed);
+        bail!("refused: first frame is not a hello");
+    };
+    if version != link::VERSION
+        || group != s.cfg.group
+        || !link::tag_ok(&s.key, Side::Primary, &group, device, &ekm, &tag)
+    {
+        s.auth_refused.fetch_add(1, Relaxed);
+        bail!("refused: version {version}, group {group:?}, or key does not match");
+    }
+    let (idx, next, applied) = {
+        let mut st = lock(&s.state);
+        if st.release {
+            bail!("released: not accepting");
+        }
+        let Some(i) = st.streams.iter().position(|x| x.id == device) else {
+            s.auth_refused.fetch_add(1, Relaxed);
+            bail!("refused: device {device} is not in the secondary group");
+        };
+        st.streams[i].connected += 1;
+        (i, st.windows[i].run_end() + 1, st.applied)
+    };
+    let _c = Connected(s, idx);
+    link::write_frame(
+        &mut tls,
+        &Frame::Welcome {
+            tag: link::tag(&s.key, Side::Secondary, &group, device, &ekm),
+            next,
+            applied,
+        },
+    )
+    .await?;
+    info!(device, next, "stream connected");
+    loop {
+        let f = link::read_frame(&mut tls).await?;
+        let Frame::Records {
+            codec,
+            raw_len,
+            data,
+        } = f
+        else {
+            bail!("unexpected frame");
+        };
+        let wire = data.len() as u64 + 10;
+        let raw = u64::from(raw_len);
+        let recs = match link::unpack(codec, raw_len, data) {
+            Ok(r) => r,
+            Err(e) => {
+                s.rejected.count("batch");
+                return Err(e.into());
+            }
+        };
+        // Verify everything first (G5); a bad record closes the connection
+        // and the primary sends again from what is acknowledged.
+        let mut parsed = Vec::new();
+        let mut off = 0;
+        while off < recs.len() {
+            let r = match record::decode_record(&recs[off..], &s.gkey, &FastDigest) {
+                Ok(r) => r,
+                Err(e) => {
+                    s.rejected.count(reason(&e));
+                    bail!("record rejected: {e}");
+                }
+            };
+            if r.header.device_id != device {
+                s.rejected.count("wrong_stream");
+                bail!("record of device {} on stream {device}", r.header.device_id);
+            }
+            parsed.push((r.header, off, r.len));
+            off += r.len;
+        }
+        let fresh: Vec<_> = {
+            let st = lock(&s.state);
+            let w = &st.windows[idx];
+            parsed
+                .into_iter()
+                .filter(|(h, _, _)| h.dev_seq >= w.next() && w.get(h.dev_seq).is_none())
+                .collect()
+        };
+        // Durable in the remote log before anything is acknowledged.
+        let s2 = s.clone();
+        let located = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
+            let mut f = lock(&s2.logs[idx]);
+            let mut at = f.metadata()?.len();
+            let mut out = Vec::new();
+            for (h, o, len) in fresh {
+                f.write_all(&recs[o..o + len])?;
+                out.push((
+                    h,
+                    Loc {
+                        off: at,
+                        len: len as u32,
+                    },
+                ));
+                at += len as u64;
+            }
+            f.sync_data()?;
+            Ok(out)
+        })
+        .await??;
+        let (run_end, applied, full) = {
+            let mut st = lock(&s.state);
+            let mut full = false;
+            for (h, loc) in &located {
+                match st.windows[idx].insert(h.dev_seq, received(h, *loc)) {
+                    Ok(_) => {
+                        if h.kind == RecordKind::Checkpoint {
+                            if let Err(e) = st.rendezvous.marker(device, h.epoch, stamp(h)) {
+                                warn!(device, epoch = h.epoch, "checkpoint marker: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        full = true;
+                        warn!(device, dev_seq = h.dev_seq, "not taken: {e:?}");
+                        break;
+                    }
+                }
+            }
+            let sst = &mut st.streams[idx];
+            sst.record_bytes += raw;
+            sst.wire_bytes += wire;
+            (st.windows[idx].run_end(), st.applied, full)
+        };
+        s.more.notify_one();
+        link::write_frame(
+            &mut tls,
+            &Frame::Ack {
+                dev_seq: run_end,
+                applied,
+            },
+        )
+        .await?;
+        if full {
+            bail!("stream window full: the primary will send again");
+        }
+    }
+}
+
+/// Applies whole intervals as they become ready.  Returns when released.
+async fn apply_loop(s: Arc<Sec>) -> Result<()> {
+    loop {
+        let notified = s.more.notified();
+        let job = {
+            let mut st = lock(&s.state);
+            match group_limit(&st.windows).and_then(|l| st.rendezvous.ready(l)) {
+                Some((epoch, cut)) => {
+                    let mut items = Vec::new();
+                    while let Some(i) = next_in_group_order(&st.windows, cut) {
+                        let Some((ds, r)) = st.windows[i].pop_front() else {
+                            break;
+                        };
+                        let sv = &mut st.streams[i].saved;
+                        sv.next = ds + 1;
+                        (sv.ts, sv.gs) = (r.stamp.timestamp_ns, r.stamp.group_seq);
+                        sv.log_start = sv.log_start.max(r.item.off + u64::from(r.item.len));
+                        items.push((i, r.item));
+                    }
+                    st.applying = epoch;
+                    Some((epoch, items))
+                }
+                None => {
+                    if st.release {
+                        st.released = true;
+                        drop(st);
+                        lock(&s.dev).take();
+                        return Ok(());
+                    }
+                    None
+                }
+            }
+        };
+        let Some((epoch, items)) = job else {
+            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+            continue;
+        };
+        let s2 = s.clone();
+        let n = items.len();
+        tokio::task::spawn_blocking(move || apply_interval(&s2, epoch, &items))
+            .await?
+            .with_context(|| format!("apply interval {epoch}"))?;
+        let saved: BTreeMap<u32, Saved> = {
+            let mut st = lock(&s.state);
+            st.rendezvous
+                .retire(epoch)
+                .map_err(|e| anyhow::anyhow!("retire {epoch}: {e}"))?;
+            st.applied = epoch;
+            st.applying = 0;
+            st.intervals += 1;
+            st.streams.iter().map(|x| (x.id, x.saved)).collect()
+        };
+        tracing::debug!(epoch, records = n, "interval applied");
+        s.save(&saved).context("save state.json")?;
+        // What is applied and saved leaves the remote log.
+        for (i, sv) in saved.values().enumerate() {
+            let f = lock(&s.logs[i]);
+            let upto = sv.log_start & !4095;
+            if upto > 0 {
+                let _ = nix::fcntl::fallocate(
+                    std::os::fd::AsRawFd::as_raw_fd(&*f),
+                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    upto as i64,
+                );
+            }
+        }
+    }
+}
+
+/// Writes one interval through the kernel: the mark, the records in group
+/// order, the end.
+fn apply_interval(s: &Sec, epoch: u64, items: &[(usize, Loc)]) -> Result<()> {
+    s.command(Command::ApplyBegin { epoch })?;
+    let mut buf = Vec::new();
+    for &(i, loc) in items {
+        buf.resize(loc.len as usize, 0);
+        lock(&s.logs[i])
+            .read_exact_at(&mut buf, loc.off)
+            .context("read the remote log")?;
+        let mut dev = lock(&s.dev);
+        dev.as_mut()
+            .context("released")?
+            .write_all(&buf)
+            .context("apply a record")?;
+    }
+    s.command(Command::ApplyEnd { epoch })
+}
+
+impl Report for Sec {
+    fn status(&self) -> Status {
+        let st = lock(&self.state);
+        let streams = st
+            .streams
+            .iter()
+            .zip(&st.windows)
+            .map(|(x, w)| {
+                let received = w.run_end();
+                let done = w.next() - 1;
+                Stream {
+                    device: x.id,
+                    connected: x.connected > 0,
+                    received,
+                    done,
+                    lag_records: received - done,
+                    lag_bytes: 0,
+                    lag_seconds: 0.0,
+                    record_bytes: x.record_bytes,
+                    wire_bytes: x.wire_bytes,
+                }
+            })
+            .collect();
+        Status {
+            group: self.cfg.group.clone(),
+            role: Role::Secondary,
+            state: if st.released {
+                "released"
+            } else if st.applying > 0 {
+                "applying"
+            } else {
+                "idle"
+            }
+            .into(),
+            streams,
+            applied_epoch: st.applied,
+            applying_epoch: st.applying,
+            spool_records: 0,
+            auth_refused: self.auth_refused.load(Relaxed),
+            rejected: self.rejected.snapshot(),
+            intervals_applied: st.intervals,
+        }
+    }
+
+    fn release(&self) -> Result<u64, String> {
+        lock(&self.state).release = true;
+        self.more.notify_one();
+        for _ in 0..600 {
+            {
+                let st = lock(&self.state);
+                if st.released {
+                    let applied = st.applied;
+                    // The process ends once the answer is out.
+                    std::thread::spawn(|| {
+                        std::thread::sleep(Duration::from_millis(300));
+                        std::process::exit(0);
+                    });
+                    return Ok(applied);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err("the interval in progress did not finish within 60 s".into())
+    }
+}
