@@ -9,5 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 target=x86_64-unknown-linux-gnu
 # --target keeps RUSTFLAGS away from build scripts and proc macros.
 RUSTFLAGS='-C target-feature=+crt-static' \
-	cargo build --quiet --profile guest --target "$target" -p ferry-test >&2
+	cargo build --quiet --profile guest --target "$target" -p ferry-test -p ferryd >&2
 echo "$PWD/target/$target/guest/ferry-test"
+echo "$PWD/target/$target/guest/ferryd"
+echo "$PWD/target/$target/guest/ferryctl"

@@ -102,3 +102,53 @@ fio_verify() {
 		--verify=crc32c --verify_fatal=1 --do_verify=1 "$@" >/tmp/fio.out 2>&1 ||
 		{ cat /tmp/fio.out; fail "fio $*"; }
 }
+
+# ---- replication between two guests (node 0 primary 10.99.0.1, node 1
+# secondary 10.99.0.2).  Group gr: device 0 (role log) on vda with meta
+# vdc, device 1 (role data) on vdb with meta vdd; 32 MiB each.
+REPL_KEY=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+REPL_PEER=10.99.0.2
+repl_config() {  # repl_config primary|secondary [log_dir]
+	mkdir -p /etc/ferry
+	echo "$REPL_KEY" >/etc/ferry/gr.key
+	{
+		echo 'group = "gr"'
+		echo "role = \"$1\""
+		echo 'key_file = "/etc/ferry/gr.key"'
+		if [ "$1" = primary ]; then
+			echo "peer = \"$REPL_PEER:7789\""
+		else
+			echo 'listen = "0.0.0.0:7789"'
+			echo "log_dir = \"${2:-/tmp/ferry-log}\""
+		fi
+	} >/etc/ferry/gr.toml
+}
+repl_devices() {  # repl_devices primary|secondary: fresh devices of group gr
+	ferry_load
+	meta_wipe /dev/vdc /dev/vdd
+	dd if=/dev/zero of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null
+	dd if=/dev/zero of=/dev/vdb bs=1M count=8 oflag=direct 2>/dev/null
+	if [ "$1" = primary ]; then
+		o="group gr checkpoint_ms 100"
+		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc 8 $o device_id 0 role log" || fail "create r0"
+		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd 8 $o device_id 1 role data" || fail "create r1"
+	else
+		o="mode secondary group gr"
+		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc 8 $o device_id 0 role log" || fail "create r0"
+		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd 8 $o device_id 1 role data" || fail "create r1"
+	fi
+}
+ferryd_start() {  # starts ferryd for gr; sets $fdp
+	ferryd gr >>/tmp/ferryd.log 2>&1 &
+	fdp=$!
+	for i in $(seq 1 50); do
+		wget -q -O /dev/null http://127.0.0.1:9789/status 2>/dev/null && return 0
+		kill -0 $fdp 2>/dev/null || { cat /tmp/ferryd.log; fail "ferryd exited"; }
+		sleep 0.2
+	done
+	cat /tmp/ferryd.log; fail "ferryd status endpoint not up"
+}
+# A field of ferryd's status document, one value per line (streams).
+fstatus() { wget -q -O - http://127.0.0.1:9789/status 2>/dev/null | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"; }
+# The writer's workload of the replication tests.
+REPL_BLOCKS=2048

@@ -29,6 +29,11 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// After every record.
+    pub const MAX: Self = Self {
+        timestamp_ns: u64::MAX,
+        group_seq: u64::MAX,
+    };
     /// Before every record.
     pub const ZERO: Self = Self {
         timestamp_ns: 0,
@@ -276,6 +281,40 @@ where
             .iter()
             .filter(|w| !w.is_resigned())
             .map(|w| w.run_end_stamp()),
+    )
+}
+
+/// The limit for applying the oldest open checkpoint interval: as
+/// [`group_limit`], except that a stream whose contiguous run already holds
+/// its marker of that interval (`marker_in_run(i)`) counts as complete
+/// ([`Stamp::MAX`]).  Every record of the interval in that stream precedes
+/// its marker, and every later record of the stream belongs to a later
+/// interval, whose stamps lie above all of this interval's markers (the
+/// primary inserts one interval's markers in every stream together).
+/// Without this, a group that goes idle after a checkpoint would never
+/// apply its last interval: the stream whose marker has the lowest stamp
+/// would hold the limit below the other markers until it receives a later
+/// record.
+pub fn interval_limit<T, S>(
+    windows: &[StreamWindow<T, S>],
+    marker_in_run: impl Fn(usize) -> bool,
+) -> Option<Stamp>
+where
+    T: Copy,
+    S: AsRef<[Option<Received<T>>]> + AsMut<[Option<Received<T>>]>,
+{
+    limit(
+        windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.is_resigned())
+            .map(|(i, w)| {
+                if marker_in_run(i) {
+                    Stamp::MAX
+                } else {
+                    w.run_end_stamp()
+                }
+            }),
     )
 }
 

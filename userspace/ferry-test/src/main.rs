@@ -54,6 +54,28 @@ enum Tool {
     CrashCheck(CrashCheckArgs),
     /// Send one command; print "ok" or the errno name.
     Cmd(CmdArgs),
+    /// G1 on a secondary's devices: what they hold is the image of the
+    /// writer's devices after a prefix of its (dependent) writes.
+    PrefixCheck(PrefixCheckArgs),
+}
+
+#[derive(clap::Args)]
+struct PrefixCheckArgs {
+    /// The devices, in the writer's `--dev` order, repeatable.
+    #[arg(long, required = true)]
+    dev: Vec<PathBuf>,
+    /// The writer's `--blocks`.
+    #[arg(long)]
+    blocks: u64,
+    /// The writer's `--seed`.
+    #[arg(long)]
+    seed: u64,
+    /// The writer's `--sequential`.
+    #[arg(long)]
+    sequential: bool,
+    /// Fail unless the prefix has at least this many writes.
+    #[arg(long, default_value_t = 0)]
+    min: u64,
 }
 
 #[derive(clap::Args)]
@@ -207,6 +229,7 @@ fn main() -> ExitCode {
         Tool::Check(a) => check(a),
         Tool::CrashCheck(a) => crash_check(a),
         Tool::Cmd(a) => cmd(a),
+        Tool::PrefixCheck(a) => prefix_check(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -623,6 +646,99 @@ fn make_block(id: u64, block: u64, seed: u64) -> Vec<u8> {
     b
 }
 
+/// The writer's choice for write `id` (from 1): device index and block.
+struct Choice {
+    x: u64,
+    devs: usize,
+    blocks: u64,
+    sequential: bool,
+}
+
+impl Choice {
+    fn new(seed: u64, devs: usize, blocks: u64, sequential: bool) -> Self {
+        Self {
+            x: seed | 1,
+            devs,
+            blocks,
+            sequential,
+        }
+    }
+
+    fn next(&mut self, id: u64) -> (usize, u64) {
+        self.x ^= self.x << 13;
+        self.x ^= self.x >> 7;
+        self.x ^= self.x << 17;
+        let di = ((id - 1) as usize) % self.devs;
+        let block = if self.sequential {
+            (id - 1) % self.blocks
+        } else {
+            self.x % self.blocks
+        };
+        (di, block)
+    }
+}
+
+fn prefix_check(a: PrefixCheckArgs) -> Res<()> {
+    // What each block holds: a write id, nothing (zeroes), or something
+    // else (torn or foreign: a failure in itself).
+    let mut found = vec![vec![None; a.blocks as usize]; a.dev.len()];
+    let mut top = 0u64;
+    let mut buf = vec![0u8; BLOCK];
+    for (di, p) in a.dev.iter().enumerate() {
+        let f = io("open device", File::open(p))?;
+        for b in 0..a.blocks {
+            io("read", f.read_exact_at(&mut buf, b * BLOCK as u64))?;
+            if buf.iter().all(|&c| c == 0) {
+                continue;
+            }
+            let id = block_write_id(&buf).ok_or_else(|| {
+                format!(
+                    "prefix|FAIL|{}: block {b} is neither zero nor a whole self-describing block",
+                    p.display()
+                )
+            })?;
+            found[di][b as usize] = Some(id);
+            top = top.max(id);
+        }
+    }
+    // The image after writes 1..=top.
+    let mut want = vec![vec![None; a.blocks as usize]; a.dev.len()];
+    let mut c = Choice::new(a.seed, a.dev.len(), a.blocks, a.sequential);
+    for id in 1..=top {
+        let (di, b) = c.next(id);
+        want[di][b as usize] = Some(id);
+    }
+    let mut bad = Vec::new();
+    for di in 0..a.dev.len() {
+        for b in 0..a.blocks as usize {
+            if found[di][b] != want[di][b] {
+                bad.push(format!(
+                    "dev {di} block {b}: holds {:?}, the prefix to {top} has {:?}",
+                    found[di][b], want[di][b]
+                ));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        for l in bad.iter().take(10) {
+            println!("prefix|differs|{l}");
+        }
+        return Err(format!(
+            "prefix|FAIL|{} blocks differ from the image after writes 1..={top}: not a prefix of the completion order",
+            bad.len()
+        ));
+    }
+    if top < a.min {
+        return Err(format!(
+            "prefix|FAIL|prefix of {top} writes, expected at least {}",
+            a.min
+        ));
+    }
+    let written = want.iter().flatten().filter(|w| w.is_some()).count();
+    println!("prefix|PASS|writes={top}|blocks_written={written}");
+    Ok(())
+}
+
 fn write(a: WriteArgs) -> Res<()> {
     let mut files = Vec::new();
     for p in &a.dev {
@@ -642,17 +758,9 @@ fn write(a: WriteArgs) -> Res<()> {
     // An aligned buffer for O_DIRECT.
     let mut raw = vec![0u8; 2 * BLOCK];
     let off = raw.as_ptr().align_offset(BLOCK);
-    let mut x = a.seed | 1;
+    let mut choice = Choice::new(a.seed, files.len(), a.blocks, a.sequential);
     for id in 1..=a.count {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let di = ((id - 1) as usize) % files.len();
-        let block = if a.sequential {
-            (id - 1) % a.blocks
-        } else {
-            x % a.blocks
-        };
+        let (di, block) = choice.next(id);
         let data = make_block(id, block, a.seed);
         raw[off..off + BLOCK].copy_from_slice(&data);
         io(

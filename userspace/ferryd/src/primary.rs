@@ -28,6 +28,8 @@ use crate::Report;
 
 /// Largest read from the character device: more than the largest record.
 const READ_BUF: usize = 2 << 20;
+/// An idle stream sends an empty batch this often.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Records per frame, at most this many bytes before compression.
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -278,7 +280,13 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
                 (!b.is_empty()).then_some((b, last))
             };
             let Some((b, last)) = batch else {
-                notified.await;
+                // Idle: an empty batch every second tells the secondary
+                // the link is alive (it drops a silent connection).
+                if tokio::time::timeout(KEEPALIVE, notified).await.is_err() {
+                    use tokio::io::AsyncWriteExt;
+                    wr.write_all(&link::pack(&[], false).encode()).await?;
+                    wr.flush().await?;
+                }
                 continue;
             };
             let f = link::pack(&b, lz4);

@@ -34,7 +34,7 @@ use anyhow::{bail, Context, Result};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalSlot, Rendezvous};
 use ferry_core::command::Command;
 use ferry_core::record::{self, GroupKey, RecordError, RecordKind};
-use ferry_core::select::{group_limit, next_in_group_order, Received, Stamp, StreamWindow};
+use ferry_core::select::{interval_limit, next_in_group_order, Received, Stamp, StreamWindow};
 use ferry_core::FastDigest;
 use ferryd::config::{Config, Role};
 use ferryd::link::{self, Frame, Side};
@@ -48,6 +48,8 @@ use crate::{Rejected, Report};
 
 /// Records a stream may hold between the last applied and the newest.
 const WINDOW: usize = 1 << 18;
+/// A stream connection that carries nothing for this long is dropped.
+const SILENCE: Duration = Duration::from_secs(5);
 /// Checkpoint intervals open at once.
 const INTERVALS: usize = 4096;
 
@@ -85,6 +87,9 @@ struct State {
     windows: Vec<Window>,
     streams: Vec<StreamState>,
     rendezvous: Rendezvous<Vec<IntervalSlot>>,
+    /// `dev_seq` of each stream's checkpoint marker, by (interval, stream
+    /// index), for ferry-core's `interval_limit`.
+    markers: BTreeMap<(u64, usize), u64>,
     applied: u64,
     applying: u64,
     intervals: u64,
@@ -201,6 +206,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     );
     let mut streams = Vec::new();
     let mut windows = Vec::new();
+    let mut markers = BTreeMap::new();
     let mut logs = Vec::new();
     for id in (0..64u32).filter(|i| members & (1 << i) != 0) {
         let mut sv = saved.get(&id).copied().unwrap_or(Saved {
@@ -272,6 +278,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
                 held += 1;
                 if h.kind == RecordKind::Checkpoint {
                     let _ = rendezvous.marker(id, h.epoch, stamp(h));
+                    markers.insert((h.epoch, streams.len()), h.dev_seq);
                 }
             }
         }
@@ -312,6 +319,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             windows,
             streams,
             rendezvous,
+            markers,
             applied,
             applying,
             intervals: 0,
@@ -426,7 +434,10 @@ async fn serve(
     .await?;
     info!(device, next, "stream connected");
     loop {
-        let f = link::read_frame(&mut tls).await?;
+        // The primary sends at least an empty batch every second.
+        let f = tokio::time::timeout(SILENCE, link::read_frame(&mut tls))
+            .await
+            .context("the primary went silent")??;
         let Frame::Records {
             codec,
             raw_len,
@@ -488,7 +499,9 @@ async fn serve(
                 ));
                 at += len as u64;
             }
-            f.sync_data()?;
+            if !out.is_empty() {
+                f.sync_data()?;
+            }
             Ok(out)
         })
         .await??;
@@ -502,6 +515,7 @@ async fn serve(
                             if let Err(e) = st.rendezvous.marker(device, h.epoch, stamp(h)) {
                                 warn!(device, epoch = h.epoch, "checkpoint marker: {e}");
                             }
+                            st.markers.insert((h.epoch, idx), h.dev_seq);
                         }
                     }
                     Err(e) => {
@@ -537,7 +551,13 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
         let notified = s.more.notified();
         let job = {
             let mut st = lock(&s.state);
-            match group_limit(&st.windows).and_then(|l| st.rendezvous.ready(l)) {
+            let oldest = st.rendezvous.oldest();
+            let limit = interval_limit(&st.windows, |i| {
+                st.markers
+                    .get(&(oldest, i))
+                    .is_some_and(|&ds| st.windows[i].run_end() >= ds)
+            });
+            match limit.and_then(|l| st.rendezvous.ready(l)) {
                 Some((epoch, cut)) => {
                     let mut items = Vec::new();
                     while let Some(i) = next_in_group_order(&st.windows, cut) {
@@ -580,6 +600,7 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("retire {epoch}: {e}"))?;
             st.applied = epoch;
             st.applying = 0;
+            st.markers.retain(|&(e, _), _| e > epoch);
             st.intervals += 1;
             st.streams.iter().map(|x| (x.id, x.saved)).collect()
         };

@@ -37,7 +37,9 @@ use ferry_core::record::{
     decode_record, encode_record, off, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader,
     RecordKind, HEADER_LEN, SECTOR_SIZE,
 };
-use ferry_core::select::{group_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow};
+use ferry_core::select::{
+    interval_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow,
+};
 use ferry_core::FastDigest;
 
 /// Streams (devices) of the group: stream 0 is the `log` device.
@@ -540,6 +542,20 @@ impl Secondary {
         self.job = None;
         self.handshake = None;
     }
+}
+
+/// ferry-core's limit for the oldest open interval: a stream whose run
+/// holds its marker of that interval counts as complete.
+fn interval_limit_of(s: &Secondary) -> Option<Stamp> {
+    let oldest = s.rendezvous.oldest();
+    interval_limit(&s.windows, |i| {
+        s.log.iter().any(|(&(st, ds), e)| {
+            st == i
+                && e.h.kind == RecordKind::Checkpoint
+                && e.h.epoch == oldest
+                && ds <= s.windows[i].run_end()
+        })
+    })
 }
 
 fn received(h: &RecordHeader) -> Received<()> {
@@ -1246,7 +1262,7 @@ impl World {
         let limit = if self.cfg.bug == Some(Bug::LimitIsMax) {
             self.s.windows.iter().map(|w| w.run_end_stamp()).max()
         } else {
-            group_limit(&self.s.windows)
+            interval_limit_of(&self.s)
         };
         let Some(limit) = limit else { return Ok(()) };
         let Some((epoch, cut)) = self.s.rendezvous.ready(limit) else {
@@ -1321,7 +1337,7 @@ impl World {
         if let ApplyState::InProgress { epoch } = self.s.mark.state {
             // Redo the whole interval from the remote log; reads wait.
             self.stats.redos += 1;
-            let limit = group_limit(&self.s.windows).unwrap_or(Stamp::ZERO);
+            let limit = interval_limit_of(&self.s).unwrap_or(Stamp::ZERO);
             let cut = match self.s.rendezvous.ready(limit) {
                 Some((e, cut)) if e == epoch => cut,
                 other => {

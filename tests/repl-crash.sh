@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Replication crash points (G1, G2): one secondary guest stays up; for each
+# point the host boots a primary guest on fresh disks, lets it write and
+# replicate, cuts its power (SIGKILL of QEMU) 1 to 6 s after it armed, and
+# the secondary promotes and checks what it holds.  The two guests are
+# joined only to each other (QEMU socket netdev on 127.0.0.1; the
+# secondary listens, so each new primary can connect).
+#
+#   tests/repl-crash.sh <initramfs.cpio> <out-dir> [points]   (default 20;
+#                                                            FERRY_REPL_POINTS)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+initrd=$1 out=$2 points=${3:-${FERRY_REPL_POINTS:-20}}
+tools=${initrd%.cpio}.tools.img
+kernel="$("$here/scripts/build-kernel.sh" debug)/arch/x86/boot/bzImage"
+mkdir -p "$out"
+rm -f "$out"/*.log
+port=$(( 20000 + RANDOM % 40000 ))
+while ss -Htln "sport = :$port" | grep -q .; do port=$(( 20000 + RANDOM % 40000 )); done
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+
+guest() {  # guest <node> <log> <listen|connect> <tests> <append> -> pid in $gpid
+	local n=$1 log=$2 role=$3 t=$4 app=$5 args=() i
+	for i in 0 1 2 3; do
+		local f="$out/g$n-disk$i.img" sz=256M
+		[ $i -ge 2 ] && sz=64M
+		rm -f "$f"; truncate -s $sz "$f"
+		args+=(-drive "file=$f,format=raw,if=none,id=d$i,cache=unsafe" -device "virtio-blk-pci,drive=d$i")
+	done
+	qemu-system-x86_64 -accel tcg -cpu max,la57=off -nodefaults -no-user-config -nic none \
+		-display none -no-reboot -m 512 -smp 1 -kernel "$kernel" -initrd "$initrd" \
+		-append "console=ttyS0 loglevel=4 panic=-1 oops=panic ferry.node=$n ferry.nodes=2 ferry.tests=$t $app" \
+		-chardev "file,id=s0,path=$log" -serial chardev:s0 "${args[@]}" \
+		-drive "file=$tools,format=raw,if=none,id=tools,readonly=on" \
+		-device virtio-blk-pci,drive=tools,serial=ferrytools \
+		-netdev "socket,id=n0,$role=127.0.0.1:$port" \
+		-device "virtio-net-pci,netdev=n0,mac=52:54:00:f0:00:0$((n + 1))" \
+		</dev/null >"$log.qemu" 2>&1 &
+	gpid=$!
+	pids+=($gpid)
+}
+
+wait_for() {  # wait_for <file> <pattern> <seconds> <pid>
+	local end=$(( $(date +%s) + $3 ))
+	until grep -aq "$2" "$1" 2>/dev/null; do
+		[ "$(date +%s)" -lt $end ] || return 1
+		kill -0 "$4" 2>/dev/null || return 1
+		sleep 0.2
+	done
+}
+
+t0=$(date +%s)
+guest 1 "$out/secondary.log" listen repl-crash-secondary "ferry.points=$points"
+spid=$gpid
+for i in $(seq 1 "$points"); do
+	if ! wait_for "$out/secondary.log" "^REPL-READY $i\$" 300 $spid; then
+		tail -40 "$out/secondary.log"; echo "repl-crash: secondary not ready for point $i"; exit 1
+	fi
+	plog="$out/primary-$i.log"
+	guest 0 "$plog" connect repl-crash-primary "ferry.point=$i"
+	ppid=$gpid
+	if ! wait_for "$plog" '^FERRY-ARMED' 300 $ppid; then
+		tail -40 "$plog"; echo "repl-crash: point $i: the primary did not arm"; exit 1
+	fi
+	delay=$(awk -v r=$RANDOM 'BEGIN { printf "%.1f", 1 + (r % 51) / 10 }')
+	sleep "$delay"
+	kill -9 $ppid; wait $ppid 2>/dev/null || true
+	if ! wait_for "$out/secondary.log" "^REPL-POINT $i " 400 $spid; then
+		tail -60 "$out/secondary.log"; echo "repl-crash: point $i: no verdict from the secondary"; exit 1
+	fi
+	line=$(grep -a "^REPL-POINT $i " "$out/secondary.log" | tr -d '\r')
+	echo "crash point $i (power cut ${delay}s after arming): ${line#REPL-POINT $i }"
+	case "$line" in *" PASS "*) ;; *) tail -40 "$out/secondary.log"; exit 1 ;; esac
+done
+if ! wait_for "$out/secondary.log" '^FERRY-VERDICT' 300 $spid || ! grep -aq '^FERRY-VERDICT: PASS' "$out/secondary.log"; then
+	tail -40 "$out/secondary.log"; echo "repl-crash: secondary verdict not PASS"; exit 1
+fi
+echo "repl-crash: $points of $points crash points passed in $(( $(date +%s) - t0 ))s"
