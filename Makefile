@@ -7,7 +7,8 @@
 #   make test       userspace tests + the guest suite (what CI runs)
 #   make demo       boot a guest, create a ferry device, run fio, show status
 #   make bench      ferry vs dm-linear vs the raw disk, in guests
-#   make soak       the crash points of make test, FERRY_CRASH_POINTS (100) of them
+#   make soak       the crash points of make test, FERRY_CRASH_POINTS (100) and
+#                   FERRY_REPL_POINTS (200) of them
 #   make kernel     only build (or find) the cached guest kernel
 #   make clean
 #

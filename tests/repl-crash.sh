@@ -44,7 +44,7 @@ guest() {  # guest <node> <log> <listen|connect> <tests> <append> -> pid in $gpi
 
 wait_for() {  # wait_for <file> <pattern> <seconds> <pid>
 	local end=$(( $(date +%s) + $3 ))
-	until grep -aq "$2" "$1" 2>/dev/null; do
+	until { tr -d '\r' <"$1"; } 2>/dev/null | grep -aq "$2"; do
 		[ "$(date +%s)" -lt $end ] || return 1
 		kill -0 "$4" 2>/dev/null || return 1
 		sleep 0.2

@@ -36,5 +36,9 @@ step "guest: primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/v
 step "guest: crash points (G3)" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 step "guests: two joined guests" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-net" net-ping
+step "guests: replication (drain, prefix, checksums)" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
+	--out "$out/vm-repl" "${disks[@]}" repl
+step "guests: replication crash points (G1, G2)" tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" \
+	"${FERRY_REPL_POINTS:-20}"
 
 printf '%s\n' "${summary[@]}"

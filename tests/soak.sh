@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make soak`: many crash points (FERRY_CRASH_POINTS, default 100) against
+# `make soak`: many crash points (FERRY_CRASH_POINTS, default 100, and
+# replication crash points, FERRY_REPL_POINTS, default 200) against
 # the module and tools of this tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,4 @@ scripts/build-kernel.sh debug >/dev/null
 make --no-print-directory module
 scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
 tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"
+tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"

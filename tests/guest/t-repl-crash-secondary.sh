@@ -5,7 +5,7 @@
 # (and with it G2: the log device is device 0) with the prefix checker.
 points=${FERRY_POINTS:-1}
 pass=0
-for i in $(seq 1 "$points"); do
+for pt in $(seq 1 "$points"); do
 	killall ferryd 2>/dev/null || true
 	sleep 0.3
 	dm remove_all >/dev/null 2>&1 || true
@@ -13,19 +13,19 @@ for i in $(seq 1 "$points"); do
 	repl_devices secondary
 	repl_config secondary
 	ferryd_start
-	echo "REPL-READY $i"
+	echo "REPL-READY $pt"
 	up=0
 	for t in $(seq 1 300); do
 		fstatus connected | grep -q true && { up=1; break; }
 		sleep 0.5
 	done
-	[ $up = 1 ] || fail "point $i: the primary never connected"
+	[ $up = 1 ] || fail "point $pt: the primary never connected"
 	# Power cut: the streams go silent and are dropped.
 	for t in $(seq 1 240); do
 		fstatus connected | grep -q true || break
 		sleep 0.5
 	done
-	fstatus connected | grep -q true && fail "point $i: streams still connected after 120 s"
+	fstatus connected | grep -q true && fail "point $pt: streams still connected after 120 s"
 	# Let the last complete interval be applied.
 	last=x
 	for t in $(seq 1 60); do
@@ -35,15 +35,15 @@ for i in $(seq 1 "$points"); do
 		sleep 1
 	done
 	lag=$(fstatus lag_records | tr '\n' ' ')
-	ferryctl promote gr >/tmp/promote.out 2>&1 || { cat /tmp/promote.out /tmp/ferryd.log; fail "point $i: promote"; }
+	ferryctl promote gr >/tmp/promote.out 2>&1 || { cat /tmp/promote.out /tmp/ferryd.log; fail "point $pt: promote"; }
 	if ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
-		--seed $((1000 + i)) --min 1 >/tmp/pc.out 2>&1; then
-		echo "REPL-POINT $i PASS $(cat /tmp/pc.out) applied_epoch=${last% *} not_applied=$lag"
+		--seed $((1000 + pt)) --min 1 >/tmp/pc.out 2>&1; then
+		echo "REPL-POINT $pt PASS $(cat /tmp/pc.out) applied_epoch=${last% *} not_applied=$lag"
 		pass=$((pass + 1))
 	else
-		echo "REPL-POINT $i FAIL $(cat /tmp/pc.out)"
+		echo "REPL-POINT $pt FAIL $(cat /tmp/pc.out)"
 		tail -20 /tmp/ferryd.log
-		fail "point $i: the promoted secondary is not a prefix"
+		fail "point $pt: the promoted secondary is not a prefix"
 	fi
 done
 ok "$pass of $points crash points: the promoted secondary held a prefix of the completion order"
