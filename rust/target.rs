@@ -284,7 +284,7 @@ impl Drop for Ferry {
 
 impl Target for Ferry {
     const NAME: &'static CStr = c"ferry";
-    const VERSION: [u32; 3] = [0, 2, 0];
+    const VERSION: [u32; 3] = [0, 3, 0];
     type Io = Arc<Record>;
 
     fn new(ctr: &mut Ctr<'_>, args: &[&CStr]) -> Result<Self, CtrError> {
@@ -486,7 +486,7 @@ impl Target for Ferry {
             .and_then(|()| self.opts.write(self.mode(), out)),
             StatusType::Ima => write!(
                 out,
-                "target_name=ferry,target_version=0.2.0,data_device={},meta_device={},data_offset={},mode={};",
+                "target_name=ferry,target_version=0.3.0,data_device={},meta_device={},data_offset={},mode={};",
                 self.data.name().to_str().unwrap_or("?"),
                 self.meta.name().to_str().unwrap_or("?"),
                 self.data_offset,
