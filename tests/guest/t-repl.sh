@@ -3,6 +3,11 @@
 # shipped by ferryd, stored, acknowledged and applied by interval at the
 # secondary; after the drain the secondary, promoted, holds every write
 # (prefix checker) and its devices equal the primary's (checksums).
+# Meanwhile: the link delays, reorders and duplicates packets (netem) and is
+# cut for 7 s (the primary resumes from what was acknowledged, without
+# going ahead); the secondary's ferryd is killed (-9) and restarted (redo
+# of an interval in progress, if any); a peer with a wrong key is refused
+# and counted; a corrupted record is rejected and counted, nothing stored.
 N=${FERRY_REPL_WRITES:-1000}
 peer=10.99.0.$((2 - FERRY_NODE))
 mkdir -p /tmp/www
@@ -20,9 +25,18 @@ if [ "$FERRY_NODE" = 0 ]; then
 	repl_devices primary
 	repl_config primary
 	ferryd_start
+	NETEM="delay 5ms 3ms reorder 25% 50% duplicate 5%"
+	tc qdisc add dev eth0 root netem $NETEM || fail "netem"
 	t0=$(date +%s)
 	ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count "$N" --blocks $REPL_BLOCKS \
-		--seed 7 --log /dev/null >/tmp/w.out 2>&1 || { cat /tmp/w.out; fail "writer"; }
+		--seed 7 --log /dev/null >/tmp/w.out 2>&1 &
+	wp=$!
+	sleep 8
+	tc qdisc change dev eth0 root netem loss 100% || fail "cut"
+	sleep 7
+	tc qdisc change dev eth0 root netem $NETEM || fail "restore"
+	ok "link cut for 7 s at 8 s, restored"
+	wait $wp || { cat /tmp/w.out; fail "writer"; }
 	ok "$N dependent writes on the primary in $(( $(date +%s) - t0 )) s"
 	# Drained: every record of both devices acknowledged, twice in a row
 	# (a checkpoint marker may follow the last write).
@@ -39,6 +53,11 @@ if [ "$FERRY_NODE" = 0 ]; then
 	done
 	[ $stable -ge 3 ] || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
 	ok "drained in $(( $(date +%s) - t0 )) s: r0 $a0 records, r1 $a1 records acknowledged"
+	set -- $(dm status r0)
+	[ "$8" = replicating ] || fail "the primary went $8: a resync would be needed"
+	n0=$(grep -c 'device=0.*connected\|connected.*device=0' /tmp/ferryd.log || true)
+	[ "$n0" -ge 2 ] || { cat /tmp/ferryd.log; fail "stream 0 connected $n0 times: no reconnect after the cut?"; }
+	ok "still replicating (no resync needed); stream 0 connected $n0 times"
 	ferryctl status gr
 	echo "$N $(sums)" >/tmp/www/done
 	fetch result /tmp/result 300 || fail "no result from the secondary"
@@ -49,7 +68,30 @@ if [ "$FERRY_NODE" = 0 ]; then
 else
 	repl_devices secondary
 	repl_config secondary
+	NETEM="delay 5ms 3ms reorder 25% 50% duplicate 5%"
+	tc qdisc add dev eth0 root netem $NETEM || fail "netem"
 	ferryd_start
+	metric() { wget -q -O - http://127.0.0.1:9789/metrics | grep "^ferry_$1" | awk '{ s += $2 } END { print s + 0 }'; }
+	wrong=ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100
+	[ "$(ferry-test link-probe --peer 127.0.0.1:7789 --group gr --key $wrong)" = "probe|refused" ] ||
+		fail "a peer with a wrong key was not refused"
+	[ "$(metric auth_refused_total)" = 1 ] || fail "refused peer not counted: $(metric auth_refused_total)"
+	ok "a peer with the wrong key refused and counted"
+	out=$(ferry-test link-probe --peer 127.0.0.1:7789 --group gr --key $REPL_KEY --device 1 --corrupt)
+	case "$out" in *"probe|closed-after-corrupt"*) ;; *) fail "corrupt record: $out" ;; esac
+	[ "$(metric 'records_rejected_total{group="gr",reason="checksum"}')" = 1 ] ||
+		fail "corrupt record not counted: $(wget -q -O - http://127.0.0.1:9789/metrics | grep rejected)"
+	ok "a corrupted record rejected (checksum) and counted, the connection closed"
+	# Kill ferryd while it receives and applies, then restart it.
+	for t in $(seq 1 600); do
+		[ "$(fstatus done | head -1)" -gt 200 ] 2>/dev/null && break
+		sleep 0.2
+	done
+	kill -9 $fdp
+	set -- $(dm status r0)
+	was="$8 $9 ${10}"
+	ferryd_start
+	ok "ferryd killed (-9) at [$was] and restarted"
 	fetch done /tmp/done 600 || fail "the primary never finished"
 	set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3
 	ok "primary drained $n writes"

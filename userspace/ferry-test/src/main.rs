@@ -57,6 +57,28 @@ enum Tool {
     /// G1 on a secondary's devices: what they hold is the image of the
     /// writer's devices after a prefix of its (dependent) writes.
     PrefixCheck(PrefixCheckArgs),
+    /// Connect to a secondary's ferryd as a primary would, with a given
+    /// key; optionally send a corrupted record.  Prints what happened.
+    LinkProbe(LinkProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct LinkProbeArgs {
+    /// The secondary, host:port.
+    #[arg(long)]
+    peer: String,
+    #[arg(long)]
+    group: String,
+    /// The key, hexadecimal.
+    #[arg(long)]
+    key: String,
+    /// The stream (device id).
+    #[arg(long, default_value_t = 0)]
+    device: u32,
+    /// After the welcome, send a batch with one record whose payload is
+    /// damaged (signed for the group, dev_seq far ahead).
+    #[arg(long)]
+    corrupt: bool,
 }
 
 #[derive(clap::Args)]
@@ -230,6 +252,7 @@ fn main() -> ExitCode {
         Tool::CrashCheck(a) => crash_check(a),
         Tool::Cmd(a) => cmd(a),
         Tool::PrefixCheck(a) => prefix_check(a),
+        Tool::LinkProbe(a) => link_probe(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -644,6 +667,75 @@ fn make_block(id: u64, block: u64, seed: u64) -> Vec<u8> {
         chunk.copy_from_slice(&x.to_le_bytes()[..n]);
     }
     b
+}
+
+fn link_probe(a: LinkProbeArgs) -> Res<()> {
+    use ferryd::link::{self, Frame, Side};
+    let key = ferryd::config::parse_key(&a.key).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&a.peer)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let tls = link::client_config().map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("ferry")
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let mut s = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut ekm = [0u8; 32];
+        s.get_ref()
+            .1
+            .export_keying_material(&mut ekm, link::EXPORTER_LABEL, None)
+            .map_err(|e| e.to_string())?;
+        let hello = Frame::Hello {
+            version: link::VERSION,
+            group: a.group.clone(),
+            device: a.device,
+            tag: link::tag(&key, Side::Primary, &a.group, a.device, &ekm),
+        };
+        link::write_frame(&mut s, &hello).await.map_err(|e| e.to_string())?;
+        let next = match tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut s)).await {
+            Ok(Ok(Frame::Welcome { next, .. })) => next,
+            Ok(Ok(f)) => return Err(format!("unexpected {f:?}")),
+            Ok(Err(_)) | Err(_) => {
+                println!("probe|refused");
+                return Ok(());
+            }
+        };
+        println!("probe|welcome|next={next}");
+        if a.corrupt {
+            let d = &FastDigest;
+            let gid = record::group_id_of_name(d, a.group.as_bytes());
+            let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| format!("{e:?}"))?;
+            let mut h = record::RecordHeader::new(RecordKind::Write);
+            h.group_id = gid;
+            h.device_id = a.device;
+            h.payload_len = BLOCK as u32;
+            h.dev_seq = next + 1_000_000;
+            h.group_seq = u64::MAX / 2;
+            h.timestamp_ns = u64::MAX / 2;
+            h.epoch = u64::MAX / 2;
+            h.nr_sectors = (BLOCK / 512) as u32;
+            let mut out = vec![0u8; h.record_len()];
+            record::encode_record(&h, &make_block(1, 0, 0), &gkey, d, &mut out)
+                .map_err(|e| format!("{e:?}"))?;
+            out[HEADER_LEN + 7] ^= 0x10;
+            link::write_frame(&mut s, &link::pack(&out, true))
+                .await
+                .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut s)).await {
+                Ok(Ok(Frame::Ack { .. })) => println!("probe|acked-corrupt"),
+                _ => println!("probe|closed-after-corrupt"),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The writer's choice for write `id` (from 1): device index and block.
