@@ -5,7 +5,7 @@
 #   make            build dm-ferry.ko (against the cached guest kernel, built
 #                   on first use; or against KDIR=/path/to/your/kernel/build)
 #   make test       userspace tests + the guest suite (what CI runs)
-#   make demo       boot a guest, create a ferry device, run fio, show status
+#   make demo       two guests replicating; kill the primary, promote, check
 #   make bench      ferry vs dm-linear vs the raw disk, in guests
 #   make soak       the crash points of make test, FERRY_CRASH_POINTS (100) and
 #                   FERRY_REPL_POINTS (200) of them

@@ -1,15 +1,50 @@
 # A replication crash point, primary side (tests/repl-crash.sh): group gr
-# under dependent writes (seed 1000 + point) across its log and data
-# devices, shipped by ferryd; then "FERRY-ARMED", and the host kills this
-# guest.
+# shipped by ferryd under a workload (ferry.workload): "blocks", dependent
+# writes (seed 1000 + point) across its log and data devices; "ext4", a
+# file workload on ext4 on the data device; "sqlite", one transaction after
+# another in an SQLite database on that ext4.  Then "FERRY-ARMED", and the
+# host kills this guest.
 repl_devices primary
 repl_config primary
 ferryd_start
-ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count 100000000 --blocks $REPL_BLOCKS \
-	--seed $((1000 + ${FERRY_POINT:-0})) --log /dev/null >/tmp/w.out 2>&1 &
+case "${FERRY_WORKLOAD:-blocks}" in
+blocks)
+	ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count 100000000 --blocks $REPL_BLOCKS \
+		--seed $((1000 + ${FERRY_POINT:-0})) --log /dev/null >/tmp/w.out 2>&1 &
+	;;
+ext4)
+	/sbin/mke2fs -q -t ext4 -F /dev/mapper/r1 || fail "mkfs"
+	mkdir -p /mnt/fs && mount -t ext4 /dev/mapper/r1 /mnt/fs || fail "mount"
+	(
+		i=0
+		while :; do
+			n=$((i % 64))
+			mkdir -p /mnt/fs/d$((i % 8))
+			dd if=/dev/urandom of=/mnt/fs/d$((i % 8))/t.$n bs=4k count=$((1 + i % 16)) 2>/dev/null
+			mv /mnt/fs/d$((i % 8))/t.$n /mnt/fs/d$((i % 8))/f.$n
+			[ $((i % 3)) = 0 ] && sync
+			[ $((i % 7)) = 0 ] && rm -f /mnt/fs/d$(((i + 3) % 8))/f.*
+			i=$((i + 1))
+		done
+	) >/tmp/w.out 2>&1 &
+	;;
+sqlite)
+	/sbin/mke2fs -q -t ext4 -F /dev/mapper/r1 || fail "mkfs"
+	mkdir -p /mnt/db && mount -t ext4 /dev/mapper/r1 /mnt/db || fail "mount"
+	sqlite3 /mnt/db/t.db "create table t(id integer primary key, v text not null, h text not null)" || fail "sqlite"
+	(
+		i=1
+		while :; do
+			sqlite3 /mnt/db/t.db "begin; insert into t values($i, hex(randomblob(300)), 'x'); update t set h = '$i' where id = $(( (i + 1) / 2 )); commit;" || exit 1
+			i=$((i + 1))
+		done
+	) >/tmp/w.out 2>&1 &
+	;;
+*) fail "unknown workload $FERRY_WORKLOAD" ;;
+esac
 wp=$!
 sleep 2
-kill -0 $wp 2>/dev/null || { cat /tmp/w.out; fail "writer stopped"; }
+kill -0 $wp 2>/dev/null || { cat /tmp/w.out; fail "workload stopped"; }
 echo FERRY-ARMED
 wait $wp
-fail "the writer ended before the power cut: $(cat /tmp/w.out)"
+fail "the workload ended before the power cut: $(cat /tmp/w.out)"

@@ -1,9 +1,15 @@
 # Replication crash points, secondary side (tests/repl-crash.sh): for each
 # point, fresh secondary devices and ferryd; the host boots a primary that
-# writes until its power is cut; once the primary's streams have gone
-# silent and the last complete interval is applied, promote and check G1
-# (and with it G2: the log device is device 0) with the prefix checker.
+# runs a workload until its power is cut; once the primary's streams have
+# gone silent and the last complete interval is applied, promote and check.
+# Points 1..ferry.block_points: dependent blocks, G1 (and with it G2: the
+# log device is device 0) by the prefix checker; the points after that
+# alternate ext4 (journal replayed by a mount, then e2fsck clean) and SQLite
+# (integrity check ok, the committed transactions present are 1..n).
 points=${FERRY_POINTS:-1}
+# make demo narrates (lines "demo|..." the host prints).
+say() { [ -n "${FERRY_DEMO:-}" ] && echo "demo|$*"; return 0; }
+sayout() { [ -n "${FERRY_DEMO:-}" ] && sed 's/^/demo|    /' "$1"; return 0; }
 pass=0
 for pt in $(seq 1 "$points"); do
 	killall ferryd 2>/dev/null || true
@@ -13,6 +19,7 @@ for pt in $(seq 1 "$points"); do
 	repl_devices secondary
 	repl_config secondary
 	ferryd_start
+	say "secondary guest: dm-ferry loaded; r0 (role log) and r1 (role data) in mode secondary, group gr; ferryd listening on :7789"
 	echo "REPL-READY $pt"
 	up=0
 	for t in $(seq 1 300); do
@@ -20,11 +27,17 @@ for pt in $(seq 1 "$points"); do
 		sleep 0.5
 	done
 	[ $up = 1 ] || fail "point $pt: the primary never connected"
+	say "the primary guest connected; it writes dependent blocks to its r0 and r1"
 	# Power cut: the streams go silent and are dropped.
 	for t in $(seq 1 240); do
 		fstatus connected | grep -q true || break
+		if [ $((t % 4)) = 1 ] && [ -n "${FERRY_DEMO:-}" ]; then
+			say "\$ ferryctl status gr"
+			ferryctl status gr >/tmp/st.out 2>&1; sayout /tmp/st.out
+		fi
 		sleep 0.5
 	done
+	say "the primary's streams went silent (no keepalive for 5 s): it is gone"
 	fstatus connected | grep -q true && fail "point $pt: streams still connected after 120 s"
 	# Let the last complete interval be applied.
 	last=x
@@ -35,15 +48,63 @@ for pt in $(seq 1 "$points"); do
 		sleep 1
 	done
 	lag=$(fstatus lag_records | tr '\n' ' ')
+	say "\$ ferryctl status gr"
+	ferryctl status gr >/tmp/st.out 2>&1; sayout /tmp/st.out
+	say "\$ ferryctl promote gr"
 	ferryctl promote gr >/tmp/promote.out 2>&1 || { cat /tmp/promote.out /tmp/ferryd.log; fail "point $pt: promote"; }
-	if ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
+	sayout /tmp/promote.out
+	say "\$ dmsetup status r0 r1"
+	dm status >/tmp/st.out; sayout /tmp/st.out
+	say "\$ ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 ...   # G1: a prefix of the completion order?"
+	workload=blocks
+	if [ "$pt" -gt "${FERRY_BLOCK_POINTS:-$points}" ]; then
+		workload=sqlite; [ $(( (pt - ${FERRY_BLOCK_POINTS:-$points}) % 2 )) = 1 ] && workload=ext4
+	fi
+	if [ $workload = ext4 ]; then
+		mkdir -p /mnt/fs
+		if mount -t ext4 /dev/mapper/r1 /mnt/fs 2>/tmp/pc.out; then
+			files=$(find /mnt/fs -type f | wc -l)
+			umount /mnt/fs
+			if /sbin/e2fsck -fn /dev/mapper/r1 >/tmp/fsck.out 2>&1; then
+				echo "ext4|PASS|journal replayed by mount, e2fsck -fn clean|files=$files" >/tmp/pc.out
+			else
+				cat /tmp/fsck.out >/tmp/pc.out; echo "ext4|FAIL|e2fsck" >>/tmp/pc.out
+			fi
+		else
+			echo "ext4|FAIL|mount: $(cat /tmp/pc.out)" >/tmp/pc.out
+		fi
+		okk=$(grep -c '^ext4|PASS' /tmp/pc.out || true)
+	elif [ $workload = sqlite ]; then
+		mkdir -p /mnt/db
+		if mount -t ext4 /dev/mapper/r1 /mnt/db 2>/tmp/pc.out; then
+			r=$(sqlite3 /mnt/db/t.db "pragma integrity_check; select count(*), coalesce(max(id), 0), coalesce(min(id), 1) from t;" 2>&1 | tr '\n' ' ')
+			umount /mnt/db
+			set -- $r
+			if [ "$1" = ok ] && [ "$(echo "$2" | cut -d'|' -f1)" = "$(echo "$2" | cut -d'|' -f2)" ] && [ "$(echo "$2" | cut -d'|' -f3)" = 1 ]; then
+				echo "sqlite|PASS|integrity ok|transactions=1..$(echo "$2" | cut -d'|' -f2)" >/tmp/pc.out
+			else
+				echo "sqlite|FAIL|$r" >/tmp/pc.out
+			fi
+		else
+			echo "sqlite|FAIL|mount: $(cat /tmp/pc.out)" >/tmp/pc.out
+		fi
+		okk=$(grep -c '^sqlite|PASS' /tmp/pc.out || true)
+	elif ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
 		--seed $((1000 + pt)) --min 1 >/tmp/pc.out 2>&1; then
+		okk=1
+	else
+		okk=0
+	fi
+	if [ "$okk" -ge 1 ]; then
+		say "    $(cat /tmp/pc.out)"
+		[ $workload = blocks ] && say "verdict: PASS: the promoted secondary holds exactly the primary's devices after its first $(sed -n 's/.*writes=\([0-9]*\).*/\1/p' /tmp/pc.out) writes"
 		echo "REPL-POINT $pt PASS $(cat /tmp/pc.out) applied_epoch=${last% *} not_applied=$lag"
 		pass=$((pass + 1))
 	else
+		say "verdict: FAIL: $(cat /tmp/pc.out)"
 		echo "REPL-POINT $pt FAIL $(cat /tmp/pc.out)"
 		tail -20 /tmp/ferryd.log
-		fail "point $pt: the promoted secondary is not a prefix"
+		fail "point $pt ($workload): the promoted secondary failed its check"
 	fi
 done
 ok "$pass of $points crash points: the promoted secondary held a prefix of the completion order"
