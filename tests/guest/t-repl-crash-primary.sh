@@ -2,8 +2,8 @@
 # shipped by ferryd under a workload (ferry.workload): "blocks", dependent
 # writes (seed 1000 + point) across its log and data devices; "ext4", a
 # file workload on ext4 on the data device; "sqlite", one transaction after
-# another in an SQLite database on that ext4.  Then "FERRY-ARMED", and the
-# host kills this guest.
+# another in an SQLite database on that ext4.  Then, once the secondary has
+# applied two intervals, "FERRY-ARMED", and the host kills this guest.
 repl_devices primary
 repl_config primary
 ferryd_start
@@ -43,8 +43,16 @@ sqlite)
 *) fail "unknown workload $FERRY_WORKLOAD" ;;
 esac
 wp=$!
-sleep 2
-kill -0 $wp 2>/dev/null || { cat /tmp/w.out; fail "workload stopped"; }
+# Applications run a while first (mkfs alone fills intervals).
+[ "${FERRY_WORKLOAD:-blocks}" = blocks ] || sleep 6
+# Armed once the secondary has applied two intervals (so that a power cut
+# finds something replicated: the check has something to judge).
+for t in $(seq 1 600); do
+	[ "$(fstatus applied_epoch)" -ge 2 ] 2>/dev/null && break
+	kill -0 $wp 2>/dev/null || { cat /tmp/w.out; fail "workload stopped"; }
+	sleep 0.2
+done
+[ "$(fstatus applied_epoch)" -ge 2 ] || { tail /tmp/ferryd.log; fail "the secondary applied nothing in 120 s"; }
 echo FERRY-ARMED
 wait $wp
 fail "the workload ended before the power cut: $(cat /tmp/w.out)"

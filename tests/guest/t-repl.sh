@@ -26,15 +26,15 @@ if [ "$FERRY_NODE" = 0 ]; then
 	repl_config primary
 	ferryd_start
 	NETEM="delay 5ms 3ms reorder 25% 50% duplicate 5%"
-	tc qdisc add dev eth0 root netem $NETEM || fail "netem"
+	/sbin/tc qdisc add dev eth0 root netem $NETEM || fail "netem"
 	t0=$(date +%s)
 	ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count "$N" --blocks $REPL_BLOCKS \
 		--seed 7 --log /dev/null >/tmp/w.out 2>&1 &
 	wp=$!
 	sleep 8
-	tc qdisc change dev eth0 root netem loss 100% || fail "cut"
+	/sbin/tc qdisc change dev eth0 root netem loss 100% || fail "cut"
 	sleep 7
-	tc qdisc change dev eth0 root netem $NETEM || fail "restore"
+	/sbin/tc qdisc change dev eth0 root netem $NETEM || fail "restore"
 	ok "link cut for 7 s at 8 s, restored"
 	wait $wp || { cat /tmp/w.out; fail "writer"; }
 	ok "$N dependent writes on the primary in $(( $(date +%s) - t0 )) s"
@@ -69,7 +69,7 @@ else
 	repl_devices secondary
 	repl_config secondary
 	NETEM="delay 5ms 3ms reorder 25% 50% duplicate 5%"
-	tc qdisc add dev eth0 root netem $NETEM || fail "netem"
+	/sbin/tc qdisc add dev eth0 root netem $NETEM || fail "netem"
 	ferryd_start
 	metric() { wget -q -O - http://127.0.0.1:9789/metrics | grep "^ferry_$1" | awk '{ s += $2 } END { print s + 0 }'; }
 	wrong=ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100
@@ -87,10 +87,17 @@ else
 		[ "$(fstatus done | head -1)" -gt 200 ] 2>/dev/null && break
 		sleep 0.2
 	done
+	# Aim for the middle of an interval: kill as soon as one is seen being
+	# applied (the redo then runs at restart).
+	for t in $(seq 1 100); do
+		set -- $(dm status r0)
+		[ "$8" = applying ] && break
+	done
 	kill -9 $fdp
 	set -- $(dm status r0)
 	was="$8 $9 ${10}"
 	ferryd_start
+	grep -q "redo" /tmp/ferryd.log && was="$was, redone at restart"
 	ok "ferryd killed (-9) at [$was] and restarted"
 	fetch done /tmp/done 600 || fail "the primary never finished"
 	set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3
