@@ -60,3 +60,12 @@ for name in ("wall", "icount"):
         if line.startswith(("bench-primary|", "bench-record|")):
             print(f"  [{name}] {line.strip()}")
 PY
+
+# 3. Replication: two guests (release kernel), the link shaped inside them
+#    to 200 Mbit/s and 20 ms round trip (tests/guest/t-bench-repl.sh).
+scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
+	--disk 256M --disk 256M --disk 64M --disk 64M --timeout 1800 --out "$out/repl" bench-repl >/dev/null ||
+	{ tail -30 "$out/repl/g0.log"; echo "bench: replication run failed"; exit 1; }
+echo
+echo "replication over a 200 Mbit/s, 20 ms link (two guests, release kernel)"
+tr -d '\r' <"$out/repl/g0.log" | grep -a '^bench-repl|' | cut -d'|' -f2- | sed 's/|/: /; s/^/  /'

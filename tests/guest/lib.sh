@@ -129,9 +129,11 @@ repl_devices() {  # repl_devices primary|secondary: fresh devices of group gr
 	dd if=/dev/zero of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null
 	dd if=/dev/zero of=/dev/vdb bs=1M count=8 oflag=direct 2>/dev/null
 	if [ "$1" = primary ]; then
-		o="group gr checkpoint_ms 100"
-		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc 8 $o device_id 0 role log" || fail "create r0"
-		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd 8 $o device_id 1 role data" || fail "create r1"
+		# REPL_PRIMARY_OPTS: more options (benchmarks).
+		o="group gr checkpoint_ms 100 ${REPL_PRIMARY_OPTS:-}"
+		n=$(( $(echo $o | wc -w) + 4 ))
+		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc $n $o device_id 0 role log" || fail "create r0"
+		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd $n $o device_id 1 role data" || fail "create r1"
 	else
 		o="mode secondary group gr"
 		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc 8 $o device_id 0 role log" || fail "create r0"

@@ -699,15 +699,18 @@ fn link_probe(a: LinkProbeArgs) -> Res<()> {
             device: a.device,
             tag: link::tag(&key, Side::Primary, &a.group, a.device, &ekm),
         };
-        link::write_frame(&mut s, &hello).await.map_err(|e| e.to_string())?;
-        let next = match tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut s)).await {
-            Ok(Ok(Frame::Welcome { next, .. })) => next,
-            Ok(Ok(f)) => return Err(format!("unexpected {f:?}")),
-            Ok(Err(_)) | Err(_) => {
-                println!("probe|refused");
-                return Ok(());
-            }
-        };
+        link::write_frame(&mut s, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        let next =
+            match tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut s)).await {
+                Ok(Ok(Frame::Welcome { next, .. })) => next,
+                Ok(Ok(f)) => return Err(format!("unexpected {f:?}")),
+                Ok(Err(_)) | Err(_) => {
+                    println!("probe|refused");
+                    return Ok(());
+                }
+            };
         println!("probe|welcome|next={next}");
         if a.corrupt {
             let d = &FastDigest;
