@@ -17,36 +17,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 initrd=$1 out=$2 blocks=${3:-${FERRY_REPL_POINTS:-20}} apps=${FERRY_REPL_APPS:-4}
 points=$((blocks + apps))
-tools=${initrd%.cpio}.tools.img
-kernel="$("$here/scripts/build-kernel.sh" debug)/arch/x86/boot/bzImage"
 mkdir -p "$out"
 rm -f "$out"/*.log
-port=$(( 20000 + RANDOM % 40000 ))
-while ss -Htln "sport = :$port" | grep -q .; do port=$(( 20000 + RANDOM % 40000 )); done
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
-
-guest() {  # guest <node> <log> <listen|connect> <tests> <append> -> pid in $gpid
-	local n=$1 log=$2 role=$3 t=$4 app=$5 args=() i
-	for i in 0 1 2 3; do
-		local f="$out/g$n-disk$i.img" sz=256M
-		[ $i -ge 2 ] && sz=64M
-		rm -f "$f"; truncate -s $sz "$f"
-		args+=(-drive "file=$f,format=raw,if=none,id=d$i,cache=unsafe" -device "virtio-blk-pci,drive=d$i")
-	done
-	qemu-system-x86_64 -accel tcg -cpu max,la57=off -nodefaults -no-user-config -nic none \
-		-display none -no-reboot -m 512 -smp 1 -kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 loglevel=4 panic=-1 oops=panic ferry.node=$n ferry.nodes=2 ferry.tests=$t $app" \
-		-chardev "file,id=s0,path=$log" -serial chardev:s0 "${args[@]}" \
-		-drive "file=$tools,format=raw,if=none,id=tools,readonly=on" \
-		-device virtio-blk-pci,drive=tools,serial=ferrytools \
-		-netdev "socket,id=n0,$role=127.0.0.1:$port" \
-		-device "virtio-net-pci,netdev=n0,mac=52:54:00:f0:00:0$((n + 1))" \
-		</dev/null >"$log.qemu" 2>&1 &
-	gpid=$!
-	pids+=($gpid)
-}
+. "$here/tests/guests.sh"
 
 # FERRY_DEMO=1 (make demo): the guests narrate on lines "demo|...", which
 # are printed here as they come.
@@ -59,16 +32,6 @@ demo_flush() {
 		{ tr -d '\r' <"$out/secondary.log"; } 2>/dev/null | grep -a '^demo|' | sed -n "$((shown + 1)),${n}p" | cut -d'|' -f2-
 		shown=$n
 	fi
-}
-
-wait_for() {  # wait_for <file> <pattern> <seconds> <pid>
-	local end=$(( $(date +%s) + $3 ))
-	until { tr -d '\r' <"$1"; } 2>/dev/null | grep -aq "$2"; do
-		demo_flush
-		[ "$(date +%s)" -lt $end ] || return 1
-		kill -0 "$4" 2>/dev/null || return 1
-		sleep 0.2
-	done
 }
 
 t0=$(date +%s)

@@ -123,11 +123,13 @@ repl_config() {  # repl_config primary|secondary [log_dir]
 		fi
 	} >/etc/ferry/gr.toml
 }
-repl_devices() {  # repl_devices primary|secondary: fresh devices of group gr
+repl_devices() {  # repl_devices primary|secondary [keep]: devices of group gr, fresh unless keep
 	ferry_load
-	meta_wipe /dev/vdc /dev/vdd
-	dd if=/dev/zero of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null
-	dd if=/dev/zero of=/dev/vdb bs=1M count=8 oflag=direct 2>/dev/null
+	if [ "${2:-}" != keep ]; then
+		meta_wipe /dev/vdc /dev/vdd
+		dd if=/dev/zero of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null
+		dd if=/dev/zero of=/dev/vdb bs=1M count=8 oflag=direct 2>/dev/null
+	fi
 	if [ "$1" = primary ]; then
 		# REPL_PRIMARY_OPTS: more options (benchmarks).
 		o="group gr checkpoint_ms 100 ${REPL_PRIMARY_OPTS:-}"
