@@ -1,7 +1,7 @@
 # Module load and unload; the target registers and goes away cleanly.
 ferry_cleanup
 insmod /ferry/dm-ferry.ko || fail "insmod"
-dm targets | grep -Eq '^ferry +v0\.2\.0' || fail "ferry not in 'dmsetup targets'"
+dm targets | grep -Eq '^ferry +v0\.3\.0' || fail "ferry not in 'dmsetup targets'"
 ok "registered: $(dm targets | grep ferry)"
 insmod /ferry/dm-ferry.ko 2>/dev/null && fail "second insmod succeeded"
 rmmod dm_ferry || fail "rmmod"
