@@ -36,6 +36,14 @@ guest() {
 	pids+=($gpid)
 }
 
+# wait_listen: until the guest started with "listen" has its socket open
+# (a guest started with "connect" before that would have no link).
+wait_listen() {
+	local _
+	for _ in $(seq 300); do ss -Htln "sport = :$port" | grep -q . && return 0; sleep 0.1; done
+	return 1
+}
+
 # wait_for <file> <pattern> <seconds> <pid>: until the (serial) log has a
 # line matching; fails when the guest is gone or the time is up.
 wait_for() {

@@ -17,6 +17,7 @@ rm -f "$out"/*.log "$out"/*.img
 t0=$(date +%s)
 guest 0 "$out/primary.log" listen repl-sec-primary "ferry.cuts=$cuts"
 ppid=$gpid
+wait_listen || { echo "repl-sec-crash: the primary guest does not listen"; exit 1; }
 for c in $(seq 1 "$cuts"); do
 	slog="$out/secondary-$c.log"
 	guest 1 "$slog" connect repl-sec-secondary "ferry.cut=$c" keep
