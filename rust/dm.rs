@@ -465,40 +465,13 @@ impl BdevRef {
         } else {
             b::req_op_REQ_OP_READ
         };
-        // SAFETY: a constant defined in helpers.c.
-        let gfp = unsafe { b::ferry_gfp_noio };
-        // SAFETY: the device is open (type invariant); `fs_bio_set` is the
-        // kernel's general bio set; GFP_NOIO may sleep (process context).
-        let bio = unsafe {
-            b::bio_alloc_bioset(
-                self.0.as_ptr(),
-                1,
-                op,
-                gfp,
-                core::ptr::addr_of_mut!(b::fs_bio_set),
-            )
-        };
-        let Some(bio) = NonNull::new(bio) else {
-            return Err(ENOMEM);
-        };
-        // SAFETY: `bio` is ours; the page outlives the synchronous I/O.
-        unsafe {
-            (*bio.as_ptr()).bi_iter.bi_sector = sector;
-            b::__bio_add_page(bio.as_ptr(), page.as_ptr().cast(), 4096, 0);
-        }
-        // SAFETY: `bio` is fully set up; we wait for it and then drop it.
-        let r = unsafe { b::submit_bio_wait(bio.as_ptr()) };
-        // SAFETY: our reference from `bio_alloc_bioset`.
-        unsafe { b::bio_put(bio.as_ptr()) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(Error::from_errno(r))
-        }
+        // SAFETY: the page outlives the synchronous I/O (the caller's
+        // borrow), and one vector was reserved for it.
+        self.sync_io(op, sector, 1, |bio| unsafe {
+            b::__bio_add_page(bio, page.as_ptr().cast(), 4096, 0);
+        })
     }
-}
 
-impl BdevRef {
     /// Writes `payload` at `sector` and waits (`REQ_SYNC`, not durable
     /// until [`flush`](Self::flush)).  Process context only.
     pub(crate) fn write_payload(&self, sector: u64, payload: &crate::payload::Payload) -> Result {
@@ -506,12 +479,26 @@ impl BdevRef {
         if n == 0 {
             return Ok(());
         }
+        // A payload is at most 1 MiB: 256 vectors, within BIO_MAX_VECS.
         let nr_vecs = u16::try_from(n).map_err(|_| EINVAL)?;
         let op = b::req_op_REQ_OP_WRITE | (1u32 << b::req_flag_bits___REQ_SYNC);
+        self.sync_io(op, sector, nr_vecs, |bio| {
+            payload.for_each_page(|page, len| {
+                // SAFETY: `bio` has room for one vector per page; the pages
+                // belong to `payload`, which outlives the synchronous I/O.
+                unsafe { b::__bio_add_page(bio, page, len as c_uint, 0) };
+            });
+        })
+    }
+
+    /// Allocates a bio of `op` at `sector` with room for `nr_vecs`
+    /// vectors, lets `add` fill them, submits it and waits.  Process
+    /// context only.
+    fn sync_io(&self, op: u32, sector: u64, nr_vecs: u16, add: impl FnOnce(*mut b::bio)) -> Result {
         // SAFETY: a constant defined in helpers.c.
         let gfp = unsafe { b::ferry_gfp_noio };
-        // SAFETY: as in `page_io`; `nr_vecs <= 256` (a payload is at most
-        // 1 MiB), within BIO_MAX_VECS.
+        // SAFETY: the device is open (type invariant); `fs_bio_set` is the
+        // kernel's general bio set; GFP_NOIO may sleep (process context).
         let bio = unsafe {
             b::bio_alloc_bioset(
                 self.0.as_ptr(),
@@ -524,22 +511,14 @@ impl BdevRef {
         let Some(bio) = NonNull::new(bio) else {
             return Err(ENOMEM);
         };
-        // SAFETY: `bio` is ours.
+        // SAFETY: `bio` is ours until submitted.
         unsafe { (*bio.as_ptr()).bi_iter.bi_sector = sector };
-        payload.for_each_page(|page, len| {
-            // SAFETY: `bio` has room for `n` vectors, one per page; the
-            // pages belong to `payload`, which outlives the synchronous I/O.
-            unsafe { b::__bio_add_page(bio.as_ptr(), page, len as c_uint, 0) };
-        });
+        add(bio.as_ptr());
         // SAFETY: `bio` is fully set up; we wait for it and then drop it.
         let r = unsafe { b::submit_bio_wait(bio.as_ptr()) };
         // SAFETY: our reference from `bio_alloc_bioset`.
         unsafe { b::bio_put(bio.as_ptr()) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(Error::from_errno(r))
-        }
+        errno(r)
     }
 
     /// Flushes the device's volatile cache and waits.

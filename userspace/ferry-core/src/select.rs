@@ -276,12 +276,7 @@ where
     T: Copy,
     S: AsRef<[Option<Received<T>>]> + AsMut<[Option<Received<T>>]>,
 {
-    limit(
-        windows
-            .iter()
-            .filter(|w| !w.is_resigned())
-            .map(|w| w.run_end_stamp()),
-    )
+    interval_limit(windows, |_| false)
 }
 
 /// The limit for applying the oldest open checkpoint interval: as

@@ -281,9 +281,8 @@ pub enum Side {
     Secondary,
 }
 
-/// The authentication tag of `side` for a session with keying material
-/// `exporter`.
-pub fn tag(key: &[u8], side: Side, group: &str, device: u32, exporter: &[u8]) -> [u8; TAG_LEN] {
+/// The HMAC of a tag, before finalisation.
+fn mac(key: &[u8], side: Side, group: &str, device: u32, exporter: &[u8]) -> Hmac<Sha256> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(b"ferry-link-v1");
     m.update(&[match side {
@@ -294,7 +293,16 @@ pub fn tag(key: &[u8], side: Side, group: &str, device: u32, exporter: &[u8]) ->
     m.update(group.as_bytes());
     m.update(&device.to_le_bytes());
     m.update(exporter);
-    m.finalize().into_bytes().into()
+    m
+}
+
+/// The authentication tag of `side` for a session with keying material
+/// `exporter`.
+pub fn tag(key: &[u8], side: Side, group: &str, device: u32, exporter: &[u8]) -> [u8; TAG_LEN] {
+    mac(key, side, group, device, exporter)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Checks a tag in constant time.
@@ -306,17 +314,9 @@ pub fn tag_ok(
     exporter: &[u8],
     got: &[u8],
 ) -> bool {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(b"ferry-link-v1");
-    m.update(&[match side {
-        Side::Primary => b'P',
-        Side::Secondary => b'S',
-    }]);
-    m.update(&[group.len() as u8]);
-    m.update(group.as_bytes());
-    m.update(&device.to_le_bytes());
-    m.update(exporter);
-    m.verify_slice(got).is_ok()
+    mac(key, side, group, device, exporter)
+        .verify_slice(got)
+        .is_ok()
 }
 
 /// Label of the exporter the tags bind to.
