@@ -156,3 +156,13 @@ ferryd_start() {  # starts ferryd for gr; sets $fdp
 fstatus() { wget -q -O - http://127.0.0.1:9789/status 2>/dev/null | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"; }
 # The writer's workload of the replication tests.
 REPL_BLOCKS=2048
+# Until <peer> serves /<file> on port 7000, or stops answering ping (it
+# finished and powered off), at most about a minute.
+await_peer_file() {  # await_peer_file <peer> <file>
+	for t in $(seq 1 60); do
+		timeout 3 wget -q -O /dev/null "http://$1:7000/$2" 2>/dev/null && return 0
+		ping -c 1 -W 1 "$1" >/dev/null 2>&1 || return 0
+		sleep 1
+	done
+	return 0
+}

@@ -59,7 +59,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	set -- $(dm status r1)
 	[ "$8" = replicating ] || fail "the primary went $8"
 	touch /tmp/www/done
-	fetch bye /dev/null 120 || true
+	await_peer_file "$peer" bye
 else
 	repl_devices secondary
 	repl_config secondary
@@ -68,6 +68,6 @@ else
 	fetch done /dev/null 900 || fail "the primary never finished"
 	ferryctl status gr
 	touch /tmp/www/bye
-	sleep 2
+	sleep 5  # time for the primary to see it
 fi
 killall httpd 2>/dev/null || true

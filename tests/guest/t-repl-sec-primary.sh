@@ -35,6 +35,7 @@ fetch result /tmp/result 900 || fail "no result from the secondary"
 cat /tmp/result
 grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
 touch /tmp/www/bye
+sleep 5  # time for the secondary to see it
 ok "the secondary, cut ${FERRY_CUTS:-?} times, verified the replica"
 sleep 2
 killall httpd 2>/dev/null || true

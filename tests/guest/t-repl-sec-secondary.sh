@@ -61,7 +61,7 @@ else
 	res "FAIL: $(cat /tmp/pc.out)"
 fi
 cat /tmp/www/result
-fetch bye /dev/null 120 || true
+await_peer_file "$peer" bye
 grep -q '^PASS' /tmp/www/result || fail "$(cat /tmp/www/result)"
 ok "replica verified after the power cuts"
 killall httpd 2>/dev/null || true

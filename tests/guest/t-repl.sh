@@ -64,6 +64,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	cat /tmp/result
 	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
 	touch /tmp/www/bye
+	sleep 5  # time for the secondary to see it
 	ok "secondary verified the replica"
 else
 	repl_devices secondary
@@ -128,7 +129,7 @@ else
 	fi
 	cat /tmp/www/result
 	# Serve until the primary has the result.
-	fetch bye /dev/null 120 || true
+	await_peer_file "$peer" bye
 	grep -q '^PASS' /tmp/www/result || fail "$(cat /tmp/www/result)"
 	ok "replica verified"
 fi
