@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Power cuts of the secondary (G4, G5 across crashes): the primary guest
-# stays up writing; the secondary guest, whose remote log is on ext4 on its
+# stays up writing (until the secondary's last boot asks it to stop); the
+# secondary guest, whose remote log is on ext4 on its
 # own disk, is killed (SIGKILL of QEMU) 0.5 to 3 s after it has applied
 # three more intervals, FERRY_SEC_CUTS times (default 2), and booted again
 # on the same disks each time; after the last boot the secondary waits for

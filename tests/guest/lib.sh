@@ -146,14 +146,14 @@ ferryd_start() {  # starts ferryd for gr; sets $fdp
 	ferryd gr >>/tmp/ferryd.log 2>&1 &
 	fdp=$!
 	for i in $(seq 1 50); do
-		wget -q -O /dev/null http://127.0.0.1:9789/status 2>/dev/null && return 0
+		timeout 5 wget -q -O /dev/null http://127.0.0.1:9789/status 2>/dev/null && return 0
 		kill -0 $fdp 2>/dev/null || { cat /tmp/ferryd.log; fail "ferryd exited"; }
 		sleep 0.2
 	done
 	cat /tmp/ferryd.log; fail "ferryd status endpoint not up"
 }
 # A field of ferryd's status document, one value per line (streams).
-fstatus() { wget -q -O - http://127.0.0.1:9789/status 2>/dev/null | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"; }
+fstatus() { timeout 10 wget -q -O - http://127.0.0.1:9789/status 2>/dev/null | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"; }
 # The writer's workload of the replication tests.
 REPL_BLOCKS=2048
 # Until <peer> serves /<file> on port 7000, or stops answering ping (it

@@ -1,19 +1,32 @@
 # Secondary power cuts (tests/repl-sec-crash.sh), primary side: dependent
-# writes (seed 7) shipped by ferryd while the secondary guest loses power
-# and comes back; once everything is acknowledged, the checksums go to the
+# writes (seed 7) shipped by ferryd, kept going while the secondary guest
+# loses power and comes back, until the secondary's last boot asks for the
+# end (so that every cut finds intervals to apply, however long the
+# secondary's boots take).  A small spool with "overflow block" holds the
+# writer back while the secondary is down instead of going ahead.  Once
+# everything is acknowledged, the count and the checksums go to the
 # secondary, whose verdict this test reports.
-N=${FERRY_REPL_WRITES:-1500}
+MAX=${FERRY_REPL_WRITES:-200000}
 peer=10.99.0.2
 mkdir -p /tmp/www
 httpd -p 7000 -h /tmp/www || fail "httpd"
 fetch() { for t in $(seq 1 "$3"); do timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0; sleep 1; done; return 1; }
 sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
+REPL_PRIMARY_OPTS="spool_mb 8 overflow block"
 repl_devices primary
 repl_config primary
 ferryd_start
-ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count "$N" --blocks $REPL_BLOCKS \
-	--seed 7 --log /dev/null >/tmp/w.out 2>&1 || { cat /tmp/w.out; fail "writer"; }
-ok "$N dependent writes"
+rm -f /tmp/stop-writing
+ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count "$MAX" --blocks $REPL_BLOCKS \
+	--seed 7 --log /dev/null --stop-file /tmp/stop-writing >/tmp/w.out 2>&1 &
+wp=$!
+# The secondary's last boot serves "stop"; the cuts take minutes.
+fetch stop /tmp/stop 2400 || { touch /tmp/stop-writing; fail "the secondary's last boot never came"; }
+touch /tmp/stop-writing
+wait $wp || { cat /tmp/w.out; fail "writer"; }
+N=$(sed -n 's/^writer|writes=\([0-9]*\)$/\1/p' /tmp/w.out)
+[ -n "$N" ] && [ "$N" -gt 0 ] || fail "writer: $(cat /tmp/w.out)"
+ok "$N dependent writes while the secondary was cut"
 stable=0
 for t in $(seq 1 1800); do
 	set -- $(dm status r0); c0=${10} a0=${12}

@@ -60,12 +60,18 @@ pub struct HeldPoint {
     pub label: Label,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Open {
-    cp_id: u64,
-    label: Label,
-    validated: u64,
+/// A point validated by some member streams but not yet by all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenPoint {
+    /// Its id.
+    pub cp_id: u64,
+    /// Its label.
+    pub label: Label,
+    /// Bit `i` set: stream `i` validated it.
+    pub validated: u64,
 }
+
+type Open = OpenPoint;
 
 /// Tracks consistency points for up to `STREAMS` streams with up to `OPEN`
 /// points validated by some streams but not all.
@@ -183,6 +189,43 @@ impl<const STREAMS: usize, const OPEN: usize> ConsistencyTracker<STREAMS, OPEN> 
     pub fn last_held(&self) -> Option<HeldPoint> {
         self.held
     }
+
+    /// Per stream, the `dev_seq` of the last point it validated (or where
+    /// it started).
+    pub fn last_closed(&self) -> &[u64; STREAMS] {
+        &self.last_closed
+    }
+
+    /// The points validated by some streams but not all, oldest first.
+    pub fn open_points(&self) -> impl Iterator<Item = OpenPoint> + '_ {
+        let mut v: [Option<OpenPoint>; OPEN] = self.open;
+        v.sort_unstable_by_key(|o| o.map_or(u64::MAX, |o| o.cp_id));
+        v.into_iter().flatten()
+    }
+
+    /// A tracker in the state that [`last_closed`](Self::last_closed),
+    /// [`open_points`](Self::open_points) and
+    /// [`last_held`](Self::last_held) described (saved across a restart).
+    /// `Full` when `open` has more than `OPEN` points; `Conflict` when an
+    /// open point is not newer than the held one or an id repeats.
+    pub fn restore(
+        last_closed: [u64; STREAMS],
+        members: u64,
+        open: impl IntoIterator<Item = OpenPoint>,
+        held: Option<HeldPoint>,
+    ) -> Result<Self, ConsistencyError> {
+        let mut t = Self::new(last_closed, members);
+        t.held = held;
+        for (n, p) in open.into_iter().enumerate() {
+            if held.is_some_and(|h| h.cp_id >= p.cp_id)
+                || t.open.iter().flatten().any(|o| o.cp_id == p.cp_id)
+            {
+                return Err(ConsistencyError::Conflict);
+            }
+            *t.open.get_mut(n).ok_or(ConsistencyError::Full)? = Some(p);
+        }
+        Ok(t)
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +262,56 @@ mod tests {
         assert_eq!(
             t.delivered(2, 1, &cp(4, 1)),
             Err(ConsistencyError::BadStream)
+        );
+    }
+
+    #[test]
+    fn restore_continues_where_the_saved_tracker_was() {
+        let mut t = ConsistencyTracker::<3, 4>::new([0, 0, 0], 0b111);
+        assert_eq!(t.delivered(0, 4, &cp(1, 1)), Ok(None));
+        assert_eq!(t.delivered(1, 2, &cp(1, 1)), Ok(None));
+        assert_eq!(t.delivered(0, 8, &cp(2, 5)), Ok(None));
+        let open: [Option<OpenPoint>; 4] = {
+            let mut a = [None; 4];
+            for (i, p) in t.open_points().enumerate() {
+                a[i] = Some(p);
+            }
+            a
+        };
+        assert_eq!(open[0].map(|p| (p.cp_id, p.validated)), Some((1, 0b011)));
+        assert_eq!(open[1].map(|p| (p.cp_id, p.validated)), Some((2, 0b001)));
+        let mut r = ConsistencyTracker::<3, 4>::restore(
+            *t.last_closed(),
+            0b111,
+            open.into_iter().flatten(),
+            t.last_held(),
+        )
+        .unwrap();
+        assert_eq!(r.last_closed(), &[8, 2, 0]);
+        assert_eq!(r.delivered(2, 3, &cp(1, 1)).unwrap().unwrap().cp_id, 1);
+        assert_eq!(r.delivered(1, 6, &cp(2, 3)), Ok(None));
+        assert_eq!(r.delivered(2, 5, &cp(2, 4)).unwrap().unwrap().cp_id, 2);
+        // Too many or inconsistent points are refused.
+        let p = |id| OpenPoint {
+            cp_id: id,
+            label: Label::new(b"x").unwrap(),
+            validated: 1,
+        };
+        assert_eq!(
+            ConsistencyTracker::<1, 2>::restore([0], 1, [p(1), p(2), p(3)], None).err(),
+            Some(ConsistencyError::Full)
+        );
+        assert_eq!(
+            ConsistencyTracker::<1, 2>::restore([0], 1, [p(1), p(1)], None).err(),
+            Some(ConsistencyError::Conflict)
+        );
+        let held = Some(HeldPoint {
+            cp_id: 5,
+            label: Label::new(b"x").unwrap(),
+        });
+        assert_eq!(
+            ConsistencyTracker::<1, 2>::restore([0], 1, [p(5)], held).err(),
+            Some(ConsistencyError::Conflict)
         );
     }
 }

@@ -191,6 +191,10 @@ struct WriteArgs {
     /// Write blocks in order (block = id mod blocks) instead of at random.
     #[arg(long)]
     sequential: bool,
+    /// Stop early, before the next write, once this file exists (the
+    /// writes done are `1..n`, n printed at the end).
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -854,7 +858,11 @@ fn write(a: WriteArgs) -> Res<()> {
     let mut raw = vec![0u8; 2 * BLOCK];
     let off = raw.as_ptr().align_offset(BLOCK);
     let mut choice = Choice::new(a.seed, files.len(), a.blocks, a.sequential);
+    let mut done = 0;
     for id in 1..=a.count {
+        if a.stop_file.as_ref().is_some_and(|f| f.exists()) {
+            break;
+        }
         let (di, block) = choice.next(id);
         let data = make_block(id, block, a.seed);
         raw[off..off + BLOCK].copy_from_slice(&data);
@@ -866,8 +874,9 @@ fn write(a: WriteArgs) -> Res<()> {
         if let Some(d) = dlog.as_mut() {
             d.append(&[format!("W {id} {di} {block}")])?;
         }
+        done = id;
     }
-    println!("writer|writes={}", a.count);
+    println!("writer|writes={done}");
     Ok(())
 }
 

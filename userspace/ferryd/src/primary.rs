@@ -360,6 +360,7 @@ impl Report for Shared {
             auth_refused: 0,
             rejected: Vec::new(),
             intervals_applied: 0,
+            consistency_point: None,
         }
     }
 

@@ -37,6 +37,7 @@ use ferry_core::record::{self, GroupKey, RecordError, RecordKind};
 use ferry_core::select::{interval_limit, next_in_group_order, Received, Stamp, StreamWindow};
 use ferry_core::FastDigest;
 use ferryd::config::{Config, Role};
+use ferryd::cpoints::{self, Points};
 use ferryd::link::{self, Frame, Side};
 use ferryd::status::{Status, Stream};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,15 @@ struct Saved {
     log_start: u64,
 }
 
+/// `state.json`: the positions, and the consistency points.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedState {
+    streams: BTreeMap<u32, Saved>,
+    #[serde(default)]
+    points: Option<cpoints::Saved>,
+}
+
 struct StreamState {
     id: u32,
     saved: Saved,
@@ -90,6 +100,8 @@ struct State {
     /// `dev_seq` of each stream's checkpoint marker, by (interval, stream
     /// index), for ferry-core's `interval_limit`.
     markers: BTreeMap<(u64, usize), u64>,
+    /// The consistency points the remote log holds.
+    points: Points,
     applied: u64,
     applying: u64,
     intervals: u64,
@@ -158,7 +170,7 @@ impl Sec {
         self.dir.join("state.json")
     }
 
-    fn save(&self, saved: &BTreeMap<u32, Saved>) -> Result<()> {
+    fn save(&self, saved: &SavedState) -> Result<()> {
         let tmp = self.dir.join("state.json.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(serde_json::to_string(saved)?.as_bytes())?;
@@ -194,11 +206,23 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let d = &FastDigest;
     let gid = record::group_id_of_name(d, cfg.group.as_bytes());
     let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let saved: BTreeMap<u32, Saved> = match std::fs::read(dir.join("state.json")) {
-        Ok(b) => serde_json::from_slice(&b).context("state.json")?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+    let state: SavedState = match std::fs::read(dir.join("state.json")) {
+        // The positions alone: the form of version 0.3.0.
+        Ok(b) => serde_json::from_slice(&b)
+            .or_else(|e| {
+                serde_json::from_slice(&b)
+                    .map(|streams| SavedState {
+                        streams,
+                        points: None,
+                    })
+                    .map_err(|_| e)
+            })
+            .context("state.json")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedState::default(),
         Err(e) => return Err(e).context("state.json"),
     };
+    let saved = &state.streams;
+    let mut points = Points::restore(members, state.points.as_ref())?;
     let mut rendezvous = Rendezvous::new(
         vec![IntervalSlot::default(); INTERVALS],
         applied + 1,
@@ -233,6 +257,9 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         while off < buf.len() {
             match record::decode_record(&buf[off..], &gkey, d) {
                 Ok(r) => {
+                    if let Some(cp) = r.consistency() {
+                        points.found(id, r.header.dev_seq, cp);
+                    }
                     recs.push((
                         r.header,
                         Loc {
@@ -301,6 +328,13 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     if streams.is_empty() {
         bail!("the secondary group has no device");
     }
+    let refused = advance_points(&mut points, &streams, &windows);
+    if refused > 0 {
+        warn!(refused, "consistency points in the remote log refused");
+    }
+    if let Some(p) = points.held() {
+        info!(cp_id = p.cp_id, label = %p.label, "last consistency point held");
+    }
     if applying > 0 {
         info!(
             interval = applying,
@@ -320,6 +354,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             streams,
             rendezvous,
             markers,
+            points,
             applied,
             applying,
             intervals: 0,
@@ -471,7 +506,7 @@ async fn serve(
                 s.rejected.count("wrong_stream");
                 bail!("record of device {} on stream {device}", r.header.device_id);
             }
-            parsed.push((r.header, off, r.len));
+            parsed.push((r.header, off, r.len, r.consistency()));
             off += r.len;
         }
         let fresh: Vec<_> = {
@@ -479,7 +514,7 @@ async fn serve(
             let w = &st.windows[idx];
             parsed
                 .into_iter()
-                .filter(|(h, _, _)| h.dev_seq >= w.next() && w.get(h.dev_seq).is_none())
+                .filter(|(h, _, _, _)| h.dev_seq >= w.next() && w.get(h.dev_seq).is_none())
                 .collect()
         };
         // Durable in the remote log before anything is acknowledged.
@@ -488,7 +523,7 @@ async fn serve(
             let mut f = lock(&s2.logs[idx]);
             let mut at = f.metadata()?.len();
             let mut out = Vec::new();
-            for (h, o, len) in fresh {
+            for (h, o, len, cp) in fresh {
                 f.write_all(&recs[o..o + len])?;
                 out.push((
                     h,
@@ -496,6 +531,7 @@ async fn serve(
                         off: at,
                         len: len as u32,
                     },
+                    cp,
                 ));
                 at += len as u64;
             }
@@ -508,9 +544,12 @@ async fn serve(
         let (run_end, applied, full) = {
             let mut st = lock(&s.state);
             let mut full = false;
-            for (h, loc) in &located {
+            for (h, loc, cp) in &located {
                 match st.windows[idx].insert(h.dev_seq, received(h, *loc)) {
                     Ok(_) => {
+                        if let Some(cp) = cp {
+                            st.points.found(device, h.dev_seq, *cp);
+                        }
                         if h.kind == RecordKind::Checkpoint {
                             if let Err(e) = st.rendezvous.marker(device, h.epoch, stamp(h)) {
                                 warn!(device, epoch = h.epoch, "checkpoint marker: {e}");
@@ -524,6 +563,10 @@ async fn serve(
                         break;
                     }
                 }
+            }
+            let st = &mut *st;
+            for _ in 0..advance_points(&mut st.points, &st.streams, &st.windows) {
+                s.rejected.count("consistency_point");
             }
             let sst = &mut st.streams[idx];
             sst.record_bytes += raw;
@@ -593,7 +636,7 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
         tokio::task::spawn_blocking(move || apply_interval(&s2, epoch, &items))
             .await?
             .with_context(|| format!("apply interval {epoch}"))?;
-        let saved: BTreeMap<u32, Saved> = {
+        let saved = {
             let mut st = lock(&s.state);
             st.rendezvous
                 .retire(epoch)
@@ -602,12 +645,15 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
             st.applying = 0;
             st.markers.retain(|&(e, _), _| e > epoch);
             st.intervals += 1;
-            st.streams.iter().map(|x| (x.id, x.saved)).collect()
+            SavedState {
+                streams: st.streams.iter().map(|x| (x.id, x.saved)).collect(),
+                points: Some(st.points.saved()),
+            }
         };
         tracing::debug!(epoch, records = n, "interval applied");
         s.save(&saved).context("save state.json")?;
         // What is applied and saved leaves the remote log.
-        for (i, sv) in saved.values().enumerate() {
+        for (i, sv) in saved.streams.values().enumerate() {
             let f = lock(&s.logs[i]);
             let upto = sv.log_start & !4095;
             if upto > 0 {
@@ -621,6 +667,17 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
             }
         }
     }
+}
+
+/// Hands the consistency points the streams' runs reached to the tracker;
+/// returns how many it refused.
+fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Window]) -> u64 {
+    points.advance(|d| {
+        streams
+            .iter()
+            .position(|x| x.id == d)
+            .map_or(0, |i| windows[i].run_end())
+    })
 }
 
 /// Writes one interval through the kernel: the mark, the records in group
@@ -683,6 +740,7 @@ impl Report for Sec {
             auth_refused: self.auth_refused.load(Relaxed),
             rejected: self.rejected.snapshot(),
             intervals_applied: st.intervals,
+            consistency_point: st.points.held(),
         }
     }
 

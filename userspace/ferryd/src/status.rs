@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
+use crate::cpoints::Point;
 
 /// One device stream.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -54,6 +55,10 @@ pub struct Status {
     pub rejected: Vec<(String, u64)>,
     /// Intervals applied by this process.
     pub intervals_applied: u64,
+    /// Secondary: the last consistency point held (every record of it, in
+    /// every stream, durable and verified in the remote log).
+    #[serde(default)]
+    pub consistency_point: Option<Point>,
 }
 
 impl Status {
@@ -109,6 +114,16 @@ impl Status {
             "applied_epoch",
             "Last checkpoint interval applied",
             vec![(String::new(), self.applied_epoch as f64)],
+        );
+        gauge(
+            "consistency_point_id",
+            "Last consistency point held at the secondary (0: none)",
+            vec![(
+                String::new(),
+                self.consistency_point
+                    .as_ref()
+                    .map_or(0.0, |p| p.cp_id as f64),
+            )],
         );
         gauge(
             "spool_records",

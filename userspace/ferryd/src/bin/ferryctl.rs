@@ -182,6 +182,12 @@ fn print_status(s: &Status) {
             d.wire_bytes
         );
     }
+    if s.role == config::Role::Secondary {
+        match &s.consistency_point {
+            Some(p) => println!("  last consistency point held: {} ({})", p.cp_id, p.label),
+            None => println!("  no consistency point held"),
+        }
+    }
     if s.auth_refused > 0 || !s.rejected.is_empty() {
         println!(
             "  peers refused {}, records rejected {:?}",
