@@ -709,14 +709,26 @@ impl Report for Sec {
             .map(|(x, w)| {
                 let received = w.run_end();
                 let done = w.next() - 1;
+                // What is held durably and not applied yet: its bytes, and
+                // how far (in the primary's time) the newest of it is ahead
+                // of the last record applied.
+                let lag_bytes = (w.next()..=received)
+                    .filter_map(|ds| w.get(ds))
+                    .map(|r| u64::from(r.item.len))
+                    .sum();
+                let lag_seconds = if received > done {
+                    w.run_end_stamp().timestamp_ns.saturating_sub(x.saved.ts) as f64 / 1e9
+                } else {
+                    0.0
+                };
                 Stream {
                     device: x.id,
                     connected: x.connected > 0,
                     received,
                     done,
                     lag_records: received - done,
-                    lag_bytes: 0,
-                    lag_seconds: 0.0,
+                    lag_bytes,
+                    lag_seconds,
                     record_bytes: x.record_bytes,
                     wire_bytes: x.wire_bytes,
                 }

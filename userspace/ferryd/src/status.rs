@@ -24,6 +24,8 @@ pub struct Stream {
     /// Bytes of those records.
     pub lag_bytes: u64,
     /// Primary: age of the oldest record not acknowledged, seconds.
+    /// Secondary: how much later, by the primary's clock, the newest
+    /// record held was written than the last one applied.
     pub lag_seconds: f64,
     /// Bytes of records (before compression) sent or received.
     pub record_bytes: u64,
@@ -97,7 +99,7 @@ impl Status {
         );
         gauge(
             "lag_seconds",
-            "Age of the oldest record not acknowledged",
+            "Primary: age of the oldest record not acknowledged; secondary: primary time between the last record applied and the newest held",
             per(&|s| s.lag_seconds),
         );
         gauge(
