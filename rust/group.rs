@@ -1591,8 +1591,11 @@ impl Group {
     }
 
     /// `APPLY_BEGIN epoch`: the mark goes to every meta device, host reads
-    /// are held, and the reads already submitted are waited for.  Beginning
-    /// the interval already in progress (a redo after a crash) is allowed.
+    /// are held, and the reads already submitted are waited for.  The
+    /// intervals after the last applied one up to `epoch` are then applied
+    /// as one (several whole intervals under one mark are as atomic as one,
+    /// and pay the mark and flushes once).  Beginning what is already in
+    /// progress (a redo after a crash) is allowed.
     fn apply_begin(&self, epoch: u64) -> Result {
         let mut apply = self.apply.lock();
         match apply.state() {
@@ -1643,11 +1646,11 @@ impl Group {
         Ok(())
     }
 
-    /// One record of the interval in progress, written (or done) on its
+    /// One record of the intervals in progress, written (or done) on its
     /// device before the call returns.  Checked whole first: magic,
     /// checksums and signatures (`EBADMSG`), one record exactly, a member
-    /// device and a range inside it (`EINVAL`), the open interval's epoch
-    /// (`ERANGE`).
+    /// device and a range inside it (`EINVAL`), an epoch after the last
+    /// applied one and at most the one in progress (`ERANGE`).
     fn apply_record(&self, buf: &[u8]) -> Result {
         let d = KernelDigest;
         let rec = record::decode_record(buf, &self.key, &d).map_err(|_| ebadmsg())?;
@@ -1656,7 +1659,13 @@ impl Group {
             return Err(EINVAL);
         }
         let apply = self.apply.lock();
-        if apply.state() != (ApplyState::InProgress { epoch: h.epoch }) {
+        // `APPLY_BEGIN e` opens the intervals after the last applied one up
+        // to `e`, applied as one.
+        let open = match apply.state() {
+            ApplyState::InProgress { epoch } => h.epoch > apply.applied() && h.epoch <= epoch,
+            ApplyState::Idle => false,
+        };
+        if !open {
             return Err(ERANGE);
         }
         let dd = self

@@ -131,9 +131,8 @@ repl_devices() {  # repl_devices primary|secondary [keep]: devices of group gr, 
 		dd if=/dev/zero of=/dev/vdb bs=1M count=8 oflag=direct 2>/dev/null
 	fi
 	if [ "$1" = primary ]; then
-		# REPL_CHECKPOINT_MS: the interval (default 100 ms);
 		# REPL_PRIMARY_OPTS: more options (benchmarks).
-		o="group gr checkpoint_ms ${REPL_CHECKPOINT_MS:-100} ${REPL_PRIMARY_OPTS:-}"
+		o="group gr checkpoint_ms 100 ${REPL_PRIMARY_OPTS:-}"
 		n=$(( $(echo $o | wc -w) + 4 ))
 		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc $n $o device_id 0 role log" || fail "create r0"
 		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd $n $o device_id 1 role data" || fail "create r1"

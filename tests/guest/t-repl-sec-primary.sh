@@ -13,9 +13,6 @@ httpd -p 7000 -h /tmp/www || fail "httpd"
 fetch() { for t in $(seq 1 "$3"); do timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0; sleep 1; done; return 1; }
 sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 REPL_PRIMARY_OPTS="spool_mb 8 overflow block"
-# Half-second intervals: the debug guest's secondary spends about a second
-# on each interval's fixed cost (mark, fsyncs, state), and keeps up.
-REPL_CHECKPOINT_MS=500
 repl_devices primary
 repl_config primary
 ferryd_start

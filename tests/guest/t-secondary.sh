@@ -91,6 +91,22 @@ dm create s1 --table "$S1" || fail "create second member"
 [ "$($C apply-end 3)" = "cmd|ok|16" ] || fail "apply-end 3"
 ok "two members: the mark on both meta devices"
 
+# Several intervals under one mark: APPLY_BEGIN 5 after 3 opens 4 and 5.
+[ "$($C apply-begin 5)" = "cmd|ok|16" ] || fail "apply-begin 5 after 3"
+[ "$($C state)" = "state|applying|5|applied=3|members=0x3" ] || fail "state: $($C state)"
+[ "$($C record 4 0 5 9)" = "cmd|ok|4208" ] || fail "record of interval 4 under 5"
+[ "$($C record 5 1 1 9)" = "cmd|ok|4208" ] || fail "record of interval 5"
+[ "$($C record 6 0 6 10)" = "cmd|errno|34" ] || fail "record of interval 6 under 5"
+[ "$($C record 3 0 6 10)" = "cmd|errno|34" ] || fail "record of applied interval 3"
+[ "$($C apply-end 4)" = "cmd|errno|34" ] || fail "apply-end 4 while 5 is in progress"
+[ "$($C apply-end 5)" = "cmd|ok|16" ] || fail "apply-end 5"
+[ "$($C state)" = "state|idle|0|applied=5|members=0x3" ] || fail "state: $($C state)"
+for d in vda vdb; do
+	[ "$(dd if=/dev/$d bs=4k skip=9 count=1 iflag=direct 2>/dev/null | head -c 8)" = FERRYBLK ] ||
+		fail "block 9 not on $d"
+done
+ok "intervals 4 and 5 applied under one mark; records outside 4..5 refused"
+
 P="0 65536 ferry /dev/vdb /dev/vdd 6 mode primary group gs device_id 2"
 if dm create p0 --table "$P" 2>/tmp/dm.out; then fail "a primary joined a secondary group"; fi
 dmesg | grep -q "mode differs from the group's" || fail "no message for the mode mismatch"

@@ -13,7 +13,8 @@
 //!   earliest of the streams' run-end stamps; the oldest checkpoint
 //!   interval whose markers all arrived at or below it is applied whole,
 //!   in group order, through the kernel (`APPLY_BEGIN`, records,
-//!   `APPLY_END`; the kernel keeps the update-in-progress mark).  The
+//!   `APPLY_END`; the kernel keeps the update-in-progress mark), together
+//!   with the ready intervals after it, up to a batch's bounds.  The
 //!   positions reached are then saved (`state.json`) and the applied part
 //!   of the remote log is released (hole punched).
 //! * **Restart.**  The kernel's mark says which interval was applied last
@@ -53,6 +54,10 @@ const WINDOW: usize = 1 << 18;
 const SILENCE: Duration = Duration::from_secs(5);
 /// Checkpoint intervals open at once.
 const INTERVALS: usize = 4096;
+/// Ready intervals applied under one mark: at most this many, and no more
+/// once this many records are in (host reads wait for the whole batch).
+const BATCH_INTERVALS: usize = 32;
+const BATCH_RECORDS: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 struct Loc {
@@ -104,6 +109,9 @@ struct State {
     points: Points,
     applied: u64,
     applying: u64,
+    /// The kernel's mark had this interval in progress at start: the first
+    /// batch must reach it (0 once redone).
+    redo: u64,
     intervals: u64,
     release: bool,
     released: bool,
@@ -357,6 +365,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             points,
             applied,
             applying,
+            redo: applying,
             intervals: 0,
             release: false,
             released: false,
@@ -594,29 +603,61 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
         let notified = s.more.notified();
         let job = {
             let mut st = lock(&s.state);
-            let oldest = st.rendezvous.oldest();
-            let limit = interval_limit(&st.windows, |i| {
-                st.markers
-                    .get(&(oldest, i))
-                    .is_some_and(|&ds| st.windows[i].run_end() >= ds)
-            });
-            match limit.and_then(|l| st.rendezvous.ready(l)) {
-                Some((epoch, cut)) => {
-                    let mut items = Vec::new();
-                    while let Some(i) = next_in_group_order(&st.windows, cut) {
-                        let Some((ds, r)) = st.windows[i].pop_front() else {
-                            break;
-                        };
-                        let sv = &mut st.streams[i].saved;
-                        sv.next = ds + 1;
-                        (sv.ts, sv.gs) = (r.stamp.timestamp_ns, r.stamp.group_seq);
-                        sv.log_start = sv.log_start.max(r.item.off + u64::from(r.item.len));
-                        items.push((i, r.item));
+            // Every ready interval, oldest first, up to the batch's bounds;
+            // a redo covers exactly what the kernel's mark has in progress.
+            let mut items = Vec::new();
+            let mut batch = 0usize;
+            let mut last = None;
+            loop {
+                if let Some(e) = last {
+                    let full = batch >= BATCH_INTERVALS || items.len() >= BATCH_RECORDS;
+                    if (st.redo > 0 && e >= st.redo) || (st.redo == 0 && full) {
+                        break;
                     }
+                }
+                let oldest = st.rendezvous.oldest();
+                let limit = interval_limit(&st.windows, |i| {
+                    st.markers
+                        .get(&(oldest, i))
+                        .is_some_and(|&ds| st.windows[i].run_end() >= ds)
+                });
+                let Some((epoch, cut)) = limit.and_then(|l| st.rendezvous.ready(l)) else {
+                    break;
+                };
+                while let Some(i) = next_in_group_order(&st.windows, cut) {
+                    let Some((ds, r)) = st.windows[i].pop_front() else {
+                        break;
+                    };
+                    let sv = &mut st.streams[i].saved;
+                    sv.next = ds + 1;
+                    (sv.ts, sv.gs) = (r.stamp.timestamp_ns, r.stamp.group_seq);
+                    sv.log_start = sv.log_start.max(r.item.off + u64::from(r.item.len));
+                    items.push((i, r.item));
+                }
+                // Taken: the next ready interval is the next one.  (A
+                // failed apply ends ferryd, whose restart rebuilds all of
+                // this from the remote log and the kernel's mark.)
+                st.rendezvous
+                    .retire(epoch)
+                    .map_err(|e| anyhow::anyhow!("retire {epoch}: {e}"))?;
+                st.markers.retain(|&(e, _), _| e > epoch);
+                batch += 1;
+                last = Some(epoch);
+            }
+            match last {
+                Some(epoch) if st.redo > 0 && epoch != st.redo => {
+                    bail!(
+                        "interval {} was in progress, but the remote log holds the intervals up to it only to {epoch}",
+                        st.redo
+                    );
+                }
+                Some(epoch) => {
                     st.applying = epoch;
-                    Some((epoch, items))
+                    Some((epoch, items, batch))
                 }
                 None => {
+                    // (With a redo due, the kernel holds host reads until
+                    // the intervals up to it are whole here.)
                     if st.release {
                         st.released = true;
                         drop(st);
@@ -627,30 +668,27 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
                 }
             }
         };
-        let Some((epoch, items)) = job else {
+        let Some((epoch, items, batch)) = job else {
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
             continue;
         };
         let s2 = s.clone();
         let n = items.len();
-        tokio::task::spawn_blocking(move || apply_interval(&s2, epoch, &items))
+        tokio::task::spawn_blocking(move || apply_intervals(&s2, epoch, &items))
             .await?
             .with_context(|| format!("apply interval {epoch}"))?;
         let saved = {
             let mut st = lock(&s.state);
-            st.rendezvous
-                .retire(epoch)
-                .map_err(|e| anyhow::anyhow!("retire {epoch}: {e}"))?;
             st.applied = epoch;
             st.applying = 0;
-            st.markers.retain(|&(e, _), _| e > epoch);
-            st.intervals += 1;
+            st.redo = 0;
+            st.intervals += batch as u64;
             SavedState {
                 streams: st.streams.iter().map(|x| (x.id, x.saved)).collect(),
                 points: Some(st.points.saved()),
             }
         };
-        tracing::debug!(epoch, records = n, "interval applied");
+        tracing::debug!(epoch, intervals = batch, records = n, "intervals applied");
         s.save(&saved).context("save state.json")?;
         // What is applied and saved leaves the remote log.
         for (i, sv) in saved.streams.values().enumerate() {
@@ -680,9 +718,9 @@ fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Windo
     })
 }
 
-/// Writes one interval through the kernel: the mark, the records in group
-/// order, the end.
-fn apply_interval(s: &Sec, epoch: u64, items: &[(usize, Loc)]) -> Result<()> {
+/// Writes the intervals up to `epoch` through the kernel, as one: the mark,
+/// the records in group order, the end.
+fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc)]) -> Result<()> {
     s.command(Command::ApplyBegin { epoch })?;
     let mut buf = Vec::new();
     for &(i, loc) in items {
