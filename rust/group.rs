@@ -262,6 +262,13 @@ struct Stream {
     /// Records of each generation not yet acknowledged.
     outstanding: [u64; 2],
     cur: usize,
+    /// Chunks of records that left the ring by `SPOOLED` and are not
+    /// acknowledged, in two generations: `held[hopen]` is filled; the other
+    /// one, when `held_upto` of it is non-zero, waits for the `ACK` of
+    /// that `dev_seq`.  The sweep never clears their bits on disk.
+    held: [KVVec<u64>; 2],
+    held_upto: [u64; 2],
+    hopen: usize,
 }
 
 impl Stream {
@@ -308,6 +315,49 @@ impl Stream {
             set_bits(&mut self.want, bits, first, n);
         }
         ondisk
+    }
+
+    /// Record `r` leaves the ring by `SPOOLED`: its write-intent count is
+    /// given back, and its chunks are held until its acknowledgement.
+    fn hold(&mut self, r: &Record) {
+        if r.wgen != NO_GEN {
+            if let Some((first, n)) = self.chunks(r.sector, u64::from(r.nr_sectors)) {
+                let bits = self.dirty_bits;
+                set_bits(&mut self.held[self.hopen], bits, first, n);
+            }
+            self.finish(r.wgen);
+        }
+        let ds = r.dev_seq.load(Relaxed);
+        if let Some(u) = self.held_upto.get_mut(self.hopen) {
+            *u = (*u).max(ds);
+        }
+        self.rotate_held();
+    }
+
+    /// Releases the held generation that the acknowledgements reached (its
+    /// chunks go back to the write-intent sweep, which clears them once no
+    /// write of theirs is outstanding) and closes the open one when the
+    /// other is free.
+    fn rotate_held(&mut self) {
+        let closed = 1 - self.hopen;
+        let upto = self.held_upto.get(closed).copied().unwrap_or(0);
+        if upto != 0 && self.acked >= upto {
+            let (cur, held, touch) = (self.cur, &mut self.held, &mut self.touch);
+            if let (Some(h), Some(t)) = (held.get_mut(closed), touch.get_mut(cur)) {
+                for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
+                    *tw |= *hw;
+                    *hw = 0;
+                }
+            }
+            if let Some(u) = self.held_upto.get_mut(closed) {
+                *u = 0;
+            }
+        }
+        let closed_free = self.held_upto.get(closed).is_some_and(|&u| u == 0);
+        let open_used = self.held_upto.get(self.hopen).is_some_and(|&u| u != 0);
+        if closed_free && open_used {
+            self.hopen = closed;
+        }
     }
 
     /// A record of generation `g` is acknowledged, dropped or failed.
@@ -731,6 +781,7 @@ impl Group {
         let mut ondisk = zeroed_words(words).map_err(nm)?;
         let want = zeroed_words(words).map_err(nm)?;
         let touch = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
+        let held = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
         let pages = words.div_ceil(WORDS_PER_PAGE);
         let changed = KVVec::from_elem(false, pages, GFP_KERNEL).map_err(nm)?;
         let mut sm = StreamMeta {
@@ -783,6 +834,9 @@ impl Group {
             touch,
             outstanding: [0; 2],
             cur: 0,
+            held,
+            held_upto: [0; 2],
+            hopen: 0,
         };
         if let Some(slot) = self.meta.lock().get_mut(i) {
             *slot = Some(sm);
@@ -1388,6 +1442,22 @@ impl Group {
                 }
                 Ok(())
             }
+            Command::Spooled { device, dev_seq } => {
+                let s = st
+                    .streams
+                    .get(device as usize)
+                    .and_then(Option::as_ref)
+                    .ok_or(EINVAL)?;
+                // A log record leaves the ring only acknowledged: the gate
+                // reads the lowest pending one there.
+                if s.role == Role::Log && dev_seq > s.log_acked {
+                    return Err(EINVAL);
+                }
+                if dev_seq > s.shipped {
+                    return Err(ERANGE);
+                }
+                Ok(())
+            }
             Command::Applied { epoch } if epoch >= st.epoch => Err(ERANGE),
             // Leaving `ahead` needs a resync, which this version does not have.
             Command::Start { .. } if st.mode == RepMode::Ahead => Err(eopnotsupp()),
@@ -1414,6 +1484,7 @@ impl Group {
                     if let Some(s) = st.stream(device) {
                         s.acked = s.acked.max(dev_seq);
                         s.log_acked = s.log_acked.max(dev_seq);
+                        s.rotate_held();
                         while s
                             .ring
                             .at(0)
@@ -1424,6 +1495,29 @@ impl Group {
                             s.finish(r.wgen);
                             // Freed after the lock is dropped; if the list
                             // cannot grow, drop it here (kfree is fine).
+                            let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
+                        }
+                    }
+                    st.spool_used = st.spool_used.saturating_sub(released);
+                }
+                drop(freed);
+                self.space.wake_all();
+                self.readable.wake_all();
+            }
+            Command::Spooled { device, dev_seq } => {
+                let mut freed: KVec<Arc<Record>> = KVec::new();
+                {
+                    let mut st = self.state.lock();
+                    let mut released = 0usize;
+                    if let Some(s) = st.stream(device) {
+                        while s
+                            .ring
+                            .at(0)
+                            .is_some_and(|r| r.dev_seq.load(Relaxed) <= dev_seq)
+                        {
+                            let Some(r) = s.ring.pop() else { break };
+                            released += r.charge;
+                            s.hold(&r);
                             let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
                         }
                     }
@@ -1903,7 +1997,7 @@ impl Group {
                 } else {
                     clear &= !s.touch[s.cur][w];
                 }
-                clear &= !s.dirty[w] & !s.want[w] & s.ondisk[w];
+                clear &= !s.dirty[w] & !s.want[w] & !s.held[0][w] & !s.held[1][w] & s.ondisk[w];
                 if clear != 0 {
                     // Cleared in memory before on disk: a write that comes
                     // now waits for the bit to be written again, after this.

@@ -39,6 +39,48 @@ ferry-test read --group gc --log /tmp/c2.log --idle-ms 1000 >/tmp/c2.out || fail
 grep -q "reader|dev=0|.*records=50|.*first_dev_seq=1|" /tmp/c2.out || fail "redelivery: $(cat /tmp/c2.out)"
 ok "a new reader gets every unacknowledged record again, from the first"
 
+# SPOOLED: records the helper holds on the primary's disk leave the spool
+# and are not offered again, but stay unacknowledged: their chunks stay
+# marked on the meta device (a re-create finds them) until the ACK.
+dm remove c0
+meta_wipe /dev/vdc /dev/vdd
+dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 4 group gc checkpoint_ms 0" || fail "create"
+dm create c1 --table "0 $S ferry /dev/vdb /dev/vdd 6 group gc device_id 1 role log" || fail "create log"
+ferry-test write --dev /dev/mapper/c0 --count 30 --blocks 4096 --seed 3 --log /tmp/c5.w >/dev/null || fail "write"
+dd if=/dev/urandom of=/dev/mapper/c1 bs=4k count=2 oflag=direct 2>/dev/null
+err 22 "spooled of a log device beyond its acknowledgement" spooled 1 1
+err 34 "spooled beyond what was read" spooled 0 999999
+used=$(status_field c0 10)
+out=$(ferry-test cmd --dev /dev/ferry/gc --read-first 200000 spooled 0 20) || true
+[ "$out" = "cmd|ok|24" ] || fail "spooled 0 20: $out"
+[ "$(status_field c0 10)" -lt "$used" ] || fail "spool not released by SPOOLED: $used -> $(status_field c0 10) KiB"
+[ "$(status_field c0 9)" = 0 ] || fail "SPOOLED counted as acknowledged: $(dm status c0)"
+ferry-test read --group gc --log /tmp/c5.log --no-ack --idle-ms 1000 >/tmp/c5.out || fail "reader after SPOOLED"
+grep -q "reader|dev=0|.*records=10|.*first_dev_seq=21|" /tmp/c5.out || fail "after SPOOLED: $(cat /tmp/c5.out)"
+ok "SPOOLED 0 20: the spool shrinks ($used -> $(status_field c0 10) KiB), nothing acknowledged, a new reader starts at 21"
+out=$(ferry-test cmd --dev /dev/ferry/gc --read-first 200000 spooled 0 30) || true
+[ "$out" = "cmd|ok|24" ] || fail "spooled 0 30: $out"
+sleep 3  # write-intent sweeps
+dm remove c0; dm remove c1
+dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 4 group gc checkpoint_ms 0" || fail "re-create"
+[ "$(status_field c0 5)" = ahead ] && [ "$(status_field c0 12)" -gt 0 ] ||
+	fail "spooled, unacknowledged writes not marked on the meta device: $(dm status c0)"
+ok "spooled and unacknowledged: still marked on the meta device ($(status_field c0 12) chunks after re-create)"
+dm remove c0
+meta_wipe /dev/vdc
+dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 4 group gc checkpoint_ms 0" || fail "create"
+ferry-test write --dev /dev/mapper/c0 --count 30 --blocks 4096 --seed 3 --log /tmp/c5.w >/dev/null || fail "write"
+out=$(ferry-test cmd --dev /dev/ferry/gc --read-first 200000 spooled 0 30) || true
+[ "$out" = "cmd|ok|24" ] || fail "spooled 0 30: $out"
+out=$(ferry-test cmd --dev /dev/ferry/gc ack 0 30) || true
+[ "$out" = "cmd|ok|24" ] || fail "ack 0 30 after SPOOLED: $out"
+sleep 3
+dm remove c0
+dm create c0 --table "0 $S ferry /dev/vda /dev/vdc 4 group gc checkpoint_ms 0" || fail "re-create"
+[ "$(status_field c0 5) $(status_field c0 12)" = "replicating 0" ] ||
+	fail "spooled and acknowledged writes still marked: $(dm status c0)"
+ok "spooled, then acknowledged: the meta device is clean again"
+
 # One reader at a time.
 ferry-test read --group gc --log /tmp/c3.log --idle-ms 60000 >/dev/null &
 rp=$!

@@ -40,6 +40,8 @@ pub mod opcode {
     pub const APPLY_BEGIN: u8 = 8;
     /// [`Command::ApplyEnd`](super::Command::ApplyEnd).
     pub const APPLY_END: u8 = 9;
+    /// [`Command::Spooled`](super::Command::Spooled).
+    pub const SPOOLED: u8 = 10;
 }
 
 /// Flags of [`Command::Start`].
@@ -68,6 +70,16 @@ pub enum Command {
         /// Device id.
         device: u32,
         /// Highest acknowledged `dev_seq`, cumulative.
+        dev_seq: u64,
+    },
+    /// `ferryd` holds every record of `device` with `dev_seq <= dev_seq`
+    /// durably on the primary's own disk: the kernel may drop them from
+    /// its spool (they are not offered again).  They stay unacknowledged:
+    /// their chunks stay marked on the meta device until [`Ack`](Self::Ack).
+    Spooled {
+        /// Device id.
+        device: u32,
+        /// Highest spooled `dev_seq`, cumulative.
         dev_seq: u64,
     },
     /// The secondary has applied every checkpoint interval up to `epoch`:
@@ -159,6 +171,7 @@ impl Command {
         match self {
             Self::AckLog { .. } => opcode::ACK_LOG,
             Self::Ack { .. } => opcode::ACK,
+            Self::Spooled { .. } => opcode::SPOOLED,
             Self::Applied { .. } => opcode::APPLIED,
             Self::InsertCheckpoint => opcode::INSERT_CHECKPOINT,
             Self::InsertConsistencyPoint { .. } => opcode::INSERT_CONSISTENCY_POINT,
@@ -172,7 +185,7 @@ impl Command {
     /// Encodes into `out`; returns the bytes written.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, CommandError> {
         let body_len: u16 = match self {
-            Self::AckLog { .. } | Self::Ack { .. } => 16,
+            Self::AckLog { .. } | Self::Ack { .. } | Self::Spooled { .. } => 16,
             Self::Applied { .. }
             | Self::Start { .. }
             | Self::ApplyBegin { .. }
@@ -189,7 +202,9 @@ impl Command {
             w.u8(self.opcode())?;
             w.u16(body_len)?;
             match self {
-                Self::AckLog { device, dev_seq } | Self::Ack { device, dev_seq } => {
+                Self::AckLog { device, dev_seq }
+                | Self::Ack { device, dev_seq }
+                | Self::Spooled { device, dev_seq } => {
                     w.u32(*device)?;
                     w.u32(0)?;
                     w.u64(*dev_seq)
@@ -233,7 +248,7 @@ impl Command {
             }
         };
         let cmd = match op {
-            opcode::ACK_LOG | opcode::ACK => {
+            opcode::ACK_LOG | opcode::ACK | opcode::SPOOLED => {
                 fixed(16)?;
                 let device = b.u32().ok_or(t)?;
                 if b.u32().ok_or(t)? != 0 {
@@ -243,10 +258,10 @@ impl Command {
                 if dev_seq == 0 {
                     return Err(CommandError::ZeroSequence);
                 }
-                if op == opcode::ACK_LOG {
-                    Self::AckLog { device, dev_seq }
-                } else {
-                    Self::Ack { device, dev_seq }
+                match op {
+                    opcode::ACK_LOG => Self::AckLog { device, dev_seq },
+                    opcode::ACK => Self::Ack { device, dev_seq },
+                    _ => Self::Spooled { device, dev_seq },
                 }
             }
             opcode::APPLIED | opcode::APPLY_BEGIN | opcode::APPLY_END => {
@@ -333,7 +348,7 @@ impl Iterator for Commands<'_> {
 mod tests {
     use super::*;
 
-    fn all() -> [Command; 9] {
+    fn all() -> [Command; 10] {
         [
             Command::AckLog {
                 device: 1,
@@ -354,6 +369,10 @@ mod tests {
             Command::Stop,
             Command::ApplyBegin { epoch: 4 },
             Command::ApplyEnd { epoch: 4 },
+            Command::Spooled {
+                device: 3,
+                dev_seq: 77,
+            },
         ]
     }
 
@@ -369,7 +388,7 @@ mod tests {
             }
             n += k;
         }
-        let got: [Command; 9] = {
+        let got: [Command; 10] = {
             let mut it = Commands::new(&buf[..n]).map(Result::unwrap);
             core::array::from_fn(|_| it.next().unwrap())
         };

@@ -1029,6 +1029,10 @@ fn cmd(a: CmdArgs) -> Res<()> {
             device: num(d)? as u32,
             dev_seq: num(s)?,
         }),
+        ["spooled", d, s] => encode(&Command::Spooled {
+            device: num(d)? as u32,
+            dev_seq: num(s)?,
+        }),
         ["applied", e] => encode(&Command::Applied { epoch: num(e)? }),
         ["checkpoint"] => encode(&Command::InsertCheckpoint),
         ["cp", l] => encode(&Command::InsertConsistencyPoint {

@@ -46,6 +46,17 @@ pub struct Config {
     /// Primary: batch compression.
     #[serde(default)]
     pub compress: Compress,
+    /// Primary: the disk spool's directory (default
+    /// `/var/lib/ferry/<group>/spool`).
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Primary: a data device's records read and not acknowledged beyond
+    /// this many MiB go to the disk spool (0: never).
+    #[serde(default = "default_spool_after_mb")]
+    pub spool_after_mb: u64,
+    /// Primary: the disk spool's cap, MiB.
+    #[serde(default = "default_spool_max_mb")]
+    pub spool_max_mb: u64,
     /// Secondary: the address to listen on.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
@@ -55,6 +66,14 @@ pub struct Config {
     /// Status and metrics (HTTP), on loopback.
     #[serde(default = "default_status")]
     pub status: SocketAddr,
+}
+
+fn default_spool_after_mb() -> u64 {
+    16
+}
+
+fn default_spool_max_mb() -> u64 {
+    4096
 }
 
 fn default_status() -> SocketAddr {
@@ -101,6 +120,13 @@ impl Config {
         Ok(())
     }
 
+    /// The primary's disk spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/ferry/{}/spool", self.group)))
+    }
+
     /// The character device.
     pub fn device(&self) -> PathBuf {
         self.device
@@ -139,6 +165,8 @@ mod tests {
         .unwrap();
         c.check().unwrap();
         assert_eq!(c.device(), PathBuf::from("/dev/ferry/g"));
+        assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/ferry/g/spool"));
+        assert_eq!((c.spool_after_mb, c.spool_max_mb), (16, 4096));
         let bad: Config =
             toml::from_str("group = \"g\"\nrole = \"primary\"\nkey_file = \"/k\"\n").unwrap();
         assert!(bad.check().is_err());

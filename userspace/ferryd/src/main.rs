@@ -4,6 +4,7 @@
 
 mod primary;
 mod secondary;
+mod spool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

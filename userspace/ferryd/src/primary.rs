@@ -5,6 +5,10 @@
 //! and writes the secondary's acknowledgements back to the kernel (which
 //! frees the spool and, for log devices, opens the gate).  Streams do not
 //! wait for one another.
+//!
+//! When a data device's records read and not acknowledged exceed
+//! `spool_after_mb`, they go to the disk spool (`spool.rs`) and the kernel
+//! is told (`SPOOLED`) that it may drop them from its own.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferry_core::command::Command;
-use ferry_core::record::{self, GroupKey, HEADER_LEN};
+use ferry_core::record::{self, Flags, GroupKey, HEADER_LEN};
 use ferry_core::FastDigest;
 use ferryd::config::{Compress, Config, Role};
 use ferryd::link::{self, Frame, Side};
@@ -24,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::spool::{self, OnDisk, Segment};
 use crate::Report;
 
 /// Largest read from the character device: more than the largest record.
@@ -33,20 +38,40 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Records per frame, at most this many bytes before compression.
 const BATCH_BYTES: usize = 1 << 20;
 
+/// A record's bytes: in memory, or in a segment of the disk spool.
+#[derive(Clone)]
+enum Data {
+    Mem(Arc<[u8]>),
+    Disk(OnDisk),
+}
+
 struct Queued {
     dev_seq: u64,
-    bytes: Arc<[u8]>,
+    data: Data,
+    len: u32,
     read_at: Instant,
 }
 
 #[derive(Default)]
 struct DevQ {
+    /// Records read and not acknowledged: those in the disk spool first,
+    /// then those in memory.
     recs: VecDeque<Queued>,
+    /// Bytes of the records in memory.
+    mem_bytes: u64,
+    /// The disk spool's segments, oldest first, and their bytes.
+    segs: VecDeque<Segment>,
+    disk_bytes: u64,
+    /// The device is a log device (its records never go to disk: the
+    /// kernel's gate needs them until they are acknowledged).
+    log: bool,
     highest_read: u64,
     acked: u64,
     connected: bool,
     record_bytes: u64,
     wire_bytes: u64,
+    /// The stream has a gap nothing can fill (replication stopped).
+    lost: bool,
 }
 
 struct Dev {
@@ -64,6 +89,12 @@ struct Shared {
     applied: AtomicU64,
     tls: Arc<rustls::ClientConfig>,
     rt: tokio::runtime::Handle,
+    /// The disk spool's directory, and its threshold and cap in bytes.
+    spool_dir: std::path::PathBuf,
+    spool_after: u64,
+    spool_max: u64,
+    /// Bytes in the disk spool, over all devices.
+    disk_bytes: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,6 +128,7 @@ impl Shared {
 
     /// The secondary holds every record of `d` up to `dev_seq`.
     fn acked(&self, d: &Dev, dev_seq: u64, applied: u64) -> Result<()> {
+        let mut gone = Vec::new();
         let upto = {
             let mut q = lock(&d.q);
             let upto = dev_seq.min(q.highest_read);
@@ -105,11 +137,25 @@ impl Shared {
             } else {
                 q.acked = upto;
                 while q.recs.front().is_some_and(|r| r.dev_seq <= upto) {
-                    q.recs.pop_front();
+                    if let Some(r) = q.recs.pop_front() {
+                        if matches!(r.data, Data::Mem(_)) {
+                            q.mem_bytes -= u64::from(r.len);
+                        }
+                    }
+                }
+                while q.segs.front().is_some_and(|g| g.last <= upto) {
+                    if let Some(g) = q.segs.pop_front() {
+                        q.disk_bytes -= g.bytes;
+                        self.disk_bytes.fetch_sub(g.bytes, Relaxed);
+                        gone.push(g);
+                    }
                 }
                 Some(upto)
             }
         };
+        for g in &gone {
+            spool::remove(g);
+        }
         if let Some(upto) = upto {
             self.command(Command::Ack {
                 device: d.id,
@@ -122,6 +168,80 @@ impl Shared {
             if let Err(e) = self.command(Command::Applied { epoch: applied }) {
                 warn!("{e:#}");
             }
+        }
+        Ok(())
+    }
+
+    /// Moves device `d`'s records in memory to the disk spool once they
+    /// pass the threshold, and lets the kernel drop them.
+    fn maybe_spool(&self, d: &Dev) -> Result<()> {
+        let recs: Vec<(u64, Arc<[u8]>)> = {
+            let q = lock(&d.q);
+            if q.log || q.lost || self.spool_after == 0 || q.mem_bytes <= self.spool_after {
+                return Ok(());
+            }
+            if self.disk_bytes.load(Relaxed) + q.mem_bytes > self.spool_max {
+                return Ok(());
+            }
+            q.recs
+                .iter()
+                .filter_map(|r| match &r.data {
+                    Data::Mem(b) => Some((r.dev_seq, b.clone())),
+                    Data::Disk(_) => None,
+                })
+                .collect()
+        };
+        let Some(&(last, _)) = recs.last() else {
+            return Ok(());
+        };
+        let (seg, at) = spool::write_segment(&self.spool_dir, d.id, &recs)?;
+        let (bytes, first) = (seg.bytes, seg.first);
+        {
+            let mut q = lock(&d.q);
+            if last <= q.acked {
+                // Acknowledged meanwhile: nothing to keep.
+                drop(q);
+                spool::remove(&seg);
+                return Ok(());
+            }
+            let mut at = at.into_iter().peekable();
+            for r in q.recs.iter_mut() {
+                while at.peek().is_some_and(|(ds, _)| *ds < r.dev_seq) {
+                    at.next();
+                }
+                if let Some((ds, _)) = at.peek() {
+                    if *ds == r.dev_seq && matches!(r.data, Data::Mem(_)) {
+                        if let Some((_, od)) = at.next() {
+                            r.data = Data::Disk(od);
+                        }
+                    }
+                }
+            }
+            q.mem_bytes = q
+                .recs
+                .iter()
+                .filter(|r| matches!(r.data, Data::Mem(_)))
+                .map(|r| u64::from(r.len))
+                .sum();
+            q.disk_bytes += bytes;
+            q.segs.push_back(seg);
+        }
+        self.disk_bytes.fetch_add(bytes, Relaxed);
+        tracing::debug!(
+            device = d.id,
+            records = recs.len(),
+            bytes,
+            first,
+            last,
+            "spooled to disk"
+        );
+        // Durable on this disk: the kernel may drop them (a refusal only
+        // keeps them in its spool as well).
+        if let Err(e) = self.command(Command::Spooled {
+            device: d.id,
+            dev_seq: last,
+        }) {
+            warn!(device = d.id, "{e:#}");
         }
         Ok(())
     }
@@ -139,6 +259,9 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let gid = record::group_id_of_name(d, cfg.group.as_bytes());
     let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let status = cfg.status;
+    let spool_dir = cfg.spool_dir();
+    let found = spool::load(&spool_dir, &gkey)?;
+    let (spool_after, spool_max) = (cfg.spool_after_mb << 20, cfg.spool_max_mb << 20);
     let s = Arc::new(Shared {
         cfg,
         key,
@@ -147,7 +270,44 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         applied: AtomicU64::new(0),
         tls: link::client_config()?,
         rt: tokio::runtime::Handle::current(),
+        spool_dir,
+        spool_after,
+        spool_max,
+        disk_bytes: AtomicU64::new(0),
     });
+    // What the disk spool holds goes first; the kernel offers again only
+    // what it still has.
+    for (id, segs) in found {
+        let d = s.dev(id);
+        let mut q = lock(&d.q);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (seg, at) in segs {
+            for (ds, od) in at {
+                if ds > q.highest_read {
+                    let len = od.len;
+                    q.recs.push_back(Queued {
+                        dev_seq: ds,
+                        data: Data::Disk(od),
+                        len,
+                        read_at: Instant::now(),
+                    });
+                    q.highest_read = ds;
+                    n += 1;
+                }
+            }
+            bytes += seg.bytes;
+            q.disk_bytes += seg.bytes;
+            q.segs.push_back(seg);
+        }
+        s.disk_bytes.fetch_add(bytes, Relaxed);
+        info!(
+            device = id,
+            records = n,
+            bytes,
+            upto = q.highest_read,
+            "disk spool recovered"
+        );
+    }
     crate::serve_status(status, s.clone())?;
     let s2 = s.clone();
     let rd = tokio::task::spawn_blocking(move || read_loop(s2, reader, gkey));
@@ -181,12 +341,19 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
             let d = s.dev(h.header.device_id);
             {
                 let mut q = lock(&d.q);
-                q.highest_read = q.highest_read.max(h.header.dev_seq);
-                q.recs.push_back(Queued {
-                    dev_seq: h.header.dev_seq,
-                    bytes: buf[off..off + len].into(),
-                    read_at: Instant::now(),
-                });
+                q.log |= h.header.flags.0 & Flags::LOG != 0;
+                // Records the disk spool already holds come again from the
+                // kernel when it was not told before a restart: dropped.
+                if h.header.dev_seq > q.highest_read {
+                    q.highest_read = h.header.dev_seq;
+                    q.mem_bytes += len as u64;
+                    q.recs.push_back(Queued {
+                        dev_seq: h.header.dev_seq,
+                        data: Data::Mem(buf[off..off + len].into()),
+                        len: len as u32,
+                        read_at: Instant::now(),
+                    });
+                }
             }
             if !touched.contains(&h.header.device_id) {
                 touched.push(h.header.device_id);
@@ -194,7 +361,11 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
             off += len;
         }
         for id in touched {
-            s.dev(id).more.notify_one();
+            let d = s.dev(id);
+            d.more.notify_one();
+            if let Err(e) = s.maybe_spool(&d) {
+                warn!(device = id, "disk spool: {e:#}");
+            }
         }
     }
 }
@@ -266,18 +437,43 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
         let mut cursor = next;
         loop {
             let notified = d.more.notified();
-            let batch = {
+            let parts = {
                 let q = lock(&d.q);
-                let mut b = Vec::new();
-                let mut last = 0;
+                // What the secondary acknowledged (also what came on an
+                // older connection) is not sent again.
+                cursor = cursor.max(q.acked + 1);
+                if q.recs.front().is_some_and(|r| r.dev_seq > cursor) {
+                    drop(q);
+                    return Err(s.lost(d, cursor));
+                }
+                let mut parts = Vec::new();
+                let (mut size, mut last) = (0usize, 0);
                 for r in q.recs.iter().filter(|r| r.dev_seq >= cursor) {
-                    if !b.is_empty() && b.len() + r.bytes.len() > BATCH_BYTES {
+                    if size > 0 && size + r.len as usize > BATCH_BYTES {
                         break;
                     }
-                    b.extend_from_slice(&r.bytes);
+                    parts.push(r.data.clone());
+                    size += r.len as usize;
                     last = r.dev_seq;
                 }
-                (!b.is_empty()).then_some((b, last))
+                (!parts.is_empty()).then_some((parts, size, last))
+            };
+            let batch = match parts {
+                None => None,
+                Some((parts, size, last)) => {
+                    let b = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                        let mut b = Vec::with_capacity(size);
+                        for p in parts {
+                            match p {
+                                Data::Mem(m) => b.extend_from_slice(&m),
+                                Data::Disk(od) => b.extend_from_slice(&od.read()?),
+                            }
+                        }
+                        Ok(b)
+                    })
+                    .await??;
+                    Some((b, last))
+                }
             };
             let Some((b, last)) = batch else {
                 // Idle: an empty batch every second tells the secondary
@@ -318,16 +514,48 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
     }
 }
 
+impl Shared {
+    /// Device `d`'s stream misses records from `cursor` on: they are
+    /// neither in the kernel's spool nor in the disk spool (a disk spool
+    /// removed while `ferryd` was down).  Replication stops: the group goes
+    /// `ahead`, its bitmap naming what the secondary misses.
+    fn lost(&self, d: &Dev, cursor: u64) -> anyhow::Error {
+        let first = {
+            let mut q = lock(&d.q);
+            let was = std::mem::replace(&mut q.lost, true);
+            (!was).then(|| q.recs.front().map_or(0, |r| r.dev_seq))
+        };
+        if let Some(first) = first {
+            tracing::error!(
+                device = d.id,
+                missing_from = cursor,
+                missing_to = first.saturating_sub(1),
+                "records are in neither the kernel's spool nor the disk spool: replication stops (a resync is needed)"
+            );
+            if let Err(e) = self.command(Command::Stop) {
+                warn!("{e:#}");
+            }
+        }
+        anyhow::anyhow!("device {}: the stream has a gap from {cursor}", d.id)
+    }
+}
+
 impl Report for Shared {
     fn status(&self) -> Status {
         let devs = lock(&self.devs);
         let mut streams = Vec::new();
         let mut spool = 0;
+        let mut disk_records = 0;
         let mut connected = false;
         for d in devs.values() {
             let q = lock(&d.q);
-            let lag_bytes = q.recs.iter().map(|r| r.bytes.len() as u64).sum();
+            let lag_bytes = q.recs.iter().map(|r| u64::from(r.len)).sum();
             spool += q.recs.len() as u64;
+            disk_records += q
+                .recs
+                .iter()
+                .filter(|r| matches!(r.data, Data::Disk(_)))
+                .count() as u64;
             connected |= q.connected;
             streams.push(Stream {
                 device: d.id,
@@ -361,6 +589,8 @@ impl Report for Shared {
             rejected: Vec::new(),
             intervals_applied: 0,
             consistency_point: None,
+            disk_spool_records: disk_records,
+            disk_spool_bytes: self.disk_bytes.load(Relaxed),
         }
     }
 

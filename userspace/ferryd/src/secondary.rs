@@ -791,6 +791,8 @@ impl Report for Sec {
             rejected: self.rejected.snapshot(),
             intervals_applied: st.intervals,
             consistency_point: st.points.held(),
+            disk_spool_records: 0,
+            disk_spool_bytes: 0,
         }
     }
 

@@ -61,6 +61,12 @@ pub struct Status {
     /// every stream, durable and verified in the remote log).
     #[serde(default)]
     pub consistency_point: Option<Point>,
+    /// Primary: records, and bytes, in the disk spool (read from the
+    /// kernel, written to this site's disk, not acknowledged).
+    #[serde(default)]
+    pub disk_spool_records: u64,
+    #[serde(default)]
+    pub disk_spool_bytes: u64,
 }
 
 impl Status {
@@ -131,6 +137,11 @@ impl Status {
             "spool_records",
             "Records read from the kernel and not acknowledged",
             vec![(String::new(), self.spool_records as f64)],
+        );
+        gauge(
+            "disk_spool_bytes",
+            "Bytes of records in the primary's disk spool",
+            vec![(String::new(), self.disk_spool_bytes as f64)],
         );
         gauge(
             "auth_refused_total",

@@ -182,6 +182,12 @@ fn print_status(s: &Status) {
             d.wire_bytes
         );
     }
+    if s.role == config::Role::Primary {
+        println!(
+            "  records not acknowledged {}; in the disk spool {} ({} bytes)",
+            s.spool_records, s.disk_spool_records, s.disk_spool_bytes
+        );
+    }
     if s.role == config::Role::Secondary {
         match &s.consistency_point {
             Some(p) => println!("  last consistency point held: {} ({})", p.cp_id, p.label),
