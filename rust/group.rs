@@ -339,23 +339,27 @@ impl Stream {
     /// write of theirs is outstanding) and closes the open one when the
     /// other is free.
     fn rotate_held(&mut self) {
-        let closed = 1 - self.hopen;
-        let upto = self.held_upto.get(closed).copied().unwrap_or(0);
-        if upto != 0 && self.acked >= upto {
-            let (cur, held, touch) = (self.cur, &mut self.held, &mut self.touch);
-            if let (Some(h), Some(t)) = (held.get_mut(closed), touch.get_mut(cur)) {
-                for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
-                    *tw |= *hw;
-                    *hw = 0;
+        // Twice: an acknowledgement may reach both generations.
+        for _ in 0..2 {
+            let closed = 1 - self.hopen;
+            let upto = self.held_upto.get(closed).copied().unwrap_or(0);
+            if upto != 0 && self.acked >= upto {
+                let (cur, held, touch) = (self.cur, &mut self.held, &mut self.touch);
+                if let (Some(h), Some(t)) = (held.get_mut(closed), touch.get_mut(cur)) {
+                    for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
+                        *tw |= *hw;
+                        *hw = 0;
+                    }
+                }
+                if let Some(u) = self.held_upto.get_mut(closed) {
+                    *u = 0;
                 }
             }
-            if let Some(u) = self.held_upto.get_mut(closed) {
-                *u = 0;
+            let closed_free = self.held_upto.get(closed).is_some_and(|&u| u == 0);
+            let open_used = self.held_upto.get(self.hopen).is_some_and(|&u| u != 0);
+            if !(closed_free && open_used) {
+                return;
             }
-        }
-        let closed_free = self.held_upto.get(closed).is_some_and(|&u| u == 0);
-        let open_used = self.held_upto.get(self.hopen).is_some_and(|&u| u != 0);
-        if closed_free && open_used {
             self.hopen = closed;
         }
     }
@@ -1477,55 +1481,21 @@ impl Group {
                 self.readable.wake_all();
             }
             Command::Ack { device, dev_seq } => {
-                let mut freed: KVec<Arc<Record>> = KVec::new();
-                {
-                    let mut st = self.state.lock();
-                    let mut released = 0usize;
-                    if let Some(s) = st.stream(device) {
+                self.release_through(device, dev_seq, |s, r| match r {
+                    None => {
                         s.acked = s.acked.max(dev_seq);
                         s.log_acked = s.log_acked.max(dev_seq);
                         s.rotate_held();
-                        while s
-                            .ring
-                            .at(0)
-                            .is_some_and(|r| r.dev_seq.load(Relaxed) <= dev_seq)
-                        {
-                            let Some(r) = s.ring.pop() else { break };
-                            released += r.charge;
-                            s.finish(r.wgen);
-                            // Freed after the lock is dropped; if the list
-                            // cannot grow, drop it here (kfree is fine).
-                            let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
-                        }
                     }
-                    st.spool_used = st.spool_used.saturating_sub(released);
-                }
-                drop(freed);
-                self.space.wake_all();
-                self.readable.wake_all();
+                    Some(r) => s.finish(r.wgen),
+                });
             }
             Command::Spooled { device, dev_seq } => {
-                let mut freed: KVec<Arc<Record>> = KVec::new();
-                {
-                    let mut st = self.state.lock();
-                    let mut released = 0usize;
-                    if let Some(s) = st.stream(device) {
-                        while s
-                            .ring
-                            .at(0)
-                            .is_some_and(|r| r.dev_seq.load(Relaxed) <= dev_seq)
-                        {
-                            let Some(r) = s.ring.pop() else { break };
-                            released += r.charge;
-                            s.hold(&r);
-                            let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
-                        }
+                self.release_through(device, dev_seq, |s, r| {
+                    if let Some(r) = r {
+                        s.hold(r);
                     }
-                    st.spool_used = st.spool_used.saturating_sub(released);
-                }
-                drop(freed);
-                self.space.wake_all();
-                self.readable.wake_all();
+                });
             }
             Command::Applied { epoch } => {
                 let mut st = self.state.lock();
@@ -1545,6 +1515,41 @@ impl Group {
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => return Err(eopnotsupp()),
         }
         Ok(())
+    }
+
+    /// Drops device `device`'s records up to `dev_seq` from the ring (`ACK`
+    /// or `SPOOLED`) and frees their spool room: `each` sees the stream
+    /// first (`None`), then every record dropped.
+    fn release_through(
+        &self,
+        device: u32,
+        dev_seq: u64,
+        mut each: impl FnMut(&mut Stream, Option<&Record>),
+    ) {
+        let mut freed: KVec<Arc<Record>> = KVec::new();
+        {
+            let mut st = self.state.lock();
+            let mut released = 0usize;
+            if let Some(s) = st.stream(device) {
+                each(s, None);
+                while s
+                    .ring
+                    .at(0)
+                    .is_some_and(|r| r.dev_seq.load(Relaxed) <= dev_seq)
+                {
+                    let Some(r) = s.ring.pop() else { break };
+                    released += r.charge;
+                    each(s, Some(&r));
+                    // Freed after the lock is dropped; if the list cannot
+                    // grow, drop it here (kfree is fine).
+                    let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
+                }
+            }
+            st.spool_used = st.spool_used.saturating_sub(released);
+        }
+        drop(freed);
+        self.space.wake_all();
+        self.readable.wake_all();
     }
 
     /// Status of device `id` and of the group, for `dmsetup status`.

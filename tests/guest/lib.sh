@@ -166,3 +166,46 @@ await_peer_file() {  # await_peer_file <peer> <file>
 	done
 	return 0
 }
+# Two-guest exchanges: each side serves /tmp/www on port 7000; $peer is the
+# other guest.  fetch <path> <out> <tries>: until the peer serves <path>.
+fetch() {
+	for t in $(seq 1 "$3"); do
+		timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0
+		sleep 1
+	done
+	return 1
+}
+# Checksums of the first <MiB> (default 8) of vda and vdb.
+sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=${1:-8} iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
+# The secondary's verdict for the primary; the first FAIL stands.
+res() { grep -q '^FAIL' /tmp/www/result 2>/dev/null || echo "$*" >/tmp/www/result; }
+# Primary: until r0 and r1 have every record acknowledged, three times in a
+# row, at most <tries> half-seconds; sets c0 a0 c1 a1 (completed, acked).
+repl_drained() {
+	stable=0
+	for t in $(seq 1 "$1"); do
+		set -- $(dm status r0); c0=${10} a0=${12}
+		set -- $(dm status r1); c1=${10} a1=${12}
+		if [ "$c0" = "$a0" ] && [ "$c1" = "$a1" ]; then
+			stable=$((stable + 1)); [ $stable -ge 3 ] && return 0
+		else
+			stable=0
+		fi
+		sleep 0.5
+	done
+	return 1
+}
+# Secondary: until every stream has applied all it holds, twice in a row,
+# at most <tries> half-seconds.
+repl_applied() {
+	stable=0
+	for t in $(seq 1 "$1"); do
+		if [ -z "$(fstatus lag_records | grep -v '^0$')" ]; then
+			stable=$((stable + 1)); [ $stable -ge 2 ] && return 0
+		else
+			stable=0
+		fi
+		sleep 0.5
+	done
+	return 1
+}

@@ -15,7 +15,6 @@ secs=${FERRY_BENCH_SECS:-20}
 peer=10.99.0.$((2 - FERRY_NODE))
 mkdir -p /tmp/www
 httpd -p 7000 -h /tmp/www || fail "httpd"
-fetch() { for t in $(seq 1 "$3"); do timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0; sleep 1; done; return 1; }
 if [ "$FERRY_NODE" = 0 ]; then
 	REPL_PRIMARY_OPTS="spool_mb 128 overflow block" repl_devices primary
 	repl_config primary

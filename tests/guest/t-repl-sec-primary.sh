@@ -10,8 +10,6 @@ MAX=${FERRY_REPL_WRITES:-200000}
 peer=10.99.0.2
 mkdir -p /tmp/www
 httpd -p 7000 -h /tmp/www || fail "httpd"
-fetch() { for t in $(seq 1 "$3"); do timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0; sleep 1; done; return 1; }
-sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 REPL_PRIMARY_OPTS="spool_mb 8 overflow block"
 repl_devices primary
 repl_config primary
@@ -27,18 +25,7 @@ wait $wp || { cat /tmp/w.out; fail "writer"; }
 N=$(sed -n 's/^writer|writes=\([0-9]*\)$/\1/p' /tmp/w.out)
 [ -n "$N" ] && [ "$N" -gt 0 ] || fail "writer: $(cat /tmp/w.out)"
 ok "$N dependent writes while the secondary was cut"
-stable=0
-for t in $(seq 1 1800); do
-	set -- $(dm status r0); c0=${10} a0=${12}
-	set -- $(dm status r1); c1=${10} a1=${12}
-	if [ "$c0" = "$a0" ] && [ "$c1" = "$a1" ]; then
-		stable=$((stable + 1)); [ $stable -ge 3 ] && break
-	else
-		stable=0
-	fi
-	sleep 0.5
-done
-[ $stable -ge 3 ] || { ferryctl status gr; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
+repl_drained 1800 || { ferryctl status gr; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
 set -- $(dm status r0)
 [ "$8" = replicating ] || fail "the primary went $8"
 n0=$(grep -c 'connected.*device=0' /tmp/ferryd.log || true)

@@ -43,23 +43,11 @@ if [ "$FERRY_CUT" != final ]; then
 	fail "still running"
 fi
 httpd -p 7000 -h /tmp/www || fail "httpd"
-fetch() { for t in $(seq 1 "$3"); do timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0; sleep 1; done; return 1; }
-sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
-# The first verdict stands: a FAIL is not overwritten by a later PASS.
-res() { grep -q '^FAIL' /tmp/www/result 2>/dev/null || echo "$*" >/tmp/www/result; }
 # The cuts are over: the primary stops writing and drains.
 touch /tmp/www/stop
 fetch done /tmp/done 900 || fail "the primary never finished"
 set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3
-stable=0
-for t in $(seq 1 240); do
-	if [ -z "$(fstatus lag_records | grep -v '^0$')" ]; then
-		stable=$((stable + 1)); [ $stable -ge 2 ] && break
-	else
-		stable=0
-	fi
-	sleep 0.5
-done
+repl_applied 240 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 ferryctl status gr
 ferryctl promote gr >/tmp/promote.out 2>&1 || res "FAIL: promote: $(cat /tmp/promote.out)"
 if ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS --seed 7 --min "$n" >/tmp/pc.out 2>&1; then

@@ -10,14 +10,6 @@
 peer=10.99.0.$((2 - FERRY_NODE))
 mkdir -p /tmp/www
 httpd -p 7000 -h /tmp/www || fail "httpd"
-fetch() {  # fetch <path> <out> <seconds>
-	for i in $(seq 1 "$3"); do
-		timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0
-		sleep 1
-	done
-	return 1
-}
-sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 
 if [ "$FERRY_NODE" = 0 ]; then
 	REPL_PRIMARY_OPTS="spool_mb 4 overflow block"
@@ -45,25 +37,14 @@ if [ "$FERRY_NODE" = 0 ]; then
 	rec=$(grep -a "disk spool recovered" /tmp/ferryd.log | tail -1)
 	case "$rec" in *"records="[1-9]*) ;; *) cat /tmp/ferryd.log; fail "restart: no spooled record recovered ($rec)" ;; esac
 	ok "ferryd killed (-9) and restarted: $(echo "$rec" | sed 's/.*disk spool recovered *//')"
-	stable=0
-	for i in $(seq 1 400); do
-		set -- $(dm status r0); c0=${10} a0=${12}
-		set -- $(dm status r1); c1=${10} a1=${12}
-		if [ "$c0" = "$a0" ] && [ "$c1" = "$a1" ]; then
-			stable=$((stable + 1)); [ $stable -ge 3 ] && break
-		else
-			stable=0
-		fi
-		sleep 0.5
-	done
-	[ $stable -ge 3 ] || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
+	repl_drained 400 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
 	set -- $(dm status r1)
 	[ "$8" = replicating ] || fail "the primary went $8"
 	sleep 1
 	[ "$(fstatus disk_spool_bytes)" = 0 ] || fail "disk spool not empty after the drain: $(fstatus disk_spool_bytes)"
 	ls /var/lib/ferry/gr/spool/*.seg >/dev/null 2>&1 && fail "segments left: $(ls /var/lib/ferry/gr/spool)"
 	ok "drained, still replicating; the disk spool is empty"
-	echo "$(sums)" >/tmp/www/done
+	echo "$(sums 32)" >/tmp/www/done
 	fetch result /tmp/result 300 || fail "no result from the secondary"
 	cat /tmp/result
 	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
@@ -76,20 +57,9 @@ else
 	ferryd_start
 	fetch done /tmp/done 600 || fail "the primary never finished"
 	set -- $(cat /tmp/done); p0=$1 p1=$2
-	# The first verdict stands: a FAIL is not overwritten by a later PASS.
-	res() { grep -q '^FAIL' /tmp/www/result 2>/dev/null || echo "$*" >/tmp/www/result; }
-	stable=0
-	for i in $(seq 1 120); do
-		if [ -z "$(fstatus lag_records | grep -v '^0$')" ]; then
-			stable=$((stable + 1)); [ $stable -ge 2 ] && break
-		else
-			stable=0
-		fi
-		sleep 0.5
-	done
-	[ $stable -ge 2 ] || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
+	repl_applied 120 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 	ferryctl promote gr >/tmp/promote.out 2>&1 || res "FAIL: promote: $(cat /tmp/promote.out)"
-	set -- $(sums)
+	set -- $(sums 32)
 	if [ "$1 $2" = "$p0 $p1" ]; then
 		res "PASS: checksums equal ($1 $2)"
 	else

@@ -14,14 +14,6 @@ N=${FERRY_REPL_WRITES:-1000}
 peer=10.99.0.$((2 - FERRY_NODE))
 mkdir -p /tmp/www
 httpd -p 7000 -h /tmp/www || fail "httpd"
-fetch() {  # fetch <path> <out> <seconds>
-	for i in $(seq 1 "$3"); do
-		timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0
-		sleep 1
-	done
-	return 1
-}
-sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 
 if [ "$FERRY_NODE" = 0 ]; then
 	repl_devices primary
@@ -44,18 +36,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	dm message r1 0 cp repl-last || fail "cp repl-last"
 	# Drained: every record of both devices acknowledged, twice in a row
 	# (a checkpoint marker may follow the last write).
-	stable=0
-	for i in $(seq 1 240); do
-		set -- $(dm status r0); c0=${10} a0=${12}
-		set -- $(dm status r1); c1=${10} a1=${12}
-		if [ "$c0" = "$a0" ] && [ "$c1" = "$a1" ]; then
-			stable=$((stable + 1)); [ $stable -ge 3 ] && break
-		else
-			stable=0
-		fi
-		sleep 0.5
-	done
-	[ $stable -ge 3 ] || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
+	repl_drained 240 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
 	ok "drained in $(( $(date +%s) - t0 )) s: r0 $a0 records, r1 $a1 records acknowledged"
 	set -- $(dm status r0)
 	[ "$8" = replicating ] || fail "the primary went $8: a resync would be needed"
@@ -107,19 +88,8 @@ else
 	fetch done /tmp/done 600 || fail "the primary never finished"
 	set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3 cp=$4
 	ok "primary drained $n writes"
-	# The first verdict stands: a FAIL is not overwritten by a later PASS.
-res() { grep -q '^FAIL' /tmp/www/result 2>/dev/null || echo "$*" >/tmp/www/result; }
-	stable=0
-	for i in $(seq 1 120); do
-		if [ -z "$(fstatus lag_records | grep -v '^0$')" ]; then
-			stable=$((stable + 1)); [ $stable -ge 2 ] && break
-		else
-			stable=0
-		fi
-		sleep 0.5
-	done
+	repl_applied 120 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 	ferryctl status gr | tee /tmp/status.out
-	if [ $stable -lt 2 ]; then res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"; fi
 	# The last consistency point the primary inserted is held.
 	held=$(sed -n 's/^  last consistency point held: \([0-9]*\) (\(.*\))$/\1 \2/p' /tmp/status.out)
 	case "$held" in

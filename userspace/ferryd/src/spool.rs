@@ -51,6 +51,22 @@ impl OnDisk {
     }
 }
 
+/// Where records `(dev_seq, offset, length)` of a segment's file are.
+fn located(file: &Arc<File>, at: Vec<(u64, u64, u32)>) -> Vec<(u64, OnDisk)> {
+    at.into_iter()
+        .map(|(ds, off, len)| {
+            (
+                ds,
+                OnDisk {
+                    file: file.clone(),
+                    off,
+                    len,
+                },
+            )
+        })
+        .collect()
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -87,20 +103,7 @@ pub(crate) fn write_segment(
     f.sync_all()
         .with_context(|| format!("sync {}", path.display()))?;
     sync_dir(dir)?;
-    let file = Arc::new(f);
-    let at = at
-        .into_iter()
-        .map(|(ds, off, len)| {
-            (
-                ds,
-                OnDisk {
-                    file: file.clone(),
-                    off,
-                    len,
-                },
-            )
-        })
-        .collect();
+    let at = located(&Arc::new(f), at);
     Ok((
         Segment {
             first,
@@ -175,20 +178,7 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
             let _ = fs::remove_file(&path);
             continue;
         };
-        let file = Arc::new(f);
-        let at = recs
-            .into_iter()
-            .map(|(ds, off, len)| {
-                (
-                    ds,
-                    OnDisk {
-                        file: file.clone(),
-                        off,
-                        len,
-                    },
-                )
-            })
-            .collect();
+        let at = located(&Arc::new(f), recs);
         let seg = Segment {
             first,
             last,
