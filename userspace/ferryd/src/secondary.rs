@@ -55,9 +55,11 @@ const SILENCE: Duration = Duration::from_secs(5);
 /// Checkpoint intervals open at once.
 const INTERVALS: usize = 4096;
 /// Ready intervals applied under one mark: at most this many, and no more
-/// once this many records are in (host reads wait for the whole batch).
+/// once this many records or bytes are in (host reads wait for the whole
+/// batch).
 const BATCH_INTERVALS: usize = 32;
 const BATCH_RECORDS: usize = 4096;
+const BATCH_BYTES: u64 = 64 << 20;
 
 #[derive(Clone, Copy, Debug)]
 struct Loc {
@@ -606,11 +608,14 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
             // Every ready interval, oldest first, up to the batch's bounds;
             // a redo covers exactly what the kernel's mark has in progress.
             let mut items = Vec::new();
+            let mut bytes = 0u64;
             let mut batch = 0usize;
             let mut last = None;
             loop {
                 if let Some(e) = last {
-                    let full = batch >= BATCH_INTERVALS || items.len() >= BATCH_RECORDS;
+                    let full = batch >= BATCH_INTERVALS
+                        || items.len() >= BATCH_RECORDS
+                        || bytes >= BATCH_BYTES;
                     if (st.redo > 0 && e >= st.redo) || (st.redo == 0 && full) {
                         break;
                     }
@@ -632,6 +637,7 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
                     sv.next = ds + 1;
                     (sv.ts, sv.gs) = (r.stamp.timestamp_ns, r.stamp.group_seq);
                     sv.log_start = sv.log_start.max(r.item.off + u64::from(r.item.len));
+                    bytes += u64::from(r.item.len);
                     items.push((i, r.item));
                 }
                 // Taken: the next ready interval is the next one.  (A
