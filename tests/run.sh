@@ -41,7 +41,7 @@ step "guests: replication (drain, prefix, checksums)" scripts/vm.sh --guests 2 -
 step "guests: the primary's disk spool" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-spool" "${disks[@]}" repl-spool
 step "guests: secondary power cuts (G4, G5)" tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" \
-	"${FERRY_SEC_CUTS:-2}"
+	"${FERRY_SEC_CUTS:-1}"
 step "guests: replication crash points (G1, G2)" tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" \
 	"${FERRY_REPL_POINTS:-20}"
 
