@@ -18,6 +18,9 @@ httpd -p 7000 -h /tmp/www || fail "httpd"
 if [ "$FERRY_NODE" = 0 ]; then
 	REPL_PRIMARY_OPTS="spool_mb 128 overflow block" repl_devices primary
 	repl_config primary
+	# No disk spool: the writer is to wait for the link, whose throughput
+	# this measures (the guest's root is in memory, too).
+	echo 'spool_after_mb = 0' >>/etc/ferry/gr.toml
 	/sbin/tc qdisc add dev eth0 root netem rate 200mbit delay 10ms limit 10000 || fail "netem"
 	ferryd_start
 	wire() { fstatus wire_bytes | awk '{ s += $1 } END { print s + 0 }'; }

@@ -29,7 +29,12 @@ if [ "$FERRY_NODE" = 0 ]; then
 	ok "16 MiB written in $secs s (the link needs 32 s); the disk spool holds $held bytes"
 	[ "${held:-0}" -gt 4194304 ] || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "the disk spool held $held bytes, no more than the kernel's 4 MiB spool"; }
 	awk -v s="$secs" 'BEGIN { exit !(s < 32) }' || fail "the writer waited for the link ($secs s)"
-	ls /var/lib/ferry/gr/spool/*.seg >/dev/null 2>&1 || fail "no segment in the disk spool"
+	# (Segments go as they are acknowledged: no ls of a glob that may
+	# name a file gone by the time ls looks.)
+	find /var/lib/ferry/gr/spool -name '*.seg' 2>/dev/null | grep -q . || {
+		ls -la /var/lib/ferry/gr/spool; ferryctl status gr; tail -20 /tmp/ferryd.log
+		fail "no segment in the disk spool"
+	}
 	# ferryd dies while the disk spool holds records; the next one finds them.
 	kill -9 $fdp
 	sleep 1

@@ -85,23 +85,12 @@ pub(crate) fn write_segment(
     };
     let (first, last) = (first.0, last.0);
     let path = dir.join(format!("stream-{device}-{first:020}.seg"));
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("create {}", path.display()))?;
-    let mut off = 0u64;
-    let mut at = Vec::with_capacity(recs.len());
-    for (ds, b) in recs {
-        f.write_all(b)
-            .with_context(|| format!("write {}", path.display()))?;
-        at.push((*ds, off, b.len() as u32));
-        off += b.len() as u64;
+    let r = write_records(&path, recs);
+    if r.is_err() {
+        // (A full disk, say: the records stay in the kernel's spool.)
+        let _ = fs::remove_file(&path);
     }
-    f.sync_all()
-        .with_context(|| format!("sync {}", path.display()))?;
+    let (f, at, off) = r?;
     sync_dir(dir)?;
     let at = located(&Arc::new(f), at);
     Ok((
@@ -113,6 +102,32 @@ pub(crate) fn write_segment(
         },
         at,
     ))
+}
+
+/// Writes and syncs a segment's file.
+#[allow(clippy::type_complexity)]
+fn write_records(
+    path: &Path,
+    recs: &[(u64, Arc<[u8]>)],
+) -> Result<(File, Vec<(u64, u64, u32)>, u64)> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    let mut off = 0u64;
+    let mut at = Vec::with_capacity(recs.len());
+    for (ds, b) in recs {
+        f.write_all(b)
+            .with_context(|| format!("write {}", path.display()))?;
+        at.push((*ds, off, b.len() as u32));
+        off += b.len() as u64;
+    }
+    f.sync_all()
+        .with_context(|| format!("sync {}", path.display()))?;
+    Ok((f, at, off))
 }
 
 /// Removes a segment whose records are all acknowledged.
