@@ -47,7 +47,7 @@ use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LE
 use ferry_core::command::{Command, CommandError, Commands};
 use ferry_core::bitmap::{chunks_of, words_for, ChunkBitmap};
 use ferry_core::gate::{may_release, DeviceClass, Watermark};
-use ferry_core::meta::{self, sb_flags, Superblock, BITS_PER_PAGE};
+use ferry_core::meta::{self, sb_flags, Numbers, Superblock, BITS_PER_PAGE};
 use ferry_core::record::{
     self, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader, RecordKind, CP_FIXED_LEN,
     HEADER_LEN, LABEL_MAX, TAIL_LEN,
@@ -454,6 +454,9 @@ struct State {
     streams: KVec<Option<Stream>>,
     last_group_seq: u64,
     last_ts: u64,
+    /// Added to the clock for timestamps: a group continued from its meta
+    /// devices (after a restart of the host) keeps its time increasing.
+    ts_base: u64,
     /// The open checkpoint interval.
     epoch: u64,
     /// Records sequenced since the last checkpoint marker.
@@ -480,7 +483,7 @@ impl State {
 
     /// Numbers `r` (now complete) and appends it to its device's ring.
     fn sequence(&mut self, r: Arc<Record>, now_ns: u64) -> core::result::Result<(), Arc<Record>> {
-        let ts = now_ns.max(self.last_ts);
+        let ts = now_ns.saturating_add(self.ts_base).max(self.last_ts);
         let group_seq = self.last_group_seq + 1;
         let epoch = self.epoch;
         let Some(s) = self.stream(r.device_id) else {
@@ -622,6 +625,17 @@ pub(crate) struct Member {
     pub(crate) secondary: bool,
 }
 
+/// How a joining device left its group last time (its superblock).
+enum Left {
+    /// A new meta device.
+    New,
+    /// Every record acknowledged: its stream's last `dev_seq` and the
+    /// group's numbers then.
+    Clean(u64, Numbers),
+    /// Not cleanly (a crash): the numbers its stream used are unknown.
+    Unclean,
+}
+
 /// Why a device could not join a group.
 pub(crate) enum JoinError {
     /// `spool_mb`, `overflow` or `checkpoint_ms` differ from the group's.
@@ -670,6 +684,7 @@ impl Group {
                     streams,
                     last_group_seq: 0,
                     last_ts: 0,
+                    ts_base: 0,
                     epoch: 1,
                     since_checkpoint: 0,
                     spool_used: 0,
@@ -800,11 +815,12 @@ impl Group {
                 chunk_kb: 1u32 << (chunk_shift - 1),
                 len_sectors: sectors,
                 acked_dev_seq: 0,
+                numbers: Numbers::default(),
             },
             changed,
             wsnap: KVec::from_elem(0u64, WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?,
         };
-        let loaded = self.load_meta(&mut sm, &mut ondisk, pages)?;
+        let (loaded, left) = self.load_meta(&mut sm, &mut ondisk, pages)?;
         if secondary {
             let mark = Self::read_mark(&sm).map_err(|_| JoinError::MetaIo)?;
             *apply = Self::merge_marks(apply.mark(), mark);
@@ -816,19 +832,43 @@ impl Group {
         for (d, o) in dirty.iter_mut().zip(ondisk.iter()) {
             *d = *o;
         }
-        if loaded > 0 {
+        // Where the device's stream stands: a device that left its group
+        // cleanly continues its numbers (and raises the group's to its
+        // own), so that the secondary never sees a number twice.
+        let mut from = 0;
+        let mut cp_first = 1;
+        if !secondary {
             let mut st = self.state.lock();
-            let msg = "the meta device names chunks the secondary may miss (unclean shutdown or overflow)";
-            self.enter_ahead(&mut st, msg);
+            match left {
+                Left::New => {}
+                Left::Clean(last, n) => {
+                    from = last;
+                    cp_first = n.cp_first.max(1);
+                    st.last_group_seq = st.last_group_seq.max(n.group_seq);
+                    st.epoch = st.epoch.max(n.epoch);
+                    st.cp_id = st.cp_id.max(n.cp_id);
+                    let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
+                    st.ts_base = st.ts_base.max(n.timestamp_ns.saturating_sub(now));
+                    st.last_ts = st.last_ts.max(n.timestamp_ns);
+                }
+                Left::Unclean => {
+                    let msg = "the device did not leave its group cleanly (a crash?): the numbers its stream used are unknown";
+                    self.enter_ahead(&mut st, msg);
+                }
+            }
+            if loaded > 0 {
+                let msg = "the meta device names chunks the secondary may miss (unclean shutdown or overflow)";
+                self.enter_ahead(&mut st, msg);
+            }
         }
         let stream = Stream {
             role,
             ring,
-            last_dev_seq: 0,
-            shipped: 0,
-            acked: 0,
-            log_acked: 0,
-            cp_first: 1,
+            last_dev_seq: from,
+            shipped: from,
+            acked: from,
+            log_acked: from,
+            cp_first,
             written: 0,
             dirty,
             dirty_bits: bits,
@@ -867,13 +907,14 @@ impl Group {
 
     /// Reads the superblock and the bitmap of a joining device into
     /// `ondisk`, or formats a meta device that has no valid superblock.
-    /// Returns the number of chunks the bitmap names.
+    /// Returns the number of chunks the bitmap names and how the device
+    /// left its group last time.
     fn load_meta(
         &self,
         sm: &mut StreamMeta,
         ondisk: &mut [u64],
         pages: usize,
-    ) -> core::result::Result<u64, JoinError> {
+    ) -> core::result::Result<(u64, Left), JoinError> {
         let io = |_| JoinError::MetaIo;
         let d = KernelDigest;
         let slot = |k| meta_read(&sm.dev, &sm.page, meta::slot_sector(k), |b| Superblock::decode(&d, b).ok());
@@ -883,7 +924,7 @@ impl Group {
             (a, b) => a.or(b),
         };
         let mut set = 0u64;
-        match current {
+        let left = match current {
             None => {
                 // A new meta device: empty bitmap (the secondary is taken
                 // to start equal), a fresh identity.
@@ -900,6 +941,7 @@ impl Group {
                     core::str::from_utf8(self.name()).unwrap_or("?"),
                     sm.sb.device_id
                 );
+                Left::New
             }
             Some(found) => {
                 let want = sm.sb;
@@ -922,14 +964,20 @@ impl Group {
                     })
                     .map_err(io)?;
                 }
+                if found.flags & sb_flags::CLEAN != 0 {
+                    Left::Clean(found.acked_dev_seq, found.numbers)
+                } else {
+                    Left::Unclean
+                }
             }
-        }
-        sm.sb.flags &= !sb_flags::AHEAD;
+        };
+        // In use from now on: only a clean leave sets CLEAN again.
+        sm.sb.flags &= !(sb_flags::AHEAD | sb_flags::CLEAN);
         if set > 0 {
             sm.sb.flags |= sb_flags::AHEAD;
         }
         sm.write_sb().map_err(io)?;
-        Ok(set)
+        Ok((set, left))
     }
 
     /// Removes one user of device `id`; the last one frees its stream and
@@ -949,15 +997,34 @@ impl Group {
         {
             let mut metas = self.meta.lock();
             self.sweep_stream(&mut metas, i, true);
-            let (ahead, acked) = {
+            let secondary = self.is_secondary();
+            let (ahead, acked, clean, numbers) = {
                 let mut st = self.state.lock();
                 let ahead = st.mode == RepMode::Ahead;
-                (ahead, st.stream(id).map_or(0, |s| s.acked))
+                let mut numbers = Numbers {
+                    group_seq: st.last_group_seq,
+                    epoch: st.epoch,
+                    timestamp_ns: st.last_ts,
+                    cp_id: st.cp_id,
+                    cp_first: 1,
+                };
+                let (acked, done) = st.stream(id).map_or((0, false), |s| {
+                    numbers.cp_first = s.cp_first;
+                    (s.acked, s.acked >= s.last_dev_seq)
+                });
+                (ahead, acked, !secondary && !ahead && done, numbers)
             };
             if let Some(Some(sm)) = metas.get_mut(i) {
                 sm.sb.acked_dev_seq = sm.sb.acked_dev_seq.max(acked);
                 if ahead {
                     sm.sb.flags |= sb_flags::AHEAD;
+                }
+                // Every record acknowledged: the next join continues from
+                // these numbers.  (Otherwise the records not acknowledged
+                // are lost with the spool, and the group comes back ahead.)
+                if clean {
+                    sm.sb.flags |= sb_flags::CLEAN;
+                    sm.sb.numbers = numbers;
                 }
                 if sm.write_sb().is_err() {
                     pr_err!("ferry: device {}: cannot write the superblock at release\n", id);

@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 out=${FERRY_OUT:-$PWD/out}/bench
 rm -rf "$out"; mkdir -p "$out"
 rounds=${FERRY_BENCH_ROUNDS:-5} secs=${FERRY_BENCH_SECS:-8}
+# FERRY_BENCH_PARTS: which parts run (default both: "fio repl").
+parts=${FERRY_BENCH_PARTS:-fio repl}
 kdir=$(scripts/build-kernel.sh release)
 make --no-print-directory module FLAVOUR=release
 scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
@@ -24,6 +26,7 @@ truncate -s 1G "$shm/data.img"; truncate -s 64M "$shm/meta.img"
 vm() { scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" \
 	--disk "$shm/data.img" --disk "$shm/meta.img" --timeout 3600 "$@"; }
 
+if [[ " $parts " == *" fio "* ]]; then
 vm --out "$out/wall" --append "ferry.bench_rounds=$rounds ferry.bench_secs=$secs" bench
 vm --out "$out/icount" --icount --append "ferry.bench_rounds=3 ferry.bench_secs=4 ferry.bench_workloads=rand4k" bench
 
@@ -60,12 +63,17 @@ for name in ("wall", "icount"):
         if line.startswith(("bench-primary|", "bench-record|")):
             print(f"  [{name}] {line.strip()}")
 PY
+fi
 
-# 3. Replication: two guests (release kernel), the link shaped inside them
-#    to 200 Mbit/s and 20 ms round trip (tests/guest/t-bench-repl.sh).
+# 3. Replication: two guests (release kernel), 20 ms round trip, the link
+#    shaped inside them to 200 Mbit/s, then to FERRY_BENCH_LINK_MBIT
+#    (default 40; tests/guest/t-bench-repl.sh), FERRY_BENCH_REPL_SECS
+#    (default 20) per phase.
+[[ " $parts " == *" repl "* ]] || exit 0
 scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
-	--disk 256M --disk 256M --disk 64M --disk 64M --timeout 1800 --out "$out/repl" bench-repl >/dev/null ||
+	--disk 256M --disk 256M --disk 64M --disk 64M --timeout 1800 --out "$out/repl" \
+	--append "ferry.bench_link_mbit=${FERRY_BENCH_LINK_MBIT:-40} ferry.bench_secs=${FERRY_BENCH_REPL_SECS:-20}" bench-repl >/dev/null ||
 	{ tail -30 "$out/repl/g0.log"; echo "bench: replication run failed"; exit 1; }
 echo
-echo "replication over a 200 Mbit/s, 20 ms link (two guests, release kernel)"
+echo "replication over a 20 ms link of 200 Mbit/s, then ${FERRY_BENCH_LINK_MBIT:-40} Mbit/s (two guests, release kernel)"
 tr -d '\r' <"$out/repl/g0.log" | grep -a '^bench-repl|' | cut -d'|' -f2- | sed 's/|/: /; s/^/  /'

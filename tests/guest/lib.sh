@@ -175,8 +175,8 @@ fetch() {
 	done
 	return 1
 }
-# Checksums of the first <MiB> (default 8) of vda and vdb.
-sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=${1:-8} iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
+# Checksums of <MiB> (default 8) of vda and vdb, from <MiB> (default 0).
+sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=${1:-8} skip=${2:-0} iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 # The secondary's verdict for the primary; the first FAIL stands.
 res() { grep -q '^FAIL' /tmp/www/result 2>/dev/null || echo "$*" >/tmp/www/result; }
 # Primary: until r0 and r1 have every record acknowledged, three times in a

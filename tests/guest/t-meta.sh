@@ -1,7 +1,9 @@
 # The meta device of a primary: formatted when new; its write-intent bitmap
 # names every chunk written and not acknowledged, across a remove and a
 # re-create; chunks whose writes are all acknowledged are cleared on disk;
-# a meta device of another device is refused.
+# a clean release lets the stream continue, a crash (the superblock as the
+# device left it while in use) makes the group ahead; a meta device of
+# another device is refused.
 ferry_load
 meta_wipe /dev/vdc
 T="0 65536 ferry /dev/vda /dev/vdc 4 group gm checkpoint_ms 0"
@@ -37,11 +39,30 @@ n=10
 for i in $(seq 1 10); do n=$(bits); [ "$n" = 0 ] && break; sleep 1; done
 [ "$n" = 0 ] || fail "$n chunks still marked after every write was acknowledged"
 ok "every write acknowledged: the chunks cleared on disk"
+set -- $(dm status m0); last=${10} epoch=${16}
+# The superblock as a crash would leave it: written when the device
+# joined, without the clean release's mark.
+dd if=/dev/vdc of=/tmp/m-live.sb bs=4k count=2 iflag=direct 2>/dev/null
 dm remove m0
 dm create m0 --table "$T" || fail "re-create"
 set -- $(dm status m0)
 [ "$8" = replicating ] && [ "${15}" = 0 ] || fail "clean re-create: $*"
-ok "re-created after a clean release: replicating, nothing dirty"
+[ "${10} ${12} ${16}" = "$last $last $epoch" ] || fail "clean re-create: the stream stood at $last (interval $epoch): $*"
+reader_start gm /tmp/m2.log
+dd if=/dev/urandom of=/dev/mapper/m0 bs=4k count=1 oflag=direct 2>/dev/null
+reader_stop
+grep -q "reader|dev=0|.*first_dev_seq=$((last + 1))|" /tmp/m2.log.out || fail "the stream did not continue after $last: $(cat /tmp/m2.log.out)"
+set -- $(dm status m0)
+[ "${10}" -gt "$last" ] && [ "${12}" = "${10}" ] || fail "after the clean re-create, a write: $*"
+ok "re-created after a clean release: replicating, nothing dirty, the stream continues after $last"
+dm remove m0
+dd if=/tmp/m-live.sb of=/dev/vdc bs=4k count=2 oflag=direct 2>/dev/null
+kmark m2
+dm create m0 --table "$T" || fail "re-create after a simulated crash"
+set -- $(dm status m0)
+[ "$8" = ahead ] || fail "a device that did not leave cleanly came back $8: $*"
+klog_since m2 | grep -q "did not leave its group cleanly" || fail "no message for an unclean superblock"
+ok "a superblock without the clean release's mark (a crash): ahead"
 dm remove m0
 
 # Another device's meta device is refused.

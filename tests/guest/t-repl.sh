@@ -9,7 +9,9 @@
 # of an interval in progress, if any); a peer with a wrong key is refused
 # and counted; a corrupted record is rejected and counted, nothing stored.
 # Consistency points inserted on the primary (one mid-way, one after the
-# last write) are held at the secondary: the last one is reported.
+# last write) are held at the secondary: the last one is reported.  Then
+# the primary restarts cleanly (devices removed and created again): its
+# streams continue, and what it writes next reaches the secondary.
 N=${FERRY_REPL_WRITES:-1000}
 peer=10.99.0.$((2 - FERRY_NODE))
 mkdir -p /tmp/www
@@ -43,8 +45,29 @@ if [ "$FERRY_NODE" = 0 ]; then
 	n0=$(grep -c 'device=0.*connected\|connected.*device=0' /tmp/ferryd.log || true)
 	[ "$n0" -ge 2 ] || { cat /tmp/ferryd.log; fail "stream 0 connected $n0 times: no reconnect after the cut?"; }
 	ok "still replicating (no resync needed); stream 0 connected $n0 times"
+	# A clean restart of the primary: with every record acknowledged, the
+	# devices are removed and created again; their streams and the group's
+	# interval continue where they stood (the secondary is never sent a
+	# number twice), and 4 MiB more on each device, past the writer's
+	# blocks, reach the secondary.
+	set -- $(dm status r0); was0=${10}
+	set -- $(dm status r1); was1=${10} epoch=${16}
+	kill $fdp; wait $fdp 2>/dev/null || true
+	dm remove r0 && dm remove r1 || fail "remove for the restart"
+	repl_devices primary keep
+	set -- $(dm status r0)
+	[ "$8 ${10} ${12}" = "replicating $was0 $was0" ] || fail "r0 after a clean restart: $* (it stood at $was0)"
+	set -- $(dm status r1)
+	[ "$8 ${10} ${12}" = "replicating $was1 $was1" ] && [ "${16}" -ge "$epoch" ] ||
+		fail "r1 after a clean restart: $* (it stood at $was1, interval $epoch)"
+	ferryd_start
+	for d in r0 r1; do
+		dd if=/dev/urandom of=/dev/mapper/$d bs=64k seek=128 count=64 oflag=direct 2>/dev/null || fail "write $d after the restart"
+	done
+	repl_drained 240 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained after the restart: r0 $c0/$a0 r1 $c1/$a1"; }
+	ok "restarted cleanly: streams continued from $was0 and $was1 (interval $epoch), now at $a0 and $a1, drained"
 	ferryctl status gr
-	echo "$N $(sums) repl-last" >/tmp/www/done
+	echo "$N $(sums) repl-last $(sums 4 8)" >/tmp/www/done
 	fetch result /tmp/result 300 || fail "no result from the secondary"
 	cat /tmp/result
 	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
@@ -86,7 +109,7 @@ else
 	grep -q "redo" /tmp/ferryd.log && was="$was, redone at restart"
 	ok "ferryd killed (-9) at [$was] and restarted"
 	fetch done /tmp/done 600 || fail "the primary never finished"
-	set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3 cp=$4
+	set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3 cp=$4 q0=$5 q1=$6
 	ok "primary drained $n writes"
 	repl_applied 120 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 	ferryctl status gr | tee /tmp/status.out
@@ -100,11 +123,11 @@ else
 	ferryctl promote gr >/tmp/promote.out 2>&1 || res "FAIL: promote: $(cat /tmp/promote.out)"
 	cat /tmp/promote.out
 	if ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS --seed 7 --min "$n" >/tmp/pc.out 2>&1; then
-		set -- $(sums)
-		if [ "$1 $2" = "$p0 $p1" ]; then
-			res "PASS: $(cat /tmp/pc.out); checksums equal ($1 $2)"
+		set -- $(sums) $(sums 4 8)
+		if [ "$1 $2 $3 $4" = "$p0 $p1 $q0 $q1" ]; then
+			res "PASS: $(cat /tmp/pc.out); checksums equal ($1 $2), also of what was written after the primary's restart ($3 $4)"
 		else
-			res "FAIL: checksums differ: secondary $1 $2, primary $p0 $p1"
+			res "FAIL: checksums differ: secondary $1 $2 $3 $4, primary $p0 $p1 $q0 $q1"
 		fi
 	else
 		res "FAIL: $(cat /tmp/pc.out)"

@@ -44,15 +44,20 @@ pub const SB_MAGIC: [u8; 8] = *b"FRYMETA1";
 /// Superblock format version.
 pub const SB_VERSION: u32 = 1;
 /// Encoded superblock length (the rest of the slot is zero).
-pub const SB_LEN: usize = 80;
+pub const SB_LEN: usize = 120;
 
 /// Superblock flags.
 pub mod sb_flags {
     /// The secondary misses writes: a resync is needed before it is
     /// consistent again.
     pub const AHEAD: u32 = 0x1;
+    /// The device left its group with every record acknowledged: the
+    /// [`Numbers`](super::Numbers) are the ones to continue from.  Cleared
+    /// when the device joins a group again, so that after a crash the
+    /// numbers in use are known to be unknown.
+    pub const CLEAN: u32 = 0x2;
     /// Every flag this version defines.
-    pub const KNOWN: u32 = 0x1;
+    pub const KNOWN: u32 = 0x3;
 }
 
 /// Sectors of bitmap a device of `len` sectors in chunks of
@@ -84,8 +89,28 @@ pub struct Superblock {
     pub chunk_kb: u32,
     /// Length of the device (the target), sectors.
     pub len_sectors: u64,
-    /// Highest `dev_seq` the secondary acknowledged (informational).
+    /// Highest `dev_seq` the secondary acknowledged.
     pub acked_dev_seq: u64,
+    /// Where the device's stream and its group stood when the superblock
+    /// was written (meaningful with [`sb_flags::CLEAN`]).
+    pub numbers: Numbers,
+}
+
+/// The counters a primary continues from when a device that left its
+/// group cleanly joins again (so that a restarted primary never reuses a
+/// number the secondary holds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Numbers {
+    /// Last `group_seq` of the group.
+    pub group_seq: u64,
+    /// The group's open checkpoint interval.
+    pub epoch: u64,
+    /// Last record timestamp of the group, ns.
+    pub timestamp_ns: u64,
+    /// Last consistency point of the group.
+    pub cp_id: u64,
+    /// First `dev_seq` of this stream after its last consistency point.
+    pub cp_first: u64,
 }
 
 /// Why a superblock slot is not valid.
@@ -137,6 +162,11 @@ impl Superblock {
             w.u32(self.chunk_kb)?;
             w.u64(self.len_sectors)?;
             w.u64(self.acked_dev_seq)?;
+            w.u64(self.numbers.group_seq)?;
+            w.u64(self.numbers.epoch)?;
+            w.u64(self.numbers.timestamp_ns)?;
+            w.u64(self.numbers.cp_id)?;
+            w.u64(self.numbers.cp_first)?;
             w.u32(0)
         })();
         ok.ok_or(MetaError::Truncated)?;
@@ -177,6 +207,13 @@ impl Superblock {
             chunk_kb: r.u32().ok_or(MetaError::Truncated)?,
             len_sectors: r.u64().ok_or(MetaError::Truncated)?,
             acked_dev_seq: r.u64().ok_or(MetaError::Truncated)?,
+            numbers: Numbers {
+                group_seq: r.u64().ok_or(MetaError::Truncated)?,
+                epoch: r.u64().ok_or(MetaError::Truncated)?,
+                timestamp_ns: r.u64().ok_or(MetaError::Truncated)?,
+                cp_id: r.u64().ok_or(MetaError::Truncated)?,
+                cp_first: r.u64().ok_or(MetaError::Truncated)?,
+            },
         })
     }
 
@@ -197,7 +234,7 @@ mod tests {
 
     fn sb(generation: u64) -> Superblock {
         Superblock {
-            flags: sb_flags::AHEAD,
+            flags: sb_flags::AHEAD | sb_flags::CLEAN,
             uuid: [7; 16],
             generation,
             group_id: 0x1234,
@@ -205,6 +242,13 @@ mod tests {
             chunk_kb: 64,
             len_sectors: 65536,
             acked_dev_seq: 99,
+            numbers: Numbers {
+                group_seq: 1000,
+                epoch: 17,
+                timestamp_ns: 5_000_000_000,
+                cp_id: 4,
+                cp_first: 90,
+            },
         }
     }
 
