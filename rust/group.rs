@@ -46,7 +46,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LEN};
 use ferry_core::command::{Command, CommandError, Commands};
 use ferry_core::bitmap::{chunks_of, words_for, ChunkBitmap};
-use ferry_core::gate::{may_release, DeviceClass, Watermark};
+use ferry_core::gate::{holds_data_back, may_release, DeviceClass, Watermark};
 use ferry_core::meta::{self, sb_flags, Numbers, Superblock, BITS_PER_PAGE};
 use ferry_core::record::{
     self, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader, RecordKind, CP_FIXED_LEN,
@@ -241,6 +241,9 @@ struct Stream {
     acked: u64,
     /// Highest `dev_seq` of a log device acknowledged for the gate.
     log_acked: u64,
+    /// Log device: its records from `log_acked + 1` to before this one are
+    /// markers (they do not hold data back).
+    gate_from: u64,
     /// First `dev_seq` after the last consistency point.
     cp_first: u64,
     /// Writes mapped (bios), for status.
@@ -272,18 +275,24 @@ struct Stream {
 }
 
 impl Stream {
-    /// The lowest `group_seq` of this log device not yet acknowledged for
-    /// the gate, if any.
-    fn lowest_pending_log(&self) -> Option<u64> {
-        // The ring holds `dev_seq`s `front, front + 1, ...`: the first one
-        // above `log_acked` is at a known index.
+    /// The lowest `group_seq` of this log device's records that hold data
+    /// back (all but markers: `gate::holds_data_back`) and are not yet
+    /// acknowledged for the gate, if any.
+    fn lowest_pending_log(&mut self) -> Option<u64> {
+        // The ring holds `dev_seq`s `front, front + 1, ...`; the markers
+        // passed over are remembered in `gate_from`, so each record is
+        // looked at once.
         let front = self.ring.at(0)?.dev_seq.load(Relaxed);
-        let idx = if self.log_acked >= front {
-            usize::try_from(self.log_acked - front + 1).ok()?
-        } else {
-            0
-        };
-        self.ring.at(idx).map(|r| r.group_seq())
+        let mut ds = self.gate_from.max(self.log_acked + 1).max(front);
+        loop {
+            let r = self.ring.at(usize::try_from(ds - front).ok()?)?;
+            if holds_data_back(r.kind) {
+                self.gate_from = ds;
+                return Some(r.group_seq());
+            }
+            ds += 1;
+            self.gate_from = ds;
+        }
     }
 
     /// The chunks `[first, first + n)` a range touches, clipped.
@@ -504,10 +513,10 @@ impl State {
 
     /// The gate's watermark: every log record at or below it is
     /// acknowledged.
-    fn watermark(&self) -> Watermark {
+    fn watermark(&mut self) -> Watermark {
         let lowest = self
             .streams
-            .iter()
+            .iter_mut()
             .flatten()
             .filter(|s| s.role == Role::Log)
             .filter_map(Stream::lowest_pending_log)
@@ -517,7 +526,7 @@ impl State {
 
     /// The device whose next unread record comes first in the group order
     /// among those the gate releases.
-    fn next_releasable(&self) -> Option<usize> {
+    fn next_releasable(&mut self) -> Option<usize> {
         let w = self.watermark();
         let mut best: Option<(u64, usize)> = None;
         for (i, s) in self.streams.iter().enumerate() {
@@ -868,6 +877,7 @@ impl Group {
             shipped: from,
             acked: from,
             log_acked: from,
+            gate_from: 0,
             cp_first,
             written: 0,
             dirty,
@@ -1417,7 +1427,7 @@ impl Group {
         let mut done = 0usize;
         loop {
             let next = {
-                let st = self.state.lock();
+                let mut st = self.state.lock();
                 st.next_releasable()
                     .and_then(|i| st.streams.get(i)?.as_ref()?.ring.next_unsent().cloned())
             };

@@ -72,7 +72,7 @@ fi
 [[ " $parts " == *" repl "* ]] || exit 0
 scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
 	--disk 256M --disk 256M --disk 64M --disk 64M --timeout 1800 --out "$out/repl" \
-	--append "ferry.bench_link_mbit=${FERRY_BENCH_LINK_MBIT:-40} ferry.bench_secs=${FERRY_BENCH_REPL_SECS:-20}" bench-repl >/dev/null ||
+	--append "ferry.bench_link_mbit=${FERRY_BENCH_LINK_MBIT:-40} ferry.bench_secs=${FERRY_BENCH_REPL_SECS:-20} ferry.bench_lag_qd=${FERRY_BENCH_LAG_QD:-1} ferry.bench_lag_mbit=${FERRY_BENCH_LAG_MBIT:-20}" bench-repl >/dev/null ||
 	{ tail -30 "$out/repl/g0.log"; echo "bench: replication run failed"; exit 1; }
 echo
 echo "replication over a 20 ms link of 200 Mbit/s, then ${FERRY_BENCH_LINK_MBIT:-40} Mbit/s (two guests, release kernel)"

@@ -15,7 +15,11 @@
 //! ([`releasable_prefix`]): a flush record is an ordering barrier, released
 //! only after every earlier record of its stream and never passed by a later
 //! one; on a `log` device it is a log record like any other and holds data
-//! back until it is acknowledged.
+//! back until it is acknowledged.  Markers (checkpoints, consistency
+//! points) are not ([`holds_data_back`]): they change no block, so a data
+//! write after one needs nothing of them at the secondary, and waiting for
+//! their acknowledgement would stall every data stream for a round trip
+//! at each checkpoint.
 
 use core::fmt;
 
@@ -70,6 +74,12 @@ impl Watermark {
             Some(self.0)
         }
     }
+}
+
+/// Whether a log record of kind `kind` holds back the data records after
+/// it until it is acknowledged: every kind but the markers.
+pub const fn holds_data_back(kind: RecordKind) -> bool {
+    !matches!(kind, RecordKind::Checkpoint | RecordKind::ConsistencyPoint)
 }
 
 /// Whether one record of a device of class `class` may be released now.
@@ -214,6 +224,17 @@ impl<S: AsRef<[PendingLog]> + AsMut<[PendingLog]>> LogPending<S> {
 #[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_hold_nothing_back() {
+        use RecordKind::*;
+        for k in [Write, Discard, WriteZeroes, Flush] {
+            assert!(holds_data_back(k), "{k:?}");
+        }
+        for k in [Checkpoint, ConsistencyPoint] {
+            assert!(!holds_data_back(k), "{k:?}");
+        }
+    }
 
     #[test]
     fn watermark_rules() {

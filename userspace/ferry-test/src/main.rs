@@ -389,7 +389,8 @@ fn read(a: ReadArgs) -> Res<()> {
             let is_log = h.flags.has(Flags::LOG);
             dev.is_log = is_log;
             // The gate, seen from the reader: every log record read before
-            // with a lower group order is acknowledged already.
+            // with a lower group order is acknowledged already (markers
+            // excepted: they hold nothing back).
             if !is_log {
                 for (id, o) in devs.iter() {
                     if let Some(&(s, g, _)) =
@@ -403,7 +404,7 @@ fn read(a: ReadArgs) -> Res<()> {
                 }
             }
             let dev = devs.get_mut(&h.device_id).expect("present");
-            if is_log {
+            if is_log && ferry_core::gate::holds_data_back(h.kind) {
                 dev.unacked_log
                     .push_back((h.dev_seq, h.group_seq, Instant::now() + log_delay));
             }

@@ -296,7 +296,7 @@ impl Oracle {
 
     fn sequenced(&mut self, stream: usize, h: &RecordHeader, bytes: &[u8]) {
         self.produced.insert((stream, h.dev_seq), bytes.to_vec());
-        if CLASSES[stream] == DeviceClass::Log {
+        if CLASSES[stream] == DeviceClass::Log && ferry_core::gate::holds_data_back(h.kind) {
             self.log_not_durable.insert(h.group_seq);
         }
         if h.kind.modifies_data() && !h.flags.has(Flags::RESYNC) {
@@ -855,7 +855,7 @@ impl World {
         let mut bytes = vec![0u8; h.record_len()];
         encode_record(&h, payload, &self.key, &FastDigest, &mut bytes).expect("encode");
         d.progress.complete(h.dev_seq).expect("progress window");
-        if CLASSES[dev] == DeviceClass::Log {
+        if CLASSES[dev] == DeviceClass::Log && ferry_core::gate::holds_data_back(kind) {
             d.log
                 .push(PendingLog {
                     dev_seq: h.dev_seq,
