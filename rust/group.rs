@@ -511,6 +511,29 @@ impl State {
         Ok(())
     }
 
+    /// The group's counters, and `cp_first` of a stream, as a device that
+    /// leaves cleanly records them on its meta device.
+    fn numbers(&self, cp_first: u64) -> Numbers {
+        Numbers {
+            group_seq: self.last_group_seq,
+            epoch: self.epoch,
+            timestamp_ns: self.last_ts,
+            cp_id: self.cp_id,
+            cp_first,
+        }
+    }
+
+    /// Raises the group's counters to those a joining device recorded
+    /// (`now_ns`: the clock now, which the timestamps are to continue
+    /// above).
+    fn continue_from(&mut self, n: &Numbers, now_ns: u64) {
+        self.last_group_seq = self.last_group_seq.max(n.group_seq);
+        self.epoch = self.epoch.max(n.epoch);
+        self.cp_id = self.cp_id.max(n.cp_id);
+        self.ts_base = self.ts_base.max(n.timestamp_ns.saturating_sub(now_ns));
+        self.last_ts = self.last_ts.max(n.timestamp_ns);
+    }
+
     /// The gate's watermark: every log record at or below it is
     /// acknowledged.
     fn watermark(&mut self) -> Watermark {
@@ -844,26 +867,19 @@ impl Group {
         // Where the device's stream stands: a device that left its group
         // cleanly continues its numbers (and raises the group's to its
         // own), so that the secondary never sees a number twice.
-        let mut from = 0;
-        let mut cp_first = 1;
-        if !secondary {
+        let (mut from, mut cp_first) = (0, 1);
+        {
             let mut st = self.state.lock();
             match left {
-                Left::New => {}
-                Left::Clean(last, n) => {
-                    from = last;
-                    cp_first = n.cp_first.max(1);
-                    st.last_group_seq = st.last_group_seq.max(n.group_seq);
-                    st.epoch = st.epoch.max(n.epoch);
-                    st.cp_id = st.cp_id.max(n.cp_id);
-                    let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
-                    st.ts_base = st.ts_base.max(n.timestamp_ns.saturating_sub(now));
-                    st.last_ts = st.last_ts.max(n.timestamp_ns);
+                Left::Clean(last, n) if !secondary => {
+                    (from, cp_first) = (last, n.cp_first.max(1));
+                    st.continue_from(&n, kernel::time::Ktime::ktime_get().to_ns() as u64);
                 }
-                Left::Unclean => {
+                Left::Unclean if !secondary => {
                     let msg = "the device did not leave its group cleanly (a crash?): the numbers its stream used are unknown";
                     self.enter_ahead(&mut st, msg);
                 }
+                _ => {}
             }
             if loaded > 0 {
                 let msg = "the meta device names chunks the secondary may miss (unclean shutdown or overflow)";
@@ -1011,18 +1027,10 @@ impl Group {
             let (ahead, acked, clean, numbers) = {
                 let mut st = self.state.lock();
                 let ahead = st.mode == RepMode::Ahead;
-                let mut numbers = Numbers {
-                    group_seq: st.last_group_seq,
-                    epoch: st.epoch,
-                    timestamp_ns: st.last_ts,
-                    cp_id: st.cp_id,
-                    cp_first: 1,
-                };
-                let (acked, done) = st.stream(id).map_or((0, false), |s| {
-                    numbers.cp_first = s.cp_first;
-                    (s.acked, s.acked >= s.last_dev_seq)
-                });
-                (ahead, acked, !secondary && !ahead && done, numbers)
+                let (acked, done, cp_first) = st
+                    .stream(id)
+                    .map_or((0, false, 1), |s| (s.acked, s.acked >= s.last_dev_seq, s.cp_first));
+                (ahead, acked, !secondary && !ahead && done, st.numbers(cp_first))
             };
             if let Some(Some(sm)) = metas.get_mut(i) {
                 sm.sb.acked_dev_seq = sm.sb.acked_dev_seq.max(acked);

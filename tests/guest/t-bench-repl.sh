@@ -44,6 +44,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	# throughput <name> <link Mbit/s>: 1 MiB writes at QD4, as fast as
 	# they go; prints what records, frames and the interface carried.
 	throughput() {
+		/sbin/tc qdisc change dev eth0 root netem rate ${2}mbit delay 10ms limit 10000 || fail "netem change"
 		fio --thread --name=t --filename=/dev/mapper/r1 --direct=1 --ioengine=libaio --rw=write --bs=1M \
 			--iodepth=4 --time_based --runtime=$((secs + 5)) --size=30M >/tmp/f1.out 2>&1 &
 		fp=$!
@@ -62,7 +63,6 @@ if [ "$FERRY_NODE" = 0 ]; then
 		drain
 	}
 	throughput at200mbit 200
-	/sbin/tc qdisc change dev eth0 root netem rate ${mbit}mbit delay 10ms limit 10000 || fail "netem change"
 	throughput at${mbit}mbit "$mbit"
 	# lag <link Mbit/s>: 64 KiB writes paced at 80% of the link, the age
 	# of the oldest record not acknowledged every 0.5 s.
