@@ -165,6 +165,13 @@ impl Ctr<'_> {
         self.ti_mut().num_flush_bios = n;
     }
 
+    /// Largest bio, in sectors, device-mapper sends to `map`: it splits
+    /// larger ones (normal reads and writes; the queue limits set in
+    /// `io_hints` are only hints to the layers above).
+    pub(crate) fn set_max_io_len(&mut self, sectors: u32) {
+        self.ti_mut().max_io_len = sectors;
+    }
+
     /// Number of discard bios per discard (0: discards unsupported).
     pub(crate) fn set_num_discard_bios(&mut self, n: u32) {
         self.ti_mut().num_discard_bios = n;

@@ -684,6 +684,8 @@ pub(crate) enum JoinError {
     MetaIo,
     /// The meta device's superblock is another device's.
     MetaMismatch,
+    /// The meta device's superblock checks but holds numbers out of range.
+    MetaCorrupt,
     /// `mode primary` for a secondary group, or the reverse.
     Site,
 }
@@ -943,12 +945,17 @@ impl Group {
     ) -> core::result::Result<(u64, Left), JoinError> {
         let io = |_| JoinError::MetaIo;
         let d = KernelDigest;
-        let slot = |k| meta_read(&sm.dev, &sm.page, meta::slot_sector(k), |b| Superblock::decode(&d, b).ok());
+        let slot = |k| meta_read(&sm.dev, &sm.page, meta::slot_sector(k), |b| Superblock::decode(&d, b));
         let (a, b) = (slot(0).map_err(io)?, slot(1).map_err(io)?);
-        let current = match (a, b) {
-            (Some(a), Some(b)) => Some(if b.generation > a.generation { b } else { a }),
-            (a, b) => a.or(b),
-        };
+        let current = Superblock::choose(a, b).map_err(|e| {
+            pr_err!(
+                "ferry: group {}: device {}: meta device refused: {}\n",
+                core::str::from_utf8(self.name()).unwrap_or("?"),
+                sm.sb.device_id,
+                e
+            );
+            JoinError::MetaCorrupt
+        })?;
         let mut set = 0u64;
         let left = match current {
             None => {
@@ -1852,12 +1859,20 @@ impl Group {
             .flatten()
             .ok_or(EINVAL)?;
         let nr = u64::from(h.nr_sectors);
+        // The record's numbers are checked before any arithmetic with them:
+        // a record of the flush and marker kinds places nothing, so its
+        // sector is not looked at; the others must lie in the device.
         let in_range = h.sector.checked_add(nr).is_some_and(|end| end <= dd.sectors);
-        let at = dd.offset + h.sector;
-        match h.kind {
-            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes if !in_range => {
-                return Err(EINVAL)
+        let at = match h.kind {
+            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes => {
+                if !in_range {
+                    return Err(EINVAL);
+                }
+                dd.offset.checked_add(h.sector).ok_or(EINVAL)?
             }
+            _ => 0,
+        };
+        match h.kind {
             RecordKind::Write => {
                 let p = Payload::from_slice(rec.payload).map_err(|_| ENOMEM)?;
                 dd.dev.write_payload(at, &p)?;

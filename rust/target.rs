@@ -244,6 +244,9 @@ impl Ferry {
                 JoinError::Site => CtrError::inval(
                     c"mode differs from the group's (a secondary becomes a primary by promote)",
                 ),
+                JoinError::MetaCorrupt => CtrError::inval(
+                    c"Meta device's superblock holds numbers out of range (see the kernel log; wipe it to start anew)",
+                ),
                 JoinError::MetaMismatch => CtrError::inval(
                     c"Meta device belongs to another device (group, device_id, chunk_kb or length differ)",
                 ),
@@ -300,6 +303,9 @@ impl Target for Ferry {
         Self::check_devices(ctr, &data, &meta, t.data_offset, t.chunk_sectors())?;
         let primary = Self::join(ctr, &t, &data, &meta)?;
 
+        // A replicated write is one record whose payload the spool holds
+        // whole: device-mapper splits bios above 1 MiB for us.
+        ctr.set_max_io_len(MAX_IO_SECTORS);
         ctr.set_num_flush_bios(1);
         ctr.set_num_discard_bios(1);
         ctr.set_num_write_zeroes_bios(1);
@@ -330,20 +336,33 @@ impl Target for Ferry {
         if let Some(counter) = counter {
             counter.fetch_add(1, Relaxed);
         }
-        // Empty flushes carry no sector; device-mapper gives them the
-        // target's first sector, so the same arithmetic holds for all bios.
-        let rel = bio.sector().wrapping_sub(self.begin);
+        // An empty flush carries no sector (device-mapper leaves the
+        // original bio's, often 0, whatever the target's first sector is):
+        // only bios with data are placed, as dm-linear does.  The others
+        // keep offset 0 of the target.  Device-mapper hands a target only
+        // bios inside it, so `rel < len` and `data_offset + rel` fits (the
+        // constructor checked `data_offset + len`); the checked forms
+        // keep a broken caller from overflowing.
+        let rel = if bio.sectors() > 0 {
+            match bio.sector().checked_sub(self.begin) {
+                Some(rel) if rel < self.len => rel,
+                _ => return MapResult::Refuse,
+            }
+        } else {
+            0
+        };
+        let at = self.data_offset.saturating_add(rel);
         if let Some(p) = self.primary.as_ref().filter(|p| p.group.is_secondary()) {
             return match op {
                 Op::Read => {
-                    bio.remap(&self.data, self.data_offset + rel);
+                    bio.remap(&self.data, at);
                     match p.group.secondary_read() {
                         ReadGate::Go(t) => MapResult::Remapped(Some(t)),
                         ReadGate::Hold(t) => MapResult::Defer(Some(t)),
                     }
                 }
                 Op::Flush => {
-                    bio.remap(&self.data, self.data_offset + rel);
+                    bio.remap(&self.data, at);
                     MapResult::Remapped(None)
                 }
                 _ => MapResult::Refuse,
@@ -371,7 +390,7 @@ impl Target for Ferry {
                 Err(_) => return MapResult::WouldBlock,
             }
         }
-        bio.remap(&self.data, self.data_offset + rel);
+        bio.remap(&self.data, at);
         if defer {
             MapResult::Defer(rec)
         } else {

@@ -29,6 +29,10 @@
 # passed, 1 when one failed, 124 on timeout, 2 when a guest gave no verdict
 # (it crashed: its serial log is printed).
 #
+# Guests boot with ignore_loglevel: every kernel message reaches the serial
+# log, which tests/judge.sh scans (tests/run.sh judges every guest it
+# booted).
+#
 # FERRY_ACCEL=kvm uses hardware virtualization where the host has it; the
 # default is TCG (-accel tcg -cpu max).
 set -euo pipefail
@@ -74,7 +78,7 @@ esac
 free_port() {
 	local p
 	while :; do
-		p=$(( 20000 + RANDOM % 40000 ))
+		p=$(shuf -i 20000-59999 -n 1)
 		ss -Htln "sport = :$p" | grep -q . || { echo $p; return; }
 	done
 }
@@ -108,7 +112,7 @@ start_guest() {
 	qemu-system-x86_64 "${accel[@]}" -nodefaults -no-user-config -nic none \
 		-display none -no-reboot -m "$mem" -smp "$smp" \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 loglevel=4 panic=-1 oops=panic ferry.node=$n ferry.nodes=$guests ferry.tests=$testlist $append" \
+		-append "console=ttyS0 ignore_loglevel panic=-1 oops=panic ferry.node=$n ferry.nodes=$guests ferry.tests=$testlist $append" \
 		-chardev "file,id=s0,path=$out/g$n.log" -serial chardev:s0 \
 		"${args[@]}" </dev/null >"$out/g$n.qemu.log" 2>&1 &
 	pids+=($!)

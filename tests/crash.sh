@@ -10,6 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 initrd=$1 out=$2 points=${3:-${FERRY_CRASH_POINTS:-3}}
 mkdir -p "$out"
+. "$here/tests/seed.sh"
 pass=0
 for i in $(seq 1 "$points"); do
 	d="$out/p$i"

@@ -6,8 +6,8 @@
 # after the previous peer went away).
 tools=${initrd%.cpio}.tools.img
 kernel="$("$here/scripts/build-kernel.sh" debug)/arch/x86/boot/bzImage"
-port=$(( 20000 + RANDOM % 40000 ))
-while ss -Htln "sport = :$port" | grep -q .; do port=$(( 20000 + RANDOM % 40000 )); done
+. "$here/tests/seed.sh"
+port=$(free_port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
@@ -25,7 +25,7 @@ guest() {
 	done
 	qemu-system-x86_64 -accel tcg -cpu max,la57=off -nodefaults -no-user-config -nic none \
 		-display none -no-reboot -m 512 -smp 1 -kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 loglevel=4 panic=-1 oops=panic ferry.node=$n ferry.nodes=2 ferry.tests=$t $app" \
+		-append "console=ttyS0 ignore_loglevel panic=-1 oops=panic ferry.node=$n ferry.nodes=2 ferry.tests=$t $app" \
 		-chardev "file,id=s0,path=$log" -serial chardev:s0 "${args[@]}" \
 		-drive "file=$tools,format=raw,if=none,id=tools,readonly=on" \
 		-device virtio-blk-pci,drive=tools,serial=ferrytools \

@@ -1,48 +1,76 @@
 #!/usr/bin/env bash
 # `make test`: the userspace tests, then the guest suite.  Exits non-zero on
 # the first failing part; prints a summary with durations.
+#
+# Every step runs under a time limit (a hang names its step and still
+# prints the summary), and every guest a step booted, killed ones
+# included, has its kernel log judged (tests/judge.sh).  The run's random
+# choices come from FERRY_SEED, printed first (tests/seed.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=${FERRY_OUT:-$PWD/out}/test
 rm -rf "$out"; mkdir -p "$out"
+. tests/seed.sh
+echo "==== make test, FERRY_SEED=$FERRY_SEED"
 summary=()
+t_start=$SECONDS
+finish() {
+	printf '%s\n' "${summary[@]}"
+	echo "total $((SECONDS - t_start))s, FERRY_SEED=$FERRY_SEED"
+}
+# step <name> <limit-seconds> <guest-out-dir or -> <command>...
 step() {
-	local name=$1 t0=$SECONDS; shift
+	local name=$1 limit=$2 logs=$3 t0=$SECONDS rc=0; shift 3
 	echo "==== $name"
-	if "$@"; then
+	timeout -k 30 "$limit" "$@" || rc=$?
+	if [ $rc = 0 ] && [ "$logs" != - ] && ! tests/judge.sh "$logs"; then
+		rc=1
+		name="$name: kernel log"
+	fi
+	if [ $rc = 0 ]; then
 		summary+=("PASS $name ($((SECONDS - t0))s)")
+		return 0
+	fi
+	if [ $rc = 124 ] || [ $rc = 137 ]; then
+		summary+=("TIMEOUT $name (stopped after its limit of ${limit}s)")
 	else
 		summary+=("FAIL $name ($((SECONDS - t0))s)")
-		printf '%s\n' "${summary[@]}"
-		exit 1
 	fi
+	# A failed step's guests are judged too: a splat explains a failure.
+	[ "$logs" = - ] || tests/judge.sh "$logs" || true
+	finish
+	exit 1
 }
 
-step "dependencies" scripts/deps.sh
+step "dependencies" 1200 - scripts/deps.sh
+CARGO_TARGET_DIR=$(scripts/cargo-target.sh)
+export CARGO_TARGET_DIR
 if [ -f userspace/Cargo.toml ]; then
-	step "cargo test (userspace)" bash -c 'cd userspace && cargo test --workspace --quiet'
+	# The workspace's tests, the simulation and the fuzz corpora replayed
+	# (ferryd/tests/fuzz_corpus.rs).
+	step "cargo test (userspace)" 1800 - bash -c 'cd userspace && cargo test --workspace --quiet'
 fi
-step "kernel (debug, cached)" scripts/build-kernel.sh debug
-step "module" make --no-print-directory module
-step "guest tools" bash -c "scripts/guest-tools.sh >'$out/tools.list'"
-step "initramfs" bash -c "scripts/mkinitramfs.sh '$out/initramfs.cpio' dm-ferry.ko \$(cat '$out/tools.list')"
+step "kernel (debug, cached)" 3600 - scripts/build-kernel.sh debug
+step "module" 600 - make --no-print-directory module
+step "guest tools" 1800 - bash -c "scripts/guest-tools.sh >'$out/tools.list'"
+step "initramfs" 600 - bash -c "scripts/mkinitramfs.sh '$out/initramfs.cpio' dm-ferry.ko \$(cat '$out/tools.list')"
 
 disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
-step "guest: target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
+step "guest: target" 900 "$out/vm-target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
-step "guest: primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
-	primary gate chardev overflow markers meta secondary
-step "guest: crash points (G3)" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
-step "guests: two joined guests" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
+step "guest: primary" 1200 "$out/vm-primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
+	primary gate chardev bigbio overflow markers meta secondary
+step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
+step "guests: two joined guests" 300 "$out/vm-net" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-net" net-ping
-step "guests: replication (drain, prefix, checksums)" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
-	--out "$out/vm-repl" "${disks[@]}" repl
-step "guests: the primary's disk spool" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
-	--out "$out/vm-spool" "${disks[@]}" repl-spool
-step "guests: secondary power cuts (G4, G5)" tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" \
-	"${FERRY_SEC_CUTS:-1}"
-step "guests: replication crash points (G1, G2)" tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" \
-	"${FERRY_REPL_POINTS:-20}"
+step "guests: replication (drain, prefix, checksums)" 1500 "$out/vm-repl" scripts/vm.sh --guests 2 --smp 1 \
+	--initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" repl
+step "guests: the primary's disk spool" 1200 "$out/vm-spool" scripts/vm.sh --guests 2 --smp 1 \
+	--initrd "$out/initramfs.cpio" --out "$out/vm-spool" "${disks[@]}" repl-spool
+step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
+	"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
+step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \
+	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-20}"
 
-printf '%s\n' "${summary[@]}"
+finish

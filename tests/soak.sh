@@ -7,9 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${FERRY_OUT:-$PWD/out}/soak
 mkdir -p "$out"
+. tests/seed.sh
+echo "soak: FERRY_SEED=$FERRY_SEED"
 scripts/build-kernel.sh debug >/dev/null
 make --no-print-directory module
 scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
 tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"
 tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"
 tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-10}"
+tests/judge.sh "$out"

@@ -49,11 +49,22 @@ ferry_load() {
 }
 
 # Removes every device-mapper device and unloads the module.
+# Returns 1 (and says why) when the module cannot be unloaded: a reference
+# the module leaked, or a device it left behind.
 ferry_cleanup() {
-	killall ferry-test >/dev/null 2>&1 || true
+	killall ferry-test ferryd >/dev/null 2>&1 || true
+	local w
+	for w in $(seq 1 50); do
+		pidof ferry-test ferryd >/dev/null 2>&1 || break
+		sleep 0.1
+	done
+	umount /mnt/* >/dev/null 2>&1 || true
 	dm remove_all >/dev/null 2>&1 || true
-	grep -q '^dm_ferry ' /proc/modules && rmmod dm_ferry
-	return 0
+	grep -q '^dm_ferry ' /proc/modules || return 0
+	rmmod dm_ferry 2>/tmp/rmmod.err && return 0
+	echo "ferry_cleanup: rmmod dm_ferry failed: $(cat /tmp/rmmod.err); left: $(dmsetup --noudevsync ls 2>&1 | tr '\n' ' ')"
+	grep '^dm_ferry ' /proc/modules
+	return 1
 }
 
 # Wipes the superblocks (and bitmaps) of the meta devices a test uses, so
@@ -156,15 +167,24 @@ ferryd_start() {  # starts ferryd for gr; sets $fdp
 fstatus() { timeout 10 wget -q -O - http://127.0.0.1:9789/status 2>/dev/null | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"; }
 # The writer's workload of the replication tests.
 REPL_BLOCKS=2048
+# ext4 over both devices of group gr, so that an application's order runs
+# across them: the journal on the log device r0, the file system on the
+# data device r1 (mount with -o journal_path=/dev/mapper/r0; e2fsck -j).
+mkfs_ext4_journal_r0() {
+	/sbin/mke2fs -q -O journal_dev -F /dev/mapper/r0 || fail "mkfs journal on r0"
+	/sbin/mke2fs -q -t ext4 -J device=/dev/mapper/r0 -F /dev/mapper/r1 || fail "mkfs ext4 on r1"
+}
 # Until <peer> serves /<file> on port 7000, or stops answering ping (it
 # finished and powered off), at most about a minute.
+# Returns 1 when the minute is up with the peer still there.
 await_peer_file() {  # await_peer_file <peer> <file>
 	for t in $(seq 1 60); do
 		timeout 3 wget -q -O /dev/null "http://$1:7000/$2" 2>/dev/null && return 0
 		ping -c 1 -W 1 "$1" >/dev/null 2>&1 || return 0
 		sleep 1
 	done
-	return 0
+	echo "await_peer_file: $1 neither served /$2 nor went away in a minute"
+	return 1
 }
 # Two-guest exchanges: each side serves /tmp/www on port 7000; $peer is the
 # other guest.  fetch <path> <out> <tries>: until the peer serves <path>.
@@ -200,7 +220,9 @@ repl_drained() {
 repl_applied() {
 	stable=0
 	for t in $(seq 1 "$1"); do
-		if [ -z "$(fstatus lag_records | grep -v '^0$')" ]; then
+		lags=$(fstatus lag_records)
+		# An unreachable ferryd gives no lines: not applied.
+		if [ -n "$lags" ] && [ -z "$(echo "$lags" | grep -v '^0$')" ]; then
 			stable=$((stable + 1)); [ $stable -ge 2 ] && return 0
 		else
 			stable=0

@@ -72,3 +72,26 @@ dm create x0 --table "0 32768 ferry /dev/vda /dev/vdc 4 group gm checkpoint_ms 0
 	fail "accepted a meta device of another length"
 klog_since m1 | grep -q "Meta device belongs to another device" || fail "no message for a foreign meta device"
 ok "a meta device of another group or length is refused"
+
+# A crafted superblock whose checksum holds but whose numbers cannot be
+# continued from (an acknowledged dev_seq of 2^64 - 1, where the stream's
+# next number would overflow) is refused by the constructor with its
+# message, and left as it was (not formatted over).
+meta_wipe /dev/vdc
+dm create m0 --table "$T" || fail "create for the crafted superblock"
+dm remove m0
+for f in acked_dev_seq group_seq generation; do
+	ferry-test sb-poke --dev /dev/vdc --field $f --value 18446744073709551615 >/dev/null || fail "sb-poke $f"
+	before=$(dd if=/dev/vdc bs=4k count=2 iflag=direct 2>/dev/null | md5sum)
+	kmark sb-$f
+	dm create m0 --table "$T" 2>/tmp/dm.out && fail "a superblock with $f = 2^64 - 1 was taken"
+	klog_since sb-$f | grep -q "Meta device's superblock holds numbers out of range" ||
+		{ klog_since sb-$f; fail "no constructor error for $f"; }
+	klog_since sb-$f | grep -q "superblock field $f out of range" || { klog_since sb-$f; fail "no reason for $f"; }
+	[ "$(dd if=/dev/vdc bs=4k count=2 iflag=direct 2>/dev/null | md5sum)" = "$before" ] || fail "the crafted superblock was overwritten"
+	dm remove m0 2>/dev/null || true
+	meta_wipe /dev/vdc
+	dm create m0 --table "$T" || fail "create after the wipe"
+	dm remove m0
+done
+ok "superblocks with counters of 2^64 - 1 refused with the constructor's message, left unchanged"

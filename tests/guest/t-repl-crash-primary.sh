@@ -1,9 +1,11 @@
 # A replication crash point, primary side (tests/repl-crash.sh): group gr
 # shipped by ferryd under a workload (ferry.workload): "blocks", dependent
 # writes (seed 1000 + point) across its log and data devices; "ext4", a
-# file workload on ext4 on the data device; "sqlite", one transaction after
+# file workload on ext4 with its journal on the log device (r0) and the
+# file system on the data device (r1); "sqlite", one transaction after
 # another in an SQLite database on that ext4.  Then, once the secondary has
-# applied two intervals, "FERRY-ARMED", and the host kills this guest.
+# applied two intervals (an application: the interval open 6 s into it,
+# after its first commit), "FERRY-ARMED", and the host kills this guest.
 repl_devices primary
 repl_config primary
 ferryd_start
@@ -13,8 +15,8 @@ blocks)
 		--seed $((1000 + ${FERRY_POINT:-0})) --log /dev/null >/tmp/w.out 2>&1 &
 	;;
 ext4)
-	/sbin/mke2fs -q -t ext4 -F /dev/mapper/r1 || fail "mkfs"
-	mkdir -p /mnt/fs && mount -t ext4 /dev/mapper/r1 /mnt/fs || fail "mount"
+	mkfs_ext4_journal_r0
+	mkdir -p /mnt/fs && mount -t ext4 -o journal_path=/dev/mapper/r0 /dev/mapper/r1 /mnt/fs || fail "mount"
 	(
 		i=0
 		while :; do
@@ -29,13 +31,14 @@ ext4)
 	) >/tmp/w.out 2>&1 &
 	;;
 sqlite)
-	/sbin/mke2fs -q -t ext4 -F /dev/mapper/r1 || fail "mkfs"
-	mkdir -p /mnt/db && mount -t ext4 /dev/mapper/r1 /mnt/db || fail "mount"
+	mkfs_ext4_journal_r0
+	mkdir -p /mnt/db && mount -t ext4 -o journal_path=/dev/mapper/r0 /dev/mapper/r1 /mnt/db || fail "mount"
 	sqlite3 /mnt/db/t.db "create table t(id integer primary key, v text not null, h text not null)" || fail "sqlite"
 	(
 		i=1
 		while :; do
 			sqlite3 /mnt/db/t.db "begin; insert into t values($i, hex(randomblob(300)), 'x'); update t set h = '$i' where id = $(( (i + 1) / 2 )); commit;" || exit 1
+			echo "$i" >/tmp/committed
 			i=$((i + 1))
 		done
 	) >/tmp/w.out 2>&1 &
@@ -43,16 +46,24 @@ sqlite)
 *) fail "unknown workload $FERRY_WORKLOAD" ;;
 esac
 wp=$!
-# Applications run a while first (mkfs alone fills intervals).
-[ "${FERRY_WORKLOAD:-blocks}" = blocks ] || sleep 6
-# Armed once the secondary has applied two intervals (so that a power cut
-# finds something replicated: the check has something to judge).
+# Applications run a while first (mkfs alone fills intervals); the
+# secondary must then hold what they did until now: arm once it applied
+# the interval open now (everything completed before it lies in it or
+# before it).
+want=2
+if [ "${FERRY_WORKLOAD:-blocks}" != blocks ]; then
+	sleep 6
+	[ "$FERRY_WORKLOAD" = sqlite ] && { [ -s /tmp/committed ] || { cat /tmp/w.out; fail "no transaction committed in 6 s"; }; }
+	set -- $(dm status r1); want=${16}
+fi
+# Armed once the secondary has applied those intervals (so that a power
+# cut finds something replicated: the check has something to judge).
 for t in $(seq 1 600); do
-	[ "$(fstatus applied_epoch)" -ge 2 ] 2>/dev/null && break
+	[ "$(fstatus applied_epoch)" -ge "$want" ] 2>/dev/null && break
 	kill -0 $wp 2>/dev/null || { cat /tmp/w.out; fail "workload stopped"; }
 	sleep 0.2
 done
-[ "$(fstatus applied_epoch)" -ge 2 ] || { tail /tmp/ferryd.log; fail "the secondary applied nothing in 120 s"; }
+[ "$(fstatus applied_epoch)" -ge "$want" ] || { tail /tmp/ferryd.log; fail "the secondary did not apply interval $want in 120 s"; }
 echo FERRY-ARMED
 wait $wp
 fail "the workload ended before the power cut: $(cat /tmp/w.out)"

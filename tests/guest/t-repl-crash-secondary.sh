@@ -2,10 +2,16 @@
 # point, fresh secondary devices and ferryd; the host boots a primary that
 # runs a workload until its power is cut; once the primary's streams have
 # gone silent and the last complete interval is applied, promote and check.
-# Points 1..ferry.block_points: dependent blocks, G1 (and with it G2: the
-# log device is device 0) by the prefix checker; the points after that
-# alternate ext4 (journal replayed by a mount, then e2fsck clean) and SQLite
-# (integrity check ok, the committed transactions present are 1..n).
+# Points 1..ferry.block_points: dependent blocks, G1 by the prefix checker,
+# whose image must end exactly at the last write the secondary applied
+# (ferryd's applied_writes); the points after that alternate ext4 (its
+# journal on the log device r0, the file system on the data device r1:
+# journal replayed by a mount, then e2fsck clean) and SQLite on that ext4
+# (integrity check ok, the committed transactions present are 1..n, n >= 1:
+# the primary arms only once the secondary applied the interval of a
+# commit).  At every point G2 is checked where it holds: no log record
+# became durable in the remote log after a data record of a later group
+# order (ferryd's g2_violations).
 points=${FERRY_POINTS:-1}
 # make demo narrates (lines "demo|..." the host prints).
 say() { [ -n "${FERRY_DEMO:-}" ] && echo "demo|$*"; return 0; }
@@ -40,14 +46,19 @@ for pt in $(seq 1 "$points"); do
 	say "the primary's streams went silent (no keepalive for 5 s): it is gone"
 	fstatus connected | grep -q true && fail "point $pt: streams still connected after 120 s"
 	# Let the last complete interval be applied.
-	last=x
+	last=x settled=0
 	for t in $(seq 1 60); do
 		now="$(fstatus applied_epoch) $(fstatus applying_epoch)"
-		[ "$now" = "$last" ] && [ "${now#* }" = 0 ] && break
+		[ "$now" = "$last" ] && [ "${now#* }" = 0 ] && { settled=1; break; }
 		last=$now
 		sleep 1
 	done
+	[ $settled = 1 ] || { tail -20 /tmp/ferryd.log; fail "point $pt: applying did not settle in 60 s (at $now)"; }
 	lag=$(fstatus lag_records | tr '\n' ' ')
+	applied=$(fstatus applied_writes | tr '\n' ',' | sed 's/,$//')
+	g2=$(fstatus g2_violations)
+	case "$applied" in *[0-9],*[0-9]) ;; *) fail "point $pt: no applied_writes from ferryd: [$applied]" ;; esac
+	[ "$g2" = 0 ] || { grep 'G2' /tmp/ferryd.log | head; fail "point $pt: G2 broken at the secondary: g2_violations=[$g2]"; }
 	say "\$ ferryctl status gr"
 	ferryctl status gr >/tmp/st.out 2>&1; sayout /tmp/st.out
 	say "\$ ferryctl promote gr"
@@ -62,11 +73,11 @@ for pt in $(seq 1 "$points"); do
 	fi
 	if [ $workload = ext4 ]; then
 		mkdir -p /mnt/fs
-		if mount -t ext4 /dev/mapper/r1 /mnt/fs 2>/tmp/pc.out; then
+		if mount -t ext4 -o journal_path=/dev/mapper/r0 /dev/mapper/r1 /mnt/fs 2>/tmp/pc.out; then
 			files=$(find /mnt/fs -type f | wc -l)
 			umount /mnt/fs
-			if /sbin/e2fsck -fn /dev/mapper/r1 >/tmp/fsck.out 2>&1; then
-				echo "ext4|PASS|journal replayed by mount, e2fsck -fn clean|files=$files" >/tmp/pc.out
+			if /sbin/e2fsck -fn -j /dev/mapper/r0 /dev/mapper/r1 >/tmp/fsck.out 2>&1; then
+				echo "ext4|PASS|journal (on r0) replayed by mount, e2fsck -fn clean|files=$files" >/tmp/pc.out
 			else
 				cat /tmp/fsck.out >/tmp/pc.out; echo "ext4|FAIL|e2fsck" >>/tmp/pc.out
 			fi
@@ -76,11 +87,14 @@ for pt in $(seq 1 "$points"); do
 		okk=$(grep -c '^ext4|PASS' /tmp/pc.out || true)
 	elif [ $workload = sqlite ]; then
 		mkdir -p /mnt/db
-		if mount -t ext4 /dev/mapper/r1 /mnt/db 2>/tmp/pc.out; then
+		if mount -t ext4 -o journal_path=/dev/mapper/r0 /dev/mapper/r1 /mnt/db 2>/tmp/pc.out; then
 			r=$(sqlite3 /mnt/db/t.db "pragma integrity_check; select count(*), coalesce(max(id), 0), coalesce(min(id), 1) from t;" 2>&1 | tr '\n' ' ')
 			umount /mnt/db
 			set -- $r
-			if [ "$1" = ok ] && [ "$(echo "$2" | cut -d'|' -f1)" = "$(echo "$2" | cut -d'|' -f2)" ] && [ "$(echo "$2" | cut -d'|' -f3)" = 1 ]; then
+			n=$(echo "$2" | cut -d'|' -f1)
+			# 1..n, and not empty: the primary armed after the secondary
+			# applied the interval of a commit.
+			if [ "$1" = ok ] && [ "$n" -ge 1 ] 2>/dev/null && [ "$n" = "$(echo "$2" | cut -d'|' -f2)" ] && [ "$(echo "$2" | cut -d'|' -f3)" = 1 ]; then
 				echo "sqlite|PASS|integrity ok|transactions=1..$(echo "$2" | cut -d'|' -f2)" >/tmp/pc.out
 			else
 				echo "sqlite|FAIL|$r" >/tmp/pc.out
@@ -90,7 +104,7 @@ for pt in $(seq 1 "$points"); do
 		fi
 		okk=$(grep -c '^sqlite|PASS' /tmp/pc.out || true)
 	elif ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
-		--seed $((1000 + pt)) --min 1 >/tmp/pc.out 2>&1; then
+		--seed $((1000 + pt)) --min 1 --applied-writes "$applied" >/tmp/pc.out 2>&1; then
 		okk=1
 	else
 		okk=0
@@ -98,7 +112,7 @@ for pt in $(seq 1 "$points"); do
 	if [ "$okk" -ge 1 ]; then
 		say "    $(cat /tmp/pc.out)"
 		[ $workload = blocks ] && say "verdict: PASS: the promoted secondary holds exactly the primary's devices after its first $(sed -n 's/.*writes=\([0-9]*\).*/\1/p' /tmp/pc.out) writes"
-		echo "REPL-POINT $pt PASS $(cat /tmp/pc.out) applied_epoch=${last% *} not_applied=$lag"
+		echo "REPL-POINT $pt PASS $(cat /tmp/pc.out) applied_epoch=${last% *} applied_writes=$applied not_applied=$lag g2_violations=$g2"
 		pass=$((pass + 1))
 	else
 		say "verdict: FAIL: $(cat /tmp/pc.out)"

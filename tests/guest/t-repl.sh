@@ -9,7 +9,9 @@
 # of an interval in progress, if any); a peer with a wrong key is refused
 # and counted; a corrupted record is rejected and counted, nothing stored.
 # Consistency points inserted on the primary (one mid-way, one after the
-# last write) are held at the secondary: the last one is reported.  Then
+# last write) are held at the secondary: the last one is reported.  G2 is
+# checked at the secondary: no log record became durable in its remote log
+# after a data record of a later group order (ferryd's g2_violations).  Then
 # the primary restarts cleanly (devices removed and created again): its
 # streams continue, and what it writes next reaches the secondary.
 N=${FERRY_REPL_WRITES:-1000}
@@ -112,6 +114,10 @@ else
 	set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3 cp=$4 q0=$5 q1=$6
 	ok "primary drained $n writes"
 	repl_applied 120 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
+	# G2 where it holds: no log record became durable in the remote log
+	# after a data record of a later group order.
+	g2=$(fstatus g2_violations)
+	[ "$g2" = 0 ] || { grep G2 /tmp/ferryd.log | head -5; res "FAIL: G2 broken at the secondary: g2_violations=[$g2]"; }
 	ferryctl status gr | tee /tmp/status.out
 	# The last consistency point the primary inserted is held.
 	held=$(sed -n 's/^  last consistency point held: \([0-9]*\) (\(.*\))$/\1 \2/p' /tmp/status.out)

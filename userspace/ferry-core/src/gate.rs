@@ -86,7 +86,8 @@ pub const fn holds_data_back(kind: RecordKind) -> bool {
 pub const fn may_release(class: DeviceClass, group_seq: u64, watermark: Watermark) -> bool {
     match class {
         DeviceClass::Log => true,
-        DeviceClass::Data => watermark.admits(group_seq),
+        // The deliberate-bug build (`bug-gate`) lets data through at once.
+        DeviceClass::Data => cfg!(feature = "bug-gate") || watermark.admits(group_seq),
     }
 }
 
@@ -220,10 +221,92 @@ impl<S: AsRef<[PendingLog]> + AsMut<[PendingLog]>> LogPending<S> {
     }
 }
 
+/// G2 observed where it must hold, at the secondary: fed every record in
+/// the order it became durable there, it finds each log record that became
+/// durable after a data record of a later group order.  (The converse
+/// needs no look-ahead: a log record's durability is the moment to ask
+/// whether any data record of a higher `group_seq` is already durable.)
+///
+/// Every data record counts (the gate holds back all of them, markers
+/// included); a log record counts when it holds data back
+/// ([`holds_data_back`]).  The secondary's `ferryd` runs one per group and
+/// reports what it finds; a correct primary never gives it anything to
+/// find.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurableOrder {
+    data_high: u64,
+    violations: u64,
+    first: Option<(u64, u64)>,
+}
+
+impl DurableOrder {
+    /// An observer that knows data records up to `data_high` durable (what
+    /// a restarted secondary finds in its remote log).
+    pub const fn new(data_high: u64) -> Self {
+        Self {
+            data_high,
+            violations: 0,
+            first: None,
+        }
+    }
+
+    /// A record of a device of class `class` became durable.  Returns
+    /// whether it breaks G2 (a log record below a durable data record).
+    pub fn durable(&mut self, class: DeviceClass, kind: RecordKind, group_seq: u64) -> bool {
+        match class {
+            DeviceClass::Data => {
+                self.data_high = self.data_high.max(group_seq);
+                false
+            }
+            DeviceClass::Log if holds_data_back(kind) && group_seq < self.data_high => {
+                self.violations += 1;
+                self.first.get_or_insert((group_seq, self.data_high));
+                true
+            }
+            DeviceClass::Log => false,
+        }
+    }
+
+    /// Log records found durable after a later data record.
+    pub const fn violations(&self) -> u64 {
+        self.violations
+    }
+
+    /// The first of them: its `group_seq`, and the highest data
+    /// `group_seq` durable before it.
+    pub const fn first(&self) -> Option<(u64, u64)> {
+        self.first
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durable_order_finds_a_log_record_after_later_data() {
+        let mut o = DurableOrder::new(0);
+        // Log 1, data 2, log 3, data 4: in order.
+        assert!(!o.durable(DeviceClass::Log, RecordKind::Write, 1));
+        assert!(!o.durable(DeviceClass::Data, RecordKind::Write, 2));
+        assert!(!o.durable(DeviceClass::Log, RecordKind::Write, 3));
+        assert!(!o.durable(DeviceClass::Data, RecordKind::Checkpoint, 4));
+        // A log record above every durable data record is fine, and so
+        // is a log marker below one (markers hold nothing back).
+        assert!(!o.durable(DeviceClass::Log, RecordKind::Write, 9));
+        assert!(!o.durable(DeviceClass::Data, RecordKind::Write, 12));
+        assert!(!o.durable(DeviceClass::Log, RecordKind::Checkpoint, 10));
+        assert_eq!(o.violations(), 0);
+        // Log 11 durable after data 12: G2 broken.
+        assert!(o.durable(DeviceClass::Log, RecordKind::Flush, 11));
+        assert!(o.durable(DeviceClass::Log, RecordKind::Write, 5));
+        assert_eq!(o.violations(), 2);
+        assert_eq!(o.first(), Some((11, 12)));
+        // A restarted observer starts from what the remote log holds.
+        let mut r = DurableOrder::new(12);
+        assert!(r.durable(DeviceClass::Log, RecordKind::Write, 11));
+    }
 
     #[test]
     fn markers_hold_nothing_back() {

@@ -126,7 +126,16 @@ pub enum MetaError {
     UnknownFlags(u32),
     /// The buffer is shorter than a superblock.
     Truncated,
+    /// The checksum matches but a counter is beyond [`NUMBER_MAX`]: the
+    /// device cannot continue from it (a `+ 1` would overflow), and a
+    /// superblock that is not this code's is not overwritten either.
+    OutOfRange(&'static str),
 }
+
+/// The largest value a counter of the superblock (generation, sequence
+/// numbers, interval, timestamp) may hold: 2^62, which a device writing a
+/// million records a second reaches after 146,000 years.
+pub const NUMBER_MAX: u64 = 1 << 62;
 
 impl fmt::Display for MetaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,6 +145,7 @@ impl fmt::Display for MetaError {
             Self::BadChecksum => f.write_str("superblock checksum mismatch"),
             Self::UnknownFlags(x) => write!(f, "unknown superblock flags {x:#x}"),
             Self::Truncated => f.write_str("superblock truncated"),
+            Self::OutOfRange(field) => write!(f, "superblock field {field} out of range"),
         }
     }
 }
@@ -198,7 +208,7 @@ impl Superblock {
         }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(r.take(16).ok_or(MetaError::Truncated)?);
-        Ok(Self {
+        let sb = Self {
             flags,
             uuid,
             generation: r.u64().ok_or(MetaError::Truncated)?,
@@ -214,16 +224,48 @@ impl Superblock {
                 cp_id: r.u64().ok_or(MetaError::Truncated)?,
                 cp_first: r.u64().ok_or(MetaError::Truncated)?,
             },
-        })
+        };
+        let n = &sb.numbers;
+        for (name, v) in [
+            ("generation", sb.generation),
+            ("acked_dev_seq", sb.acked_dev_seq),
+            ("group_seq", n.group_seq),
+            ("epoch", n.epoch),
+            ("timestamp_ns", n.timestamp_ns),
+            ("cp_id", n.cp_id),
+            ("cp_first", n.cp_first),
+        ] {
+            if v > NUMBER_MAX {
+                return Err(MetaError::OutOfRange(name));
+            }
+        }
+        Ok(sb)
+    }
+
+    /// The current superblock of two decoded slots: the valid one with the
+    /// highest generation, or none when neither is valid (a new device).
+    /// A slot whose checksum holds but whose numbers are out of range is
+    /// an error whatever the other slot holds: the device is refused, not
+    /// formatted over.
+    pub fn choose(
+        slot0: Result<Self, MetaError>,
+        slot1: Result<Self, MetaError>,
+    ) -> Result<Option<Self>, MetaError> {
+        match (slot0, slot1) {
+            (Err(e @ MetaError::OutOfRange(_)), _) | (_, Err(e @ MetaError::OutOfRange(_))) => {
+                Err(e)
+            }
+            (Ok(a), Ok(b)) => Ok(Some(if b.generation > a.generation { b } else { a })),
+            (a, b) => Ok(a.ok().or(b.ok())),
+        }
     }
 
     /// The current superblock of two slots: the valid one with the highest
     /// generation, if any.
     pub fn current<D: Digest + ?Sized>(d: &D, slot0: &[u8], slot1: &[u8]) -> Option<Self> {
-        match (Self::decode(d, slot0).ok(), Self::decode(d, slot1).ok()) {
-            (Some(a), Some(b)) => Some(if b.generation > a.generation { b } else { a }),
-            (a, b) => a.or(b),
-        }
+        Self::choose(Self::decode(d, slot0), Self::decode(d, slot1))
+            .ok()
+            .flatten()
     }
 }
 
@@ -275,6 +317,50 @@ mod tests {
             Superblock::decode(&d, &buf[..10]),
             Err(MetaError::Truncated)
         );
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        let d = SoftDigest;
+        let mut good = [0u8; SLOT_LEN];
+        sb(4).encode(&d, &mut good).unwrap();
+        let mut s = sb(5);
+        s.acked_dev_seq = u64::MAX;
+        let mut bad = [0u8; SLOT_LEN];
+        s.encode(&d, &mut bad).unwrap();
+        assert_eq!(
+            Superblock::decode(&d, &bad),
+            Err(MetaError::OutOfRange("acked_dev_seq"))
+        );
+        // Whatever the other slot holds, the device is refused.
+        assert_eq!(
+            Superblock::choose(Superblock::decode(&d, &good), Superblock::decode(&d, &bad)),
+            Err(MetaError::OutOfRange("acked_dev_seq"))
+        );
+        assert_eq!(Superblock::current(&d, &good, &bad), None);
+        for field in 0..7 {
+            let mut s = sb(5);
+            let n = &mut s.numbers;
+            *[
+                &mut s.generation,
+                &mut s.acked_dev_seq,
+                &mut n.group_seq,
+                &mut n.epoch,
+                &mut n.timestamp_ns,
+                &mut n.cp_id,
+                &mut n.cp_first,
+            ][field] = NUMBER_MAX + 1;
+            s.encode(&d, &mut bad).unwrap();
+            assert!(matches!(
+                Superblock::decode(&d, &bad),
+                Err(MetaError::OutOfRange(_))
+            ));
+            // The bound itself is valid.
+            let mut s = sb(5);
+            s.numbers.group_seq = NUMBER_MAX;
+            s.encode(&d, &mut bad).unwrap();
+            assert!(Superblock::decode(&d, &bad).is_ok());
+        }
     }
 
     #[test]

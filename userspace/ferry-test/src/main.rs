@@ -60,6 +60,21 @@ enum Tool {
     /// Connect to a secondary's ferryd as a primary would, with a given
     /// key; optionally send a corrupted record.  Prints what happened.
     LinkProbe(LinkProbeArgs),
+    /// Rewrite one counter of a meta device's current superblock, with a
+    /// valid checksum (a crafted superblock for the constructor's checks).
+    SbPoke(SbPokeArgs),
+}
+
+#[derive(clap::Args)]
+struct SbPokeArgs {
+    /// The meta device.
+    #[arg(long)]
+    dev: PathBuf,
+    /// generation, acked_dev_seq, group_seq or epoch.
+    #[arg(long)]
+    field: String,
+    #[arg(long)]
+    value: u64,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +113,13 @@ struct PrefixCheckArgs {
     /// Fail unless the prefix has at least this many writes.
     #[arg(long, default_value_t = 0)]
     min: u64,
+    /// The write records the secondary applied to each device, in `--dev`
+    /// order, comma-separated (ferryd's `applied_writes`): the prefix must
+    /// then end exactly at the last of them, so that a secondary that lost
+    /// (or invented) an applied write fails even when what it holds is a
+    /// prefix.
+    #[arg(long, value_delimiter = ',')]
+    applied_writes: Vec<u64>,
 }
 
 #[derive(clap::Args)]
@@ -257,6 +279,7 @@ fn main() -> ExitCode {
         Tool::Cmd(a) => cmd(a),
         Tool::PrefixCheck(a) => prefix_check(a),
         Tool::LinkProbe(a) => link_probe(a),
+        Tool::SbPoke(a) => sb_poke(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -778,6 +801,46 @@ impl Choice {
     }
 }
 
+fn sb_poke(a: SbPokeArgs) -> Res<()> {
+    use ferry_core::meta::{slot_sector, Superblock, SLOT_LEN};
+    let d = &FastDigest;
+    let f = io(
+        "open meta device",
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_SYNC)
+            .open(&a.dev),
+    )?;
+    // An aligned buffer for O_DIRECT, one slot.
+    let mut raw = vec![0u8; 2 * SLOT_LEN];
+    let off = raw.as_ptr().align_offset(SLOT_LEN);
+    let buf = &mut raw[off..off + SLOT_LEN];
+    let mut best: Option<(u64, Superblock)> = None;
+    for k in 0..2 {
+        io("read", f.read_exact_at(buf, slot_sector(k) * 512))?;
+        if let Ok(sb) = Superblock::decode(d, buf) {
+            if best.is_none_or(|(_, b)| sb.generation > b.generation) {
+                best = Some((k, sb));
+            }
+        }
+    }
+    let (k, mut sb) = best.ok_or("sb|FAIL|no valid superblock")?;
+    let n = &mut sb.numbers;
+    *match a.field.as_str() {
+        "generation" => &mut sb.generation,
+        "acked_dev_seq" => &mut sb.acked_dev_seq,
+        "group_seq" => &mut n.group_seq,
+        "epoch" => &mut n.epoch,
+        other => return Err(format!("sb|FAIL|unknown field {other}")),
+    } = a.value;
+    buf.fill(0);
+    sb.encode(d, buf).map_err(|e| e.to_string())?;
+    io("write", f.write_all_at(buf, slot_sector(k) * 512))?;
+    println!("sb|ok|slot={k}|{}={}", a.field, a.value);
+    Ok(())
+}
+
 fn prefix_check(a: PrefixCheckArgs) -> Res<()> {
     // What each block holds: a write id, nothing (zeroes), or something
     // else (torn or foreign: a failure in itself).
@@ -833,6 +896,32 @@ fn prefix_check(a: PrefixCheckArgs) -> Res<()> {
             "prefix|FAIL|prefix of {top} writes, expected at least {}",
             a.min
         ));
+    }
+    if !a.applied_writes.is_empty() {
+        if a.applied_writes.len() != a.dev.len() {
+            return Err(format!(
+                "prefix|FAIL|{} applied counts for {} devices",
+                a.applied_writes.len(),
+                a.dev.len()
+            ));
+        }
+        // Writes go round-robin over the devices (`Choice`), and each is
+        // submitted after the one before completed: the k-th write of
+        // device d is write (k - 1) * devs + d + 1, and the image ends at
+        // the last write applied to any device.
+        let devs = a.dev.len() as u64;
+        let expect = (0..devs)
+            .zip(&a.applied_writes)
+            .filter(|(_, &k)| k > 0)
+            .map(|(d, &k)| (k - 1) * devs + d + 1)
+            .max()
+            .unwrap_or(0);
+        if top != expect {
+            return Err(format!(
+                "prefix|FAIL|prefix of {top} writes, but the secondary applied {:?} writes to the devices: the prefix must end at write {expect}",
+                a.applied_writes
+            ));
+        }
     }
     let written = want.iter().flatten().filter(|w| w.is_some()).count();
     println!("prefix|PASS|writes={top}|blocks_written={written}");

@@ -574,6 +574,7 @@ impl Report for Shared {
                     .map_or(0.0, |r| r.read_at.elapsed().as_secs_f64()),
                 record_bytes: q.record_bytes,
                 wire_bytes: q.wire_bytes,
+                applied_writes: 0,
             });
         }
         Status {
@@ -595,6 +596,7 @@ impl Report for Shared {
             consistency_point: None,
             disk_spool_records: disk_records,
             disk_spool_bytes: self.disk_bytes.load(Relaxed),
+            g2_violations: 0,
         }
     }
 

@@ -34,6 +34,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalSlot, Rendezvous};
 use ferry_core::command::Command;
+use ferry_core::gate::{DeviceClass, DurableOrder};
 use ferry_core::record::{self, GroupKey, RecordError, RecordKind};
 use ferry_core::select::{interval_limit, next_in_group_order, Received, Stamp, StreamWindow};
 use ferry_core::FastDigest;
@@ -96,6 +97,8 @@ struct StreamState {
     connected: u32,
     record_bytes: u64,
     wire_bytes: u64,
+    /// Write records applied by this process.
+    applied_writes: u64,
 }
 
 struct State {
@@ -117,6 +120,9 @@ struct State {
     intervals: u64,
     release: bool,
     released: bool,
+    /// G2 as seen here: the order in which records became durable in the
+    /// remote log (ferry-core's `DurableOrder`).
+    g2: DurableOrder,
 }
 
 struct Sec {
@@ -134,6 +140,15 @@ struct Sec {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a record comes from a `log` device of its group.
+fn class_of(h: &record::RecordHeader) -> DeviceClass {
+    if h.flags.has(record::Flags::LOG) {
+        DeviceClass::Log
+    } else {
+        DeviceClass::Data
+    }
 }
 
 fn stamp(h: &record::RecordHeader) -> Stamp {
@@ -242,6 +257,8 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let mut windows = Vec::new();
     let mut markers = BTreeMap::new();
     let mut logs = Vec::new();
+    // The highest data record the remote log holds, for the G2 observer.
+    let mut data_high = 0;
     for id in (0..64u32).filter(|i| members & (1 << i) != 0) {
         let mut sv = saved.get(&id).copied().unwrap_or(Saved {
             next: 1,
@@ -291,6 +308,11 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
                 }
             }
         }
+        for (h, _) in &recs {
+            if class_of(h) == DeviceClass::Data {
+                data_high = data_high.max(h.group_seq);
+            }
+        }
         for (h, loc) in &recs {
             if h.epoch <= applied && h.dev_seq >= sv.next {
                 sv.next = h.dev_seq + 1;
@@ -332,6 +354,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             connected: 0,
             record_bytes: 0,
             wire_bytes: 0,
+            applied_writes: 0,
         });
         logs.push(Mutex::new(f));
     }
@@ -371,6 +394,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             intervals: 0,
             release: false,
             released: false,
+            g2: DurableOrder::new(data_high),
         }),
         logs,
         more: Notify::new(),
@@ -558,6 +582,14 @@ async fn serve(
             for (h, loc, cp) in &located {
                 match st.windows[idx].insert(h.dev_seq, received(h, *loc)) {
                     Ok(_) => {
+                        if st.g2.durable(class_of(h), h.kind, h.group_seq) {
+                            warn!(
+                                device,
+                                dev_seq = h.dev_seq,
+                                group_seq = h.group_seq,
+                                "G2 broken: a log record became durable after a data record of a later group order"
+                            );
+                        }
                         if let Some(cp) = cp {
                             st.points.found(device, h.dev_seq, *cp);
                         }
@@ -638,7 +670,7 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
                     (sv.ts, sv.gs) = (r.stamp.timestamp_ns, r.stamp.group_seq);
                     sv.log_start = sv.log_start.max(r.item.off + u64::from(r.item.len));
                     bytes += u64::from(r.item.len);
-                    items.push((i, r.item));
+                    items.push((i, r.item, r.kind == RecordKind::Write));
                 }
                 // Taken: the next ready interval is the next one.  (A
                 // failed apply ends ferryd, whose restart rebuilds all of
@@ -680,15 +712,20 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
         };
         let s2 = s.clone();
         let n = items.len();
-        tokio::task::spawn_blocking(move || apply_intervals(&s2, epoch, &items))
-            .await?
-            .with_context(|| format!("apply interval {epoch}"))?;
+        let items = tokio::task::spawn_blocking(move || {
+            apply_intervals(&s2, epoch, &items).map(|()| items)
+        })
+        .await?
+        .with_context(|| format!("apply interval {epoch}"))?;
         let saved = {
             let mut st = lock(&s.state);
             st.applied = epoch;
             st.applying = 0;
             st.redo = 0;
             st.intervals += batch as u64;
+            for &(i, _, write) in &items {
+                st.streams[i].applied_writes += u64::from(write);
+            }
             SavedState {
                 streams: st.streams.iter().map(|x| (x.id, x.saved)).collect(),
                 points: Some(st.points.saved()),
@@ -726,10 +763,10 @@ fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Windo
 
 /// Writes the intervals up to `epoch` through the kernel, as one: the mark,
 /// the records in group order, the end.
-fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc)]) -> Result<()> {
+fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<()> {
     s.command(Command::ApplyBegin { epoch })?;
     let mut buf = Vec::new();
-    for &(i, loc) in items {
+    for &(i, loc, _) in items {
         buf.resize(loc.len as usize, 0);
         lock(&s.logs[i])
             .read_exact_at(&mut buf, loc.off)
@@ -775,6 +812,7 @@ impl Report for Sec {
                     lag_seconds,
                     record_bytes: x.record_bytes,
                     wire_bytes: x.wire_bytes,
+                    applied_writes: x.applied_writes,
                 }
             })
             .collect();
@@ -799,6 +837,7 @@ impl Report for Sec {
             consistency_point: st.points.held(),
             disk_spool_records: 0,
             disk_spool_bytes: 0,
+            g2_violations: st.g2.violations(),
         }
     }
 

@@ -31,6 +31,9 @@ pub struct Stream {
     pub record_bytes: u64,
     /// Bytes on the wire (frames, before TLS).
     pub wire_bytes: u64,
+    /// Secondary: write records of the stream this process applied.
+    #[serde(default)]
+    pub applied_writes: u64,
 }
 
 /// The whole document.
@@ -67,6 +70,11 @@ pub struct Status {
     pub disk_spool_records: u64,
     #[serde(default)]
     pub disk_spool_bytes: u64,
+    /// Secondary: log records that became durable in the remote log after
+    /// a data record of a later group order (G2 broken by the primary; 0
+    /// on a correct one).
+    #[serde(default)]
+    pub g2_violations: u64,
 }
 
 impl Status {
@@ -147,6 +155,11 @@ impl Status {
             "auth_refused_total",
             "Peers refused",
             vec![(String::new(), self.auth_refused as f64)],
+        );
+        gauge(
+            "g2_violations_total",
+            "Secondary: log records durable after a data record of a later group order",
+            vec![(String::new(), self.g2_violations as f64)],
         );
         gauge(
             "records_rejected_total",

@@ -1,20 +1,9 @@
-//! On-disk bitmap decoder: arbitrary bytes are rejected or decode to a
-//! bitmap that re-encodes to the same bytes.
+//! libFuzzer entry of `bodies/bitmap_decode.rs` (which says what it checks); `cargo
+//! test` replays the committed corpus through the same body
+//! (`ferryd/tests/fuzz_corpus.rs`).
 #![no_main]
 
-use ferry_core::bitmap::{decode_bitmap, words_for, ChunkBitmap};
-use ferry_core::FastDigest;
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies/bitmap_decode.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let mut words = [0u64; 64];
-    if let Ok(h) = decode_bitmap(data, &FastDigest, &mut words) {
-        let n = words_for(h.nbits) as usize;
-        let bm = ChunkBitmap::new(&mut words[..n], h.nbits).unwrap();
-        let mut out = vec![0u8; bm.encoded_len()];
-        let len = bm.encode(h.chunk_shift, &FastDigest, &mut out).unwrap();
-        assert_eq!(&out[..len], &data[..len]);
-        let total: u64 = bm.runs().map(|(_, l)| l).sum();
-        assert_eq!(total, bm.count());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

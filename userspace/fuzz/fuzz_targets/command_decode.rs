@@ -1,18 +1,9 @@
-//! Character-device command decoder: arbitrary bytes are either rejected
-//! with a typed error or decode to commands that re-encode to the same bytes.
+//! libFuzzer entry of `bodies/command_decode.rs` (which says what it checks); `cargo
+//! test` replays the committed corpus through the same body
+//! (`ferryd/tests/fuzz_corpus.rs`).
 #![no_main]
 
-use ferry_core::command::{Command, Commands, COMMAND_MAX_LEN};
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies/command_decode.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let mut at = 0;
-    for c in Commands::new(data) {
-        let Ok(c) = c else { break };
-        let mut out = [0u8; COMMAND_MAX_LEN];
-        let n = c.encode(&mut out).unwrap();
-        assert_eq!(&out[..n], &data[at..at + n]);
-        assert_eq!(Command::decode(&out[..n]), Ok((c, n)));
-        at += n;
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

@@ -1,24 +1,9 @@
-//! The link's frame decoder and batch unpacking (what a secondary reads
-//! from the network after TLS): never panics; a decoded frame encodes back
-//! to the same bytes; an unpacked batch has the length it announced.
+//! libFuzzer entry of `bodies/link_frame.rs` (which says what it checks); `cargo
+//! test` replays the committed corpus through the same body
+//! (`ferryd/tests/fuzz_corpus.rs`).
 #![no_main]
 
-use ferryd::link::{unpack, Frame};
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies/link_frame.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(f) = Frame::decode(data) {
-        let enc = f.encode();
-        assert_eq!(&enc[4..], data, "re-encoding differs");
-        if let Frame::Records {
-            codec,
-            raw_len,
-            data,
-        } = f
-        {
-            if let Ok(out) = unpack(codec, raw_len, data) {
-                assert_eq!(out.len(), raw_len as usize);
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

@@ -193,6 +193,12 @@ fn print_status(s: &Status) {
             Some(p) => println!("  last consistency point held: {} ({})", p.cp_id, p.label),
             None => println!("  no consistency point held"),
         }
+        if s.g2_violations > 0 {
+            println!(
+                "  G2 BROKEN: {} log records became durable after a data record of a later group order",
+                s.g2_violations
+            );
+        }
     }
     if s.auth_refused > 0 || !s.rejected.is_empty() {
         println!(
