@@ -10,10 +10,12 @@
 #   make soak       the crash points of make test, FERRY_CRASH_POINTS (100),
 #                   FERRY_REPL_POINTS (200) and FERRY_SEC_CUTS (10) of them
 #   make kernel     only build (or find) the cached guest kernel
-#   make module FERRY_BUG=gate
-#                   a deliberate-bug module (ferry-core's feature bug-gate:
-#                   data released before its log records are acknowledged),
-#                   to show that the tests catch it; see testing.rst
+#   make module FERRY_BUG=gate|meta-fua|apply-flush
+#                   a deliberate-bug module (ferry-core's feature bug-<name>:
+#                   data released before its log records are acknowledged;
+#                   meta writes without FUA; a mark cleared before the data
+#                   is flushed), to show that the tests catch it; see
+#                   Documentation/testing.rst
 #   make clean
 #
 # FERRY_CACHE (default /var/cache/ferry) holds the kernel builds and tools.

@@ -466,9 +466,13 @@ impl BdevRef {
     /// it returns).  Process context only, never from `map`.
     pub(crate) fn page_io(&self, sector: u64, page: &kernel::page::Page, write: bool) -> Result {
         let op = if write {
-            b::req_op_REQ_OP_WRITE
-                | (1u32 << b::req_flag_bits___REQ_SYNC)
-                | (1u32 << b::req_flag_bits___REQ_FUA)
+            // (Without FUA only in the deliberate-bug build `meta-fua`.)
+            let fua = if ferry_core::bugs::META_NO_FUA {
+                0
+            } else {
+                1u32 << b::req_flag_bits___REQ_FUA
+            };
+            b::req_op_REQ_OP_WRITE | (1u32 << b::req_flag_bits___REQ_SYNC) | fua
         } else {
             b::req_op_REQ_OP_READ
         };

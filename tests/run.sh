@@ -60,7 +60,7 @@ disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
 step "guest: target" 900 "$out/vm-target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
 step "guest: primary" 1200 "$out/vm-primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
-	primary gate chardev bigbio overflow markers meta secondary
+	primary gate chardev bigbio overflow markers meta secondary replay
 step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 step "guests: two joined guests" 300 "$out/vm-net" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
 	--out "$out/vm-net" net-ping

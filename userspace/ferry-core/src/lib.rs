@@ -56,6 +56,21 @@ pub mod bitmap;
 pub mod checkpoint;
 pub mod command;
 pub mod consistency;
+/// Deliberate-bug switches, to show that the tests catch what they guard:
+/// each is `false` unless its feature (`bug-*`) is on, which only a
+/// deliberate-bug build turns on (`make module FERRY_BUG=<name>`, `cargo
+/// test --features bug-<name>`).  See `Documentation/testing.rst`.
+pub mod bugs {
+    /// `bug-gate`: the gate releases data records at once (G2).
+    pub const GATE: bool = cfg!(feature = "bug-gate");
+    /// `bug-meta-fua`: the kernel writes meta pages without `REQ_FUA`, so
+    /// a write-intent bit is not durable before the write it covers (G3).
+    pub const META_NO_FUA: bool = cfg!(feature = "bug-meta-fua");
+    /// `bug-apply-flush`: `APPLY_END` clears the mark without flushing the
+    /// data devices first (G4).
+    pub const APPLY_NO_FLUSH: bool = cfg!(feature = "bug-apply-flush");
+}
+
 pub mod digest;
 pub mod gate;
 pub mod meta;

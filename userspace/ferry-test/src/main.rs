@@ -22,6 +22,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+mod replay;
 use ferry_core::command::Command;
 use ferry_core::record::{self, Flags, GroupKey, Label, RecordKind, HEADER_LEN};
 use ferry_core::FastDigest;
@@ -63,6 +65,9 @@ enum Tool {
     /// Rewrite one counter of a meta device's current superblock, with a
     /// valid checksum (a crafted superblock for the constructor's checks).
     SbPoke(SbPokeArgs),
+    /// Power cuts that drop what was not flushed: G3 (primary) or G4
+    /// (secondary) at every point of a dm-log-writes log (`replay.rs`).
+    ReplayCheck(replay::ReplayCheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -280,6 +285,7 @@ fn main() -> ExitCode {
         Tool::PrefixCheck(a) => prefix_check(a),
         Tool::LinkProbe(a) => link_probe(a),
         Tool::SbPoke(a) => sb_poke(a),
+        Tool::ReplayCheck(a) => replay::replay_check(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
