@@ -461,6 +461,11 @@ unsafe impl Send for BdevRef {}
 unsafe impl Sync for BdevRef {}
 
 impl BdevRef {
+    /// Whether both name the same block device.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+
     /// Reads (`write` false) or writes 4096 bytes at `sector` to or from
     /// `page`, and waits.  A write is `REQ_SYNC | REQ_FUA` (durable when
     /// it returns).  Process context only, never from `map`.

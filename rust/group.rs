@@ -686,6 +686,9 @@ pub(crate) enum JoinError {
     MetaMismatch,
     /// The meta device's superblock checks but holds numbers out of range.
     MetaCorrupt,
+    /// A reload of a loaded device changes its meta device, length or
+    /// chunk size.
+    Reload,
     /// `mode primary` for a secondary group, or the reverse.
     Site,
 }
@@ -809,10 +812,26 @@ impl Group {
                 return Err(JoinError::IdTaken);
             }
             let st = self.state.lock();
-            if st.streams.get(i).and_then(Option::as_ref).map(|s| s.role) != Some(role) {
+            let Some(s) = st.streams.get(i).and_then(Option::as_ref) else {
+                return Err(JoinError::Role);
+            };
+            if s.role != role {
                 return Err(JoinError::Role);
             }
+            // The stream's bitmap and meta device stay those of the loaded
+            // table: a reload may not change them.
+            let same_chunks = s.chunk_shift == chunk_shift;
             drop(st);
+            let same_len = ctl.data.get(i).copied().flatten().is_some_and(|d| d.sectors == sectors);
+            let same_meta = self
+                .meta
+                .lock()
+                .get(i)
+                .and_then(Option::as_ref)
+                .is_some_and(|sm| sm.dev.same(&meta_dev));
+            if !(same_chunks && same_len && same_meta) {
+                return Err(JoinError::Reload);
+            }
             ctl.users[i] += 1;
             if let Some(slot) = ctl.data.get_mut(i) {
                 *slot = Some(DataDev {
@@ -1101,8 +1120,16 @@ impl Group {
     }
 
     /// Admits a write of device `id` to `[sector, +nr)` (nr 0: no data
-    /// range): write intent (first pass only), then spool room for a record
-    /// of `charge` bytes.  Never sleeps.
+    /// range): write intent, then spool room for a record of `charge`
+    /// bytes.  Never sleeps.
+    ///
+    /// Intent is registered on the first pass and again on the pass that
+    /// takes the write (room reserved, or tracked in the bitmap): a writer
+    /// that slept for room under `overflow block` may have seen two sweeps
+    /// clear the chunks of its first pass's generation, and its write must
+    /// not land in a chunk the meta device no longer marks (G3).  The
+    /// reserving pass's generation is the record's (`wgen`), so no sweep
+    /// clears the chunks before the record is acknowledged.
     fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, block: bool, first: bool) -> Admit {
         let mut st = self.state.lock();
         let reserve = if st.mode == RepMode::Ahead {
@@ -1124,9 +1151,9 @@ impl Group {
         let mut defer = false;
         if first {
             s.written += 1;
-            if nr > 0 {
-                defer = s.intend(sector, nr);
-            }
+        }
+        if nr > 0 && (first || reserve != Reserve::Full) {
+            defer = s.intend(sector, nr);
         }
         let mut wgen = NO_GEN;
         match reserve {
@@ -2298,7 +2325,12 @@ impl Registry {
     }
 
     /// Removes one user of device `id` of `group`; the group ends with its
-    /// last device.
+    /// last device.  It is shut down (its character device deregistered)
+    /// before the registry is unlocked: a device of the same group created
+    /// meanwhile makes a new group whose character device would otherwise
+    /// find the old one's name still taken.  (The order registry, then
+    /// `misc_mtx` is the one `join` takes when it registers; nothing that
+    /// holds `misc_mtx` takes the registry.)
     pub(crate) fn leave(&self, group: &Arc<Group>, id: u32) {
         let mut groups = self.groups.lock();
         if !group.leave(id) {
@@ -2309,8 +2341,8 @@ impl Registry {
                 *slot = None;
             }
         }
-        drop(groups);
         group.shutdown();
+        drop(groups);
     }
 }
 

@@ -244,6 +244,9 @@ impl Ferry {
                 JoinError::Site => CtrError::inval(
                     c"mode differs from the group's (a secondary becomes a primary by promote)",
                 ),
+                JoinError::Reload => CtrError::inval(
+                    c"A reload may not change a replicated device's meta device, length or chunk_kb",
+                ),
                 JoinError::MetaCorrupt => CtrError::inval(
                     c"Meta device's superblock holds numbers out of range (see the kernel log; wipe it to start anew)",
                 ),

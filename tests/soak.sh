@@ -1,18 +1,60 @@
 #!/usr/bin/env bash
-# `make soak`: many crash points (FERRY_CRASH_POINTS, default 100,
-# replication crash points, FERRY_REPL_POINTS, default 200, and power cuts
-# of the secondary, FERRY_SEC_CUTS, default 10) against
-# the module and tools of this tree.
+# `make soak`: the deep tier, against the module and tools of this tree.
+# Each part can be skipped by setting its count to 0.
+#
+#   FERRY_SIM_SOAK      simulation seeds beyond make test's 10,000 (1,000,000)
+#   FERRY_FUZZ_SECONDS  seconds of fuzzing per fuzz target (300; cargo-fuzz
+#                       is installed into FERRY_CACHE/tools when missing)
+#   FERRY_REPLAY_MB     MiB written under the replay checker (256)
+#   FERRY_CRASH_POINTS  power cuts of a primary (G3) (100)
+#   FERRY_REPL_POINTS   replication crash points (G1, G2) (200)
+#   FERRY_SEC_CUTS      power cuts of a secondary (G4, G5) (10)
+#
+# Every guest's kernel log is judged (tests/judge.sh); the seed of the
+# random choices is printed first (tests/seed.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
 out=${FERRY_OUT:-$PWD/out}/soak
 mkdir -p "$out"
 . tests/seed.sh
 echo "soak: FERRY_SEED=$FERRY_SEED"
+t0=$SECONDS
+part() { echo "==== soak: $1 ($((SECONDS - t0))s in)"; }
+CARGO_TARGET_DIR=$(scripts/cargo-target.sh)
+export CARGO_TARGET_DIR
+
+if [ "${FERRY_SIM_SOAK:-1000000}" -gt 0 ]; then
+	part "simulation, ${FERRY_SIM_SOAK:-1000000} seeds from 10,000"
+	(cd userspace && FERRY_SIM_SEEDS=${FERRY_SIM_SOAK:-1000000} FERRY_SIM_START=10000 \
+		cargo test --quiet -p ferry-core --test simulation -- --ignored soak)
+fi
+
+if [ "${FERRY_FUZZ_SECONDS:-300}" -gt 0 ]; then
+	tools=${FERRY_CACHE:-/var/cache/ferry}/tools
+	if ! "$tools/bin/cargo-fuzz" --version >/dev/null 2>&1; then
+		cargo install cargo-fuzz --locked --root "$tools"
+	fi
+	# cargo-fuzz needs unstable flags: allowed on the stable toolchain.
+	for t in $(sed -n 's/^name = "\(.*_.*\)"$/\1/p' userspace/fuzz/Cargo.toml); do
+		part "fuzz $t, ${FERRY_FUZZ_SECONDS:-300} s"
+		(cd userspace && env -u CARGO_TARGET_DIR RUSTC_BOOTSTRAP=1 PATH="$tools/bin:$PATH" \
+			cargo fuzz run -O "$t" -- -max_total_time="${FERRY_FUZZ_SECONDS:-300}" -print_final_stats=1 \
+			2>&1 | tail -n 15)
+	done
+fi
+
 scripts/build-kernel.sh debug >/dev/null
 make --no-print-directory module
 scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
-tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"
-tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"
-tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-10}"
+disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
+if [ "${FERRY_REPLAY_MB:-256}" -gt 0 ]; then
+	part "replay checker over ${FERRY_REPLAY_MB:-256} MiB of writes"
+	scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/replay" --timeout 3600 \
+		--disk 256M --disk 256M --disk 64M --disk 1G --append "ferry.replay_mb=${FERRY_REPLAY_MB:-256} ferry.replay_log=/dev/vdd" replay
+fi
+[ "${FERRY_CRASH_POINTS:-100}" -gt 0 ] && { part "crash points"; tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"; }
+[ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
+[ "${FERRY_SEC_CUTS:-10}" -gt 0 ] && { part "secondary power cuts"; tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-10}"; }
 tests/judge.sh "$out"
+echo "soak: PASS in $((SECONDS - t0))s, FERRY_SEED=$FERRY_SEED"

@@ -9,3 +9,28 @@ for i in $(seq 1 20); do
 	dm remove f$i || fail "remove $i"
 done
 ok "20 create/io/remove cycles"
+
+# One group (its work running every 10 ms, which widens the window), two
+# of its devices created and removed over and over at the same time: whenever one removal ends the group while the other device is
+# being created, the new device makes a new group, whose character device
+# must find the name free (an earlier version deregistered it only after
+# unlocking the registry: "Cannot create the group's character device").
+meta_wipe /dev/vdc /dev/vdd
+churn() {  # churn <dev> <data> <meta> <id>
+	n=0
+	for i in $(seq 1 40); do
+		dmsetup --noudevsync create "$1" --table "0 65536 ferry $2 $3 6 group gz checkpoint_ms 10 device_id $4" \
+			2>>/tmp/churn-$1.err || n=$((n + 1))
+		dmsetup --noudevsync remove "$1" 2>>/tmp/churn-$1.err || true
+	done
+	echo $n >/tmp/churn-$1.fail
+}
+rm -f /tmp/churn-*
+churn z0 /dev/vda /dev/vdc 0 &
+c0=$!
+churn z1 /dev/vdb /dev/vdd 1 &
+c1=$!
+wait $c0 $c1
+f0=$(cat /tmp/churn-z0.fail) f1=$(cat /tmp/churn-z1.fail)
+[ "$f0 $f1" = "0 0" ] || { grep -v 'System V' /tmp/churn-z*.err | head; dmesg | grep 'ferry' | tail -5; fail "concurrent create/remove of one group: $f0 and $f1 of 40 creates failed"; }
+ok "two devices of one group created and removed 40 times each, at the same time: every create succeeded"

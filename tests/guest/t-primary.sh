@@ -46,6 +46,21 @@ dm suspend p0 && dm reload p0 --table "$(dm table p0)" && dm resume p0 || fail "
 dd if=/dev/zero of=/dev/mapper/p0 bs=4k count=1 oflag=direct 2>/dev/null
 [ "$(dm status p0 | awk '{print $10}')" -gt "$completed" ] || fail "no record after reload"
 ok "reads make no records; a reload keeps the sequence"
+# A reload may not change what the stream's bitmap lives on or covers:
+# another meta device, another length or another chunk size is refused
+# with its message, and the loaded table stays.
+T=$(dm table p0)
+a=$(devno /dev/vda) m=$(devno /dev/vdc) o=$(devno /dev/vdd)
+for bad in "0 $S ferry $a $o 2 group g1" "0 $((S / 2)) ferry $a $m 2 group g1" \
+	"0 $S ferry $a $m 4 group g1 chunk_kb 128"; do
+	r=$((${r:-0} + 1))
+	kmark rl$r
+	dm reload p0 --table "$bad" 2>/dev/null && fail "reload taken: $bad"
+	klog_since rl$r | grep -q "A reload may not change a replicated device's meta device, length or chunk_kb" ||
+		{ klog_since rl; fail "no message for the reload [$bad]"; }
+done
+[ "$(dm table p0)" = "$T" ] || fail "the table changed: $(dm table p0)"
+ok "reloads to another meta device, length or chunk size refused with their message"
 dm remove p0 || fail "remove"
 [ -e /dev/ferry/g1 ] && fail "/dev/ferry/g1 left after the last device"
 ok "removing the last device removes /dev/ferry/g1"

@@ -98,6 +98,8 @@ else
 		[ "$(fstatus done | head -1)" -gt 200 ] 2>/dev/null && break
 		sleep 0.2
 	done
+	[ "$(fstatus done | head -1)" -gt 200 ] 2>/dev/null ||
+		{ ferryctl status gr; tail -20 /tmp/ferryd.log; fail "the secondary applied 200 records of stream 0 in 120 s: none to kill ferryd in"; }
 	# Aim for the middle of an interval: kill as soon as one is seen being
 	# applied (the redo then runs at restart).
 	for t in $(seq 1 100); do

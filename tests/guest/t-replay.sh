@@ -9,11 +9,15 @@
 # and are set again), every data write's chunks are marked durably before
 # it (G3); for a secondary applying intervals, the mark is durable before
 # each write of its interval and cleared only once they all are (G4).
+# FERRY_REPLAY_MB (make soak): MiB of fio writes, half 4 KiB, half 64 KiB
+# (default 12); FERRY_REPLAY_LOG: the log device (default vda).
 ferry_load
 D=65536 M=16384
+LOG=${FERRY_REPLAY_LOG:-/dev/vda}
+HALF=$(( ${FERRY_REPLAY_MB:-12} / 2 ))
 stack() {  # a fresh log, then the two devices over it
-	dd if=/dev/zero of=/dev/vda bs=1M count=1 oflag=direct 2>/dev/null
-	dm create lw --table "0 $((D + M)) log-writes /dev/vdb /dev/vda" || fail "create log-writes"
+	dd if=/dev/zero of=$LOG bs=1M count=1 oflag=direct 2>/dev/null
+	dm create lw --table "0 $((D + M)) log-writes /dev/vdb $LOG" || fail "create log-writes"
 	dm create lwd --table "0 $D linear /dev/mapper/lw 0" || fail "create the data device"
 	dm create lwm --table "0 $M linear /dev/mapper/lw $D" || fail "create the meta device"
 	dd if=/dev/zero of=/dev/mapper/lwm bs=1M count=8 oflag=direct conv=fsync 2>/dev/null || fail "wipe meta"
@@ -29,7 +33,7 @@ unstack() {  # every write logged (a flush), then the log closed
 }
 check() {  # check <primary|secondary>
 	o=; [ "$1" = secondary ] && o=--secondary
-	ferry-test replay-check --log /dev/vda --data-start 0 --data-sectors $D --meta-start $D \
+	ferry-test replay-check --log $LOG --data-start 0 --data-sectors $D --meta-start $D \
 		--meta-sectors $M --from-mark start $o >/tmp/replay.out 2>&1 || { cat /tmp/replay.out; fail "$1: replay check"; }
 	ok "$1: $(cat /tmp/replay.out)"
 }
@@ -37,9 +41,9 @@ check() {  # check <primary|secondary>
 stack
 dm create p0 --table "0 $D ferry /dev/mapper/lwd /dev/mapper/lwm 4 group gl checkpoint_ms 50" || fail "create primary"
 reader_start gl /tmp/rl.log
-fio_verify --name=g3 --filename=/dev/mapper/p0 --rw=randwrite --bs=4k --iodepth=8 --size=32M --io_size=6M
+fio_verify --name=g3 --filename=/dev/mapper/p0 --rw=randwrite --bs=4k --iodepth=8 --size=32M --io_size=${HALF}M
 ferry-test write --dev /dev/mapper/p0 --count 300 --blocks 8192 --seed 11 --log /dev/null >/dev/null || fail "dependent writes"
-fio_verify --name=g3b --filename=/dev/mapper/p0 --rw=randwrite --bs=64k --iodepth=4 --size=32M --io_size=6M
+fio_verify --name=g3b --filename=/dev/mapper/p0 --rw=randwrite --bs=64k --iodepth=4 --size=32M --io_size=${HALF}M
 reader_stop
 [ "$(status_field p0 5)" = replicating ] || fail "the primary went $(status_field p0 5)"
 dm remove p0 || fail "remove primary"
