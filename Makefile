@@ -7,8 +7,10 @@
 #   make test       userspace tests + the guest suite (what CI runs)
 #   make demo       two guests replicating; kill the primary, promote, check
 #   make bench      ferry vs dm-linear vs the raw disk, in guests
-#   make soak       the crash points of make test, FERRY_CRASH_POINTS (100),
-#                   FERRY_REPL_POINTS (200) and FERRY_SEC_CUTS (10) of them
+#   make soak       the deep tier (tests/soak.sh): the simulation's soak,
+#                   each fuzz target, the replay checker over 256 MiB, and
+#                   FERRY_CRASH_POINTS (100), FERRY_REPL_POINTS (200) and
+#                   FERRY_SEC_CUTS (10) crash points
 #   make kernel     only build (or find) the cached guest kernel
 #   make module FERRY_BUG=gate|meta-fua|apply-flush
 #                   a deliberate-bug module (ferry-core's feature bug-<name>:
