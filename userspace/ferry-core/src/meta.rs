@@ -225,6 +225,11 @@ impl Superblock {
                 cp_first: r.u64().ok_or(MetaError::Truncated)?,
             },
         };
+        // The reserved word before the checksum: written 0, and a value
+        // this version cannot take otherwise (refused, not formatted over).
+        if r.u32().ok_or(MetaError::Truncated)? != 0 {
+            return Err(MetaError::OutOfRange("reserved"));
+        }
         let n = &sb.numbers;
         for (name, v) in [
             ("generation", sb.generation),
@@ -316,6 +321,22 @@ mod tests {
         assert_eq!(
             Superblock::decode(&d, &buf[..10]),
             Err(MetaError::Truncated)
+        );
+    }
+
+    #[test]
+    fn a_reserved_word_set_is_refused() {
+        // Found by the superblock_decode fuzz target: a superblock with the
+        // reserved word set decoded, and did not re-encode to its bytes.
+        let d = SoftDigest;
+        let mut buf = [0u8; SLOT_LEN];
+        sb(5).encode(&d, &mut buf).unwrap();
+        buf[SB_LEN - 8] = 0xca;
+        let c = crc32c(&d, &buf[..SB_LEN - 4]);
+        set_u32(&mut buf, SB_LEN - 4, c);
+        assert_eq!(
+            Superblock::decode(&d, &buf),
+            Err(MetaError::OutOfRange("reserved"))
         );
     }
 
