@@ -1833,8 +1833,10 @@ impl Group {
         }
         let devs = self.ctl.lock().data;
         // (Not in the deliberate-bug build `apply-flush`.)
-        for dd in devs.iter().flatten().filter(|_| !ferry_core::bugs::APPLY_NO_FLUSH) {
-            dd.dev.flush()?;
+        if !ferry_core::bugs::APPLY_NO_FLUSH {
+            for dd in devs.iter().flatten() {
+                dd.dev.flush()?;
+            }
         }
         let before = *apply;
         let mark = apply.finish(epoch).map_err(|_| ERANGE)?;
@@ -1887,17 +1889,16 @@ impl Group {
             .flatten()
             .ok_or(EINVAL)?;
         let nr = u64::from(h.nr_sectors);
-        // The record's numbers are checked before any arithmetic with them:
-        // a record of the flush and marker kinds places nothing, so its
-        // sector is not looked at; the others must lie in the device.
-        let in_range = h.sector.checked_add(nr).is_some_and(|end| end <= dd.sectors);
+        // The record's numbers are checked before any arithmetic with them;
+        // flush and marker records place nothing, so their sector is not
+        // looked at.
         let at = match h.kind {
-            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes => {
-                if !in_range {
-                    return Err(EINVAL);
-                }
-                dd.offset.checked_add(h.sector).ok_or(EINVAL)?
-            }
+            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes => h
+                .sector
+                .checked_add(nr)
+                .filter(|&end| end <= dd.sectors)
+                .and_then(|_| dd.offset.checked_add(h.sector))
+                .ok_or(EINVAL)?,
             _ => 0,
         };
         match h.kind {

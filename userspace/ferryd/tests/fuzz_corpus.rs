@@ -6,53 +6,33 @@
 
 use std::path::Path;
 
-#[path = "../../fuzz/bodies/bitmap_decode.rs"]
-mod bitmap_decode;
-
-#[test]
-fn corpus_bitmap_decode() {
-    replay("bitmap_decode", bitmap_decode::run);
+/// One body and its replay test per target (`#[path]` takes a literal
+/// only, so each path is spelled out).
+macro_rules! corpus {
+    ($($name:ident => $path:literal),* $(,)?) => {
+        $(
+            #[path = $path]
+            mod $name;
+        )*
+        mod replays {
+            $(
+                #[test]
+                fn $name() {
+                    super::replay(stringify!($name), super::$name::run);
+                }
+            )*
+        }
+    };
 }
 
-#[path = "../../fuzz/bodies/command_decode.rs"]
-mod command_decode;
-
-#[test]
-fn corpus_command_decode() {
-    replay("command_decode", command_decode::run);
-}
-
-#[path = "../../fuzz/bodies/link_frame.rs"]
-mod link_frame;
-
-#[test]
-fn corpus_link_frame() {
-    replay("link_frame", link_frame::run);
-}
-
-#[path = "../../fuzz/bodies/record_decode.rs"]
-mod record_decode;
-
-#[test]
-fn corpus_record_decode() {
-    replay("record_decode", record_decode::run);
-}
-
-#[path = "../../fuzz/bodies/superblock_decode.rs"]
-mod superblock_decode;
-
-#[test]
-fn corpus_superblock_decode() {
-    replay("superblock_decode", superblock_decode::run);
-}
-
-#[path = "../../fuzz/bodies/table_parse.rs"]
-mod table_parse;
-
-#[test]
-fn corpus_table_parse() {
-    replay("table_parse", table_parse::run);
-}
+corpus!(
+    bitmap_decode => "../../fuzz/bodies/bitmap_decode.rs",
+    command_decode => "../../fuzz/bodies/command_decode.rs",
+    link_frame => "../../fuzz/bodies/link_frame.rs",
+    record_decode => "../../fuzz/bodies/record_decode.rs",
+    superblock_decode => "../../fuzz/bodies/superblock_decode.rs",
+    table_parse => "../../fuzz/bodies/table_parse.rs",
+);
 
 fn replay(target: &str, run: fn(&[u8])) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
