@@ -31,9 +31,38 @@ guest() {
 		-device virtio-blk-pci,drive=tools,serial=ferrytools \
 		-netdev "socket,id=n0,$role=127.0.0.1:$port" \
 		-device "virtio-net-pci,netdev=n0,mac=52:54:00:f0:00:0$((n + 1))" \
+		-monitor "unix:$out/g$n.mon,server=on,wait=off" \
 		</dev/null >"$log.qemu" 2>&1 &
 	gpid=$!
 	pids+=($gpid)
+}
+
+# monitor <node> <command>: one command to the QEMU monitor of the node's
+# running guest; prints its reply, fails when QEMU printed an error.
+monitor() {
+	python3 - "$out/g$1.mon" "$2" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect(sys.argv[1])
+buf = b""
+def prompt():
+    global buf
+    while not buf.endswith(b"(qemu) "):
+        d = s.recv(4096)
+        if not d:
+            sys.exit("monitor: QEMU closed the monitor")
+        buf += d
+prompt()
+buf = b""
+s.sendall(sys.argv[2].encode() + b"\n")
+prompt()
+# The reply: what follows the echoed command, without the prompt.
+lines = buf.decode(errors="replace").replace("\r", "").split("\n")[1:-1]
+print("\n".join(lines))
+if any("rror" in l or "not found" in l for l in lines):
+    sys.exit(1)
+EOF
 }
 
 # wait_listen: until the guest started with "listen" has its socket open

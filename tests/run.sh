@@ -13,10 +13,11 @@ out=${FERRY_OUT:-$PWD/out}/test
 rm -rf "$out"; mkdir -p "$out"
 . tests/seed.sh
 echo "==== make test, FERRY_SEED=$FERRY_SEED"
-summary=()
+summary="$out/summary"
+: >"$summary"
 t_start=$SECONDS
 finish() {
-	printf '%s\n' "${summary[@]}"
+	cat "$summary"
 	echo "total $((SECONDS - t_start))s, FERRY_SEED=$FERRY_SEED"
 }
 # step <name> <limit-seconds> <guest-out-dir or -> <command>...
@@ -29,18 +30,35 @@ step() {
 		name="$name: kernel log"
 	fi
 	if [ $rc = 0 ]; then
-		summary+=("PASS $name ($((SECONDS - t0))s)")
+		echo "PASS $name ($((SECONDS - t0))s)" >>"$summary"
 		return 0
 	fi
 	if [ $rc = 124 ] || [ $rc = 137 ]; then
-		summary+=("TIMEOUT $name (stopped after its limit of ${limit}s)")
+		echo "TIMEOUT $name (stopped after its limit of ${limit}s)" >>"$summary"
 	else
-		summary+=("FAIL $name ($((SECONDS - t0))s)")
+		echo "FAIL $name ($((SECONDS - t0))s)" >>"$summary"
 	fi
 	# A failed step's guests are judged too: a splat explains a failure.
 	[ "$logs" = - ] || tests/judge.sh "$logs" || true
 	finish
 	exit 1
+}
+# lanes <function>...: runs each function (a sequence of steps) at the
+# same time as the others, its output prefixed with its name; fails, with
+# the summary, when one of them failed.  Single-guest steps use one core
+# each: two lanes fill the machine's two.
+lanes() {
+	local f pids=() rc=0 p
+	for f in "$@"; do
+		( set -o pipefail; ( "$f" ) 2>&1 | sed -u "s/^/[$f] /"; echo $? >"$out/lane-$f.rc" ) &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || true; done
+	for f in "$@"; do [ "$(cat "$out/lane-$f.rc" 2>/dev/null)" = 0 ] || rc=1; done
+	if [ $rc != 0 ]; then
+		finish
+		exit 1
+	fi
 }
 
 step "dependencies" 1200 - scripts/deps.sh
@@ -57,17 +75,20 @@ step "guest tools" 1800 - bash -c "scripts/guest-tools.sh >'$out/tools.list'"
 step "initramfs" 600 - bash -c "scripts/mkinitramfs.sh '$out/initramfs.cpio' dm-ferry.ko \$(cat '$out/tools.list')"
 
 disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
-step "guest: target" 900 "$out/vm-target" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
-	load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
-step "guest: primary" 1200 "$out/vm-primary" scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
-	primary gate chardev bigbio overflow markers meta secondary replay
-step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
-step "guests: two joined guests" 300 "$out/vm-net" scripts/vm.sh --guests 2 --smp 1 --initrd "$out/initramfs.cpio" \
-	--out "$out/vm-net" net-ping
-step "guests: replication (drain, prefix, checksums)" 1500 "$out/vm-repl" scripts/vm.sh --guests 2 --smp 1 \
-	--initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" repl
-step "guests: the primary's disk spool" 1200 "$out/vm-spool" scripts/vm.sh --guests 2 --smp 1 \
-	--initrd "$out/initramfs.cpio" --out "$out/vm-spool" "${disks[@]}" repl-spool
+target() {
+	step "guest: target" 1200 "$out/vm-target" scripts/vm.sh --timeout 1100 --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
+		load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
+	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
+}
+primary() {
+	step "guest: primary" 1200 "$out/vm-primary" scripts/vm.sh --timeout 1100 --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
+		primary gate chardev bigbio overflow markers meta secondary replay
+}
+lanes target primary
+# One boot of the two guests for the short two-guest tests (each test
+# starts from no module, no device and no ferryd state: tests/guest/init).
+step "guests: network, replication (drain, prefix, checksums), disk spool" 2400 "$out/vm-repl" scripts/vm.sh \
+	--guests 2 --smp 1 --timeout 2000 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool
 step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
 	"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \

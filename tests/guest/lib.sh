@@ -69,10 +69,14 @@ ferry_cleanup() {
 
 # Wipes the superblocks (and bitmaps) of the meta devices a test uses, so
 # that the test starts from new meta devices.
+# zero <dev> <MiB>: the device's first MiB zeroed (write-zeroes, which
+# QEMU turns into a hole: far faster under TCG than writing them).
+zero() {
+	/sbin/blkdiscard -z -l $(($2 << 20)) "$1" 2>/dev/null ||
+		dd if=/dev/zero of="$1" bs=1M count="$2" oflag=direct 2>/dev/null || fail "zero $1"
+}
 meta_wipe() {
-	for m in "$@"; do
-		dd if=/dev/zero of="$m" bs=1M count=16 oflag=direct 2>/dev/null || fail "wipe $m"
-	done
+	for m in "$@"; do zero "$m" 16; done
 }
 
 # Starts `ferry-test read` for group $1 in the background with log $2 and
@@ -90,6 +94,9 @@ reader_stop() {
 }
 
 # Puts a marker in the kernel log; klog_since prints what followed it.
+# phase <text>: a time-stamped line in the kernel log (the serial log shows
+# where a long test spends its time).
+phase() { echo "ferry-test: $*" >/dev/kmsg; }
 kmark() { echo "FERRY-MARK $1" >/dev/kmsg; }
 klog_since() { dmesg | sed -n "/FERRY-MARK $1\$/,\$p"; }
 
@@ -138,8 +145,8 @@ repl_devices() {  # repl_devices primary|secondary [keep]: devices of group gr, 
 	ferry_load
 	if [ "${2:-}" != keep ]; then
 		meta_wipe /dev/vdc /dev/vdd
-		dd if=/dev/zero of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null
-		dd if=/dev/zero of=/dev/vdb bs=1M count=8 oflag=direct 2>/dev/null
+		zero /dev/vda 8
+		zero /dev/vdb 8
 	fi
 	if [ "$1" = primary ]; then
 		# REPL_PRIMARY_OPTS: more options (benchmarks).
@@ -174,23 +181,32 @@ mkfs_ext4_journal_r0() {
 	/sbin/mke2fs -q -O journal_dev -F /dev/mapper/r0 || fail "mkfs journal on r0"
 	/sbin/mke2fs -q -t ext4 -J device=/dev/mapper/r0 -F /dev/mapper/r1 || fail "mkfs ext4 on r1"
 }
-# Until <peer> serves /<file> on port 7000, or stops answering ping (it
-# finished and powered off), at most about a minute.
+# Two-guest exchanges: each guest serves /tmp/www on port 7000, one httpd
+# for all the tests of a boot; a test publishes its files in its own
+# directory, $WWW (www_start <test>), so that what a test published stays
+# served after it ended and the next test in the same boot never reads it.
+www_start() {
+	WWW_DIR=$1 WWW=/tmp/www/$1
+	rm -rf "$WWW"; mkdir -p "$WWW"
+	pidof httpd >/dev/null || httpd -p 7000 -h /tmp/www || fail "httpd"
+}
+# Until <peer> serves <file> of this test on port 7000, or stops answering
+# ping (it finished and powered off), at most about a minute.
 # Returns 1 when the minute is up with the peer still there.
 await_peer_file() {  # await_peer_file <peer> <file>
 	for t in $(seq 1 60); do
-		timeout 3 wget -q -O /dev/null "http://$1:7000/$2" 2>/dev/null && return 0
+		timeout 3 wget -q -O /dev/null "http://$1:7000/$WWW_DIR/$2" 2>/dev/null && return 0
 		ping -c 1 -W 1 "$1" >/dev/null 2>&1 || return 0
 		sleep 1
 	done
 	echo "await_peer_file: $1 neither served /$2 nor went away in a minute"
 	return 1
 }
-# Two-guest exchanges: each side serves /tmp/www on port 7000; $peer is the
-# other guest.  fetch <path> <out> <tries>: until the peer serves <path>.
+# $peer is the other guest.  fetch <path> <out> <tries>: until the peer
+# serves <path> of this test.
 fetch() {
 	for t in $(seq 1 "$3"); do
-		timeout 20 wget -q -O "$2" "http://$peer:7000/$1" 2>/dev/null && return 0
+		timeout 20 wget -q -O "$2" "http://$peer:7000/$WWW_DIR/$1" 2>/dev/null && return 0
 		sleep 1
 	done
 	return 1
@@ -198,7 +214,7 @@ fetch() {
 # Checksums of <MiB> (default 8) of vda and vdb, from <MiB> (default 0).
 sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=${1:-8} skip=${2:-0} iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 # The secondary's verdict for the primary; the first FAIL stands.
-res() { grep -q '^FAIL' /tmp/www/result 2>/dev/null || echo "$*" >/tmp/www/result; }
+res() { grep -q '^FAIL' "$WWW/result" 2>/dev/null || echo "$*" >"$WWW/result"; }
 # Primary: until r0 and r1 have every record acknowledged, three times in a
 # row, at most <tries> half-seconds; sets c0 a0 c1 a1 (completed, acked).
 repl_drained() {

@@ -20,8 +20,7 @@
 secs=${FERRY_BENCH_SECS:-20}
 mbit=${FERRY_BENCH_LINK_MBIT:-40}
 peer=10.99.0.$((2 - FERRY_NODE))
-mkdir -p /tmp/www
-httpd -p 7000 -h /tmp/www || fail "httpd"
+www_start bench-repl
 if [ "$FERRY_NODE" = 0 ]; then
 	REPL_PRIMARY_OPTS="spool_mb 128 overflow block" repl_devices primary
 	repl_config primary
@@ -94,7 +93,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	ferryctl status gr
 	set -- $(dm status r1)
 	[ "$8" = replicating ] || fail "the primary went $8"
-	touch /tmp/www/done
+	touch $WWW/done
 	await_peer_file "$peer" bye
 else
 	repl_devices secondary
@@ -103,7 +102,6 @@ else
 	ferryd_start
 	fetch done /dev/null 900 || fail "the primary never finished"
 	ferryctl status gr
-	touch /tmp/www/bye
+	touch $WWW/bye
 	sleep 5  # time for the primary to see it
 fi
-killall httpd 2>/dev/null || true

@@ -27,12 +27,14 @@ for pt in $(seq 1 "$points"); do
 	ferryd_start
 	say "secondary guest: dm-ferry loaded; r0 (role log) and r1 (role data) in mode secondary, group gr; ferryd listening on :7789"
 	echo "REPL-READY $pt"
+	phase "point $pt: ready"
 	up=0
 	for t in $(seq 1 300); do
 		fstatus connected | grep -q true && { up=1; break; }
 		sleep 0.5
 	done
 	[ $up = 1 ] || fail "point $pt: the primary never connected"
+	phase "point $pt: connected"
 	say "the primary guest connected; it writes dependent blocks to its r0 and r1"
 	# Power cut: the streams go silent and are dropped.
 	for t in $(seq 1 240); do
@@ -45,6 +47,7 @@ for pt in $(seq 1 "$points"); do
 	done
 	say "the primary's streams went silent (no keepalive for 5 s): it is gone"
 	fstatus connected | grep -q true && fail "point $pt: streams still connected after 120 s"
+	phase "point $pt: the streams went silent"
 	# Let the last complete interval be applied.
 	last=x settled=0
 	for t in $(seq 1 60); do
@@ -54,6 +57,7 @@ for pt in $(seq 1 "$points"); do
 		sleep 1
 	done
 	[ $settled = 1 ] || { tail -20 /tmp/ferryd.log; fail "point $pt: applying did not settle in 60 s (at $now)"; }
+	phase "point $pt: applying settled"
 	lag=$(fstatus lag_records | tr '\n' ' ')
 	applied=$(fstatus applied_writes | tr '\n' ',' | sed 's/,$//')
 	g2=$(fstatus g2_violations)
@@ -64,6 +68,7 @@ for pt in $(seq 1 "$points"); do
 	say "\$ ferryctl promote gr"
 	ferryctl promote gr >/tmp/promote.out 2>&1 || { cat /tmp/promote.out /tmp/ferryd.log; fail "point $pt: promote"; }
 	sayout /tmp/promote.out
+	phase "point $pt: promoted"
 	say "\$ dmsetup status r0 r1"
 	dm status >/tmp/st.out; sayout /tmp/st.out
 	say "\$ ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 ...   # G1: a prefix of the completion order?"

@@ -8,8 +8,7 @@
 # secondary, whose verdict this test reports.
 MAX=${FERRY_REPL_WRITES:-200000}
 peer=10.99.0.2
-mkdir -p /tmp/www
-httpd -p 7000 -h /tmp/www || fail "httpd"
+www_start repl-sec
 REPL_PRIMARY_OPTS="spool_mb 8 overflow block"
 repl_devices primary
 repl_config primary
@@ -30,12 +29,11 @@ set -- $(dm status r0)
 [ "$8" = replicating ] || fail "the primary went $8"
 n0=$(grep -c 'connected.*device=0' /tmp/ferryd.log || true)
 ok "drained, still replicating; stream 0 connected $n0 times"
-echo "$N $(sums)" >/tmp/www/done
+echo "$N $(sums)" >$WWW/done
 fetch result /tmp/result 900 || fail "no result from the secondary"
 cat /tmp/result
 grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
-touch /tmp/www/bye
+touch $WWW/bye
 sleep 5  # time for the secondary to see it
 ok "the secondary, cut ${FERRY_CUTS:-?} times, verified the replica"
 sleep 2
-killall httpd 2>/dev/null || true

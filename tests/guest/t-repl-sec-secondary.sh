@@ -8,7 +8,7 @@
 # drain, promotes and checks: every write present (prefix checker) and
 # checksums equal to the primary's.
 peer=10.99.0.1
-mkdir -p /var/lib/ferry /tmp/www
+mkdir -p /var/lib/ferry
 if [ "${FERRY_CUT:-1}" = 1 ]; then
 	/sbin/mke2fs -q -t ext4 -F /dev/vde || fail "mkfs"
 	mount -t ext4 /dev/vde /var/lib/ferry || fail "mount"
@@ -42,9 +42,9 @@ if [ "$FERRY_CUT" != final ]; then
 	sleep 100000
 	fail "still running"
 fi
-httpd -p 7000 -h /tmp/www || fail "httpd"
+www_start repl-sec
 # The cuts are over: the primary stops writing and drains.
-touch /tmp/www/stop
+touch $WWW/stop
 fetch done /tmp/done 900 || fail "the primary never finished"
 set -- $(cat /tmp/done); n=$1 p0=$2 p1=$3
 repl_applied 240 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
@@ -60,9 +60,8 @@ if ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $R
 else
 	res "FAIL: $(cat /tmp/pc.out)"
 fi
-cat /tmp/www/result
+cat $WWW/result
 await_peer_file "$peer" bye
-grep -q '^PASS' /tmp/www/result || fail "$(cat /tmp/www/result)"
+grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
 ok "replica verified after the power cuts"
-killall httpd 2>/dev/null || true
 umount /var/lib/ferry || true

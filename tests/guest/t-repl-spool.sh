@@ -8,8 +8,7 @@
 # after the drain the disk spool is empty, the group never went ahead, and
 # the promoted secondary's devices equal the primary's.
 peer=10.99.0.$((2 - FERRY_NODE))
-mkdir -p /tmp/www
-httpd -p 7000 -h /tmp/www || fail "httpd"
+www_start repl-spool
 
 if [ "$FERRY_NODE" = 0 ]; then
 	REPL_PRIMARY_OPTS="spool_mb 4 overflow block"
@@ -49,11 +48,11 @@ if [ "$FERRY_NODE" = 0 ]; then
 	[ "$(fstatus disk_spool_bytes)" = 0 ] || fail "disk spool not empty after the drain: $(fstatus disk_spool_bytes)"
 	ls /var/lib/ferry/gr/spool/*.seg >/dev/null 2>&1 && fail "segments left: $(ls /var/lib/ferry/gr/spool)"
 	ok "drained, still replicating; the disk spool is empty"
-	echo "$(sums 32)" >/tmp/www/done
+	echo "$(sums 32)" >$WWW/done
 	fetch result /tmp/result 300 || fail "no result from the secondary"
 	cat /tmp/result
 	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
-	touch /tmp/www/bye
+	touch $WWW/bye
 	sleep 5  # time for the secondary to see it
 	ok "secondary verified the replica"
 else
@@ -70,9 +69,8 @@ else
 	else
 		res "FAIL: checksums differ: secondary $1 $2, primary $p0 $p1"
 	fi
-	cat /tmp/www/result
+	cat $WWW/result
 	await_peer_file "$peer" bye
-	grep -q '^PASS' /tmp/www/result || fail "$(cat /tmp/www/result)"
+	grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
 	ok "replica verified"
 fi
-killall httpd 2>/dev/null || true

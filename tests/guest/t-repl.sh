@@ -16,8 +16,7 @@
 # streams continue, and what it writes next reaches the secondary.
 N=${FERRY_REPL_WRITES:-1000}
 peer=10.99.0.$((2 - FERRY_NODE))
-mkdir -p /tmp/www
-httpd -p 7000 -h /tmp/www || fail "httpd"
+www_start repl
 
 if [ "$FERRY_NODE" = 0 ]; then
 	repl_devices primary
@@ -69,11 +68,11 @@ if [ "$FERRY_NODE" = 0 ]; then
 	repl_drained 240 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained after the restart: r0 $c0/$a0 r1 $c1/$a1"; }
 	ok "restarted cleanly: streams continued from $was0 and $was1 (interval $epoch), now at $a0 and $a1, drained"
 	ferryctl status gr
-	echo "$N $(sums) repl-last $(sums 4 8)" >/tmp/www/done
+	echo "$N $(sums) repl-last $(sums 4 8)" >$WWW/done
 	fetch result /tmp/result 300 || fail "no result from the secondary"
 	cat /tmp/result
 	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
-	touch /tmp/www/bye
+	touch $WWW/bye
 	sleep 5  # time for the secondary to see it
 	ok "secondary verified the replica"
 else
@@ -140,10 +139,9 @@ else
 	else
 		res "FAIL: $(cat /tmp/pc.out)"
 	fi
-	cat /tmp/www/result
+	cat $WWW/result
 	# Serve until the primary has the result.
 	await_peer_file "$peer" bye
-	grep -q '^PASS' /tmp/www/result || fail "$(cat /tmp/www/result)"
+	grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
 	ok "replica verified"
 fi
-killall httpd 2>/dev/null || true
