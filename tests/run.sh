@@ -78,11 +78,11 @@ disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
 target() {
 	step "guest: target" 1200 "$out/vm-target" scripts/vm.sh --timeout 1100 --initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 		load passthrough segments bad-tables suspend remove-open flush-discard lifecycle
-	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 }
 primary() {
 	step "guest: primary" 1200 "$out/vm-primary" scripts/vm.sh --timeout 1100 --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
 		primary gate chardev bigbio overflow markers meta secondary replay
+	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 }
 lanes target primary
 # One boot of the two guests for the short two-guest tests (each test
@@ -92,6 +92,6 @@ step "guests: network, replication (drain, prefix, checksums), disk spool" 2400 
 step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
 	"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \
-	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-20}"
+	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-16}"
 
 finish

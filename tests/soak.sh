@@ -54,7 +54,7 @@ if [ "${FERRY_REPLAY_MB:-256}" -gt 0 ]; then
 		--disk 256M --disk 256M --disk 64M --disk 1G --append "ferry.replay_mb=${FERRY_REPLAY_MB:-256} ferry.replay_log=/dev/vdd" replay
 fi
 [ "${FERRY_CRASH_POINTS:-100}" -gt 0 ] && { part "crash points"; tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"; }
-[ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
+[ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; FERRY_REPL_KILLS=${FERRY_REPL_KILLS:-20} tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
 [ "${FERRY_SEC_CUTS:-10}" -gt 0 ] && { part "secondary power cuts"; tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-10}"; }
 tests/judge.sh "$out"
 echo "soak: PASS in $((SECONDS - t0))s, FERRY_SEED=$FERRY_SEED"

@@ -128,7 +128,7 @@ REPL_KEY=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
 REPL_PEER=10.99.0.2
 repl_config() {  # repl_config primary|secondary [log_dir]
 	mkdir -p /etc/ferry
-	echo "$REPL_KEY" >/etc/ferry/gr.key
+	(umask 077; echo "$REPL_KEY" >/etc/ferry/gr.key)
 	{
 		echo 'group = "gr"'
 		echo "role = \"$1\""
