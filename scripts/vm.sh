@@ -84,6 +84,9 @@ free_port() {
 }
 port=$(free_port)
 testlist=$(IFS=,; echo "${tests[*]}")
+# Two guests run the same tests: each test starts on both together
+# (tests/guest/lib.sh lockstep).
+lockstep=; [ "$guests" = 2 ] && lockstep=ferry.lockstep=1
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
@@ -112,7 +115,7 @@ start_guest() {
 	qemu-system-x86_64 "${accel[@]}" -nodefaults -no-user-config -nic none \
 		-display none -no-reboot -m "$mem" -smp "$smp" \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 ignore_loglevel panic=-1 oops=panic ferry.node=$n ferry.nodes=$guests ferry.tests=$testlist $append" \
+		-append "console=ttyS0 ignore_loglevel panic=-1 oops=panic ferry.node=$n ferry.nodes=$guests ferry.tests=$testlist $lockstep $append" \
 		-chardev "file,id=s0,path=$out/g$n.log" -serial chardev:s0 \
 		"${args[@]}" </dev/null >"$out/g$n.qemu.log" 2>&1 &
 	pids+=($!)

@@ -190,6 +190,26 @@ www_start() {
 	rm -rf "$WWW"; mkdir -p "$WWW"
 	pidof httpd >/dev/null || httpd -p 7000 -h /tmp/www || fail "httpd"
 }
+# publish <file> <text>: <file> of this test with <text> as its content,
+# whole or not at all (written aside, then renamed): the peer fetches it
+# the moment it appears.
+publish() { echo "$2" >"$WWW/.$1.new" && mv "$WWW/.$1.new" "$WWW/$1"; }
+# lockstep <test>: with ferry.lockstep=1 (scripts/vm.sh, two guests that
+# run the same tests in one boot), until the peer reached <test> too, at
+# most 20 minutes: a test that failed early on one node must not leave
+# the next test of the two nodes out of step.
+lockstep() {
+	local peer=10.99.0.$((2 - FERRY_NODE)) t
+	mkdir -p /tmp/www/lockstep
+	pidof httpd >/dev/null || httpd -p 7000 -h /tmp/www || return 1
+	touch "/tmp/www/lockstep/$1"
+	for t in $(seq 1 1200); do
+		timeout 3 wget -q -O /dev/null "http://$peer:7000/lockstep/$1" 2>/dev/null && return 0
+		sleep 1
+	done
+	echo "lockstep: the peer did not reach $1 in 20 minutes"
+	return 1
+}
 # Until <peer> serves <file> of this test on port 7000, or stops answering
 # ping (it finished and powered off), at most about a minute.
 # Returns 1 when the minute is up with the peer still there.
@@ -214,7 +234,7 @@ fetch() {
 # Checksums of <MiB> (default 8) of vda and vdb, from <MiB> (default 0).
 sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=${1:-8} skip=${2:-0} iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 # The secondary's verdict for the primary; the first FAIL stands.
-res() { grep -q '^FAIL' "$WWW/result" 2>/dev/null || echo "$*" >"$WWW/result"; }
+res() { grep -q '^FAIL' "$WWW/result" 2>/dev/null || publish result "$*"; }
 # Primary: until r0 and r1 have every record acknowledged, three times in a
 # row, at most <tries> half-seconds; sets c0 a0 c1 a1 (completed, acked).
 repl_drained() {

@@ -12,7 +12,10 @@ ip route | grep -q default && fail "guest has a default route"
 # "done" only after seeing node 0's, then serves until node 0's "bye" (or
 # until node 0 powered off).
 www_start net-ping
-seq 1 150000 >$WWW/data
+# Published whole (written aside, then renamed): the peer may fetch it
+# the moment it appears.
+seq 1 150000 >/tmp/data.new
+mv /tmp/data.new $WWW/data
 fetch data /tmp/recv 60 || fail "TCP: cannot fetch from $peer"
 cmp $WWW/data /tmp/recv || fail "TCP transfer from $peer: $(wc -c </tmp/recv) of $(wc -c <$WWW/data) bytes"
 if [ "$FERRY_NODE" = 0 ]; then

@@ -29,7 +29,7 @@ set -- $(dm status r0)
 [ "$8" = replicating ] || fail "the primary went $8"
 n0=$(grep -c 'connected.*device=0' /tmp/ferryd.log || true)
 ok "drained, still replicating; stream 0 connected $n0 times"
-echo "$N $(sums)" >$WWW/done
+publish done "$N $(sums)"
 fetch result /tmp/result 900 || fail "no result from the secondary"
 cat /tmp/result
 grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"

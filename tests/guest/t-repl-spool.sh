@@ -48,7 +48,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	[ "$(fstatus disk_spool_bytes)" = 0 ] || fail "disk spool not empty after the drain: $(fstatus disk_spool_bytes)"
 	ls /var/lib/ferry/gr/spool/*.seg >/dev/null 2>&1 && fail "segments left: $(ls /var/lib/ferry/gr/spool)"
 	ok "drained, still replicating; the disk spool is empty"
-	echo "$(sums 32)" >$WWW/done
+	publish done "$(sums 32)"
 	fetch result /tmp/result 300 || fail "no result from the secondary"
 	cat /tmp/result
 	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
