@@ -22,21 +22,27 @@ finish() {
 }
 # step <name> <limit-seconds> <guest-out-dir or -> <command>...
 step() {
-	local name=$1 limit=$2 logs=$3 t0=$SECONDS rc=0; shift 3
+	local name=$1 limit=$2 logs=$3 t0=$SECONDS rc=0 cpu; shift 3
 	echo "==== $name"
-	timeout -k 30 "$limit" "$@" || rc=$?
+	# The CPU time the step's processes used (guests included): against
+	# its wall time, how much of the machine's two cores it kept busy.
+	# (GNU time comes with the dependencies, the first step.)
+	local timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -o "$out/.cpu.$BASHPID" -f '%U %S')
+	"${timer[@]}" timeout -k 30 "$limit" "$@" || rc=$?
+	cpu=$(awk '/^[0-9.]+ [0-9.]+$/ { printf "%d", $1 + $2 }' "$out/.cpu.$BASHPID" 2>/dev/null)
+	rm -f "$out/.cpu.$BASHPID"
 	if [ $rc = 0 ] && [ "$logs" != - ] && ! tests/judge.sh "$logs"; then
 		rc=1
 		name="$name: kernel log"
 	fi
 	if [ $rc = 0 ]; then
-		echo "PASS $name ($((SECONDS - t0))s)" >>"$summary"
+		echo "PASS $name ($((SECONDS - t0))s, cpu ${cpu:-?}s)" >>"$summary"
 		return 0
 	fi
 	if [ $rc = 124 ] || [ $rc = 137 ]; then
 		echo "TIMEOUT $name (stopped after its limit of ${limit}s)" >>"$summary"
 	else
-		echo "FAIL $name ($((SECONDS - t0))s)" >>"$summary"
+		echo "FAIL $name ($((SECONDS - t0))s, cpu ${cpu:-?}s)" >>"$summary"
 	fi
 	# A failed step's guests are judged too: a splat explains a failure.
 	[ "$logs" = - ] || tests/judge.sh "$logs" || true
