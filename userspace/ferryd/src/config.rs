@@ -1,6 +1,8 @@
 //! `/etc/ferry/<group>.toml`.
 
+use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -134,22 +136,48 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("/dev/ferry/{}", self.group)))
     }
 
-    /// Reads the pre-shared key.
+    /// Reads the pre-shared key.  A key file that its group or others may
+    /// read or write is refused, as ssh refuses such a private key.
     pub fn key(&self) -> Result<Vec<u8>> {
-        let text = std::fs::read_to_string(&self.key_file)
-            .with_context(|| format!("cannot read key file {}", self.key_file.display()))?;
-        parse_key(text.trim()).with_context(|| format!("key file {}", self.key_file.display()))
+        let p = &self.key_file;
+        let mut f = std::fs::File::open(p)
+            .with_context(|| format!("cannot read key file {}", p.display()))?;
+        let mode = f
+            .metadata()
+            .with_context(|| format!("cannot read key file {}", p.display()))?
+            .permissions()
+            .mode();
+        check_key_mode(p, mode)?;
+        let mut text = String::new();
+        f.read_to_string(&mut text)
+            .with_context(|| format!("cannot read key file {}", p.display()))?;
+        parse_key(text.trim()).with_context(|| format!("key file {}", p.display()))
     }
 }
 
-/// A key in hexadecimal, at least 16 bytes.
+/// A key file must be private to its owner: no permission bit for its
+/// group or others.
+fn check_key_mode(path: &Path, mode: u32) -> Result<()> {
+    if mode & 0o077 != 0 {
+        bail!(
+            "key file {} is accessible by others (mode {:04o}): chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// A key in hexadecimal, at least 16 bytes.  Any other text is an error
+/// (never a panic).
 pub fn parse_key(hex: &str) -> Result<Vec<u8>> {
-    if hex.len() < 32 || hex.len() % 2 != 0 {
+    let b = hex.as_bytes();
+    if b.len() < 32 || b.len() % 2 != 0 {
         bail!("expected at least 32 hexadecimal digits, an even number");
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).context("not hexadecimal"))
+    let digit = |c: u8| char::from(c).to_digit(16).context("not hexadecimal");
+    b.chunks_exact(2)
+        .map(|p| Ok((digit(p[0])? << 4 | digit(p[1])?) as u8))
         .collect()
 }
 
@@ -176,5 +204,122 @@ mod tests {
         assert!(parse_key("00112233445566778899aabbccddeeff").is_ok());
         assert!(parse_key("0011").is_err());
         assert!(parse_key("zz112233445566778899aabbccddeeff").is_err());
+    }
+
+    #[test]
+    fn parse_key_refuses_non_ascii_and_signs() {
+        // A multi-byte character across a digit pair: 32 bytes, even.
+        let s = format!("{}é{}", "0".repeat(15), "0".repeat(15));
+        assert_eq!(s.len(), 32);
+        assert!(parse_key(&s).is_err());
+        assert!(parse_key(&"é".repeat(16)).is_err());
+        assert!(parse_key(&"€".repeat(16)).is_err());
+        // `from_str_radix` would take "+f" for 15.
+        assert!(parse_key(&format!("+f{}", "0".repeat(30))).is_err());
+        assert_eq!(
+            parse_key("00112233445566778899AaBbCcDdEeFf").unwrap(),
+            [
+                0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff
+            ]
+        );
+    }
+
+    /// A property over generated strings (proptest is not a dependency of
+    /// the workspace): any text gives a key or an error, never a panic, and
+    /// a key exactly when the text is an even number, at least 32, of
+    /// hexadecimal digits.
+    #[test]
+    fn parse_key_takes_any_string() {
+        const CHARS: &[char] = &[
+            '0',
+            '7',
+            '9',
+            'a',
+            'f',
+            'A',
+            'F',
+            'g',
+            'G',
+            '+',
+            '-',
+            ' ',
+            '\0',
+            '\n',
+            'é',
+            'ß',
+            '€',
+            '\u{10348}',
+            '\u{ff10}',
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 80) as usize;
+            let hexish = next() % 2 == 0;
+            let s: String = (0..n)
+                .map(|_| {
+                    let r = next() as usize;
+                    if hexish && r % 16 != 0 {
+                        CHARS[r % 7]
+                    } else {
+                        CHARS[r % CHARS.len()]
+                    }
+                })
+                .collect();
+            let want =
+                s.len() >= 32 && s.len() % 2 == 0 && s.chars().all(|c| c.is_ascii_hexdigit());
+            match parse_key(&s) {
+                Ok(k) => {
+                    assert!(want, "{s:?} taken");
+                    let back: String = k.iter().map(|b| format!("{b:02x}")).collect();
+                    assert_eq!(back, s.to_ascii_lowercase());
+                }
+                Err(_) => assert!(!want, "{s:?} refused"),
+            }
+        }
+    }
+
+    fn key_file(name: &str, mode: u32) -> Config {
+        let p = std::env::temp_dir().join(format!("ferry-key-{name}-{}", std::process::id()));
+        std::fs::write(&p, "00112233445566778899aabbccddeeff\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        toml::from_str(&format!(
+            "group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\nkey_file = {:?}\n",
+            p.display().to_string()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn key_file_must_be_private() {
+        let c = key_file("private", 0o600);
+        assert_eq!(c.key().unwrap().len(), 16);
+        let _ = std::fs::remove_file(&c.key_file);
+        let c = key_file("readonly", 0o400);
+        assert_eq!(c.key().unwrap().len(), 16);
+        let _ = std::fs::remove_file(&c.key_file);
+        for (name, mode) in [
+            ("world", 0o644),
+            ("group", 0o640),
+            ("gw", 0o620),
+            ("ox", 0o601),
+        ] {
+            let c = key_file(name, mode);
+            let e = format!("{:#}", c.key().unwrap_err());
+            assert_eq!(
+                e,
+                format!(
+                    "key file {} is accessible by others (mode {mode:04o}): chmod 600 it",
+                    c.key_file.display()
+                )
+            );
+            let _ = std::fs::remove_file(&c.key_file);
+        }
     }
 }
