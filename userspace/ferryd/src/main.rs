@@ -2,6 +2,7 @@
 //! them to the secondary, or (on the secondary) stores, acknowledges and
 //! applies them.  The role comes from `/etc/ferry/<group>.toml`.
 
+mod files;
 mod primary;
 mod secondary;
 mod spool;

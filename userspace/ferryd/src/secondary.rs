@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::{Rejected, Report};
+use crate::{files, Rejected, Report};
 
 /// Records a stream may hold between the last applied and the newest.
 const WINDOW: usize = 1 << 18;
@@ -179,6 +179,34 @@ fn reason(e: &RecordError) -> &'static str {
     }
 }
 
+/// Writes `state.json` in `dir` whole (a new file 0600, renamed over the
+/// old one).
+fn save_state(dir: &Path, saved: &SavedState) -> Result<()> {
+    let tmp = dir.join("state.json.tmp");
+    // A leftover of a crash is made again, with the mode below.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let mut f = files::options().write(true).create_new(true).open(&tmp)?;
+    f.write_all(serde_json::to_string(saved)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("state.json"))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Opens (creates, 0600) the remote log's file of stream `id`.
+fn open_log(dir: &Path, id: u32) -> Result<File> {
+    let p = dir.join(format!("stream-{id}.log"));
+    files::options()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(&p)
+        .with_context(|| format!("open {}", p.display()))
+}
+
 /// Reads the secondary kernel's state: its apply mark and members.
 fn kernel_state(f: &mut File) -> Result<(ApplyMark, u64)> {
     let mut b = [0u8; 64];
@@ -191,18 +219,8 @@ fn kernel_state(f: &mut File) -> Result<(ApplyMark, u64)> {
 }
 
 impl Sec {
-    fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-
     fn save(&self, saved: &SavedState) -> Result<()> {
-        let tmp = self.dir.join("state.json.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(serde_json::to_string(saved)?.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.state_path())?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        save_state(&self.dir, saved)
     }
 
     fn command(&self, c: Command) -> Result<()> {
@@ -227,7 +245,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         ApplyState::InProgress { epoch } => (mark.applied, epoch),
     };
     let dir = cfg.log_dir.clone().context("log_dir")?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    files::create_dir(&dir)?;
     let d = &FastDigest;
     let gid = record::group_id_of_name(d, cfg.group.as_bytes());
     let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -264,13 +282,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             next: 1,
             ..Saved::default()
         });
-        let p = dir.join(format!("stream-{id}.log"));
-        let f = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&p)
-            .with_context(|| format!("open {}", p.display()))?;
+        let f = open_log(&dir, id)?;
         // The log from the saved position: what is applied moves `next`,
         // the rest goes back into the window; a torn tail is cut.
         let mut buf = Vec::new();
@@ -860,5 +872,34 @@ impl Report for Sec {
             std::thread::sleep(Duration::from_millis(100));
         }
         Err("the interval in progress did not finish within 60 s".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::tests::{mode_of, usual_umask};
+
+    #[test]
+    fn remote_log_and_state_are_private() {
+        usual_umask();
+        let top = std::env::temp_dir().join(format!("ferry-sec-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let dir = top.join("log");
+        files::create_dir(&dir).unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        open_log(&dir, 3).unwrap();
+        assert_eq!(mode_of(&dir.join("stream-3.log")), 0o600);
+        // A leftover of a crash (of an older version: 0644) is not reused.
+        std::fs::write(dir.join("state.json.tmp"), "x").unwrap();
+        let mut st = SavedState::default();
+        st.streams.insert(3, Saved::default());
+        save_state(&dir, &st).unwrap();
+        assert_eq!(mode_of(&dir.join("state.json")), 0o600);
+        assert!(!dir.join("state.json.tmp").exists());
+        let back: SavedState =
+            serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+        assert!(back.streams.contains_key(&3));
+        std::fs::remove_dir_all(&top).unwrap();
     }
 }

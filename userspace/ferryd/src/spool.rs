@@ -12,7 +12,7 @@
 //! record is cut): they are shipped before what the kernel offers again,
 //! and the kernel's copies of records they hold are dropped as duplicates.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,8 @@ use anyhow::{Context, Result};
 use ferry_core::record::{self, GroupKey};
 use ferry_core::FastDigest;
 use tracing::warn;
+
+use crate::files;
 
 /// One segment file.
 #[derive(Debug)]
@@ -110,7 +112,7 @@ fn write_records(
     path: &Path,
     recs: &[(u64, Arc<[u8]>)],
 ) -> Result<(File, Vec<(u64, u64, u32)>, u64)> {
-    let mut f = OpenOptions::new()
+    let mut f = files::options()
         .create(true)
         .truncate(true)
         .read(true)
@@ -140,12 +142,12 @@ pub(crate) fn remove(seg: &Segment) {
 /// A device's segments found at start, oldest first, with their records.
 pub(crate) type Found = Vec<(Segment, Vec<(u64, OnDisk)>)>;
 
-/// Reads back every segment of `dir` (created if missing), by device.
+/// Reads back every segment of `dir` (created if missing, 0700), by device.
 /// Records are verified whole; a segment ends at its first bad record (cut
 /// there: a torn write of the last spooling step), and an empty one is
 /// removed.
 pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
-    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    files::create_dir(dir)?;
     let mut names = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let e = e?;
@@ -167,7 +169,7 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
     names.sort();
     let mut out: Vec<(u32, Found)> = Vec::new();
     for (dev, _, path) in names {
-        let f = OpenOptions::new()
+        let f = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
@@ -243,7 +245,7 @@ mod tests {
         let recs2: Vec<_> = (9..11).map(|ds| (ds, rec(&key, gid, ds))).collect();
         let (seg2, _) = write_segment(&dir, 1, &recs2).unwrap();
         // A torn last record of the second segment.
-        let f = OpenOptions::new().write(true).open(&seg2.path).unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&seg2.path).unwrap();
         f.set_len(seg2.bytes - 100).unwrap();
         let found = load(&dir, &key).unwrap();
         assert_eq!(found.len(), 1);
@@ -257,5 +259,22 @@ mod tests {
         remove(&segs[1].0);
         assert!(load(&dir, &key).unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spool_is_private() {
+        use crate::files::tests::{mode_of, usual_umask};
+        usual_umask();
+        let top = std::env::temp_dir().join(format!("ferry-spool-mode-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&top);
+        let dir = top.join("g/spool");
+        let gid = record::group_id_of_name(&FastDigest, b"g");
+        let key = GroupKey::derive(&FastDigest, gid, &[]).unwrap();
+        assert!(load(&dir, &key).unwrap().is_empty());
+        assert_eq!(mode_of(&top.join("g")), 0o700);
+        assert_eq!(mode_of(&dir), 0o700);
+        let (seg, _) = write_segment(&dir, 1, &[(5, rec(&key, gid, 5))]).unwrap();
+        assert_eq!(mode_of(&seg.path), 0o600);
+        fs::remove_dir_all(&top).unwrap();
     }
 }
