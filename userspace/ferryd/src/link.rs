@@ -31,6 +31,9 @@ pub const FRAME_MAX: usize = 8 << 20;
 pub const BATCH_MAX: usize = 4 << 20;
 /// Length of an authentication tag.
 pub const TAG_LEN: usize = 32;
+/// Largest frame accepted before the peer is authenticated: the largest
+/// hello (type, version, a group name of 255 bytes, device id, tag).
+pub const HELLO_MAX: usize = 1 + 2 + 1 + 255 + 4 + TAG_LEN;
 
 /// Frame types.
 pub mod ty {
@@ -222,10 +225,16 @@ impl Frame {
 
 /// Reads one frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Frame> {
+    read_frame_max(r, FRAME_MAX).await
+}
+
+/// Reads one frame of at most `max` bytes (type and body); a longer one
+/// is an error before its body is read (or allocated).
+pub async fn read_frame_max<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Frame> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > FRAME_MAX {
+    if len == 0 || len > max {
         return Err(bad("frame length"));
     }
     let mut body = vec![0u8; len];
@@ -445,6 +454,29 @@ mod tests {
         assert_eq!(unpack(codec, raw_len, data).unwrap(), b"abcabcabcabc");
         assert!(unpack(codec::LZ4, 100, vec![1, 2, 3]).is_err());
         assert!(Frame::decode(&[99]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hello_is_small() {
+        let hello = Frame::Hello {
+            version: VERSION,
+            group: "g".repeat(255),
+            device: u32::MAX,
+            tag: [9; TAG_LEN],
+        };
+        let b = hello.encode();
+        assert_eq!(b.len() - 4, HELLO_MAX);
+        assert_eq!(read_frame_max(&mut &b[..], HELLO_MAX).await.unwrap(), hello);
+        // A frame one byte longer is refused on its length alone, with
+        // nothing of its body sent.
+        let len = ((HELLO_MAX + 1) as u32).to_le_bytes();
+        let e = read_frame_max(&mut &len[..], HELLO_MAX).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // The full limit still takes a batch.
+        let big = pack(&vec![7u8; 1 << 20], false).encode();
+        assert!(read_frame(&mut &big[..]).await.is_ok());
+        let len = ((FRAME_MAX + 1) as u32).to_le_bytes();
+        assert!(read_frame(&mut &len[..]).await.is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! applies them.  The role comes from `/etc/ferry/<group>.toml`.
 
 mod files;
+mod listen;
 mod primary;
 mod secondary;
 mod spool;

@@ -591,6 +591,8 @@ impl Report for Shared {
             applying_epoch: 0,
             spool_records: spool,
             auth_refused: 0,
+            auth_refused_by: Vec::new(),
+            accept_errors: 0,
             rejected: Vec::new(),
             intervals_applied: 0,
             consistency_point: None,

@@ -27,7 +27,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,10 +42,11 @@ use ferryd::cpoints::{self, Points};
 use ferryd::link::{self, Frame, Side};
 use ferryd::status::{Status, Stream};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::listen::{self, Counters, Refusal};
 use crate::{files, Rejected, Report};
 
 /// Records a stream may hold between the last applied and the newest.
@@ -135,7 +135,8 @@ struct Sec {
     logs: Vec<Mutex<File>>,
     more: Notify,
     rejected: Rejected,
-    auth_refused: AtomicU64,
+    /// The listener's: accept errors, peers refused.
+    listen: Arc<Counters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -411,7 +412,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         logs,
         more: Notify::new(),
         rejected: Rejected::default(),
-        auth_refused: AtomicU64::new(0),
+        listen: Arc::default(),
     });
     crate::serve_status(status, s.clone())?;
     let tls = tokio_rustls::TlsAcceptor::from(link::server_config()?);
@@ -422,26 +423,26 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     crate::notify_ready();
     let s2 = s.clone();
     let applier = tokio::spawn(async move { apply_loop(s2).await });
-    let accept = async {
-        loop {
-            let (tcp, peer) = listener.accept().await?;
-            let _ = tcp.set_nodelay(true);
+    let accept = listen::accept_loop(
+        listener,
+        listen::Limits::default(),
+        s.listen.clone(),
+        move |tcp: TcpStream, peer, pending| {
             let (s, tls) = (s.clone(), tls.clone());
-            tokio::spawn(async move {
-                if let Err(e) = serve(&s, tls, tcp).await {
+            async move {
+                let _ = tcp.set_nodelay(true);
+                if let Err(e) = serve(&s, tls, tcp, pending).await {
                     warn!(%peer, "connection: {e:#}");
                 }
-            });
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), anyhow::Error>(())
-    };
+            }
+        },
+    );
     tokio::select! {
         r = applier => match r.context("applier")? {
             Ok(()) => { info!("released"); Ok(()) }
             Err(e) => Err(e),
         },
-        r = accept => r,
+        r = accept => match r {},
         _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
     }
 }
@@ -458,57 +459,45 @@ impl Drop for Connected<'_> {
     }
 }
 
+/// Serves one connection: authenticates the primary (it holds `pending`
+/// until then), then receives its stream.
 async fn serve(
     s: &Arc<Sec>,
     tls: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
+    tcp: TcpStream,
+    pending: listen::Pending,
 ) -> Result<()> {
-    let mut tls = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS")?;
-    let mut ekm = [0u8; 32];
-    tls.get_ref()
-        .1
-        .export_keying_material(&mut ekm, link::EXPORTER_LABEL, None)
-        .map_err(|e| anyhow::anyhow!("exporter: {e}"))?;
-    let hello = tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut tls))
-        .await
-        .context("no hello")??;
-    let Frame::Hello {
-        version,
-        group,
+    let group = &s.cfg.group;
+    let listen::Authenticated {
+        mut tls,
         device,
-        tag,
-    } = hello
-    else {
-        s.auth_refused.fetch_add(1, Relaxed);
-        bail!("refused: first frame is not a hello");
+        ekm,
+    } = match listen::authenticate(&tls, tcp, &s.key, group, listen::AUTH_TIMEOUT).await {
+        Ok(a) => a,
+        Err(r) => {
+            s.listen.refuse(r.why);
+            return Err(r.into());
+        }
     };
-    if version != link::VERSION
-        || group != s.cfg.group
-        || !link::tag_ok(&s.key, Side::Primary, &group, device, &ekm, &tag)
-    {
-        s.auth_refused.fetch_add(1, Relaxed);
-        bail!("refused: version {version}, group {group:?}, or key does not match");
-    }
     let (idx, next, applied) = {
         let mut st = lock(&s.state);
         if st.release {
             bail!("released: not accepting");
         }
         let Some(i) = st.streams.iter().position(|x| x.id == device) else {
-            s.auth_refused.fetch_add(1, Relaxed);
+            s.listen.refuse(Refusal::Device);
             bail!("refused: device {device} is not in the secondary group");
         };
         st.streams[i].connected += 1;
         (i, st.windows[i].run_end() + 1, st.applied)
     };
+    // Authenticated: its place among the pending connections is free.
+    drop(pending);
     let _c = Connected(s, idx);
     link::write_frame(
         &mut tls,
         &Frame::Welcome {
-            tag: link::tag(&s.key, Side::Secondary, &group, device, &ekm),
+            tag: link::tag(&s.key, Side::Secondary, group, device, &ekm),
             next,
             applied,
         },
@@ -843,7 +832,9 @@ impl Report for Sec {
             applied_epoch: st.applied,
             applying_epoch: st.applying,
             spool_records: 0,
-            auth_refused: self.auth_refused.load(Relaxed),
+            auth_refused: self.listen.refused().iter().map(|(_, n)| n).sum(),
+            auth_refused_by: self.listen.refused(),
+            accept_errors: self.listen.accept_errors(),
             rejected: self.rejected.snapshot(),
             intervals_applied: st.intervals,
             consistency_point: st.points.held(),

@@ -54,8 +54,17 @@ pub struct Status {
     /// Records the kernel holds in its spool (primary; from the records
     /// read and not acknowledged).
     pub spool_records: u64,
-    /// Peers refused (bad key, wrong group or device).
+    /// Peers refused (bad key, wrong group or device, ...): the sum of
+    /// `auth_refused_by`.
     pub auth_refused: u64,
+    /// Secondary: peers refused, by reason (`pending_limit`, `timeout`,
+    /// `tls`, `hello`, `not_hello`, `key`, `device`).
+    #[serde(default)]
+    pub auth_refused_by: Vec<(String, u64)>,
+    /// Secondary: errors accepting a connection (descriptors exhausted,
+    /// a connection aborted before it was accepted, ...), each survived.
+    #[serde(default)]
+    pub accept_errors: u64,
     /// Records rejected, by reason.
     pub rejected: Vec<(String, u64)>,
     /// Intervals applied by this process.
@@ -153,8 +162,20 @@ impl Status {
         );
         gauge(
             "auth_refused_total",
-            "Peers refused",
-            vec![(String::new(), self.auth_refused as f64)],
+            "Peers refused, by reason",
+            if self.auth_refused_by.is_empty() {
+                vec![(String::new(), self.auth_refused as f64)]
+            } else {
+                self.auth_refused_by
+                    .iter()
+                    .map(|(r, n)| (format!(",reason=\"{r}\""), *n as f64))
+                    .collect()
+            },
+        );
+        gauge(
+            "accept_errors_total",
+            "Secondary: errors accepting a connection",
+            vec![(String::new(), self.accept_errors as f64)],
         );
         gauge(
             "g2_violations_total",
@@ -170,5 +191,59 @@ impl Status {
                 .collect(),
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            group: "gr".into(),
+            role: Role::Secondary,
+            state: "idle".into(),
+            streams: Vec::new(),
+            applied_epoch: 0,
+            applying_epoch: 0,
+            spool_records: 0,
+            auth_refused: 0,
+            auth_refused_by: Vec::new(),
+            accept_errors: 0,
+            rejected: vec![("checksum".into(), 1)],
+            intervals_applied: 0,
+            consistency_point: None,
+            disk_spool_records: 0,
+            disk_spool_bytes: 0,
+            g2_violations: 0,
+        }
+    }
+
+    #[test]
+    fn listener_metrics() {
+        let mut st = status();
+        st.accept_errors = 3;
+        st.auth_refused = 3;
+        st.auth_refused_by = vec![("pending_limit".into(), 2), ("key".into(), 1)];
+        let m = st.prometheus();
+        assert!(
+            m.contains("\nferry_accept_errors_total{group=\"gr\"} 3\n"),
+            "{m}"
+        );
+        assert!(m.contains("\nferry_auth_refused_total{group=\"gr\",reason=\"pending_limit\"} 2\n"));
+        assert!(m.contains("\nferry_auth_refused_total{group=\"gr\",reason=\"key\"} 1\n"));
+        assert!(m.contains("\nferry_records_rejected_total{group=\"gr\",reason=\"checksum\"} 1\n"));
+        // A document without the reasons (a primary's, an older ferryd's).
+        let mut old = status();
+        old.auth_refused = 4;
+        assert!(old
+            .prometheus()
+            .contains("\nferry_auth_refused_total{group=\"gr\"} 4\n"));
+        let json = serde_json::to_value(&old).unwrap();
+        let mut json = json.as_object().unwrap().clone();
+        json.remove("auth_refused_by");
+        json.remove("accept_errors");
+        let back: Status = serde_json::from_value(json.into()).unwrap();
+        assert_eq!((back.auth_refused, back.accept_errors), (4, 0));
     }
 }

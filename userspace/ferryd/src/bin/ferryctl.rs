@@ -201,10 +201,14 @@ fn print_status(s: &Status) {
         }
     }
     if s.auth_refused > 0 || !s.rejected.is_empty() {
+        let by: Vec<_> = s.auth_refused_by.iter().filter(|(_, n)| *n > 0).collect();
         println!(
-            "  peers refused {}, records rejected {:?}",
-            s.auth_refused, s.rejected
+            "  peers refused {} {:?}, records rejected {:?}",
+            s.auth_refused, by, s.rejected
         );
+    }
+    if s.accept_errors > 0 {
+        println!("  accept errors {} (survived)", s.accept_errors);
     }
 }
 
