@@ -5,6 +5,7 @@
 mod files;
 mod listen;
 mod primary;
+mod remote_log;
 mod secondary;
 mod spool;
 

@@ -575,6 +575,7 @@ impl Report for Shared {
                 record_bytes: q.record_bytes,
                 wire_bytes: q.wire_bytes,
                 applied_writes: 0,
+                log_stopped: None,
             });
         }
         Status {

@@ -8,7 +8,8 @@
 //!   stream's file of the remote log (one file per device: log and data
 //!   records apart), the file is fsynced, the records enter the stream's
 //!   window (ferry-core's `StreamWindow`) and the contiguous run end is
-//!   acknowledged.
+//!   acknowledged.  A failed append is rolled back and acknowledges
+//!   nothing (`remote_log`).
 //! * **Apply.**  ferry-core chooses what may be applied: the limit is the
 //!   earliest of the streams' run-end stamps; the oldest checkpoint
 //!   interval whose markers all arrived at or below it is applied whole,
@@ -25,7 +26,6 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,9 +44,10 @@ use ferryd::status::{Status, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::listen::{self, Counters, Refusal};
+use crate::remote_log::{self, StreamLog};
 use crate::{files, Rejected, Report};
 
 /// Records a stream may hold between the last applied and the newest.
@@ -80,6 +81,11 @@ struct Saved {
     gs: u64,
     /// Offset in the stream's file below which everything is applied.
     log_start: u64,
+    /// Offset below which every record of the file was fsynced whole (may
+    /// have been acknowledged) when this was saved: a bad record below it
+    /// at start is damage, not a torn tail (0 in an older `state.json`).
+    #[serde(default)]
+    durable: u64,
 }
 
 /// `state.json`: the positions, and the consistency points.
@@ -132,7 +138,7 @@ struct Sec {
     dir: PathBuf,
     dev: Mutex<Option<File>>,
     state: Mutex<State>,
-    logs: Vec<Mutex<File>>,
+    logs: Vec<Mutex<StreamLog>>,
     more: Notify,
     rejected: Rejected,
     /// The listener's: accept errors, peers refused.
@@ -195,17 +201,6 @@ fn save_state(dir: &Path, saved: &SavedState) -> Result<()> {
     std::fs::rename(&tmp, dir.join("state.json"))?;
     File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-/// Opens (creates, 0600) the remote log's file of stream `id`.
-fn open_log(dir: &Path, id: u32) -> Result<File> {
-    let p = dir.join(format!("stream-{id}.log"));
-    files::options()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(&p)
-        .with_context(|| format!("open {}", p.display()))
 }
 
 /// Reads the secondary kernel's state: its apply mark and members.
@@ -283,44 +278,26 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             next: 1,
             ..Saved::default()
         });
-        let f = open_log(&dir, id)?;
+        let mut f = remote_log::open(&dir, id)?;
         // The log from the saved position: what is applied moves `next`,
-        // the rest goes back into the window; a torn tail is cut.
-        let mut buf = Vec::new();
-        {
-            let mut r = &f;
-            std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(sv.log_start))?;
-            r.read_to_end(&mut buf)?;
-        }
+        // the rest goes back into the window; a torn tail is cut, damage
+        // below what was durable stops the stream (its records before the
+        // damage are taken).
         let mut recs = Vec::new();
-        let mut off = 0usize;
-        while off < buf.len() {
-            match record::decode_record(&buf[off..], &gkey, d) {
-                Ok(r) => {
-                    if let Some(cp) = r.consistency() {
-                        points.found(id, r.header.dev_seq, cp);
-                    }
-                    recs.push((
-                        r.header,
-                        Loc {
-                            off: sv.log_start + off as u64,
-                            len: r.len as u32,
-                        },
-                    ));
-                    off += r.len;
-                }
-                Err(e) => {
-                    warn!(
-                        device = id,
-                        offset = sv.log_start + off as u64,
-                        "remote log ends with a bad record ({e}): cut"
-                    );
-                    f.set_len(sv.log_start + off as u64)?;
-                    f.sync_all()?;
-                    break;
-                }
+        let recovery = remote_log::recover(&mut f, id, sv.log_start, sv.durable, |off, b| {
+            let r = record::decode_record(b, &gkey, d)?;
+            if let Some(cp) = r.consistency() {
+                points.found(id, r.header.dev_seq, cp);
             }
-        }
+            recs.push((
+                r.header,
+                Loc {
+                    off,
+                    len: r.len as u32,
+                },
+            ));
+            Ok::<_, RecordError>(r.len)
+        })?;
         for (h, _) in &recs {
             if class_of(h) == DeviceClass::Data {
                 data_high = data_high.max(h.group_seq);
@@ -369,7 +346,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             wire_bytes: 0,
             applied_writes: 0,
         });
-        logs.push(Mutex::new(f));
+        logs.push(Mutex::new(StreamLog::new(Box::new(f), id, gkey, &recovery)));
     }
     if streams.is_empty() {
         bail!("the secondary group has no device");
@@ -494,6 +471,10 @@ async fn serve(
     // Authenticated: its place among the pending connections is free.
     drop(pending);
     let _c = Connected(s, idx);
+    if let Some(why) = lock(&s.logs[idx]).stopped() {
+        error!(device, "refused: the stream's remote log is stopped: {why}");
+        bail!("the remote log of device {device} is stopped: {why}");
+    }
     link::write_frame(
         &mut tls,
         &Frame::Welcome {
@@ -553,28 +534,30 @@ async fn serve(
                 .filter(|(h, _, _, _)| h.dev_seq >= w.next() && w.get(h.dev_seq).is_none())
                 .collect()
         };
-        // Durable in the remote log before anything is acknowledged.
+        // Durable in the remote log before anything is acknowledged; a
+        // failed append is rolled back and ends the connection, nothing of
+        // the batch acknowledged.
         let s2 = s.clone();
         let located = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
-            let mut f = lock(&s2.logs[idx]);
-            let mut at = f.metadata()?.len();
-            let mut out = Vec::new();
-            for (h, o, len, cp) in fresh {
-                f.write_all(&recs[o..o + len])?;
-                out.push((
-                    h,
-                    Loc {
-                        off: at,
-                        len: len as u32,
-                    },
-                    cp,
-                ));
-                at += len as u64;
-            }
-            if !out.is_empty() {
-                f.sync_data()?;
-            }
-            Ok(out)
+            let parts: Vec<&[u8]> = fresh
+                .iter()
+                .map(|&(_, o, len, _)| &recs[o..o + len])
+                .collect();
+            let at = lock(&s2.logs[idx]).append(&parts)?;
+            Ok(fresh
+                .into_iter()
+                .zip(at)
+                .map(|((h, _, len, cp), off)| {
+                    (
+                        h,
+                        Loc {
+                            off,
+                            len: len as u32,
+                        },
+                        cp,
+                    )
+                })
+                .collect())
         })
         .await??;
         let (run_end, applied, full) = {
@@ -718,7 +701,7 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
         })
         .await?
         .with_context(|| format!("apply interval {epoch}"))?;
-        let saved = {
+        let mut saved = {
             let mut st = lock(&s.state);
             st.applied = epoch;
             st.applying = 0;
@@ -732,20 +715,16 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
                 points: Some(st.points.saved()),
             }
         };
+        for (i, sv) in saved.streams.values_mut().enumerate() {
+            sv.durable = lock(&s.logs[i]).durable();
+        }
         tracing::debug!(epoch, intervals = batch, records = n, "intervals applied");
         s.save(&saved).context("save state.json")?;
         // What is applied and saved leaves the remote log.
         for (i, sv) in saved.streams.values().enumerate() {
-            let f = lock(&s.logs[i]);
             let upto = sv.log_start & !4095;
             if upto > 0 {
-                let _ = nix::fcntl::fallocate(
-                    std::os::fd::AsRawFd::as_raw_fd(&*f),
-                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                    0,
-                    upto as i64,
-                );
+                lock(&s.logs[i]).punch(upto);
             }
         }
     }
@@ -783,12 +762,18 @@ fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<
 
 impl Report for Sec {
     fn status(&self) -> Status {
+        let stopped: Vec<_> = self
+            .logs
+            .iter()
+            .map(|l| lock(l).stopped().map(str::to_owned))
+            .collect();
         let st = lock(&self.state);
         let streams = st
             .streams
             .iter()
             .zip(&st.windows)
-            .map(|(x, w)| {
+            .zip(stopped)
+            .map(|((x, w), log_stopped)| {
                 let received = w.run_end();
                 let done = w.next() - 1;
                 // What is held durably and not applied yet: its bytes, and
@@ -814,6 +799,7 @@ impl Report for Sec {
                     record_bytes: x.record_bytes,
                     wire_bytes: x.wire_bytes,
                     applied_writes: x.applied_writes,
+                    log_stopped,
                 }
             })
             .collect();
@@ -879,7 +865,7 @@ mod tests {
         let dir = top.join("log");
         files::create_dir(&dir).unwrap();
         assert_eq!(mode_of(&dir), 0o700);
-        open_log(&dir, 3).unwrap();
+        remote_log::open(&dir, 3).unwrap();
         assert_eq!(mode_of(&dir.join("stream-3.log")), 0o600);
         // A leftover of a crash (of an older version: 0644) is not reused.
         std::fs::write(dir.join("state.json.tmp"), "x").unwrap();
@@ -892,5 +878,23 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
         assert!(back.streams.contains_key(&3));
         std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn the_durable_end_is_saved() {
+        let mut st = SavedState::default();
+        st.streams.insert(
+            1,
+            Saved {
+                durable: 8192,
+                ..Saved::default()
+            },
+        );
+        let back: SavedState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back.streams[&1].durable, 8192);
+        // An older state.json: no durable end, nothing refused at start.
+        let old = r#"{"streams":{"1":{"next":5,"ts":1,"gs":2,"log_start":4096}}}"#;
+        let back: SavedState = serde_json::from_str(old).unwrap();
+        assert_eq!(back.streams[&1].durable, 0);
     }
 }

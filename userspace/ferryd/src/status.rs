@@ -34,6 +34,11 @@ pub struct Stream {
     /// Secondary: write records of the stream this process applied.
     #[serde(default)]
     pub applied_writes: u64,
+    /// Secondary: why the stream's remote log takes no more records and
+    /// its applying stops (a failed rollback of an append, damage below
+    /// the durable end found at start); `None` while it works.
+    #[serde(default)]
+    pub log_stopped: Option<String>,
 }
 
 /// The whole document.
@@ -134,6 +139,11 @@ impl Status {
             "wire_bytes_total",
             "Frame bytes on the link",
             per(&|s| s.wire_bytes as f64),
+        );
+        gauge(
+            "remote_log_stopped",
+            "Secondary: the stream's remote log takes no more records (see the log and the status)",
+            per(&|s| f64::from(u8::from(s.log_stopped.is_some()))),
         );
         gauge(
             "applied_epoch",
@@ -245,5 +255,29 @@ mod tests {
         json.remove("accept_errors");
         let back: Status = serde_json::from_value(json.into()).unwrap();
         assert_eq!((back.auth_refused, back.accept_errors), (4, 0));
+    }
+
+    #[test]
+    fn a_stopped_remote_log_shows() {
+        let mut st = status();
+        st.streams = vec![
+            Stream {
+                device: 1,
+                ..Stream::default()
+            },
+            Stream {
+                device: 2,
+                log_stopped: Some("damaged".into()),
+                ..Stream::default()
+            },
+        ];
+        let m = st.prometheus();
+        assert!(m.contains("\nferry_remote_log_stopped{group=\"gr\",device=\"1\"} 0\n"));
+        assert!(m.contains("\nferry_remote_log_stopped{group=\"gr\",device=\"2\"} 1\n"));
+        let json = serde_json::to_value(&st.streams[0]).unwrap();
+        let mut json = json.as_object().unwrap().clone();
+        json.remove("log_stopped");
+        let back: Stream = serde_json::from_value(json.into()).unwrap();
+        assert!(back.log_stopped.is_none());
     }
 }

@@ -181,6 +181,9 @@ fn print_status(s: &Status) {
             d.record_bytes,
             d.wire_bytes
         );
+        if let Some(why) = &d.log_stopped {
+            println!("    REMOTE LOG STOPPED: {why}");
+        }
     }
     if s.role == config::Role::Primary {
         println!(
