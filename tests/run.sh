@@ -27,10 +27,11 @@ step() {
 	# The CPU time the step's processes used (guests included): against
 	# its wall time, how much of the machine's two cores it kept busy.
 	# (GNU time comes with the dependencies, the first step.)
-	local timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -o "$out/.cpu.$BASHPID" -f '%U %S')
+	local cf="$out/.cpu.$BASHPID" timer=()
+	[ -x /usr/bin/time ] && timer=(/usr/bin/time -o "$cf" -f '%U %S')
 	"${timer[@]}" timeout -k 30 "$limit" "$@" || rc=$?
-	cpu=$(awk '/^[0-9.]+ [0-9.]+$/ { printf "%d", $1 + $2 }' "$out/.cpu.$BASHPID" 2>/dev/null)
-	rm -f "$out/.cpu.$BASHPID"
+	cpu=$(awk '/^[0-9.]+ [0-9.]+$/ { printf "%d", $1 + $2 }' "$cf" 2>/dev/null || true)
+	rm -f "$cf"
 	if [ $rc = 0 ] && [ "$logs" != - ] && ! tests/judge.sh "$logs"; then
 		rc=1
 		name="$name: kernel log"
