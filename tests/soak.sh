@@ -9,6 +9,8 @@
 #   FERRY_CRASH_POINTS  power cuts of a primary (G3) (100)
 #   FERRY_REPL_POINTS   replication crash points (G1, G2) (200)
 #   FERRY_SEC_CUTS      power cuts of a secondary (G4, G5) (10)
+#   FERRY_LIFECYCLE_ROUNDS  create/remove cycles and concurrent churn of one
+#                       group (100; make test runs 10)
 #
 # Every guest's kernel log is judged (tests/judge.sh); the seed of the
 # random choices is printed first (tests/seed.sh).
@@ -52,6 +54,11 @@ if [ "${FERRY_REPLAY_MB:-256}" -gt 0 ]; then
 	part "replay checker over ${FERRY_REPLAY_MB:-256} MiB of writes"
 	scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/replay" --timeout 3600 \
 		--disk 256M --disk 256M --disk 64M --disk 1G --append "ferry.replay_mb=${FERRY_REPLAY_MB:-256} ferry.replay_log=/dev/vdd" replay
+fi
+if [ "${FERRY_LIFECYCLE_ROUNDS:-100}" -gt 0 ]; then
+	part "lifecycle, ${FERRY_LIFECYCLE_ROUNDS:-100} rounds"
+	scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/lifecycle" --timeout 3600 "${disks[@]}" \
+		--append "ferry.lifecycle_rounds=${FERRY_LIFECYCLE_ROUNDS:-100}" lifecycle
 fi
 [ "${FERRY_CRASH_POINTS:-100}" -gt 0 ] && { part "crash points"; tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"; }
 [ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; FERRY_REPL_KILLS=${FERRY_REPL_KILLS:-20} tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
