@@ -21,7 +21,9 @@
 # The points run dependent self-describing writes (checked by the prefix
 # checker); FERRY_REPL_APPS (default 4) more points follow, alternating a
 # file workload on ext4 (fsck) and SQLite transactions (integrity check,
-# committed prefix).
+# committed prefix).  FERRY_REPL_SEED_BASE (default 1000): the writers'
+# seeds are it plus the point's number, and it moves the host's random
+# choices, so that two runs at once (make test) check different points.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 initrd=$1 out=$2 blocks=${3:-${FERRY_REPL_POINTS:-20}} apps=${FERRY_REPL_APPS:-4}
@@ -29,6 +31,8 @@ points=$((blocks + apps))
 mkdir -p "$out"
 rm -f "$out"/*.log
 . "$here/tests/guests.sh"
+seed_base=${FERRY_REPL_SEED_BASE:-1000}
+[ "$seed_base" = 1000 ] || RANDOM=$(( (RANDOM + seed_base) % 65536 ))
 
 # FERRY_DEMO=1 (make demo): the guests narrate on lines "demo|...", which
 # are printed here as they come.
@@ -47,7 +51,7 @@ t0=$(date +%s)
 kills=${FERRY_REPL_KILLS:-3}
 [ "$kills" -ge 1 ] || kills=1
 [ "$kills" -le "$points" ] || kills=$points
-guest 1 "$out/secondary.log" listen repl-crash-secondary "ferry.points=$points ferry.block_points=$blocks ${FERRY_DEMO:+ferry.demo=1}"
+guest 1 "$out/secondary.log" listen repl-crash-secondary "ferry.points=$points ferry.block_points=$blocks ferry.seed_base=$seed_base ${FERRY_DEMO:+ferry.demo=1}"
 spid=$gpid
 wait_listen || { echo "repl-crash: the secondary guest does not listen"; exit 1; }
 boot=0 last=0 link_cuts=0 power_cuts=0
@@ -64,7 +68,7 @@ for i in $(seq 1 "$points"); do
 		boot=$((boot + 1))
 		last=$(( points * boot / kills ))
 		plog="$out/primary-$boot.log"
-		guest 0 "$plog" connect repl-crash-primary "ferry.point=$i ferry.last=$last ferry.block_points=$blocks"
+		guest 0 "$plog" connect repl-crash-primary "ferry.point=$i ferry.last=$last ferry.block_points=$blocks ferry.seed_base=$seed_base"
 		ppid=$gpid
 	else
 		# The same primary, once it has torn down the last point's group.

@@ -1,6 +1,6 @@
 # A replication crash point, primary side (tests/repl-crash.sh): group gr
-# shipped by ferryd under a workload: "blocks", dependent writes (seed 1000
-# + point) across its log and data devices; "ext4", a file workload on ext4
+# shipped by ferryd under a workload: "blocks", dependent writes (seed
+# ferry.seed_base, default 1000, + point) across its log and data devices; "ext4", a file workload on ext4
 # with its journal on the log device (r0) and the file system on the data
 # device (r1); "sqlite", one transaction after another in an SQLite
 # database on that ext4 (points after ferry.block_points alternate ext4
@@ -32,7 +32,7 @@ for pt in $(seq "${FERRY_POINT:-1}" "${FERRY_LAST:-${FERRY_POINT:-1}}"); do
 	case "${FERRY_WORKLOAD:-blocks}" in
 	blocks)
 		ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count 100000000 --blocks $REPL_BLOCKS \
-			--seed $((1000 + pt)) --log /dev/null >/tmp/w.out 2>&1 &
+			--seed $((${FERRY_SEED_BASE:-1000} + pt)) --log /dev/null >/tmp/w.out 2>&1 &
 		;;
 	ext4)
 		mkfs_ext4_journal_r0

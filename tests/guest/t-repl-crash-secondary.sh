@@ -109,7 +109,7 @@ for pt in $(seq 1 "$points"); do
 		fi
 		okk=$(grep -c '^sqlite|PASS' /tmp/pc.out || true)
 	elif ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
-		--seed $((1000 + pt)) --min 1 --applied-writes "$applied" >/tmp/pc.out 2>&1; then
+		--seed $((${FERRY_SEED_BASE:-1000} + pt)) --min 1 --applied-writes "$applied" >/tmp/pc.out 2>&1; then
 		okk=1
 	else
 		okk=0
