@@ -86,41 +86,26 @@ disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
 # 530 s, the primary path's 670 s, its power cuts 190 s): the overflow,
 # markers, meta and secondary tests (about 200 s) run in the target's.
 target() {
-	step "guest: target; overflow, markers, meta, secondary" 1200 "$out/vm-target" scripts/vm.sh --timeout 1100 \
+	step "guest: target; overflow, markers, meta, secondary" 1600 "$out/vm-target" scripts/vm.sh --timeout 1500 \
 		--initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 		load passthrough segments bad-tables suspend remove-open flush-discard lifecycle overflow markers meta secondary
 }
 primary() {
-	step "guest: primary" 1200 "$out/vm-primary" scripts/vm.sh --timeout 1100 --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
+	step "guest: primary" 1600 "$out/vm-primary" scripts/vm.sh --timeout 1500 --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
 		primary gate chardev bigbio replay
 	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 }
 lanes target primary
-# The two-guest steps in two lanes as well: a pair of TCG guests keeps
-# only about 1.4 to 1.7 of the two cores busy (measured: the network and
-# replication boot 520 s wall, 734 s CPU; the secondary power cut 208 s,
-# 351 s), so two pairs at once fill the machine.  The replication crash
-# points (FERRY_REPL_POINTS block points, default 16, and FERRY_REPL_APPS
-# application points, default 4) are split between the lanes, each part
-# with writers of its own seeds: 2 block points and 1 application point
-# (one power cut) after the short tests, the rest (three power cuts) in
-# the other lane.
-blocks=${FERRY_REPL_POINTS:-16} apps=${FERRY_REPL_APPS:-4}
-[ "$blocks" -ge 3 ] && [ "$apps" -ge 2 ] || { echo "run.sh: FERRY_REPL_POINTS >= 3 and FERRY_REPL_APPS >= 2, please"; exit 2; }
-pairs() {
-	# One boot of the two guests for the short two-guest tests (each test
-	# starts from no module, no device and no ferryd state: tests/guest/init).
-	step "guests: network, replication (drain, prefix, checksums), disk spool" 2400 "$out/vm-repl" scripts/vm.sh \
-		--guests 2 --smp 1 --timeout 2000 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool
-	step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
-		"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
-	step "guests: replication crash points (G1, G2), 2 + 1" 1500 "$out/repl-crash-b" \
-		env FERRY_REPL_APPS=1 FERRY_REPL_KILLS=1 FERRY_REPL_SEED_BASE=2000 tests/repl-crash.sh \
-		"$out/initramfs.cpio" "$out/repl-crash-b" 2
-}
-points() {
-	step "guests: replication crash points (G1, G2), $((blocks - 2)) + $((apps - 1))" 3000 "$out/repl-crash" \
-		env FERRY_REPL_APPS=$((apps - 1)) tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" $((blocks - 2))
-}
-lanes pairs points
+# One boot of the two guests for the short two-guest tests (each test
+# starts from no module, no device and no ferryd state: tests/guest/init).
+step "guests: network, replication (drain, prefix, checksums), disk spool" 2400 "$out/vm-repl" scripts/vm.sh \
+	--guests 2 --smp 1 --timeout 2000 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool
+step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
+	"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
+# (The two-guest steps stay one after another: a pair of guests keeps 1.4
+# (the short tests' boot) to 1.8 (the crash points) of the two cores busy,
+# too little room for two pairs at once.)
+step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \
+	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-16}"
+
 finish

@@ -114,6 +114,7 @@ for pt in $(seq 1 "$points"); do
 	else
 		okk=0
 	fi
+	phase "point $pt: checked"
 	if [ "$okk" -ge 1 ]; then
 		say "    $(cat /tmp/pc.out)"
 		[ $workload = blocks ] && say "verdict: PASS: the promoted secondary holds exactly the primary's devices after its first $(sed -n 's/.*writes=\([0-9]*\).*/\1/p' /tmp/pc.out) writes"
