@@ -21,8 +21,6 @@
 //! clock.
 
 use std::process::Command;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -33,19 +31,10 @@ pub(crate) trait DmStatus: Send + Sync + 'static {
 }
 
 /// [`DmStatus`] through `dmsetup` (needs root, as device-mapper does).
-/// A status request or a scrape runs it at most once a [`Dmsetup::FRESH`]:
-/// the lines read last are reused meanwhile, so that frequent polling
-/// does not start a process each time.
-#[derive(Default)]
-pub(crate) struct Dmsetup {
-    last: Mutex<Option<(Instant, String)>>,
-}
+pub(crate) struct Dmsetup;
 
-impl Dmsetup {
-    /// How long lines read are reused.
-    pub(crate) const FRESH: Duration = Duration::from_secs(1);
-
-    fn run() -> Result<String> {
+impl DmStatus for Dmsetup {
+    fn lines(&self) -> Result<String> {
         let out = Command::new("dmsetup")
             .args(["status", "--target", "ferry"])
             .output()
@@ -57,20 +46,6 @@ impl Dmsetup {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl DmStatus for Dmsetup {
-    fn lines(&self) -> Result<String> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, lines)) = last.as_ref() {
-            if at.elapsed() < Self::FRESH {
-                return Ok(lines.clone());
-            }
-        }
-        let lines = Self::run()?;
-        *last = Some((Instant::now(), lines.clone()));
-        Ok(lines)
     }
 }
 
