@@ -42,6 +42,13 @@ pub(crate) mod tests {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     }
 
+    /// A new, empty directory for test `name` under the temporary directory.
+    pub(crate) fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let top = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        top
+    }
+
     /// The permission bits of `p`.
     pub(crate) fn mode_of(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -50,8 +57,7 @@ pub(crate) mod tests {
     #[test]
     fn created_private() {
         usual_umask();
-        let top = std::env::temp_dir().join(format!("ferry-files-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&top);
+        let top = fresh_dir("files-test");
         let dir = top.join("a/b");
         create_dir(&dir).unwrap();
         assert_eq!(mode_of(&top), DIR_MODE);

@@ -362,7 +362,6 @@ impl StreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::record::{RecordHeader, RecordKind};
     use std::sync::{Arc, Mutex};
 
     const ENOSPC: i32 = 28;
@@ -477,18 +476,7 @@ mod tests {
 
     fn rec(ds: u64) -> Vec<u8> {
         let key = key();
-        let mut h = RecordHeader::new(RecordKind::Write);
-        h.group_id = key.group_id;
-        h.device_id = 1;
-        h.dev_seq = ds;
-        h.group_seq = ds;
-        h.epoch = 1;
-        h.payload_len = 4096;
-        h.nr_sectors = 8;
-        h.sector = ds * 8;
-        let mut out = vec![0u8; h.record_len()];
-        record::encode_record(&h, &vec![ds as u8; 4096], &key, &FastDigest, &mut out).unwrap();
-        out
+        crate::spool::tests::rec(&key, key.group_id, ds).to_vec()
     }
 
     /// Recovers `f` from 0; returns the `dev_seq`s read and the recovery.

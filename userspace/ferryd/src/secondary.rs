@@ -855,13 +855,12 @@ impl Report for Sec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::tests::{mode_of, usual_umask};
+    use crate::files::tests::{fresh_dir, mode_of, usual_umask};
 
     #[test]
     fn remote_log_and_state_are_private() {
         usual_umask();
-        let top = std::env::temp_dir().join(format!("ferry-sec-mode-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&top);
+        let top = fresh_dir("sec-mode");
         let dir = top.join("log");
         files::create_dir(&dir).unwrap();
         assert_eq!(mode_of(&dir), 0o700);

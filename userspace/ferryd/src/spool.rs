@@ -211,11 +211,13 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ferry_core::record::{RecordHeader, RecordKind};
 
-    fn rec(key: &GroupKey, gid: u64, ds: u64) -> Arc<[u8]> {
+    /// A 4 KiB write record of device 1 with `dev_seq` `ds` (also used by
+    /// the remote log's tests).
+    pub(crate) fn rec(key: &GroupKey, gid: u64, ds: u64) -> Arc<[u8]> {
         let mut h = RecordHeader::new(RecordKind::Write);
         h.group_id = gid;
         h.device_id = 1;
@@ -263,10 +265,9 @@ mod tests {
 
     #[test]
     fn spool_is_private() {
-        use crate::files::tests::{mode_of, usual_umask};
+        use crate::files::tests::{fresh_dir, mode_of, usual_umask};
         usual_umask();
-        let top = std::env::temp_dir().join(format!("ferry-spool-mode-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&top);
+        let top = fresh_dir("spool-mode");
         let dir = top.join("g/spool");
         let gid = record::group_id_of_name(&FastDigest, b"g");
         let key = GroupKey::derive(&FastDigest, gid, &[]).unwrap();
