@@ -7,6 +7,7 @@
 tools=${initrd%.cpio}.tools.img
 kernel="$("$here/scripts/build-kernel.sh" debug)/arch/x86/boot/bzImage"
 . "$here/tests/seed.sh"
+. "$here/tests/kmemleak.sh"
 port=$(free_port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }

@@ -21,7 +21,8 @@ ppid=$gpid
 wait_listen || { echo "repl-sec-crash: the primary guest does not listen"; exit 1; }
 for c in $(seq 1 "$cuts"); do
 	slog="$out/secondary-$c.log"
-	guest 1 "$slog" connect repl-sec-secondary "ferry.cut=$c" keep
+	# Killed before it could scan for leaks: no kmemleak.
+	guest 1 "$slog" connect repl-sec-secondary "ferry.cut=$c $NO_KMEMLEAK" keep
 	spid=$gpid
 	if ! wait_for "$slog" '^FERRY-ARMED' 600 $spid; then
 		tail -40 "$slog"; echo "repl-sec-crash: the secondary did not arm (boot $c)"; exit 1
