@@ -17,6 +17,7 @@
 //! * [`select`] — receive windows and the apply limit at the secondary (G1).
 //! * [`checkpoint`] — interval rendezvous and atomic interval apply (G4).
 //! * [`consistency`] — application-consistent points.
+//! * [`intent`] — write intent on the primary: marks, sweep (G3).
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
 //! * [`meta`] — the meta device of a primary: layout, superblock.
 //! * [`command`] — commands written to the character device.
@@ -38,8 +39,9 @@
 //!   decision is [`gate::Watermark::of`] and [`gate::releasable_prefix`];
 //! * per device a [`progress::Progress`] (acknowledgements, resubmission,
 //!   "replicated" reporting);
-//! * per device a [`bitmap::ChunkBitmap`] over its own words, written to the
-//!   meta device with [`bitmap::ChunkBitmap::encode`];
+//! * per device a [`intent::WriteIntent`] over its own words (admission,
+//!   acknowledgements, `SPOOLED`, the sweep), and the bitmap pages it
+//!   builds, written to the meta device;
 //! * [`command::Commands`] over each `write(2)` to the character device
 //!   (any [`command::CommandError`] is `-EINVAL`);
 //! * in secondary mode, [`checkpoint::IntervalApply`] and its
@@ -73,6 +75,7 @@ pub mod bugs {
 
 pub mod digest;
 pub mod gate;
+pub mod intent;
 pub mod meta;
 pub mod progress;
 pub mod record;

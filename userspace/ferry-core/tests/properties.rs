@@ -190,3 +190,176 @@ fn selection_applies_exactly_the_complete_prefix() {
         assert_eq!(applied.len() as u64, limit);
     }
 }
+
+/// The write-intent rules as a whole (`ferry_core::intent`): whatever
+/// the order of admissions, sleeps, intent writes, sweeps,
+/// acknowledgements, `SPOOLED` and failures, every write that reached its
+/// chunks and is not acknowledged is marked on the meta device, as the
+/// pages the type builds leave it.
+#[test]
+fn write_intent_keeps_every_unacknowledged_write_marked() {
+    use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum St {
+        Sleeping,
+        Waiting,
+        Landed,
+    }
+    #[derive(Clone, Copy)]
+    struct W {
+        sector: u64,
+        nr: u64,
+        gen: Gen,
+        st: St,
+        /// A record (acknowledged some day); otherwise dirty for ever.
+        record: bool,
+        ds: u64,
+        spooled: bool,
+    }
+
+    let mut rng = Rng(7);
+    for _ in 0..300 {
+        let nbits = 1 + rng.below(100_000);
+        let shift = rng.below(3) as u32;
+        let sectors = nbits << shift;
+        let mut wi =
+            WriteIntent::new(vec![0; storage_words(nbits).unwrap()], nbits, shift).unwrap();
+        let mut disk = vec![0u64; nbits.div_ceil(64) as usize];
+        let mut ws: Vec<W> = Vec::new();
+        let (mut next_ds, mut acked) = (0u64, 0u64);
+        let mut page = vec![0u8; 4096];
+        let mut snap = vec![0u64; WORDS_PER_PAGE];
+        let write_page = |page: &[u8], p: usize, disk: &mut Vec<u64>| {
+            for (i, b) in page.chunks_exact(8).enumerate() {
+                if let Some(d) = disk.get_mut(p * WORDS_PER_PAGE + i) {
+                    *d = u64::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+        };
+        let room = |rng: &mut Rng| match rng.below(10) {
+            0..=6 => Room::Spool,
+            7..=8 => Room::Wait,
+            _ => Room::Bitmap,
+        };
+        // Writes cluster on a few chunks so that generations overlap.
+        let hot = rng.below(sectors);
+        for _ in 0..400 {
+            match rng.below(9) {
+                0 | 1 => {
+                    let sector = (hot + rng.below(64)).min(sectors - 1);
+                    let nr = if rng.below(10) == 0 {
+                        0
+                    } else {
+                        1 + rng.below(20)
+                    };
+                    let r = room(&mut rng);
+                    let a = wi.admit(sector, nr, true, r);
+                    let mut w = W {
+                        sector,
+                        nr,
+                        gen: a.gen,
+                        st: St::Landed,
+                        record: r == Room::Spool,
+                        ds: 0,
+                        spooled: false,
+                    };
+                    if r == Room::Wait {
+                        w.st = St::Sleeping;
+                    } else if a.defer && rng.below(8) == 0 {
+                        // REQ_NOWAIT: it would wait, so it is undone.
+                        wi.finish(a.gen);
+                        continue;
+                    } else if a.defer {
+                        w.st = St::Waiting;
+                    }
+                    ws.push(w);
+                }
+                2 => {
+                    if let Some(w) = ws.iter_mut().find(|w| w.st == St::Sleeping) {
+                        let r = room(&mut rng);
+                        let a = wi.admit(w.sector, w.nr, false, r);
+                        if r != Room::Wait {
+                            w.gen = a.gen;
+                            w.record = r == Room::Spool;
+                            w.st = if a.defer { St::Waiting } else { St::Landed };
+                        }
+                    }
+                }
+                3 => {
+                    for p in 0..wi.pages() {
+                        if wi.wants_page(p) {
+                            wi.persist_page(p, &mut page, &mut snap);
+                            write_page(&page, p, &mut disk);
+                            wi.persisted(p, &snap);
+                        }
+                    }
+                    for w in ws.iter_mut().filter(|w| w.st == St::Waiting) {
+                        w.st = St::Landed;
+                    }
+                }
+                4 | 5 => {
+                    let mut changed = vec![false; wi.pages()];
+                    if wi
+                        .sweep(false, |w| changed[w / WORDS_PER_PAGE] = true)
+                        .cleared()
+                    {
+                        for (p, _) in changed.iter().enumerate().filter(|(_, &c)| c) {
+                            wi.sweep_page(p, &mut page);
+                            write_page(&page, p, &mut disk);
+                        }
+                    }
+                }
+                6 => {
+                    // Completion numbers landed records; the secondary
+                    // acknowledges a prefix.
+                    for w in ws
+                        .iter_mut()
+                        .filter(|w| w.st == St::Landed && w.record && w.ds == 0)
+                    {
+                        next_ds += 1;
+                        w.ds = next_ds;
+                    }
+                    acked = acked.max(rng.below(next_ds + 1));
+                    wi.ack(acked);
+                    ws.retain(|w| {
+                        let done = w.record && w.ds != 0 && w.ds <= acked;
+                        if done && !w.spooled {
+                            wi.finish(w.gen);
+                        }
+                        !done
+                    });
+                }
+                7 => {
+                    let upto = rng.below(next_ds + 1);
+                    for w in ws
+                        .iter_mut()
+                        .filter(|w| w.ds > acked && w.ds <= upto && !w.spooled)
+                    {
+                        w.spooled = true;
+                        wi.spooled(w.gen, w.sector, w.nr, w.ds, acked);
+                    }
+                }
+                _ => {
+                    // A landed record fails or is lost: dirty for ever.
+                    if let Some(w) = ws
+                        .iter_mut()
+                        .find(|w| w.st == St::Landed && w.record && !w.spooled && w.ds == 0)
+                    {
+                        wi.dropped(w.gen, w.sector, w.nr);
+                        w.record = false;
+                    }
+                }
+            }
+            for w in ws.iter().filter(|w| w.st == St::Landed && w.nr > 0) {
+                let (first, n) = wi.chunks(w.sector, w.nr).unwrap();
+                for c in first..first + n {
+                    assert!(
+                        disk[(c / 64) as usize] & 1 << (c % 64) != 0,
+                        "chunk {c} of a landed write is not marked"
+                    );
+                }
+            }
+        }
+    }
+}
