@@ -45,9 +45,9 @@ use crate::work::{DelayedWork, WorkId, Worker};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LEN};
 use ferry_core::command::{Command, CommandError, Commands};
-use ferry_core::bitmap::{chunks_of, words_for, ChunkBitmap};
 use ferry_core::gate::{holds_data_back, may_release, DeviceClass, Watermark};
-use ferry_core::meta::{self, sb_flags, Numbers, Superblock, BITS_PER_PAGE};
+use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
+use ferry_core::meta::{self, sb_flags, Numbers, Superblock};
 use ferry_core::record::{
     self, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader, RecordKind, CP_FIXED_LEN,
     HEADER_LEN, LABEL_MAX, TAIL_LEN,
@@ -94,9 +94,9 @@ pub(crate) struct Record {
     inline_len: usize,
     /// Spool bytes charged for this record.
     charge: usize,
-    /// Write-intent generation (0 or 1) whose count this record holds, or
-    /// [`NO_GEN`] (no chunk: flushes, markers).
-    wgen: usize,
+    /// Write-intent generation whose count this record holds, or
+    /// [`Gen::NONE`] (no chunk: flushes, markers).
+    wgen: Gen,
     dev_seq: AtomicU64,
     group_seq: AtomicU64,
     timestamp_ns: AtomicU64,
@@ -119,7 +119,7 @@ impl Record {
             inline: [0; CP_FIXED_LEN + LABEL_MAX],
             inline_len: 0,
             charge: PAGE_SIZE,
-            wgen: NO_GEN,
+            wgen: Gen::NONE,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),
             timestamp_ns: AtomicU64::new(0),
@@ -159,9 +159,6 @@ impl Record {
         self.group_seq.load(Relaxed)
     }
 }
-
-/// `Record::wgen` of a record that touches no chunk.
-const NO_GEN: usize = 2;
 
 /// The records of one device, in `dev_seq` order (see the module doc).
 struct Ring {
@@ -248,30 +245,9 @@ struct Stream {
     cp_first: u64,
     /// Writes mapped (bios), for status.
     written: u64,
-    /// Dirty-chunk bits: chunks the secondary misses writes of (overflow,
-    /// failed writes, and what the meta device named at load).  Always
-    /// also set on disk.
-    dirty: KVVec<u64>,
-    dirty_bits: u64,
-    chunk_shift: u32,
-    /// Write intent: bits durable on the meta device.  A write goes to its
-    /// chunks only once their bits are here.
-    ondisk: KVVec<u64>,
-    /// Bits deferred writes wait for (set in `map`, written by the kick
-    /// work).
-    want: KVVec<u64>,
-    /// Chunks written in each of two generations; `cur` is open.
-    touch: [KVVec<u64>; 2],
-    /// Records of each generation not yet acknowledged.
-    outstanding: [u64; 2],
-    cur: usize,
-    /// Chunks of records that left the ring by `SPOOLED` and are not
-    /// acknowledged, in two generations: `held[hopen]` is filled; the other
-    /// one, when `held_upto` of it is non-zero, waits for the `ACK` of
-    /// that `dev_seq`.  The sweep never clears their bits on disk.
-    held: [KVVec<u64>; 2],
-    held_upto: [u64; 2],
-    hopen: usize,
+    /// Write intent: which chunks the meta device marks, and when they
+    /// may be cleared (`ferry_core::intent`).
+    intent: WriteIntent<KVVec<u64>>,
 }
 
 impl Stream {
@@ -294,107 +270,6 @@ impl Stream {
             self.gate_from = ds;
         }
     }
-
-    /// The chunks `[first, first + n)` a range touches, clipped.
-    fn chunks(&self, sector: u64, nr_sectors: u64) -> Option<(u64, u64)> {
-        let (first, n) = chunks_of(sector, nr_sectors.max(1), self.chunk_shift)?;
-        let end = (first + n).min(self.dirty_bits);
-        (first < end).then_some((first, end - first))
-    }
-
-    fn mark_dirty(&mut self, sector: u64, nr_sectors: u64) {
-        if let Some((first, n)) = self.chunks(sector, nr_sectors) {
-            set_bits(&mut self.dirty, self.dirty_bits, first, n);
-        }
-    }
-
-    /// Write intent for a write to `[sector, +nr)`: marks the chunks
-    /// written in the open generation; returns whether some chunk is not
-    /// on disk yet (the write must wait), after adding those to `want`.
-    fn intend(&mut self, sector: u64, nr_sectors: u64) -> bool {
-        let Some((first, n)) = self.chunks(sector, nr_sectors) else {
-            return false;
-        };
-        let bits = self.dirty_bits;
-        set_bits(&mut self.touch[self.cur], bits, first, n);
-        let ondisk = ChunkBitmap::new(&mut self.ondisk, bits)
-            .and_then(|b| b.any_clear_in_range(first, n))
-            .unwrap_or(true);
-        if ondisk {
-            set_bits(&mut self.want, bits, first, n);
-        }
-        ondisk
-    }
-
-    /// Record `r` leaves the ring by `SPOOLED`: its write-intent count is
-    /// given back, and its chunks are held until its acknowledgement.
-    fn hold(&mut self, r: &Record) {
-        if r.wgen != NO_GEN {
-            if let Some((first, n)) = self.chunks(r.sector, u64::from(r.nr_sectors)) {
-                let bits = self.dirty_bits;
-                set_bits(&mut self.held[self.hopen], bits, first, n);
-            }
-            self.finish(r.wgen);
-        }
-        let ds = r.dev_seq.load(Relaxed);
-        if let Some(u) = self.held_upto.get_mut(self.hopen) {
-            *u = (*u).max(ds);
-        }
-        self.rotate_held();
-    }
-
-    /// Releases the held generation that the acknowledgements reached (its
-    /// chunks go back to the write-intent sweep, which clears them once no
-    /// write of theirs is outstanding) and closes the open one when the
-    /// other is free.
-    fn rotate_held(&mut self) {
-        // Twice: an acknowledgement may reach both generations.
-        for _ in 0..2 {
-            let closed = 1 - self.hopen;
-            let upto = self.held_upto.get(closed).copied().unwrap_or(0);
-            if upto != 0 && self.acked >= upto {
-                let (cur, held, touch) = (self.cur, &mut self.held, &mut self.touch);
-                if let (Some(h), Some(t)) = (held.get_mut(closed), touch.get_mut(cur)) {
-                    for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
-                        *tw |= *hw;
-                        *hw = 0;
-                    }
-                }
-                if let Some(u) = self.held_upto.get_mut(closed) {
-                    *u = 0;
-                }
-            }
-            let closed_free = self.held_upto.get(closed).is_some_and(|&u| u == 0);
-            let open_used = self.held_upto.get(self.hopen).is_some_and(|&u| u != 0);
-            if !(closed_free && open_used) {
-                return;
-            }
-            self.hopen = closed;
-        }
-    }
-
-    /// A record of generation `g` is acknowledged, dropped or failed.
-    fn finish(&mut self, g: usize) {
-        if let Some(o) = self.outstanding.get_mut(g) {
-            *o = o.saturating_sub(1);
-        }
-    }
-
-    fn dirty_count(&mut self) -> u64 {
-        ChunkBitmap::new(&mut self.dirty, self.dirty_bits)
-            .map(|bm| bm.count())
-            .unwrap_or(0)
-    }
-}
-
-fn set_bits(words: &mut [u64], nbits: u64, first: u64, n: u64) {
-    if let Ok(mut bm) = ChunkBitmap::new(words, nbits) {
-        let _ = bm.set_range(first, n);
-    }
-}
-
-fn zeroed_words(n: usize) -> Result<KVVec<u64>, kernel::alloc::AllocError> {
-    KVVec::from_elem(0u64, n, GFP_KERNEL)
 }
 
 /// The meta device of a stream, for process-context I/O under the group's
@@ -436,18 +311,6 @@ impl StreamMeta {
         r
     }
 }
-
-/// Copies words `[w0, w0 + 512)` of `words` (missing ones as zero), or'ed
-/// with `or`'s, into a bitmap page image, little-endian.
-fn page_of(words: &[u64], w0: usize, out: &mut [u8; PAGE_SIZE], or: Option<&[u64]>) {
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let w = words.get(w0 + i).copied().unwrap_or(0)
-            | or.and_then(|o| o.get(w0 + i).copied()).unwrap_or(0);
-        chunk.copy_from_slice(&w.to_le_bytes());
-    }
-}
-
-const WORDS_PER_PAGE: usize = (BITS_PER_PAGE / 64) as usize;
 
 /// Whether the group ships records or only tracks dirty chunks.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -820,7 +683,7 @@ impl Group {
             }
             // The stream's bitmap and meta device stay those of the loaded
             // table: a reload may not change them.
-            let same_chunks = s.chunk_shift == chunk_shift;
+            let same_chunks = s.intent.chunk_shift() == chunk_shift;
             drop(st);
             let same_len = ctl.data.get(i).copied().flatten().is_some_and(|d| d.sectors == sectors);
             let same_meta = self
@@ -845,16 +708,13 @@ impl Group {
         let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
         let ring = Ring::new(cap).map_err(|_| JoinError::NoMemory)?;
         let bits = sectors.div_ceil(1u64 << chunk_shift);
-        let words = usize::try_from(words_for(bits)).map_err(|_| JoinError::NoMemory)?;
         fn nm<E>(_: E) -> JoinError {
             JoinError::NoMemory
         }
-        let mut dirty = zeroed_words(words).map_err(nm)?;
-        let mut ondisk = zeroed_words(words).map_err(nm)?;
-        let want = zeroed_words(words).map_err(nm)?;
-        let touch = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
-        let held = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
-        let pages = words.div_ceil(WORDS_PER_PAGE);
+        let words = storage_words(bits).ok_or(JoinError::NoMemory)?;
+        let words = KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(nm)?;
+        let mut intent = WriteIntent::new(words, bits, chunk_shift).map_err(nm)?;
+        let pages = intent.pages();
         let changed = KVVec::from_elem(false, pages, GFP_KERNEL).map_err(nm)?;
         let mut sm = StreamMeta {
             dev: meta_dev,
@@ -873,7 +733,7 @@ impl Group {
             changed,
             wsnap: KVec::from_elem(0u64, WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?,
         };
-        let (loaded, left) = self.load_meta(&mut sm, &mut ondisk, pages)?;
+        let (loaded, left) = self.load_meta(&mut sm, &mut intent, pages)?;
         if secondary {
             let mark = Self::read_mark(&sm).map_err(|_| JoinError::MetaIo)?;
             *apply = Self::merge_marks(apply.mark(), mark);
@@ -882,9 +742,6 @@ impl Group {
             }
         }
         drop(apply);
-        for (d, o) in dirty.iter_mut().zip(ondisk.iter()) {
-            *d = *o;
-        }
         // Where the device's stream stands: a device that left its group
         // cleanly continues its numbers (and raises the group's to its
         // own), so that the secondary never sees a number twice.
@@ -917,17 +774,7 @@ impl Group {
             gate_from: 0,
             cp_first,
             written: 0,
-            dirty,
-            dirty_bits: bits,
-            chunk_shift,
-            ondisk,
-            want,
-            touch,
-            outstanding: [0; 2],
-            cur: 0,
-            held,
-            held_upto: [0; 2],
-            hopen: 0,
+            intent,
         };
         if let Some(slot) = self.meta.lock().get_mut(i) {
             *slot = Some(sm);
@@ -953,13 +800,13 @@ impl Group {
     }
 
     /// Reads the superblock and the bitmap of a joining device into
-    /// `ondisk`, or formats a meta device that has no valid superblock.
+    /// `intent`, or formats a meta device that has no valid superblock.
     /// Returns the number of chunks the bitmap names and how the device
     /// left its group last time.
     fn load_meta(
         &self,
         sm: &mut StreamMeta,
-        ondisk: &mut [u64],
+        intent: &mut WriteIntent<KVVec<u64>>,
         pages: usize,
     ) -> core::result::Result<(u64, Left), JoinError> {
         let io = |_| JoinError::MetaIo;
@@ -1004,15 +851,8 @@ impl Group {
                 }
                 sm.sb = found;
                 for p in 0..pages {
-                    meta_read(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
-                        for (i, w) in b.chunks(8).enumerate() {
-                            let mut le = [0u8; 8];
-                            le.copy_from_slice(w);
-                            if let Some(d) = ondisk.get_mut(p * WORDS_PER_PAGE + i) {
-                                *d = u64::from_le_bytes(le);
-                                set += u64::from(d.count_ones());
-                            }
-                        }
+                    set += meta_read(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
+                        intent.load(p, b)
                     })
                     .map_err(io)?;
                 }
@@ -1120,16 +960,10 @@ impl Group {
     }
 
     /// Admits a write of device `id` to `[sector, +nr)` (nr 0: no data
-    /// range): write intent, then spool room for a record of `charge`
-    /// bytes.  Never sleeps.
-    ///
-    /// Intent is registered on the first pass and again on the pass that
-    /// takes the write (room reserved, or tracked in the bitmap): a writer
-    /// that slept for room under `overflow block` may have seen two sweeps
-    /// clear the chunks of its first pass's generation, and its write must
-    /// not land in a chunk the meta device no longer marks (G3).  The
-    /// reserving pass's generation is the record's (`wgen`), so no sweep
-    /// clears the chunks before the record is acknowledged.
+    /// range): spool room for a record of `charge` bytes, then write
+    /// intent for what the spool did (`WriteIntent::admit`: `first` is
+    /// the writer's first pass; a writer that slept for room registers
+    /// intent again on the pass that takes its write).  Never sleeps.
     fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, block: bool, first: bool) -> Admit {
         let mut st = self.state.lock();
         let reserve = if st.mode == RepMode::Ahead {
@@ -1145,25 +979,18 @@ impl Group {
             return Admit {
                 reserve: Reserve::Ahead,
                 defer: false,
-                wgen: NO_GEN,
+                wgen: Gen::NONE,
             };
         };
-        let mut defer = false;
         if first {
             s.written += 1;
         }
-        if nr > 0 && (first || reserve != Reserve::Full) {
-            defer = s.intend(sector, nr);
-        }
-        let mut wgen = NO_GEN;
-        match reserve {
-            Reserve::Done if nr > 0 => {
-                wgen = s.cur;
-                s.outstanding[wgen] += 1;
-            }
-            Reserve::Ahead | Reserve::Overflow => s.mark_dirty(sector, nr),
-            _ => {}
-        }
+        let room = match reserve {
+            Reserve::Done => Room::Spool,
+            Reserve::Full => Room::Wait,
+            Reserve::Ahead | Reserve::Overflow => Room::Bitmap,
+        };
+        let a = s.intent.admit(sector, nr, first, room);
         match reserve {
             Reserve::Done => st.spool_used += charge,
             Reserve::Overflow => self.enter_ahead(&mut st, "spool full"),
@@ -1171,11 +998,10 @@ impl Group {
         }
         Admit {
             reserve,
-            defer,
-            wgen,
+            defer: a.defer,
+            wgen: a.gen,
         }
     }
-
 
     /// `map` of a write-like bio of device `id`: builds its record, or
     /// marks its chunks dirty when the spool cannot take it.
@@ -1237,8 +1063,7 @@ impl Group {
                 st.spool_used = st.spool_used.saturating_sub(charge);
                 self.enter_ahead(&mut st, "out of memory for the spool");
                 if let Some(s) = st.stream(id) {
-                    s.finish(wgen);
-                    s.mark_dirty(sector, nr);
+                    s.intent.dropped(wgen, sector, nr);
                 }
                 drop(st);
                 self.dropped.fetch_add(1, Relaxed);
@@ -1247,11 +1072,11 @@ impl Group {
         }
     }
 
-    fn unadmit(&self, id: u32, charge: usize, wgen: usize) {
+    fn unadmit(&self, id: u32, charge: usize, wgen: Gen) {
         let mut st = self.state.lock();
         st.spool_used = st.spool_used.saturating_sub(charge);
         if let Some(s) = st.stream(id) {
-            s.finish(wgen);
+            s.intent.finish(wgen);
         }
     }
 
@@ -1260,8 +1085,7 @@ impl Group {
         st.spool_used = st.spool_used.saturating_sub(rec.charge);
         self.enter_ahead(&mut st, why);
         if let Some(s) = st.stream(rec.device_id) {
-            s.finish(rec.wgen);
-            s.mark_dirty(rec.sector, u64::from(rec.nr_sectors));
+            s.intent.dropped(rec.wgen, rec.sector, u64::from(rec.nr_sectors));
         }
         drop(st);
         self.dropped.fetch_add(1, Relaxed);
@@ -1304,8 +1128,7 @@ impl Group {
         if failed {
             st.spool_used = st.spool_used.saturating_sub(charge);
             if let Some(s) = st.stream(id) {
-                s.finish(wgen);
-                s.mark_dirty(sector, nr);
+                s.intent.dropped(wgen, sector, nr);
             }
         }
         drop(st);
@@ -1595,15 +1418,17 @@ impl Group {
                     None => {
                         s.acked = s.acked.max(dev_seq);
                         s.log_acked = s.log_acked.max(dev_seq);
-                        s.rotate_held();
+                        s.intent.ack(s.acked);
                     }
-                    Some(r) => s.finish(r.wgen),
+                    Some(r) => s.intent.finish(r.wgen),
                 });
             }
             Command::Spooled { device, dev_seq } => {
                 self.release_through(device, dev_seq, |s, r| {
                     if let Some(r) = r {
-                        s.hold(r);
+                        let ds = r.dev_seq.load(Relaxed);
+                        let nr = u64::from(r.nr_sectors);
+                        s.intent.spooled(r.wgen, r.sector, nr, ds, s.acked);
                     }
                 });
             }
@@ -1673,7 +1498,7 @@ impl Group {
             completed: s.as_ref().map_or(0, |s| s.last_dev_seq),
             shipped: s.as_ref().map_or(0, |s| s.shipped),
             acked: s.as_ref().map_or(0, |s| s.acked),
-            dirty: s.map_or(0, |s| s.dirty_count()),
+            dirty: s.map_or(0, |s| s.intent.dirty_count()),
             spool_used: used,
             spool_cap: self.settings.spool_bytes(),
             epoch,
@@ -2040,7 +1865,7 @@ enum Reserve {
 struct Admit {
     reserve: Reserve,
     defer: bool,
-    wgen: usize,
+    wgen: Gen,
 }
 
 /// What `dmsetup status` reports of a primary device.
@@ -2095,51 +1920,30 @@ impl Group {
         }
     }
 
-    /// Clears, on disk, the chunks whose writes are all acknowledged: those
-    /// written in the closed generation, not since, not dirty, once no
-    /// record of that generation is outstanding; then opens a new
-    /// generation.  `last`: the device is leaving (no write in flight), so
-    /// both generations may close.  Called with `meta` held.
+    /// The write-intent sweep of device `i` (`WriteIntent::sweep`: the
+    /// chunks whose writes are all acknowledged are cleared in memory),
+    /// then the bitmap pages it changed are written.  `last`: the device
+    /// is leaving (no write in flight), so both generations may close.
+    /// Called with `meta` held.
     fn sweep_stream(&self, metas: &mut KVec<Option<StreamMeta>>, i: usize, last: bool) {
         let Some(Some(sm)) = metas.get_mut(i) else {
             return;
         };
-        let mut any = false;
-        {
+        let cleared = {
             let mut st = self.state.lock();
             let Some(Some(s)) = st.streams.get_mut(i) else {
                 return;
             };
-            let prev = 1 - s.cur;
-            let closing: &[usize] = if last { &[0, 1] } else { core::slice::from_ref(&prev) };
-            if closing.iter().any(|&g| s.outstanding[g] > 0) {
-                return;
-            }
-            for w in 0..s.ondisk.len() {
-                let mut clear = s.touch[prev][w];
-                if last {
-                    clear |= s.touch[s.cur][w];
-                } else {
-                    clear &= !s.touch[s.cur][w];
-                }
-                clear &= !s.dirty[w] & !s.want[w] & !s.held[0][w] & !s.held[1][w] & s.ondisk[w];
-                if clear != 0 {
-                    // Cleared in memory before on disk: a write that comes
-                    // now waits for the bit to be written again, after this.
-                    s.ondisk[w] &= !clear;
-                    if let Some(c) = sm.changed.get_mut(w / WORDS_PER_PAGE) {
+            let changed = &mut sm.changed;
+            s.intent
+                .sweep(last, |w| {
+                    if let Some(c) = changed.get_mut(w / WORDS_PER_PAGE) {
                         *c = true;
                     }
-                    any = true;
-                }
-                s.touch[prev][w] = 0;
-                if last {
-                    s.touch[s.cur][w] = 0;
-                }
-            }
-            s.cur = prev;
-        }
-        if !any {
+                })
+                .cleared()
+        };
+        if !cleared {
             return;
         }
         for p in 0..sm.changed.len() {
@@ -2147,11 +1951,10 @@ impl Group {
             if !core::mem::replace(c, false) {
                 continue;
             }
-            let w0 = p * WORDS_PER_PAGE;
             let r = meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
                 let st = self.state.lock();
                 if let Some(Some(s)) = st.streams.get(i) {
-                    page_of(&s.ondisk, w0, b, None);
+                    s.intent.sweep_page(p, b);
                 }
             });
             // A failed clear only leaves bits set: more to resync, never less.
@@ -2172,17 +1975,14 @@ impl Group {
         let mut ok = true;
         for (i, sm) in metas.iter_mut().enumerate() {
             let Some(sm) = sm else { continue };
-            let words = {
+            let pages = {
                 let st = self.state.lock();
-                st.streams.get(i).and_then(Option::as_ref).map_or(0, |s| s.want.len())
+                st.streams.get(i).and_then(Option::as_ref).map_or(0, |s| s.intent.pages())
             };
-            for p in 0..words.div_ceil(WORDS_PER_PAGE) {
-                let w0 = p * WORDS_PER_PAGE;
+            for p in 0..pages {
                 let wanted = {
                     let st = self.state.lock();
-                    st.streams.get(i).and_then(Option::as_ref).is_some_and(|s| {
-                        s.want.iter().skip(w0).take(WORDS_PER_PAGE).any(|&w| w != 0)
-                    })
+                    st.streams.get(i).and_then(Option::as_ref).is_some_and(|s| s.intent.wants_page(p))
                 };
                 if !wanted {
                     continue;
@@ -2191,10 +1991,7 @@ impl Group {
                 let r = meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
                     let st = self.state.lock();
                     if let Some(Some(s)) = st.streams.get(i) {
-                        for (k, w) in wsnap.iter_mut().enumerate() {
-                            *w = s.want.get(w0 + k).copied().unwrap_or(0);
-                        }
-                        page_of(&s.ondisk, w0, b, Some(&s.want));
+                        s.intent.persist_page(p, b, wsnap);
                     }
                 });
                 if r.is_err() {
@@ -2208,14 +2005,7 @@ impl Group {
                 }
                 let mut st = self.state.lock();
                 if let Some(Some(s)) = st.streams.get_mut(i) {
-                    for (k, &w) in sm.wsnap.iter().enumerate() {
-                        if let Some(o) = s.ondisk.get_mut(w0 + k) {
-                            *o |= w;
-                        }
-                        if let Some(x) = s.want.get_mut(w0 + k) {
-                            *x &= !w;
-                        }
-                    }
+                    s.intent.persisted(p, &sm.wsnap);
                 }
             }
         }
