@@ -20,7 +20,10 @@
 //!    all its chunks are added to the *wanted* bits, which the next
 //!    [`WriteIntent::persist_page`] writes.  Only after that page is
 //!    durable ([`WriteIntent::persisted`]) do they become durable and may
-//!    the write go.
+//!    the write go; they count as touched in the generation open then
+//!    (rule 7), so that a bit made durable for a write that never went (a
+//!    `REQ_NOWAIT` write refused, a sleeping writer that never came back)
+//!    is cleared in its turn.
 //! 3. **Touch generations.**  Every write that registers intent marks its
 //!    chunks in the *open* one of two generations of touched chunks,
 //!    whether it waits or not and whether it becomes a record or not.
@@ -487,19 +490,20 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
     }
 
     /// The page built by [`Self::persist_page`] with `snap` is durable:
-    /// the wanted bits it held are durable (rule 2).
+    /// the wanted bits it held are durable, and touched in the open
+    /// generation (rules 2 and 7).
     pub fn persisted(&mut self, page: usize, snap: &[u64]) {
         let w0 = page.saturating_mul(WORDS_PER_PAGE);
+        let touch = TOUCH[self.cur];
         for (k, &s) in snap.iter().enumerate() {
             let w = w0.saturating_add(k);
             if w >= self.n {
                 break;
             }
-            if let Some(d) = self.words.get_mut(DURABLE * self.n + w) {
-                *d |= s;
-            }
-            if let Some(x) = self.words.get_mut(WANT * self.n + w) {
-                *x &= !s;
+            for (p, keep) in [(DURABLE, true), (touch, true), (WANT, false)] {
+                if let Some(x) = self.words.get_mut(p * self.n + w) {
+                    *x = if keep { *x | s } else { *x & !s };
+                }
             }
         }
     }
@@ -795,6 +799,26 @@ mod tests {
             .iter()
             .chain(w.plane(TOUCH[1]))
             .all(|&x| x == 0));
+    }
+
+    #[test]
+    fn rule7_a_chunk_made_durable_is_swept_even_if_its_write_never_went() {
+        let mut w = wi();
+        let mut disk = vec![0u64; 4];
+        // A REQ_NOWAIT write would wait: refused, its record given back;
+        // its chunk stays wanted.
+        let a = w.admit(s(6), 8, true, Room::Spool);
+        assert!(a.defer);
+        w.finish(a.gen);
+        // Its generation is swept before the next kick writes the bit ...
+        sweep(&mut w, &mut disk);
+        sweep(&mut w, &mut disk);
+        persist(&mut w, &mut disk);
+        assert!(durable(&w, 6) && disk[0] == 1 << 6);
+        // ... which counts as touched now, and is cleared in its turn.
+        sweep(&mut w, &mut disk);
+        assert!(sweep(&mut w, &mut disk).cleared());
+        assert_eq!(disk[0], 0);
     }
 
     #[test]
