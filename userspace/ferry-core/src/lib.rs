@@ -12,6 +12,8 @@
 //!
 //! * [`record`] — record format v1 (encode, decode, verify).
 //! * [`digest`] — CRC-32C and XXH64, reference implementation and vectors.
+//! * [`stream`] — a device stream on the primary: numbering, queue,
+//!   release order, acknowledgements, restart numbers (G1, G2, G3).
 //! * [`gate`] — the log-before-data gate on the primary (G2).
 //! * [`progress`] — per-stream completion, acknowledgement, resubmission.
 //! * [`select`] — receive windows and the apply limit at the secondary (G1).
@@ -80,6 +82,7 @@ pub mod meta;
 pub mod progress;
 pub mod record;
 pub mod select;
+pub mod stream;
 pub mod table;
 
 #[cfg(feature = "std")]

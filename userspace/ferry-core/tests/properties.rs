@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_core::bitmap::{decode_bitmap, ChunkBitmap};
-use ferry_core::gate::{LogPending, PendingLog, Watermark};
+use ferry_core::gate::{DeviceClass, LogPending, PendingLog, Watermark};
 use ferry_core::progress::{Mark, SeqWindow};
 use ferry_core::record::RecordKind;
 use ferry_core::select::{group_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow};
+use ferry_core::stream::{next_releasable, watermark, Ack, GroupOrder, Refused, Sequenced, Stream};
 use ferry_core::FastDigest;
 
 struct Rng(u64);
@@ -124,6 +125,156 @@ fn gate_watermark_matches_a_model() {
             }
             let want = pending.values().min().map(|g| g - 1);
             assert_eq!(Watermark::of([&ring]).get(), want);
+        }
+    }
+}
+
+struct Rec {
+    kind: RecordKind,
+    dev_seq: u64,
+    group_seq: u64,
+}
+
+impl Sequenced for Rec {
+    fn kind(&self) -> RecordKind {
+        self.kind
+    }
+    fn dev_seq(&self) -> u64 {
+        self.dev_seq
+    }
+    fn group_seq(&self) -> u64 {
+        self.group_seq
+    }
+}
+
+/// The primary's streams under random numbering, reads, reader restarts
+/// and acknowledgements (valid or not) against a naive model: what is
+/// read is the completion order filtered by the gate, each stream a
+/// prefix; no data record is read above a pending log record; every
+/// refusal is the model's.
+#[test]
+fn streams_match_a_model() {
+    use std::collections::VecDeque;
+    const CLASSES: [DeviceClass; 3] = [DeviceClass::Log, DeviceClass::Data, DeviceClass::Log];
+    const KINDS: [RecordKind; 4] = [
+        RecordKind::Write,
+        RecordKind::Flush,
+        RecordKind::Checkpoint,
+        RecordKind::ConsistencyPoint,
+    ];
+    let mut rng = Rng(3);
+    for _ in 0..200 {
+        let mut g = GroupOrder::new();
+        let mut st: Vec<Stream<Vec<Option<Box<Rec>>>>> = CLASSES
+            .iter()
+            .map(|&c| Stream::new((0..16).map(|_| None).collect(), c, 0, 1))
+            .collect();
+        // Model: per stream (dev_seq, group_seq, kind) held, sent count,
+        // shipped, acked, log_acked.
+        let mut held: Vec<VecDeque<(u64, u64, RecordKind)>> = vec![VecDeque::new(); 3];
+        let mut sent = [0usize; 3];
+        let mut shipped = [0u64; 3];
+        let mut acked = [0u64; 3];
+        let mut log_acked = [0u64; 3];
+        let mut last = [0u64; 3];
+        let mut group = 0u64;
+        for _ in 0..400 {
+            let i = rng.below(3) as usize;
+            match rng.below(6) {
+                0 | 1 => {
+                    let kind = KINDS[rng.below(4) as usize];
+                    let rec = Box::new(Rec {
+                        kind,
+                        dev_seq: 0,
+                        group_seq: 0,
+                    });
+                    let r = g.sequence(&mut st[i], 0, rec, |r, n| {
+                        r.dev_seq = n.dev_seq;
+                        r.group_seq = n.group_seq;
+                    });
+                    assert_eq!(r.is_ok(), held[i].len() < 16);
+                    if r.is_ok() {
+                        last[i] += 1;
+                        group += 1;
+                        held[i].push_back((last[i], group, kind));
+                    }
+                }
+                2 => {
+                    // The reader takes what the gate releases.
+                    let pending = (0..3)
+                        .filter(|&j| CLASSES[j] == DeviceClass::Log)
+                        .flat_map(|j| held[j].iter().filter(move |r| r.0 > log_acked[j]))
+                        .filter(|r| ferry_core::gate::holds_data_back(r.2))
+                        .map(|r| r.1)
+                        .min();
+                    let w = watermark(st.iter_mut());
+                    assert_eq!(w.get(), pending.map(|p| p - 1));
+                    let want = (0..3)
+                        .filter_map(|j| held[j].get(sent[j]).map(|r| (r.1, j)))
+                        .filter(|&(gs, j)| {
+                            CLASSES[j] == DeviceClass::Log || pending.is_none_or(|p| gs < p)
+                        })
+                        .min()
+                        .map(|(_, j)| j);
+                    let got = next_releasable(st.iter().map(Some), w);
+                    assert_eq!(got, want);
+                    if let Some(j) = got {
+                        st[j].mark_sent();
+                        shipped[j] = shipped[j].max(held[j][sent[j]].0);
+                        sent[j] += 1;
+                    }
+                }
+                3 => {
+                    for (s, n) in st.iter_mut().zip(sent.iter_mut()) {
+                        s.rewind();
+                        *n = 0;
+                    }
+                }
+                _ => {
+                    let ack = [Ack::Log, Ack::Durable, Ack::Spooled][rng.below(3) as usize];
+                    let ds = rng.below(last[i] + 2);
+                    let log = CLASSES[i] == DeviceClass::Log;
+                    let not_log_ack = ack == Ack::Log && !log;
+                    let log_not_acked = ack == Ack::Spooled && log && ds > log_acked[i];
+                    let model = if not_log_ack || log_not_acked {
+                        Err(Refused::Invalid)
+                    } else if ds > shipped[i] {
+                        Err(Refused::Range)
+                    } else {
+                        Ok(())
+                    };
+                    let mut dropped = Vec::new();
+                    let r = st[i].acknowledge(ack, ds, |r| dropped.push(r.dev_seq));
+                    assert_eq!(r, model);
+                    let mut want = Vec::new();
+                    if r.is_ok() {
+                        if ack != Ack::Spooled {
+                            log_acked[i] = log_acked[i].max(ds);
+                        }
+                        if ack == Ack::Durable {
+                            acked[i] = acked[i].max(ds);
+                        }
+                        if ack != Ack::Log {
+                            while held[i].front().is_some_and(|r| r.0 <= ds) {
+                                want.push(held[i].pop_front().unwrap().0);
+                                sent[i] = sent[i].saturating_sub(1);
+                            }
+                        }
+                    }
+                    assert_eq!(dropped, want);
+                }
+            }
+            for j in 0..3 {
+                assert_eq!(st[j].len(), held[j].len());
+                assert_eq!(
+                    (st[j].shipped(), st[j].acked(), st[j].log_acked()),
+                    (shipped[j], acked[j], log_acked[j])
+                );
+                assert_eq!(
+                    st[j].next_unsent().map(|r| r.dev_seq),
+                    held[j].get(sent[j]).map(|r| r.0)
+                );
+            }
         }
     }
 }
