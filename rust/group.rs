@@ -20,14 +20,19 @@
 //! in any stream), and a slow write does not hold back the records of
 //! writes that completed before it.
 //!
+//! The numbering, the gate, the order records are read in, the
+//! acknowledgement commands and the restart numbers are
+//! `ferry_core::stream`'s: the group keeps a `GroupOrder` and each device a
+//! `ferry_core::stream::Stream` over its ring of records.
+//!
 //! # Storage
 //!
-//! Each device of the group has a ring of its records in `dev_seq` order:
-//! `[head, head + sent)` were read by `ferryd` and wait for the secondary's
-//! acknowledgement, `[head + sent, head + len)` wait to be read.  Every
-//! record charges at least one page to the group's spool, whose cap bounds
-//! every ring, so rings are allocated once, when a device joins, and never
-//! grow.  Spool memory returns when the secondary acknowledges.
+//! Each device of the group has a ring of its records in `dev_seq` order
+//! (those read by `ferryd` wait for the secondary's acknowledgement, the
+//! others wait to be read).  Every record charges at least one page to the
+//! group's spool, whose cap bounds every ring, so rings are allocated once,
+//! when a device joins, and never grow.  Spool memory returns when the
+//! secondary acknowledges.
 //!
 //! # Locks
 //!
@@ -45,9 +50,10 @@ use crate::work::{DelayedWork, WorkId, Worker};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LEN};
 use ferry_core::command::{Command, CommandError, Commands};
-use ferry_core::gate::{holds_data_back, may_release, DeviceClass, Watermark};
+use ferry_core::gate::DeviceClass;
 use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
 use ferry_core::meta::{self, sb_flags, Numbers, Superblock};
+use ferry_core::stream::{self, Ack, GroupOrder, Left, Numbered, Refused, Sequenced};
 use ferry_core::record::{
     self, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader, RecordKind, CP_FIXED_LEN,
     HEADER_LEN, LABEL_MAX, TAIL_LEN,
@@ -155,94 +161,32 @@ impl Record {
         HEADER_LEN + self.payload_len() + TAIL_LEN
     }
 
+    fn set_numbers(&self, n: &Numbered) {
+        self.dev_seq.store(n.dev_seq, Relaxed);
+        self.group_seq.store(n.group_seq, Relaxed);
+        self.timestamp_ns.store(n.timestamp_ns, Relaxed);
+        self.epoch.store(n.epoch, Relaxed);
+    }
+}
+
+impl Sequenced for Record {
+    fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    fn dev_seq(&self) -> u64 {
+        self.dev_seq.load(Relaxed)
+    }
+
     fn group_seq(&self) -> u64 {
         self.group_seq.load(Relaxed)
     }
 }
 
-/// The records of one device, in `dev_seq` order (see the module doc).
-struct Ring {
-    slots: KVVec<Option<Arc<Record>>>,
-    head: usize,
-    len: usize,
-    sent: usize,
-}
-
-impl Ring {
-    fn new(capacity: usize) -> Result<Self> {
-        Ok(Self {
-            slots: KVVec::from_elem(None, capacity, GFP_KERNEL)?,
-            head: 0,
-            len: 0,
-            sent: 0,
-        })
-    }
-
-    fn at(&self, i: usize) -> Option<&Arc<Record>> {
-        if i >= self.len {
-            return None;
-        }
-        self.slots.get(self.index(i)?)?.as_ref()
-    }
-
-    /// Slot of the `i`-th record from the head (no division: a zero
-    /// capacity simply has no slot).
-    fn index(&self, i: usize) -> Option<usize> {
-        let cap = self.slots.len();
-        let j = self.head.checked_add(i)?;
-        Some(if j >= cap { j.checked_sub(cap)? } else { j }).filter(|&j| j < cap)
-    }
-
-    fn push(&mut self, r: Arc<Record>) -> core::result::Result<(), Arc<Record>> {
-        if self.len >= self.slots.len() {
-            return Err(r);
-        }
-        let Some(i) = self.index(self.len) else {
-            return Err(r);
-        };
-        match self.slots.get_mut(i) {
-            Some(slot) => {
-                *slot = Some(r);
-                self.len += 1;
-                Ok(())
-            }
-            None => Err(r),
-        }
-    }
-
-    fn pop(&mut self) -> Option<Arc<Record>> {
-        if self.len == 0 {
-            return None;
-        }
-        let r = self.slots.get_mut(self.head)?.take();
-        self.head = self.index(1)?;
-        self.len -= 1;
-        self.sent = self.sent.saturating_sub(1);
-        r
-    }
-
-    fn next_unsent(&self) -> Option<&Arc<Record>> {
-        self.at(self.sent)
-    }
-}
-
 /// One device of the group, as the spool sees it.
 struct Stream {
-    role: Role,
-    ring: Ring,
-    /// Last `dev_seq` assigned.
-    last_dev_seq: u64,
-    /// Highest `dev_seq` read by `ferryd`.
-    shipped: u64,
-    /// Highest `dev_seq` the secondary holds durably (`Ack`).
-    acked: u64,
-    /// Highest `dev_seq` of a log device acknowledged for the gate.
-    log_acked: u64,
-    /// Log device: its records from `log_acked + 1` to before this one are
-    /// markers (they do not hold data back).
-    gate_from: u64,
-    /// First `dev_seq` after the last consistency point.
-    cp_first: u64,
+    /// Its records and numbers (`ferry_core::stream`).
+    q: stream::Stream<KVVec<Option<Arc<Record>>>>,
     /// Writes mapped (bios), for status.
     written: u64,
     /// Write intent: which chunks the meta device marks, and when they
@@ -251,23 +195,10 @@ struct Stream {
 }
 
 impl Stream {
-    /// The lowest `group_seq` of this log device's records that hold data
-    /// back (all but markers: `gate::holds_data_back`) and are not yet
-    /// acknowledged for the gate, if any.
-    fn lowest_pending_log(&mut self) -> Option<u64> {
-        // The ring holds `dev_seq`s `front, front + 1, ...`; the markers
-        // passed over are remembered in `gate_from`, so each record is
-        // looked at once.
-        let front = self.ring.at(0)?.dev_seq.load(Relaxed);
-        let mut ds = self.gate_from.max(self.log_acked + 1).max(front);
-        loop {
-            let r = self.ring.at(usize::try_from(ds - front).ok()?)?;
-            if holds_data_back(r.kind) {
-                self.gate_from = ds;
-                return Some(r.group_seq());
-            }
-            ds += 1;
-            self.gate_from = ds;
+    fn role(&self) -> Role {
+        match self.q.class() {
+            DeviceClass::Log => Role::Log,
+            DeviceClass::Data => Role::Data,
         }
     }
 }
@@ -324,20 +255,10 @@ pub(crate) enum RepMode {
 
 struct State {
     streams: KVec<Option<Stream>>,
-    last_group_seq: u64,
-    last_ts: u64,
-    /// Added to the clock for timestamps: a group continued from its meta
-    /// devices (after a restart of the host) keeps its time increasing.
-    ts_base: u64,
-    /// The open checkpoint interval.
-    epoch: u64,
-    /// Records sequenced since the last checkpoint marker.
-    since_checkpoint: u64,
+    /// The group order, the clock, the intervals and consistency points.
+    order: GroupOrder,
     spool_used: usize,
     mode: RepMode,
-    /// Last applied interval the secondary reported.
-    applied_epoch: u64,
-    cp_id: u64,
     /// Writes waiting for their chunks' bits to reach the meta device.
     held: HeldList,
     /// Secondary: an interval is being applied; host reads wait.
@@ -353,83 +274,29 @@ impl State {
         self.streams.get_mut(id as usize)?.as_mut()
     }
 
-    /// Numbers `r` (now complete) and appends it to its device's ring.
+    /// Numbers `r` (now complete) and appends it to its device's ring
+    /// (`GroupOrder::sequence`).
     fn sequence(&mut self, r: Arc<Record>, now_ns: u64) -> core::result::Result<(), Arc<Record>> {
-        let ts = now_ns.saturating_add(self.ts_base).max(self.last_ts);
-        let group_seq = self.last_group_seq + 1;
-        let epoch = self.epoch;
-        let Some(s) = self.stream(r.device_id) else {
+        let Some(Some(s)) = self.streams.get_mut(r.device_id as usize) else {
             return Err(r);
         };
-        let dev_seq = s.last_dev_seq + 1;
-        r.dev_seq.store(dev_seq, Relaxed);
-        r.group_seq.store(group_seq, Relaxed);
-        r.timestamp_ns.store(ts, Relaxed);
-        r.epoch.store(epoch, Relaxed);
-        s.ring.push(r)?;
-        s.last_dev_seq = dev_seq;
-        self.last_group_seq = group_seq;
-        self.last_ts = ts;
-        self.since_checkpoint += 1;
-        Ok(())
-    }
-
-    /// The group's counters, and `cp_first` of a stream, as a device that
-    /// leaves cleanly records them on its meta device.
-    fn numbers(&self, cp_first: u64) -> Numbers {
-        Numbers {
-            group_seq: self.last_group_seq,
-            epoch: self.epoch,
-            timestamp_ns: self.last_ts,
-            cp_id: self.cp_id,
-            cp_first,
-        }
-    }
-
-    /// Raises the group's counters to those a joining device recorded
-    /// (`now_ns`: the clock now, which the timestamps are to continue
-    /// above).
-    fn continue_from(&mut self, n: &Numbers, now_ns: u64) {
-        self.last_group_seq = self.last_group_seq.max(n.group_seq);
-        self.epoch = self.epoch.max(n.epoch);
-        self.cp_id = self.cp_id.max(n.cp_id);
-        self.ts_base = self.ts_base.max(n.timestamp_ns.saturating_sub(now_ns));
-        self.last_ts = self.last_ts.max(n.timestamp_ns);
-    }
-
-    /// The gate's watermark: every log record at or below it is
-    /// acknowledged.
-    fn watermark(&mut self) -> Watermark {
-        let lowest = self
-            .streams
-            .iter_mut()
-            .flatten()
-            .filter(|s| s.role == Role::Log)
-            .filter_map(Stream::lowest_pending_log)
-            .min();
-        Watermark::from_lowest_pending(lowest)
+        self.order
+            .sequence(&mut s.q, now_ns, r, |r, n| r.set_numbers(n))
+            .map(|_| ())
     }
 
     /// The device whose next unread record comes first in the group order
     /// among those the gate releases.
     fn next_releasable(&mut self) -> Option<usize> {
-        let w = self.watermark();
-        let mut best: Option<(u64, usize)> = None;
-        for (i, s) in self.streams.iter().enumerate() {
-            let Some(s) = s else { continue };
-            let Some(r) = s.ring.next_unsent() else {
-                continue;
-            };
-            let class = match s.role {
-                Role::Log => DeviceClass::Log,
-                Role::Data => DeviceClass::Data,
-            };
-            let g = r.group_seq();
-            if may_release(class, g, w) && best.map_or(true, |(bg, _)| g < bg) {
-                best = Some((g, i));
-            }
-        }
-        best.map(|(_, i)| i)
+        let w = stream::watermark(self.streams.iter_mut().flatten().map(|s| &mut s.q));
+        stream::next_releasable(self.streams.iter().map(|s| s.as_ref().map(|s| &s.q)), w)
+    }
+}
+
+fn class_of(role: Role) -> DeviceClass {
+    match role {
+        Role::Log => DeviceClass::Log,
+        Role::Data => DeviceClass::Data,
     }
 }
 
@@ -520,17 +387,6 @@ pub(crate) struct Member {
     pub(crate) secondary: bool,
 }
 
-/// How a joining device left its group last time (its superblock).
-enum Left {
-    /// A new meta device.
-    New,
-    /// Every record acknowledged: its stream's last `dev_seq` and the
-    /// group's numbers then.
-    Clean(u64, Numbers),
-    /// Not cleanly (a crash): the numbers its stream used are unknown.
-    Unclean,
-}
-
 /// Why a device could not join a group.
 pub(crate) enum JoinError {
     /// `spool_mb`, `overflow` or `checkpoint_ms` differ from the group's.
@@ -582,15 +438,9 @@ impl Group {
                 settings,
                 state <- IrqSpinLock::new(State {
                     streams,
-                    last_group_seq: 0,
-                    last_ts: 0,
-                    ts_base: 0,
-                    epoch: 1,
-                    since_checkpoint: 0,
+                    order: GroupOrder::new(),
                     spool_used: 0,
                     mode: RepMode::Replicating,
-                    applied_epoch: 0,
-                    cp_id: 0,
                     held: HeldList::new(),
                     applying: false,
                     reads_submitted: 0,
@@ -678,7 +528,7 @@ impl Group {
             let Some(s) = st.streams.get(i).and_then(Option::as_ref) else {
                 return Err(JoinError::Role);
             };
-            if s.role != role {
+            if s.role() != role {
                 return Err(JoinError::Role);
             }
             // The stream's bitmap and meta device stay those of the loaded
@@ -705,12 +555,12 @@ impl Group {
             }
             return Ok(());
         }
-        let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
-        let ring = Ring::new(cap).map_err(|_| JoinError::NoMemory)?;
-        let bits = sectors.div_ceil(1u64 << chunk_shift);
         fn nm<E>(_: E) -> JoinError {
             JoinError::NoMemory
         }
+        let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
+        let ring = KVVec::from_elem(None, cap, GFP_KERNEL).map_err(nm)?;
+        let bits = sectors.div_ceil(1u64 << chunk_shift);
         let words = storage_words(bits).ok_or(JoinError::NoMemory)?;
         let words = KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(nm)?;
         let mut intent = WriteIntent::new(words, bits, chunk_shift).map_err(nm)?;
@@ -745,13 +595,12 @@ impl Group {
         // Where the device's stream stands: a device that left its group
         // cleanly continues its numbers (and raises the group's to its
         // own), so that the secondary never sees a number twice.
-        let (mut from, mut cp_first) = (0, 1);
+        let (from, cp_first) = if secondary { (0, 1) } else { left.start() };
         {
             let mut st = self.state.lock();
             match left {
-                Left::Clean(last, n) if !secondary => {
-                    (from, cp_first) = (last, n.cp_first.max(1));
-                    st.continue_from(&n, kernel::time::Ktime::ktime_get().to_ns() as u64);
+                Left::Clean(_, n) if !secondary => {
+                    st.order.continue_from(&n, kernel::time::Ktime::ktime_get().to_ns() as u64);
                 }
                 Left::Unclean if !secondary => {
                     let msg = "the device did not leave its group cleanly (a crash?): the numbers its stream used are unknown";
@@ -765,14 +614,7 @@ impl Group {
             }
         }
         let stream = Stream {
-            role,
-            ring,
-            last_dev_seq: from,
-            shipped: from,
-            acked: from,
-            log_acked: from,
-            gate_from: 0,
-            cp_first,
+            q: stream::Stream::new(ring, class_of(role), from, cp_first),
             written: 0,
             intent,
         };
@@ -856,11 +698,7 @@ impl Group {
                     })
                     .map_err(io)?;
                 }
-                if found.flags & sb_flags::CLEAN != 0 {
-                    Left::Clean(found.acked_dev_seq, found.numbers)
-                } else {
-                    Left::Unclean
-                }
+                Left::of(Some(&found))
             }
         };
         // In use from now on: only a clean leave sets CLEAN again.
@@ -890,13 +728,15 @@ impl Group {
             let mut metas = self.meta.lock();
             self.sweep_stream(&mut metas, i, true);
             let secondary = self.is_secondary();
-            let (ahead, acked, clean, numbers) = {
-                let mut st = self.state.lock();
+            let (ahead, acked, clean) = {
+                let st = self.state.lock();
                 let ahead = st.mode == RepMode::Ahead;
-                let (acked, done, cp_first) = st
-                    .stream(id)
-                    .map_or((0, false, 1), |s| (s.acked, s.acked >= s.last_dev_seq, s.cp_first));
-                (ahead, acked, !secondary && !ahead && done, st.numbers(cp_first))
+                let (acked, numbers) = st
+                    .streams
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map_or((0, None), |s| s.q.leaving(&st.order));
+                (ahead, acked, numbers.filter(|_| !secondary && !ahead))
             };
             if let Some(Some(sm)) = metas.get_mut(i) {
                 sm.sb.acked_dev_seq = sm.sb.acked_dev_seq.max(acked);
@@ -906,7 +746,7 @@ impl Group {
                 // Every record acknowledged: the next join continues from
                 // these numbers.  (Otherwise the records not acknowledged
                 // are lost with the spool, and the group comes back ahead.)
-                if clean {
+                if let Some(numbers) = clean {
                     sm.sb.flags |= sb_flags::CLEAN;
                     sm.sb.numbers = numbers;
                 }
@@ -922,10 +762,7 @@ impl Group {
             let mut st = self.state.lock();
             let s = st.streams.get_mut(i).and_then(Option::take);
             if let Some(s) = &s {
-                let held: usize = (0..s.ring.len)
-                    .filter_map(|k| s.ring.at(k))
-                    .map(|r| r.charge)
-                    .sum();
+                let held: usize = s.q.records().map(|r| r.charge).sum();
                 st.spool_used = st.spool_used.saturating_sub(held);
             }
             s
@@ -1148,18 +985,18 @@ impl Group {
         let _ctl = self.ctl.lock();
         // Members and their consistency-point state; only marker insertion
         // (serialised by `ctl`) changes `cp_first` and `cp_id`.
-        let mut members = [None::<(u32, Role, u64)>; MAX_DEVICES as usize];
+        let mut members = [None::<(Role, u64)>; MAX_DEVICES as usize];
         let cp_id = {
             let st = self.state.lock();
             for (m, s) in members.iter_mut().zip(st.streams.iter()) {
-                *m = s.as_ref().map(|s| (0, s.role, s.cp_first));
+                *m = s.as_ref().map(|s| (s.role(), s.q.cp_first()));
             }
-            st.cp_id + 1
+            st.order.next_cp_id()
         };
         // Build the records outside the spinlock.
         let mut recs: KVec<Arc<Record>> = KVec::with_capacity(MAX_DEVICES as usize, GFP_KERNEL)?;
         for (id, m) in members.iter().enumerate() {
-            let Some((_, role, first)) = *m else { continue };
+            let Some((role, first)) = *m else { continue };
             let mut r = Record::new(kind, id as u32, role);
             if let (RecordKind::ConsistencyPoint, Some(label)) = (kind, label) {
                 let cp = ConsistencyPayload {
@@ -1188,27 +1025,20 @@ impl Group {
         }
         let mut n = 0;
         for r in recs.into_iter() {
-            let (id, charge) = (r.device_id, r.charge);
+            let charge = r.charge;
             st.spool_used += charge;
             // Cannot fail: the device is a member (membership changes need
-            // `ctl`) and its ring has room (the spool had).
+            // `ctl`) and its ring has room (the spool had).  A consistency
+            // point starts its stream's next set (`cp_first`).
             if st.sequence(r, now).is_ok() {
                 n += 1;
-                if kind == RecordKind::ConsistencyPoint {
-                    if let Some(s) = st.stream(id) {
-                        s.cp_first = s.last_dev_seq + 1;
-                    }
-                }
             } else {
                 st.spool_used = st.spool_used.saturating_sub(charge);
             }
         }
         match kind {
-            RecordKind::Checkpoint => {
-                st.epoch += 1;
-                st.since_checkpoint = 0;
-            }
-            RecordKind::ConsistencyPoint => st.cp_id = cp_id,
+            RecordKind::Checkpoint => st.order.checkpoint_inserted(),
+            RecordKind::ConsistencyPoint => st.order.consistency_point_inserted(cp_id),
             _ => {}
         }
         drop(st);
@@ -1242,7 +1072,7 @@ impl Group {
         ctl.reader_open = true;
         let mut st = self.state.lock();
         for s in st.streams.iter_mut().flatten() {
-            s.ring.sent = 0;
+            s.q.rewind();
         }
         Ok(())
     }
@@ -1294,7 +1124,7 @@ impl Group {
             let next = {
                 let mut st = self.state.lock();
                 st.next_releasable()
-                    .and_then(|i| st.streams.get(i)?.as_ref()?.ring.next_unsent().cloned())
+                    .and_then(|i| st.streams.get(i)?.as_ref()?.q.next_unsent().cloned())
             };
             let Some(rec) = next else {
                 return Ok(done);
@@ -1311,8 +1141,7 @@ impl Group {
             if let Some(s) = st.stream(rec.device_id) {
                 // Acknowledgements only drop records already sent, so `rec`
                 // is still the next unsent record of its ring.
-                s.ring.sent += 1;
-                s.shipped = s.shipped.max(rec.dev_seq.load(Relaxed));
+                s.q.mark_sent();
             }
         }
     }
@@ -1373,29 +1202,16 @@ impl Group {
     }
 
     fn check(st: &State, c: &Command) -> Result {
+        if let Some((ack, device, dev_seq)) = Ack::of(c) {
+            let s = st
+                .streams
+                .get(device as usize)
+                .and_then(Option::as_ref)
+                .ok_or(EINVAL)?;
+            return s.q.check(ack, dev_seq).map_err(refused);
+        }
         match *c {
-            Command::AckLog { device, dev_seq }
-            | Command::Ack { device, dev_seq }
-            | Command::Spooled { device, dev_seq } => {
-                let s = st
-                    .streams
-                    .get(device as usize)
-                    .and_then(Option::as_ref)
-                    .ok_or(EINVAL)?;
-                if matches!(c, Command::AckLog { .. }) && s.role != Role::Log {
-                    return Err(EINVAL);
-                }
-                // A log record leaves the ring only acknowledged: the gate
-                // reads the lowest pending one there.
-                if matches!(c, Command::Spooled { .. }) && s.role == Role::Log && dev_seq > s.log_acked {
-                    return Err(EINVAL);
-                }
-                if dev_seq > s.shipped {
-                    return Err(ERANGE);
-                }
-                Ok(())
-            }
-            Command::Applied { epoch } if epoch >= st.epoch => Err(ERANGE),
+            Command::Applied { epoch } => st.order.check_applied(epoch).map_err(refused),
             // Leaving `ahead` needs a resync, which this version does not have.
             Command::Start { .. } if st.mode == RepMode::Ahead => Err(eopnotsupp()),
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => Err(eopnotsupp()),
@@ -1404,37 +1220,12 @@ impl Group {
     }
 
     fn apply(&self, c: Command) -> Result {
+        if let Some((ack, device, dev_seq)) = Ack::of(&c) {
+            return self.acknowledge(ack, device, dev_seq);
+        }
         match c {
-            Command::AckLog { device, dev_seq } => {
-                let mut st = self.state.lock();
-                if let Some(s) = st.stream(device) {
-                    s.log_acked = s.log_acked.max(dev_seq);
-                }
-                drop(st);
-                self.readable.wake_all();
-            }
-            Command::Ack { device, dev_seq } => {
-                self.release_through(device, dev_seq, |s, r| match r {
-                    None => {
-                        s.acked = s.acked.max(dev_seq);
-                        s.log_acked = s.log_acked.max(dev_seq);
-                        s.intent.ack(s.acked);
-                    }
-                    Some(r) => s.intent.finish(r.wgen),
-                });
-            }
-            Command::Spooled { device, dev_seq } => {
-                self.release_through(device, dev_seq, |s, r| {
-                    if let Some(r) = r {
-                        let ds = r.dev_seq.load(Relaxed);
-                        let nr = u64::from(r.nr_sectors);
-                        s.intent.spooled(r.wgen, r.sector, nr, ds, s.acked);
-                    }
-                });
-            }
             Command::Applied { epoch } => {
-                let mut st = self.state.lock();
-                st.applied_epoch = st.applied_epoch.max(epoch);
+                self.state.lock().order.applied(epoch).map_err(refused)?;
             }
             Command::InsertCheckpoint => {
                 self.checkpoint()?;
@@ -1447,57 +1238,69 @@ impl Group {
                 let mut st = self.state.lock();
                 self.enter_ahead(&mut st, "replication stopped");
             }
+            Command::AckLog { .. } | Command::Ack { .. } | Command::Spooled { .. } => {}
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => return Err(eopnotsupp()),
         }
         Ok(())
     }
 
-    /// Drops device `device`'s records up to `dev_seq` from the ring (`ACK`
-    /// or `SPOOLED`) and frees their spool room: `each` sees the stream
-    /// first (`None`), then every record dropped.
-    fn release_through(
-        &self,
-        device: u32,
-        dev_seq: u64,
-        mut each: impl FnMut(&mut Stream, Option<&Record>),
-    ) {
+    /// `ACK_LOG`, `ACK` or `SPOOLED` of device `device` up to `dev_seq`
+    /// (`ferry_core::stream::Stream::acknowledge`): the records it drops
+    /// give their write intent back (`ACK`) or hold their chunks until
+    /// acknowledged (`SPOOLED`), and their spool room is freed.
+    fn acknowledge(&self, ack: Ack, device: u32, dev_seq: u64) -> Result {
         let mut freed: KVec<Arc<Record>> = KVec::new();
-        {
+        let r = {
             let mut st = self.state.lock();
             let mut released = 0usize;
-            if let Some(s) = st.stream(device) {
-                each(s, None);
-                while s
-                    .ring
-                    .at(0)
-                    .is_some_and(|r| r.dev_seq.load(Relaxed) <= dev_seq)
-                {
-                    let Some(r) = s.ring.pop() else { break };
-                    released += r.charge;
-                    each(s, Some(&r));
-                    // Freed after the lock is dropped; if the list cannot
-                    // grow, drop it here (kfree is fine).
-                    let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
+            // (A device that left since the check: nothing to do.)
+            let r = match st.stream(device) {
+                None => Ok(()),
+                Some(s) => {
+                    let (q, intent) = (&mut s.q, &mut s.intent);
+                    let acked = q.acked();
+                    let r = q.acknowledge(ack, dev_seq, |r| {
+                        released += r.charge;
+                        match ack {
+                            Ack::Durable => intent.finish(r.wgen),
+                            Ack::Spooled => {
+                                let nr = u64::from(r.nr_sectors);
+                                intent.spooled(r.wgen, r.sector, nr, r.dev_seq(), acked);
+                            }
+                            Ack::Log => {}
+                        }
+                        // Freed after the lock is dropped; if the list cannot
+                        // grow, dropped here (kfree is fine).
+                        let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
+                    });
+                    if ack == Ack::Durable {
+                        intent.ack(q.acked());
+                    }
+                    r.map_err(refused)
                 }
-            }
+            };
             st.spool_used = st.spool_used.saturating_sub(released);
-        }
+            r
+        };
         drop(freed);
-        self.space.wake_all();
+        if ack != Ack::Log {
+            self.space.wake_all();
+        }
         self.readable.wake_all();
+        r
     }
 
     /// Status of device `id` and of the group, for `dmsetup status`.
     pub(crate) fn status(&self, id: u32) -> DeviceStatus {
         let mut st = self.state.lock();
-        let (mode, epoch, used) = (st.mode, st.epoch, st.spool_used);
+        let (mode, epoch, used) = (st.mode, st.order.epoch(), st.spool_used);
         let s = st.stream(id);
         DeviceStatus {
             mode,
             written: s.as_ref().map_or(0, |s| s.written),
-            completed: s.as_ref().map_or(0, |s| s.last_dev_seq),
-            shipped: s.as_ref().map_or(0, |s| s.shipped),
-            acked: s.as_ref().map_or(0, |s| s.acked),
+            completed: s.as_ref().map_or(0, |s| s.q.last_dev_seq()),
+            shipped: s.as_ref().map_or(0, |s| s.q.shipped()),
+            acked: s.as_ref().map_or(0, |s| s.q.acked()),
             dirty: s.map_or(0, |s| s.intent.dirty_count()),
             spool_used: used,
             spool_cap: self.settings.spool_bytes(),
@@ -1672,7 +1475,6 @@ impl Group {
         let mut held = {
             let mut st = self.state.lock();
             st.applying = false;
-            st.applied_epoch = epoch;
             let held = st.held_reads.take();
             held
         };
@@ -1846,6 +1648,13 @@ fn ebadmsg() -> Error {
     Error::from_errno(-(kernel::bindings::EBADMSG as i32))
 }
 
+fn refused(r: Refused) -> Error {
+    match r {
+        Refused::Invalid => EINVAL,
+        Refused::Range => ERANGE,
+    }
+}
+
 fn eopnotsupp() -> Error {
     Error::from_errno(-(kernel::bindings::EOPNOTSUPP as i32))
 }
@@ -1901,7 +1710,7 @@ impl Group {
         }
         let ms = self.settings.checkpoint_ms;
         let now = (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64;
-        let busy = self.state.lock().since_checkpoint > 0;
+        let busy = self.state.lock().order.since_checkpoint() > 0;
         if ms > 0 && busy && now >= self.last_checkpoint_ms.load(Relaxed) + u64::from(ms) {
             // A full spool skips this marker; the interval then spans two
             // periods.
