@@ -15,7 +15,6 @@
 //! * [`stream`] — a device stream on the primary: numbering, queue,
 //!   release order, acknowledgements, restart numbers (G1, G2, G3).
 //! * [`gate`] — the log-before-data gate on the primary (G2).
-//! * [`progress`] — per-stream completion, acknowledgement, resubmission.
 //! * [`select`] — receive windows and the apply limit at the secondary (G1).
 //! * [`checkpoint`] — interval rendezvous and atomic interval apply (G4).
 //! * [`consistency`] — application-consistent points.
@@ -37,10 +36,11 @@
 //!   over the bio's pages ([`digest::Crc32c`]), then
 //!   [`record::encode_header`] into an 88-byte buffer and
 //!   [`record::encode_tail`] into a 24-byte one;
-//! * per `log` device a [`gate::LogPending`] ring it owns; the release
-//!   decision is [`gate::Watermark::of`] and [`gate::releasable_prefix`];
-//! * per device a [`progress::Progress`] (acknowledgements, resubmission,
-//!   "replicated" reporting);
+//! * per group a [`stream::GroupOrder`] and per device a
+//!   [`stream::Stream`] over its own ring of records: numbering at
+//!   completion, the gate's watermark ([`stream::watermark`]), the next
+//!   record to read ([`stream::next_releasable`]), the acknowledgement
+//!   commands and the restart numbers;
 //! * per device a [`intent::WriteIntent`] over its own words (admission,
 //!   acknowledgements, `SPOOLED`, the sweep), and the bitmap pages it
 //!   builds, written to the meta device;
@@ -79,7 +79,6 @@ pub mod digest;
 pub mod gate;
 pub mod intent;
 pub mod meta;
-pub mod progress;
 pub mod record;
 pub mod select;
 pub mod stream;

@@ -1,10 +1,9 @@
 //! Randomised comparisons of ferry-core's structures against naive models.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use ferry_core::bitmap::{decode_bitmap, ChunkBitmap};
-use ferry_core::gate::{DeviceClass, LogPending, PendingLog, Watermark};
-use ferry_core::progress::{Mark, SeqWindow};
+use ferry_core::gate::DeviceClass;
 use ferry_core::record::RecordKind;
 use ferry_core::select::{group_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow};
 use ferry_core::stream::{next_releasable, watermark, Ack, GroupOrder, Refused, Sequenced, Stream};
@@ -80,53 +79,6 @@ fn bitmap_matches_a_vector_of_bools() {
 
 fn words_len(nbits: u64) -> usize {
     nbits.div_ceil(64) as usize
-}
-
-#[test]
-fn seq_window_matches_a_set() {
-    let mut rng = Rng(2);
-    for _ in 0..200 {
-        let mut w = SeqWindow::new([0u64; 2], 0);
-        let mut done = BTreeSet::new();
-        let mut contiguous = 0u64;
-        for _ in 0..400 {
-            let seq = contiguous + 1 + rng.below(140);
-            let r = w.mark(seq);
-            if seq - contiguous > 128 {
-                assert!(r.is_err());
-                continue;
-            }
-            assert_eq!(r.unwrap() == Mark::New, done.insert(seq));
-            while done.contains(&(contiguous + 1)) {
-                contiguous += 1;
-            }
-            assert_eq!(w.contiguous(), contiguous);
-        }
-    }
-}
-
-#[test]
-fn gate_watermark_matches_a_model() {
-    let mut rng = Rng(3);
-    for _ in 0..200 {
-        let mut ring = LogPending::new(vec![PendingLog::default(); 64]);
-        let mut pending = BTreeMap::new();
-        let (mut dev_seq, mut group_seq) = (0u64, 0u64);
-        for _ in 0..300 {
-            if rng.below(2) == 0 && pending.len() < 64 {
-                dev_seq += 1;
-                group_seq += 1 + rng.below(5);
-                ring.push(PendingLog { dev_seq, group_seq }).unwrap();
-                pending.insert(dev_seq, group_seq);
-            } else {
-                let upto = rng.below(dev_seq + 2);
-                ring.ack(upto);
-                pending.retain(|&d, _| d > upto);
-            }
-            let want = pending.values().min().map(|g| g - 1);
-            assert_eq!(Watermark::of([&ring]).get(), want);
-        }
-    }
 }
 
 struct Rec {

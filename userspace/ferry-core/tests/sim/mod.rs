@@ -5,12 +5,17 @@
 //! interval apply. Primary and secondary crash at random steps and recover.
 //!
 //! Everything the system under test decides goes through ferry-core: record
-//! encoding and verification, the gate, progress, receive windows, the limit,
-//! the checkpoint rendezvous, the apply state machine, consistency points and
-//! the primary's write intent (`intent::WriteIntent`, which the kernel runs:
-//! admission in passes, intent written before a write lands, `SPOOLED`, the
-//! sweep, and the bitmap pages it writes to the meta device). An independent
-//! oracle checks after every step:
+//! encoding and verification, receive windows, the limit, the checkpoint
+//! rendezvous, the apply state machine, consistency points, and on the
+//! primary the types the kernel runs: the group order and each device's
+//! stream (`stream::GroupOrder`, `stream::Stream`: numbering at
+//! completion, the gate, the order records are read in, `ACK`, `ACK_LOG`
+//! and `SPOOLED` as the helper writes them) and its write intent
+//! (`intent::WriteIntent`: admission in passes, intent written before a
+//! write lands, `SPOOLED`, the sweep, and the bitmap pages it writes to the
+//! meta device). The helper's part (records read and not acknowledged,
+//! sent again after a timeout or a reconnect) is modelled here. An
+//! independent oracle checks after every step:
 //!
 //! * G1: the secondary image a host may read equals the primary's image
 //!   after a prefix of its completion order;
@@ -30,10 +35,11 @@
 //! applies everything, its image equals the primary's, and once everything
 //! is acknowledged the sweeps leave no chunk marked.
 //!
-//! A restarted primary here continues with a jump in its numbers and a
-//! resync of the chunks its meta device marks: that is the design of the
-//! resync work to come, not what the product does today (a device that did
-//! not leave cleanly comes back `ahead`).
+//! A restarted primary here continues with a jump in its numbers (through
+//! `GroupOrder::continue_from`, the rule of a clean restart) and a resync of
+//! the chunks its meta device marks: that is the design of the resync work
+//! to come, not what the product does today (a device that did not leave
+//! cleanly comes back `ahead`).
 
 #![allow(dead_code)]
 
@@ -43,9 +49,8 @@ use std::fmt;
 use ferry_core::bitmap::{words_for, ChunkBitmap};
 use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, IntervalSlot, Rendezvous};
 use ferry_core::consistency::{ConsistencyError, ConsistencyTracker};
-use ferry_core::gate::{releasable_prefix, DeviceClass, LogPending, PendingLog, Watermark};
+use ferry_core::gate::{DeviceClass, Watermark};
 use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
-use ferry_core::progress::Progress;
 use ferry_core::record::{
     decode_record, encode_record, off, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader,
     RecordKind, HEADER_LEN, SECTOR_SIZE,
@@ -53,6 +58,7 @@ use ferry_core::record::{
 use ferry_core::select::{
     interval_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow,
 };
+use ferry_core::stream::{next_releasable, watermark, Ack, GroupOrder, Sequenced, Stream};
 use ferry_core::FastDigest;
 
 /// Streams (devices) of the group: stream 0 is the `log` device.
@@ -65,6 +71,8 @@ const WINDOW: usize = 96;
 const INTERVALS: usize = 32;
 /// Sequence numbers a restarted primary skips (its persisted reservation).
 const JUMP: u64 = 1 << 12;
+/// Records a device's ring holds (the kernel's bound is the spool cap).
+const RING: usize = 4096;
 const RTO: u64 = 10;
 const GROUP_ID: u64 = 0x6665_7272_7953_494d;
 const MAX_INFLIGHT: usize = 4;
@@ -428,18 +436,37 @@ impl Oracle {
 
 // ---------------------------------------------------------------- primary
 
+/// A record in the kernel's ring of its device.
 struct SpoolRec {
     dev_seq: u64,
     group_seq: u64,
     kind: RecordKind,
     bytes: Vec<u8>,
-    last_sent: Option<u64>,
     /// Its write-intent generation, and its range.
     gen: Gen,
     sector: u64,
     nr: u64,
-    /// The helper holds it on the primary's disk (`SPOOLED`).
-    spooled: bool,
+}
+
+impl Sequenced for SpoolRec {
+    fn kind(&self) -> RecordKind {
+        self.kind
+    }
+    fn dev_seq(&self) -> u64 {
+        self.dev_seq
+    }
+    fn group_seq(&self) -> u64 {
+        self.group_seq
+    }
+}
+
+/// A record the helper read from the kernel and the secondary has not
+/// acknowledged (in the kernel's ring, or only on the primary's disk after
+/// `SPOOLED`).
+struct Shipped {
+    dev_seq: u64,
+    bytes: Vec<u8>,
+    last_sent: Option<u64>,
 }
 
 /// Where a write is between `map` and its completion.
@@ -473,27 +500,21 @@ struct PDev {
     meta: Vec<u64>,
     // Volatile.
     intent: WriteIntent<Vec<u64>>,
-    dev_seq: u64,
-    spool: std::collections::VecDeque<SpoolRec>,
-    released: u64,
-    progress: Progress<[u64; 4]>,
-    log: LogPending<Vec<PendingLog>>,
-    last_point: u64,
+    stream: Stream<Vec<Option<Box<SpoolRec>>>>,
+    /// The helper's records of the device.
+    helper: std::collections::VecDeque<Shipped>,
 }
 
 impl PDev {
-    fn new(start: u64) -> Self {
+    fn new(dev: usize, start: u64) -> Self {
         let words = vec![0; storage_words(CHUNKS).expect("words")];
+        let slots = (0..RING).map(|_| None).collect();
         Self {
             image: vec![0; BLOCKS as usize],
             meta: vec![0; words_for(CHUNKS) as usize],
             intent: WriteIntent::new(words, CHUNKS, CHUNK_SHIFT).expect("intent"),
-            dev_seq: start,
-            spool: Default::default(),
-            released: start,
-            progress: Progress::new([0; 4], start),
-            log: LogPending::new(vec![PendingLog::default(); 4096]),
-            last_point: start,
+            stream: Stream::new(slots, CLASSES[dev], start, start + 1),
+            helper: Default::default(),
         }
     }
 
@@ -553,10 +574,7 @@ struct Handshake {
 struct Primary {
     up: bool,
     devs: Vec<PDev>,
-    group_seq: u64,
-    clock: u64,
-    epoch: u64,
-    point: u64,
+    order: GroupOrder,
     generation: u64,
     inflight: Vec<Inflight>,
     handshake: Option<Handshake>,
@@ -742,11 +760,8 @@ pub fn run(cfg: Config) -> Result<Stats, Failure> {
         },
         p: Primary {
             up: true,
-            devs: (0..DEVICES).map(|_| PDev::new(0)).collect(),
-            group_seq: 0,
-            clock: 0,
-            epoch: 1,
-            point: 0,
+            devs: (0..DEVICES).map(|d| PDev::new(d, 0)).collect(),
+            order: GroupOrder::new(),
             generation: 0,
             inflight: Vec::new(),
             handshake: None,
@@ -1003,25 +1018,22 @@ impl World {
         }
         let dev = 1 + self.rng.below(DEVICES as u64 - 1) as usize;
         let d = &mut self.p.devs[dev];
-        let acked = d.progress.acked();
-        if d.released <= acked {
+        let (acked, shipped) = (d.stream.acked(), d.stream.shipped());
+        if shipped <= acked {
             return;
         }
-        let upto = acked + 1 + self.rng.below(d.released - acked);
-        for r in d.spool.iter_mut() {
-            if r.dev_seq > upto {
-                break;
-            }
-            if !r.spooled {
-                r.spooled = true;
-                d.intent.spooled(r.gen, r.sector, r.nr, r.dev_seq, acked);
-            }
-        }
+        let upto = acked + 1 + self.rng.below(shipped - acked);
+        let intent = &mut d.intent;
+        d.stream
+            .acknowledge(Ack::Spooled, upto, |r| {
+                intent.spooled(r.gen, r.sector, r.nr, r.dev_seq, acked)
+            })
+            .expect("SPOOLED of records read");
     }
 
     fn complete(&mut self, w: Inflight) {
         let mut payload = Vec::new();
-        let gseq = self.p.group_seq + 1;
+        let gseq = self.p.order.last_group_seq() + 1;
         if w.kind == RecordKind::Write {
             for _ in 0..w.len {
                 let mut sector = vec![0u8; SECTOR_SIZE as usize];
@@ -1032,16 +1044,7 @@ impl World {
                 payload.extend_from_slice(&sector);
             }
         }
-        let h = self.sequence(
-            w.dev,
-            w.kind,
-            Flags(0),
-            w.block,
-            w.len,
-            &payload,
-            self.p.epoch,
-            w.gen,
-        );
+        let h = self.sequence(w.dev, w.kind, Flags(0), w.block, w.len, &payload, w.gen);
         debug_assert_eq!(h.group_seq, gseq);
         if w.kind.modifies_data() {
             for b in w.block..w.block + w.len {
@@ -1052,7 +1055,8 @@ impl World {
     }
 
     /// Gives a completed write (or a marker) its place in the stream and in
-    /// the group order, encodes it and puts it in the spool.
+    /// the group order (`GroupOrder::sequence`, as the kernel's completion
+    /// does), encoded into the device's ring.
     #[allow(clippy::too_many_arguments)]
     fn sequence(
         &mut self,
@@ -1062,91 +1066,78 @@ impl World {
         sector: u64,
         nr: u64,
         payload: &[u8],
-        epoch: u64,
         gen: Gen,
     ) -> RecordHeader {
-        self.p.group_seq += 1;
-        self.p.clock = (self.p.clock + 1).max(self.now * 1000);
-        let d = &mut self.p.devs[dev];
-        d.dev_seq += 1;
         let mut flags = flags;
         if CLASSES[dev] == DeviceClass::Log {
             flags.0 |= Flags::LOG;
         }
-        let h = RecordHeader {
+        let rec = Box::new(SpoolRec {
+            dev_seq: 0,
+            group_seq: 0,
             kind,
-            flags,
-            group_id: GROUP_ID,
-            device_id: dev as u32,
-            payload_len: payload.len() as u32,
-            dev_seq: d.dev_seq,
-            group_seq: self.p.group_seq,
-            timestamp_ns: self.p.clock,
-            epoch,
-            sector,
-            nr_sectors: nr as u32,
-        };
-        let mut bytes = vec![0u8; h.record_len()];
-        encode_record(&h, payload, &self.key, &FastDigest, &mut bytes).expect("encode");
-        d.progress.complete(h.dev_seq).expect("progress window");
-        if CLASSES[dev] == DeviceClass::Log && ferry_core::gate::holds_data_back(kind) {
-            d.log
-                .push(PendingLog {
-                    dev_seq: h.dev_seq,
-                    group_seq: h.group_seq,
-                })
-                .expect("log gate");
-        }
-        d.spool.push_back(SpoolRec {
-            dev_seq: h.dev_seq,
-            group_seq: h.group_seq,
-            kind,
-            bytes: bytes.clone(),
-            last_sent: None,
+            bytes: Vec::new(),
             gen,
             sector,
             nr,
-            spooled: false,
         });
+        let key = &self.key;
+        let mut made = None;
+        let d = &mut self.p.devs[dev];
+        let numbered = self
+            .p
+            .order
+            .sequence(&mut d.stream, self.now * 1000, rec, |r, n| {
+                let h = RecordHeader {
+                    kind,
+                    flags,
+                    group_id: GROUP_ID,
+                    device_id: dev as u32,
+                    payload_len: payload.len() as u32,
+                    dev_seq: n.dev_seq,
+                    group_seq: n.group_seq,
+                    timestamp_ns: n.timestamp_ns,
+                    epoch: n.epoch,
+                    sector,
+                    nr_sectors: nr as u32,
+                };
+                let mut bytes = vec![0u8; h.record_len()];
+                encode_record(&h, payload, key, &FastDigest, &mut bytes).expect("encode");
+                (r.dev_seq, r.group_seq) = (n.dev_seq, n.group_seq);
+                r.bytes = bytes;
+                made = Some(h);
+            });
+        assert!(numbered.is_ok(), "device {dev}: ring full");
+        let h = made.expect("numbered");
+        let bytes = d.stream.records().last().expect("pushed").bytes.clone();
         self.o.sequenced(dev, &h, &bytes);
         h
     }
 
     fn checkpoint(&mut self) {
-        let e = self.p.epoch;
+        let e = self.p.order.epoch();
         let mut last = 0;
         for dev in 0..DEVICES {
             last = self
-                .sequence(
-                    dev,
-                    RecordKind::Checkpoint,
-                    Flags(0),
-                    0,
-                    0,
-                    &[],
-                    e,
-                    Gen::NONE,
-                )
+                .sequence(dev, RecordKind::Checkpoint, Flags(0), 0, 0, &[], Gen::NONE)
                 .group_seq;
         }
         self.o.epoch_end.insert(e, last);
-        self.p.epoch += 1;
+        self.p.order.checkpoint_inserted();
     }
 
     fn consistency_point(&mut self) {
-        self.p.point += 1;
-        let id = self.p.point;
+        let id = self.p.order.next_cp_id();
         let label = Label::new(format!("cp-{id}").as_bytes()).expect("label");
         let mut seqs = [0; DEVICES];
         for (dev, seq) in seqs.iter_mut().enumerate() {
             let cp = ConsistencyPayload {
                 cp_id: id,
-                first_dev_seq: self.p.devs[dev].last_point + 1,
+                first_dev_seq: self.p.devs[dev].stream.cp_first(),
                 label,
             };
             let mut buf = [0u8; 80];
             let n = cp.encode(&mut buf).expect("cp");
-            let e = self.p.epoch;
             let h = self.sequence(
                 dev,
                 RecordKind::ConsistencyPoint,
@@ -1154,47 +1145,46 @@ impl World {
                 0,
                 0,
                 &buf[..n],
-                e,
                 Gen::NONE,
             );
-            self.p.devs[dev].last_point = h.dev_seq;
             *seq = h.dev_seq;
         }
+        self.p.order.consistency_point_inserted(id);
         self.o.points.insert(id, seqs);
     }
 
+    /// The helper reads every record the kernel releases, in the order it
+    /// releases them (`stream::watermark`, `stream::next_releasable`), and
+    /// sends (again after a timeout) what the secondary has not
+    /// acknowledged.
     fn release_and_send(&mut self) {
-        let wm = if self.cfg.bug == Some(Bug::GateIgnoresWatermark) {
-            Watermark::UNBOUNDED
-        } else {
-            Watermark::of(
-                self.p
-                    .devs
-                    .iter()
-                    .filter(|d| !d.log.is_empty())
-                    .map(|d| &d.log),
-            )
-        };
-        for (dev, &class) in CLASSES.iter().enumerate() {
-            let d = &mut self.p.devs[dev];
-            let released = d.released;
-            let queue = d
-                .spool
-                .iter()
-                .filter(|r| r.dev_seq > released)
-                .map(|r| (r.kind, r.group_seq));
-            let n = releasable_prefix(class, wm, queue) as u64;
-            d.released += n;
-            let mut sent = 0;
+        loop {
+            let w = if self.cfg.bug == Some(Bug::GateIgnoresWatermark) {
+                Watermark::UNBOUNDED
+            } else {
+                watermark(self.p.devs.iter_mut().map(|d| &mut d.stream))
+            };
+            let Some(i) = next_releasable(self.p.devs.iter().map(|d| Some(&d.stream)), w) else {
+                break;
+            };
+            let d = &mut self.p.devs[i];
+            let r = d.stream.next_unsent().expect("releasable");
+            d.helper.push_back(Shipped {
+                dev_seq: r.dev_seq,
+                bytes: r.bytes.clone(),
+                last_sent: None,
+            });
+            d.stream.mark_sent();
+        }
+        for dev in 0..DEVICES {
             let mut out = Vec::new();
-            for r in d.spool.iter_mut() {
-                if r.dev_seq > d.released || sent >= 6 {
+            for r in self.p.devs[dev].helper.iter_mut() {
+                if out.len() >= 6 {
                     break;
                 }
                 if r.last_sent.is_none_or(|t| self.now >= t + RTO) {
                     r.last_sent = Some(self.now);
                     out.push(r.bytes.clone());
-                    sent += 1;
                 }
             }
             for b in out {
@@ -1210,44 +1200,53 @@ impl World {
         }
     }
 
-    /// The link of `stream` came back: send again what was not acknowledged.
+    /// The link of `stream` came back: the helper sends again what was not
+    /// acknowledged.
     fn reconnect(&mut self, stream: usize) {
-        let d = &mut self.p.devs[stream];
-        if let Some(r) = d.progress.resubmit() {
-            for rec in d.spool.iter_mut() {
-                if r.contains(rec.dev_seq) {
-                    rec.last_sent = None;
-                }
-            }
+        for r in self.p.devs[stream].helper.iter_mut() {
+            r.last_sent = None;
         }
     }
 
-    /// An acknowledgement, as the helper writes it to the kernel (`ACK`):
-    /// the write intent learns how far the secondary holds the stream,
-    /// then each record it frees from the spool is given back.
+    /// An acknowledgement, as the helper writes it to the kernel: `ACK`
+    /// (for a log stream, sometimes `ACK_LOG` first, in the same write),
+    /// each checked before any acts.  The write intent learns how far the
+    /// secondary holds the stream; each record dropped from the ring gives
+    /// its write intent back.
     fn on_ack(&mut self, stream: usize, dev_seq: u64) -> Result<(), Failure> {
+        let log_first = CLASSES[stream] == DeviceClass::Log && self.rng.chance(500);
         let d = &mut self.p.devs[stream];
-        if let Err(e) = d.progress.ack(dev_seq) {
-            return Err(self
-                .o
-                .fail("protocol", format!("stream {stream} ack {dev_seq}: {e}")));
+        let mut cmds = vec![(Ack::Durable, dev_seq)];
+        if log_first {
+            cmds.insert(0, (Ack::Log, dev_seq));
         }
-        let acked = d.progress.acked();
-        if CLASSES[stream] == DeviceClass::Log {
-            d.log.ack(acked);
-        }
-        d.intent.ack(acked);
-        while d.spool.front().is_some_and(|r| r.dev_seq <= acked) {
-            let r = d.spool.pop_front().expect("front");
-            if !r.spooled {
-                d.intent.finish(r.gen);
+        for &(a, ds) in &cmds {
+            if let Err(e) = d.stream.check(a, ds) {
+                return Err(self
+                    .o
+                    .fail("protocol", format!("stream {stream} {a:?} {ds}: {e}")));
             }
-            if !d.progress.is_replicated(r.dev_seq)
-                || !self.o.durable.contains(&(stream, r.dev_seq))
-            {
+        }
+        let mut dropped = Vec::new();
+        for (a, ds) in cmds {
+            let intent = &mut d.intent;
+            d.stream
+                .acknowledge(a, ds, |r| {
+                    intent.finish(r.gen);
+                    dropped.push(r.dev_seq);
+                })
+                .expect("checked");
+        }
+        let acked = d.stream.acked();
+        d.intent.ack(acked);
+        while d.helper.front().is_some_and(|r| r.dev_seq <= acked) {
+            dropped.push(d.helper.pop_front().expect("front").dev_seq);
+        }
+        for ds in dropped {
+            if !self.o.durable.contains(&(stream, ds)) {
                 return Err(self.o.fail(
                     "G3 nothing lost",
-                    format!("stream {stream} dev_seq {} dropped from the spool but not durable remotely", r.dev_seq),
+                    format!("stream {stream} dev_seq {ds} dropped by the primary but not durable remotely"),
                 ));
             }
         }
@@ -1270,14 +1269,17 @@ impl World {
     fn recover_primary(&mut self) {
         self.p.up = true;
         self.p.generation += 1;
-        self.p.group_seq += JUMP;
-        self.p.epoch += 1;
-        let resync_epoch = self.p.epoch;
+        let mut n = self.p.order.numbers(0);
+        n.group_seq += JUMP;
+        n.epoch += 1;
+        self.p.order = GroupOrder::new();
+        self.p.order.continue_from(&n, self.now * 1000);
+        let resync_epoch = self.p.order.epoch();
         let mut bases = [0; DEVICES];
         for (dev, base) in bases.iter_mut().enumerate() {
             let old = &self.p.devs[dev];
-            let start = old.dev_seq + JUMP;
-            let mut d = PDev::new(start);
+            let start = old.stream.last_dev_seq() + JUMP;
+            let mut d = PDev::new(dev, start);
             d.image = old.image.clone();
             d.meta = old.meta.clone();
             self.p.devs[dev] = d;
@@ -1318,7 +1320,6 @@ impl World {
                     first,
                     count,
                     &payload,
-                    resync_epoch,
                     gen,
                 );
             }
@@ -1682,7 +1683,7 @@ impl World {
         }
         self.complete_some(MAX_INFLIGHT);
         self.checkpoint();
-        let target = self.p.epoch - 1;
+        let target = self.p.order.epoch() - 1;
         for _ in 0..4000 {
             self.step(false)?;
             if self.s.apply.applied() >= target && self.s.job.is_none() {
@@ -1703,7 +1704,12 @@ impl World {
         // Once every record is acknowledged, the wanted bits written and
         // two sweeps passed, no chunk stays marked.
         for _ in 0..1000 {
-            if self.p.devs.iter().all(|d| d.spool.is_empty()) {
+            if self
+                .p
+                .devs
+                .iter()
+                .all(|d| d.stream.is_empty() && d.helper.is_empty())
+            {
                 break;
             }
             self.step(false)?;
@@ -1712,13 +1718,13 @@ impl World {
             d.persist();
             d.sweep(false);
             d.sweep(false);
-            if d.meta.iter().any(|&w| w != 0) || !d.spool.is_empty() {
+            let unacked = d.stream.len() + d.helper.len();
+            if d.meta.iter().any(|&w| w != 0) || unacked > 0 {
                 return Err(self.o.fail(
                     "liveness",
                     format!(
                         "after the drain device {i} keeps chunks {:#x} marked ({} records unacknowledged)",
-                        d.meta[0],
-                        d.spool.len()
+                        d.meta[0], unacked
                     ),
                 ));
             }
