@@ -10,6 +10,8 @@
 //! (`APPLY_BEGIN`, the interval's records, `APPLY_END`) under an
 //! update-in-progress mark kept on every member's meta device; host reads
 //! wait while an interval is applied.  `promote` turns it into a primary.
+//! What each step may do is `ferry_core::checkpoint`'s (`IntervalApply`,
+//! `ApplyMark`, `place`, `ReadHold`); the kernel does the I/O.
 //!
 //! # Sequencing at completion
 //!
@@ -48,7 +50,9 @@ use crate::payload::{with_mapped, Payload};
 use crate::sync::{IrqSpinLock, WaitQueue};
 use crate::work::{DelayedWork, WorkId, Worker};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LEN};
+use ferry_core::checkpoint::{
+    place, ApplyMark, ApplyState, CheckpointError, IntervalApply, ReadHold, APPLY_MARK_LEN,
+};
 use ferry_core::command::{Command, CommandError, Commands};
 use ferry_core::gate::DeviceClass;
 use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
@@ -261,10 +265,9 @@ struct State {
     mode: RepMode,
     /// Writes waiting for their chunks' bits to reach the meta device.
     held: HeldList,
-    /// Secondary: an interval is being applied; host reads wait.
-    applying: bool,
-    /// Secondary: host reads submitted and not completed.
-    reads_submitted: u64,
+    /// Secondary: whether host reads go or wait for the interval being
+    /// applied, and how many are in flight (`ferry_core::checkpoint`).
+    reads: ReadHold,
     /// Secondary: host reads held until the interval is applied.
     held_reads: HeldList,
 }
@@ -442,8 +445,7 @@ impl Group {
                     spool_used: 0,
                     mode: RepMode::Replicating,
                     held: HeldList::new(),
-                    applying: false,
-                    reads_submitted: 0,
+                    reads: ReadHold::new(false),
                     held_reads: HeldList::new(),
                 }),
                 readable <- WaitQueue::new(),
@@ -585,10 +587,12 @@ impl Group {
         };
         let (loaded, left) = self.load_meta(&mut sm, &mut intent, pages)?;
         if secondary {
+            // An interval in progress on any member is in progress for the
+            // group (it is redone); otherwise the highest applied.
             let mark = Self::read_mark(&sm).map_err(|_| JoinError::MetaIo)?;
-            *apply = Self::merge_marks(apply.mark(), mark);
+            *apply = IntervalApply::recover(apply.mark().merge(mark)).0;
             if !apply.may_read() {
-                self.state.lock().applying = true;
+                self.state.lock().reads.hold();
             }
         }
         drop(apply);
@@ -1338,12 +1342,10 @@ impl Group {
     /// `map` of a host read: it goes now, or waits for the interval being
     /// applied.  Never sleeps.
     pub(crate) fn secondary_read(&self) -> ReadGate {
-        let mut st = self.state.lock();
-        if st.applying {
-            ReadGate::Hold(self.read_token.clone())
-        } else {
-            st.reads_submitted += 1;
+        if self.state.lock().reads.read() {
             ReadGate::Go(self.read_token.clone())
+        } else {
+            ReadGate::Hold(self.read_token.clone())
         }
     }
 
@@ -1351,62 +1353,29 @@ impl Group {
     /// meanwhile.
     pub(crate) fn hold_read(&self, bio: HeldBio) {
         let mut st = self.state.lock();
-        if st.applying {
-            st.held_reads.push(bio);
-        } else {
-            st.reads_submitted += 1;
+        if st.reads.read() {
             drop(st);
             bio.submit();
+        } else {
+            st.held_reads.push(bio);
         }
     }
 
     /// A host read completed.
     pub(crate) fn read_done(&self) {
-        let mut st = self.state.lock();
-        st.reads_submitted = st.reads_submitted.saturating_sub(1);
-        let quiet = st.reads_submitted == 0;
-        drop(st);
+        let quiet = self.state.lock().reads.done();
         if quiet {
             self.quiet.wake_all();
         }
     }
 
-    /// Reads the apply mark of a member's meta device: copy A, else copy B,
-    /// else (a device never applied to) idle at interval 0.
+    /// Reads the apply mark of a member's meta device
+    /// (`ApplyMark::first_valid`: copy A, else copy B, else idle at 0).
     fn read_mark(sm: &StreamMeta) -> Result<ApplyMark> {
         let d = KernelDigest;
-        for sector in meta::APPLY_MARK_SECTORS {
-            let m = meta_read(&sm.dev, &sm.page, sector, |b| ApplyMark::decode(b, &d).ok())?;
-            if let Some(m) = m {
-                return Ok(m);
-            }
-        }
-        Ok(IntervalApply::new(0).mark())
-    }
-
-    /// The group's apply state from the marks of its members: an interval
-    /// in progress on any device is in progress for the group (it is
-    /// redone); otherwise the highest interval applied.
-    fn merge_marks(cur: ApplyMark, m: ApplyMark) -> IntervalApply {
-        let pick = match (cur.state, m.state) {
-            (ApplyState::InProgress { epoch: a }, ApplyState::InProgress { epoch: b }) => {
-                if b > a {
-                    m
-                } else {
-                    cur
-                }
-            }
-            (ApplyState::InProgress { .. }, ApplyState::Idle) => cur,
-            (ApplyState::Idle, ApplyState::InProgress { .. }) => m,
-            (ApplyState::Idle, ApplyState::Idle) => {
-                if m.applied > cur.applied {
-                    m
-                } else {
-                    cur
-                }
-            }
-        };
-        IntervalApply::recover(pick).0
+        ApplyMark::first_valid(meta::APPLY_MARK_SECTORS.iter().map(|&sector| {
+            meta_read(&sm.dev, &sm.page, sector, |b| ApplyMark::decode(b, &d).ok())
+        }))
     }
 
     /// Writes `mark` durably to every member's meta device, copy A then
@@ -1435,20 +1404,18 @@ impl Group {
     /// progress (a redo after a crash) is allowed.
     fn apply_begin(&self, epoch: u64) -> Result {
         let mut apply = self.apply.lock();
-        match apply.state() {
-            ApplyState::InProgress { epoch: e } if e == epoch => {}
-            ApplyState::InProgress { .. } => return Err(EBUSY),
-            ApplyState::Idle => {
-                let before = *apply;
-                let mark = apply.begin(epoch).map_err(|_| ERANGE)?;
-                if let Err(e) = self.write_marks(mark) {
-                    *apply = before;
-                    return Err(e);
-                }
-            }
+        // The state changes once the mark is durable.
+        let mut next = *apply;
+        let mark = next.begin_or_redo(epoch).map_err(|e| match e {
+            CheckpointError::BadState => EBUSY,
+            _ => ERANGE,
+        })?;
+        if let Some(mark) = mark {
+            self.write_marks(mark)?;
         }
-        self.state.lock().applying = true;
-        self.quiet.wait(&|| self.state.lock().reads_submitted == 0);
+        *apply = next;
+        self.state.lock().reads.hold();
+        self.quiet.wait(&|| self.state.lock().reads.quiet());
         Ok(())
     }
 
@@ -1456,9 +1423,9 @@ impl Group {
     /// on every meta device, and the held reads go.
     fn apply_end(&self, epoch: u64) -> Result {
         let mut apply = self.apply.lock();
-        if apply.state() != (ApplyState::InProgress { epoch }) {
-            return Err(ERANGE);
-        }
+        // The state changes once the idle mark is durable.
+        let mut next = *apply;
+        let mark = next.finish(epoch).map_err(|_| ERANGE)?;
         let devs = self.ctl.lock().data;
         // (Not in the deliberate-bug build `apply-flush`.)
         if !ferry_core::bugs::APPLY_NO_FLUSH {
@@ -1466,20 +1433,15 @@ impl Group {
                 dd.dev.flush()?;
             }
         }
-        let before = *apply;
-        let mark = apply.finish(epoch).map_err(|_| ERANGE)?;
-        if let Err(e) = self.write_marks(mark) {
-            *apply = before;
-            return Err(e);
-        }
+        self.write_marks(mark)?;
+        *apply = next;
         let mut held = {
             let mut st = self.state.lock();
-            st.applying = false;
-            let held = st.held_reads.take();
-            held
+            st.reads.end();
+            st.held_reads.take()
         };
         while let Some(bio) = held.pop() {
-            self.state.lock().reads_submitted += 1;
+            self.state.lock().reads.release();
             bio.submit();
         }
         Ok(())
@@ -1500,11 +1462,7 @@ impl Group {
         let apply = self.apply.lock();
         // `APPLY_BEGIN e` opens the intervals after the last applied one up
         // to `e`, applied as one.
-        let open = match apply.state() {
-            ApplyState::InProgress { epoch } => h.epoch > apply.applied() && h.epoch <= epoch,
-            ApplyState::Idle => false,
-        };
-        if !open {
+        if !apply.admits(h.epoch) {
             return Err(ERANGE);
         }
         let dd = self
@@ -1517,17 +1475,10 @@ impl Group {
             .ok_or(EINVAL)?;
         let nr = u64::from(h.nr_sectors);
         // The record's numbers are checked before any arithmetic with them;
-        // flush and marker records place nothing, so their sector is not
-        // looked at.
-        let at = match h.kind {
-            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes => h
-                .sector
-                .checked_add(nr)
-                .filter(|&end| end <= dd.sectors)
-                .and_then(|_| dd.offset.checked_add(h.sector))
-                .ok_or(EINVAL)?,
-            _ => 0,
-        };
+        // flush and marker records place nothing (`checkpoint::place`).
+        let at = place(h.kind, h.sector, h.nr_sectors, dd.sectors, dd.offset)
+            .map_err(|_| EINVAL)?
+            .unwrap_or(0);
         match h.kind {
             RecordKind::Write => {
                 let p = Payload::from_slice(rec.payload).map_err(|_| ENOMEM)?;
