@@ -1401,7 +1401,8 @@ impl Group {
     /// intervals after the last applied one up to `epoch` are then applied
     /// as one (several whole intervals under one mark are as atomic as one,
     /// and pay the mark and flushes once).  Beginning what is already in
-    /// progress (a redo after a crash) is allowed.
+    /// progress (a redo after a crash) is allowed, and writes the mark
+    /// again (`IntervalApply::begin_or_redo`).
     fn apply_begin(&self, epoch: u64) -> Result {
         let mut apply = self.apply.lock();
         // The state changes once the mark is durable.
@@ -1410,9 +1411,7 @@ impl Group {
             CheckpointError::BadState => EBUSY,
             _ => ERANGE,
         })?;
-        if let Some(mark) = mark {
-            self.write_marks(mark)?;
-        }
+        self.write_marks(mark)?;
         *apply = next;
         self.state.lock().reads.hold();
         self.quiet.wait(&|| self.state.lock().reads.quiet());

@@ -33,11 +33,14 @@
 //! 3. **`APPLY_BEGIN e`** ([`IntervalApply::begin_or_redo`]): idle, it
 //!    opens the intervals after the last applied one up to `e`, applied as
 //!    one (refused unless `e` is above the last applied interval), and the
-//!    mark must be durable before any record of them is written; the
-//!    interval already in progress is begun again without a new mark (a
-//!    redo after a crash); another interval in progress is refused
-//!    ([`CheckpointError::BadState`], `-EBUSY`).  The caller changes its
-//!    state only once the mark is durable.
+//!    mark must be durable before any record of them is written.  The
+//!    interval already in progress is begun again (a redo after a crash)
+//!    and its mark written again: a member whose copies a crash left old
+//!    or torn carries it too, so that every member names the interval in
+//!    progress until it ends, whichever of them join first.  Another
+//!    interval in progress is refused ([`CheckpointError::BadState`],
+//!    `-EBUSY`).  The caller changes its state only once the mark is
+//!    durable.
 //! 4. **A record** ([`IntervalApply::admits`]) is applied only while
 //!    intervals are open, and only if its epoch is one of them (after the
 //!    last applied, at most the one begun).  Where it goes is checked
@@ -424,15 +427,15 @@ impl IntervalApply {
         Ok(self.mark)
     }
 
-    /// `APPLY_BEGIN epoch` (rule 3): `Some(mark)` to make durable before
-    /// the first record, or `None` when `epoch` is already in progress (a
-    /// redo: nothing to write).  `BadState` while another interval is in
+    /// `APPLY_BEGIN epoch` (rule 3): the mark to make durable on every
+    /// member before the first record, also when `epoch` is already in
+    /// progress (a redo).  `BadState` while another interval is in
     /// progress, `BadEpoch` for an interval already applied.
-    pub fn begin_or_redo(&mut self, epoch: u64) -> Result<Option<ApplyMark>, CheckpointError> {
+    pub fn begin_or_redo(&mut self, epoch: u64) -> Result<ApplyMark, CheckpointError> {
         match self.mark.state {
-            ApplyState::InProgress { epoch: e } if e == epoch => Ok(None),
+            ApplyState::InProgress { epoch: e } if e == epoch => Ok(self.mark),
             ApplyState::InProgress { .. } => Err(CheckpointError::BadState),
-            ApplyState::Idle => self.begin(epoch).map(Some),
+            ApplyState::Idle => self.begin(epoch),
         }
     }
 
@@ -681,8 +684,8 @@ mod tests {
         assert_eq!(a.begin_or_redo(4), Err(CheckpointError::BadEpoch));
         assert_eq!(a.begin_or_redo(3), Err(CheckpointError::BadEpoch));
         assert_eq!(a, IntervalApply::new(4), "a refused begin changes nothing");
-        assert_eq!(a.begin_or_redo(7), Ok(Some(busy(7, 4))));
-        assert_eq!(a.begin_or_redo(7), Ok(None), "a redo writes no mark");
+        assert_eq!(a.begin_or_redo(7), Ok(busy(7, 4)));
+        assert_eq!(a.begin_or_redo(7), Ok(busy(7, 4)), "a redo writes its mark again");
         assert_eq!(a.begin_or_redo(8), Err(CheckpointError::BadState));
         assert_eq!(a.begin_or_redo(6), Err(CheckpointError::BadState));
         assert_eq!(a.mark(), busy(7, 4));
