@@ -685,7 +685,11 @@ mod tests {
         assert_eq!(a.begin_or_redo(3), Err(CheckpointError::BadEpoch));
         assert_eq!(a, IntervalApply::new(4), "a refused begin changes nothing");
         assert_eq!(a.begin_or_redo(7), Ok(busy(7, 4)));
-        assert_eq!(a.begin_or_redo(7), Ok(busy(7, 4)), "a redo writes its mark again");
+        assert_eq!(
+            a.begin_or_redo(7),
+            Ok(busy(7, 4)),
+            "a redo writes its mark again"
+        );
         assert_eq!(a.begin_or_redo(8), Err(CheckpointError::BadState));
         assert_eq!(a.begin_or_redo(6), Err(CheckpointError::BadState));
         assert_eq!(a.mark(), busy(7, 4));

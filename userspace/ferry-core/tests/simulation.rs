@@ -67,6 +67,7 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                             local.primary_crashes += s.primary_crashes;
                             local.secondary_crashes += s.secondary_crashes;
                             local.redos += s.redos;
+                            local.torn_marks += s.torn_marks;
                             local.reads_waited += s.reads_waited;
                             local.points_held += s.points_held;
                             local.intent_waits += s.intent_waits;
@@ -88,6 +89,7 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                 t.primary_crashes += local.primary_crashes;
                 t.secondary_crashes += local.secondary_crashes;
                 t.redos += local.redos;
+                t.torn_marks += local.torn_marks;
                 t.reads_waited += local.reads_waited;
                 t.points_held += local.points_held;
                 t.intent_waits += local.intent_waits;
@@ -106,7 +108,7 @@ fn run_seeds(default_count: u64) {
     let (failures, s) = sweep(start, count, None, false);
     println!(
         "simulation: {count} seeds from {start} in {:.1?}: {} steps, {} writes, {} intervals applied, \
-         {} primary and {} secondary crashes, {} redos, {} damaged records rejected, \
+         {} primary and {} secondary crashes ({} tearing a mark), {} redos, {} damaged records rejected, \
          {} host reads held, {} consistency points held, {} writes waited for their \
          write intent, {} sweeps cleared chunks",
         t.elapsed(),
@@ -115,6 +117,7 @@ fn run_seeds(default_count: u64) {
         s.intervals,
         s.primary_crashes,
         s.secondary_crashes,
+        s.torn_marks,
         s.redos,
         s.rejected,
         s.reads_waited,

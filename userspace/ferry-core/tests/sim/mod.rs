@@ -47,7 +47,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use ferry_core::bitmap::{words_for, ChunkBitmap};
-use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, IntervalSlot, Rendezvous};
+use ferry_core::checkpoint::{
+    place, ApplyMark, ApplyState, IntervalApply, IntervalSlot, ReadHold, Rendezvous, APPLY_MARK_LEN,
+};
 use ferry_core::consistency::{ConsistencyError, ConsistencyTracker};
 use ferry_core::gate::{DeviceClass, Watermark};
 use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
@@ -162,6 +164,8 @@ pub struct Stats {
     pub secondary_crashes: u64,
     /// Intervals redone after a secondary crash.
     pub redos: u64,
+    /// Apply marks torn by a secondary crash.
+    pub torn_marks: u64,
     /// Host reads that had to wait for an interval.
     pub reads_waited: u64,
     /// Consistency points held.
@@ -219,6 +223,9 @@ struct Faults {
     corrupt: u64,
     max_delay: u64,
     partition: u64,
+    /// Per mille, each `APPLY_BEGIN`: the secondary crashes while it
+    /// writes the marks, leaving some copies old and one torn.
+    torn_mark: u64,
 }
 
 const FAULTY: Faults = Faults {
@@ -227,6 +234,7 @@ const FAULTY: Faults = Faults {
     corrupt: 40,
     max_delay: 9,
     partition: 6,
+    torn_mark: 30,
 };
 const CALM: Faults = Faults {
     drop: 0,
@@ -234,6 +242,7 @@ const CALM: Faults = Faults {
     corrupt: 0,
     max_delay: 4,
     partition: 0,
+    torn_mark: 0,
 };
 
 struct Net {
@@ -601,7 +610,8 @@ struct Secondary {
     // Durable: the image, the remote log, the meta block.
     image: Vec<Vec<u64>>,
     log: HashMap<(usize, u64), Entry>,
-    mark: ApplyMark,
+    /// Each member's meta device: the apply mark, copy A and copy B.
+    marks: [[[u8; APPLY_MARK_LEN]; 2]; DEVICES],
     next: [u64; DEVICES],
     next_stamp: [Stamp; DEVICES],
     first_epoch: u64,
@@ -616,6 +626,7 @@ struct Secondary {
     windows: Vec<Window>,
     rendezvous: Rendezvous<Vec<IntervalSlot>>,
     apply: IntervalApply,
+    reads: ReadHold,
     job: Option<Job>,
     handshake: Option<Handshake>,
 }
@@ -626,7 +637,7 @@ impl Secondary {
             up: true,
             image: vec![vec![0; BLOCKS as usize]; DEVICES],
             log: HashMap::new(),
-            mark: IntervalApply::new(0).mark(),
+            marks: [[encode_mark(IntervalApply::new(0).mark()); 2]; DEVICES],
             next: [1; DEVICES],
             next_stamp: [Stamp::ZERO; DEVICES],
             first_epoch: 1,
@@ -637,6 +648,7 @@ impl Secondary {
             windows: Vec::new(),
             rendezvous: Rendezvous::new(vec![IntervalSlot::default(); INTERVALS], 1, 0),
             apply: IntervalApply::new(0),
+            reads: ReadHold::new(false),
             job: None,
             handshake: None,
         };
@@ -664,8 +676,19 @@ impl Secondary {
                 let _ = self.rendezvous.marker(s as u32, h.epoch, r.stamp);
             }
         }
-        let (apply, _) = IntervalApply::recover(self.mark);
+        // As the kernel's join: each member's mark from its copies, merged.
+        let mark = self
+            .marks
+            .iter()
+            .fold(IntervalApply::new(0).mark(), |m, copies| {
+                let read = copies
+                    .iter()
+                    .map(|b| Ok::<_, ()>(ApplyMark::decode(b, &FastDigest).ok()));
+                m.merge(ApplyMark::first_valid(read).expect("no I/O error"))
+            });
+        let (apply, _) = IntervalApply::recover(mark);
         self.apply = apply;
+        self.reads = ReadHold::new(!apply.may_read());
         self.job = None;
         self.handshake = None;
     }
@@ -1471,6 +1494,15 @@ impl World {
                 let (s, ds) = job.items[job.pos];
                 job.pos += 1;
                 if let Some(e) = self.s.log.get(&(s, ds)) {
+                    if !self.s.apply.admits(e.h.epoch) {
+                        return Err(self.o.fail(
+                            "G4 atomic intervals",
+                            format!(
+                                "stream {s} record {ds} of interval {} applied in interval {}",
+                                e.h.epoch, job.epoch
+                            ),
+                        ));
+                    }
                     apply_entry(&mut self.s.image[s], e);
                     self.image_dirty = true;
                 }
@@ -1534,13 +1566,23 @@ impl World {
             let (ds, _) = self.s.windows[i].pop_front().expect("front");
             items.push((i, ds));
         }
-        let mark = self.s.apply.begin(epoch).map_err(|e| {
-            self.o
-                .fail("G4 atomic intervals", format!("begin {epoch}: {e}"))
-        })?;
+        let mark = match self.s.apply.begin_or_redo(epoch) {
+            Ok(mark) => mark,
+            other => {
+                return Err(self
+                    .o
+                    .fail("G4 atomic intervals", format!("begin {epoch}: {other:?}")))
+            }
+        };
         if self.cfg.bug != Some(Bug::NoUpdateInProgressMark) {
-            self.s.mark = persist(mark);
+            if self.rng.chance(self.faults.torn_mark) {
+                let torn = self.rng.below(2 * DEVICES as u64) as usize;
+                self.tear_marks(mark, torn);
+                return Ok(());
+            }
+            self.s.marks = [[encode_mark(mark); 2]; DEVICES];
         }
+        self.s.reads.hold();
         self.s.job = Some(Job {
             epoch,
             items,
@@ -1555,8 +1597,18 @@ impl World {
             self.o
                 .fail("G4 atomic intervals", format!("finish {}: {e}", job.epoch))
         })?;
-        // One meta update: mark idle, streams' positions, log trimmed.
-        self.s.mark = persist(mark);
+        if self.rng.chance(self.faults.torn_mark) {
+            // Torn before the last device's copy A: that device still says
+            // in progress, and the interval is redone.  (Past it, every
+            // device would read idle while the positions and the remote
+            // log below were not updated: one update here, two in ferryd.)
+            let torn = self.rng.below(2 * DEVICES as u64 - 1) as usize;
+            self.tear_marks(mark, torn);
+            return Ok(());
+        }
+        // One meta update: marks idle, streams' positions, log trimmed.
+        self.s.marks = [[encode_mark(mark); 2]; DEVICES];
+        self.s.reads.end();
         for &(s, ds) in &job.items {
             if let Some(e) = self.s.log.remove(&(s, ds)) {
                 if ds >= self.s.next[s] {
@@ -1576,6 +1628,22 @@ impl World {
         Ok(())
     }
 
+    /// The secondary crashes while it writes `mark` to the meta devices,
+    /// device by device, copy A then B: the writes before the `torn`-th
+    /// are done, that one is half written, the others never happen.
+    fn tear_marks(&mut self, mark: ApplyMark, torn: usize) {
+        let new = encode_mark(mark);
+        for (k, copy) in self.s.marks.iter_mut().flatten().enumerate() {
+            if k < torn {
+                *copy = new;
+            } else if k == torn {
+                copy[..APPLY_MARK_LEN / 2].copy_from_slice(&new[..APPLY_MARK_LEN / 2]);
+            }
+        }
+        self.stats.torn_marks += 1;
+        self.crash_secondary();
+    }
+
     fn crash_secondary(&mut self) {
         self.stats.secondary_crashes += 1;
         self.s.up = false;
@@ -1583,12 +1651,24 @@ impl World {
 
     fn recover_secondary(&mut self) -> Result<(), Failure> {
         self.s.up = true;
-        // The mark is read back from its on-disk block.
-        self.s.mark = persist(self.s.mark);
+        // The marks are read back from the meta devices.
         self.s.rebuild();
-        if let ApplyState::InProgress { epoch } = self.s.mark.state {
-            // Redo the whole interval from the remote log; reads wait.
+        if let ApplyState::InProgress { epoch } = self.s.apply.state() {
+            // Redo the whole interval from the remote log (`APPLY_BEGIN` of
+            // the interval in progress again, its mark written again on
+            // every member); reads wait.
             self.stats.redos += 1;
+            match self.s.apply.begin_or_redo(epoch) {
+                Ok(mark) if self.s.reads.holding() => {
+                    self.s.marks = [[encode_mark(mark); 2]; DEVICES];
+                }
+                other => {
+                    return Err(self.o.fail(
+                        "G4 atomic intervals",
+                        format!("interval {epoch} is not redone with reads held ({other:?})"),
+                    ))
+                }
+            }
             let limit = interval_limit_of(&self.s).unwrap_or(Stamp::ZERO);
             let cut = match self.s.rendezvous.ready(limit) {
                 Some((e, cut)) if e == epoch => cut,
@@ -1623,7 +1703,8 @@ impl World {
     fn check(&mut self) -> Result<(), Failure> {
         // G4: a host read waits while an interval is being applied.
         if self.s.up && self.s.job.is_some() {
-            if self.s.apply.may_read() {
+            let mut probe = self.s.reads;
+            if self.s.apply.may_read() || probe.read() {
                 return Err(self.o.fail(
                     "G4 atomic intervals",
                     "host read allowed during an interval".into(),
@@ -1642,7 +1723,7 @@ impl World {
             }
             self.o.check_image(&view, job.epoch)?;
         }
-        let readable = self.s.up && self.s.apply.may_read();
+        let readable = self.s.up && !self.s.reads.holding();
         if readable && self.image_dirty {
             self.image_dirty = false;
             self.o.check_image(&self.s.image, self.s.apply.applied())?;
@@ -1733,26 +1814,31 @@ impl World {
     }
 }
 
-/// Writes a mark to its on-disk form and reads it back.
-fn persist(mark: ApplyMark) -> ApplyMark {
-    let mut b = [0u8; ferry_core::checkpoint::APPLY_MARK_LEN];
+/// A mark in its on-disk form.
+fn encode_mark(mark: ApplyMark) -> [u8; APPLY_MARK_LEN] {
+    let mut b = [0u8; APPLY_MARK_LEN];
     mark.encode(&FastDigest, &mut b);
-    ApplyMark::decode(&b, &FastDigest).expect("mark")
+    b
 }
 
 fn apply_entry(image: &mut [u64], e: &Entry) {
     let h = &e.h;
+    // Where it lands, checked as the kernel checks it (a record outside
+    // the device is refused).
+    let Ok(Some(at)) = place(h.kind, h.sector, h.nr_sectors, BLOCKS, 0) else {
+        return;
+    };
     match h.kind {
         RecordKind::Write => {
             for (i, sector) in e.payload.chunks_exact(SECTOR_SIZE as usize).enumerate() {
                 let token = u64::from_le_bytes(sector[..8].try_into().expect("8 bytes"));
-                if let Some(b) = image.get_mut(h.sector as usize + i) {
+                if let Some(b) = image.get_mut(at as usize + i) {
                     *b = token;
                 }
             }
         }
         RecordKind::Discard | RecordKind::WriteZeroes => {
-            for b in h.sector..h.sector + u64::from(h.nr_sectors) {
+            for b in at..at + u64::from(h.nr_sectors) {
                 if let Some(b) = image.get_mut(b as usize) {
                     *b = h.group_seq;
                 }
