@@ -47,8 +47,9 @@
 //! * [`command::Commands`] over each `write(2)` to the character device
 //!   (any [`command::CommandError`] is `-EINVAL`);
 //! * in secondary mode, [`checkpoint::IntervalApply`] and its
-//!   [`checkpoint::ApplyMark`] (host reads wait unless
-//!   [`checkpoint::IntervalApply::may_read`]).
+//!   [`checkpoint::ApplyMark`] (read from two copies, merged over the
+//!   members), [`checkpoint::place`] for each record applied, and a
+//!   [`checkpoint::ReadHold`] for the host reads.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
