@@ -10,6 +10,8 @@
 //! (`APPLY_BEGIN`, the interval's records, `APPLY_END`) under an
 //! update-in-progress mark kept on every member's meta device; host reads
 //! wait while an interval is applied.  `promote` turns it into a primary.
+//! What each step may do is `ferry_core::checkpoint`'s (`IntervalApply`,
+//! `ApplyMark`, `place`, `ReadHold`); the kernel does the I/O.
 //!
 //! # Sequencing at completion
 //!
@@ -20,14 +22,19 @@
 //! in any stream), and a slow write does not hold back the records of
 //! writes that completed before it.
 //!
+//! The numbering, the gate, the order records are read in, the
+//! acknowledgement commands and the restart numbers are
+//! `ferry_core::stream`'s: the group keeps a `GroupOrder` and each device a
+//! `ferry_core::stream::Stream` over its ring of records.
+//!
 //! # Storage
 //!
-//! Each device of the group has a ring of its records in `dev_seq` order:
-//! `[head, head + sent)` were read by `ferryd` and wait for the secondary's
-//! acknowledgement, `[head + sent, head + len)` wait to be read.  Every
-//! record charges at least one page to the group's spool, whose cap bounds
-//! every ring, so rings are allocated once, when a device joins, and never
-//! grow.  Spool memory returns when the secondary acknowledges.
+//! Each device of the group has a ring of its records in `dev_seq` order
+//! (those read by `ferryd` wait for the secondary's acknowledgement, the
+//! others wait to be read).  Every record charges at least one page to the
+//! group's spool, whose cap bounds every ring, so rings are allocated once,
+//! when a device joins, and never grow.  Spool memory returns when the
+//! secondary acknowledges.
 //!
 //! # Locks
 //!
@@ -43,11 +50,14 @@ use crate::payload::{with_mapped, Payload};
 use crate::sync::{IrqSpinLock, WaitQueue};
 use crate::work::{DelayedWork, WorkId, Worker};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalApply, APPLY_MARK_LEN};
+use ferry_core::checkpoint::{
+    place, ApplyMark, ApplyState, CheckpointError, IntervalApply, ReadHold, APPLY_MARK_LEN,
+};
 use ferry_core::command::{Command, CommandError, Commands};
-use ferry_core::bitmap::{chunks_of, words_for, ChunkBitmap};
-use ferry_core::gate::{holds_data_back, may_release, DeviceClass, Watermark};
-use ferry_core::meta::{self, sb_flags, Numbers, Superblock, BITS_PER_PAGE};
+use ferry_core::gate::DeviceClass;
+use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
+use ferry_core::meta::{self, sb_flags, Numbers, Superblock};
+use ferry_core::stream::{self, Ack, GroupOrder, Left, Numbered, Refused, Sequenced};
 use ferry_core::record::{
     self, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader, RecordKind, CP_FIXED_LEN,
     HEADER_LEN, LABEL_MAX, TAIL_LEN,
@@ -94,9 +104,9 @@ pub(crate) struct Record {
     inline_len: usize,
     /// Spool bytes charged for this record.
     charge: usize,
-    /// Write-intent generation (0 or 1) whose count this record holds, or
-    /// [`NO_GEN`] (no chunk: flushes, markers).
-    wgen: usize,
+    /// Write-intent generation whose count this record holds, or
+    /// [`Gen::NONE`] (no chunk: flushes, markers).
+    wgen: Gen,
     dev_seq: AtomicU64,
     group_seq: AtomicU64,
     timestamp_ns: AtomicU64,
@@ -119,7 +129,7 @@ impl Record {
             inline: [0; CP_FIXED_LEN + LABEL_MAX],
             inline_len: 0,
             charge: PAGE_SIZE,
-            wgen: NO_GEN,
+            wgen: Gen::NONE,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),
             timestamp_ns: AtomicU64::new(0),
@@ -155,246 +165,46 @@ impl Record {
         HEADER_LEN + self.payload_len() + TAIL_LEN
     }
 
+    fn set_numbers(&self, n: &Numbered) {
+        self.dev_seq.store(n.dev_seq, Relaxed);
+        self.group_seq.store(n.group_seq, Relaxed);
+        self.timestamp_ns.store(n.timestamp_ns, Relaxed);
+        self.epoch.store(n.epoch, Relaxed);
+    }
+}
+
+impl Sequenced for Record {
+    fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    fn dev_seq(&self) -> u64 {
+        self.dev_seq.load(Relaxed)
+    }
+
     fn group_seq(&self) -> u64 {
         self.group_seq.load(Relaxed)
     }
 }
 
-/// `Record::wgen` of a record that touches no chunk.
-const NO_GEN: usize = 2;
-
-/// The records of one device, in `dev_seq` order (see the module doc).
-struct Ring {
-    slots: KVVec<Option<Arc<Record>>>,
-    head: usize,
-    len: usize,
-    sent: usize,
-}
-
-impl Ring {
-    fn new(capacity: usize) -> Result<Self> {
-        Ok(Self {
-            slots: KVVec::from_elem(None, capacity, GFP_KERNEL)?,
-            head: 0,
-            len: 0,
-            sent: 0,
-        })
-    }
-
-    fn at(&self, i: usize) -> Option<&Arc<Record>> {
-        if i >= self.len {
-            return None;
-        }
-        self.slots.get(self.index(i)?)?.as_ref()
-    }
-
-    /// Slot of the `i`-th record from the head (no division: a zero
-    /// capacity simply has no slot).
-    fn index(&self, i: usize) -> Option<usize> {
-        let cap = self.slots.len();
-        let j = self.head.checked_add(i)?;
-        Some(if j >= cap { j.checked_sub(cap)? } else { j }).filter(|&j| j < cap)
-    }
-
-    fn push(&mut self, r: Arc<Record>) -> core::result::Result<(), Arc<Record>> {
-        if self.len >= self.slots.len() {
-            return Err(r);
-        }
-        let Some(i) = self.index(self.len) else {
-            return Err(r);
-        };
-        match self.slots.get_mut(i) {
-            Some(slot) => {
-                *slot = Some(r);
-                self.len += 1;
-                Ok(())
-            }
-            None => Err(r),
-        }
-    }
-
-    fn pop(&mut self) -> Option<Arc<Record>> {
-        if self.len == 0 {
-            return None;
-        }
-        let r = self.slots.get_mut(self.head)?.take();
-        self.head = self.index(1)?;
-        self.len -= 1;
-        self.sent = self.sent.saturating_sub(1);
-        r
-    }
-
-    fn next_unsent(&self) -> Option<&Arc<Record>> {
-        self.at(self.sent)
-    }
-}
-
 /// One device of the group, as the spool sees it.
 struct Stream {
-    role: Role,
-    ring: Ring,
-    /// Last `dev_seq` assigned.
-    last_dev_seq: u64,
-    /// Highest `dev_seq` read by `ferryd`.
-    shipped: u64,
-    /// Highest `dev_seq` the secondary holds durably (`Ack`).
-    acked: u64,
-    /// Highest `dev_seq` of a log device acknowledged for the gate.
-    log_acked: u64,
-    /// Log device: its records from `log_acked + 1` to before this one are
-    /// markers (they do not hold data back).
-    gate_from: u64,
-    /// First `dev_seq` after the last consistency point.
-    cp_first: u64,
+    /// Its records and numbers (`ferry_core::stream`).
+    q: stream::Stream<KVVec<Option<Arc<Record>>>>,
     /// Writes mapped (bios), for status.
     written: u64,
-    /// Dirty-chunk bits: chunks the secondary misses writes of (overflow,
-    /// failed writes, and what the meta device named at load).  Always
-    /// also set on disk.
-    dirty: KVVec<u64>,
-    dirty_bits: u64,
-    chunk_shift: u32,
-    /// Write intent: bits durable on the meta device.  A write goes to its
-    /// chunks only once their bits are here.
-    ondisk: KVVec<u64>,
-    /// Bits deferred writes wait for (set in `map`, written by the kick
-    /// work).
-    want: KVVec<u64>,
-    /// Chunks written in each of two generations; `cur` is open.
-    touch: [KVVec<u64>; 2],
-    /// Records of each generation not yet acknowledged.
-    outstanding: [u64; 2],
-    cur: usize,
-    /// Chunks of records that left the ring by `SPOOLED` and are not
-    /// acknowledged, in two generations: `held[hopen]` is filled; the other
-    /// one, when `held_upto` of it is non-zero, waits for the `ACK` of
-    /// that `dev_seq`.  The sweep never clears their bits on disk.
-    held: [KVVec<u64>; 2],
-    held_upto: [u64; 2],
-    hopen: usize,
+    /// Write intent: which chunks the meta device marks, and when they
+    /// may be cleared (`ferry_core::intent`).
+    intent: WriteIntent<KVVec<u64>>,
 }
 
 impl Stream {
-    /// The lowest `group_seq` of this log device's records that hold data
-    /// back (all but markers: `gate::holds_data_back`) and are not yet
-    /// acknowledged for the gate, if any.
-    fn lowest_pending_log(&mut self) -> Option<u64> {
-        // The ring holds `dev_seq`s `front, front + 1, ...`; the markers
-        // passed over are remembered in `gate_from`, so each record is
-        // looked at once.
-        let front = self.ring.at(0)?.dev_seq.load(Relaxed);
-        let mut ds = self.gate_from.max(self.log_acked + 1).max(front);
-        loop {
-            let r = self.ring.at(usize::try_from(ds - front).ok()?)?;
-            if holds_data_back(r.kind) {
-                self.gate_from = ds;
-                return Some(r.group_seq());
-            }
-            ds += 1;
-            self.gate_from = ds;
+    fn role(&self) -> Role {
+        match self.q.class() {
+            DeviceClass::Log => Role::Log,
+            DeviceClass::Data => Role::Data,
         }
     }
-
-    /// The chunks `[first, first + n)` a range touches, clipped.
-    fn chunks(&self, sector: u64, nr_sectors: u64) -> Option<(u64, u64)> {
-        let (first, n) = chunks_of(sector, nr_sectors.max(1), self.chunk_shift)?;
-        let end = (first + n).min(self.dirty_bits);
-        (first < end).then_some((first, end - first))
-    }
-
-    fn mark_dirty(&mut self, sector: u64, nr_sectors: u64) {
-        if let Some((first, n)) = self.chunks(sector, nr_sectors) {
-            set_bits(&mut self.dirty, self.dirty_bits, first, n);
-        }
-    }
-
-    /// Write intent for a write to `[sector, +nr)`: marks the chunks
-    /// written in the open generation; returns whether some chunk is not
-    /// on disk yet (the write must wait), after adding those to `want`.
-    fn intend(&mut self, sector: u64, nr_sectors: u64) -> bool {
-        let Some((first, n)) = self.chunks(sector, nr_sectors) else {
-            return false;
-        };
-        let bits = self.dirty_bits;
-        set_bits(&mut self.touch[self.cur], bits, first, n);
-        let ondisk = ChunkBitmap::new(&mut self.ondisk, bits)
-            .and_then(|b| b.any_clear_in_range(first, n))
-            .unwrap_or(true);
-        if ondisk {
-            set_bits(&mut self.want, bits, first, n);
-        }
-        ondisk
-    }
-
-    /// Record `r` leaves the ring by `SPOOLED`: its write-intent count is
-    /// given back, and its chunks are held until its acknowledgement.
-    fn hold(&mut self, r: &Record) {
-        if r.wgen != NO_GEN {
-            if let Some((first, n)) = self.chunks(r.sector, u64::from(r.nr_sectors)) {
-                let bits = self.dirty_bits;
-                set_bits(&mut self.held[self.hopen], bits, first, n);
-            }
-            self.finish(r.wgen);
-        }
-        let ds = r.dev_seq.load(Relaxed);
-        if let Some(u) = self.held_upto.get_mut(self.hopen) {
-            *u = (*u).max(ds);
-        }
-        self.rotate_held();
-    }
-
-    /// Releases the held generation that the acknowledgements reached (its
-    /// chunks go back to the write-intent sweep, which clears them once no
-    /// write of theirs is outstanding) and closes the open one when the
-    /// other is free.
-    fn rotate_held(&mut self) {
-        // Twice: an acknowledgement may reach both generations.
-        for _ in 0..2 {
-            let closed = 1 - self.hopen;
-            let upto = self.held_upto.get(closed).copied().unwrap_or(0);
-            if upto != 0 && self.acked >= upto {
-                let (cur, held, touch) = (self.cur, &mut self.held, &mut self.touch);
-                if let (Some(h), Some(t)) = (held.get_mut(closed), touch.get_mut(cur)) {
-                    for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
-                        *tw |= *hw;
-                        *hw = 0;
-                    }
-                }
-                if let Some(u) = self.held_upto.get_mut(closed) {
-                    *u = 0;
-                }
-            }
-            let closed_free = self.held_upto.get(closed).is_some_and(|&u| u == 0);
-            let open_used = self.held_upto.get(self.hopen).is_some_and(|&u| u != 0);
-            if !(closed_free && open_used) {
-                return;
-            }
-            self.hopen = closed;
-        }
-    }
-
-    /// A record of generation `g` is acknowledged, dropped or failed.
-    fn finish(&mut self, g: usize) {
-        if let Some(o) = self.outstanding.get_mut(g) {
-            *o = o.saturating_sub(1);
-        }
-    }
-
-    fn dirty_count(&mut self) -> u64 {
-        ChunkBitmap::new(&mut self.dirty, self.dirty_bits)
-            .map(|bm| bm.count())
-            .unwrap_or(0)
-    }
-}
-
-fn set_bits(words: &mut [u64], nbits: u64, first: u64, n: u64) {
-    if let Ok(mut bm) = ChunkBitmap::new(words, nbits) {
-        let _ = bm.set_range(first, n);
-    }
-}
-
-fn zeroed_words(n: usize) -> Result<KVVec<u64>, kernel::alloc::AllocError> {
-    KVVec::from_elem(0u64, n, GFP_KERNEL)
 }
 
 /// The meta device of a stream, for process-context I/O under the group's
@@ -437,18 +247,6 @@ impl StreamMeta {
     }
 }
 
-/// Copies words `[w0, w0 + 512)` of `words` (missing ones as zero), or'ed
-/// with `or`'s, into a bitmap page image, little-endian.
-fn page_of(words: &[u64], w0: usize, out: &mut [u8; PAGE_SIZE], or: Option<&[u64]>) {
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let w = words.get(w0 + i).copied().unwrap_or(0)
-            | or.and_then(|o| o.get(w0 + i).copied()).unwrap_or(0);
-        chunk.copy_from_slice(&w.to_le_bytes());
-    }
-}
-
-const WORDS_PER_PAGE: usize = (BITS_PER_PAGE / 64) as usize;
-
 /// Whether the group ships records or only tracks dirty chunks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RepMode {
@@ -461,26 +259,15 @@ pub(crate) enum RepMode {
 
 struct State {
     streams: KVec<Option<Stream>>,
-    last_group_seq: u64,
-    last_ts: u64,
-    /// Added to the clock for timestamps: a group continued from its meta
-    /// devices (after a restart of the host) keeps its time increasing.
-    ts_base: u64,
-    /// The open checkpoint interval.
-    epoch: u64,
-    /// Records sequenced since the last checkpoint marker.
-    since_checkpoint: u64,
+    /// The group order, the clock, the intervals and consistency points.
+    order: GroupOrder,
     spool_used: usize,
     mode: RepMode,
-    /// Last applied interval the secondary reported.
-    applied_epoch: u64,
-    cp_id: u64,
     /// Writes waiting for their chunks' bits to reach the meta device.
     held: HeldList,
-    /// Secondary: an interval is being applied; host reads wait.
-    applying: bool,
-    /// Secondary: host reads submitted and not completed.
-    reads_submitted: u64,
+    /// Secondary: whether host reads go or wait for the interval being
+    /// applied, and how many are in flight (`ferry_core::checkpoint`).
+    reads: ReadHold,
     /// Secondary: host reads held until the interval is applied.
     held_reads: HeldList,
 }
@@ -490,83 +277,29 @@ impl State {
         self.streams.get_mut(id as usize)?.as_mut()
     }
 
-    /// Numbers `r` (now complete) and appends it to its device's ring.
+    /// Numbers `r` (now complete) and appends it to its device's ring
+    /// (`GroupOrder::sequence`).
     fn sequence(&mut self, r: Arc<Record>, now_ns: u64) -> core::result::Result<(), Arc<Record>> {
-        let ts = now_ns.saturating_add(self.ts_base).max(self.last_ts);
-        let group_seq = self.last_group_seq + 1;
-        let epoch = self.epoch;
-        let Some(s) = self.stream(r.device_id) else {
+        let Some(Some(s)) = self.streams.get_mut(r.device_id as usize) else {
             return Err(r);
         };
-        let dev_seq = s.last_dev_seq + 1;
-        r.dev_seq.store(dev_seq, Relaxed);
-        r.group_seq.store(group_seq, Relaxed);
-        r.timestamp_ns.store(ts, Relaxed);
-        r.epoch.store(epoch, Relaxed);
-        s.ring.push(r)?;
-        s.last_dev_seq = dev_seq;
-        self.last_group_seq = group_seq;
-        self.last_ts = ts;
-        self.since_checkpoint += 1;
-        Ok(())
-    }
-
-    /// The group's counters, and `cp_first` of a stream, as a device that
-    /// leaves cleanly records them on its meta device.
-    fn numbers(&self, cp_first: u64) -> Numbers {
-        Numbers {
-            group_seq: self.last_group_seq,
-            epoch: self.epoch,
-            timestamp_ns: self.last_ts,
-            cp_id: self.cp_id,
-            cp_first,
-        }
-    }
-
-    /// Raises the group's counters to those a joining device recorded
-    /// (`now_ns`: the clock now, which the timestamps are to continue
-    /// above).
-    fn continue_from(&mut self, n: &Numbers, now_ns: u64) {
-        self.last_group_seq = self.last_group_seq.max(n.group_seq);
-        self.epoch = self.epoch.max(n.epoch);
-        self.cp_id = self.cp_id.max(n.cp_id);
-        self.ts_base = self.ts_base.max(n.timestamp_ns.saturating_sub(now_ns));
-        self.last_ts = self.last_ts.max(n.timestamp_ns);
-    }
-
-    /// The gate's watermark: every log record at or below it is
-    /// acknowledged.
-    fn watermark(&mut self) -> Watermark {
-        let lowest = self
-            .streams
-            .iter_mut()
-            .flatten()
-            .filter(|s| s.role == Role::Log)
-            .filter_map(Stream::lowest_pending_log)
-            .min();
-        Watermark::from_lowest_pending(lowest)
+        self.order
+            .sequence(&mut s.q, now_ns, r, |r, n| r.set_numbers(n))
+            .map(|_| ())
     }
 
     /// The device whose next unread record comes first in the group order
     /// among those the gate releases.
     fn next_releasable(&mut self) -> Option<usize> {
-        let w = self.watermark();
-        let mut best: Option<(u64, usize)> = None;
-        for (i, s) in self.streams.iter().enumerate() {
-            let Some(s) = s else { continue };
-            let Some(r) = s.ring.next_unsent() else {
-                continue;
-            };
-            let class = match s.role {
-                Role::Log => DeviceClass::Log,
-                Role::Data => DeviceClass::Data,
-            };
-            let g = r.group_seq();
-            if may_release(class, g, w) && best.map_or(true, |(bg, _)| g < bg) {
-                best = Some((g, i));
-            }
-        }
-        best.map(|(_, i)| i)
+        let w = stream::watermark(self.streams.iter_mut().flatten().map(|s| &mut s.q));
+        stream::next_releasable(self.streams.iter().map(|s| s.as_ref().map(|s| &s.q)), w)
+    }
+}
+
+fn class_of(role: Role) -> DeviceClass {
+    match role {
+        Role::Log => DeviceClass::Log,
+        Role::Data => DeviceClass::Data,
     }
 }
 
@@ -657,17 +390,6 @@ pub(crate) struct Member {
     pub(crate) secondary: bool,
 }
 
-/// How a joining device left its group last time (its superblock).
-enum Left {
-    /// A new meta device.
-    New,
-    /// Every record acknowledged: its stream's last `dev_seq` and the
-    /// group's numbers then.
-    Clean(u64, Numbers),
-    /// Not cleanly (a crash): the numbers its stream used are unknown.
-    Unclean,
-}
-
 /// Why a device could not join a group.
 pub(crate) enum JoinError {
     /// `spool_mb`, `overflow` or `checkpoint_ms` differ from the group's.
@@ -719,18 +441,11 @@ impl Group {
                 settings,
                 state <- IrqSpinLock::new(State {
                     streams,
-                    last_group_seq: 0,
-                    last_ts: 0,
-                    ts_base: 0,
-                    epoch: 1,
-                    since_checkpoint: 0,
+                    order: GroupOrder::new(),
                     spool_used: 0,
                     mode: RepMode::Replicating,
-                    applied_epoch: 0,
-                    cp_id: 0,
                     held: HeldList::new(),
-                    applying: false,
-                    reads_submitted: 0,
+                    reads: ReadHold::new(false),
                     held_reads: HeldList::new(),
                 }),
                 readable <- WaitQueue::new(),
@@ -815,12 +530,12 @@ impl Group {
             let Some(s) = st.streams.get(i).and_then(Option::as_ref) else {
                 return Err(JoinError::Role);
             };
-            if s.role != role {
+            if s.role() != role {
                 return Err(JoinError::Role);
             }
             // The stream's bitmap and meta device stay those of the loaded
             // table: a reload may not change them.
-            let same_chunks = s.chunk_shift == chunk_shift;
+            let same_chunks = s.intent.chunk_shift() == chunk_shift;
             drop(st);
             let same_len = ctl.data.get(i).copied().flatten().is_some_and(|d| d.sectors == sectors);
             let same_meta = self
@@ -842,19 +557,16 @@ impl Group {
             }
             return Ok(());
         }
-        let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
-        let ring = Ring::new(cap).map_err(|_| JoinError::NoMemory)?;
-        let bits = sectors.div_ceil(1u64 << chunk_shift);
-        let words = usize::try_from(words_for(bits)).map_err(|_| JoinError::NoMemory)?;
         fn nm<E>(_: E) -> JoinError {
             JoinError::NoMemory
         }
-        let mut dirty = zeroed_words(words).map_err(nm)?;
-        let mut ondisk = zeroed_words(words).map_err(nm)?;
-        let want = zeroed_words(words).map_err(nm)?;
-        let touch = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
-        let held = [zeroed_words(words).map_err(nm)?, zeroed_words(words).map_err(nm)?];
-        let pages = words.div_ceil(WORDS_PER_PAGE);
+        let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
+        let ring = KVVec::from_elem(None, cap, GFP_KERNEL).map_err(nm)?;
+        let bits = sectors.div_ceil(1u64 << chunk_shift);
+        let words = storage_words(bits).ok_or(JoinError::NoMemory)?;
+        let words = KVVec::from_elem(0u64, words, GFP_KERNEL).map_err(nm)?;
+        let mut intent = WriteIntent::new(words, bits, chunk_shift).map_err(nm)?;
+        let pages = intent.pages();
         let changed = KVVec::from_elem(false, pages, GFP_KERNEL).map_err(nm)?;
         let mut sm = StreamMeta {
             dev: meta_dev,
@@ -873,28 +585,26 @@ impl Group {
             changed,
             wsnap: KVec::from_elem(0u64, WORDS_PER_PAGE, GFP_KERNEL).map_err(nm)?,
         };
-        let (loaded, left) = self.load_meta(&mut sm, &mut ondisk, pages)?;
+        let (loaded, left) = self.load_meta(&mut sm, &mut intent, pages)?;
         if secondary {
+            // An interval in progress on any member is in progress for the
+            // group (it is redone); otherwise the highest applied.
             let mark = Self::read_mark(&sm).map_err(|_| JoinError::MetaIo)?;
-            *apply = Self::merge_marks(apply.mark(), mark);
+            *apply = IntervalApply::recover(apply.mark().merge(mark)).0;
             if !apply.may_read() {
-                self.state.lock().applying = true;
+                self.state.lock().reads.hold();
             }
         }
         drop(apply);
-        for (d, o) in dirty.iter_mut().zip(ondisk.iter()) {
-            *d = *o;
-        }
         // Where the device's stream stands: a device that left its group
         // cleanly continues its numbers (and raises the group's to its
         // own), so that the secondary never sees a number twice.
-        let (mut from, mut cp_first) = (0, 1);
+        let (from, cp_first) = if secondary { (0, 1) } else { left.start() };
         {
             let mut st = self.state.lock();
             match left {
-                Left::Clean(last, n) if !secondary => {
-                    (from, cp_first) = (last, n.cp_first.max(1));
-                    st.continue_from(&n, kernel::time::Ktime::ktime_get().to_ns() as u64);
+                Left::Clean(_, n) if !secondary => {
+                    st.order.continue_from(&n, kernel::time::Ktime::ktime_get().to_ns() as u64);
                 }
                 Left::Unclean if !secondary => {
                     let msg = "the device did not leave its group cleanly (a crash?): the numbers its stream used are unknown";
@@ -908,26 +618,9 @@ impl Group {
             }
         }
         let stream = Stream {
-            role,
-            ring,
-            last_dev_seq: from,
-            shipped: from,
-            acked: from,
-            log_acked: from,
-            gate_from: 0,
-            cp_first,
+            q: stream::Stream::new(ring, class_of(role), from, cp_first),
             written: 0,
-            dirty,
-            dirty_bits: bits,
-            chunk_shift,
-            ondisk,
-            want,
-            touch,
-            outstanding: [0; 2],
-            cur: 0,
-            held,
-            held_upto: [0; 2],
-            hopen: 0,
+            intent,
         };
         if let Some(slot) = self.meta.lock().get_mut(i) {
             *slot = Some(sm);
@@ -953,13 +646,13 @@ impl Group {
     }
 
     /// Reads the superblock and the bitmap of a joining device into
-    /// `ondisk`, or formats a meta device that has no valid superblock.
+    /// `intent`, or formats a meta device that has no valid superblock.
     /// Returns the number of chunks the bitmap names and how the device
     /// left its group last time.
     fn load_meta(
         &self,
         sm: &mut StreamMeta,
-        ondisk: &mut [u64],
+        intent: &mut WriteIntent<KVVec<u64>>,
         pages: usize,
     ) -> core::result::Result<(u64, Left), JoinError> {
         let io = |_| JoinError::MetaIo;
@@ -1004,23 +697,12 @@ impl Group {
                 }
                 sm.sb = found;
                 for p in 0..pages {
-                    meta_read(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
-                        for (i, w) in b.chunks(8).enumerate() {
-                            let mut le = [0u8; 8];
-                            le.copy_from_slice(w);
-                            if let Some(d) = ondisk.get_mut(p * WORDS_PER_PAGE + i) {
-                                *d = u64::from_le_bytes(le);
-                                set += u64::from(d.count_ones());
-                            }
-                        }
+                    set += meta_read(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
+                        intent.load(p, b)
                     })
                     .map_err(io)?;
                 }
-                if found.flags & sb_flags::CLEAN != 0 {
-                    Left::Clean(found.acked_dev_seq, found.numbers)
-                } else {
-                    Left::Unclean
-                }
+                Left::of(Some(&found))
             }
         };
         // In use from now on: only a clean leave sets CLEAN again.
@@ -1050,13 +732,15 @@ impl Group {
             let mut metas = self.meta.lock();
             self.sweep_stream(&mut metas, i, true);
             let secondary = self.is_secondary();
-            let (ahead, acked, clean, numbers) = {
-                let mut st = self.state.lock();
+            let (ahead, acked, clean) = {
+                let st = self.state.lock();
                 let ahead = st.mode == RepMode::Ahead;
-                let (acked, done, cp_first) = st
-                    .stream(id)
-                    .map_or((0, false, 1), |s| (s.acked, s.acked >= s.last_dev_seq, s.cp_first));
-                (ahead, acked, !secondary && !ahead && done, st.numbers(cp_first))
+                let (acked, numbers) = st
+                    .streams
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map_or((0, None), |s| s.q.leaving(&st.order));
+                (ahead, acked, numbers.filter(|_| !secondary && !ahead))
             };
             if let Some(Some(sm)) = metas.get_mut(i) {
                 sm.sb.acked_dev_seq = sm.sb.acked_dev_seq.max(acked);
@@ -1066,7 +750,7 @@ impl Group {
                 // Every record acknowledged: the next join continues from
                 // these numbers.  (Otherwise the records not acknowledged
                 // are lost with the spool, and the group comes back ahead.)
-                if clean {
+                if let Some(numbers) = clean {
                     sm.sb.flags |= sb_flags::CLEAN;
                     sm.sb.numbers = numbers;
                 }
@@ -1082,10 +766,7 @@ impl Group {
             let mut st = self.state.lock();
             let s = st.streams.get_mut(i).and_then(Option::take);
             if let Some(s) = &s {
-                let held: usize = (0..s.ring.len)
-                    .filter_map(|k| s.ring.at(k))
-                    .map(|r| r.charge)
-                    .sum();
+                let held: usize = s.q.records().map(|r| r.charge).sum();
                 st.spool_used = st.spool_used.saturating_sub(held);
             }
             s
@@ -1120,16 +801,10 @@ impl Group {
     }
 
     /// Admits a write of device `id` to `[sector, +nr)` (nr 0: no data
-    /// range): write intent, then spool room for a record of `charge`
-    /// bytes.  Never sleeps.
-    ///
-    /// Intent is registered on the first pass and again on the pass that
-    /// takes the write (room reserved, or tracked in the bitmap): a writer
-    /// that slept for room under `overflow block` may have seen two sweeps
-    /// clear the chunks of its first pass's generation, and its write must
-    /// not land in a chunk the meta device no longer marks (G3).  The
-    /// reserving pass's generation is the record's (`wgen`), so no sweep
-    /// clears the chunks before the record is acknowledged.
+    /// range): spool room for a record of `charge` bytes, then write
+    /// intent for what the spool did (`WriteIntent::admit`: `first` is
+    /// the writer's first pass; a writer that slept for room registers
+    /// intent again on the pass that takes its write).  Never sleeps.
     fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, block: bool, first: bool) -> Admit {
         let mut st = self.state.lock();
         let reserve = if st.mode == RepMode::Ahead {
@@ -1145,25 +820,18 @@ impl Group {
             return Admit {
                 reserve: Reserve::Ahead,
                 defer: false,
-                wgen: NO_GEN,
+                wgen: Gen::NONE,
             };
         };
-        let mut defer = false;
         if first {
             s.written += 1;
         }
-        if nr > 0 && (first || reserve != Reserve::Full) {
-            defer = s.intend(sector, nr);
-        }
-        let mut wgen = NO_GEN;
-        match reserve {
-            Reserve::Done if nr > 0 => {
-                wgen = s.cur;
-                s.outstanding[wgen] += 1;
-            }
-            Reserve::Ahead | Reserve::Overflow => s.mark_dirty(sector, nr),
-            _ => {}
-        }
+        let room = match reserve {
+            Reserve::Done => Room::Spool,
+            Reserve::Full => Room::Wait,
+            Reserve::Ahead | Reserve::Overflow => Room::Bitmap,
+        };
+        let a = s.intent.admit(sector, nr, first, room);
         match reserve {
             Reserve::Done => st.spool_used += charge,
             Reserve::Overflow => self.enter_ahead(&mut st, "spool full"),
@@ -1171,11 +839,10 @@ impl Group {
         }
         Admit {
             reserve,
-            defer,
-            wgen,
+            defer: a.defer,
+            wgen: a.gen,
         }
     }
-
 
     /// `map` of a write-like bio of device `id`: builds its record, or
     /// marks its chunks dirty when the spool cannot take it.
@@ -1237,8 +904,7 @@ impl Group {
                 st.spool_used = st.spool_used.saturating_sub(charge);
                 self.enter_ahead(&mut st, "out of memory for the spool");
                 if let Some(s) = st.stream(id) {
-                    s.finish(wgen);
-                    s.mark_dirty(sector, nr);
+                    s.intent.dropped(wgen, sector, nr);
                 }
                 drop(st);
                 self.dropped.fetch_add(1, Relaxed);
@@ -1247,11 +913,11 @@ impl Group {
         }
     }
 
-    fn unadmit(&self, id: u32, charge: usize, wgen: usize) {
+    fn unadmit(&self, id: u32, charge: usize, wgen: Gen) {
         let mut st = self.state.lock();
         st.spool_used = st.spool_used.saturating_sub(charge);
         if let Some(s) = st.stream(id) {
-            s.finish(wgen);
+            s.intent.finish(wgen);
         }
     }
 
@@ -1260,8 +926,7 @@ impl Group {
         st.spool_used = st.spool_used.saturating_sub(rec.charge);
         self.enter_ahead(&mut st, why);
         if let Some(s) = st.stream(rec.device_id) {
-            s.finish(rec.wgen);
-            s.mark_dirty(rec.sector, u64::from(rec.nr_sectors));
+            s.intent.dropped(rec.wgen, rec.sector, u64::from(rec.nr_sectors));
         }
         drop(st);
         self.dropped.fetch_add(1, Relaxed);
@@ -1304,8 +969,7 @@ impl Group {
         if failed {
             st.spool_used = st.spool_used.saturating_sub(charge);
             if let Some(s) = st.stream(id) {
-                s.finish(wgen);
-                s.mark_dirty(sector, nr);
+                s.intent.dropped(wgen, sector, nr);
             }
         }
         drop(st);
@@ -1325,18 +989,18 @@ impl Group {
         let _ctl = self.ctl.lock();
         // Members and their consistency-point state; only marker insertion
         // (serialised by `ctl`) changes `cp_first` and `cp_id`.
-        let mut members = [None::<(u32, Role, u64)>; MAX_DEVICES as usize];
+        let mut members = [None::<(Role, u64)>; MAX_DEVICES as usize];
         let cp_id = {
             let st = self.state.lock();
             for (m, s) in members.iter_mut().zip(st.streams.iter()) {
-                *m = s.as_ref().map(|s| (0, s.role, s.cp_first));
+                *m = s.as_ref().map(|s| (s.role(), s.q.cp_first()));
             }
-            st.cp_id + 1
+            st.order.next_cp_id()
         };
         // Build the records outside the spinlock.
         let mut recs: KVec<Arc<Record>> = KVec::with_capacity(MAX_DEVICES as usize, GFP_KERNEL)?;
         for (id, m) in members.iter().enumerate() {
-            let Some((_, role, first)) = *m else { continue };
+            let Some((role, first)) = *m else { continue };
             let mut r = Record::new(kind, id as u32, role);
             if let (RecordKind::ConsistencyPoint, Some(label)) = (kind, label) {
                 let cp = ConsistencyPayload {
@@ -1365,27 +1029,20 @@ impl Group {
         }
         let mut n = 0;
         for r in recs.into_iter() {
-            let (id, charge) = (r.device_id, r.charge);
+            let charge = r.charge;
             st.spool_used += charge;
             // Cannot fail: the device is a member (membership changes need
-            // `ctl`) and its ring has room (the spool had).
+            // `ctl`) and its ring has room (the spool had).  A consistency
+            // point starts its stream's next set (`cp_first`).
             if st.sequence(r, now).is_ok() {
                 n += 1;
-                if kind == RecordKind::ConsistencyPoint {
-                    if let Some(s) = st.stream(id) {
-                        s.cp_first = s.last_dev_seq + 1;
-                    }
-                }
             } else {
                 st.spool_used = st.spool_used.saturating_sub(charge);
             }
         }
         match kind {
-            RecordKind::Checkpoint => {
-                st.epoch += 1;
-                st.since_checkpoint = 0;
-            }
-            RecordKind::ConsistencyPoint => st.cp_id = cp_id,
+            RecordKind::Checkpoint => st.order.checkpoint_inserted(),
+            RecordKind::ConsistencyPoint => st.order.consistency_point_inserted(cp_id),
             _ => {}
         }
         drop(st);
@@ -1419,7 +1076,7 @@ impl Group {
         ctl.reader_open = true;
         let mut st = self.state.lock();
         for s in st.streams.iter_mut().flatten() {
-            s.ring.sent = 0;
+            s.q.rewind();
         }
         Ok(())
     }
@@ -1471,7 +1128,7 @@ impl Group {
             let next = {
                 let mut st = self.state.lock();
                 st.next_releasable()
-                    .and_then(|i| st.streams.get(i)?.as_ref()?.ring.next_unsent().cloned())
+                    .and_then(|i| st.streams.get(i)?.as_ref()?.q.next_unsent().cloned())
             };
             let Some(rec) = next else {
                 return Ok(done);
@@ -1488,8 +1145,7 @@ impl Group {
             if let Some(s) = st.stream(rec.device_id) {
                 // Acknowledgements only drop records already sent, so `rec`
                 // is still the next unsent record of its ring.
-                s.ring.sent += 1;
-                s.shipped = s.shipped.max(rec.dev_seq.load(Relaxed));
+                s.q.mark_sent();
             }
         }
     }
@@ -1550,29 +1206,16 @@ impl Group {
     }
 
     fn check(st: &State, c: &Command) -> Result {
+        if let Some((ack, device, dev_seq)) = Ack::of(c) {
+            let s = st
+                .streams
+                .get(device as usize)
+                .and_then(Option::as_ref)
+                .ok_or(EINVAL)?;
+            return s.q.check(ack, dev_seq).map_err(refused);
+        }
         match *c {
-            Command::AckLog { device, dev_seq }
-            | Command::Ack { device, dev_seq }
-            | Command::Spooled { device, dev_seq } => {
-                let s = st
-                    .streams
-                    .get(device as usize)
-                    .and_then(Option::as_ref)
-                    .ok_or(EINVAL)?;
-                if matches!(c, Command::AckLog { .. }) && s.role != Role::Log {
-                    return Err(EINVAL);
-                }
-                // A log record leaves the ring only acknowledged: the gate
-                // reads the lowest pending one there.
-                if matches!(c, Command::Spooled { .. }) && s.role == Role::Log && dev_seq > s.log_acked {
-                    return Err(EINVAL);
-                }
-                if dev_seq > s.shipped {
-                    return Err(ERANGE);
-                }
-                Ok(())
-            }
-            Command::Applied { epoch } if epoch >= st.epoch => Err(ERANGE),
+            Command::Applied { epoch } => st.order.check_applied(epoch).map_err(refused),
             // Leaving `ahead` needs a resync, which this version does not have.
             Command::Start { .. } if st.mode == RepMode::Ahead => Err(eopnotsupp()),
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => Err(eopnotsupp()),
@@ -1581,35 +1224,12 @@ impl Group {
     }
 
     fn apply(&self, c: Command) -> Result {
+        if let Some((ack, device, dev_seq)) = Ack::of(&c) {
+            return self.acknowledge(ack, device, dev_seq);
+        }
         match c {
-            Command::AckLog { device, dev_seq } => {
-                let mut st = self.state.lock();
-                if let Some(s) = st.stream(device) {
-                    s.log_acked = s.log_acked.max(dev_seq);
-                }
-                drop(st);
-                self.readable.wake_all();
-            }
-            Command::Ack { device, dev_seq } => {
-                self.release_through(device, dev_seq, |s, r| match r {
-                    None => {
-                        s.acked = s.acked.max(dev_seq);
-                        s.log_acked = s.log_acked.max(dev_seq);
-                        s.rotate_held();
-                    }
-                    Some(r) => s.finish(r.wgen),
-                });
-            }
-            Command::Spooled { device, dev_seq } => {
-                self.release_through(device, dev_seq, |s, r| {
-                    if let Some(r) = r {
-                        s.hold(r);
-                    }
-                });
-            }
             Command::Applied { epoch } => {
-                let mut st = self.state.lock();
-                st.applied_epoch = st.applied_epoch.max(epoch);
+                self.state.lock().order.applied(epoch).map_err(refused)?;
             }
             Command::InsertCheckpoint => {
                 self.checkpoint()?;
@@ -1622,58 +1242,70 @@ impl Group {
                 let mut st = self.state.lock();
                 self.enter_ahead(&mut st, "replication stopped");
             }
+            Command::AckLog { .. } | Command::Ack { .. } | Command::Spooled { .. } => {}
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => return Err(eopnotsupp()),
         }
         Ok(())
     }
 
-    /// Drops device `device`'s records up to `dev_seq` from the ring (`ACK`
-    /// or `SPOOLED`) and frees their spool room: `each` sees the stream
-    /// first (`None`), then every record dropped.
-    fn release_through(
-        &self,
-        device: u32,
-        dev_seq: u64,
-        mut each: impl FnMut(&mut Stream, Option<&Record>),
-    ) {
+    /// `ACK_LOG`, `ACK` or `SPOOLED` of device `device` up to `dev_seq`
+    /// (`ferry_core::stream::Stream::acknowledge`): the records it drops
+    /// give their write intent back (`ACK`) or hold their chunks until
+    /// acknowledged (`SPOOLED`), and their spool room is freed.
+    fn acknowledge(&self, ack: Ack, device: u32, dev_seq: u64) -> Result {
         let mut freed: KVec<Arc<Record>> = KVec::new();
-        {
+        let r = {
             let mut st = self.state.lock();
             let mut released = 0usize;
-            if let Some(s) = st.stream(device) {
-                each(s, None);
-                while s
-                    .ring
-                    .at(0)
-                    .is_some_and(|r| r.dev_seq.load(Relaxed) <= dev_seq)
-                {
-                    let Some(r) = s.ring.pop() else { break };
-                    released += r.charge;
-                    each(s, Some(&r));
-                    // Freed after the lock is dropped; if the list cannot
-                    // grow, drop it here (kfree is fine).
-                    let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
+            // (A device that left since the check: nothing to do.)
+            let r = match st.stream(device) {
+                None => Ok(()),
+                Some(s) => {
+                    let (q, intent) = (&mut s.q, &mut s.intent);
+                    let acked = q.acked();
+                    let r = q.acknowledge(ack, dev_seq, |r| {
+                        released += r.charge;
+                        match ack {
+                            Ack::Durable => intent.finish(r.wgen),
+                            Ack::Spooled => {
+                                let nr = u64::from(r.nr_sectors);
+                                intent.spooled(r.wgen, r.sector, nr, r.dev_seq(), acked);
+                            }
+                            Ack::Log => {}
+                        }
+                        // Freed after the lock is dropped; if the list cannot
+                        // grow, dropped here (kfree is fine).
+                        let _ = freed.push(r, flags::GFP_ATOMIC | flags::__GFP_NOWARN);
+                    });
+                    if ack == Ack::Durable {
+                        intent.ack(q.acked());
+                    }
+                    r.map_err(refused)
                 }
-            }
+            };
             st.spool_used = st.spool_used.saturating_sub(released);
-        }
+            r
+        };
         drop(freed);
-        self.space.wake_all();
+        if ack != Ack::Log {
+            self.space.wake_all();
+        }
         self.readable.wake_all();
+        r
     }
 
     /// Status of device `id` and of the group, for `dmsetup status`.
     pub(crate) fn status(&self, id: u32) -> DeviceStatus {
         let mut st = self.state.lock();
-        let (mode, epoch, used) = (st.mode, st.epoch, st.spool_used);
+        let (mode, epoch, used) = (st.mode, st.order.epoch(), st.spool_used);
         let s = st.stream(id);
         DeviceStatus {
             mode,
             written: s.as_ref().map_or(0, |s| s.written),
-            completed: s.as_ref().map_or(0, |s| s.last_dev_seq),
-            shipped: s.as_ref().map_or(0, |s| s.shipped),
-            acked: s.as_ref().map_or(0, |s| s.acked),
-            dirty: s.map_or(0, |s| s.dirty_count()),
+            completed: s.as_ref().map_or(0, |s| s.q.last_dev_seq()),
+            shipped: s.as_ref().map_or(0, |s| s.q.shipped()),
+            acked: s.as_ref().map_or(0, |s| s.q.acked()),
+            dirty: s.map_or(0, |s| s.intent.dirty_count()),
             spool_used: used,
             spool_cap: self.settings.spool_bytes(),
             epoch,
@@ -1710,12 +1342,10 @@ impl Group {
     /// `map` of a host read: it goes now, or waits for the interval being
     /// applied.  Never sleeps.
     pub(crate) fn secondary_read(&self) -> ReadGate {
-        let mut st = self.state.lock();
-        if st.applying {
-            ReadGate::Hold(self.read_token.clone())
-        } else {
-            st.reads_submitted += 1;
+        if self.state.lock().reads.read() {
             ReadGate::Go(self.read_token.clone())
+        } else {
+            ReadGate::Hold(self.read_token.clone())
         }
     }
 
@@ -1723,62 +1353,29 @@ impl Group {
     /// meanwhile.
     pub(crate) fn hold_read(&self, bio: HeldBio) {
         let mut st = self.state.lock();
-        if st.applying {
-            st.held_reads.push(bio);
-        } else {
-            st.reads_submitted += 1;
+        if st.reads.read() {
             drop(st);
             bio.submit();
+        } else {
+            st.held_reads.push(bio);
         }
     }
 
     /// A host read completed.
     pub(crate) fn read_done(&self) {
-        let mut st = self.state.lock();
-        st.reads_submitted = st.reads_submitted.saturating_sub(1);
-        let quiet = st.reads_submitted == 0;
-        drop(st);
+        let quiet = self.state.lock().reads.done();
         if quiet {
             self.quiet.wake_all();
         }
     }
 
-    /// Reads the apply mark of a member's meta device: copy A, else copy B,
-    /// else (a device never applied to) idle at interval 0.
+    /// Reads the apply mark of a member's meta device
+    /// (`ApplyMark::first_valid`: copy A, else copy B, else idle at 0).
     fn read_mark(sm: &StreamMeta) -> Result<ApplyMark> {
         let d = KernelDigest;
-        for sector in meta::APPLY_MARK_SECTORS {
-            let m = meta_read(&sm.dev, &sm.page, sector, |b| ApplyMark::decode(b, &d).ok())?;
-            if let Some(m) = m {
-                return Ok(m);
-            }
-        }
-        Ok(IntervalApply::new(0).mark())
-    }
-
-    /// The group's apply state from the marks of its members: an interval
-    /// in progress on any device is in progress for the group (it is
-    /// redone); otherwise the highest interval applied.
-    fn merge_marks(cur: ApplyMark, m: ApplyMark) -> IntervalApply {
-        let pick = match (cur.state, m.state) {
-            (ApplyState::InProgress { epoch: a }, ApplyState::InProgress { epoch: b }) => {
-                if b > a {
-                    m
-                } else {
-                    cur
-                }
-            }
-            (ApplyState::InProgress { .. }, ApplyState::Idle) => cur,
-            (ApplyState::Idle, ApplyState::InProgress { .. }) => m,
-            (ApplyState::Idle, ApplyState::Idle) => {
-                if m.applied > cur.applied {
-                    m
-                } else {
-                    cur
-                }
-            }
-        };
-        IntervalApply::recover(pick).0
+        ApplyMark::first_valid(meta::APPLY_MARK_SECTORS.iter().map(|&sector| {
+            meta_read(&sm.dev, &sm.page, sector, |b| ApplyMark::decode(b, &d).ok())
+        }))
     }
 
     /// Writes `mark` durably to every member's meta device, copy A then
@@ -1804,23 +1401,20 @@ impl Group {
     /// intervals after the last applied one up to `epoch` are then applied
     /// as one (several whole intervals under one mark are as atomic as one,
     /// and pay the mark and flushes once).  Beginning what is already in
-    /// progress (a redo after a crash) is allowed.
+    /// progress (a redo after a crash) is allowed, and writes the mark
+    /// again (`IntervalApply::begin_or_redo`).
     fn apply_begin(&self, epoch: u64) -> Result {
         let mut apply = self.apply.lock();
-        match apply.state() {
-            ApplyState::InProgress { epoch: e } if e == epoch => {}
-            ApplyState::InProgress { .. } => return Err(EBUSY),
-            ApplyState::Idle => {
-                let before = *apply;
-                let mark = apply.begin(epoch).map_err(|_| ERANGE)?;
-                if let Err(e) = self.write_marks(mark) {
-                    *apply = before;
-                    return Err(e);
-                }
-            }
-        }
-        self.state.lock().applying = true;
-        self.quiet.wait(&|| self.state.lock().reads_submitted == 0);
+        // The state changes once the mark is durable.
+        let mut next = *apply;
+        let mark = next.begin_or_redo(epoch).map_err(|e| match e {
+            CheckpointError::BadState => EBUSY,
+            _ => ERANGE,
+        })?;
+        self.write_marks(mark)?;
+        *apply = next;
+        self.state.lock().reads.hold();
+        self.quiet.wait(&|| self.state.lock().reads.quiet());
         Ok(())
     }
 
@@ -1828,9 +1422,9 @@ impl Group {
     /// on every meta device, and the held reads go.
     fn apply_end(&self, epoch: u64) -> Result {
         let mut apply = self.apply.lock();
-        if apply.state() != (ApplyState::InProgress { epoch }) {
-            return Err(ERANGE);
-        }
+        // The state changes once the idle mark is durable.
+        let mut next = *apply;
+        let mark = next.finish(epoch).map_err(|_| ERANGE)?;
         let devs = self.ctl.lock().data;
         // (Not in the deliberate-bug build `apply-flush`.)
         if !ferry_core::bugs::APPLY_NO_FLUSH {
@@ -1838,21 +1432,15 @@ impl Group {
                 dd.dev.flush()?;
             }
         }
-        let before = *apply;
-        let mark = apply.finish(epoch).map_err(|_| ERANGE)?;
-        if let Err(e) = self.write_marks(mark) {
-            *apply = before;
-            return Err(e);
-        }
+        self.write_marks(mark)?;
+        *apply = next;
         let mut held = {
             let mut st = self.state.lock();
-            st.applying = false;
-            st.applied_epoch = epoch;
-            let held = st.held_reads.take();
-            held
+            st.reads.end();
+            st.held_reads.take()
         };
         while let Some(bio) = held.pop() {
-            self.state.lock().reads_submitted += 1;
+            self.state.lock().reads.release();
             bio.submit();
         }
         Ok(())
@@ -1873,11 +1461,7 @@ impl Group {
         let apply = self.apply.lock();
         // `APPLY_BEGIN e` opens the intervals after the last applied one up
         // to `e`, applied as one.
-        let open = match apply.state() {
-            ApplyState::InProgress { epoch } => h.epoch > apply.applied() && h.epoch <= epoch,
-            ApplyState::Idle => false,
-        };
-        if !open {
+        if !apply.admits(h.epoch) {
             return Err(ERANGE);
         }
         let dd = self
@@ -1890,17 +1474,10 @@ impl Group {
             .ok_or(EINVAL)?;
         let nr = u64::from(h.nr_sectors);
         // The record's numbers are checked before any arithmetic with them;
-        // flush and marker records place nothing, so their sector is not
-        // looked at.
-        let at = match h.kind {
-            RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes => h
-                .sector
-                .checked_add(nr)
-                .filter(|&end| end <= dd.sectors)
-                .and_then(|_| dd.offset.checked_add(h.sector))
-                .ok_or(EINVAL)?,
-            _ => 0,
-        };
+        // flush and marker records place nothing (`checkpoint::place`).
+        let at = place(h.kind, h.sector, h.nr_sectors, dd.sectors, dd.offset)
+            .map_err(|_| EINVAL)?
+            .unwrap_or(0);
         match h.kind {
             RecordKind::Write => {
                 let p = Payload::from_slice(rec.payload).map_err(|_| ENOMEM)?;
@@ -2021,6 +1598,13 @@ fn ebadmsg() -> Error {
     Error::from_errno(-(kernel::bindings::EBADMSG as i32))
 }
 
+fn refused(r: Refused) -> Error {
+    match r {
+        Refused::Invalid => EINVAL,
+        Refused::Range => ERANGE,
+    }
+}
+
 fn eopnotsupp() -> Error {
     Error::from_errno(-(kernel::bindings::EOPNOTSUPP as i32))
 }
@@ -2040,7 +1624,7 @@ enum Reserve {
 struct Admit {
     reserve: Reserve,
     defer: bool,
-    wgen: usize,
+    wgen: Gen,
 }
 
 /// What `dmsetup status` reports of a primary device.
@@ -2076,7 +1660,7 @@ impl Group {
         }
         let ms = self.settings.checkpoint_ms;
         let now = (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64;
-        let busy = self.state.lock().since_checkpoint > 0;
+        let busy = self.state.lock().order.since_checkpoint() > 0;
         if ms > 0 && busy && now >= self.last_checkpoint_ms.load(Relaxed) + u64::from(ms) {
             // A full spool skips this marker; the interval then spans two
             // periods.
@@ -2095,51 +1679,30 @@ impl Group {
         }
     }
 
-    /// Clears, on disk, the chunks whose writes are all acknowledged: those
-    /// written in the closed generation, not since, not dirty, once no
-    /// record of that generation is outstanding; then opens a new
-    /// generation.  `last`: the device is leaving (no write in flight), so
-    /// both generations may close.  Called with `meta` held.
+    /// The write-intent sweep of device `i` (`WriteIntent::sweep`: the
+    /// chunks whose writes are all acknowledged are cleared in memory),
+    /// then the bitmap pages it changed are written.  `last`: the device
+    /// is leaving (no write in flight), so both generations may close.
+    /// Called with `meta` held.
     fn sweep_stream(&self, metas: &mut KVec<Option<StreamMeta>>, i: usize, last: bool) {
         let Some(Some(sm)) = metas.get_mut(i) else {
             return;
         };
-        let mut any = false;
-        {
+        let cleared = {
             let mut st = self.state.lock();
             let Some(Some(s)) = st.streams.get_mut(i) else {
                 return;
             };
-            let prev = 1 - s.cur;
-            let closing: &[usize] = if last { &[0, 1] } else { core::slice::from_ref(&prev) };
-            if closing.iter().any(|&g| s.outstanding[g] > 0) {
-                return;
-            }
-            for w in 0..s.ondisk.len() {
-                let mut clear = s.touch[prev][w];
-                if last {
-                    clear |= s.touch[s.cur][w];
-                } else {
-                    clear &= !s.touch[s.cur][w];
-                }
-                clear &= !s.dirty[w] & !s.want[w] & !s.held[0][w] & !s.held[1][w] & s.ondisk[w];
-                if clear != 0 {
-                    // Cleared in memory before on disk: a write that comes
-                    // now waits for the bit to be written again, after this.
-                    s.ondisk[w] &= !clear;
-                    if let Some(c) = sm.changed.get_mut(w / WORDS_PER_PAGE) {
+            let changed = &mut sm.changed;
+            s.intent
+                .sweep(last, |w| {
+                    if let Some(c) = changed.get_mut(w / WORDS_PER_PAGE) {
                         *c = true;
                     }
-                    any = true;
-                }
-                s.touch[prev][w] = 0;
-                if last {
-                    s.touch[s.cur][w] = 0;
-                }
-            }
-            s.cur = prev;
-        }
-        if !any {
+                })
+                .cleared()
+        };
+        if !cleared {
             return;
         }
         for p in 0..sm.changed.len() {
@@ -2147,11 +1710,10 @@ impl Group {
             if !core::mem::replace(c, false) {
                 continue;
             }
-            let w0 = p * WORDS_PER_PAGE;
             let r = meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
                 let st = self.state.lock();
                 if let Some(Some(s)) = st.streams.get(i) {
-                    page_of(&s.ondisk, w0, b, None);
+                    s.intent.sweep_page(p, b);
                 }
             });
             // A failed clear only leaves bits set: more to resync, never less.
@@ -2172,17 +1734,14 @@ impl Group {
         let mut ok = true;
         for (i, sm) in metas.iter_mut().enumerate() {
             let Some(sm) = sm else { continue };
-            let words = {
+            let pages = {
                 let st = self.state.lock();
-                st.streams.get(i).and_then(Option::as_ref).map_or(0, |s| s.want.len())
+                st.streams.get(i).and_then(Option::as_ref).map_or(0, |s| s.intent.pages())
             };
-            for p in 0..words.div_ceil(WORDS_PER_PAGE) {
-                let w0 = p * WORDS_PER_PAGE;
+            for p in 0..pages {
                 let wanted = {
                     let st = self.state.lock();
-                    st.streams.get(i).and_then(Option::as_ref).is_some_and(|s| {
-                        s.want.iter().skip(w0).take(WORDS_PER_PAGE).any(|&w| w != 0)
-                    })
+                    st.streams.get(i).and_then(Option::as_ref).is_some_and(|s| s.intent.wants_page(p))
                 };
                 if !wanted {
                     continue;
@@ -2191,10 +1750,7 @@ impl Group {
                 let r = meta_write(&sm.dev, &sm.page, meta::BITMAP_SECTOR + 8 * p as u64, |b| {
                     let st = self.state.lock();
                     if let Some(Some(s)) = st.streams.get(i) {
-                        for (k, w) in wsnap.iter_mut().enumerate() {
-                            *w = s.want.get(w0 + k).copied().unwrap_or(0);
-                        }
-                        page_of(&s.ondisk, w0, b, Some(&s.want));
+                        s.intent.persist_page(p, b, wsnap);
                     }
                 });
                 if r.is_err() {
@@ -2208,14 +1764,7 @@ impl Group {
                 }
                 let mut st = self.state.lock();
                 if let Some(Some(s)) = st.streams.get_mut(i) {
-                    for (k, &w) in sm.wsnap.iter().enumerate() {
-                        if let Some(o) = s.ondisk.get_mut(w0 + k) {
-                            *o |= w;
-                        }
-                        if let Some(x) = s.want.get_mut(w0 + k) {
-                            *x &= !w;
-                        }
-                    }
+                    s.intent.persisted(p, &sm.wsnap);
                 }
             }
         }

@@ -12,11 +12,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use ferry_core::bitmap::ChunkBitmap;
-use ferry_core::gate::{releasable_prefix, DeviceClass, LogPending, PendingLog, Watermark};
+use ferry_core::gate::DeviceClass;
 use ferry_core::record::{
     decode_record, encode_record, GroupKey, RecordHeader, RecordKind, HEADER_LEN, TAIL_LEN,
 };
 use ferry_core::select::{group_limit, next_in_group_order, Received, Stamp, StreamWindow};
+use ferry_core::stream::{next_releasable, watermark, Ack, GroupOrder, Sequenced, Stream};
 use ferry_core::{Digest, FastDigest, SoftDigest};
 
 /// Runs `f` (which performs `unit` operations per call) for several rounds
@@ -105,30 +106,61 @@ fn header_bench(key: &GroupKey) {
     );
 }
 
+struct Rec {
+    kind: RecordKind,
+    dev_seq: u64,
+    group_seq: u64,
+}
+
+impl Sequenced for Rec {
+    fn kind(&self) -> RecordKind {
+        self.kind
+    }
+    fn dev_seq(&self) -> u64 {
+        self.dev_seq
+    }
+    fn group_seq(&self) -> u64 {
+        self.group_seq
+    }
+}
+
 fn gate_bench() {
-    // One log device and the release decision of one data stream.
-    let mut log = LogPending::new(vec![PendingLog::default(); 1024]);
-    let mut seq = 0u64;
-    let queue: Vec<(RecordKind, u64)> = (0..16).map(|i| (RecordKind::Write, i * 4)).collect();
+    // A log and a data stream, as the kernel runs them: number a log and a
+    // data record, read what the gate releases, acknowledge the log record.
+    let slots = || (0..1024).map(|_| None).collect::<Vec<Option<Box<Rec>>>>();
+    let mut st = [
+        Stream::new(slots(), DeviceClass::Log, 0, 1),
+        Stream::new(slots(), DeviceClass::Data, 0, 1),
+    ];
+    let mut g = GroupOrder::new();
+    let mut now = 0;
     let r = rate(4.0, || {
-        // push a log record, compute the watermark, release a data prefix,
-        // acknowledge the log record.
-        seq += 1;
-        log.push(PendingLog {
-            dev_seq: seq,
-            group_seq: seq * 4,
-        })
-        .unwrap();
-        let w = Watermark::of([&log]);
-        black_box(releasable_prefix(
-            DeviceClass::Data,
-            w,
-            queue.iter().copied(),
-        ));
-        log.ack(seq);
+        now += 1;
+        for s in st.iter_mut() {
+            let rec = Box::new(Rec {
+                kind: RecordKind::Write,
+                dev_seq: 0,
+                group_seq: 0,
+            });
+            let _ = g.sequence(s, now, rec, |r, n| {
+                r.dev_seq = n.dev_seq;
+                r.group_seq = n.group_seq;
+            });
+        }
+        loop {
+            let w = watermark(st.iter_mut());
+            let Some(i) = next_releasable(st.iter().map(Some), w) else {
+                break;
+            };
+            st[i].mark_sent();
+        }
+        let [log, data] = &mut st;
+        let _ = log.acknowledge(Ack::Durable, log.shipped(), drop);
+        black_box(data.next_unsent().is_some());
+        let _ = data.acknowledge(Ack::Durable, data.shipped(), drop);
     });
     println!(
-        "gate: {:>7.1} M ops/s (push, watermark, release decision over 16 queued, ack)",
+        "gate: {:>7.1} M ops/s (number a log and a data record, watermark, read, acknowledge)",
         r / 1e6
     );
 }

@@ -14,6 +14,46 @@
 //! the last one is durable. Host reads wait while an interval is in
 //! progress. After a crash the mark says which interval to redo from the
 //! remote log; redoing a whole interval in group order is idempotent.
+//!
+//! # The secondary's apply, as the kernel runs it
+//!
+//! The secondary-mode target keeps one [`IntervalApply`] per group and one
+//! [`ReadHold`]; it does the I/O (marks on every member's meta device,
+//! records on the data devices, flushes) and these types decide:
+//!
+//! 1. **The mark on a device.**  Each meta device holds the mark twice,
+//!    copy A then copy B; the first copy that decodes is the device's mark,
+//!    and a device with neither was never applied to: idle at interval 0
+//!    ([`ApplyMark::first_valid`]).
+//! 2. **The group's mark.**  The members' marks merge
+//!    ([`ApplyMark::merge`]): an interval in progress on any device is in
+//!    progress for the group (the highest such interval, redone); otherwise
+//!    the highest interval applied.  A group whose mark is in progress
+//!    holds host reads from the start ([`IntervalApply::recover`]).
+//! 3. **`APPLY_BEGIN e`** ([`IntervalApply::begin_or_redo`]): idle, it
+//!    opens the intervals after the last applied one up to `e`, applied as
+//!    one (refused unless `e` is above the last applied interval), and the
+//!    mark must be durable before any record of them is written.  The
+//!    interval already in progress is begun again (a redo after a crash)
+//!    and its mark written again: a member whose copies a crash left old
+//!    or torn carries it too, so that every member names the interval in
+//!    progress until it ends, whichever of them join first.  Another
+//!    interval in progress is refused ([`CheckpointError::BadState`],
+//!    `-EBUSY`).  The caller changes its state only once the mark is
+//!    durable.
+//! 4. **A record** ([`IntervalApply::admits`]) is applied only while
+//!    intervals are open, and only if its epoch is one of them (after the
+//!    last applied, at most the one begun).  Where it goes is checked
+//!    before any arithmetic with its numbers ([`place`]): a write, discard
+//!    or write-zeroes must lie inside the device; a flush or a marker
+//!    places nothing.
+//! 5. **`APPLY_END e`** ([`IntervalApply::finish`]): only the interval in
+//!    progress; its records are durable (the caller flushes) before the
+//!    idle mark, which records `e` as applied, is written.
+//! 6. **Host reads** ([`ReadHold`]) go at once while no interval is being
+//!    applied, and are held otherwise; an interval begins writing only once
+//!    the reads already submitted have completed, and its end lets the
+//!    held reads go.
 
 use core::fmt;
 
@@ -282,6 +322,42 @@ impl ApplyMark {
         set_u32(out, 28, crc);
     }
 
+    /// The mark of a device whose copies (A first) decode as `copies`
+    /// (`None`: the copy does not check), read lazily: the first one that
+    /// checks, or idle at interval 0 when none does (rule 1).
+    pub fn first_valid<E>(
+        copies: impl IntoIterator<Item = Result<Option<Self>, E>>,
+    ) -> Result<Self, E> {
+        for c in copies {
+            if let Some(m) = c? {
+                return Ok(m);
+            }
+        }
+        Ok(IntervalApply::new(0).mark())
+    }
+
+    /// The group's mark from this one and another member's (rule 2).
+    pub fn merge(self, other: Self) -> Self {
+        match (self.state, other.state) {
+            (ApplyState::InProgress { epoch: a }, ApplyState::InProgress { epoch: b }) => {
+                if b > a {
+                    other
+                } else {
+                    self
+                }
+            }
+            (ApplyState::InProgress { .. }, ApplyState::Idle) => self,
+            (ApplyState::Idle, ApplyState::InProgress { .. }) => other,
+            (ApplyState::Idle, ApplyState::Idle) => {
+                if other.applied > self.applied {
+                    other
+                } else {
+                    self
+                }
+            }
+        }
+    }
+
     /// Decodes and checks an encoded mark.
     pub fn decode<D: Digest + ?Sized>(buf: &[u8], digest: &D) -> Result<Self, CheckpointError> {
         let t = CheckpointError::Truncated;
@@ -351,6 +427,26 @@ impl IntervalApply {
         Ok(self.mark)
     }
 
+    /// `APPLY_BEGIN epoch` (rule 3): the mark to make durable on every
+    /// member before the first record, also when `epoch` is already in
+    /// progress (a redo).  `BadState` while another interval is in
+    /// progress, `BadEpoch` for an interval already applied.
+    pub fn begin_or_redo(&mut self, epoch: u64) -> Result<ApplyMark, CheckpointError> {
+        match self.mark.state {
+            ApplyState::InProgress { epoch: e } if e == epoch => Ok(self.mark),
+            ApplyState::InProgress { .. } => Err(CheckpointError::BadState),
+            ApplyState::Idle => self.begin(epoch),
+        }
+    }
+
+    /// Whether a record of interval `epoch` may be applied now (rule 4).
+    pub fn admits(&self, epoch: u64) -> bool {
+        match self.mark.state {
+            ApplyState::InProgress { epoch: e } => epoch > self.mark.applied && epoch <= e,
+            ApplyState::Idle => false,
+        }
+    }
+
     /// `in_progress(epoch) -> idle`, once every write of the interval is
     /// durable. The returned mark must then be persisted; host reads may
     /// resume after that.
@@ -383,6 +479,101 @@ impl IntervalApply {
     /// Whether a host read may proceed now (no interval in progress).
     pub fn may_read(&self) -> bool {
         self.mark.state == ApplyState::Idle
+    }
+}
+
+/// Why a record cannot be placed on its device (rule 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfDevice;
+
+impl fmt::Display for OutOfDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("record outside its device")
+    }
+}
+
+/// Where a record of `kind` for `nr_sectors` at `sector` is written on a
+/// device of `len_sectors` that starts at `offset` sectors of its data
+/// device: `Some(sector)` there, `None` for a record that places nothing
+/// (a flush, a marker).  Every number is checked before it is added
+/// (rule 4).
+pub fn place(
+    kind: crate::record::RecordKind,
+    sector: u64,
+    nr_sectors: u32,
+    len_sectors: u64,
+    offset: u64,
+) -> Result<Option<u64>, OutOfDevice> {
+    use crate::record::RecordKind;
+    match kind {
+        RecordKind::Write | RecordKind::Discard | RecordKind::WriteZeroes => sector
+            .checked_add(u64::from(nr_sectors))
+            .filter(|&end| end <= len_sectors)
+            .and_then(|_| offset.checked_add(sector))
+            .map(Some)
+            .ok_or(OutOfDevice),
+        RecordKind::Flush | RecordKind::Checkpoint | RecordKind::ConsistencyPoint => Ok(None),
+    }
+}
+
+/// Host reads of a secondary (rule 6): whether they go, and when an
+/// interval may start writing.  The caller keeps the reads it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadHold {
+    applying: bool,
+    submitted: u64,
+}
+
+impl ReadHold {
+    /// Reads go (no interval in progress) or are held from the start.
+    pub const fn new(applying: bool) -> Self {
+        Self {
+            applying,
+            submitted: 0,
+        }
+    }
+
+    /// A host read arrives: `true` if it goes now (it is counted until
+    /// [`ReadHold::done`]), `false` if it is held.
+    pub fn read(&mut self) -> bool {
+        if self.applying {
+            return false;
+        }
+        self.submitted += 1;
+        true
+    }
+
+    /// A held read is let go (counted until [`ReadHold::done`]).
+    pub fn release(&mut self) {
+        self.submitted += 1;
+    }
+
+    /// A submitted read completed: `true` when none is left.
+    pub fn done(&mut self) -> bool {
+        self.submitted = self.submitted.saturating_sub(1);
+        self.submitted == 0
+    }
+
+    /// An interval begins: reads are held from now on.
+    pub fn hold(&mut self) {
+        self.applying = true;
+    }
+
+    /// Whether the interval may write: no read it did not hold is still
+    /// in flight.
+    pub fn quiet(&self) -> bool {
+        self.submitted == 0
+    }
+
+    /// The interval ended: reads go again (the caller lets the held ones
+    /// go, each with [`ReadHold::release`]).
+    pub fn end(&mut self) {
+        self.applying = false;
+    }
+
+    /// Whether reads are held.
+    pub fn holding(&self) -> bool {
+        self.applying
     }
 }
 
@@ -446,5 +637,118 @@ mod tests {
             b[i] ^= 4;
             assert!(ApplyMark::decode(&b, &SoftDigest).is_err());
         }
+    }
+
+    fn idle(applied: u64) -> ApplyMark {
+        IntervalApply::new(applied).mark()
+    }
+
+    fn busy(epoch: u64, applied: u64) -> ApplyMark {
+        ApplyMark {
+            state: ApplyState::InProgress { epoch },
+            applied,
+        }
+    }
+
+    #[test]
+    fn rule1_copy_a_then_copy_b_then_never_applied() {
+        let ok = |m| Ok::<_, ()>(Some(m));
+        let bad = Ok::<Option<ApplyMark>, ()>(None);
+        assert_eq!(
+            ApplyMark::first_valid([ok(idle(3)), ok(idle(5))]),
+            Ok(idle(3))
+        );
+        assert_eq!(ApplyMark::first_valid([bad, ok(idle(5))]), Ok(idle(5)));
+        assert_eq!(ApplyMark::first_valid([bad, bad]), Ok(idle(0)));
+        // Lazily: a valid copy A reads no copy B.
+        assert_eq!(ApplyMark::first_valid([ok(idle(3)), Err(())]), Ok(idle(3)));
+        assert_eq!(ApplyMark::first_valid([bad, Err(())]), Err(()));
+    }
+
+    #[test]
+    fn rule2_an_interval_in_progress_anywhere_is_the_groups() {
+        assert_eq!(idle(4).merge(idle(7)), idle(7));
+        assert_eq!(idle(7).merge(idle(4)), idle(7));
+        assert_eq!(idle(9).merge(busy(5, 4)), busy(5, 4));
+        assert_eq!(busy(5, 4).merge(idle(9)), busy(5, 4));
+        assert_eq!(busy(5, 4).merge(busy(6, 4)), busy(6, 4));
+        assert_eq!(busy(6, 4).merge(busy(5, 4)), busy(6, 4));
+        let (a, redo) = IntervalApply::recover(idle(0).merge(busy(5, 4)));
+        assert_eq!(redo, Some(5));
+        assert!(!a.may_read());
+    }
+
+    #[test]
+    fn rule3_begin_redo_or_busy() {
+        let mut a = IntervalApply::new(4);
+        assert_eq!(a.begin_or_redo(4), Err(CheckpointError::BadEpoch));
+        assert_eq!(a.begin_or_redo(3), Err(CheckpointError::BadEpoch));
+        assert_eq!(a, IntervalApply::new(4), "a refused begin changes nothing");
+        assert_eq!(a.begin_or_redo(7), Ok(busy(7, 4)));
+        assert_eq!(
+            a.begin_or_redo(7),
+            Ok(busy(7, 4)),
+            "a redo writes its mark again"
+        );
+        assert_eq!(a.begin_or_redo(8), Err(CheckpointError::BadState));
+        assert_eq!(a.begin_or_redo(6), Err(CheckpointError::BadState));
+        assert_eq!(a.mark(), busy(7, 4));
+    }
+
+    #[test]
+    fn rule4_records_of_the_open_intervals_only() {
+        let mut a = IntervalApply::new(4);
+        assert!(!a.admits(5), "idle: nothing is open");
+        a.begin(7).unwrap();
+        assert!(!a.admits(4) && a.admits(5) && a.admits(7) && !a.admits(8));
+        a.finish(7).unwrap();
+        assert!(!a.admits(7));
+    }
+
+    #[test]
+    fn rule4_a_record_is_placed_inside_its_device() {
+        use crate::record::RecordKind::*;
+        for k in [Write, Discard, WriteZeroes] {
+            assert_eq!(place(k, 0, 8, 8, 100), Ok(Some(100)));
+            assert_eq!(place(k, 7, 1, 8, 100), Ok(Some(107)));
+            assert_eq!(place(k, 7, 2, 8, 100), Err(OutOfDevice));
+            assert_eq!(place(k, 8, 0, 8, 100), Ok(Some(108)));
+            assert_eq!(place(k, u64::MAX, 1, u64::MAX, 0), Err(OutOfDevice));
+            assert_eq!(place(k, 1, 1, 8, u64::MAX), Err(OutOfDevice));
+        }
+        for k in [Flush, Checkpoint, ConsistencyPoint] {
+            assert_eq!(place(k, u64::MAX, u32::MAX, 8, u64::MAX), Ok(None));
+        }
+    }
+
+    #[test]
+    fn rule5_end_only_the_interval_in_progress() {
+        let mut a = IntervalApply::new(4);
+        assert_eq!(a.finish(5), Err(CheckpointError::BadState));
+        a.begin(6).unwrap();
+        assert_eq!(a.finish(5), Err(CheckpointError::BadState));
+        assert_eq!(a.finish(6), Ok(idle(6)));
+        assert_eq!(a.applied(), 6);
+    }
+
+    #[test]
+    fn rule6_reads_are_held_while_an_interval_is_applied() {
+        let mut r = ReadHold::new(false);
+        assert!(r.read() && r.read());
+        r.hold();
+        assert!(!r.read(), "held");
+        assert!(!r.quiet(), "two reads in flight");
+        assert!(!r.done());
+        assert!(r.done());
+        assert!(r.quiet());
+        r.end();
+        assert!(!r.holding());
+        r.release();
+        assert!(!r.quiet());
+        assert!(r.done());
+        assert!(r.read());
+        let mut h = ReadHold::new(true);
+        assert!(h.holding() && !h.read() && h.quiet());
+        assert!(h.done(), "never below zero");
     }
 }

@@ -8,11 +8,11 @@
 //! The rule is a single number, the [`Watermark`]: the lowest group order
 //! among log records sequenced but not yet acknowledged, minus one; or
 //! unbounded when no log record is pending, so data never stalls while the
-//! log is idle. [`LogPending`] keeps one log device's pending records in a
-//! fixed ring the caller owns.
+//! log is idle. Which records are pending, and which record is read next,
+//! is [`crate::stream`]'s (the records are in the device's queue there).
 //!
-//! A stream is released as a prefix, in `dev_seq` order
-//! ([`releasable_prefix`]): a flush record is an ordering barrier, released
+//! A stream is released as a prefix, in `dev_seq` order: a flush record is
+//! an ordering barrier, released
 //! only after every earlier record of its stream and never passed by a later
 //! one; on a `log` device it is a log record like any other and holds data
 //! back until it is acknowledged.  Markers (checkpoints, consistency
@@ -20,8 +20,6 @@
 //! write after one needs nothing of them at the secondary, and waiting for
 //! their acknowledgement would stall every data stream for a round trip
 //! at each checkpoint.
-
-use core::fmt;
 
 use crate::record::RecordKind;
 
@@ -48,17 +46,6 @@ impl Watermark {
             None => Self::UNBOUNDED,
             Some(g) => Self(g.saturating_sub(1)),
         }
-    }
-
-    /// The watermark of a group whose log devices are `logs`.
-    pub fn of<'a, S, I>(logs: I) -> Self
-    where
-        S: AsRef<[PendingLog]> + 'a,
-        I: IntoIterator<Item = &'a LogPending<S>>,
-    {
-        logs.into_iter().fold(Self::UNBOUNDED, |w, l| {
-            w.min(Self::from_lowest_pending(l.lowest()))
-        })
     }
 
     /// Whether a data record of group order `group_seq` may be released.
@@ -88,136 +75,6 @@ pub const fn may_release(class: DeviceClass, group_seq: u64, watermark: Watermar
         DeviceClass::Log => true,
         // The deliberate-bug build (`bug-gate`) lets data through at once.
         DeviceClass::Data => crate::bugs::GATE || watermark.admits(group_seq),
-    }
-}
-
-/// How many records at the front of a stream's queue of sequenced,
-/// unreleased records (given as `(kind, group_seq)` in `dev_seq` order) may
-/// be released now. Releasing stops at the first record that must wait, so
-/// nothing passes a held flush or write.
-pub fn releasable_prefix<I>(class: DeviceClass, watermark: Watermark, queue: I) -> usize
-where
-    I: IntoIterator<Item = (RecordKind, u64)>,
-{
-    queue
-        .into_iter()
-        .take_while(|&(_, g)| may_release(class, g, watermark))
-        .count()
-}
-
-/// One pending log record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingLog {
-    /// Its position in the log device's stream.
-    pub dev_seq: u64,
-    /// Its group order.
-    pub group_seq: u64,
-}
-
-/// Why the gate refused an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GateError {
-    /// The ring is full: throttle the writer or degrade to the bitmap.
-    Full,
-    /// `dev_seq` or `group_seq` does not increase.
-    OutOfOrder,
-}
-
-impl fmt::Display for GateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Full => f.write_str("log gate full"),
-            Self::OutOfOrder => f.write_str("log record out of order"),
-        }
-    }
-}
-
-/// The pending (sequenced, unacknowledged) records of one log device, in a
-/// ring over caller storage (`[PendingLog; N]`, a slice, a kernel vector).
-#[derive(Clone, Debug)]
-pub struct LogPending<S> {
-    slots: S,
-    head: usize,
-    len: usize,
-    last: PendingLog,
-}
-
-impl<S: AsRef<[PendingLog]>> LogPending<S> {
-    /// An empty ring over `slots`.
-    pub fn new(slots: S) -> Self {
-        Self {
-            slots,
-            head: 0,
-            len: 0,
-            last: PendingLog::default(),
-        }
-    }
-
-    /// Number of pending records.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no record is pending.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Capacity of the ring.
-    pub fn capacity(&self) -> usize {
-        self.slots.as_ref().len()
-    }
-
-    fn at(&self, i: usize) -> Option<PendingLog> {
-        let cap = self.capacity();
-        if i >= self.len || cap == 0 {
-            return None;
-        }
-        self.slots.as_ref().get((self.head + i) % cap).copied()
-    }
-
-    /// The oldest pending record.
-    pub fn front(&self) -> Option<PendingLog> {
-        self.at(0)
-    }
-
-    /// The lowest pending group order.
-    pub fn lowest(&self) -> Option<u64> {
-        self.front().map(|p| p.group_seq)
-    }
-}
-
-impl<S: AsRef<[PendingLog]> + AsMut<[PendingLog]>> LogPending<S> {
-    /// Adds a record that has just been sequenced on the log device.
-    pub fn push(&mut self, rec: PendingLog) -> Result<(), GateError> {
-        if rec.dev_seq <= self.last.dev_seq || rec.group_seq <= self.last.group_seq {
-            return Err(GateError::OutOfOrder);
-        }
-        let cap = self.capacity();
-        if self.len >= cap {
-            return Err(GateError::Full);
-        }
-        let i = (self.head + self.len) % cap;
-        let slot = self.slots.as_mut().get_mut(i).ok_or(GateError::Full)?;
-        *slot = rec;
-        self.len += 1;
-        self.last = rec;
-        Ok(())
-    }
-
-    /// The secondary acknowledged every record with `dev_seq <= dev_seq`;
-    /// returns how many left the ring. Stale acknowledgements are harmless.
-    pub fn ack(&mut self, dev_seq: u64) -> usize {
-        let mut n = 0;
-        while let Some(f) = self.front() {
-            if f.dev_seq > dev_seq {
-                break;
-            }
-            self.head = (self.head + 1) % self.capacity();
-            self.len -= 1;
-            n += 1;
-        }
-        n
     }
 }
 
@@ -328,40 +185,5 @@ mod tests {
         assert_eq!(w.get(), Some(9));
         assert!(may_release(DeviceClass::Log, 100, w));
         assert!(!may_release(DeviceClass::Data, 100, w));
-    }
-
-    #[test]
-    fn ring_push_ack_wrap() {
-        let mut r = LogPending::new([PendingLog::default(); 3]);
-        let p = |d, g| PendingLog {
-            dev_seq: d,
-            group_seq: g,
-        };
-        r.push(p(1, 5)).unwrap();
-        r.push(p(2, 7)).unwrap();
-        assert_eq!(r.push(p(2, 8)), Err(GateError::OutOfOrder));
-        r.push(p(3, 9)).unwrap();
-        assert_eq!(r.push(p(4, 10)), Err(GateError::Full));
-        assert_eq!(Watermark::of([&r]).get(), Some(4));
-        assert_eq!(r.ack(1), 1);
-        assert_eq!(r.ack(1), 0);
-        r.push(p(4, 10)).unwrap();
-        assert_eq!(r.lowest(), Some(7));
-        assert_eq!(r.ack(10), 3);
-        assert!(r.is_empty());
-        assert_eq!(Watermark::of([&r]), Watermark::UNBOUNDED);
-    }
-
-    #[test]
-    fn prefix_stops_at_first_held() {
-        let w = Watermark::from_lowest_pending(Some(6));
-        let q = [
-            (RecordKind::Write, 2),
-            (RecordKind::Flush, 4),
-            (RecordKind::Write, 7),
-            (RecordKind::Write, 5),
-        ];
-        assert_eq!(releasable_prefix(DeviceClass::Data, w, q), 2);
-        assert_eq!(releasable_prefix(DeviceClass::Log, w, q), 4);
     }
 }

@@ -12,11 +12,13 @@
 //!
 //! * [`record`] — record format v1 (encode, decode, verify).
 //! * [`digest`] — CRC-32C and XXH64, reference implementation and vectors.
+//! * [`stream`] — a device stream on the primary: numbering, queue,
+//!   release order, acknowledgements, restart numbers (G1, G2, G3).
 //! * [`gate`] — the log-before-data gate on the primary (G2).
-//! * [`progress`] — per-stream completion, acknowledgement, resubmission.
 //! * [`select`] — receive windows and the apply limit at the secondary (G1).
 //! * [`checkpoint`] — interval rendezvous and atomic interval apply (G4).
 //! * [`consistency`] — application-consistent points.
+//! * [`intent`] — write intent on the primary: marks, sweep (G3).
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
 //! * [`meta`] — the meta device of a primary: layout, superblock.
 //! * [`command`] — commands written to the character device.
@@ -34,17 +36,20 @@
 //!   over the bio's pages ([`digest::Crc32c`]), then
 //!   [`record::encode_header`] into an 88-byte buffer and
 //!   [`record::encode_tail`] into a 24-byte one;
-//! * per `log` device a [`gate::LogPending`] ring it owns; the release
-//!   decision is [`gate::Watermark::of`] and [`gate::releasable_prefix`];
-//! * per device a [`progress::Progress`] (acknowledgements, resubmission,
-//!   "replicated" reporting);
-//! * per device a [`bitmap::ChunkBitmap`] over its own words, written to the
-//!   meta device with [`bitmap::ChunkBitmap::encode`];
+//! * per group a [`stream::GroupOrder`] and per device a
+//!   [`stream::Stream`] over its own ring of records: numbering at
+//!   completion, the gate's watermark ([`stream::watermark`]), the next
+//!   record to read ([`stream::next_releasable`]), the acknowledgement
+//!   commands and the restart numbers;
+//! * per device a [`intent::WriteIntent`] over its own words (admission,
+//!   acknowledgements, `SPOOLED`, the sweep), and the bitmap pages it
+//!   builds, written to the meta device;
 //! * [`command::Commands`] over each `write(2)` to the character device
 //!   (any [`command::CommandError`] is `-EINVAL`);
 //! * in secondary mode, [`checkpoint::IntervalApply`] and its
-//!   [`checkpoint::ApplyMark`] (host reads wait unless
-//!   [`checkpoint::IntervalApply::may_read`]).
+//!   [`checkpoint::ApplyMark`] (read from two copies, merged over the
+//!   members), [`checkpoint::place`] for each record applied, and a
+//!   [`checkpoint::ReadHold`] for the host reads.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -73,10 +78,11 @@ pub mod bugs {
 
 pub mod digest;
 pub mod gate;
+pub mod intent;
 pub mod meta;
-pub mod progress;
 pub mod record;
 pub mod select;
+pub mod stream;
 pub mod table;
 
 #[cfg(feature = "std")]

@@ -67,8 +67,11 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                             local.primary_crashes += s.primary_crashes;
                             local.secondary_crashes += s.secondary_crashes;
                             local.redos += s.redos;
+                            local.torn_marks += s.torn_marks;
                             local.reads_waited += s.reads_waited;
                             local.points_held += s.points_held;
+                            local.intent_waits += s.intent_waits;
+                            local.chunks_cleared += s.chunks_cleared;
                             local.steps += s.steps;
                         }
                         Err(f) => {
@@ -86,8 +89,11 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                 t.primary_crashes += local.primary_crashes;
                 t.secondary_crashes += local.secondary_crashes;
                 t.redos += local.redos;
+                t.torn_marks += local.torn_marks;
                 t.reads_waited += local.reads_waited;
                 t.points_held += local.points_held;
+                t.intent_waits += local.intent_waits;
+                t.chunks_cleared += local.chunks_cleared;
                 t.steps += local.steps;
             });
         }
@@ -102,18 +108,22 @@ fn run_seeds(default_count: u64) {
     let (failures, s) = sweep(start, count, None, false);
     println!(
         "simulation: {count} seeds from {start} in {:.1?}: {} steps, {} writes, {} intervals applied, \
-         {} primary and {} secondary crashes, {} redos, {} damaged records rejected, \
-         {} host reads held, {} consistency points held",
+         {} primary and {} secondary crashes ({} tearing a mark), {} redos, {} damaged records rejected, \
+         {} host reads held, {} consistency points held, {} writes waited for their \
+         write intent, {} sweeps cleared chunks",
         t.elapsed(),
         s.steps,
         s.writes,
         s.intervals,
         s.primary_crashes,
         s.secondary_crashes,
+        s.torn_marks,
         s.redos,
         s.rejected,
         s.reads_waited,
-        s.points_held
+        s.points_held,
+        s.intent_waits,
+        s.chunks_cleared
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
@@ -124,6 +134,7 @@ fn run_seeds(default_count: u64) {
         // The faults did happen and the secondary did its work.
         assert!(s.intervals > count, "the secondary barely applied anything");
         assert!(s.primary_crashes > 0 && s.secondary_crashes > 0 && s.redos > 0);
+        assert!(s.intent_waits > 0 && s.chunks_cleared > 0);
     }
 }
 

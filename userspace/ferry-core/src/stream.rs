@@ -1,0 +1,994 @@
+//! A device stream on the primary: its numbering, its queue of records
+//! waiting for the helper and the secondary, the gate's view of it, and
+//! the acknowledgement commands that shorten it (G1, G2, G3).
+//!
+//! A group numbers the records of all its devices in one order
+//! ([`GroupOrder`]); each device keeps its records, numbered, in a
+//! [`Stream`], a ring over slots the caller owns (a slice, a `Vec`, a
+//! kernel vector of `Option<Arc<Record>>`).  Neither does any I/O nor
+//! allocates; the records are the caller's (any pointer to a type that
+//! tells its numbers, [`Sequenced`]).  The rules:
+//!
+//! 1. **Sequencing at completion.**  A record is numbered when its write
+//!    completes ([`GroupOrder::sequence`]): `dev_seq` one above its
+//!    stream's last, `group_seq` one above the group's last, a timestamp
+//!    that never goes back (the clock plus the group's base, at least the
+//!    last one given), and the open checkpoint interval (`epoch`).  So the
+//!    group order is the completion order (G1), and no stream has a hole.
+//!    A stream whose ring is full numbers nothing and gives the record
+//!    back: every counter stays as it was.  A consistency point moves its
+//!    stream's `cp_first` (the first `dev_seq` of the next point's set)
+//!    past it.
+//! 2. **The queue.**  A stream holds its records in `dev_seq` order,
+//!    contiguous: the first `sent` were read by the helper
+//!    ([`Stream::mark_sent`], which raises `shipped`), the others wait to
+//!    be read.  A new reader ([`Stream::rewind`]) is offered every record
+//!    still held, from the first.
+//! 3. **The gate** ([`crate::gate`]).  A record of a `log` stream is
+//!    *pending* while it is held, its `dev_seq` is above `log_acked`, and
+//!    it holds data back ([`holds_data_back`]: markers do not).  The
+//!    watermark ([`watermark`]) is the lowest pending `group_seq` of all
+//!    log streams, minus one; unbounded when none is pending.  Markers
+//!    passed over are remembered, so each record is looked at once.
+//! 4. **Release order.**  The next record read ([`next_releasable`]) is,
+//!    among each stream's first unread record that the gate releases
+//!    ([`may_release`]), the one lowest in the group order.  A stream is
+//!    thus read as a prefix: nothing passes a held record.
+//! 5. **Acknowledgements.**  The helper writes `ACK_LOG`, `ACK` and
+//!    `SPOOLED` ([`Ack`]); each is checked ([`Stream::check`]) before any
+//!    command of the same `write(2)` acts:
+//!    * `ACK_LOG` is a log stream's only ([`Refused::Invalid`]);
+//!    * `SPOOLED` of a log stream may not reach above `log_acked`
+//!      ([`Refused::Invalid`]): a log record leaves the queue only
+//!      acknowledged, since the gate finds its pending records there;
+//!    * no acknowledgement may reach above `shipped`, what the helper read
+//!      ([`Refused::Range`], `-ERANGE`).
+//!
+//!    Then ([`Stream::acknowledge`]): `ACK_LOG` raises `log_acked` (the
+//!    gate opens); `ACK` raises `acked` and `log_acked` and drops the
+//!    records up to its `dev_seq` (the secondary holds them); `SPOOLED`
+//!    drops them without acknowledging anything (the helper holds them on
+//!    the primary's disk).  Numbers only rise: a stale acknowledgement
+//!    drops nothing and lowers nothing.
+//! 6. **Applied intervals.**  `APPLIED e` is refused unless `e` is below
+//!    the open interval ([`GroupOrder::check_applied`]); it raises the
+//!    applied interval.
+//! 7. **Restart numbers.**  A device that left its group cleanly (every
+//!    record acknowledged: [`Stream::leaving`]) has its stream's last
+//!    acknowledged `dev_seq` and the group's numbers on its meta device
+//!    ([`Left::of`] its superblock, `CLEAN`).  When it joins again, its
+//!    stream continues from there ([`Left::start`]) and the group raises
+//!    its counters to the numbers recorded
+//!    ([`GroupOrder::continue_from`]), its timestamps to continue above
+//!    the recorded one whatever the clock says: the secondary never sees a
+//!    number twice.  A device that did not leave cleanly comes back with
+//!    its numbers unknown ([`Left::Unclean`]: the caller tracks it in the
+//!    bitmap until a resync).
+//!
+//! The kernel keeps every [`Stream`] and the [`GroupOrder`] under the
+//! group's interrupt-safe lock; every method is short, allocation-free and
+//! never sleeps.  The records a stream drops are handed to the caller,
+//! which frees them after it has dropped the lock.
+
+use core::ops::{Deref, DerefMut};
+
+use crate::gate::{holds_data_back, may_release, DeviceClass, Watermark};
+use crate::meta::{sb_flags, Numbers, Superblock};
+use crate::record::RecordKind;
+
+/// What a [`Stream`] needs to know of a record it holds.
+pub trait Sequenced {
+    /// Its kind.
+    fn kind(&self) -> RecordKind;
+    /// Its place in its stream (set by [`GroupOrder::sequence`]).
+    fn dev_seq(&self) -> u64;
+    /// Its place in the group order.
+    fn group_seq(&self) -> u64;
+}
+
+/// The numbers [`GroupOrder::sequence`] gives a record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Numbered {
+    /// Place in its stream.
+    pub dev_seq: u64,
+    /// Place in the group order.
+    pub group_seq: u64,
+    /// Timestamp, ns; never lower than the one before.
+    pub timestamp_ns: u64,
+    /// The checkpoint interval open when it was numbered.
+    pub epoch: u64,
+}
+
+/// An acknowledgement command of the helper (rule 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// `ACK_LOG`: the secondary holds the log stream up to `dev_seq`.
+    Log,
+    /// `ACK`: the secondary holds the stream up to `dev_seq`.
+    Durable,
+    /// `SPOOLED`: the helper holds the stream up to `dev_seq` on the
+    /// primary's disk.
+    Spooled,
+}
+
+impl Ack {
+    /// The acknowledgement a command carries: its kind, device and
+    /// `dev_seq`.
+    pub fn of(c: &crate::command::Command) -> Option<(Self, u32, u64)> {
+        use crate::command::Command;
+        match *c {
+            Command::AckLog { device, dev_seq } => Some((Self::Log, device, dev_seq)),
+            Command::Ack { device, dev_seq } => Some((Self::Durable, device, dev_seq)),
+            Command::Spooled { device, dev_seq } => Some((Self::Spooled, device, dev_seq)),
+            _ => None,
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a command this stream takes (`-EINVAL`).
+    Invalid,
+    /// A number beyond what the kernel gave out (`-ERANGE`).
+    Range,
+}
+
+impl core::fmt::Display for Refused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Invalid => "command not valid for this stream",
+            Self::Range => "number beyond what was read",
+        })
+    }
+}
+
+/// The records of one device on the primary, in `dev_seq` order, and its
+/// numbers.  See the module documentation for the rules.
+#[derive(Clone, Debug)]
+pub struct Stream<S> {
+    class: DeviceClass,
+    slots: S,
+    head: usize,
+    len: usize,
+    /// Records at the front read by the helper.
+    sent: usize,
+    /// Last `dev_seq` given.
+    last_dev_seq: u64,
+    /// Highest `dev_seq` read by the helper.
+    shipped: u64,
+    /// Highest `dev_seq` the secondary holds durably (`ACK`).
+    acked: u64,
+    /// Highest `dev_seq` of a log stream acknowledged for the gate.
+    log_acked: u64,
+    /// Log stream: its records from `log_acked + 1` to before this one are
+    /// markers, looked at already (rule 3).
+    gate_from: u64,
+    /// First `dev_seq` after the last consistency point.
+    cp_first: u64,
+}
+
+impl<S, P> Stream<S>
+where
+    S: Deref<Target = [Option<P>]>,
+    P: Deref,
+    P::Target: Sequenced,
+{
+    /// The `i`-th slot from the head (no division: a zero capacity simply
+    /// has no slot).
+    fn index(&self, i: usize) -> Option<usize> {
+        let cap = self.slots.len();
+        let j = self.head.checked_add(i)?;
+        Some(if j >= cap { j.checked_sub(cap)? } else { j }).filter(|&j| j < cap)
+    }
+
+    /// The `i`-th record held, from the oldest.
+    pub fn at(&self, i: usize) -> Option<&P> {
+        if i >= self.len {
+            return None;
+        }
+        self.slots.get(self.index(i)?)?.as_ref()
+    }
+
+    /// The records held, oldest first.
+    pub fn records<'a>(&'a self) -> impl Iterator<Item = &'a P> + 'a
+    where
+        P: 'a,
+    {
+        (0..self.len).filter_map(move |i| self.at(i))
+    }
+
+    /// The first record the helper has not read.
+    pub fn next_unsent(&self) -> Option<&P> {
+        self.at(self.sent)
+    }
+
+    /// The lowest `group_seq` of this log stream's pending records (rule
+    /// 3), if any.
+    fn lowest_pending_log(&mut self) -> Option<u64> {
+        let front = self.at(0)?.dev_seq();
+        let mut ds = self
+            .gate_from
+            .max(self.log_acked.saturating_add(1))
+            .max(front);
+        loop {
+            let r = self.at(usize::try_from(ds - front).ok()?)?;
+            if holds_data_back(r.kind()) {
+                let g = r.group_seq();
+                self.gate_from = ds;
+                return Some(g);
+            }
+            ds += 1;
+            self.gate_from = ds;
+        }
+    }
+
+    /// Checks an acknowledgement of the stream up to `dev_seq` (rule 5).
+    pub fn check(&self, ack: Ack, dev_seq: u64) -> Result<(), Refused> {
+        let log = self.class == DeviceClass::Log;
+        if ack == Ack::Log && !log {
+            return Err(Refused::Invalid);
+        }
+        if ack == Ack::Spooled && log && dev_seq > self.log_acked {
+            return Err(Refused::Invalid);
+        }
+        if dev_seq > self.shipped {
+            return Err(Refused::Range);
+        }
+        Ok(())
+    }
+
+    /// Why the stream is left by its device: its highest acknowledged
+    /// `dev_seq`, and, when every record is acknowledged, the numbers a
+    /// clean leave records (rule 7).
+    pub fn leaving(&self, order: &GroupOrder) -> (u64, Option<Numbers>) {
+        let clean = self.acked >= self.last_dev_seq;
+        (self.acked, clean.then(|| order.numbers(self.cp_first)))
+    }
+}
+
+impl<S, P> Stream<S>
+where
+    S: DerefMut<Target = [Option<P>]>,
+    P: Deref,
+    P::Target: Sequenced,
+{
+    /// An empty stream of a device of `class` over `slots` (every one
+    /// emptied), whose last `dev_seq` given, read and acknowledged is
+    /// `from` and whose next consistency point starts at `cp_first`
+    /// ([`Left::start`]).
+    pub fn new(mut slots: S, class: DeviceClass, from: u64, cp_first: u64) -> Self {
+        slots.iter_mut().for_each(|s| *s = None);
+        Self {
+            class,
+            slots,
+            head: 0,
+            len: 0,
+            sent: 0,
+            last_dev_seq: from,
+            shipped: from,
+            acked: from,
+            log_acked: from,
+            gate_from: 0,
+            cp_first,
+        }
+    }
+
+    fn push(&mut self, r: P) -> Result<(), P> {
+        if self.len >= self.slots.len() {
+            return Err(r);
+        }
+        let Some(i) = self.index(self.len) else {
+            return Err(r);
+        };
+        match self.slots.get_mut(i) {
+            Some(slot) => {
+                *slot = Some(r);
+                self.len += 1;
+                Ok(())
+            }
+            None => Err(r),
+        }
+    }
+
+    fn pop(&mut self) -> Option<P> {
+        if self.len == 0 {
+            return None;
+        }
+        let r = self.slots.get_mut(self.head)?.take();
+        self.head = self.index(1)?;
+        self.len -= 1;
+        self.sent = self.sent.saturating_sub(1);
+        r
+    }
+
+    /// The helper read the first unread record (rule 2).
+    pub fn mark_sent(&mut self) {
+        let Some(ds) = self.next_unsent().map(|r| r.dev_seq()) else {
+            return;
+        };
+        self.sent += 1;
+        self.shipped = self.shipped.max(ds);
+    }
+
+    /// A new reader: every record held is unread again (rule 2).
+    pub fn rewind(&mut self) {
+        self.sent = 0;
+    }
+
+    /// Applies an acknowledgement of the stream up to `dev_seq` (rule 5),
+    /// checked first; `dropped` gets each record it drops, oldest first.
+    pub fn acknowledge(
+        &mut self,
+        ack: Ack,
+        dev_seq: u64,
+        mut dropped: impl FnMut(P),
+    ) -> Result<(), Refused> {
+        self.check(ack, dev_seq)?;
+        match ack {
+            Ack::Log => {
+                self.log_acked = self.log_acked.max(dev_seq);
+                return Ok(());
+            }
+            Ack::Durable => {
+                self.acked = self.acked.max(dev_seq);
+                self.log_acked = self.log_acked.max(dev_seq);
+            }
+            Ack::Spooled => {}
+        }
+        while self.at(0).is_some_and(|r| r.dev_seq() <= dev_seq) {
+            let Some(r) = self.pop() else { break };
+            dropped(r);
+        }
+        Ok(())
+    }
+}
+
+impl<S> Stream<S> {
+    /// The device's class.
+    pub fn class(&self) -> DeviceClass {
+        self.class
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Last `dev_seq` given.
+    pub fn last_dev_seq(&self) -> u64 {
+        self.last_dev_seq
+    }
+
+    /// Highest `dev_seq` read by the helper.
+    pub fn shipped(&self) -> u64 {
+        self.shipped
+    }
+
+    /// Highest `dev_seq` the secondary acknowledged durable.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Highest `dev_seq` acknowledged for the gate.
+    pub fn log_acked(&self) -> u64 {
+        self.log_acked
+    }
+
+    /// First `dev_seq` of the next consistency point's set.
+    pub fn cp_first(&self) -> u64 {
+        self.cp_first
+    }
+}
+
+/// The gate's watermark over the streams of a group (rule 3): every log
+/// record at or below it is acknowledged.
+pub fn watermark<'a, S, P>(streams: impl IntoIterator<Item = &'a mut Stream<S>>) -> Watermark
+where
+    S: Deref<Target = [Option<P>]> + 'a,
+    P: Deref,
+    P::Target: Sequenced,
+{
+    let lowest = streams
+        .into_iter()
+        .filter(|s| s.class == DeviceClass::Log)
+        .filter_map(Stream::lowest_pending_log)
+        .min();
+    Watermark::from_lowest_pending(lowest)
+}
+
+/// The position, among `streams` (`None`: no device there), of the stream
+/// whose first unread record comes first in the group order among those
+/// `w` releases (rule 4).
+pub fn next_releasable<'a, S, P>(
+    streams: impl IntoIterator<Item = Option<&'a Stream<S>>>,
+    w: Watermark,
+) -> Option<usize>
+where
+    S: Deref<Target = [Option<P>]> + 'a,
+    P: Deref,
+    P::Target: Sequenced,
+{
+    let mut best: Option<(u64, usize)> = None;
+    for (i, s) in streams.into_iter().enumerate() {
+        let Some(s) = s else { continue };
+        let Some(r) = s.next_unsent() else { continue };
+        let g = r.group_seq();
+        if may_release(s.class, g, w) && best.is_none_or(|(bg, _)| g < bg) {
+            best = Some((g, i));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// How a joining device left its group last time (its superblock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Left {
+    /// A new meta device.
+    New,
+    /// Every record acknowledged: its stream's last `dev_seq` and the
+    /// group's numbers then.
+    Clean(u64, Numbers),
+    /// Not cleanly (a crash): the numbers its stream used are unknown.
+    Unclean,
+}
+
+impl Left {
+    /// How the device with superblock `sb` (none: a new meta device) left
+    /// its group.
+    pub fn of(sb: Option<&Superblock>) -> Self {
+        match sb {
+            None => Self::New,
+            Some(sb) if sb.flags & sb_flags::CLEAN != 0 => {
+                Self::Clean(sb.acked_dev_seq, sb.numbers)
+            }
+            Some(_) => Self::Unclean,
+        }
+    }
+
+    /// Where the device's stream starts: its last `dev_seq` and its
+    /// `cp_first` ([`Stream::new`]).
+    pub fn start(&self) -> (u64, u64) {
+        match *self {
+            Self::Clean(last, n) => (last, n.cp_first.max(1)),
+            Self::New | Self::Unclean => (0, 1),
+        }
+    }
+}
+
+/// The group-wide numbers: the group order, the clock, the checkpoint
+/// intervals and consistency points.  See the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupOrder {
+    last_group_seq: u64,
+    last_ts: u64,
+    /// Added to the clock: a group continued from its meta devices keeps
+    /// its time increasing.
+    ts_base: u64,
+    /// The open checkpoint interval.
+    epoch: u64,
+    /// Records numbered since the last checkpoint marker.
+    since_checkpoint: u64,
+    /// Last consistency point inserted.
+    cp_id: u64,
+    /// Last interval the secondary reported applied.
+    applied: u64,
+}
+
+impl Default for GroupOrder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GroupOrder {
+    /// A new group: nothing numbered, interval 1 open.
+    pub const fn new() -> Self {
+        Self {
+            last_group_seq: 0,
+            last_ts: 0,
+            ts_base: 0,
+            epoch: 1,
+            since_checkpoint: 0,
+            cp_id: 0,
+            applied: 0,
+        }
+    }
+
+    /// Numbers `rec` (rule 1) in `stream`, at clock `now_ns`: `number`
+    /// writes the numbers into it, then it joins the stream.  A full
+    /// stream gives it back, unnumbered, and nothing changes.
+    pub fn sequence<S, P>(
+        &mut self,
+        stream: &mut Stream<S>,
+        now_ns: u64,
+        mut rec: P,
+        number: impl FnOnce(&mut P, &Numbered),
+    ) -> Result<Numbered, P>
+    where
+        S: DerefMut<Target = [Option<P>]>,
+        P: Deref,
+        P::Target: Sequenced,
+    {
+        if stream.len >= stream.slots.len() {
+            return Err(rec);
+        }
+        let n = Numbered {
+            dev_seq: stream.last_dev_seq.saturating_add(1),
+            group_seq: self.last_group_seq.saturating_add(1),
+            timestamp_ns: now_ns.saturating_add(self.ts_base).max(self.last_ts),
+            epoch: self.epoch,
+        };
+        number(&mut rec, &n);
+        let point = rec.kind() == RecordKind::ConsistencyPoint;
+        stream.push(rec)?;
+        stream.last_dev_seq = n.dev_seq;
+        if point {
+            stream.cp_first = n.dev_seq.saturating_add(1);
+        }
+        self.last_group_seq = n.group_seq;
+        self.last_ts = n.timestamp_ns;
+        self.since_checkpoint += 1;
+        Ok(n)
+    }
+
+    /// The open checkpoint interval.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Records numbered since the last checkpoint marker.
+    pub fn since_checkpoint(&self) -> u64 {
+        self.since_checkpoint
+    }
+
+    /// Last `group_seq` given.
+    pub fn last_group_seq(&self) -> u64 {
+        self.last_group_seq
+    }
+
+    /// The id the next consistency point takes.
+    pub fn next_cp_id(&self) -> u64 {
+        self.cp_id + 1
+    }
+
+    /// Every stream got its checkpoint marker: the next interval opens.
+    pub fn checkpoint_inserted(&mut self) {
+        self.epoch += 1;
+        self.since_checkpoint = 0;
+    }
+
+    /// Every stream got consistency point `cp_id`.
+    pub fn consistency_point_inserted(&mut self, cp_id: u64) {
+        self.cp_id = cp_id;
+    }
+
+    /// The group's numbers, and `cp_first` of a stream, as a device that
+    /// leaves cleanly records them on its meta device (rule 7).
+    pub fn numbers(&self, cp_first: u64) -> Numbers {
+        Numbers {
+            group_seq: self.last_group_seq,
+            epoch: self.epoch,
+            timestamp_ns: self.last_ts,
+            cp_id: self.cp_id,
+            cp_first,
+        }
+    }
+
+    /// Raises the group's counters to those a joining device recorded
+    /// (`now_ns`: the clock now, which the timestamps are to continue
+    /// above) (rule 7).
+    pub fn continue_from(&mut self, n: &Numbers, now_ns: u64) {
+        self.last_group_seq = self.last_group_seq.max(n.group_seq);
+        self.epoch = self.epoch.max(n.epoch);
+        self.cp_id = self.cp_id.max(n.cp_id);
+        self.ts_base = self.ts_base.max(n.timestamp_ns.saturating_sub(now_ns));
+        self.last_ts = self.last_ts.max(n.timestamp_ns);
+    }
+
+    /// Checks `APPLIED epoch` (rule 6): only a closed interval may be
+    /// applied.
+    pub fn check_applied(&self, epoch: u64) -> Result<(), Refused> {
+        if epoch >= self.epoch {
+            return Err(Refused::Range);
+        }
+        Ok(())
+    }
+
+    /// `APPLIED epoch`, checked (rule 6).
+    pub fn applied(&mut self, epoch: u64) -> Result<(), Refused> {
+        self.check_applied(epoch)?;
+        self.applied = self.applied.max(epoch);
+        Ok(())
+    }
+
+    /// Last interval the secondary reported applied.
+    pub fn applied_epoch(&self) -> u64 {
+        self.applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::DeviceClass::{Data, Log};
+    use RecordKind::*;
+
+    #[derive(Debug)]
+    struct R {
+        kind: RecordKind,
+        n: Numbered,
+    }
+
+    impl Sequenced for R {
+        fn kind(&self) -> RecordKind {
+            self.kind
+        }
+        fn dev_seq(&self) -> u64 {
+            self.n.dev_seq
+        }
+        fn group_seq(&self) -> u64 {
+            self.n.group_seq
+        }
+    }
+
+    type S = Stream<Vec<Option<Box<R>>>>;
+
+    fn stream(class: DeviceClass, cap: usize) -> S {
+        Stream::new(
+            vec![None; cap]
+                .into_iter()
+                .map(|_: Option<()>| None)
+                .collect(),
+            class,
+            0,
+            1,
+        )
+    }
+
+    fn seq(g: &mut GroupOrder, s: &mut S, kind: RecordKind, now: u64) -> Numbered {
+        let rec = Box::new(R {
+            kind,
+            n: Numbered::default(),
+        });
+        g.sequence(s, now, rec, |r, n| r.n = *n).expect("room")
+    }
+
+    fn ack(s: &mut S, a: Ack, ds: u64) -> Result<Vec<u64>, Refused> {
+        let mut out = Vec::new();
+        s.acknowledge(a, ds, |r| out.push(r.n.dev_seq))
+            .map(|()| out)
+    }
+
+    fn read_all(s: &mut S) {
+        while s.next_unsent().is_some() {
+            s.mark_sent();
+        }
+    }
+
+    #[test]
+    fn rule1_numbers_follow_completion_in_stream_and_group() {
+        let mut g = GroupOrder::new();
+        let (mut a, mut b) = (stream(Data, 8), stream(Log, 8));
+        assert_eq!(
+            seq(&mut g, &mut a, Write, 100),
+            Numbered {
+                dev_seq: 1,
+                group_seq: 1,
+                timestamp_ns: 100,
+                epoch: 1
+            }
+        );
+        let n = seq(&mut g, &mut b, Write, 50);
+        // The clock went back: the timestamp does not.
+        assert_eq!((n.dev_seq, n.group_seq, n.timestamp_ns), (1, 2, 100));
+        g.checkpoint_inserted();
+        let n = seq(&mut g, &mut a, Write, 300);
+        assert_eq!(
+            (n.dev_seq, n.group_seq, n.timestamp_ns, n.epoch),
+            (2, 3, 300, 2)
+        );
+        assert_eq!(
+            (a.last_dev_seq(), b.last_dev_seq(), g.last_group_seq()),
+            (2, 1, 3)
+        );
+        assert_eq!(g.since_checkpoint(), 1);
+        assert_eq!(a.records().map(|r| r.n.dev_seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn rule1_a_full_stream_numbers_nothing() {
+        let mut g = GroupOrder::new();
+        let mut s = stream(Data, 1);
+        seq(&mut g, &mut s, Write, 10);
+        let before = (g, s.last_dev_seq(), s.len());
+        let r = Box::new(R {
+            kind: Write,
+            n: Numbered::default(),
+        });
+        let back = g.sequence(&mut s, 20, r, |r, n| r.n = *n).unwrap_err();
+        assert_eq!(back.n, Numbered::default());
+        assert_eq!((g, s.last_dev_seq(), s.len()), before);
+        // A stream with no slot at all.
+        let mut z = stream(Data, 0);
+        let r = Box::new(R {
+            kind: Write,
+            n: Numbered::default(),
+        });
+        assert!(g.sequence(&mut z, 20, r, |r, n| r.n = *n).is_err());
+    }
+
+    #[test]
+    fn rule1_a_consistency_point_starts_the_next_set() {
+        let mut g = GroupOrder::new();
+        let mut s = stream(Data, 8);
+        seq(&mut g, &mut s, Write, 1);
+        assert_eq!(s.cp_first(), 1);
+        seq(&mut g, &mut s, Checkpoint, 1);
+        assert_eq!(s.cp_first(), 1);
+        seq(&mut g, &mut s, ConsistencyPoint, 1);
+        assert_eq!(s.cp_first(), 4);
+        assert_eq!(g.next_cp_id(), 1);
+        g.consistency_point_inserted(1);
+        assert_eq!(g.next_cp_id(), 2);
+    }
+
+    #[test]
+    fn rule2_reading_raises_shipped_and_a_new_reader_starts_over() {
+        let mut g = GroupOrder::new();
+        let mut s = stream(Data, 4);
+        for _ in 0..3 {
+            seq(&mut g, &mut s, Write, 1);
+        }
+        s.mark_sent();
+        assert_eq!(s.shipped(), 1);
+        assert_eq!(s.next_unsent().unwrap().n.dev_seq, 2);
+        s.mark_sent();
+        s.rewind();
+        assert_eq!(s.next_unsent().unwrap().n.dev_seq, 1);
+        s.mark_sent();
+        assert_eq!(s.shipped(), 2, "shipped never goes back");
+        read_all(&mut s);
+        assert_eq!(s.shipped(), 3);
+        s.mark_sent();
+        assert_eq!(s.shipped(), 3);
+        // Wrap around the ring.
+        assert_eq!(ack(&mut s, Ack::Durable, 3), Ok(vec![1, 2, 3]));
+        for _ in 0..3 {
+            seq(&mut g, &mut s, Write, 1);
+        }
+        assert_eq!(
+            s.records().map(|r| r.n.dev_seq).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn rule3_watermark_is_the_lowest_pending_log_record() {
+        let mut g = GroupOrder::new();
+        let (mut log, mut data) = (stream(Log, 8), stream(Data, 8));
+        let w = |l: &mut S, d: &mut S| watermark([l, d]).get();
+        assert_eq!(w(&mut log, &mut data), None);
+        seq(&mut g, &mut data, Write, 1); // g1
+        assert_eq!(w(&mut log, &mut data), None, "data records are not pending");
+        seq(&mut g, &mut log, Checkpoint, 1); // g2, log 1
+        seq(&mut g, &mut log, ConsistencyPoint, 1); // g3, log 2
+        assert_eq!(w(&mut log, &mut data), None, "markers hold nothing back");
+        seq(&mut g, &mut log, Flush, 1); // g4, log 3
+        seq(&mut g, &mut log, Write, 1); // g5, log 4
+        assert_eq!(w(&mut log, &mut data), Some(3));
+        read_all(&mut log);
+        ack(&mut log, Ack::Log, 3).unwrap();
+        assert_eq!(w(&mut log, &mut data), Some(4), "acknowledged for the gate");
+        ack(&mut log, Ack::Log, 4).unwrap();
+        assert_eq!(w(&mut log, &mut data), None);
+        seq(&mut g, &mut log, Write, 1); // g6, log 5
+        assert_eq!(w(&mut log, &mut data), Some(5));
+        // Several log streams: the lowest of them.
+        let mut log2 = stream(Log, 8);
+        seq(&mut g, &mut log2, Write, 1); // g7
+        assert_eq!(watermark([&mut log2]).get(), Some(6));
+        assert_eq!(watermark([&mut log2, &mut log]).get(), Some(5));
+        // A log record dropped by ACK is no longer pending.
+        ack(&mut log, Ack::Durable, 4).unwrap();
+        assert_eq!(watermark([&mut log]).get(), Some(5));
+        read_all(&mut log);
+        ack(&mut log, Ack::Durable, 5).unwrap();
+        assert_eq!(watermark([&mut log]).get(), None);
+    }
+
+    #[test]
+    fn rule4_release_in_group_order_through_the_gate() {
+        let mut g = GroupOrder::new();
+        let mut st = [stream(Log, 8), stream(Data, 8), stream(Data, 8)];
+        seq(&mut g, &mut st[1], Write, 1); // g1
+        seq(&mut g, &mut st[0], Write, 1); // g2, pending log
+        seq(&mut g, &mut st[2], Write, 1); // g3
+        seq(&mut g, &mut st[1], Write, 1); // g4
+        let next = |st: &mut [S; 3]| {
+            let w = watermark(st.iter_mut());
+            let i = next_releasable(st.iter().map(Some), w)?;
+            st[i].mark_sent();
+            Some(i)
+        };
+        assert_eq!(next(&mut st), Some(1), "g1 is below the pending log record");
+        assert_eq!(next(&mut st), Some(0), "log records go at once");
+        assert_eq!(next(&mut st), None, "g3 and g4 wait for log record 1");
+        ack(&mut st[0], Ack::Log, 1).unwrap();
+        assert_eq!(next(&mut st), Some(2));
+        assert_eq!(next(&mut st), Some(1));
+        assert_eq!(next(&mut st), None);
+        // An absent device is skipped, positions are kept.
+        seq(&mut g, &mut st[2], Write, 1);
+        let w = watermark(st.iter_mut());
+        assert_eq!(next_releasable([None, None, Some(&st[2])], w), Some(2));
+        // A data stream is read as a prefix: its held record blocks the next.
+        seq(&mut g, &mut st[0], Write, 1); // pending log below
+        seq(&mut g, &mut st[1], Write, 1);
+        let w = watermark(st.iter_mut());
+        assert_eq!(next_releasable(st.iter().map(Some), w), Some(2));
+        st[2].mark_sent();
+        assert_eq!(next(&mut st), Some(0));
+        assert_eq!(next(&mut st), None);
+    }
+
+    #[test]
+    fn rule5_acknowledgements_are_checked() {
+        let mut g = GroupOrder::new();
+        let (mut log, mut data) = (stream(Log, 8), stream(Data, 8));
+        for _ in 0..3 {
+            seq(&mut g, &mut log, Write, 1);
+            seq(&mut g, &mut data, Write, 1);
+        }
+        log.mark_sent();
+        log.mark_sent();
+        data.mark_sent();
+        assert_eq!(data.check(Ack::Log, 1), Err(Refused::Invalid));
+        assert_eq!(log.check(Ack::Log, 2), Ok(()));
+        assert_eq!(log.check(Ack::Log, 3), Err(Refused::Range));
+        assert_eq!(log.check(Ack::Durable, 3), Err(Refused::Range));
+        assert_eq!(data.check(Ack::Durable, 1), Ok(()));
+        assert_eq!(data.check(Ack::Durable, 2), Err(Refused::Range));
+        assert_eq!(data.check(Ack::Spooled, 1), Ok(()));
+        assert_eq!(data.check(Ack::Spooled, 2), Err(Refused::Range));
+        // A log record leaves only acknowledged.
+        assert_eq!(log.check(Ack::Spooled, 1), Err(Refused::Invalid));
+        ack(&mut log, Ack::Log, 1).unwrap();
+        assert_eq!(log.check(Ack::Spooled, 1), Ok(()));
+        assert_eq!(log.check(Ack::Spooled, 2), Err(Refused::Invalid));
+        // A refused acknowledgement changes nothing.
+        assert_eq!(ack(&mut data, Ack::Durable, 2), Err(Refused::Range));
+        assert_eq!((data.acked(), data.len()), (0, 3));
+        assert_eq!(ack(&mut log, Ack::Spooled, 2), Err(Refused::Invalid));
+        assert_eq!(log.len(), 3);
+        assert_eq!(Ack::of(&crate::command::Command::Stop), None);
+        let c = crate::command::Command::Spooled {
+            device: 3,
+            dev_seq: 9,
+        };
+        assert_eq!(Ack::of(&c), Some((Ack::Spooled, 3, 9)));
+    }
+
+    #[test]
+    fn rule5_what_each_acknowledgement_does() {
+        let mut g = GroupOrder::new();
+        let mut log = stream(Log, 8);
+        for _ in 0..4 {
+            seq(&mut g, &mut log, Write, 1);
+        }
+        read_all(&mut log);
+        assert_eq!(ack(&mut log, Ack::Log, 2), Ok(vec![]));
+        assert_eq!((log.log_acked(), log.acked(), log.len()), (2, 0, 4));
+        assert_eq!(ack(&mut log, Ack::Durable, 1), Ok(vec![1]));
+        assert_eq!(
+            (log.log_acked(), log.acked()),
+            (2, 1),
+            "log_acked never goes back"
+        );
+        assert_eq!(ack(&mut log, Ack::Spooled, 2), Ok(vec![2]));
+        assert_eq!(log.acked(), 1, "SPOOLED acknowledges nothing");
+        assert_eq!(ack(&mut log, Ack::Durable, 3), Ok(vec![3]));
+        assert_eq!((log.log_acked(), log.acked()), (3, 3));
+        // Stale: nothing dropped, nothing lowered.
+        assert_eq!(ack(&mut log, Ack::Durable, 2), Ok(vec![]));
+        assert_eq!(ack(&mut log, Ack::Log, 1), Ok(vec![]));
+        assert_eq!((log.log_acked(), log.acked(), log.len()), (3, 3, 1));
+        assert_eq!(log.next_unsent().map(|r| r.n.dev_seq), None);
+        seq(&mut g, &mut log, Write, 1);
+        assert_eq!(
+            log.next_unsent().map(|r| r.n.dev_seq),
+            Some(5),
+            "sent follows the drops"
+        );
+    }
+
+    #[test]
+    fn rule6_only_a_closed_interval_is_applied() {
+        let mut g = GroupOrder::new();
+        assert_eq!(g.applied(1), Err(Refused::Range));
+        g.checkpoint_inserted();
+        g.checkpoint_inserted();
+        assert_eq!(g.check_applied(3), Err(Refused::Range));
+        assert_eq!(g.applied(2), Ok(()));
+        assert_eq!(g.applied(1), Ok(()));
+        assert_eq!(g.applied_epoch(), 2);
+    }
+
+    #[test]
+    fn rule7_a_clean_leave_is_continued() {
+        let mut g = GroupOrder::new();
+        let mut s = stream(Data, 8);
+        for _ in 0..2 {
+            seq(&mut g, &mut s, Write, 1000);
+        }
+        seq(&mut g, &mut s, ConsistencyPoint, 1000);
+        g.consistency_point_inserted(1);
+        g.checkpoint_inserted();
+        read_all(&mut s);
+        ack(&mut s, Ack::Durable, 2).unwrap();
+        assert_eq!(s.leaving(&g), (2, None), "a record not acknowledged");
+        ack(&mut s, Ack::Durable, 3).unwrap();
+        let (acked, numbers) = s.leaving(&g);
+        let n = numbers.expect("clean");
+        assert_eq!(acked, 3);
+        assert_eq!(
+            n,
+            Numbers {
+                group_seq: 3,
+                epoch: 2,
+                timestamp_ns: 1000,
+                cp_id: 1,
+                cp_first: 4
+            }
+        );
+        // The superblock says how it left.
+        let mut sb = Superblock {
+            flags: sb_flags::CLEAN,
+            uuid: [0; 16],
+            generation: 1,
+            group_id: 1,
+            device_id: 0,
+            chunk_kb: 64,
+            len_sectors: 8,
+            acked_dev_seq: acked,
+            numbers: n,
+        };
+        assert_eq!(Left::of(None), Left::New);
+        assert_eq!(Left::of(Some(&sb)), Left::Clean(3, n));
+        assert_eq!(Left::of(Some(&sb)).start(), (3, 4));
+        sb.flags = sb_flags::AHEAD;
+        assert_eq!(Left::of(Some(&sb)), Left::Unclean);
+        assert_eq!(Left::Unclean.start(), (0, 1));
+        assert_eq!(Left::New.start(), (0, 1));
+        let old = Numbers { cp_first: 0, ..n };
+        assert_eq!(Left::Clean(3, old).start(), (3, 1));
+        // Joining again after a reboot: the clock restarted near 0.
+        let mut g2 = GroupOrder::new();
+        g2.continue_from(&n, 10);
+        let mut s2 = Stream::new(
+            vec![None; 8]
+                .into_iter()
+                .map(|_: Option<()>| None)
+                .collect(),
+            Data,
+            3,
+            4,
+        );
+        let m = seq(&mut g2, &mut s2, Write, 20);
+        assert_eq!((m.dev_seq, m.group_seq, m.epoch), (4, 4, 2));
+        assert_eq!(
+            m.timestamp_ns, 1010,
+            "the clock continues above the recorded time"
+        );
+        assert_eq!(g2.next_cp_id(), 2);
+        // Continuing never lowers the group's numbers.
+        let mut g3 = g2;
+        g3.continue_from(&Numbers::default(), 0);
+        assert_eq!(g3, g2);
+    }
+}
