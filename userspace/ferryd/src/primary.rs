@@ -99,6 +99,14 @@ struct Shared {
     spool_max: u64,
     /// Bytes in the disk spool, over all devices.
     disk_bytes: AtomicU64,
+    /// Set on SIGTERM or SIGINT: the link tasks stop between frames, the
+    /// reader before it queues what it read next.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The devices' link tasks.
+    links: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held by the reader while it queues (and spools) what it read: once
+    /// the stop is set, taking it means the reader holds nothing half done.
+    reading: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,7 +134,8 @@ impl Shared {
         });
         devs.insert(id, d.clone());
         let (s, d2) = (self.clone(), d.clone());
-        self.rt.spawn(async move { link_loop(s, d2).await });
+        let h = self.rt.spawn(async move { link_loop(s, d2).await });
+        lock(&self.links).push(h);
         d
     }
 
@@ -252,6 +261,7 @@ impl Shared {
 }
 
 pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
+    let mut signals = crate::Signals::new()?;
     let path = cfg.device();
     let f = OpenOptions::new()
         .read(true)
@@ -278,6 +288,9 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         spool_after,
         spool_max,
         disk_bytes: AtomicU64::new(0),
+        stop: tokio::sync::watch::Sender::new(false),
+        links: Mutex::new(Vec::new()),
+        reading: Mutex::new(()),
     });
     // What the disk spool holds goes first; the kernel offers again only
     // what it still has.
@@ -313,12 +326,55 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         );
     }
     crate::serve_status(status, s.clone())?;
+    let _ctl = crate::serve_control(&s.cfg, s.clone())?;
     let s2 = s.clone();
     let rd = tokio::task::spawn_blocking(move || read_loop(s2, reader, gkey));
     crate::notify_ready();
     tokio::select! {
         r = rd => r.context("reader")?,
-        _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
+        sig = signals.recv() => {
+            info!(signal = sig, "stopping");
+            crate::notify_stopping();
+            s.stop().await;
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// How long a stop waits for the link tasks (a frame being sent, the
+/// acknowledgements of those sent): a link that does not move is left
+/// (what it was sending is sent again by the next `ferryd`).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// Stops shipping: each link task ends after the frame it is sending
+    /// (and the acknowledgements of what it sent, briefly); the reader ends
+    /// before it queues anything more.  What is not acknowledged stays in
+    /// the kernel's spool (and the disk spool) for the next `ferryd`.
+    async fn stop(self: &Arc<Self>) {
+        self.stop.send_replace(true);
+        let links = std::mem::take(&mut *lock(&self.links));
+        let all = futures_join(links);
+        if tokio::time::timeout(STOP_WAIT, all).await.is_err() {
+            warn!("link tasks did not stop within {STOP_WAIT:?}");
+        }
+        // The reader may be blocked reading the kernel: it returns at the
+        // next record, sees the stop and queues nothing.  What it is doing
+        // now (queueing, writing a disk spool segment) is finished first.
+        let s = self.clone();
+        let _ = tokio::task::spawn_blocking(move || drop(lock(&s.reading))).await;
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// Waits for every task of `hs`.
+async fn futures_join(hs: Vec<tokio::task::JoinHandle<()>>) {
+    for h in hs {
+        let _ = h.await;
     }
 }
 
@@ -332,6 +388,11 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("read from the character device"),
         };
+        let _reading = lock(&s.reading);
+        if s.stopping() {
+            // The kernel offers these again to the next ferryd.
+            return Ok(());
+        }
         let mut off = 0;
         let mut touched = Vec::new();
         while off < n {
@@ -375,6 +436,7 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
 }
 
 /// Keeps device `d`'s link up, reconnecting with backoff.
+/// Ends when the stop is set.
 async fn link_loop(s: Arc<Shared>, d: Arc<Dev>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -384,15 +446,42 @@ async fn link_loop(s: Arc<Shared>, d: Arc<Dev>) {
             Err(e) => warn!(device = d.id, "link: {e:#}"),
         }
         lock(&d.q).connected = false;
+        if s.stopping() {
+            return;
+        }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(100);
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(s.stop.subscribe()) => return,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
+/// Resolves once the stop is set.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+/// One connection of device `d`'s stream, until it fails or the stop is
+/// set (then between frames: a frame is never cut).
 async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
+    let connected = tokio::select! {
+        r = connect(s, d) => r?,
+        // Nothing sent yet: given up at once.
+        _ = stopped(s.stop.subscribe()) => return Ok(()),
+    };
+    let (tls, next) = connected;
+    stream(s, d, tls, next).await
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects and authenticates device `d`'s stream; returns the first
+/// record the secondary wants.
+async fn connect(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<(Tls, u64)> {
     let peer = s.cfg.peer.clone().unwrap_or_default();
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&peer))
         .await
@@ -434,76 +523,16 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
     if next > 1 {
         s.acked(d, next - 1, applied)?;
     }
+    Ok((tls, next))
+}
+
+/// Sends device `d`'s records from `next` and takes the acknowledgements.
+/// On the stop: the frame being sent is finished, the acknowledgements of
+/// what was sent are awaited briefly, and the connection is closed.
+async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()> {
     lock(&d.q).connected = true;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let lz4 = s.cfg.compress == Compress::Lz4;
-    let sender = async {
-        let mut cursor = next;
-        loop {
-            let notified = d.more.notified();
-            let parts = {
-                let q = lock(&d.q);
-                // What the secondary acknowledged (also what came on an
-                // older connection) is not sent again.
-                cursor = cursor.max(q.acked + 1);
-                if q.recs.front().is_some_and(|r| r.dev_seq > cursor) {
-                    drop(q);
-                    return Err(s.lost(d, cursor));
-                }
-                let mut parts = Vec::new();
-                let (mut size, mut last) = (0usize, 0);
-                for r in q.recs.iter().filter(|r| r.dev_seq >= cursor) {
-                    if size > 0 && size + r.len as usize > BATCH_BYTES {
-                        break;
-                    }
-                    parts.push(r.data.clone());
-                    size += r.len as usize;
-                    last = r.dev_seq;
-                }
-                (!parts.is_empty()).then_some((parts, size, last))
-            };
-            let batch = match parts {
-                None => None,
-                Some((parts, size, last)) => {
-                    let b = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-                        let mut b = Vec::with_capacity(size);
-                        for p in parts {
-                            match p {
-                                Data::Mem(m) => b.extend_from_slice(&m),
-                                Data::Disk(od) => b.extend_from_slice(&od.read()?),
-                            }
-                        }
-                        Ok(b)
-                    })
-                    .await??;
-                    Some((b, last))
-                }
-            };
-            let Some((b, last)) = batch else {
-                // Idle: an empty batch every second tells the secondary
-                // the link is alive (it drops a silent connection).
-                if tokio::time::timeout(KEEPALIVE, notified).await.is_err() {
-                    use tokio::io::AsyncWriteExt;
-                    wr.write_all(&link::pack(&[], false).encode()).await?;
-                    wr.flush().await?;
-                }
-                continue;
-            };
-            let f = link::pack(&b, lz4);
-            let wire = f.encode();
-            use tokio::io::AsyncWriteExt;
-            wr.write_all(&wire).await?;
-            wr.flush().await?;
-            {
-                let mut q = lock(&d.q);
-                q.record_bytes += b.len() as u64;
-                q.wire_bytes += wire.len() as u64;
-            }
-            cursor = last + 1;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), anyhow::Error>(())
-    };
     let receiver = async {
         loop {
             match link::read_frame(&mut rd).await? {
@@ -511,11 +540,108 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
                 other => bail!("unexpected frame {other:?}"),
             }
         }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
     };
-    tokio::select! {
-        r = sender => r,
-        r = receiver => r,
-    }
+    tokio::pin!(receiver);
+    // The last record sent, once the sender stopped.
+    let sent: Result<u64> = {
+        let sender = async {
+            let mut cursor = next;
+            loop {
+                if s.stopping() {
+                    return Ok(cursor - 1);
+                }
+                let notified = d.more.notified();
+                let parts = {
+                    let q = lock(&d.q);
+                    // What the secondary acknowledged (also what came on an
+                    // older connection) is not sent again.
+                    cursor = cursor.max(q.acked + 1);
+                    if q.recs.front().is_some_and(|r| r.dev_seq > cursor) {
+                        drop(q);
+                        return Err(s.lost(d, cursor));
+                    }
+                    let mut parts = Vec::new();
+                    let (mut size, mut last) = (0usize, 0);
+                    for r in q.recs.iter().filter(|r| r.dev_seq >= cursor) {
+                        if size > 0 && size + r.len as usize > BATCH_BYTES {
+                            break;
+                        }
+                        parts.push(r.data.clone());
+                        size += r.len as usize;
+                        last = r.dev_seq;
+                    }
+                    (!parts.is_empty()).then_some((parts, size, last))
+                };
+                let batch = match parts {
+                    None => None,
+                    Some((parts, size, last)) => {
+                        let b = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                            let mut b = Vec::with_capacity(size);
+                            for p in parts {
+                                match p {
+                                    Data::Mem(m) => b.extend_from_slice(&m),
+                                    Data::Disk(od) => b.extend_from_slice(&od.read()?),
+                                }
+                            }
+                            Ok(b)
+                        })
+                        .await??;
+                        Some((b, last))
+                    }
+                };
+                let Some((b, last)) = batch else {
+                    // Idle: an empty batch every second tells the secondary
+                    // the link is alive (it drops a silent connection).
+                    tokio::select! {
+                        r = tokio::time::timeout(KEEPALIVE, notified) => if r.is_err() {
+                            use tokio::io::AsyncWriteExt;
+                            wr.write_all(&link::pack(&[], false).encode()).await?;
+                            wr.flush().await?;
+                        },
+                        _ = stopped(s.stop.subscribe()) => {}
+                    }
+                    continue;
+                };
+                let f = link::pack(&b, lz4);
+                let wire = f.encode();
+                use tokio::io::AsyncWriteExt;
+                wr.write_all(&wire).await?;
+                wr.flush().await?;
+                {
+                    let mut q = lock(&d.q);
+                    q.record_bytes += b.len() as u64;
+                    q.wire_bytes += wire.len() as u64;
+                }
+                cursor = last + 1;
+            }
+        };
+        tokio::pin!(sender);
+        tokio::select! {
+            r = &mut sender => r,
+            r = &mut receiver => r.map(|()| 0),
+        }
+    };
+    let sent = sent?;
+    // Stopping: the acknowledgements of what was sent (the kernel frees
+    // those records), for a short while; then the connection is closed.
+    let acked = async {
+        while lock(&d.q).acked < sent {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tokio::select! {
+            _ = acked => {}
+            _ = &mut receiver => {}
+        }
+    })
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_millis(500), wr.shutdown()).await;
+    info!(device = d.id, "link stopped");
+    Ok(())
 }
 
 impl Shared {
@@ -602,8 +728,10 @@ impl Report for Shared {
             g2_violations: 0,
         }
     }
+}
 
-    fn release(&self) -> Result<u64, String> {
-        Err("release is for a secondary".into())
+impl crate::Control for Shared {
+    async fn release(&self) -> Result<u64, String> {
+        Err("this site is the primary: release is for a secondary".into())
     }
 }
