@@ -3,7 +3,8 @@
 //!
 //! The library holds what both programs share: the configuration file, the
 //! link protocol (frames, authentication), the control socket, the status
-//! document, and the secondary's record of consistency points.
+//! document and its endpoint, and the secondary's record of consistency
+//! points.
 
 pub mod config;
 pub mod cpoints;

@@ -3,6 +3,7 @@
 //! applies them.  The role comes from `/etc/ferry/<group>.toml`.
 
 mod files;
+mod kernel;
 mod listen;
 mod primary;
 mod remote_log;
@@ -20,7 +21,7 @@ use ferryd::config::{self, Config, Role};
 use ferryd::ctl::{self, Control};
 use ferryd::status::Status;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(version, about = "ferry's replication helper")]
@@ -120,40 +121,7 @@ pub(crate) trait Report: Send + Sync + 'static {
 /// `ferryd`'s state goes through the control socket (`ctl`), which only
 /// root may use; this endpoint is open to every local user.
 pub(crate) fn serve_status(addr: SocketAddr, r: Arc<dyn Report>) -> Result<()> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("status endpoint {addr}: {e}"))?;
-    let server = Arc::new(server);
-    std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let (code, body, ctype) = match (req.method(), req.url()) {
-                    (tiny_http::Method::Get, "/status") => (
-                        200,
-                        serde_json::to_string_pretty(&r.status()).unwrap_or_default(),
-                        "application/json",
-                    ),
-                    (tiny_http::Method::Get, "/metrics") => {
-                        (200, r.status().prometheus(), "text/plain; version=0.0.4")
-                    }
-                    (tiny_http::Method::Get, _) => (404, "not found\n".into(), "text/plain"),
-                    _ => (
-                        405,
-                        "read-only: GET /status or /metrics (ferryctl changes ferryd's state through its control socket)\n".into(),
-                        "text/plain",
-                    ),
-                };
-                let h = tiny_http::Header::from_bytes("Content-Type", ctype).ok();
-                let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Some(h) = h {
-                    resp = resp.with_header(h);
-                }
-                if let Err(e) = req.respond(resp) {
-                    warn!("status endpoint: {e}");
-                }
-            }
-        })
-        .context("status thread")?;
+    ferryd::status::serve(addr, Arc::new(move || r.status()))?;
     Ok(())
 }
 
@@ -169,12 +137,17 @@ pub(crate) fn notify_stopping() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 }
 
-/// Counters of rejected records by reason.
+/// Counters of rejected records by reason (one of
+/// `ferryd::status::REJECT_REASONS`).
 #[derive(Default)]
 pub(crate) struct Rejected(Mutex<Vec<(String, u64)>>);
 
 impl Rejected {
     pub(crate) fn count(&self, reason: &str) {
+        debug_assert!(
+            ferryd::status::REJECT_REASONS.contains(&reason),
+            "{reason} is not in REJECT_REASONS"
+        );
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match v.iter_mut().find(|(r, _)| r == reason) {
             Some((_, n)) => *n += 1,

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::kernel::{self, DmStatus, Dmsetup};
 use crate::spool::{self, OnDisk, Segment};
 use crate::Report;
 
@@ -53,7 +54,9 @@ struct Queued {
     dev_seq: u64,
     data: Data,
     len: u32,
-    read_at: Instant,
+    /// The record's `timestamp_ns`: the kernel's clock when it sequenced
+    /// the write (see `kernel`).
+    stamp_ns: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +110,14 @@ struct Shared {
     /// Held by the reader while it queues (and spools) what it read: once
     /// the stop is set, taking it means the reader holds nothing half done.
     reading: Mutex<()>,
+    /// The kernel's status lines (its mode, the group's devices).
+    kernel: Box<dyn DmStatus>,
+    /// Set once the status lines could not be read (logged once).
+    kernel_unread: AtomicBool,
+    /// How far the kernel's timestamps run ahead of `CLOCK_MONOTONIC`
+    /// (the group's base after a restart of the host), at least: the most
+    /// a record's stamp exceeded the clock when it was read.
+    stamp_ahead: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -291,6 +302,9 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         stop: tokio::sync::watch::Sender::new(false),
         links: Mutex::new(Vec::new()),
         reading: Mutex::new(()),
+        kernel: Box::new(Dmsetup),
+        kernel_unread: AtomicBool::new(false),
+        stamp_ahead: AtomicU64::new(0),
     });
     // What the disk spool holds goes first; the kernel offers again only
     // what it still has.
@@ -299,14 +313,14 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         let mut q = lock(&d.q);
         let (mut n, mut bytes) = (0u64, 0u64);
         for (seg, at) in segs {
-            for (ds, od) in at {
+            for (ds, stamp_ns, od) in at {
                 if ds > q.highest_read {
                     let len = od.len;
                     q.recs.push_back(Queued {
                         dev_seq: ds,
                         data: Data::Disk(od),
                         len,
-                        read_at: Instant::now(),
+                        stamp_ns,
                     });
                     q.highest_read = ds;
                     n += 1;
@@ -395,6 +409,7 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
         }
         let mut off = 0;
         let mut touched = Vec::new();
+        let now = kernel::mono_ns();
         while off < n {
             // The kernel hands whole records; the header says how long.
             let h = record::decode_header(&buf[off..n.min(off + HEADER_LEN)], &key, &FastDigest)
@@ -403,6 +418,8 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
             if off + len > n {
                 bail!("partial record from the kernel");
             }
+            s.stamp_ahead
+                .fetch_max(h.header.timestamp_ns.saturating_sub(now), Relaxed);
             let d = s.dev(h.header.device_id);
             {
                 let mut q = lock(&d.q);
@@ -416,7 +433,7 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
                         dev_seq: h.header.dev_seq,
                         data: Data::Mem(buf[off..off + len].into()),
                         len: len as u32,
-                        read_at: Instant::now(),
+                        stamp_ns: h.header.timestamp_ns,
                     });
                 }
             }
@@ -670,8 +687,31 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// What the kernel says of the group now; `None` when its status
+    /// lines cannot be read (logged once) or name no device of it.
+    fn kernel_view(&self) -> Option<kernel::View> {
+        match self.kernel.lines() {
+            Ok(lines) => kernel::view(&lines, &self.cfg.group),
+            Err(e) => {
+                if !self.kernel_unread.swap(true, Relaxed) {
+                    warn!("the kernel's status (the state shown cannot say ahead): {e:#}");
+                }
+                None
+            }
+        }
+    }
+}
+
 impl Report for Shared {
+    /// The state is the kernel's when it is `ahead`; otherwise
+    /// `replicating` while a stream is connected, `connecting` when none
+    /// is.  Every device of the group the kernel names is listed, also
+    /// before its first record is read.
     fn status(&self) -> Status {
+        let view = self.kernel_view();
+        let now = kernel::mono_ns();
+        let ahead_ns = self.stamp_ahead.load(Relaxed);
         let devs = lock(&self.devs);
         let mut streams = Vec::new();
         let mut spool = 0;
@@ -697,17 +737,30 @@ impl Report for Shared {
                 lag_seconds: q
                     .recs
                     .front()
-                    .map_or(0.0, |r| r.read_at.elapsed().as_secs_f64()),
+                    .map_or(0.0, |r| kernel::age_seconds(r.stamp_ns, now, ahead_ns)),
                 record_bytes: q.record_bytes,
                 wire_bytes: q.wire_bytes,
                 applied_writes: 0,
                 log_stopped: None,
             });
         }
+        drop(devs);
+        let ahead = view.as_ref().is_some_and(|v| v.ahead);
+        for id in view.map(|v| v.devices).unwrap_or_default() {
+            if !streams.iter().any(|s| s.device == id) {
+                streams.push(Stream {
+                    device: id,
+                    ..Stream::default()
+                });
+            }
+        }
+        streams.sort_by_key(|s| s.device);
         Status {
             group: self.cfg.group.clone(),
             role: Role::Primary,
-            state: if connected {
+            state: if ahead {
+                "ahead"
+            } else if connected {
                 "replicating"
             } else {
                 "connecting"
@@ -733,5 +786,193 @@ impl Report for Shared {
 impl crate::Control for Shared {
     async fn release(&self) -> Result<u64, String> {
         Err("this site is the primary: release is for a secondary".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::record::RecordKind;
+
+    /// Status lines a test sets.
+    #[derive(Default)]
+    struct Lines(Mutex<Option<String>>);
+
+    impl DmStatus for Arc<Lines> {
+        fn lines(&self) -> Result<String> {
+            lock(&self.0).clone().context("no dmsetup here")
+        }
+    }
+
+    /// A primary whose kernel is `lines`, its "character device" a file
+    /// of `recs`, its peer nowhere.
+    fn primary(name: &str, lines: Arc<Lines>) -> (Arc<Shared>, GroupKey) {
+        let top = std::env::temp_dir().join(format!("ferry-pri-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir_all(&top).unwrap();
+        let cfg: Config = toml::from_str(
+            "group = \"gr\"\nrole = \"primary\"\nkey_file = \"/k\"\npeer = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let d = &FastDigest;
+        let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+        let gkey = GroupKey::derive(d, gid, &[]).unwrap();
+        let s = Arc::new(Shared {
+            cfg,
+            key: vec![0; 16],
+            ctl: Mutex::new(File::create(top.join("ctl")).unwrap()),
+            devs: Mutex::new(BTreeMap::new()),
+            applied: AtomicU64::new(0),
+            tls: link::client_config().unwrap(),
+            rt: tokio::runtime::Handle::current(),
+            spool_dir: top.join("spool"),
+            spool_after: 0,
+            spool_max: 0,
+            disk_bytes: AtomicU64::new(0),
+            stop: tokio::sync::watch::Sender::new(false),
+            links: Mutex::new(Vec::new()),
+            reading: Mutex::new(()),
+            kernel: Box::new(lines),
+            kernel_unread: AtomicBool::new(false),
+            stamp_ahead: AtomicU64::new(0),
+        });
+        (s, gkey)
+    }
+
+    /// Device `device`'s write records `dev_seqs`, stamped `stamp_ns`.
+    fn records(
+        s: &Shared,
+        key: &GroupKey,
+        device: u32,
+        dev_seqs: &[u64],
+        stamp_ns: u64,
+    ) -> Vec<u8> {
+        let gid = record::group_id_of_name(&FastDigest, s.cfg.group.as_bytes());
+        let mut out = Vec::new();
+        for &ds in dev_seqs {
+            let mut h = record::RecordHeader::new(RecordKind::Write);
+            h.group_id = gid;
+            h.device_id = device;
+            h.dev_seq = ds;
+            h.group_seq = ds;
+            h.epoch = 1;
+            h.timestamp_ns = stamp_ns;
+            h.payload_len = 4096;
+            h.nr_sectors = 8;
+            h.sector = ds * 8;
+            let mut b = vec![0u8; h.record_len()];
+            record::encode_record(&h, &[7; 4096], key, &FastDigest, &mut b).unwrap();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    /// Reads `bytes` as the kernel's records (the reader ends at their
+    /// end: "no device any more").
+    async fn read(s: &Arc<Shared>, key: &GroupKey, bytes: Vec<u8>, name: &str) {
+        let path = s.spool_dir.with_file_name(format!("records-{name}"));
+        std::fs::write(&path, bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        let (s2, key) = (s.clone(), *key);
+        let r = tokio::task::spawn_blocking(move || read_loop(s2, f, key))
+            .await
+            .unwrap();
+        assert!(format!("{:#}", r.unwrap_err()).contains("end of stream"));
+    }
+
+    /// The lag of a record not acknowledged counts from the kernel's
+    /// timestamp of its write, not from when ferryd read it.
+    #[tokio::test]
+    async fn lag_counts_from_the_writes_timestamp() {
+        let (s, key) = primary("lag", Arc::default());
+        let written = kernel::mono_ns() - 5_000_000_000;
+        let recs = records(&s, &key, 0, &[1, 2], written);
+        read(&s, &key, recs, "lag").await;
+        let st = s.status();
+        assert_eq!(st.streams.len(), 1);
+        let lag = st.streams[0].lag_seconds;
+        assert!((5.0..6.0).contains(&lag), "lag {lag}");
+        assert_eq!(st.streams[0].lag_records, 2);
+        s.stop().await;
+    }
+
+    /// Stamps ahead of the monotonic clock (a group continued after a
+    /// restart of the host keeps its time increasing): the lag counts on
+    /// the kernel's own time line, not as the stamp's distance to the
+    /// clock.
+    #[tokio::test]
+    async fn lag_on_the_kernels_time_line() {
+        let (s, key) = primary("base", Arc::default());
+        let base = 1_000_000_000_000;
+        let early = kernel::mono_ns() + base - 3_000_000_000;
+        let recs = records(&s, &key, 0, &[1], early);
+        // A record read right after it was written, later.
+        let mut recs2 = records(&s, &key, 1, &[1], kernel::mono_ns() + base);
+        let mut all = recs;
+        all.append(&mut recs2);
+        read(&s, &key, all, "base").await;
+        let st = s.status();
+        let lag = st.streams[0].lag_seconds;
+        assert!((3.0..4.0).contains(&lag), "lag {lag}");
+        s.stop().await;
+    }
+
+    /// The state is the kernel's `ahead` when it is; every device the
+    /// kernel names is in the status, and the metrics, before its first
+    /// record.
+    #[tokio::test]
+    async fn state_and_devices_from_the_kernel() {
+        let lines = Arc::new(Lines::default());
+        let (s, _) = primary("state", lines.clone());
+        // No dmsetup (not root, say): no device known, not connected.
+        let st = s.status();
+        assert_eq!(st.state, "connecting");
+        assert!(st.streams.is_empty());
+        *lock(&lines.0) = Some(
+            "p1: 0 8 ferry primary gr 1 data replicating 0 0 0 0 0 1024 0 1 0 0\n\
+             p0: 0 8 ferry primary gr 0 log replicating 0 0 0 0 0 1024 0 1 0 0\n"
+                .into(),
+        );
+        let st = s.status();
+        assert_eq!(st.state, "connecting");
+        let devs: Vec<_> = st.streams.iter().map(|x| x.device).collect();
+        assert_eq!(devs, [0, 1]);
+        // Connected, and the kernel went ahead (its spool overflowed).
+        s.devs.lock().unwrap().insert(
+            1,
+            Arc::new(Dev {
+                id: 1,
+                q: Mutex::new(DevQ {
+                    connected: true,
+                    ..DevQ::default()
+                }),
+                more: Notify::new(),
+            }),
+        );
+        assert_eq!(s.status().state, "replicating");
+        *lock(&lines.0) = Some(
+            "p1: 0 8 ferry primary gr 1 data ahead 5 5 5 2 0 1024 3 1 0 0\n\
+             p0: 0 8 ferry primary gr 0 log ahead 0 0 0 0 0 1024 0 1 0 0\n"
+                .into(),
+        );
+        let st = s.status();
+        assert_eq!(st.state, "ahead");
+        let m = st.prometheus();
+        assert!(
+            m.contains("\nferry_state{group=\"gr\",state=\"ahead\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_state{group=\"gr\",state=\"replicating\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_connected{group=\"gr\",device=\"0\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_connected{group=\"gr\",device=\"1\"} 1\n"),
+            "{m}"
+        );
     }
 }
