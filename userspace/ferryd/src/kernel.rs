@@ -21,6 +21,8 @@
 //! clock.
 
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -31,10 +33,19 @@ pub(crate) trait DmStatus: Send + Sync + 'static {
 }
 
 /// [`DmStatus`] through `dmsetup` (needs root, as device-mapper does).
-pub(crate) struct Dmsetup;
+/// A status request or a scrape runs it at most once a [`Dmsetup::FRESH`]:
+/// the lines read last are reused meanwhile, so that frequent polling
+/// does not start a process each time.
+#[derive(Default)]
+pub(crate) struct Dmsetup {
+    last: Mutex<Option<(Instant, String)>>,
+}
 
-impl DmStatus for Dmsetup {
-    fn lines(&self) -> Result<String> {
+impl Dmsetup {
+    /// How long lines read are reused.
+    pub(crate) const FRESH: Duration = Duration::from_secs(1);
+
+    fn run() -> Result<String> {
         let out = Command::new("dmsetup")
             .args(["status", "--target", "ferry"])
             .output()
@@ -46,6 +57,20 @@ impl DmStatus for Dmsetup {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl DmStatus for Dmsetup {
+    fn lines(&self) -> Result<String> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, lines)) = last.as_ref() {
+            if at.elapsed() < Self::FRESH {
+                return Ok(lines.clone());
+            }
+        }
+        let lines = Self::run()?;
+        *last = Some((Instant::now(), lines.clone()));
+        Ok(lines)
     }
 }
 

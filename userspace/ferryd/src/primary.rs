@@ -302,7 +302,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         stop: tokio::sync::watch::Sender::new(false),
         links: Mutex::new(Vec::new()),
         reading: Mutex::new(()),
-        kernel: Box::new(Dmsetup),
+        kernel: Box::new(Dmsetup::default()),
         kernel_unread: AtomicBool::new(false),
         stamp_ahead: AtomicU64::new(0),
     });
