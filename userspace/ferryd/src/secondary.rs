@@ -136,7 +136,7 @@ struct State {
     g2: DurableOrder,
 }
 
-struct Sec {
+pub(crate) struct Sec {
     cfg: Config,
     key: Vec<u8>,
     gkey: GroupKey,
@@ -898,9 +898,98 @@ impl Control for Sec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::files::tests::{fresh_dir, mode_of, usual_umask};
+
+    /// A secondary of devices `ids` whose remote log is in `top` (new):
+    /// it receives, stores and acknowledges as `run`'s does; its "device" is
+    /// a plain file, and nothing is applied (no markers come).
+    pub(crate) fn receiver(top: &Path, ids: &[u32]) -> Arc<Sec> {
+        files::create_dir(top).unwrap();
+        let cfg: Config = toml::from_str(&format!(
+            "group = \"gr\"\nrole = \"secondary\"\nkey_file = \"/k\"\nlisten = \"127.0.0.1:1\"\nlog_dir = {:?}\n",
+            top.display().to_string()
+        ))
+        .unwrap();
+        let d = &FastDigest;
+        let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+        let gkey = GroupKey::derive(d, gid, &[]).unwrap();
+        let members = ids.iter().fold(0u64, |m, i| m | 1 << i);
+        let (mut windows, mut streams, mut logs) = (Vec::new(), Vec::new(), Vec::new());
+        for &id in ids {
+            let mut f = remote_log::open(top, id).unwrap();
+            let r = remote_log::recover(&mut f, id, 0, 0, |_, b| {
+                record::decode_record(b, &gkey, d).map(|r| r.len)
+            })
+            .unwrap();
+            windows.push(Window::new(vec![None; WINDOW], 1, Stamp::default()));
+            streams.push(StreamState {
+                id,
+                saved: Saved {
+                    next: 1,
+                    ..Saved::default()
+                },
+                connected: 0,
+                record_bytes: 0,
+                wire_bytes: 0,
+                applied_writes: 0,
+            });
+            logs.push(Mutex::new(StreamLog::new(Box::new(f), id, gkey, &r)));
+        }
+        Arc::new(Sec {
+            cfg,
+            key: vec![0; 16],
+            gkey,
+            dir: top.to_path_buf(),
+            dev: Mutex::new(Some(File::create(top.join("dev")).unwrap())),
+            state: Mutex::new(State {
+                windows,
+                streams,
+                rendezvous: Rendezvous::new(vec![IntervalSlot::default(); INTERVALS], 1, members),
+                markers: BTreeMap::new(),
+                points: Points::restore(members, None).unwrap(),
+                applied: 0,
+                applying: 0,
+                redo: 0,
+                intervals: 0,
+                release: false,
+                released: false,
+                stop: false,
+                g2: DurableOrder::new(0),
+            }),
+            logs,
+            more: Notify::new(),
+            rejected: Rejected::default(),
+            listen: Arc::default(),
+        })
+    }
+
+    /// Serves the primaries that connect to `l` for `s`, as `run` does.
+    pub(crate) async fn accept_on(s: Arc<Sec>, l: TcpListener) {
+        let tls = tokio_rustls::TlsAcceptor::from(link::server_config().unwrap());
+        let counters = s.listen.clone();
+        let serving = move |tcp: TcpStream, _, pending| {
+            let (s, tls) = (s.clone(), tls.clone());
+            async move {
+                if let Err(e) = serve(&s, tls, tcp, pending).await {
+                    info!("test secondary: {e:#}");
+                }
+            }
+        };
+        let _ = listen::accept_loop(l, listen::Limits::default(), counters, serving).await;
+    }
+
+    /// Each stream's device and the end of its contiguous run (what it
+    /// acknowledges).
+    pub(crate) fn run_ends(s: &Sec) -> Vec<(u32, u64)> {
+        let st = lock(&s.state);
+        st.streams
+            .iter()
+            .zip(&st.windows)
+            .map(|(x, w)| (x.id, w.run_end()))
+            .collect()
+    }
 
     #[test]
     fn remote_log_and_state_are_private() {
