@@ -307,8 +307,10 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         stamp_ahead: AtomicU64::new(0),
     });
     s.recover(found);
-    crate::serve_status(status, s.clone())?;
+    // The status endpoint last: once it answers, nothing of the start is
+    // left to fail (a starter that waits for it takes ferryd for started).
     let _ctl = crate::serve_control(&s.cfg, s.clone())?;
+    crate::serve_status(status, s.clone())?;
     let s2 = s.clone();
     let rd = tokio::task::spawn_blocking(move || read_loop(s2, reader, gkey));
     crate::notify_ready();

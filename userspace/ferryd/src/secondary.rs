@@ -404,12 +404,14 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         rejected: Rejected::default(),
         listen: Arc::default(),
     });
-    crate::serve_status(status, s.clone())?;
     let ctl = crate::serve_control(&s.cfg, s.clone())?;
     let tls = tokio_rustls::TlsAcceptor::from(link::server_config()?);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
+    // The status endpoint last: once it answers, nothing of the start is
+    // left to fail (a starter that waits for it takes ferryd for started).
+    crate::serve_status(status, s.clone())?;
     info!(%listen, applied, "secondary ready");
     crate::notify_ready();
     let s2 = s.clone();
