@@ -1018,8 +1018,7 @@ pub(crate) mod tests {
     /// A secondary with no stream and nothing to apply, its "device" a
     /// plain file.
     fn idle(name: &str) -> (Arc<Sec>, PathBuf) {
-        let top = std::env::temp_dir().join(format!("ferry-sec-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&top);
+        let top = fresh_dir(&format!("sec-{name}"));
         files::create_dir(&top).unwrap();
         let cfg: Config = toml::from_str(&format!(
             "group = \"gr\"\nrole = \"secondary\"\nkey_file = \"/k\"\nlisten = \"127.0.0.1:1\"\nlog_dir = {:?}\n",
