@@ -65,9 +65,12 @@ pub struct Config {
     /// Secondary: the remote log's directory.
     #[serde(default)]
     pub log_dir: Option<PathBuf>,
-    /// Status and metrics (HTTP), on loopback.
+    /// Status and metrics (HTTP, read-only), on loopback.
     #[serde(default = "default_status")]
     pub status: SocketAddr,
+    /// The control socket (default `/run/ferry/<group>.sock`).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
 }
 
 fn default_spool_after_mb() -> u64 {
@@ -127,6 +130,13 @@ impl Config {
         self.spool_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/ferry/{}/spool", self.group)))
+    }
+
+    /// The control socket (`ctl`).
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| crate::ctl::default_path(&self.group))
     }
 
     /// The character device.
@@ -194,10 +204,16 @@ mod tests {
         c.check().unwrap();
         assert_eq!(c.device(), PathBuf::from("/dev/ferry/g"));
         assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/ferry/g/spool"));
+        assert_eq!(c.control_socket(), PathBuf::from("/run/ferry/g.sock"));
         assert_eq!((c.spool_after_mb, c.spool_max_mb), (16, 4096));
         let bad: Config =
             toml::from_str("group = \"g\"\nrole = \"primary\"\nkey_file = \"/k\"\n").unwrap();
         assert!(bad.check().is_err());
+        let other: Config = toml::from_str(
+            "group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\nkey_file = \"/k\"\ncontrol_socket = \"/run/x/g.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(other.control_socket(), PathBuf::from("/run/x/g.sock"));
         assert!(
             toml::from_str::<Config>("group = \"g\"\nrole = \"x\"\nkey_file = \"/k\"\n").is_err()
         );

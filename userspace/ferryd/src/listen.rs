@@ -74,15 +74,7 @@ impl Refusal {
 
     /// The metrics label.
     pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Self::PendingLimit => "pending_limit",
-            Self::Timeout => "timeout",
-            Self::Tls => "tls",
-            Self::Hello => "hello",
-            Self::NotHello => "not_hello",
-            Self::Key => "key",
-            Self::Device => "device",
-        }
+        ferryd::status::AUTH_REFUSAL_REASONS[self as usize]
     }
 }
 
@@ -303,6 +295,27 @@ mod tests {
     use std::time::Instant;
     use tokio::io::{AsyncWriteExt, DuplexStream};
     use tokio::sync::{mpsc, oneshot};
+
+    /// Each refusal's label is its own, in the order of the metrics.
+    #[test]
+    fn refusal_labels() {
+        let got: Vec<_> = Refusal::ALL.iter().map(|r| r.reason()).collect();
+        assert_eq!(
+            got,
+            [
+                "pending_limit",
+                "timeout",
+                "tls",
+                "hello",
+                "not_hello",
+                "key",
+                "device"
+            ]
+        );
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
 
     /// Connections (or errors) handed out as a test pushes them; the
     /// test gets, for each connection, what tells it that it was closed.

@@ -3,6 +3,7 @@
 //! applies them.  The role comes from `/etc/ferry/<group>.toml`.
 
 mod files;
+mod kernel;
 mod listen;
 mod primary;
 mod remote_log;
@@ -12,12 +13,15 @@ mod spool;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use ferryd::config::{self, Config, Role};
+use ferryd::ctl::{self, Control};
 use ferryd::status::Status;
-use tracing::{error, info, warn};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(version, about = "ferry's replication helper")]
@@ -61,62 +65,63 @@ fn run() -> Result<()> {
         .enable_all()
         .build()?;
     info!(group = %cfg.group, role = ?cfg.role, "starting");
-    rt.block_on(async move {
+    let r = rt.block_on(async move {
         match cfg.role {
             Role::Primary => primary::run(cfg, key).await,
             Role::Secondary => secondary::run(cfg, key).await,
         }
-    })
+    });
+    // A primary's reader may be blocked in a read of the character device:
+    // not waited for (it holds nothing half done, see `primary`); other
+    // blocking work (an append to the remote log) gets a moment to end.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    r
 }
 
-/// What the status endpoint serves, and how to act on `POST /release`.
+/// SIGTERM and SIGINT, caught from the start (before `ferryd` reports
+/// ready): either asks `ferryd` to stop cleanly.
+pub(crate) struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// The next of them to arrive.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Binds the group's control socket and serves it for `c`: root and
+/// `ferryd`'s own user may use it.
+pub(crate) fn serve_control<C: Control>(cfg: &Config, c: Arc<C>) -> Result<ctl::Server> {
+    let path = cfg.control_socket();
+    let l = ctl::bind(&path)?;
+    info!(path = %path.display(), "control socket");
+    Ok(ctl::serve(l, &path, c, nix::unistd::geteuid().as_raw()))
+}
+
+/// What the status endpoint serves.
 pub(crate) trait Report: Send + Sync + 'static {
     fn status(&self) -> Status;
-    /// Stops applying and closes the character device; returns the last
-    /// interval applied.
-    fn release(&self) -> Result<u64, String>;
 }
 
-/// Serves `GET /status` (JSON), `GET /metrics` (Prometheus text) and
-/// `POST /release` on the loopback address `addr`, in a thread.
+/// Serves `GET /status` (JSON) and `GET /metrics` (Prometheus text) on the
+/// loopback address `addr`, in a thread.  Nothing else: whatever changes
+/// `ferryd`'s state goes through the control socket (`ctl`), which only
+/// root may use; this endpoint is open to every local user.
 pub(crate) fn serve_status(addr: SocketAddr, r: Arc<dyn Report>) -> Result<()> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("status endpoint {addr}: {e}"))?;
-    let server = Arc::new(server);
-    std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            for req in server.incoming_requests() {
-                let (code, body, ctype) = match (req.method(), req.url()) {
-                    (tiny_http::Method::Get, "/status") => (
-                        200,
-                        serde_json::to_string_pretty(&r.status()).unwrap_or_default(),
-                        "application/json",
-                    ),
-                    (tiny_http::Method::Get, "/metrics") => {
-                        (200, r.status().prometheus(), "text/plain; version=0.0.4")
-                    }
-                    (tiny_http::Method::Post, "/release") => match r.release() {
-                        Ok(applied) => (
-                            200,
-                            format!("{{\"applied_epoch\":{applied}}}"),
-                            "application/json",
-                        ),
-                        Err(e) => (409, e, "text/plain"),
-                    },
-                    _ => (404, "not found\n".into(), "text/plain"),
-                };
-                let h = tiny_http::Header::from_bytes("Content-Type", ctype).ok();
-                let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Some(h) = h {
-                    resp = resp.with_header(h);
-                }
-                if let Err(e) = req.respond(resp) {
-                    warn!("status endpoint: {e}");
-                }
-            }
-        })
-        .context("status thread")?;
+    ferryd::status::serve(addr, Arc::new(move || r.status()))?;
     Ok(())
 }
 
@@ -126,12 +131,23 @@ pub(crate) fn notify_ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
-/// Counters of rejected records by reason.
+/// Tells systemd that the daemon is stopping; nothing when not run by
+/// systemd.
+pub(crate) fn notify_stopping() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+}
+
+/// Counters of rejected records by reason (one of
+/// `ferryd::status::REJECT_REASONS`).
 #[derive(Default)]
 pub(crate) struct Rejected(Mutex<Vec<(String, u64)>>);
 
 impl Rejected {
     pub(crate) fn count(&self, reason: &str) {
+        debug_assert!(
+            ferryd::status::REJECT_REASONS.contains(&reason),
+            "{reason} is not in REJECT_REASONS"
+        );
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match v.iter_mut().find(|(r, _)| r == reason) {
             Some((_, n)) => *n += 1,
@@ -141,5 +157,24 @@ impl Rejected {
 
     pub(crate) fn snapshot(&self) -> Vec<(String, u64)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::{raise, Signal as Sig};
+
+    /// SIGTERM and SIGINT are caught (not the default action, which would
+    /// end this test process) and reported, so `run` can stop cleanly.
+    #[tokio::test]
+    async fn sigterm_and_sigint_are_caught() {
+        let mut s = Signals::new().unwrap();
+        raise(Sig::SIGTERM).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
+        assert_eq!(got, Ok("SIGTERM"));
+        raise(Sig::SIGINT).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
+        assert_eq!(got.ok(), Some("SIGINT"));
     }
 }

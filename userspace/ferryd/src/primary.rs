@@ -11,9 +11,9 @@
 //! is told (`SPOOLED`) that it may drop them from its own.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::kernel::{self, DmStatus, Dmsetup};
 use crate::spool::{self, OnDisk, Segment};
 use crate::Report;
 
@@ -53,7 +54,9 @@ struct Queued {
     dev_seq: u64,
     data: Data,
     len: u32,
-    read_at: Instant,
+    /// The record's `timestamp_ns`: the kernel's clock when it sequenced
+    /// the write (see `kernel`).
+    stamp_ns: u64,
 }
 
 #[derive(Default)]
@@ -88,7 +91,7 @@ struct Shared {
     cfg: Config,
     key: Vec<u8>,
     /// The character device, for commands (the reader thread has a dup).
-    ctl: Mutex<File>,
+    ctl: Mutex<Box<dyn Write + Send>>,
     devs: Mutex<BTreeMap<u32, Arc<Dev>>>,
     applied: AtomicU64,
     tls: Arc<rustls::ClientConfig>,
@@ -99,6 +102,22 @@ struct Shared {
     spool_max: u64,
     /// Bytes in the disk spool, over all devices.
     disk_bytes: AtomicU64,
+    /// Set on SIGTERM or SIGINT: the link tasks stop between frames, the
+    /// reader before it queues what it read next.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The devices' link tasks.
+    links: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held by the reader while it queues (and spools) what it read: once
+    /// the stop is set, taking it means the reader holds nothing half done.
+    reading: Mutex<()>,
+    /// The kernel's status lines (its mode, the group's devices).
+    kernel: Box<dyn DmStatus>,
+    /// Set once the status lines could not be read (logged once).
+    kernel_unread: AtomicBool,
+    /// How far the kernel's timestamps run ahead of `CLOCK_MONOTONIC`
+    /// (the group's base after a restart of the host), at least: the most
+    /// a record's stamp exceeded the clock when it was read.
+    stamp_ahead: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,7 +145,8 @@ impl Shared {
         });
         devs.insert(id, d.clone());
         let (s, d2) = (self.clone(), d.clone());
-        self.rt.spawn(async move { link_loop(s, d2).await });
+        let h = self.rt.spawn(async move { link_loop(s, d2).await });
+        lock(&self.links).push(h);
         d
     }
 
@@ -252,6 +272,7 @@ impl Shared {
 }
 
 pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
+    let mut signals = crate::Signals::new()?;
     let path = cfg.device();
     let f = OpenOptions::new()
         .read(true)
@@ -269,7 +290,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let s = Arc::new(Shared {
         cfg,
         key,
-        ctl: Mutex::new(f),
+        ctl: Mutex::new(Box::new(f)),
         devs: Mutex::new(BTreeMap::new()),
         applied: AtomicU64::new(0),
         tls: link::client_config()?,
@@ -278,52 +299,109 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         spool_after,
         spool_max,
         disk_bytes: AtomicU64::new(0),
+        stop: tokio::sync::watch::Sender::new(false),
+        links: Mutex::new(Vec::new()),
+        reading: Mutex::new(()),
+        kernel: Box::new(Dmsetup::default()),
+        kernel_unread: AtomicBool::new(false),
+        stamp_ahead: AtomicU64::new(0),
     });
-    // What the disk spool holds goes first; the kernel offers again only
-    // what it still has.
-    for (id, segs) in found {
-        let d = s.dev(id);
-        let mut q = lock(&d.q);
-        let (mut n, mut bytes) = (0u64, 0u64);
-        for (seg, at) in segs {
-            for (ds, od) in at {
-                if ds > q.highest_read {
-                    let len = od.len;
-                    q.recs.push_back(Queued {
-                        dev_seq: ds,
-                        data: Data::Disk(od),
-                        len,
-                        read_at: Instant::now(),
-                    });
-                    q.highest_read = ds;
-                    n += 1;
-                }
-            }
-            bytes += seg.bytes;
-            q.disk_bytes += seg.bytes;
-            q.segs.push_back(seg);
-        }
-        s.disk_bytes.fetch_add(bytes, Relaxed);
-        info!(
-            device = id,
-            records = n,
-            bytes,
-            upto = q.highest_read,
-            "disk spool recovered"
-        );
-    }
+    s.recover(found);
+    // The status endpoint last: once it answers, nothing of the start is
+    // left to fail (a starter that waits for it takes ferryd for started).
+    let _ctl = crate::serve_control(&s.cfg, s.clone())?;
     crate::serve_status(status, s.clone())?;
     let s2 = s.clone();
     let rd = tokio::task::spawn_blocking(move || read_loop(s2, reader, gkey));
     crate::notify_ready();
     tokio::select! {
         r = rd => r.context("reader")?,
-        _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
+        sig = signals.recv() => {
+            info!(signal = sig, "stopping");
+            crate::notify_stopping();
+            s.stop().await;
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+impl Shared {
+    /// Queues what the disk spool held at start (`spool::load`): it goes
+    /// first; the kernel offers again only what it still has.
+    fn recover(self: &Arc<Self>, found: Vec<(u32, spool::Found)>) {
+        for (id, segs) in found {
+            let d = self.dev(id);
+            let mut q = lock(&d.q);
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for (seg, at) in segs {
+                for (ds, stamp_ns, od) in at {
+                    if ds > q.highest_read {
+                        let len = od.len;
+                        q.recs.push_back(Queued {
+                            dev_seq: ds,
+                            data: Data::Disk(od),
+                            len,
+                            stamp_ns,
+                        });
+                        q.highest_read = ds;
+                        n += 1;
+                    }
+                }
+                bytes += seg.bytes;
+                q.disk_bytes += seg.bytes;
+                q.segs.push_back(seg);
+            }
+            self.disk_bytes.fetch_add(bytes, Relaxed);
+            info!(
+                device = id,
+                records = n,
+                bytes,
+                upto = q.highest_read,
+                "disk spool recovered"
+            );
+        }
+    }
+}
+
+/// How long a stop waits for the link tasks (a frame being sent, the
+/// acknowledgements of those sent): a link that does not move is left
+/// (what it was sending is sent again by the next `ferryd`).
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// Stops shipping: each link task ends after the frame it is sending
+    /// (and the acknowledgements of what it sent, briefly); the reader ends
+    /// before it queues anything more.  What is not acknowledged stays in
+    /// the kernel's spool (and the disk spool) for the next `ferryd`.
+    async fn stop(self: &Arc<Self>) {
+        self.stop.send_replace(true);
+        let links = std::mem::take(&mut *lock(&self.links));
+        let all = futures_join(links);
+        if tokio::time::timeout(STOP_WAIT, all).await.is_err() {
+            warn!("link tasks did not stop within {STOP_WAIT:?}");
+        }
+        // The reader may be blocked reading the kernel: it returns at the
+        // next record, sees the stop and queues nothing.  What it is doing
+        // now (queueing, writing a disk spool segment) is finished first.
+        let s = self.clone();
+        let _ = tokio::task::spawn_blocking(move || drop(lock(&s.reading))).await;
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// Waits for every task of `hs`.
+async fn futures_join(hs: Vec<tokio::task::JoinHandle<()>>) {
+    for h in hs {
+        let _ = h.await;
     }
 }
 
 /// Reads records from the kernel and queues them per device.
-fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
+fn read_loop(s: Arc<Shared>, mut f: impl Read, key: GroupKey) -> Result<()> {
     let mut buf = vec![0u8; READ_BUF];
     loop {
         let n = match f.read(&mut buf) {
@@ -332,8 +410,14 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("read from the character device"),
         };
+        let _reading = lock(&s.reading);
+        if s.stopping() {
+            // The kernel offers these again to the next ferryd.
+            return Ok(());
+        }
         let mut off = 0;
         let mut touched = Vec::new();
+        let now = kernel::mono_ns();
         while off < n {
             // The kernel hands whole records; the header says how long.
             let h = record::decode_header(&buf[off..n.min(off + HEADER_LEN)], &key, &FastDigest)
@@ -342,6 +426,8 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
             if off + len > n {
                 bail!("partial record from the kernel");
             }
+            s.stamp_ahead
+                .fetch_max(h.header.timestamp_ns.saturating_sub(now), Relaxed);
             let d = s.dev(h.header.device_id);
             {
                 let mut q = lock(&d.q);
@@ -355,7 +441,7 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
                         dev_seq: h.header.dev_seq,
                         data: Data::Mem(buf[off..off + len].into()),
                         len: len as u32,
-                        read_at: Instant::now(),
+                        stamp_ns: h.header.timestamp_ns,
                     });
                 }
             }
@@ -375,6 +461,7 @@ fn read_loop(s: Arc<Shared>, mut f: File, key: GroupKey) -> Result<()> {
 }
 
 /// Keeps device `d`'s link up, reconnecting with backoff.
+/// Ends when the stop is set.
 async fn link_loop(s: Arc<Shared>, d: Arc<Dev>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -384,15 +471,42 @@ async fn link_loop(s: Arc<Shared>, d: Arc<Dev>) {
             Err(e) => warn!(device = d.id, "link: {e:#}"),
         }
         lock(&d.q).connected = false;
+        if s.stopping() {
+            return;
+        }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(100);
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(s.stop.subscribe()) => return,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
+/// Resolves once the stop is set.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+/// One connection of device `d`'s stream, until it fails or the stop is
+/// set (then between frames: a frame is never cut).
 async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
+    let connected = tokio::select! {
+        r = connect(s, d) => r?,
+        // Nothing sent yet: given up at once.
+        _ = stopped(s.stop.subscribe()) => return Ok(()),
+    };
+    let (tls, next) = connected;
+    stream(s, d, tls, next).await
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects and authenticates device `d`'s stream; returns the first
+/// record the secondary wants.
+async fn connect(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<(Tls, u64)> {
     let peer = s.cfg.peer.clone().unwrap_or_default();
     let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&peer))
         .await
@@ -434,76 +548,16 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
     if next > 1 {
         s.acked(d, next - 1, applied)?;
     }
+    Ok((tls, next))
+}
+
+/// Sends device `d`'s records from `next` and takes the acknowledgements.
+/// On the stop: the frame being sent is finished, the acknowledgements of
+/// what was sent are awaited briefly, and the connection is closed.
+async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()> {
     lock(&d.q).connected = true;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let lz4 = s.cfg.compress == Compress::Lz4;
-    let sender = async {
-        let mut cursor = next;
-        loop {
-            let notified = d.more.notified();
-            let parts = {
-                let q = lock(&d.q);
-                // What the secondary acknowledged (also what came on an
-                // older connection) is not sent again.
-                cursor = cursor.max(q.acked + 1);
-                if q.recs.front().is_some_and(|r| r.dev_seq > cursor) {
-                    drop(q);
-                    return Err(s.lost(d, cursor));
-                }
-                let mut parts = Vec::new();
-                let (mut size, mut last) = (0usize, 0);
-                for r in q.recs.iter().filter(|r| r.dev_seq >= cursor) {
-                    if size > 0 && size + r.len as usize > BATCH_BYTES {
-                        break;
-                    }
-                    parts.push(r.data.clone());
-                    size += r.len as usize;
-                    last = r.dev_seq;
-                }
-                (!parts.is_empty()).then_some((parts, size, last))
-            };
-            let batch = match parts {
-                None => None,
-                Some((parts, size, last)) => {
-                    let b = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-                        let mut b = Vec::with_capacity(size);
-                        for p in parts {
-                            match p {
-                                Data::Mem(m) => b.extend_from_slice(&m),
-                                Data::Disk(od) => b.extend_from_slice(&od.read()?),
-                            }
-                        }
-                        Ok(b)
-                    })
-                    .await??;
-                    Some((b, last))
-                }
-            };
-            let Some((b, last)) = batch else {
-                // Idle: an empty batch every second tells the secondary
-                // the link is alive (it drops a silent connection).
-                if tokio::time::timeout(KEEPALIVE, notified).await.is_err() {
-                    use tokio::io::AsyncWriteExt;
-                    wr.write_all(&link::pack(&[], false).encode()).await?;
-                    wr.flush().await?;
-                }
-                continue;
-            };
-            let f = link::pack(&b, lz4);
-            let wire = f.encode();
-            use tokio::io::AsyncWriteExt;
-            wr.write_all(&wire).await?;
-            wr.flush().await?;
-            {
-                let mut q = lock(&d.q);
-                q.record_bytes += b.len() as u64;
-                q.wire_bytes += wire.len() as u64;
-            }
-            cursor = last + 1;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), anyhow::Error>(())
-    };
     let receiver = async {
         loop {
             match link::read_frame(&mut rd).await? {
@@ -511,11 +565,108 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
                 other => bail!("unexpected frame {other:?}"),
             }
         }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
     };
-    tokio::select! {
-        r = sender => r,
-        r = receiver => r,
-    }
+    tokio::pin!(receiver);
+    // The last record sent, once the sender stopped.
+    let sent: Result<u64> = {
+        let sender = async {
+            let mut cursor = next;
+            loop {
+                if s.stopping() {
+                    return Ok(cursor - 1);
+                }
+                let notified = d.more.notified();
+                let parts = {
+                    let q = lock(&d.q);
+                    // What the secondary acknowledged (also what came on an
+                    // older connection) is not sent again.
+                    cursor = cursor.max(q.acked + 1);
+                    if q.recs.front().is_some_and(|r| r.dev_seq > cursor) {
+                        drop(q);
+                        return Err(s.lost(d, cursor));
+                    }
+                    let mut parts = Vec::new();
+                    let (mut size, mut last) = (0usize, 0);
+                    for r in q.recs.iter().filter(|r| r.dev_seq >= cursor) {
+                        if size > 0 && size + r.len as usize > BATCH_BYTES {
+                            break;
+                        }
+                        parts.push(r.data.clone());
+                        size += r.len as usize;
+                        last = r.dev_seq;
+                    }
+                    (!parts.is_empty()).then_some((parts, size, last))
+                };
+                let batch = match parts {
+                    None => None,
+                    Some((parts, size, last)) => {
+                        let b = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                            let mut b = Vec::with_capacity(size);
+                            for p in parts {
+                                match p {
+                                    Data::Mem(m) => b.extend_from_slice(&m),
+                                    Data::Disk(od) => b.extend_from_slice(&od.read()?),
+                                }
+                            }
+                            Ok(b)
+                        })
+                        .await??;
+                        Some((b, last))
+                    }
+                };
+                let Some((b, last)) = batch else {
+                    // Idle: an empty batch every second tells the secondary
+                    // the link is alive (it drops a silent connection).
+                    tokio::select! {
+                        r = tokio::time::timeout(KEEPALIVE, notified) => if r.is_err() {
+                            use tokio::io::AsyncWriteExt;
+                            wr.write_all(&link::pack(&[], false).encode()).await?;
+                            wr.flush().await?;
+                        },
+                        _ = stopped(s.stop.subscribe()) => {}
+                    }
+                    continue;
+                };
+                let f = link::pack(&b, lz4);
+                let wire = f.encode();
+                use tokio::io::AsyncWriteExt;
+                wr.write_all(&wire).await?;
+                wr.flush().await?;
+                {
+                    let mut q = lock(&d.q);
+                    q.record_bytes += b.len() as u64;
+                    q.wire_bytes += wire.len() as u64;
+                }
+                cursor = last + 1;
+            }
+        };
+        tokio::pin!(sender);
+        tokio::select! {
+            r = &mut sender => r,
+            r = &mut receiver => r.map(|()| 0),
+        }
+    };
+    let sent = sent?;
+    // Stopping: the acknowledgements of what was sent (the kernel frees
+    // those records), for a short while; then the connection is closed.
+    let acked = async {
+        while lock(&d.q).acked < sent {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tokio::select! {
+            _ = acked => {}
+            _ = &mut receiver => {}
+        }
+    })
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_millis(500), wr.shutdown()).await;
+    info!(device = d.id, "link stopped");
+    Ok(())
 }
 
 impl Shared {
@@ -544,8 +695,31 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// What the kernel says of the group now; `None` when its status
+    /// lines cannot be read (logged once) or name no device of it.
+    fn kernel_view(&self) -> Option<kernel::View> {
+        match self.kernel.lines() {
+            Ok(lines) => kernel::view(&lines, &self.cfg.group),
+            Err(e) => {
+                if !self.kernel_unread.swap(true, Relaxed) {
+                    warn!("the kernel's status (the state shown cannot say ahead): {e:#}");
+                }
+                None
+            }
+        }
+    }
+}
+
 impl Report for Shared {
+    /// The state is the kernel's when it is `ahead`; otherwise
+    /// `replicating` while a stream is connected, `connecting` when none
+    /// is.  Every device of the group the kernel names is listed, also
+    /// before its first record is read.
     fn status(&self) -> Status {
+        let view = self.kernel_view();
+        let now = kernel::mono_ns();
+        let ahead_ns = self.stamp_ahead.load(Relaxed);
         let devs = lock(&self.devs);
         let mut streams = Vec::new();
         let mut spool = 0;
@@ -571,17 +745,30 @@ impl Report for Shared {
                 lag_seconds: q
                     .recs
                     .front()
-                    .map_or(0.0, |r| r.read_at.elapsed().as_secs_f64()),
+                    .map_or(0.0, |r| kernel::age_seconds(r.stamp_ns, now, ahead_ns)),
                 record_bytes: q.record_bytes,
                 wire_bytes: q.wire_bytes,
                 applied_writes: 0,
                 log_stopped: None,
             });
         }
+        drop(devs);
+        let ahead = view.as_ref().is_some_and(|v| v.ahead);
+        for id in view.map(|v| v.devices).unwrap_or_default() {
+            if !streams.iter().any(|s| s.device == id) {
+                streams.push(Stream {
+                    device: id,
+                    ..Stream::default()
+                });
+            }
+        }
+        streams.sort_by_key(|s| s.device);
         Status {
             group: self.cfg.group.clone(),
             role: Role::Primary,
-            state: if connected {
+            state: if ahead {
+                "ahead"
+            } else if connected {
                 "replicating"
             } else {
                 "connecting"
@@ -602,8 +789,676 @@ impl Report for Shared {
             g2_violations: 0,
         }
     }
+}
 
-    fn release(&self) -> Result<u64, String> {
-        Err("release is for a secondary".into())
+impl crate::Control for Shared {
+    async fn release(&self) -> Result<u64, String> {
+        Err("this site is the primary: release is for a secondary".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::tests::fresh_dir;
+    use ferry_core::record::RecordKind;
+    use std::fs::File;
+
+    /// Status lines a test sets.
+    #[derive(Default)]
+    struct Lines(Mutex<Option<String>>);
+
+    impl DmStatus for Arc<Lines> {
+        fn lines(&self) -> Result<String> {
+            lock(&self.0).clone().context("no dmsetup here")
+        }
+    }
+
+    /// A primary whose kernel is `lines`, its "character device" a file
+    /// of `recs`, its peer nowhere.
+    fn primary(name: &str, lines: Arc<Lines>) -> (Arc<Shared>, GroupKey) {
+        primary_of(name, lines, "127.0.0.1:9", 0)
+    }
+
+    /// A primary as [`primary`] whose peer is `peer`.
+    fn primary_of(
+        name: &str,
+        lines: Arc<Lines>,
+        peer: &str,
+        spool_after: u64,
+    ) -> (Arc<Shared>, GroupKey) {
+        let top = fresh_dir(&format!("pri-{name}"));
+        std::fs::create_dir_all(&top).unwrap();
+        let ctl = Box::new(File::create(top.join("ctl")).unwrap());
+        primary_in(&top, lines, peer, spool_after, ctl)
+    }
+
+    /// A primary with its files in `top`, its commands to `ctl`.
+    fn primary_in(
+        top: &std::path::Path,
+        lines: Arc<Lines>,
+        peer: &str,
+        spool_after: u64,
+        ctl: Box<dyn Write + Send>,
+    ) -> (Arc<Shared>, GroupKey) {
+        let cfg: Config = toml::from_str(&format!(
+            "group = \"gr\"\nrole = \"primary\"\nkey_file = \"/k\"\npeer = \"{peer}\"\n"
+        ))
+        .unwrap();
+        let d = &FastDigest;
+        let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+        let gkey = GroupKey::derive(d, gid, &[]).unwrap();
+        let s = Arc::new(Shared {
+            cfg,
+            key: vec![0; 16],
+            ctl: Mutex::new(ctl),
+            devs: Mutex::new(BTreeMap::new()),
+            applied: AtomicU64::new(0),
+            tls: link::client_config().unwrap(),
+            rt: tokio::runtime::Handle::current(),
+            spool_dir: top.join("spool"),
+            spool_after,
+            spool_max: 1 << 30,
+            disk_bytes: AtomicU64::new(0),
+            stop: tokio::sync::watch::Sender::new(false),
+            links: Mutex::new(Vec::new()),
+            reading: Mutex::new(()),
+            kernel: Box::new(lines),
+            kernel_unread: AtomicBool::new(false),
+            stamp_ahead: AtomicU64::new(0),
+        });
+        (s, gkey)
+    }
+
+    /// Device `device`'s write records `dev_seqs`, stamped `stamp_ns`.
+    fn records(
+        s: &Shared,
+        key: &GroupKey,
+        device: u32,
+        dev_seqs: &[u64],
+        stamp_ns: u64,
+    ) -> Vec<u8> {
+        let gid = record::group_id_of_name(&FastDigest, s.cfg.group.as_bytes());
+        let mut out = Vec::new();
+        for &ds in dev_seqs {
+            let mut h = record::RecordHeader::new(RecordKind::Write);
+            h.group_id = gid;
+            h.device_id = device;
+            h.dev_seq = ds;
+            h.group_seq = ds;
+            h.epoch = 1;
+            h.timestamp_ns = stamp_ns;
+            h.payload_len = 4096;
+            h.nr_sectors = 8;
+            h.sector = ds * 8;
+            let mut b = vec![0u8; h.record_len()];
+            record::encode_record(&h, &[7; 4096], key, &FastDigest, &mut b).unwrap();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    /// Reads `bytes` as the kernel's records (the reader ends at their
+    /// end: "no device any more").
+    async fn read(s: &Arc<Shared>, key: &GroupKey, bytes: Vec<u8>, name: &str) {
+        let path = s.spool_dir.with_file_name(format!("records-{name}"));
+        std::fs::write(&path, bytes).unwrap();
+        let f = File::open(&path).unwrap();
+        let (s2, key) = (s.clone(), *key);
+        let r = tokio::task::spawn_blocking(move || read_loop(s2, f, key))
+            .await
+            .unwrap();
+        assert!(format!("{:#}", r.unwrap_err()).contains("end of stream"));
+    }
+
+    /// The lag of a record not acknowledged counts from the kernel's
+    /// timestamp of its write, not from when ferryd read it.
+    #[tokio::test]
+    async fn lag_counts_from_the_writes_timestamp() {
+        let (s, key) = primary("lag", Arc::default());
+        let written = kernel::mono_ns() - 5_000_000_000;
+        let recs = records(&s, &key, 0, &[1, 2], written);
+        read(&s, &key, recs, "lag").await;
+        let st = s.status();
+        assert_eq!(st.streams.len(), 1);
+        let lag = st.streams[0].lag_seconds;
+        assert!((5.0..6.0).contains(&lag), "lag {lag}");
+        assert_eq!(st.streams[0].lag_records, 2);
+        s.stop().await;
+    }
+
+    /// Stamps ahead of the monotonic clock (a group continued after a
+    /// restart of the host keeps its time increasing): the lag counts on
+    /// the kernel's own time line, not as the stamp's distance to the
+    /// clock.
+    #[tokio::test]
+    async fn lag_on_the_kernels_time_line() {
+        let (s, key) = primary("base", Arc::default());
+        let base = 1_000_000_000_000;
+        let early = kernel::mono_ns() + base - 3_000_000_000;
+        let recs = records(&s, &key, 0, &[1], early);
+        // A record read right after it was written, later.
+        let mut recs2 = records(&s, &key, 1, &[1], kernel::mono_ns() + base);
+        let mut all = recs;
+        all.append(&mut recs2);
+        read(&s, &key, all, "base").await;
+        let st = s.status();
+        let lag = st.streams[0].lag_seconds;
+        assert!((3.0..4.0).contains(&lag), "lag {lag}");
+        s.stop().await;
+    }
+
+    /// The state is the kernel's `ahead` when it is; every device the
+    /// kernel names is in the status, and the metrics, before its first
+    /// record.
+    #[tokio::test]
+    async fn state_and_devices_from_the_kernel() {
+        let lines = Arc::new(Lines::default());
+        let (s, _) = primary("state", lines.clone());
+        // No dmsetup (not root, say): no device known, not connected.
+        let st = s.status();
+        assert_eq!(st.state, "connecting");
+        assert!(st.streams.is_empty());
+        *lock(&lines.0) = Some(
+            "p1: 0 8 ferry primary gr 1 data replicating 0 0 0 0 0 1024 0 1 0 0\n\
+             p0: 0 8 ferry primary gr 0 log replicating 0 0 0 0 0 1024 0 1 0 0\n"
+                .into(),
+        );
+        let st = s.status();
+        assert_eq!(st.state, "connecting");
+        let devs: Vec<_> = st.streams.iter().map(|x| x.device).collect();
+        assert_eq!(devs, [0, 1]);
+        // Connected, and the kernel went ahead (its spool overflowed).
+        s.devs.lock().unwrap().insert(
+            1,
+            Arc::new(Dev {
+                id: 1,
+                q: Mutex::new(DevQ {
+                    connected: true,
+                    ..DevQ::default()
+                }),
+                more: Notify::new(),
+            }),
+        );
+        assert_eq!(s.status().state, "replicating");
+        *lock(&lines.0) = Some(
+            "p1: 0 8 ferry primary gr 1 data ahead 5 5 5 2 0 1024 3 1 0 0\n\
+             p0: 0 8 ferry primary gr 0 log ahead 0 0 0 0 0 1024 0 1 0 0\n"
+                .into(),
+        );
+        let st = s.status();
+        assert_eq!(st.state, "ahead");
+        let m = st.prometheus();
+        assert!(
+            m.contains("\nferry_state{group=\"gr\",state=\"ahead\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_state{group=\"gr\",state=\"replicating\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_connected{group=\"gr\",device=\"0\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_connected{group=\"gr\",device=\"1\"} 1\n"),
+            "{m}"
+        );
+    }
+
+    /// What the secondary of [`secondary_on`] took, per device: the run
+    /// of `dev_seq`s from 1 it holds, as its last one (0: nothing).
+    type Held = Arc<Mutex<BTreeMap<u32, u64>>>;
+
+    /// A secondary on `l` that speaks the link as `ferryd`'s does: the
+    /// hello checked, a welcome from where it stands, each batch's records
+    /// verified and taken in order (a record past the run's end is a gap
+    /// the primary made: the connection ends), the run's end acknowledged.
+    /// It starts holding `held`.
+    fn secondary_on(l: tokio::net::TcpListener, gkey: GroupKey, held: Held) {
+        let tls = tokio_rustls::TlsAcceptor::from(link::server_config().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let (tls, held) = (tls.clone(), held.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = secondary_stream(tls, tcp, gkey, held).await {
+                        info!("test secondary: {e:#}");
+                    }
+                });
+            }
+        });
+    }
+
+    async fn secondary_stream(
+        tls: tokio_rustls::TlsAcceptor,
+        tcp: TcpStream,
+        gkey: GroupKey,
+        held: Held,
+    ) -> Result<()> {
+        let key = [0u8; 16];
+        let a = crate::listen::authenticate(&tls, tcp, &key, "gr", Duration::from_secs(5)).await?;
+        let (mut tls, device) = (a.tls, a.device);
+        let next = lock(&held).get(&device).copied().unwrap_or(0) + 1;
+        let tag = link::tag(&key, Side::Secondary, "gr", device, &a.ekm);
+        let welcome = Frame::Welcome {
+            tag,
+            next,
+            applied: 0,
+        };
+        link::write_frame(&mut tls, &welcome).await?;
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(5), link::read_frame(&mut tls))
+                .await
+                .context("the primary went silent")??;
+            let Frame::Records {
+                codec,
+                raw_len,
+                data,
+            } = f
+            else {
+                bail!("unexpected frame {f:?}");
+            };
+            let recs = link::unpack(codec, raw_len, data)?;
+            let end = {
+                let mut held = lock(&held);
+                let end = held.entry(device).or_default();
+                let mut off = 0;
+                while off < recs.len() {
+                    let r = record::decode_record(&recs[off..], &gkey, &FastDigest)
+                        .map_err(|e| anyhow::anyhow!("record rejected: {e}"))?;
+                    let ds = r.header.dev_seq;
+                    if ds > *end + 1 {
+                        bail!("device {device}: record {ds} after {end}: a gap");
+                    }
+                    *end = (*end).max(ds);
+                    off += r.len;
+                }
+                *end
+            };
+            let ack = Frame::Ack {
+                dev_seq: end,
+                applied: 0,
+            };
+            link::write_frame(&mut tls, &ack).await?;
+        }
+    }
+
+    /// A restart with a full disk spool: the spool's segments hold records
+    /// the secondary partly has already, the kernel offers again those it
+    /// still holds (some of them in the disk spool as well), and a log
+    /// device has records in the kernel only.  Everything reaches the
+    /// secondary, and the disk spool empties, within a bounded time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_spool_drains_after_a_restart() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = l.local_addr().unwrap().to_string();
+        let (s, key) = primary_of("restart", Arc::default(), &peer, 0);
+        let one = |device, ds| -> Arc<[u8]> { records(&s, &key, device, &[ds], ds).into() };
+        // What the first ferryd spooled: device 1's records 1 to 600, in
+        // three segments; the secondary acknowledged up to 150 of them.
+        crate::files::create_dir(&s.spool_dir).unwrap();
+        for first in [1u64, 201, 401] {
+            let recs: Vec<_> = (first..first + 200).map(|ds| (ds, one(1, ds))).collect();
+            spool::write_segment(&s.spool_dir, 1, &recs).unwrap();
+        }
+        let held: Held = Arc::default();
+        lock(&held).insert(1, 150);
+        secondary_on(l, key, held.clone());
+        s.recover(spool::load(&s.spool_dir, &key).unwrap());
+        assert_eq!(s.status().disk_spool_records, 600);
+        // What the kernel offers again: device 1 from 401 (it was not told
+        // the last segment was spooled) to 800, device 0's 1 to 50.
+        let mut kernel = records(&s, &key, 0, &(1..=50).collect::<Vec<_>>(), 1);
+        kernel.extend(records(&s, &key, 1, &(401..=800).collect::<Vec<_>>(), 401));
+        read(&s, &key, kernel, "restart").await;
+        let drained = |st: &Status| {
+            st.streams.len() == 2
+                && st.streams.iter().all(|x| x.lag_records == 0)
+                && st.disk_spool_bytes == 0
+        };
+        let t0 = Instant::now();
+        while !drained(&s.status()) {
+            if t0.elapsed() > Duration::from_secs(30) {
+                let st = s.status();
+                let streams: Vec<_> = st
+                    .streams
+                    .iter()
+                    .map(|x| (x.device, x.connected, x.received, x.done))
+                    .collect();
+                s.stop().await;
+                panic!(
+                    "not drained in 30 s: (device, connected, read, acknowledged) {streams:?}, \
+                     disk spool {} records ({} bytes), the secondary holds {:?}",
+                    st.disk_spool_records,
+                    st.disk_spool_bytes,
+                    lock(&held)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(*lock(&held), BTreeMap::from([(0, 50), (1, 800)]));
+        let left = std::fs::read_dir(&s.spool_dir).unwrap().count();
+        assert_eq!(left, 0, "segments left in the disk spool");
+        s.stop().await;
+    }
+
+    /// `len` bytes that do not compress, from `seed`.
+    fn noise(seed: u64, len: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// The kernel's side of a primary group, as `ferryd` sees it through
+    /// the character device: per device a ring of records in group order,
+    /// those read not offered again until the device is opened again
+    /// (`open`), `ACK` and `SPOOLED` dropping them; a writer waits while
+    /// the ring holds more than its spool (`overflow block`).  (No gate:
+    /// log and data records are released alike.)
+    #[derive(Default)]
+    struct FakeKernel {
+        st: Mutex<KernelState>,
+        cv: std::sync::Condvar,
+    }
+
+    /// A device's records not dropped, (group_seq, dev_seq, record), and
+    /// how many of them were read since the device was opened.
+    type Ring = (VecDeque<(u64, u64, Vec<u8>)>, usize);
+
+    #[derive(Default)]
+    struct KernelState {
+        rings: BTreeMap<u32, Ring>,
+        spool_used: usize,
+        /// Bumped by each open: a reader of an older one reads the end.
+        opened: u64,
+        group_seq: u64,
+        /// Per device: the last record completed, the last acknowledged.
+        completed: BTreeMap<u32, u64>,
+        acked: BTreeMap<u32, u64>,
+    }
+
+    impl FakeKernel {
+        /// A write of `len` bytes to device `device` completes (once the
+        /// spool holds at most `spool` bytes).
+        fn write(&self, key: &GroupKey, device: u32, len: u32, spool: usize) {
+            let mut st = lock(&self.st);
+            while st.spool_used > spool {
+                st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.group_seq += 1;
+            let gs = st.group_seq;
+            let ds = st.completed.get(&device).map_or(1, |c| c + 1);
+            st.completed.insert(device, ds);
+            let mut h = record::RecordHeader::new(RecordKind::Write);
+            h.group_id = key.group_id;
+            h.device_id = device;
+            h.dev_seq = ds;
+            h.group_seq = gs;
+            h.epoch = 1;
+            h.timestamp_ns = kernel::mono_ns();
+            h.payload_len = len;
+            h.nr_sectors = len / 512;
+            h.sector = ds * 2048;
+            let mut rec = vec![0u8; h.record_len()];
+            record::encode_record(&h, &noise(gs, len), key, &FastDigest, &mut rec).unwrap();
+            st.spool_used += rec.len();
+            st.rings
+                .entry(device)
+                .or_default()
+                .0
+                .push_back((gs, ds, rec));
+            self.cv.notify_all();
+        }
+
+        /// `open(2)` of the character device: what was read and not
+        /// dropped is offered again; an earlier opener reads the end.
+        fn open(self: &Arc<Self>) -> (KernelReader, KernelCommands) {
+            let mut st = lock(&self.st);
+            st.opened += 1;
+            for (_, sent) in st.rings.values_mut() {
+                *sent = 0;
+            }
+            self.cv.notify_all();
+            (
+                KernelReader(self.clone(), st.opened),
+                KernelCommands(self.clone()),
+            )
+        }
+
+        /// Every record completed is acknowledged (what the guest tests
+        /// call drained).
+        fn drained(&self) -> bool {
+            let st = lock(&self.st);
+            st.completed
+                .iter()
+                .all(|(d, c)| st.acked.get(d).is_some_and(|a| a >= c))
+        }
+    }
+
+    struct KernelReader(Arc<FakeKernel>, u64);
+
+    impl Read for KernelReader {
+        /// Whole records, in group order, as many as fit; blocks for one.
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let k = &self.0;
+            let mut st = lock(&k.st);
+            loop {
+                if st.opened != self.1 {
+                    return Ok(0);
+                }
+                let mut n = 0;
+                while let Some((_, d)) = st
+                    .rings
+                    .iter()
+                    .filter_map(|(d, (r, sent))| r.get(*sent).map(|x| (x.0, *d)))
+                    .min()
+                {
+                    let Some((r, sent)) = st.rings.get_mut(&d) else {
+                        break;
+                    };
+                    let rec = &r[*sent].2;
+                    if n + rec.len() > buf.len() {
+                        break;
+                    }
+                    buf[n..n + rec.len()].copy_from_slice(rec);
+                    n += rec.len();
+                    *sent += 1;
+                }
+                if n > 0 {
+                    return Ok(n);
+                }
+                st = k.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    struct KernelCommands(Arc<FakeKernel>);
+
+    impl Write for KernelCommands {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let k = &self.0;
+            let mut st = lock(&k.st);
+            for c in ferry_core::command::Commands::new(buf) {
+                let c = c.map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+                let (device, upto) = match c {
+                    Command::Ack { device, dev_seq } => {
+                        let a = st.acked.entry(device).or_default();
+                        *a = (*a).max(dev_seq);
+                        (device, dev_seq)
+                    }
+                    Command::Spooled { device, dev_seq } => (device, dev_seq),
+                    _ => continue,
+                };
+                let mut freed = 0;
+                if let Some((r, sent)) = st.rings.get_mut(&device) {
+                    while r.front().is_some_and(|x| x.1 <= upto) {
+                        freed += r.pop_front().map_or(0, |x| x.2.len());
+                        *sent = sent.saturating_sub(1);
+                    }
+                }
+                st.spool_used -= freed;
+            }
+            k.cv.notify_all();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A link to `to` that carries `rate` bytes a second towards it, its
+    /// queue shared by every connection and never full (`tc netem rate`
+    /// with a deep queue): what a connection sent before it closed still
+    /// goes first.  Returns the address to connect to.
+    async fn slow_link(to: std::net::SocketAddr, rate: u64) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // (The connection's way out, bytes; none: the end of it.)
+        let (queue, mut out) = unbounded_channel::<(UnboundedSender<Vec<u8>>, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((conn, b)) = out.recv().await {
+                tokio::time::sleep(Duration::from_secs_f64(b.len() as f64 / rate as f64)).await;
+                let _ = conn.send(b);
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((from, _)) = l.accept().await {
+                let Ok(up) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (mut from_r, mut from_w) = from.into_split();
+                let (mut up_r, mut up_w) = up.into_split();
+                let (conn, mut rx) = unbounded_channel::<Vec<u8>>();
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    let mut b = vec![0u8; 16 << 10];
+                    while let Ok(n @ 1..) = from_r.read(&mut b).await {
+                        let _ = queue.send((conn.clone(), b[..n].to_vec()));
+                    }
+                    let _ = queue.send((conn, Vec::new()));
+                });
+                tokio::spawn(async move {
+                    while let Some(b) = rx.recv().await {
+                        if b.is_empty() || up_w.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = up_w.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut up_r, &mut from_w).await;
+                    let _ = from_w.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A `ferryd` reading `k` (opened now) into the disk spool under
+    /// `top`, shipping to `peer`; its disk spool recovered first.
+    fn start(top: &std::path::Path, k: &Arc<FakeKernel>, peer: &str) -> Arc<Shared> {
+        let (r, w) = k.open();
+        let (s, key) = primary_in(top, Arc::default(), peer, 1 << 20, Box::new(w));
+        s.recover(spool::load(&s.spool_dir, &key).unwrap());
+        let s2 = s.clone();
+        std::thread::spawn(move || read_loop(s2, r, key));
+        s
+    }
+
+    /// What `kill -9` does to a `ferryd`: its connections close, the
+    /// character device is closed (what it read and did not get
+    /// acknowledged is offered to the next one), the disk spool stays.
+    fn kill(s: &Shared) {
+        for h in lock(&s.links).drain(..) {
+            h.abort();
+        }
+    }
+
+    /// The guest test `repl-spool` in one process: a log device and a
+    /// data device, the link slower than the writer, the kernel's spool
+    /// 4 MiB with `overflow block`, the disk spool from 1 MiB; 16 MiB
+    /// written, `ferryd` killed while its disk spool holds most of them
+    /// and its link is busy, started again.  Every record reaches the real
+    /// secondary's receive path and is acknowledged to the kernel, and
+    /// the disk spool empties, within a bounded time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_with_a_full_disk_spool_then_drained() {
+        const LIMIT: Duration = Duration::from_secs(30);
+        let top = fresh_dir("pri-killed");
+        std::fs::create_dir_all(&top).unwrap();
+        let sec = crate::secondary::tests::receiver(&top.join("secondary"), &[0, 1]);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        tokio::spawn(crate::secondary::tests::accept_on(sec.clone(), l));
+        let peer = slow_link(to, 4 << 20).await.to_string();
+        let k = Arc::new(FakeKernel::default());
+        let first = start(&top.join("primary"), &k, &peer);
+        let key = GroupKey::derive(
+            &FastDigest,
+            record::group_id_of_name(&FastDigest, b"gr"),
+            &[],
+        )
+        .unwrap();
+        let k2 = k.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            for _ in 0..16 {
+                k2.write(&key, 0, 4096, 4 << 20);
+            }
+            for _ in 0..16 {
+                k2.write(&key, 1, 1 << 20, 4 << 20);
+                // A checkpoint marker's worth on each device.
+                k2.write(&key, 0, 512, usize::MAX);
+                k2.write(&key, 1, 512, usize::MAX);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the writer waited for the link")
+            .unwrap();
+        let spooled = first.disk_bytes.load(Relaxed);
+        assert!(spooled > 4 << 20, "the disk spool holds {spooled} bytes");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        kill(&first);
+        let s = start(&top.join("primary"), &k, &peer);
+        assert!(s.status().disk_spool_records > 0);
+        let t0 = Instant::now();
+        while !(k.drained() && s.disk_bytes.load(Relaxed) == 0) {
+            if t0.elapsed() > LIMIT {
+                let st = s.status();
+                let streams: Vec<_> = st
+                    .streams
+                    .iter()
+                    .map(|x| (x.device, x.connected, x.received, x.done))
+                    .collect();
+                let (completed, acked) = {
+                    let st = lock(&k.st);
+                    (st.completed.clone(), st.acked.clone())
+                };
+                s.stop().await;
+                panic!(
+                    "not drained in {LIMIT:?}: kernel completed {completed:?}, acknowledged \
+                     {acked:?}; ferryd (device, connected, read, acknowledged) {streams:?}, \
+                     disk spool {} records; the secondary's runs end at {:?}",
+                    st.disk_spool_records,
+                    crate::secondary::tests::run_ends(&sec),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = std::fs::read_dir(&s.spool_dir).unwrap().count();
+        assert_eq!(left, 0, "segments left in the disk spool");
+        let completed: Vec<_> = lock(&k.st).completed.clone().into_iter().collect();
+        assert_eq!(crate::secondary::tests::run_ends(&sec), completed);
+        s.stop().await;
     }
 }

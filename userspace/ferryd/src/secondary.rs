@@ -49,6 +49,7 @@ use tracing::{error, info, warn};
 use crate::listen::{self, Counters, Refusal};
 use crate::remote_log::{self, StreamLog};
 use crate::{files, Rejected, Report};
+use ferryd::ctl::{self, Control};
 
 /// Records a stream may hold between the last applied and the newest.
 const WINDOW: usize = 1 << 18;
@@ -124,14 +125,18 @@ struct State {
     /// batch must reach it (0 once redone).
     redo: u64,
     intervals: u64,
+    /// `ferryctl promote` asked for the device: apply every complete
+    /// interval, then close it (`released`).
     release: bool,
     released: bool,
+    /// SIGTERM or SIGINT: stop applying before the next batch.
+    stop: bool,
     /// G2 as seen here: the order in which records became durable in the
     /// remote log (ferry-core's `DurableOrder`).
     g2: DurableOrder,
 }
 
-struct Sec {
+pub(crate) struct Sec {
     cfg: Config,
     key: Vec<u8>,
     gkey: GroupKey,
@@ -215,6 +220,12 @@ fn kernel_state(f: &mut File) -> Result<(ApplyMark, u64)> {
 }
 
 impl Sec {
+    /// Asks the apply loop to stop before its next batch.
+    fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.more.notify_one();
+    }
+
     fn save(&self, saved: &SavedState) -> Result<()> {
         save_state(&self.dir, saved)
     }
@@ -229,6 +240,7 @@ impl Sec {
 }
 
 pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
+    let mut signals = crate::Signals::new()?;
     let path = cfg.device();
     let mut dev = OpenOptions::new()
         .read(true)
@@ -384,6 +396,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             intervals: 0,
             release: false,
             released: false,
+            stop: false,
             g2: DurableOrder::new(data_high),
         }),
         logs,
@@ -391,21 +404,25 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         rejected: Rejected::default(),
         listen: Arc::default(),
     });
-    crate::serve_status(status, s.clone())?;
+    let ctl = crate::serve_control(&s.cfg, s.clone())?;
     let tls = tokio_rustls::TlsAcceptor::from(link::server_config()?);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
+    // The status endpoint last: once it answers, nothing of the start is
+    // left to fail (a starter that waits for it takes ferryd for started).
+    crate::serve_status(status, s.clone())?;
     info!(%listen, applied, "secondary ready");
     crate::notify_ready();
     let s2 = s.clone();
-    let applier = tokio::spawn(async move { apply_loop(s2).await });
+    let mut applier = tokio::spawn(async move { apply_loop(s2).await });
+    let s3 = s.clone();
     let accept = listen::accept_loop(
         listener,
         listen::Limits::default(),
         s.listen.clone(),
         move |tcp: TcpStream, peer, pending| {
-            let (s, tls) = (s.clone(), tls.clone());
+            let (s, tls) = (s3.clone(), tls.clone());
             async move {
                 let _ = tcp.set_nodelay(true);
                 if let Err(e) = serve(&s, tls, tcp, pending).await {
@@ -415,12 +432,27 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         },
     );
     tokio::select! {
-        r = applier => match r.context("applier")? {
-            Ok(()) => { info!("released"); Ok(()) }
-            Err(e) => Err(e),
-        },
+        r = &mut applier => {
+            r.context("applier")??;
+            // Released: the device is closed; ferryd exits once the answer
+            // to `ferryctl promote` is out (the client has read it).
+            crate::notify_stopping();
+            if tokio::time::timeout(ctl::CLOSE_WAIT * 2, ctl.released()).await.is_err() {
+                warn!("released, but the answer to the release was not confirmed");
+            }
+            info!("released: exiting");
+            Ok(())
+        }
         r = accept => match r {},
-        _ = tokio::signal::ctrl_c() => { info!("interrupted"); Ok(()) }
+        sig = signals.recv() => {
+            info!(signal = sig, "stopping: the intervals being applied are finished first");
+            crate::notify_stopping();
+            s.stop();
+            // The listener ends with this function: no more connections.
+            applier.await.context("applier")??;
+            info!("stopped");
+            Ok(())
+        }
     }
 }
 
@@ -615,12 +647,17 @@ async fn serve(
     }
 }
 
-/// Applies whole intervals as they become ready.  Returns when released.
+/// Applies whole intervals as they become ready.  Returns when released,
+/// or when asked to stop: between batches, never in the middle of one
+/// (a batch is applied, and its positions saved, whole).
 async fn apply_loop(s: Arc<Sec>) -> Result<()> {
     loop {
         let notified = s.more.notified();
         let job = {
             let mut st = lock(&s.state);
+            if st.stop {
+                return Ok(());
+            }
             // Every ready interval, oldest first, up to the batch's bounds;
             // a redo covers exactly what the kernel's mark has in progress.
             let mut items = Vec::new();
@@ -681,9 +718,11 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
                     // (With a redo due, the kernel holds host reads until
                     // the intervals up to it are whole here.)
                     if st.release {
-                        st.released = true;
-                        drop(st);
+                        // Closed before `released` says so: the answer to
+                        // the release must find the device free for
+                        // promote.
                         lock(&s.dev).take();
+                        st.released = true;
                         return Ok(());
                     }
                     None
@@ -829,33 +868,130 @@ impl Report for Sec {
             g2_violations: st.g2.violations(),
         }
     }
+}
 
-    fn release(&self) -> Result<u64, String> {
-        lock(&self.state).release = true;
+impl Control for Sec {
+    /// Waits (up to 60 s) for the apply loop to apply every complete
+    /// interval and close the device; `ferryd` exits once the answer is
+    /// out (`run`), not here.
+    async fn release(&self) -> Result<u64, String> {
+        {
+            let mut st = lock(&self.state);
+            if st.stop {
+                return Err("ferryd is stopping".into());
+            }
+            st.release = true;
+        }
         self.more.notify_one();
         for _ in 0..600 {
             {
                 let st = lock(&self.state);
                 if st.released {
-                    let applied = st.applied;
-                    // The process ends once the answer is out.
-                    std::thread::spawn(|| {
-                        std::thread::sleep(Duration::from_millis(300));
-                        std::process::exit(0);
-                    });
-                    return Ok(applied);
+                    return Ok(st.applied);
+                }
+                if st.stop {
+                    return Err("ferryd is stopping".into());
                 }
             }
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err("the interval in progress did not finish within 60 s".into())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::files::tests::{fresh_dir, mode_of, usual_umask};
+
+    /// A secondary of devices `ids` whose remote log is in `top` (new):
+    /// it receives, stores and acknowledges as `run`'s does; its "device" is
+    /// a plain file, and nothing is applied (no markers come).
+    pub(crate) fn receiver(top: &Path, ids: &[u32]) -> Arc<Sec> {
+        files::create_dir(top).unwrap();
+        let cfg: Config = toml::from_str(&format!(
+            "group = \"gr\"\nrole = \"secondary\"\nkey_file = \"/k\"\nlisten = \"127.0.0.1:1\"\nlog_dir = {:?}\n",
+            top.display().to_string()
+        ))
+        .unwrap();
+        let d = &FastDigest;
+        let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+        let gkey = GroupKey::derive(d, gid, &[]).unwrap();
+        let members = ids.iter().fold(0u64, |m, i| m | 1 << i);
+        let (mut windows, mut streams, mut logs) = (Vec::new(), Vec::new(), Vec::new());
+        for &id in ids {
+            let mut f = remote_log::open(top, id).unwrap();
+            let r = remote_log::recover(&mut f, id, 0, 0, |_, b| {
+                record::decode_record(b, &gkey, d).map(|r| r.len)
+            })
+            .unwrap();
+            windows.push(Window::new(vec![None; WINDOW], 1, Stamp::default()));
+            streams.push(StreamState {
+                id,
+                saved: Saved {
+                    next: 1,
+                    ..Saved::default()
+                },
+                connected: 0,
+                record_bytes: 0,
+                wire_bytes: 0,
+                applied_writes: 0,
+            });
+            logs.push(Mutex::new(StreamLog::new(Box::new(f), id, gkey, &r)));
+        }
+        Arc::new(Sec {
+            cfg,
+            key: vec![0; 16],
+            gkey,
+            dir: top.to_path_buf(),
+            dev: Mutex::new(Some(File::create(top.join("dev")).unwrap())),
+            state: Mutex::new(State {
+                windows,
+                streams,
+                rendezvous: Rendezvous::new(vec![IntervalSlot::default(); INTERVALS], 1, members),
+                markers: BTreeMap::new(),
+                points: Points::restore(members, None).unwrap(),
+                applied: 0,
+                applying: 0,
+                redo: 0,
+                intervals: 0,
+                release: false,
+                released: false,
+                stop: false,
+                g2: DurableOrder::new(0),
+            }),
+            logs,
+            more: Notify::new(),
+            rejected: Rejected::default(),
+            listen: Arc::default(),
+        })
+    }
+
+    /// Serves the primaries that connect to `l` for `s`, as `run` does.
+    pub(crate) async fn accept_on(s: Arc<Sec>, l: TcpListener) {
+        let tls = tokio_rustls::TlsAcceptor::from(link::server_config().unwrap());
+        let counters = s.listen.clone();
+        let serving = move |tcp: TcpStream, _, pending| {
+            let (s, tls) = (s.clone(), tls.clone());
+            async move {
+                if let Err(e) = serve(&s, tls, tcp, pending).await {
+                    info!("test secondary: {e:#}");
+                }
+            }
+        };
+        let _ = listen::accept_loop(l, listen::Limits::default(), counters, serving).await;
+    }
+
+    /// Each stream's device and the end of its contiguous run (what it
+    /// acknowledges).
+    pub(crate) fn run_ends(s: &Sec) -> Vec<(u32, u64)> {
+        let st = lock(&s.state);
+        st.streams
+            .iter()
+            .zip(&st.windows)
+            .map(|(x, w)| (x.id, w.run_end()))
+            .collect()
+    }
 
     #[test]
     fn remote_log_and_state_are_private() {
@@ -876,6 +1012,104 @@ mod tests {
         let back: SavedState =
             serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
         assert!(back.streams.contains_key(&3));
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    /// A secondary with no stream and nothing to apply, its "device" a
+    /// plain file.
+    fn idle(name: &str) -> (Arc<Sec>, PathBuf) {
+        let top = fresh_dir(&format!("sec-{name}"));
+        files::create_dir(&top).unwrap();
+        let cfg: Config = toml::from_str(&format!(
+            "group = \"gr\"\nrole = \"secondary\"\nkey_file = \"/k\"\nlisten = \"127.0.0.1:1\"\nlog_dir = {:?}\n",
+            top.display().to_string()
+        ))
+        .unwrap();
+        let d = &FastDigest;
+        let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+        let gkey = GroupKey::derive(d, gid, &[]).unwrap();
+        let dev = File::create(top.join("dev")).unwrap();
+        let s = Arc::new(Sec {
+            cfg,
+            key: vec![0; 16],
+            gkey,
+            dir: top.clone(),
+            dev: Mutex::new(Some(dev)),
+            state: Mutex::new(State {
+                windows: Vec::new(),
+                streams: Vec::new(),
+                rendezvous: Rendezvous::new(vec![IntervalSlot::default(); 4], 6, 0),
+                markers: BTreeMap::new(),
+                points: Points::restore(0, None).unwrap(),
+                applied: 5,
+                applying: 0,
+                redo: 0,
+                intervals: 0,
+                release: false,
+                released: false,
+                stop: false,
+                g2: DurableOrder::new(0),
+            }),
+            logs: Vec::new(),
+            more: Notify::new(),
+            rejected: Rejected::default(),
+            listen: Arc::default(),
+        });
+        (s, top)
+    }
+
+    /// SIGTERM's stop ends the apply loop (between batches), without
+    /// releasing the device.
+    #[tokio::test]
+    async fn the_apply_loop_stops() {
+        let (s, top) = idle("stop");
+        let applier = tokio::spawn(apply_loop(s.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!applier.is_finished());
+        s.stop();
+        tokio::time::timeout(Duration::from_secs(2), applier)
+            .await
+            .expect("the apply loop did not stop")
+            .unwrap()
+            .unwrap();
+        assert!(lock(&s.dev).is_some());
+        assert!(!lock(&s.state).released);
+        // A release asked of a stopping ferryd is refused.
+        assert_eq!(
+            Control::release(&*s).await,
+            Err("ferryd is stopping".to_string())
+        );
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    /// A release answers once the device is closed (promote needs it
+    /// closed), with the last interval applied; it does not end the
+    /// process (`run` does, once the answer is out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_answers_with_the_device_closed() {
+        let (s, top) = idle("release");
+        let applier = tokio::spawn(apply_loop(s.clone()));
+        let s2 = s.clone();
+        let watcher = std::thread::spawn(move || {
+            // Whenever `released` shows, the device is closed already.
+            for _ in 0..20_000 {
+                let st = lock(&s2.state);
+                if st.released {
+                    assert!(lock(&s2.dev).is_none(), "released with the device open");
+                    return;
+                }
+                drop(st);
+                std::thread::yield_now();
+            }
+        });
+        assert_eq!(Control::release(&*s).await, Ok(5));
+        assert!(lock(&s.dev).is_none());
+        watcher.join().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), applier)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         std::fs::remove_dir_all(&top).unwrap();
     }
 

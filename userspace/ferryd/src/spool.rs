@@ -139,8 +139,9 @@ pub(crate) fn remove(seg: &Segment) {
     }
 }
 
-/// A device's segments found at start, oldest first, with their records.
-pub(crate) type Found = Vec<(Segment, Vec<(u64, OnDisk)>)>;
+/// A device's segments found at start, oldest first, with their records
+/// (`dev_seq`, `timestamp_ns`, where).
+pub(crate) type Found = Vec<(Segment, Vec<(u64, u64, OnDisk)>)>;
 
 /// Reads back every segment of `dir` (created if missing, 0700), by device.
 /// Records are verified whole; a segment ends at its first bad record (cut
@@ -176,11 +177,13 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
             .with_context(|| format!("open {}", path.display()))?;
         let buf = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let mut recs = Vec::new();
+        let mut stamps = Vec::new();
         let mut off = 0usize;
         while off < buf.len() {
             match record::decode_record(&buf[off..], key, &FastDigest) {
                 Ok(r) if r.header.device_id == dev => {
                     recs.push((r.header.dev_seq, off as u64, r.len as u32));
+                    stamps.push(r.header.timestamp_ns);
                     off += r.len;
                 }
                 Ok(_) | Err(_) => {
@@ -195,7 +198,11 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
             let _ = fs::remove_file(&path);
             continue;
         };
-        let at = located(&Arc::new(f), recs);
+        let at = located(&Arc::new(f), recs)
+            .into_iter()
+            .zip(stamps)
+            .map(|((ds, od), ts)| (ds, ts, od))
+            .collect();
         let seg = Segment {
             first,
             last,
@@ -227,6 +234,7 @@ pub(crate) mod tests {
         h.payload_len = 4096;
         h.nr_sectors = 8;
         h.sector = ds * 8;
+        h.timestamp_ns = ds * 1000;
         let payload = vec![ds as u8; 4096];
         let mut out = vec![0u8; h.record_len()];
         record::encode_record(&h, &payload, key, &FastDigest, &mut out).unwrap();
@@ -256,7 +264,9 @@ pub(crate) mod tests {
         assert_eq!(segs.len(), 2);
         assert_eq!((segs[0].0.first, segs[0].0.last), (5, 8));
         assert_eq!((segs[1].0.first, segs[1].0.last), (9, 9));
-        assert_eq!(segs[1].1[0].1.read().unwrap(), &*recs2[0].1);
+        assert_eq!(segs[1].1[0].2.read().unwrap(), &*recs2[0].1);
+        // With the kernel's timestamp of each record.
+        assert_eq!((segs[1].1[0].0, segs[1].1[0].1), (9, 9000));
         remove(&segs[0].0);
         remove(&segs[1].0);
         assert!(load(&dir, &key).unwrap().is_empty());

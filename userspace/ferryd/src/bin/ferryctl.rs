@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ferryd::config::{self, Config};
+use ferryd::ctl;
 use ferryd::status::Status;
 
 #[derive(Parser)]
@@ -27,9 +28,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Make this secondary a primary: ferryd applies every complete
-    /// interval it holds and lets go of the device, then the kernel group
-    /// becomes a primary that tracks its own writes.
+    /// Make this secondary a primary: ferryd (asked on its control socket,
+    /// as root) applies every complete interval it holds and lets go of the
+    /// device, then the kernel group becomes a primary that tracks its own
+    /// writes.
     Promote { group: String },
     /// Make this primary a secondary (needs resync: not in this version).
     Demote { group: String },
@@ -80,21 +82,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Promote { group } => {
             let c = load(&cli.config, group)?;
-            let url = format!("http://{}/release", c.status);
-            match ureq::post(&url).call() {
-                Ok(r) => {
-                    let body = r.into_string().unwrap_or_default();
-                    eprintln!("ferryd released the device: {}", body.trim());
-                    // ferryd exits right after answering.
-                    std::thread::sleep(std::time::Duration::from_millis(600));
+            // Through ferryd when it runs (it must let go of the device
+            // first); without it only when it does not run.  A ferryd that
+            // runs and did not release stops the promote.
+            match ctl::request_release(&c.control_socket(), ctl::RELEASE_TIMEOUT)
+                .context("not promoting")?
+            {
+                ctl::Release::Released(applied) => {
+                    eprintln!("ferryd applied up to interval {applied} and released the device")
                 }
-                Err(ureq::Error::Status(code, r)) => {
-                    bail!(
-                        "ferryd refused to release the device ({code}): {}",
-                        r.into_string().unwrap_or_default().trim()
-                    )
+                ctl::Release::NotRunning(why) => {
+                    eprintln!("ferryd is not running ({why}): promoting without it")
                 }
-                Err(e) => eprintln!("ferryd not reachable ({e}): promoting without it"),
             }
             let devs = members(group)?;
             let first = devs.first().context("no ferry device of the group")?;

@@ -1,0 +1,356 @@
+//! The control socket: the commands that change `ferryd`'s state
+//! (`release`), on a Unix socket only root (or `ferryd`'s own user) may use.
+//!
+//! * **Where.**  `/run/ferry/<group>.sock` unless the configuration says
+//!   `control_socket`.  A missing directory is created mode 0700; the
+//!   socket is mode 0600.  A socket left by a `ferryd` that died is removed
+//!   at start (one that still answers is not: another `ferryd` serves it).
+//! * **Who.**  Each connection's peer is checked with `SO_PEERCRED`: uid 0
+//!   or `ferryd`'s own uid ([`peer_allowed`]).  Any other is answered
+//!   [`Reply::Refused`] and closed, whatever the socket's mode.
+//! * **Format.**  One request, one reply, each a line of JSON:
+//!   `{"cmd":"release"}` is answered `{"result":"released",
+//!   "applied_epoch":N}` or `{"result":"refused","error":"..."}`.
+//! * **Release.**  The answer goes out once the secondary has applied every
+//!   complete interval and closed its character device; `ferryd` then waits
+//!   (up to [`CLOSE_WAIT`]) for the client to close the connection before
+//!   it exits, so the client always reads the answer.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request line.
+const REQUEST_MAX: u64 = 1024;
+/// After answering a release, how long `ferryd` waits for the client to
+/// close the connection (it has read the answer) before it exits anyway.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long `ferryctl` waits for the answer to a release (the secondary
+/// gives the interval in progress 60 s).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The default control socket of a group.
+pub fn default_path(group: &str) -> PathBuf {
+    PathBuf::from(format!("/run/ferry/{group}.sock"))
+}
+
+/// A request, one line of JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// Secondary: apply every complete interval held, close the character
+    /// device, and exit once the answer is read.
+    Release,
+}
+
+/// The answer, one line of JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Reply {
+    /// The device is let go; the last interval applied.
+    Released { applied_epoch: u64 },
+    /// Not done, and why.
+    Refused { error: String },
+}
+
+/// Whether a peer of uid `peer` may use the control socket of a `ferryd`
+/// running as `own`: root, or `ferryd`'s own user.
+pub fn peer_allowed(peer: u32, own: u32) -> bool {
+    peer == 0 || peer == own
+}
+
+/// What a `ferryd` does on the control socket's commands.
+pub trait Control: Send + Sync + 'static {
+    /// Applies every complete interval held and closes the character
+    /// device; returns the last interval applied.  Returns only once the
+    /// device is closed.
+    fn release(&self) -> impl Future<Output = Result<u64, String>> + Send;
+}
+
+/// Binds the control socket at `path`: its directory created 0700 if
+/// missing, a stale socket removed, the socket 0600.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            // A socket nobody listens on is a dead ferryd's: removed.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => bail!(
+                    "control socket {}: another ferryd serves it",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    info!(path = %path.display(), "stale control socket removed");
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("remove stale {}", path.display()))?
+                }
+                Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+            }
+        }
+        Ok(_) => bail!(
+            "control socket {}: exists and is not a socket",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    }
+    let l =
+        UnixListener::bind(path).with_context(|| format!("control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(l)
+}
+
+/// The control socket being served.  Dropping it stops serving and removes
+/// the socket (if it is still this one).
+pub struct Server {
+    released: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+    ino: Option<(u64, u64)>,
+}
+
+impl Server {
+    /// Resolves once a release was answered (and the client closed the
+    /// connection, or [`CLOSE_WAIT`] passed): `ferryd` may exit.
+    pub async fn released(&self) {
+        self.released.notified().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        let ours = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.ino {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Serves `l` (bound at `path`) for `c`, allowing the peers
+/// [`peer_allowed`] allows for a `ferryd` of uid `own`.
+pub fn serve<C: Control>(l: UnixListener, path: &Path, c: Arc<C>, own: u32) -> Server {
+    let released = Arc::new(Notify::new());
+    let r = released.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let s = match l.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!("control socket: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (c, r) = (c.clone(), r.clone());
+            tokio::spawn(async move {
+                if let Err(e) = connection(&*c, s, own, &r).await {
+                    warn!("control socket: {e:#}");
+                }
+            });
+        }
+    });
+    let ino = std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    Server {
+        released,
+        task,
+        path: path.to_owned(),
+        ino,
+    }
+}
+
+async fn reply(s: &mut UnixStream, r: &Reply) -> Result<()> {
+    let mut line = serde_json::to_string(r)?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+async fn connection<C: Control>(
+    c: &C,
+    mut s: UnixStream,
+    own: u32,
+    released: &Notify,
+) -> Result<()> {
+    let cred = s.peer_cred().context("SO_PEERCRED")?;
+    if !peer_allowed(cred.uid(), own) {
+        warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: peer refused");
+        let own_name = if own == 0 {
+            "root".to_string()
+        } else {
+            format!("root or uid {own}")
+        };
+        reply(
+            &mut s,
+            &Reply::Refused {
+                error: format!(
+                    "permission denied: uid {} may not control ferryd (only {own_name})",
+                    cred.uid()
+                ),
+            },
+        )
+        .await?;
+        return Ok(());
+    }
+    let mut line = String::new();
+    {
+        let mut rd = tokio::io::BufReader::new((&mut s).take(REQUEST_MAX));
+        tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
+            .await
+            .context("no request")??;
+    }
+    let req: Request = match serde_json::from_str(line.trim()) {
+        Ok(r) => r,
+        Err(e) => {
+            reply(
+                &mut s,
+                &Reply::Refused {
+                    error: format!("bad request: {e}"),
+                },
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    match req {
+        Request::Release => {
+            info!(uid = cred.uid(), "release requested");
+            match c.release().await {
+                Ok(applied_epoch) => {
+                    let sent = reply(&mut s, &Reply::Released { applied_epoch }).await;
+                    if sent.is_ok() {
+                        // The client closes once it has the answer.
+                        let mut b = [0u8; 64];
+                        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                            while !matches!(s.read(&mut b).await, Ok(0) | Err(_)) {}
+                        })
+                        .await;
+                    }
+                    // The device is let go: ferryd may exit, answer read or
+                    // not.
+                    released.notify_one();
+                    sent
+                }
+                Err(error) => reply(&mut s, &Reply::Refused { error }).await,
+            }
+        }
+    }
+}
+
+/// What asking `ferryd` to release came to, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Release {
+    /// `ferryd` applied up to this interval and let go of the device.
+    Released(u64),
+    /// No `ferryd` serves the socket (it is absent, or nobody listens on
+    /// it): nothing holds the device on its behalf.
+    NotRunning(String),
+}
+
+/// Asks the `ferryd` serving `path` to release (blocking; `ferryctl`).
+/// An error means `ferryd` runs but did not release: refused, failed, did
+/// not answer, or the socket cannot be used (permissions).
+pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
+    let s = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(Release::NotRunning(format!(
+                "{}: {}",
+                path.display(),
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    "no control socket"
+                } else {
+                    "nobody listens on the control socket"
+                }
+            )));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot use ferryd's control socket {}", path.display()))
+        }
+    };
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(&Request::Release)?;
+    line.push('\n');
+    // A peer refused is answered, and the connection closed, before the
+    // request is read: the answer is still there to read when sending it
+    // failed.
+    let sent = (&s).write_all(line.as_bytes());
+    let mut answer = String::new();
+    let read = BufReader::new(&s).read_line(&mut answer);
+    if answer.is_empty() {
+        sent.with_context(|| format!("send the release to ferryd ({})", path.display()))?;
+        read.with_context(|| format!("no answer from ferryd ({})", path.display()))?;
+        bail!(
+            "ferryd ({}) closed the connection without answering (see its log)",
+            path.display()
+        );
+    }
+    match serde_json::from_str(answer.trim())
+        .with_context(|| format!("answer of ferryd: {:?}", answer.trim()))?
+    {
+        Reply::Released { applied_epoch } => Ok(Release::Released(applied_epoch)),
+        Reply::Refused { error } => bail!("ferryd refused to release the device: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_and_ferryds_own_user() {
+        assert!(peer_allowed(0, 0));
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(1000, 1000));
+        assert!(!peer_allowed(1000, 0));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(!peer_allowed(65534, 0));
+    }
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Release).unwrap(),
+            r#"{"cmd":"release"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Reply::Released { applied_epoch: 7 }).unwrap(),
+            r#"{"result":"released","applied_epoch":7}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Reply>(r#"{"result":"refused","error":"x"}"#).unwrap(),
+            Reply::Refused { error: "x".into() }
+        );
+    }
+}
