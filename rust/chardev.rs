@@ -3,17 +3,23 @@
 //! The character device `/dev/ferry/<group>`: a misc device (mode 0600)
 //! whose file operations (in `helpers.c`, so that `THIS_MODULE` pins the
 //! module while a file is open) call the shims below.  Each shim turns the
-//! C arguments into safe ones and calls the [`Group`]'s method.
+//! C arguments into safe ones and calls the owner's [`FileOps`] method, as
+//! later kernels' `miscdevice` abstraction does.  The owner (the group)
+//! names itself once, with [`file_operations!`], which exports the C entry
+//! points for it: this file knows nothing of groups.
+//!
+//! In a write's path: the reader (`ferryd`) takes records out here, and
+//! gives its acknowledgements back.
 
 use crate::bindings as b;
-use crate::group::Group;
+use crate::sync::WaitQueue;
 use core::marker::PhantomPinned;
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::ffi::{c_char, c_int, c_uint, c_void};
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
 use kernel::types::Opaque;
-use kernel::uaccess::UserSlice;
+use kernel::uaccess::{UserSlice, UserSliceWriter};
 
 /// Longest `name` of the misc device (`ferry-<group>`) with its NUL.
 const NAME_LEN: usize = 48;
@@ -27,15 +33,34 @@ pub(crate) const WRITE_MAX: usize = 4096;
 const WRITE_RECORD_MAX: usize =
     ferry_core::record::HEADER_LEN + (1 << 20) + ferry_core::record::TAIL_LEN;
 
-/// The misc device of a group.
+/// What the owner of a [`MiscDev`] does for the file operations of its
+/// device.  An open file holds a reference to the owner.
+pub(crate) trait FileOps: Send + Sync + Sized {
+    /// A file is being opened; an error refuses the open.
+    fn open(&self) -> Result;
+    /// The file is closed (its last reference dropped).
+    fn release(&self);
+    /// `read(2)` of at most `len` bytes into `out`; `nonblock`: the file
+    /// was opened with `O_NONBLOCK`.
+    fn read(&self, out: &mut UserSliceWriter, len: usize, nonblock: bool) -> Result<usize>;
+    /// `write(2)` of `buf` (all of it, or an error).
+    fn write(&self, buf: &[u8]) -> Result;
+    /// The wait queue `poll()` registers on.
+    fn wait_queue(&self) -> &WaitQueue;
+    /// What `poll()` reports after registering: whether a read would not
+    /// block now (`POLLIN`; `POLLOUT` always).
+    fn poll(&self) -> bool;
+}
+
+/// The misc device of an owner `T`.
 #[pin_data]
-pub(crate) struct MiscDev {
+pub(crate) struct MiscDev<T: FileOps> {
     #[pin]
     misc: Opaque<b::miscdevice>,
     name: [u8; NAME_LEN],
     nodename: [u8; NAME_LEN],
-    /// The group, as a reference leaked while registered.
-    owner: core::sync::atomic::AtomicPtr<Group>,
+    /// The owner, as a reference leaked while registered.
+    owner: core::sync::atomic::AtomicPtr<T>,
     registered: AtomicBool,
     #[pin]
     _pin: PhantomPinned,
@@ -43,9 +68,9 @@ pub(crate) struct MiscDev {
 
 // SAFETY: the misc device is only touched through misc_register and
 // misc_deregister (serialised by the misc core) and atomics.
-unsafe impl Sync for MiscDev {}
+unsafe impl<T: FileOps> Sync for MiscDev<T> {}
 // SAFETY: as above.
-unsafe impl Send for MiscDev {}
+unsafe impl<T: FileOps> Send for MiscDev<T> {}
 
 fn c_name(prefix: &[u8], sep: u8, group: &[u8]) -> [u8; NAME_LEN] {
     let mut out = [0u8; NAME_LEN];
@@ -60,8 +85,8 @@ fn c_name(prefix: &[u8], sep: u8, group: &[u8]) -> [u8; NAME_LEN] {
     out
 }
 
-impl MiscDev {
-    /// An initialiser of the (unregistered) device of group `name`.
+impl<T: FileOps> MiscDev<T> {
+    /// An initialiser of the (unregistered) device of group `group`.
     pub(crate) fn new(group: &[u8]) -> impl PinInit<Self> {
         let name = c_name(b"ferry", b'-', group);
         let nodename = c_name(b"ferry", b'/', group);
@@ -75,13 +100,13 @@ impl MiscDev {
         })
     }
 
-    /// Registers `/dev/ferry/<group>` for `group`, which holds `self`.
-    /// The registration keeps a reference to the group until
+    /// Registers `/dev/ferry/<group>` for `owner`, which holds `self`.
+    /// The registration keeps a reference to the owner until
     /// [`Self::deregister`].
-    pub(crate) fn register(&self, group: Arc<Group>) -> Result {
+    pub(crate) fn register(&self, owner: Arc<T>) -> Result {
         let m = self.misc.get();
         // SAFETY: `m` is ours and not registered (no one else reads it);
-        // the names live in `self`, which is pinned inside the group and
+        // the names live in `self`, which is pinned inside the owner and
         // outlives the registration; the fops table is static.
         unsafe {
             (*m).minor = b::MISC_DYNAMIC_MINOR as c_int;
@@ -91,7 +116,7 @@ impl MiscDev {
             (*m).fops = &b::ferry_chardev_fops;
         }
         self.owner
-            .store(Arc::into_raw(group).cast_mut(), Ordering::Release);
+            .store(Arc::into_raw(owner).cast_mut(), Ordering::Release);
         // SAFETY: `m` is a filled-in miscdevice at a stable address.
         let r = unsafe { b::misc_register(m) };
         if r != 0 {
@@ -103,7 +128,7 @@ impl MiscDev {
     }
 
     /// Removes the device node; files already open keep working on the
-    /// group they hold.  No `open` runs after this returns.  Process context.
+    /// owner they hold.  No `open` runs after this returns.  Process context.
     pub(crate) fn deregister(&self) {
         if self.registered.swap(false, Ordering::AcqRel) {
             // SAFETY: registered by `register` and not yet deregistered.
@@ -121,90 +146,94 @@ impl MiscDev {
     }
 }
 
-/// The group an open file holds (its `private_data`).
+/// The owner an open file holds (its `private_data`).
 ///
 /// # Safety
 ///
-/// `file` is an open file of the device, opened by `ferry_chardev_open`.
-unsafe fn file_group<'a>(file: *mut b::file) -> ArcBorrow<'a, Group> {
+/// `file` is an open file of a `MiscDev<T>`, opened by [`open`].
+unsafe fn file_owner<'a, T: FileOps>(file: *mut b::file) -> ArcBorrow<'a, T> {
     // SAFETY: `open` stored `Arc::into_raw` in `private_data`; `release`
     // drops it, after every other file operation has returned.
-    unsafe { ArcBorrow::from_raw((*file).private_data.cast::<Group>()) }
+    unsafe { ArcBorrow::from_raw((*file).private_data.cast::<T>()) }
 }
 
+/// `open` of a file of a `MiscDev<T>`.
+///
 /// # Safety
 ///
 /// Called by the VFS through `ferry_chardev_fops`, after `misc_open` set
-/// `private_data` to the misc device.
-#[no_mangle]
-unsafe extern "C" fn ferry_chardev_open(inode: *mut b::inode, file: *mut b::file) -> c_int {
+/// `private_data` to the misc device, which is a `MiscDev<T>`'s.
+pub(crate) unsafe fn open<T: FileOps>(inode: *mut b::inode, file: *mut b::file) -> c_int {
     // SAFETY: `misc_open` stored the `miscdevice` in `private_data`; it is
     // field `misc` of a registered `MiscDev` (`Opaque` is transparent).
     let dev = unsafe {
-        &*kernel::container_of!((*file).private_data.cast::<b::miscdevice>(), MiscDev, misc)
+        &*kernel::container_of!((*file).private_data.cast::<b::miscdevice>(), MiscDev<T>, misc)
     };
     let p = dev.owner.load(Ordering::Acquire);
     if p.is_null() {
         return ENODEV.to_errno();
     }
     // SAFETY: `misc_open` runs under the misc lock, so the device is still
-    // registered and its reference to the group (`p`) alive.
-    let group: Arc<Group> = unsafe { ArcBorrow::from_raw(p) }.into();
-    if let Err(e) = group.open() {
+    // registered and its reference to the owner (`p`) alive.
+    let owner: Arc<T> = unsafe { ArcBorrow::from_raw(p) }.into();
+    if let Err(e) = owner.open() {
         return e.to_errno();
     }
     // SAFETY: the file is being opened and is ours to set up.
     unsafe {
-        (*file).private_data = Arc::into_raw(group).cast_mut().cast::<c_void>();
+        (*file).private_data = Arc::into_raw(owner).cast_mut().cast::<c_void>();
         b::stream_open(inode, file);
     }
     0
 }
 
+/// `release` of a file of a `MiscDev<T>`.
+///
 /// # Safety
 ///
-/// As for every file operation: `file` was opened by `ferry_chardev_open`.
-#[no_mangle]
-unsafe extern "C" fn ferry_chardev_release(_inode: *mut b::inode, file: *mut b::file) -> c_int {
+/// As for every file operation: `file` was opened by [`open`]`::<T>`.
+pub(crate) unsafe fn release<T: FileOps>(_inode: *mut b::inode, file: *mut b::file) -> c_int {
     // SAFETY: the reference `open` leaked, returned once, at release.
-    let group = unsafe { Arc::from_raw((*file).private_data.cast::<Group>()) };
-    group.release();
+    let owner = unsafe { Arc::from_raw((*file).private_data.cast::<T>()) };
+    owner.release();
     0
 }
 
+/// `read` of a file of a `MiscDev<T>`.
+///
 /// # Safety
 ///
-/// `file` was opened by `ferry_chardev_open`; `buf` is a user pointer.
-#[no_mangle]
-unsafe extern "C" fn ferry_chardev_read(
+/// `file` was opened by [`open`]`::<T>`; `buf` is a user pointer.
+pub(crate) unsafe fn read<T: FileOps>(
     file: *mut b::file,
     buf: *mut c_char,
     len: usize,
     _ppos: *mut b::loff_t,
 ) -> isize {
-    // SAFETY: see `file_group`.
-    let group = unsafe { file_group(file) };
+    // SAFETY: see `file_owner`.
+    let owner = unsafe { file_owner::<T>(file) };
     // SAFETY: `file` is valid for the call.
     let nonblock = unsafe { (*file).f_flags } & b::O_NONBLOCK != 0;
     let mut out = UserSlice::new(buf as usize, len).writer();
-    match group.read(&mut out, len, nonblock) {
+    match owner.read(&mut out, len, nonblock) {
         Ok(n) => n as isize,
         Err(e) => e.to_errno() as isize,
     }
 }
 
+/// `write` of a file of a `MiscDev<T>`.
+///
 /// # Safety
 ///
-/// `file` was opened by `ferry_chardev_open`; `buf` is a user pointer.
-#[no_mangle]
-unsafe extern "C" fn ferry_chardev_write(
+/// `file` was opened by [`open`]`::<T>`; `buf` is a user pointer.
+pub(crate) unsafe fn write<T: FileOps>(
     file: *mut b::file,
     buf: *const c_char,
     len: usize,
     _ppos: *mut b::loff_t,
 ) -> isize {
-    // SAFETY: see `file_group`.
-    let group = unsafe { file_group(file) };
+    // SAFETY: see `file_owner`.
+    let owner = unsafe { file_owner::<T>(file) };
     if len > WRITE_RECORD_MAX {
         return EINVAL.to_errno() as isize;
     }
@@ -216,27 +245,101 @@ unsafe extern "C" fn ferry_chardev_write(
     if let Err(e) = UserSlice::new(buf as usize, len).reader().read_slice(&mut cmds) {
         return e.to_errno() as isize;
     }
-    match group.write(&cmds) {
+    match owner.write(&cmds) {
         Ok(()) => len as isize,
         Err(e) => e.to_errno() as isize,
     }
 }
 
+/// `poll` of a file of a `MiscDev<T>`.
+///
 /// # Safety
 ///
-/// `file` was opened by `ferry_chardev_open`; `pt` is the VFS's.
-#[no_mangle]
-unsafe extern "C" fn ferry_chardev_poll(file: *mut b::file, pt: *mut b::poll_table_struct) -> c_uint {
-    // SAFETY: see `file_group`.
-    let group = unsafe { file_group(file) };
+/// `file` was opened by [`open`]`::<T>`; `pt` is the VFS's.
+pub(crate) unsafe fn poll<T: FileOps>(file: *mut b::file, pt: *mut b::poll_table_struct) -> c_uint {
+    // SAFETY: see `file_owner`.
+    let owner = unsafe { file_owner::<T>(file) };
     // SAFETY: `file` and `pt` are this poll call's; the wait queue lives in
-    // the group, which the open file keeps alive.
-    unsafe { group.readable_wq().poll_wait(file, pt) };
+    // the owner, which the open file keeps alive.
+    unsafe { owner.wait_queue().poll_wait(file, pt) };
     // SAFETY: constants defined in helpers.c, never written.
     let (pollin, pollout) = unsafe { (b::ferry_pollin, b::ferry_pollout) };
-    if group.readable() {
+    if owner.poll() {
         pollin | pollout
     } else {
         pollout
     }
 }
+
+/// Exports the C entry points `helpers.c`'s `ferry_chardev_fops` calls
+/// (`ferry_chardev_open`, `_release`, `_read`, `_write`, `_poll`) for the
+/// files of a `MiscDev<$owner>`.  Used once in the module, by the owner.
+macro_rules! file_operations {
+    ($owner:ty) => {
+        /// # Safety
+        ///
+        /// As [`chardev::open`](crate::chardev::open).
+        #[no_mangle]
+        unsafe extern "C" fn ferry_chardev_open(
+            inode: *mut $crate::bindings::inode,
+            file: *mut $crate::bindings::file,
+        ) -> ::kernel::ffi::c_int {
+            // SAFETY: the VFS calls with `open`'s contract, for a file of a
+            // `MiscDev<$owner>` (the only misc devices using these fops).
+            unsafe { $crate::chardev::open::<$owner>(inode, file) }
+        }
+
+        /// # Safety
+        ///
+        /// As [`chardev::release`](crate::chardev::release).
+        #[no_mangle]
+        unsafe extern "C" fn ferry_chardev_release(
+            inode: *mut $crate::bindings::inode,
+            file: *mut $crate::bindings::file,
+        ) -> ::kernel::ffi::c_int {
+            // SAFETY: as in `ferry_chardev_open`.
+            unsafe { $crate::chardev::release::<$owner>(inode, file) }
+        }
+
+        /// # Safety
+        ///
+        /// As [`chardev::read`](crate::chardev::read).
+        #[no_mangle]
+        unsafe extern "C" fn ferry_chardev_read(
+            file: *mut $crate::bindings::file,
+            buf: *mut ::kernel::ffi::c_char,
+            len: usize,
+            ppos: *mut $crate::bindings::loff_t,
+        ) -> isize {
+            // SAFETY: as in `ferry_chardev_open`.
+            unsafe { $crate::chardev::read::<$owner>(file, buf, len, ppos) }
+        }
+
+        /// # Safety
+        ///
+        /// As [`chardev::write`](crate::chardev::write).
+        #[no_mangle]
+        unsafe extern "C" fn ferry_chardev_write(
+            file: *mut $crate::bindings::file,
+            buf: *const ::kernel::ffi::c_char,
+            len: usize,
+            ppos: *mut $crate::bindings::loff_t,
+        ) -> isize {
+            // SAFETY: as in `ferry_chardev_open`.
+            unsafe { $crate::chardev::write::<$owner>(file, buf, len, ppos) }
+        }
+
+        /// # Safety
+        ///
+        /// As [`chardev::poll`](crate::chardev::poll).
+        #[no_mangle]
+        unsafe extern "C" fn ferry_chardev_poll(
+            file: *mut $crate::bindings::file,
+            pt: *mut $crate::bindings::poll_table_struct,
+        ) -> ::kernel::ffi::c_uint {
+            // SAFETY: as in `ferry_chardev_open`.
+            unsafe { $crate::chardev::poll::<$owner>(file, pt) }
+        }
+    };
+}
+pub(crate) use file_operations;

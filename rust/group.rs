@@ -43,7 +43,7 @@
 //! process context) serialises membership changes, the reader and marker
 //! insertion.  `ctl` is taken before `state`.
 
-use crate::chardev::MiscDev;
+use crate::chardev::{self, FileOps, MiscDev};
 use crate::digest::KernelDigest;
 use crate::dm::{BdevRef, HeldBio, HeldList};
 use crate::payload::{with_mapped, Payload};
@@ -345,7 +345,7 @@ pub(crate) struct Group {
     #[pin]
     meta: Mutex<KVec<Option<StreamMeta>>>,
     #[pin]
-    misc: MiscDev,
+    misc: MiscDev<Group>,
     /// When the last checkpoint marker went in (ms of the monotonic clock).
     last_checkpoint_ms: AtomicU64,
     dead: AtomicBool,
@@ -1065,7 +1065,7 @@ impl Group {
 
     /// A reader opens the device: one at a time.  Records read before and
     /// not acknowledged are offered again, from the first unacknowledged.
-    pub(crate) fn open(&self) -> Result {
+    fn open_reader(&self) -> Result {
         let mut ctl = self.ctl.lock();
         if self.dead.load(Relaxed) {
             return Err(ENODEV);
@@ -1082,25 +1082,20 @@ impl Group {
     }
 
     /// The reader closed the device.
-    pub(crate) fn release(&self) {
+    fn close_reader(&self) {
         self.ctl.lock().reader_open = false;
-    }
-
-    /// The wait queue `poll()` registers on.
-    pub(crate) fn readable_wq(&self) -> &WaitQueue {
-        &self.readable
     }
 
     /// Whether a record can be read now (or the group is gone: end of
     /// stream).
-    pub(crate) fn readable(&self) -> bool {
+    fn readable(&self) -> bool {
         self.dead.load(Relaxed) || self.is_secondary() || self.state.lock().next_releasable().is_some()
     }
 
     /// `read(2)`: whole framed records, in group order through the gate,
     /// as many as fit in `len` bytes.  Blocks for the first one unless
     /// `nonblock`.  A buffer too small for the next record: `EINVAL`.
-    pub(crate) fn read(&self, out: &mut UserSliceWriter, len: usize, nonblock: bool) -> Result<usize> {
+    fn read_records(&self, out: &mut UserSliceWriter, len: usize, nonblock: bool) -> Result<usize> {
         if self.is_secondary() {
             return self.secondary_state(out, len);
         }
@@ -1174,7 +1169,7 @@ impl Group {
 
     /// `write(2)`: commands.  The whole buffer is checked before any of it
     /// acts, so a rejected write changes nothing.
-    pub(crate) fn write(&self, buf: &[u8]) -> Result {
+    fn write_commands(&self, buf: &[u8]) -> Result {
         let r = self.write_inner(buf);
         if r.is_err() {
             self.rejected.fetch_add(1, Relaxed);
@@ -1189,7 +1184,7 @@ impl Group {
         if self.is_secondary() {
             return self.secondary_write(buf);
         }
-        if buf.len() > crate::chardev::WRITE_MAX {
+        if buf.len() > chardev::WRITE_MAX {
             return Err(EINVAL);
         }
         {
@@ -1523,7 +1518,7 @@ impl Group {
         if buf.starts_with(&record::MAGIC) {
             return self.apply_record(buf);
         }
-        if buf.len() > crate::chardev::WRITE_MAX {
+        if buf.len() > chardev::WRITE_MAX {
             return Err(EINVAL);
         }
         for c in Commands::new(buf) {
@@ -1641,6 +1636,35 @@ pub(crate) struct DeviceStatus {
     pub(crate) dropped: u64,
     pub(crate) rejected: u64,
 }
+
+/// `/dev/ferry/<group>`: the reader takes records, and writes commands.
+impl FileOps for Group {
+    fn open(&self) -> Result {
+        self.open_reader()
+    }
+
+    fn release(&self) {
+        self.close_reader()
+    }
+
+    fn read(&self, out: &mut UserSliceWriter, len: usize, nonblock: bool) -> Result<usize> {
+        self.read_records(out, len, nonblock)
+    }
+
+    fn write(&self, buf: &[u8]) -> Result {
+        self.write_commands(buf)
+    }
+
+    fn wait_queue(&self) -> &WaitQueue {
+        &self.readable
+    }
+
+    fn poll(&self) -> bool {
+        self.readable()
+    }
+}
+
+chardev::file_operations!(Group);
 
 impl Worker for Group {
     fn run(&self, id: WorkId) {
