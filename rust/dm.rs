@@ -10,6 +10,7 @@
 //! references and calls the trait.
 
 use crate::bindings as b;
+use crate::payload::{Payload, Segments};
 use core::cell::UnsafeCell;
 use core::ffi::CStr;
 use core::fmt;
@@ -355,6 +356,17 @@ impl Bio<'_> {
     }
 }
 
+/// The payload copy reads a write bio through this.
+impl Segments for Bio<'_> {
+    fn bytes(&self) -> usize {
+        Bio::bytes(self)
+    }
+
+    fn for_each_segment(&self, f: impl FnMut(*mut b::page, usize, usize)) {
+        Bio::for_each_segment(self, f)
+    }
+}
+
 /// A bio `map` deferred: owned by the target until it submits or fails it.
 ///
 /// # Invariants
@@ -490,8 +502,8 @@ impl BdevRef {
 
     /// Writes `payload` at `sector` and waits (`REQ_SYNC`, not durable
     /// until [`flush`](Self::flush)).  Process context only.
-    pub(crate) fn write_payload(&self, sector: u64, payload: &crate::payload::Payload) -> Result {
-        let n = crate::payload::Payload::pages_for(payload.len());
+    pub(crate) fn write_payload(&self, sector: u64, payload: &Payload) -> Result {
+        let n = Payload::pages_for(payload.len());
         if n == 0 {
             return Ok(());
         }

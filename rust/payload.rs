@@ -4,13 +4,27 @@
 //! bio's segments in `map` and copied out to the reader of the character
 //! device.  The unsafe code maps pages (`kmap_local_page`) and walks bio
 //! segments; the rest is bounds-checked slice copies.
+//!
+//! In a write's path: `map` copies the bio's data here (through
+//! [`Segments`], which the device-mapper layer's `Bio` implements, so that
+//! this file does not depend on that layer, which writes payloads on a
+//! secondary); the reader copies it out.
 
 use crate::bindings as b;
-use crate::dm::Bio;
 use kernel::alloc::{flags, AllocError};
 use kernel::page::{Page, PAGE_SIZE};
 use kernel::prelude::*;
 use kernel::uaccess::UserSliceWriter;
+
+/// The data of a write bio, as the page segments it is made of.
+pub(crate) trait Segments {
+    /// Length in bytes.
+    fn bytes(&self) -> usize;
+
+    /// Calls `f(page, offset, len)` for each single-page segment of the
+    /// data, in order.  `page` is valid for the call.
+    fn for_each_segment(&self, f: impl FnMut(*mut b::page, usize, usize));
+}
 
 /// A record's payload: `len` bytes in `ceil(len / PAGE_SIZE)` pages.
 pub(crate) struct Payload {
@@ -48,7 +62,7 @@ impl Payload {
 
     /// Copies the data of a write bio.  Never sleeps (`GFP_NOWAIT`); an
     /// allocation failure is the caller's overflow.
-    pub(crate) fn copy_from_bio(bio: &Bio<'_>) -> Result<Self, AllocError> {
+    pub(crate) fn copy_from_bio(bio: &impl Segments) -> Result<Self, AllocError> {
         let len = bio.bytes();
         let n = Self::pages_for(len);
         let gfp = flags::GFP_NOWAIT | flags::__GFP_NOWARN;
