@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The module's groups: a device's constructor joins the group its table
+//! line names (created with the first device), its destructor leaves it
+//! (the group ends with its last device).
+
+use super::{Group, JoinError, Member, Settings};
+use kernel::new_mutex;
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
+
+/// The groups of the module.  Its mutex serialises constructors and
+/// destructors, so that a group is never left by its last device while
+/// another joins it.
+pub(crate) struct Registry {
+    groups: Pin<KBox<Mutex<KVec<Option<Arc<Group>>>>>>,
+}
+
+/// Which group settings a table line gave.
+pub(crate) struct Given {
+    pub(crate) spool_mb: bool,
+    pub(crate) overflow: bool,
+    pub(crate) checkpoint_ms: bool,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            groups: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
+        })
+    }
+
+    /// Joins device `id` to the group named `name`, created with `settings`
+    /// if it does not exist; the `given` settings must match an existing
+    /// group's.
+    pub(crate) fn join(
+        &self,
+        name: &[u8],
+        settings: Settings,
+        given: Given,
+        m: &Member,
+    ) -> core::result::Result<Arc<Group>, JoinError> {
+        let mut groups = self.groups.lock();
+        let found = groups.iter().flatten().find(|g| g.name() == name).cloned();
+        let (g, created) = match found {
+            Some(g) => {
+                let s = g.settings();
+                if (given.spool_mb && s.spool_mb != settings.spool_mb)
+                    || (given.overflow && s.overflow != settings.overflow)
+                    || (given.checkpoint_ms && s.checkpoint_ms != settings.checkpoint_ms)
+                {
+                    return Err(JoinError::Settings);
+                }
+                (g, false)
+            }
+            None => (
+                Group::create(name, settings, m.secondary).map_err(JoinError::Create)?,
+                true,
+            ),
+        };
+        if let Err(e) = g.join(m) {
+            if created {
+                g.shutdown();
+            }
+            return Err(e);
+        }
+        if created {
+            let slot = groups.iter().position(Option::is_none);
+            let stored = match slot {
+                Some(i) => groups.get_mut(i).map(|s| *s = Some(g.clone())).is_some(),
+                None => groups.push(Some(g.clone()), GFP_KERNEL).is_ok(),
+            };
+            if !stored {
+                g.leave(m.id);
+                g.shutdown();
+                return Err(JoinError::NoMemory);
+            }
+        }
+        Ok(g)
+    }
+
+    /// Removes one user of device `id` of `group`; the group ends with its
+    /// last device.  It is shut down (its character device deregistered)
+    /// before the registry is unlocked: a device of the same group created
+    /// meanwhile makes a new group whose character device would otherwise
+    /// find the old one's name still taken.  (The order registry, then
+    /// `misc_mtx` is the one `join` takes when it registers; nothing that
+    /// holds `misc_mtx` takes the registry.)
+    pub(crate) fn leave(&self, group: &Arc<Group>, id: u32) {
+        let mut groups = self.groups.lock();
+        if !group.leave(id) {
+            return;
+        }
+        for slot in groups.iter_mut() {
+            if slot.as_ref().is_some_and(|g| Arc::ptr_eq(g, group)) {
+                *slot = None;
+            }
+        }
+        group.shutdown();
+        drop(groups);
+    }
+}

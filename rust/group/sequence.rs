@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Sequencing at completion: when a write completes, its record takes its
+//! `dev_seq`, `group_seq` and timestamp under the group's lock
+//! (`ferry_core::stream::GroupOrder::sequence`) and joins its device's
+//! ring in the spool; a failed write takes no number and its chunks stay
+//! marked.  Second step of a write's path, in interrupt context.
+
+use super::{Group, Record, RepMode, State};
+use core::sync::atomic::Ordering::Relaxed;
+use kernel::sync::Arc;
+
+impl State {
+    /// Numbers `r` (now complete) and appends it to its device's ring
+    /// (`GroupOrder::sequence`).
+    pub(super) fn sequence(&mut self, r: Arc<Record>, now_ns: u64) -> core::result::Result<(), Arc<Record>> {
+        let Some(Some(s)) = self.streams.get_mut(r.device_id as usize) else {
+            return Err(r);
+        };
+        self.order
+            .sequence(&mut s.q, now_ns, r, |r, n| r.set_numbers(n))
+            .map(|_| ())
+    }
+}
+
+impl Group {
+    /// The write of `rec` completed (`ok`: successfully).  Interrupt
+    /// context.
+    pub(crate) fn complete(&self, rec: Arc<Record>, ok: bool) {
+        let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
+        let mut st = self.state.lock();
+        let (charge, wgen) = (rec.charge, rec.wgen);
+        let (id, sector, nr) = (rec.device_id, rec.sector, u64::from(rec.nr_sectors));
+        let failed = if !ok {
+            // The data may have partly landed: the chunk is unknown to the
+            // secondary from now on.
+            true
+        } else if st.mode == RepMode::Ahead {
+            true
+        } else {
+            match st.sequence(rec, now) {
+                Ok(()) => false,
+                Err(_r) => true,
+            }
+        };
+        if failed {
+            st.spool_used = st.spool_used.saturating_sub(charge);
+            if let Some(s) = st.stream(id) {
+                s.intent.dropped(wgen, sector, nr);
+            }
+        }
+        drop(st);
+        if failed {
+            self.dropped.fetch_add(1, Relaxed);
+            self.space.wake_all();
+        } else {
+            self.readable.wake_all();
+        }
+    }
+}

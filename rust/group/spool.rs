@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The spool: each member's ring of records ([`Stream`]) and the state the
+//! group's spinlock guards ([`State`]: rings, group order, spool use,
+//! replication mode, held bios).  A sequenced record waits here until the
+//! reader takes it and the secondary acknowledges it; a group whose spool
+//! overflows goes ahead ([`Group::enter_ahead`]).
+
+use super::{Group, Record};
+use crate::dm::HeldList;
+use ferry_core::checkpoint::ReadHold;
+use ferry_core::gate::DeviceClass;
+use ferry_core::intent::WriteIntent;
+use ferry_core::stream::{self, GroupOrder};
+use ferry_core::table::Role;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// One device of the group, as the spool sees it.
+pub(super) struct Stream {
+    /// Its records and numbers (`ferry_core::stream`).
+    pub(super) q: stream::Stream<KVVec<Option<Arc<Record>>>>,
+    /// Writes mapped (bios), for status.
+    pub(super) written: u64,
+    /// Write intent: which chunks the meta device marks, and when they
+    /// may be cleared (`ferry_core::intent`).
+    pub(super) intent: WriteIntent<KVVec<u64>>,
+}
+
+impl Stream {
+    pub(super) fn role(&self) -> Role {
+        match self.q.class() {
+            DeviceClass::Log => Role::Log,
+            DeviceClass::Data => Role::Data,
+        }
+    }
+}
+
+/// Whether the group ships records or only tracks dirty chunks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RepMode {
+    /// Every write becomes a record.
+    Replicating,
+    /// The spool overflowed (or replication was stopped): writes are
+    /// tracked in the bitmap; leaving this mode needs a resync.
+    Ahead,
+}
+
+pub(super) struct State {
+    pub(super) streams: KVec<Option<Stream>>,
+    /// The group order, the clock, the intervals and consistency points.
+    pub(super) order: GroupOrder,
+    pub(super) spool_used: usize,
+    pub(super) mode: RepMode,
+    /// Writes waiting for their chunks' bits to reach the meta device.
+    pub(super) held: HeldList,
+    /// Secondary: whether host reads go or wait for the interval being
+    /// applied, and how many are in flight (`ferry_core::checkpoint`).
+    pub(super) reads: ReadHold,
+    /// Secondary: host reads held until the interval is applied.
+    pub(super) held_reads: HeldList,
+}
+
+impl State {
+    pub(super) fn stream(&mut self, id: u32) -> Option<&mut Stream> {
+        self.streams.get_mut(id as usize)?.as_mut()
+    }
+}
+
+pub(super) fn class_of(role: Role) -> DeviceClass {
+    match role {
+        Role::Log => DeviceClass::Log,
+        Role::Data => DeviceClass::Data,
+    }
+}
+
+impl Group {
+    pub(super) fn enter_ahead(&self, st: &mut State, why: &str) {
+        if st.mode != RepMode::Ahead {
+            st.mode = RepMode::Ahead;
+            pr_warn!(
+                "ferry: group {}: {}; tracking writes in the bitmap (mode ahead, resync needed)\n",
+                core::str::from_utf8(self.name()).unwrap_or("?"),
+                why
+            );
+        }
+    }
+}

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What `dmsetup status` reports of a member: a primary's mode, counters
+//! and spool use; a secondary's apply state.
+
+use super::{Group, RepMode};
+use core::sync::atomic::Ordering::Relaxed;
+use ferry_core::checkpoint::ApplyState;
+
+/// What `dmsetup status` reports of a primary device.
+pub(crate) struct DeviceStatus {
+    pub(crate) mode: RepMode,
+    pub(crate) written: u64,
+    pub(crate) completed: u64,
+    pub(crate) shipped: u64,
+    pub(crate) acked: u64,
+    pub(crate) dirty: u64,
+    pub(crate) spool_used: usize,
+    pub(crate) spool_cap: usize,
+    pub(crate) epoch: u64,
+    pub(crate) dropped: u64,
+    pub(crate) rejected: u64,
+}
+
+impl Group {
+    /// Status of device `id` and of the group, for `dmsetup status`.
+    pub(crate) fn status(&self, id: u32) -> DeviceStatus {
+        let mut st = self.state.lock();
+        let (mode, epoch, used) = (st.mode, st.order.epoch(), st.spool_used);
+        let s = st.stream(id);
+        DeviceStatus {
+            mode,
+            written: s.as_ref().map_or(0, |s| s.written),
+            completed: s.as_ref().map_or(0, |s| s.q.last_dev_seq()),
+            shipped: s.as_ref().map_or(0, |s| s.q.shipped()),
+            acked: s.as_ref().map_or(0, |s| s.q.acked()),
+            dirty: s.map_or(0, |s| s.intent.dirty_count()),
+            spool_used: used,
+            spool_cap: self.settings.spool_bytes(),
+            epoch,
+            dropped: self.dropped.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+        }
+    }
+
+    /// Status of a secondary device: (applying, applied interval, interval
+    /// in progress or 0, records applied to the device, reads held).
+    pub(crate) fn secondary_status(&self, id: u32) -> (u64, u64, u64) {
+        let mark = self.apply.lock().mark();
+        let in_progress = match mark.state {
+            ApplyState::InProgress { epoch } => epoch,
+            ApplyState::Idle => 0,
+        };
+        let n = self
+            .applied_records
+            .get(id as usize)
+            .map_or(0, |c| c.load(Relaxed));
+        (mark.applied, in_progress, n)
+    }
+}

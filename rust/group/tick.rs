@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The group's work items: the periodic tick closes the checkpoint
+//! interval when it is due and sweeps acknowledged chunks off the meta
+//! devices; the kick persists write intent for held writes (`intent.rs`).
+
+use super::Group;
+use crate::work::{WorkId, Worker};
+use core::sync::atomic::Ordering::Relaxed;
+use ferry_core::table::MAX_DEVICES;
+
+impl Worker for Group {
+    fn run(&self, id: WorkId) {
+        match id {
+            WorkId::Tick => self.tick(),
+            WorkId::Kick => self.persist(),
+        }
+    }
+}
+
+impl Group {
+    /// The periodic work: closes the checkpoint interval when it is due
+    /// and holds records, and clears acknowledged chunks on disk.
+    fn tick(&self) {
+        if self.dead.load(Relaxed) {
+            return;
+        }
+        let ms = self.settings.checkpoint_ms;
+        let now = (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64;
+        let busy = self.state.lock().order.since_checkpoint() > 0;
+        if ms > 0 && busy && now >= self.last_checkpoint_ms.load(Relaxed) + u64::from(ms) {
+            // A full spool skips this marker; the interval then spans two
+            // periods.
+            let _ = self.checkpoint();
+            self.last_checkpoint_ms.store(now, Relaxed);
+        }
+        {
+            let mut metas = self.meta.lock();
+            for i in 0..MAX_DEVICES as usize {
+                self.sweep_stream(&mut metas, i, false);
+            }
+        }
+        if !self.dead.load(Relaxed) {
+            self.work
+                .schedule(kernel::time::msecs_to_jiffies(self.tick_ms()));
+        }
+    }
+}
