@@ -6,6 +6,8 @@
 //! pinned to ferry-core's vectors.  [`self_test`] checks this binding, and
 //! the record format built on it, against those vectors when the module
 //! loads: a module whose records userspace would reject does not load.
+//! In a write's path: the reader signs each record with these
+//! (`group/reader.rs`), and a secondary checks the records it applies.
 
 use crate::bindings as b;
 use ferry_core::digest::{crc32c, vectors};

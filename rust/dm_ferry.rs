@@ -2,13 +2,20 @@
 
 //! dm-ferry: asynchronous, write-order-faithful block replication.
 //!
-//! The module registers the `ferry` device-mapper target.  `dm.rs` is the
-//! thin unsafe layer over device-mapper; `digest.rs` binds ferry-core's
-//! checksums to the kernel's and checks them at load; `target.rs` is the target, in safe Rust.
+//! The module registers the `ferry` device-mapper target.  Its files, in
+//! the order a write travels (`Documentation/ferry.rst`, "Reading the
+//! code"): `dm/`, the thin unsafe layer over device-mapper, where a bio
+//! enters in `map`; `target.rs`, the target in safe Rust; `payload.rs`,
+//! the bio's data copied into pages; `group/`, the consistency group (one
+//! file per step: admission, sequencing, spool, gate, markers, reader,
+//! acknowledgements, write intent, the secondary's apply, the registry);
+//! `chardev.rs`, the character device `ferryd` reads.  Under them:
+//! `sync.rs` and `work.rs` (what the 6.12 kernel crate lacks), `digest.rs`
+//! (ferry-core's checksums over the kernel's, checked at load) and
+//! `bindings.rs`.
 
 #![recursion_limit = "256"]
 
-use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
 
 mod bindings;
@@ -29,18 +36,6 @@ module! {
     license: "GPL",
 }
 
-/// The consistency groups, set while the target type is registered.
-static REGISTRY: AtomicPtr<group::Registry> = AtomicPtr::new(core::ptr::null_mut());
-
-/// The module's groups.  Only target callbacks call this, and they run only
-/// while the target type is registered, that is while `REGISTRY` is set.
-pub(crate) fn registry() -> &'static group::Registry {
-    // SAFETY: `init` sets the pointer to a leaked box before registering the
-    // target; `drop` unregisters the target (so no callback runs any more)
-    // before freeing it.
-    unsafe { &*REGISTRY.load(Ordering::Acquire) }
-}
-
 struct FerryModule {
     target: Option<dm::Registration<target::Ferry>>,
 }
@@ -56,11 +51,11 @@ impl kernel::Module for FerryModule {
                 return Err(e);
             }
         };
-        REGISTRY.store(KBox::into_raw(registry), Ordering::Release);
+        group::install_registry(registry);
         let target = match dm::Registration::new(module) {
             Ok(t) => t,
             Err(e) => {
-                free_registry();
+                group::free_registry();
                 work::exit();
                 return Err(e);
             }
@@ -75,19 +70,10 @@ impl kernel::Module for FerryModule {
     }
 }
 
-fn free_registry() {
-    let p = REGISTRY.swap(core::ptr::null_mut(), Ordering::AcqRel);
-    if !p.is_null() {
-        // SAFETY: `p` came from `KBox::into_raw` in `init`, and no target
-        // callback can use it: the target type is not registered.
-        drop(unsafe { KBox::from_raw(p) });
-    }
-}
-
 impl Drop for FerryModule {
     fn drop(&mut self) {
         drop(self.target.take());
-        free_registry();
+        group::free_registry();
         work::exit();
         pr_info!("ferry: target unregistered\n");
     }

@@ -3,7 +3,8 @@
 //! Synchronisation the 6.12 kernel crate lacks: a spinlock that may be
 //! taken in interrupt context (bio completions run there), and a wait
 //! queue that `poll()` can register on.  The only unsafe code here wraps
-//! the C primitives; users see safe types.
+//! the C primitives; users see safe types.  Under the whole path: the
+//! group's state lock is taken from `map` to the acknowledgement.
 
 use crate::bindings as b;
 use core::cell::UnsafeCell;

@@ -4,17 +4,22 @@
 //!
 //! In mode `passthrough` every bio is remapped to the data device, as
 //! dm-linear does, and counted.  In mode `primary` the device is a member of
-//! a consistency group (`group.rs`): every write, discard, write-zeroes and
+//! a consistency group (`group/`): every write, discard, write-zeroes and
 //! flush also becomes a record of the group, spooled until the secondary
 //! acknowledges it.  Reads are remapped in both modes.
 //!
 //! In mode `secondary` the device belongs to a group that refuses host
 //! writes, holds host reads while `ferryd` applies an interval, and writes
 //! the records `ferryd` hands it through the character device
-//! (`group.rs`).  `promote` turns the group into a primary.
+//! (`group/secondary.rs`).  `promote` turns the group into a primary.
 //!
 //! The meta device of a primary holds its superblock and its write-intent
-//! bitmap (`group.rs`); a passthrough target only checks its size.
+//! bitmap (`group/meta_io.rs`); a passthrough target only checks its size.
+//!
+//! In a write's path: the device-mapper layer (`dm/`) calls `map`, which
+//! remaps the bio to the data device and hands its record to the group
+//! (`group/admit.rs`); `end_io` reports its completion
+//! (`group/sequence.rs`).
 
 use crate::dm::{
     Bio, Ctr, CtrError, DmDev, HeldBio, IterateDevices, MapResult, Op, StatusType, StatusWriter,
@@ -204,7 +209,7 @@ impl Ferry {
             checkpoint_ms: t.checkpoint_ms.is_some(),
         };
         let chunk_shift = t.chunk_sectors().trailing_zeros();
-        let group = crate::registry()
+        let group = group::registry()
             .join(
                 name,
                 settings,
@@ -283,7 +288,7 @@ impl Ferry {
 impl Drop for Ferry {
     fn drop(&mut self) {
         if let Some(p) = &self.primary {
-            crate::registry().leave(&p.group, p.id);
+            group::registry().leave(&p.group, p.id);
         }
     }
 }

@@ -5,7 +5,8 @@
 //! submits deferred writes, so it is `WQ_MEM_RECLAIM` (it must make
 //! progress when memory is short and writeback waits on it).  The owner of a [`DelayedWork`] embeds
 //! it, names itself with [`DelayedWork::set_owner`], and cancels it with
-//! [`DelayedWork::cancel_sync`] before it goes away.
+//! [`DelayedWork::cancel_sync`] before it goes away.  In a write's path:
+//! the group's kick and tick run here (`group/tick.rs`).
 
 use crate::bindings as b;
 use core::marker::PhantomPinned;

@@ -76,7 +76,7 @@ mod registry;
 
 pub(crate) use join::{JoinError, Member};
 pub(crate) use record::{record_for, Record, RECORD_OVERHEAD};
-pub(crate) use registry::{Given, Registry};
+pub(crate) use registry::{free_registry, install_registry, registry, Given, Registry};
 pub(crate) use secondary::ReadGate;
 pub(crate) use spool::RepMode;
 pub(crate) use status::DeviceStatus;

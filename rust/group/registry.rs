@@ -2,12 +2,44 @@
 
 //! The module's groups: a device's constructor joins the group its table
 //! line names (created with the first device), its destructor leaves it
-//! (the group ends with its last device).
+//! (the group ends with its last device).  The module installs the one
+//! [`Registry`] at load and frees it at unload ([`registry`]).
 
 use super::{Group, JoinError, Member, Settings};
+use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
+
+/// The consistency groups, set while the target type is registered.
+static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The module's groups.  Only target callbacks call this, and they run only
+/// while the target type is registered, that is while `REGISTRY` is set.
+pub(crate) fn registry() -> &'static Registry {
+    // SAFETY: the module's `init` sets the pointer to a leaked box
+    // (`install_registry`) before registering the target; its `drop`
+    // unregisters the target (so no callback runs any more) before freeing
+    // it (`free_registry`).
+    unsafe { &*REGISTRY.load(Ordering::Acquire) }
+}
+
+/// Makes `registry` the module's: module init, before the target type is
+/// registered.
+pub(crate) fn install_registry(registry: KBox<Registry>) {
+    REGISTRY.store(KBox::into_raw(registry), Ordering::Release);
+}
+
+/// Frees the module's registry: module init failure or exit, when the
+/// target type is not registered.
+pub(crate) fn free_registry() {
+    let p = REGISTRY.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !p.is_null() {
+        // SAFETY: `p` came from `KBox::into_raw` in `install_registry`, and
+        // no target callback can use it: the target type is not registered.
+        drop(unsafe { KBox::from_raw(p) });
+    }
+}
 
 /// The groups of the module.  Its mutex serialises constructors and
 /// destructors, so that a group is never left by its last device while
