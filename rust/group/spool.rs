@@ -70,9 +70,12 @@ pub(super) fn class_of(role: Role) -> DeviceClass {
 
 impl Group {
     /// The spool says the group just went ahead (`entered`, from
-    /// `Spool::go_ahead` and its kin): warns, giving `why`.
+    /// `Spool::go_ahead` and its kin): warns, giving `why`, and wakes the
+    /// writers waiting for room, which go to the bitmap now
+    /// (`Spool::has_room`).  Any context; the state lock may be held.
     pub(super) fn went_ahead(&self, entered: bool, why: &str) {
         if entered {
+            self.space.wake_all();
             pr_warn!(
                 "ferry: group {}: {}; tracking writes in the bitmap (mode ahead, resync needed)\n",
                 core::str::from_utf8(self.name()).unwrap_or("?"),
