@@ -26,7 +26,7 @@ use crate::dm::{
     Target,
 };
 use crate::group::{
-    self, DeviceStatus, Given, Group, JoinError, Member, ReadGate, Record, RepMode, Settings,
+    self, DeviceStatus, Given, Group, JoinError, Member, ReadGate, Record, Settings,
 };
 use crate::payload::Payload;
 use core::ffi::CStr;
@@ -487,10 +487,7 @@ impl Target for Ferry {
                         core::str::from_utf8(p.group.name()).unwrap_or("?"),
                         p.id,
                         p.role.name(),
-                        match s.mode {
-                            RepMode::Replicating => "replicating",
-                            RepMode::Ahead => "ahead",
-                        },
+                        s.mode.name(),
                         s.written,
                         s.completed,
                         s.shipped,

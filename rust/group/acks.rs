@@ -48,7 +48,7 @@ impl Group {
                     r.map_err(refused)
                 }
             };
-            st.spool_used = st.spool_used.saturating_sub(released);
+            st.spool.release(released);
             r
         };
         drop(freed);

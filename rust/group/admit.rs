@@ -1,33 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Admission, in `map`: a write-like bio of a member gets spool room for
-//! its record and write intent for its chunks (`ferry_core::intent`), or
-//! the group goes ahead and tracks it in the bitmap only; writes whose
+//! its record (`ferry_core::spool`) and write intent for its chunks
+//! (`ferry_core::intent`), or the group goes ahead and tracks it in the
+//! bitmap only, or (`overflow block`) the writer waits for room; writes whose
 //! intent must reach the meta device first are held for the kick work
 //! (`intent.rs`).  The first step of a write's path in the group.
 
-use super::{Group, Record, RepMode};
+use super::{Group, Record, State};
 use crate::dm::HeldBio;
 use crate::payload::Payload;
 use core::sync::atomic::Ordering::Relaxed;
-use ferry_core::intent::{Gen, Room};
-use ferry_core::table::Overflow;
+use ferry_core::intent::Gen;
+use ferry_core::spool::{self, Reserve};
 use kernel::alloc::flags;
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::sync::Arc;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reserve {
-    /// Room reserved.
-    Done,
-    /// No room; the writer may wait (`overflow block`).
-    Full,
-    /// No room: the group went ahead now.
-    Overflow,
-    /// The group is ahead: bitmap only.
-    Ahead,
-}
 
 struct Admit {
     reserve: Reserve,
@@ -37,42 +26,27 @@ struct Admit {
 
 impl Group {
     /// Admits a write of device `id` to `[sector, +nr)` (nr 0: no data
-    /// range): spool room for a record of `charge` bytes, then write
-    /// intent for what the spool did (`WriteIntent::admit`: `first` is
-    /// the writer's first pass; a writer that slept for room registers
-    /// intent again on the pass that takes its write).  Never sleeps.
-    fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, block: bool, first: bool) -> Admit {
+    /// range): spool room for a record of `charge` bytes
+    /// (`Spool::reserve`), then write intent for what the spool did
+    /// (`WriteIntent::admit`: `first` is the writer's first pass; a writer
+    /// that slept for room registers intent again on the pass that takes
+    /// its write).  Never sleeps.
+    fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, first: bool) -> Admit {
         let mut st = self.state.lock();
-        let reserve = if st.mode == RepMode::Ahead {
-            Reserve::Ahead
-        } else if st.spool_used + charge <= self.settings.spool_bytes() {
-            Reserve::Done
-        } else if block {
-            Reserve::Full
-        } else {
-            Reserve::Overflow
-        };
-        let Some(s) = st.stream(id) else {
+        let State { streams, spool, .. } = &mut *st;
+        let Some(Some(s)) = streams.get_mut(id as usize) else {
             return Admit {
                 reserve: Reserve::Ahead,
                 defer: false,
                 wgen: Gen::NONE,
             };
         };
+        let reserve = spool.reserve(charge);
         if first {
             s.written += 1;
         }
-        let room = match reserve {
-            Reserve::Done => Room::Spool,
-            Reserve::Full => Room::Wait,
-            Reserve::Ahead | Reserve::Overflow => Room::Bitmap,
-        };
-        let a = s.intent.admit(sector, nr, first, room);
-        match reserve {
-            Reserve::Done => st.spool_used += charge,
-            Reserve::Overflow => self.enter_ahead(&mut st, "spool full"),
-            _ => {}
-        }
+        let a = s.intent.admit(sector, nr, first, reserve.room());
+        self.went_ahead(reserve == Reserve::Overflow, "spool full");
         Admit {
             reserve,
             defer: a.defer,
@@ -98,12 +72,11 @@ impl Group {
     ) -> Result<(Option<Arc<Record>>, bool)> {
         let id = rec.device_id;
         let (sector, nr) = (rec.sector, u64::from(rec.nr_sectors));
-        rec.charge = PAGE_SIZE * Payload::pages_for(payload_bytes).max(1);
-        let block = self.settings.overflow == Overflow::Block;
+        rec.charge = spool::charge(payload_bytes, PAGE_SIZE);
         let mut first = true;
         let mut defer = false;
         loop {
-            let a = self.admit(id, sector, nr, rec.charge, block, first);
+            let a = self.admit(id, sector, nr, rec.charge, first);
             if first && a.defer && nowait {
                 // Nothing reserved yet unless the spool said Done: undo it.
                 if a.reserve == Reserve::Done {
@@ -137,8 +110,7 @@ impl Group {
             Ok(r) => Ok((Some(r), defer)),
             Err(_) => {
                 let mut st = self.state.lock();
-                st.spool_used = st.spool_used.saturating_sub(charge);
-                self.enter_ahead(&mut st, "out of memory for the spool");
+                self.went_ahead(st.spool.lost(charge), "out of memory for the spool");
                 if let Some(s) = st.stream(id) {
                     s.intent.dropped(wgen, sector, nr);
                 }
@@ -151,7 +123,7 @@ impl Group {
 
     fn unadmit(&self, id: u32, charge: usize, wgen: Gen) {
         let mut st = self.state.lock();
-        st.spool_used = st.spool_used.saturating_sub(charge);
+        st.spool.release(charge);
         if let Some(s) = st.stream(id) {
             s.intent.finish(wgen);
         }
@@ -159,8 +131,7 @@ impl Group {
 
     fn prepare_failed(&self, rec: &Record, why: &str) -> Option<Arc<Record>> {
         let mut st = self.state.lock();
-        st.spool_used = st.spool_used.saturating_sub(rec.charge);
-        self.enter_ahead(&mut st, why);
+        self.went_ahead(st.spool.lost(rec.charge), why);
         if let Some(s) = st.stream(rec.device_id) {
             s.intent.dropped(rec.wgen, rec.sector, u64::from(rec.nr_sectors));
         }
@@ -176,10 +147,9 @@ impl Group {
         self.kick.schedule(0);
     }
 
+    /// What a writer told `Reserve::Full` waits for (`Spool::has_room`),
+    /// or the group's end.
     fn has_room(&self, charge: usize) -> bool {
-        let st = self.state.lock();
-        self.dead.load(Relaxed)
-            || st.mode == RepMode::Ahead
-            || st.spool_used + charge <= self.settings.spool_bytes()
+        self.dead.load(Relaxed) || self.state.lock().spool.has_room(charge)
     }
 }

@@ -5,7 +5,7 @@
 //! insertion, `START`/`STOP`.  The whole buffer is checked before any of
 //! it acts.  The way back of a write's path starts here.
 
-use super::{eopnotsupp, refused, Group, RepMode, State};
+use super::{eopnotsupp, refused, Group, State};
 use crate::chardev;
 use core::sync::atomic::Ordering::Relaxed;
 use ferry_core::command::{Command, CommandError, Commands};
@@ -59,7 +59,7 @@ impl Group {
         match *c {
             Command::Applied { epoch } => st.order.check_applied(epoch).map_err(refused),
             // Leaving `ahead` needs a resync, which this version does not have.
-            Command::Start { .. } if st.mode == RepMode::Ahead => Err(eopnotsupp()),
+            Command::Start { .. } => st.spool.start().map_err(|_| eopnotsupp()),
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => Err(eopnotsupp()),
             _ => Ok(()),
         }
@@ -82,7 +82,7 @@ impl Group {
             Command::Start { .. } => {}
             Command::Stop => {
                 let mut st = self.state.lock();
-                self.enter_ahead(&mut st, "replication stopped");
+                self.went_ahead(st.spool.stop(), "replication stopped");
             }
             Command::AckLog { .. } | Command::Ack { .. } | Command::Spooled { .. } => {}
             Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => return Err(eopnotsupp()),

@@ -7,7 +7,7 @@
 
 use super::meta_io::StreamMeta;
 use super::spool::{class_of, Stream};
-use super::{DataDev, Group, RepMode};
+use super::{DataDev, Group};
 use crate::dm::BdevRef;
 use core::sync::atomic::Ordering::Relaxed;
 use ferry_core::checkpoint::IntervalApply;
@@ -124,7 +124,7 @@ impl Group {
         fn nm<E>(_: E) -> JoinError {
             JoinError::NoMemory
         }
-        let cap = (self.settings.spool_bytes() / PAGE_SIZE).max(1);
+        let cap = self.state.lock().spool.slots(PAGE_SIZE);
         let ring = KVVec::from_elem(None, cap, GFP_KERNEL).map_err(nm)?;
         let bits = sectors.div_ceil(1u64 << chunk_shift);
         let words = storage_words(bits).ok_or(JoinError::NoMemory)?;
@@ -229,7 +229,7 @@ impl Group {
             let secondary = self.is_secondary();
             let (ahead, acked, clean) = {
                 let st = self.state.lock();
-                let ahead = st.mode == RepMode::Ahead;
+                let ahead = !st.spool.replicating();
                 let (acked, numbers) = st
                     .streams
                     .get(i)
@@ -262,7 +262,7 @@ impl Group {
             let s = st.streams.get_mut(i).and_then(Option::take);
             if let Some(s) = &s {
                 let held: usize = s.q.records().map(|r| r.charge).sum();
-                st.spool_used = st.spool_used.saturating_sub(held);
+                st.spool.release(held);
             }
             s
         };

@@ -5,10 +5,10 @@
 //! inserted into every member's stream with consecutive group sequence
 //! numbers.  They travel with the writes, through the gate to the reader.
 
-use super::{Group, Record, RepMode};
+use super::{Group, Record};
 use ferry_core::record::{ConsistencyPayload, Label, RecordKind};
-use ferry_core::table::{Overflow, Role, MAX_DEVICES};
-use kernel::page::PAGE_SIZE;
+use ferry_core::spool::Reserve;
+use ferry_core::table::{Role, MAX_DEVICES};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -48,28 +48,27 @@ impl Group {
             return Err(ENODEV);
         }
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
+        let need = recs.iter().map(|r| r.charge).sum();
         let mut st = self.state.lock();
-        if st.mode == RepMode::Ahead {
-            return Err(ENOSPC);
-        }
-        let need = recs.len() * PAGE_SIZE;
-        if st.spool_used + need > self.settings.spool_bytes() {
-            if self.settings.overflow == Overflow::Bitmap {
-                self.enter_ahead(&mut st, "spool full");
+        // Markers never wait: ahead, or no room under either policy, is
+        // ENOSPC (and `overflow bitmap` goes ahead).
+        match st.spool.reserve(need) {
+            Reserve::Done => {}
+            r => {
+                self.went_ahead(r == Reserve::Overflow, "spool full");
+                return Err(ENOSPC);
             }
-            return Err(ENOSPC);
         }
         let mut n = 0;
         for r in recs.into_iter() {
             let charge = r.charge;
-            st.spool_used += charge;
             // Cannot fail: the device is a member (membership changes need
             // `ctl`) and its ring has room (the spool had).  A consistency
             // point starts its stream's next set (`cp_first`).
             if st.sequence(r, now).is_ok() {
                 n += 1;
             } else {
-                st.spool_used = st.spool_used.saturating_sub(charge);
+                st.spool.release(charge);
             }
         }
         match kind {

@@ -25,7 +25,10 @@
 //! The numbering, the gate, the order records are read in, the
 //! acknowledgement commands and the restart numbers are
 //! `ferry_core::stream`'s: the group keeps a `GroupOrder` and each device a
-//! `ferry_core::stream::Stream` over its ring of records.
+//! `ferry_core::stream::Stream` over its ring of records.  What a record
+//! charges to the spool, what a full spool does (`overflow bitmap` or
+//! `block`), the mode (`ahead`) and what a writer waiting for room waits
+//! for are `ferry_core::spool`'s: the group keeps a `Spool` under `state`.
 //!
 //! # Storage
 //!
@@ -78,7 +81,6 @@ pub(crate) use join::{JoinError, Member};
 pub(crate) use record::{record_for, Record, RECORD_OVERHEAD};
 pub(crate) use registry::{free_registry, install_registry, registry, Given, Registry};
 pub(crate) use secondary::ReadGate;
-pub(crate) use spool::RepMode;
 pub(crate) use status::DeviceStatus;
 
 use crate::chardev::{self, FileOps, MiscDev};
@@ -89,6 +91,7 @@ use crate::work::{DelayedWork, WorkId};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{IntervalApply, ReadHold};
 use ferry_core::record::{group_id_of_name, GroupKey, RecordKind};
+use ferry_core::spool::Spool;
 use ferry_core::stream::{GroupOrder, Refused};
 use ferry_core::table::{Overflow, Role, GROUP_NAME_MAX, MAX_DEVICES};
 use kernel::new_mutex;
@@ -208,8 +211,7 @@ impl Group {
                 state <- IrqSpinLock::new(State {
                     streams,
                     order: GroupOrder::new(),
-                    spool_used: 0,
-                    mode: RepMode::Replicating,
+                    spool: Spool::new(settings.spool_bytes(), settings.overflow),
                     held: HeldList::new(),
                     reads: ReadHold::new(false),
                     held_reads: HeldList::new(),

@@ -6,7 +6,7 @@
 //! ring in the spool; a failed write takes no number and its chunks stay
 //! marked.  Second step of a write's path, in interrupt context.
 
-use super::{Group, Record, RepMode, State};
+use super::{Group, Record, State};
 use core::sync::atomic::Ordering::Relaxed;
 use kernel::sync::Arc;
 
@@ -35,7 +35,8 @@ impl Group {
             // The data may have partly landed: the chunk is unknown to the
             // secondary from now on.
             true
-        } else if st.mode == RepMode::Ahead {
+        } else if !st.spool.replicating() {
+            // Ahead: the write is tracked in the bitmap only.
             true
         } else {
             match st.sequence(rec, now) {
@@ -44,7 +45,7 @@ impl Group {
             }
         };
         if failed {
-            st.spool_used = st.spool_used.saturating_sub(charge);
+            st.spool.release(charge);
             if let Some(s) = st.stream(id) {
                 s.intent.dropped(wgen, sector, nr);
             }

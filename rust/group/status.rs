@@ -3,13 +3,14 @@
 //! What `dmsetup status` reports of a member: a primary's mode, counters
 //! and spool use; a secondary's apply state.
 
-use super::{Group, RepMode};
+use super::Group;
 use core::sync::atomic::Ordering::Relaxed;
 use ferry_core::checkpoint::ApplyState;
+use ferry_core::spool::Mode;
 
 /// What `dmsetup status` reports of a primary device.
 pub(crate) struct DeviceStatus {
-    pub(crate) mode: RepMode,
+    pub(crate) mode: Mode,
     pub(crate) written: u64,
     pub(crate) completed: u64,
     pub(crate) shipped: u64,
@@ -26,17 +27,17 @@ impl Group {
     /// Status of device `id` and of the group, for `dmsetup status`.
     pub(crate) fn status(&self, id: u32) -> DeviceStatus {
         let mut st = self.state.lock();
-        let (mode, epoch, used) = (st.mode, st.order.epoch(), st.spool_used);
+        let (spool, epoch) = (st.spool, st.order.epoch());
         let s = st.stream(id);
         DeviceStatus {
-            mode,
+            mode: spool.mode(),
             written: s.as_ref().map_or(0, |s| s.written),
             completed: s.as_ref().map_or(0, |s| s.q.last_dev_seq()),
             shipped: s.as_ref().map_or(0, |s| s.q.shipped()),
             acked: s.as_ref().map_or(0, |s| s.q.acked()),
             dirty: s.map_or(0, |s| s.intent.dirty_count()),
-            spool_used: used,
-            spool_cap: self.settings.spool_bytes(),
+            spool_used: spool.used(),
+            spool_cap: spool.cap(),
             epoch,
             dropped: self.dropped.load(Relaxed),
             rejected: self.rejected.load(Relaxed),

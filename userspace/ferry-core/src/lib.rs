@@ -14,6 +14,8 @@
 //! * [`digest`] — CRC-32C and XXH64, reference implementation and vectors.
 //! * [`stream`] — a device stream on the primary: numbering, queue,
 //!   release order, acknowledgements, restart numbers (G1, G2, G3).
+//! * [`spool`] — the spool's accounting on the primary: cap, overflow,
+//!   `ahead`, what a blocked writer waits for (G3, G6).
 //! * [`gate`] — the log-before-data gate on the primary (G2).
 //! * [`select`] — receive windows and the apply limit at the secondary (G1).
 //! * [`checkpoint`] — interval rendezvous and atomic interval apply (G4).
@@ -41,6 +43,10 @@
 //!   completion, the gate's watermark ([`stream::watermark`]), the next
 //!   record to read ([`stream::next_releasable`]), the acknowledgement
 //!   commands and the restart numbers;
+//! * per group a [`spool::Spool`]: the bytes each record charges, the
+//!   reservation of a write or of markers and what a full spool does
+//!   (`overflow bitmap` or `block`), the mode (`ahead`, `START`, `STOP`)
+//!   and what a writer waiting for room waits for;
 //! * per device a [`intent::WriteIntent`] over its own words (admission,
 //!   acknowledgements, `SPOOLED`, the sweep), and the bitmap pages it
 //!   builds, written to the meta device;
@@ -82,6 +88,7 @@ pub mod intent;
 pub mod meta;
 pub mod record;
 pub mod select;
+pub mod spool;
 pub mod stream;
 pub mod table;
 

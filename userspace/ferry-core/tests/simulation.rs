@@ -72,6 +72,9 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                             local.points_held += s.points_held;
                             local.intent_waits += s.intent_waits;
                             local.chunks_cleared += s.chunks_cleared;
+                            local.spool_waits += s.spool_waits;
+                            local.overflows += s.overflows;
+                            local.ahead_writes += s.ahead_writes;
                             local.steps += s.steps;
                         }
                         Err(f) => {
@@ -94,6 +97,9 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                 t.points_held += local.points_held;
                 t.intent_waits += local.intent_waits;
                 t.chunks_cleared += local.chunks_cleared;
+                t.spool_waits += local.spool_waits;
+                t.overflows += local.overflows;
+                t.ahead_writes += local.ahead_writes;
                 t.steps += local.steps;
             });
         }
@@ -110,7 +116,8 @@ fn run_seeds(default_count: u64) {
         "simulation: {count} seeds from {start} in {:.1?}: {} steps, {} writes, {} intervals applied, \
          {} primary and {} secondary crashes ({} tearing a mark), {} redos, {} damaged records rejected, \
          {} host reads held, {} consistency points held, {} writes waited for their \
-         write intent, {} sweeps cleared chunks",
+         write intent, {} sweeps cleared chunks, {} writes waited for spool room, {} overflows \
+         went ahead, {} writes while ahead",
         t.elapsed(),
         s.steps,
         s.writes,
@@ -123,7 +130,10 @@ fn run_seeds(default_count: u64) {
         s.reads_waited,
         s.points_held,
         s.intent_waits,
-        s.chunks_cleared
+        s.chunks_cleared,
+        s.spool_waits,
+        s.overflows,
+        s.ahead_writes
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
@@ -135,6 +145,7 @@ fn run_seeds(default_count: u64) {
         assert!(s.intervals > count, "the secondary barely applied anything");
         assert!(s.primary_crashes > 0 && s.secondary_crashes > 0 && s.redos > 0);
         assert!(s.intent_waits > 0 && s.chunks_cleared > 0);
+        assert!(s.spool_waits > 0 && s.overflows > 0 && s.ahead_writes > 0);
     }
 }
 

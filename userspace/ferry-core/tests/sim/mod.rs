@@ -10,12 +10,16 @@
 //! primary the types the kernel runs: the group order and each device's
 //! stream (`stream::GroupOrder`, `stream::Stream`: numbering at
 //! completion, the gate, the order records are read in, `ACK`, `ACK_LOG`
-//! and `SPOOLED` as the helper writes them) and its write intent
+//! and `SPOOLED` as the helper writes them), its write intent
 //! (`intent::WriteIntent`: admission in passes, intent written before a
 //! write lands, `SPOOLED`, the sweep, and the bitmap pages it writes to the
-//! meta device). The helper's part (records read and not acknowledged,
-//! sent again after a timeout or a reconnect) is modelled here. An
-//! independent oracle checks after every step:
+//! meta device) and the group's spool (`spool::Spool`: what each record
+//! charges under a small cap, `overflow block` writers that wait for room
+//! and come back when it has some, `overflow bitmap` going `ahead`, writes
+//! while `ahead` tracked in the bitmap only, markers refused while full or
+//! ahead). The helper's part (records read and not acknowledged, sent
+//! again after a timeout or a reconnect) is modelled here. An independent
+//! oracle checks after every step:
 //!
 //! * G1: the secondary image a host may read equals the primary's image
 //!   after a prefix of its completion order;
@@ -29,7 +33,9 @@
 //! * G4: host reads wait while an interval is applied, and the readable image
 //!   is exactly the image at the end of the last applied interval;
 //! * G5: every record the secondary stores is byte for byte one the primary
-//!   produced; consistency points are held only when their sets are durable.
+//!   produced; consistency points are held only when their sets are durable;
+//! * G6: the spool counts exactly the charges of the records it holds and
+//!   of the writes it took that have not completed, never above its cap.
 //!
 //! At the end the faults stop and the run must converge: the secondary
 //! applies everything, its image equals the primary's, and once everything
@@ -39,7 +45,10 @@
 //! `GroupOrder::continue_from`, the rule of a clean restart) and a resync of
 //! the chunks its meta device marks: that is the design of the resync work
 //! to come, not what the product does today (a device that did not leave
-//! cleanly comes back `ahead`).
+//! cleanly comes back `ahead`). So is the way out of `ahead` after an
+//! overflow under `overflow bitmap`: the drain restarts the primary, which
+//! resyncs what its meta devices mark. The resync's copies charge nothing
+//! to the spool.
 
 #![allow(dead_code)]
 
@@ -60,7 +69,9 @@ use ferry_core::record::{
 use ferry_core::select::{
     interval_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow,
 };
+use ferry_core::spool::{self, Reserve, Spool};
 use ferry_core::stream::{next_releasable, watermark, Ack, GroupOrder, Sequenced, Stream};
+use ferry_core::table::Overflow;
 use ferry_core::FastDigest;
 
 /// Streams (devices) of the group: stream 0 is the `log` device.
@@ -73,8 +84,16 @@ const WINDOW: usize = 96;
 const INTERVALS: usize = 32;
 /// Sequence numbers a restarted primary skips (its persisted reservation).
 const JUMP: u64 = 1 << 12;
-/// Records a device's ring holds (the kernel's bound is the spool cap).
-const RING: usize = 4096;
+/// Bytes of a spool page here: a sector, so that a one-block write
+/// charges one page and a two-block write two.
+const PAGE: usize = SECTOR_SIZE as usize;
+/// Spool cap, pages: from `SPOOL_MIN` to twice that, by seed.
+const SPOOL_MIN: usize = 32;
+/// Each `OVERFLOW_BITMAP_EVERY`th seed runs under `overflow bitmap`, the
+/// others under `overflow block`.
+const OVERFLOW_BITMAP_EVERY: u64 = 4;
+/// An `ahead` write's token (what its blocks hold): this bit, and a count.
+const AHEAD_TOKEN: u64 = 1 << 48;
 const RTO: u64 = 10;
 const GROUP_ID: u64 = 0x6665_7272_7953_494d;
 const MAX_INFLIGHT: usize = 4;
@@ -82,9 +101,8 @@ const MAX_INFLIGHT: usize = 4;
 const SWEEP: u64 = 250;
 /// Per mille, each step with wanted bits: the kick work writes them.
 const PERSIST: u64 = 400;
-/// Per mille, per write: the spool is full (`overflow block`: the writer
-/// sleeps), and, each step, a sleeping writer is let in.
-const SPOOL_FULL: u64 = 100;
+/// Per mille, each step: a writer waiting for spool room that has some
+/// runs again.
 const WAKE: u64 = 300;
 /// Per mille, each step: the helper spools a data stream's records to the
 /// primary's disk (`SPOOLED`).
@@ -113,6 +131,8 @@ pub struct Config {
     pub steps: u64,
     /// Defect to inject.
     pub bug: Option<Bug>,
+    /// What a full spool does.
+    pub overflow: Overflow,
 }
 
 impl Config {
@@ -122,6 +142,11 @@ impl Config {
             seed,
             steps: 400,
             bug: None,
+            overflow: if seed % OVERFLOW_BITMAP_EVERY == OVERFLOW_BITMAP_EVERY - 1 {
+                Overflow::Bitmap
+            } else {
+                Overflow::Block
+            },
         }
     }
 }
@@ -174,6 +199,12 @@ pub struct Stats {
     pub intent_waits: u64,
     /// Sweeps that cleared chunks on a meta device.
     pub chunks_cleared: u64,
+    /// Writes that found the spool full and waited (`overflow block`).
+    pub spool_waits: u64,
+    /// Overflows that sent the group `ahead` (`overflow bitmap`).
+    pub overflows: u64,
+    /// Writes completed while `ahead` (tracked in the bitmap only).
+    pub ahead_writes: u64,
     /// Steps run, drain included.
     pub steps: u64,
 }
@@ -303,8 +334,11 @@ impl Net {
 struct Oracle {
     seed: u64,
     step: u64,
-    /// Per device and block: `(group_seq, token)` of completed writes, in
-    /// completion order.
+    /// Per device and block: `(place, token)` of completed writes, in
+    /// completion order.  A record's place is twice its `group_seq` (its
+    /// token the `group_seq`); a write completed while `ahead` comes after
+    /// the last record numbered before it, at twice its `group_seq` plus
+    /// one.
     history: Vec<Vec<Vec<(u64, u64)>>>,
     /// Every record the primary produced, by (stream, dev_seq).
     produced: HashMap<(usize, u64), Vec<u8>>,
@@ -319,8 +353,12 @@ struct Oracle {
     /// First dev_seq of each stream's current generation.
     gen_base: [u64; DEVICES],
     /// Per device and block: the `dev_seq` of the latest record that
-    /// carries what the primary's block holds (a write or a resync copy).
+    /// carries what the primary's block holds (a write or a resync copy;
+    /// `u64::MAX`: none, a write while `ahead`).
     carrier: Vec<Vec<u64>>,
+    /// Writes completed while `ahead`, which have no `group_seq`: their
+    /// place in the completion order, by token.
+    ahead: HashMap<u64, u64>,
 }
 
 impl Oracle {
@@ -333,9 +371,30 @@ impl Oracle {
         }
     }
 
-    fn image_at(&self, dev: usize, block: usize, gseq: u64) -> u64 {
+    /// The place in the completion order of the write whose token a block
+    /// holds.
+    fn place_of(&self, token: u64) -> u64 {
+        self.ahead.get(&token).copied().unwrap_or(2 * token)
+    }
+
+    /// A write of `[block, +len)` of `dev` completed while `ahead`, after
+    /// the record `last_group_seq`: its token.
+    fn ahead_write(&mut self, dev: usize, block: u64, len: u64, last_group_seq: u64) -> u64 {
+        let token = AHEAD_TOKEN + self.ahead.len() as u64;
+        let place = 2 * last_group_seq + 1;
+        self.ahead.insert(token, place);
+        for b in block..block + len {
+            self.history[dev][b as usize].push((place, token));
+            self.carrier[dev][b as usize] = u64::MAX;
+        }
+        token
+    }
+
+    /// What `block` of `dev` holds after the completion order up to
+    /// `place`.
+    fn image_at(&self, dev: usize, block: usize, place: u64) -> u64 {
         let h = &self.history[dev][block];
-        let i = h.partition_point(|&(g, _)| g <= gseq);
+        let i = h.partition_point(|&(g, _)| g <= place);
         if i == 0 {
             0
         } else {
@@ -351,7 +410,7 @@ impl Oracle {
         if h.kind.modifies_data() {
             for b in h.sector..h.sector + u64::from(h.nr_sectors) {
                 if !h.flags.has(Flags::RESYNC) {
-                    self.history[stream][b as usize].push((h.group_seq, h.group_seq));
+                    self.history[stream][b as usize].push((2 * h.group_seq, h.group_seq));
                 }
                 self.carrier[stream][b as usize] = h.dev_seq;
             }
@@ -398,7 +457,12 @@ impl Oracle {
     fn check_image(&self, sec: &[Vec<u64>], applied: u64) -> Result<(), Failure> {
         // G1: the image equals the image after the prefix ending at the
         // latest write it shows.
-        let p = sec.iter().flatten().copied().max().unwrap_or(0);
+        let p = sec
+            .iter()
+            .flatten()
+            .map(|&v| self.place_of(v))
+            .max()
+            .unwrap_or(0);
         for (d, img) in sec.iter().enumerate() {
             for (b, &v) in img.iter().enumerate() {
                 let want = self.image_at(d, b, p);
@@ -406,7 +470,7 @@ impl Oracle {
                     return Err(self.fail(
                         "G1 write-order fidelity",
                         format!(
-                            "device {d} block {b} holds write {v} but the prefix through write {p} has {want}"
+                            "device {d} block {b} holds write {v} but the prefix through place {p} has {want}"
                         ),
                     ));
                 }
@@ -428,7 +492,7 @@ impl Oracle {
         };
         for (d, img) in sec.iter().enumerate() {
             for (b, &v) in img.iter().enumerate() {
-                let want = self.image_at(d, b, end);
+                let want = self.image_at(d, b, 2 * end);
                 if v != want {
                     return Err(self.fail(
                         "G4 atomic intervals",
@@ -455,6 +519,8 @@ struct SpoolRec {
     gen: Gen,
     sector: u64,
     nr: u64,
+    /// Bytes it charges to the spool.
+    charge: usize,
 }
 
 impl Sequenced for SpoolRec {
@@ -500,6 +566,10 @@ struct Inflight {
     /// A pass said its chunks were not durable: it waits for the kick.
     defer: bool,
     state: Admitted,
+    /// Bytes its record charges to the spool.
+    charge: usize,
+    /// The spool took it (`Reserve::Done`): it becomes a record.
+    record: bool,
 }
 
 struct PDev {
@@ -515,9 +585,11 @@ struct PDev {
 }
 
 impl PDev {
-    fn new(dev: usize, start: u64) -> Self {
+    /// Device `dev`, its stream continuing after `start`, its ring of
+    /// `slots` records.
+    fn new(dev: usize, start: u64, slots: usize) -> Self {
         let words = vec![0; storage_words(CHUNKS).expect("words")];
-        let slots = (0..RING).map(|_| None).collect();
+        let slots = (0..slots).map(|_| None).collect();
         Self {
             image: vec![0; BLOCKS as usize],
             meta: vec![0; words_for(CHUNKS) as usize],
@@ -582,6 +654,8 @@ struct Handshake {
 
 struct Primary {
     up: bool,
+    /// The group's spool accounting and mode.
+    spool: Spool,
     devs: Vec<PDev>,
     order: GroupOrder,
     generation: u64,
@@ -770,8 +844,21 @@ struct World {
     image_dirty: bool,
 }
 
+/// The primary's spool in run `cfg`: its cap by seed, its policy.
+fn new_spool(cfg: &Config) -> Spool {
+    let pages = SPOOL_MIN + (cfg.seed / OVERFLOW_BITMAP_EVERY % (SPOOL_MIN as u64 + 1)) as usize;
+    Spool::new(pages * PAGE, cfg.overflow)
+}
+
+/// Records a device's ring holds: what the spool's cap bounds, and the
+/// resync's copies, which charge nothing.
+fn ring_slots(spool: &Spool) -> usize {
+    spool.slots(PAGE) + CHUNKS as usize
+}
+
 /// Runs one simulation; `Ok` with its counters, or the first violation.
 pub fn run(cfg: Config) -> Result<Stats, Failure> {
+    let spool = new_spool(&cfg);
     let mut w = World {
         cfg,
         rng: Rng(cfg.seed ^ 0x5EED_F00D_CAFE_0001),
@@ -783,7 +870,10 @@ pub fn run(cfg: Config) -> Result<Stats, Failure> {
         },
         p: Primary {
             up: true,
-            devs: (0..DEVICES).map(|d| PDev::new(d, 0)).collect(),
+            spool,
+            devs: (0..DEVICES)
+                .map(|d| PDev::new(d, 0, ring_slots(&spool)))
+                .collect(),
             order: GroupOrder::new(),
             generation: 0,
             inflight: Vec::new(),
@@ -801,6 +891,7 @@ pub fn run(cfg: Config) -> Result<Stats, Failure> {
             points: HashMap::new(),
             gen_base: [1; DEVICES],
             carrier: vec![vec![0; BLOCKS as usize]; DEVICES],
+            ahead: HashMap::new(),
         },
         stats: Stats::default(),
         faults: &FAULTY,
@@ -903,20 +994,39 @@ impl World {
         }
     }
 
-    /// The drain: every writer is let in, its intent written, and up to
-    /// `n` writes complete.
+    /// The drain: every writer waiting for spool room that has some is let
+    /// in, the intent written, and up to `n` writes complete.
     fn complete_some(&mut self, n: usize) {
         for i in 0..self.p.inflight.len() {
-            if self.p.inflight[i].state == Admitted::Sleeping {
-                self.admit_again(i, Room::Spool);
+            let f = self.p.inflight[i];
+            if f.state == Admitted::Sleeping && self.p.spool.has_room(f.charge) {
+                self.admit_again(i);
             }
         }
         self.persist_intent();
         for _ in 0..n {
-            if let Some(done) = self.p.inflight.pop() {
-                self.complete(done);
-            }
+            let Some(i) = self
+                .p
+                .inflight
+                .iter()
+                .rposition(|f| f.state == Admitted::Issued)
+            else {
+                break;
+            };
+            let done = self.p.inflight.remove(i);
+            self.complete(done);
         }
+    }
+
+    /// A spool reservation of `charge` bytes (`Spool::reserve`), counted.
+    fn reserve(&mut self, charge: usize) -> Reserve {
+        let r = self.p.spool.reserve(charge);
+        match r {
+            Reserve::Full => self.stats.spool_waits += 1,
+            Reserve::Overflow => self.stats.overflows += 1,
+            _ => {}
+        }
+        r
     }
 
     fn submit(&mut self, dev: usize) {
@@ -940,21 +1050,25 @@ impl World {
             }
             (block, len)
         };
-        // `map`: the first admission pass, in the kernel's write intent.
-        let room = if self.rng.chance(SPOOL_FULL) {
-            Room::Wait
-        } else {
-            Room::Spool
-        };
-        let a = self.p.devs[dev].intent.admit(block, len, true, room);
-        if self.rng.chance(50) && (a.defer || room == Room::Wait) {
+        // `map`: the first admission pass, spool room then write intent,
+        // as the kernel's `Group::admit` does.
+        let payload = if kind == RecordKind::Write { len } else { 0 };
+        let charge = spool::charge(payload as usize * SECTOR_SIZE as usize, PAGE);
+        let reserve = self.reserve(charge);
+        let a = self.p.devs[dev]
+            .intent
+            .admit(block, len, true, reserve.room());
+        if self.rng.chance(50) && (a.defer || reserve == Reserve::Full) {
             // REQ_NOWAIT: it would have to wait, so it fails with EAGAIN
-            // and its record is given back.
+            // and its room and record are given back.
+            if reserve == Reserve::Done {
+                self.p.spool.release(charge);
+            }
             self.p.devs[dev].intent.finish(a.gen);
             return;
         }
-        let state = match room {
-            Room::Wait => Admitted::Sleeping,
+        let state = match reserve {
+            Reserve::Full => Admitted::Sleeping,
             _ if a.defer => Admitted::Waiting,
             _ => Admitted::Issued,
         };
@@ -969,19 +1083,25 @@ impl World {
             gen: a.gen,
             defer: a.defer,
             state,
+            charge,
+            record: reserve == Reserve::Done,
         });
     }
 
     /// A sleeping writer comes back: admitted again with what the spool
-    /// does now (`first` false); it waits for its intent if either pass
-    /// said so.
-    fn admit_again(&mut self, i: usize, room: Room) {
+    /// does now (`first` false; full again, it sleeps again); it waits for
+    /// its intent if either pass said so.
+    fn admit_again(&mut self, i: usize) {
         let f = self.p.inflight[i];
-        let a = self.p.devs[f.dev].intent.admit(f.block, f.len, false, room);
-        if room == Room::Wait {
+        let reserve = self.reserve(f.charge);
+        let a = self.p.devs[f.dev]
+            .intent
+            .admit(f.block, f.len, false, reserve.room());
+        if reserve == Reserve::Full {
             return;
         }
         let f = &mut self.p.inflight[i];
+        f.record = reserve == Reserve::Done;
         f.gen = a.gen;
         f.defer |= a.defer;
         f.state = if f.defer {
@@ -1007,17 +1127,16 @@ impl World {
         }
     }
 
-    /// The group's work items: sleeping writers let in, the kick work, the
-    /// tick's sweep.
+    /// The group's work items: sleeping writers whose wait is over
+    /// (`Spool::has_room`) run again, the kick work, the tick's sweep.
     fn intent_work(&mut self) {
         for i in 0..self.p.inflight.len() {
-            if self.p.inflight[i].state == Admitted::Sleeping && self.rng.chance(WAKE) {
-                let room = if self.rng.chance(2 * SPOOL_FULL) {
-                    Room::Wait
-                } else {
-                    Room::Spool
-                };
-                self.admit_again(i, room);
+            let f = self.p.inflight[i];
+            if f.state == Admitted::Sleeping
+                && self.p.spool.has_room(f.charge)
+                && self.rng.chance(WAKE)
+            {
+                self.admit_again(i);
             }
         }
         let waiting = self.p.inflight.iter().any(|f| f.state == Admitted::Waiting);
@@ -1046,15 +1165,36 @@ impl World {
             return;
         }
         let upto = acked + 1 + self.rng.below(shipped - acked);
-        let intent = &mut d.intent;
+        let (intent, spool) = (&mut d.intent, &mut self.p.spool);
         d.stream
             .acknowledge(Ack::Spooled, upto, |r| {
+                spool.release(r.charge);
                 intent.spooled(r.gen, r.sector, r.nr, r.dev_seq, acked)
             })
             .expect("SPOOLED of records read");
     }
 
     fn complete(&mut self, w: Inflight) {
+        if !(w.record && self.p.spool.replicating()) {
+            // No record (the group was ahead when it was admitted), or the
+            // group went ahead since: its room comes back, its chunks stay
+            // dirty, and the write is in the completion order with no
+            // number.
+            if w.record {
+                self.p.spool.release(w.charge);
+                self.p.devs[w.dev].intent.dropped(w.gen, w.block, w.len);
+            }
+            if w.kind.modifies_data() {
+                let last = self.p.order.last_group_seq();
+                let token = self.o.ahead_write(w.dev, w.block, w.len, last);
+                for b in w.block..w.block + w.len {
+                    self.p.devs[w.dev].image[b as usize] = token;
+                }
+                self.stats.writes += 1;
+                self.stats.ahead_writes += 1;
+            }
+            return;
+        }
         let mut payload = Vec::new();
         let gseq = self.p.order.last_group_seq() + 1;
         if w.kind == RecordKind::Write {
@@ -1067,7 +1207,14 @@ impl World {
                 payload.extend_from_slice(&sector);
             }
         }
-        let h = self.sequence(w.dev, w.kind, Flags(0), w.block, w.len, &payload, w.gen);
+        let h = self.sequence(
+            w.dev,
+            w.kind,
+            Flags(0),
+            (w.block, w.len),
+            &payload,
+            (w.gen, w.charge),
+        );
         debug_assert_eq!(h.group_seq, gseq);
         if w.kind.modifies_data() {
             for b in w.block..w.block + w.len {
@@ -1077,19 +1224,18 @@ impl World {
         }
     }
 
-    /// Gives a completed write (or a marker) its place in the stream and in
-    /// the group order (`GroupOrder::sequence`, as the kernel's completion
-    /// does), encoded into the device's ring.
-    #[allow(clippy::too_many_arguments)]
+    /// Gives a completed write (or a marker) of `(sector, nr)` its place in
+    /// the stream and in the group order (`GroupOrder::sequence`, as the
+    /// kernel's completion does), encoded into the device's ring with its
+    /// write-intent generation and spool charge.
     fn sequence(
         &mut self,
         dev: usize,
         kind: RecordKind,
         flags: Flags,
-        sector: u64,
-        nr: u64,
+        (sector, nr): (u64, u64),
         payload: &[u8],
-        gen: Gen,
+        (gen, charge): (Gen, usize),
     ) -> RecordHeader {
         let mut flags = flags;
         if CLASSES[dev] == DeviceClass::Log {
@@ -1103,6 +1249,7 @@ impl World {
             gen,
             sector,
             nr,
+            charge,
         });
         let key = &self.key;
         let mut made = None;
@@ -1137,19 +1284,43 @@ impl World {
         h
     }
 
-    fn checkpoint(&mut self) {
+    /// Spool room for a marker in every stream, as the kernel's
+    /// `insert_markers` reserves it (`ENOSPC` when full or ahead); the
+    /// charge of each.
+    fn reserve_markers(&mut self) -> Option<usize> {
+        let charge = spool::charge(0, PAGE);
+        (self.reserve(DEVICES * charge) == Reserve::Done).then_some(charge)
+    }
+
+    /// Closes the open interval; false if the spool has no room for the
+    /// markers.
+    fn checkpoint(&mut self) -> bool {
+        let Some(charge) = self.reserve_markers() else {
+            return false;
+        };
         let e = self.p.order.epoch();
         let mut last = 0;
         for dev in 0..DEVICES {
             last = self
-                .sequence(dev, RecordKind::Checkpoint, Flags(0), 0, 0, &[], Gen::NONE)
+                .sequence(
+                    dev,
+                    RecordKind::Checkpoint,
+                    Flags(0),
+                    (0, 0),
+                    &[],
+                    (Gen::NONE, charge),
+                )
                 .group_seq;
         }
         self.o.epoch_end.insert(e, last);
         self.p.order.checkpoint_inserted();
+        true
     }
 
     fn consistency_point(&mut self) {
+        let Some(charge) = self.reserve_markers() else {
+            return;
+        };
         let id = self.p.order.next_cp_id();
         let label = Label::new(format!("cp-{id}").as_bytes()).expect("label");
         let mut seqs = [0; DEVICES];
@@ -1165,10 +1336,9 @@ impl World {
                 dev,
                 RecordKind::ConsistencyPoint,
                 Flags(0),
-                0,
-                0,
+                (0, 0),
                 &buf[..n],
-                Gen::NONE,
+                (Gen::NONE, charge),
             );
             *seq = h.dev_seq;
         }
@@ -1252,9 +1422,10 @@ impl World {
         }
         let mut dropped = Vec::new();
         for (a, ds) in cmds {
-            let intent = &mut d.intent;
+            let (intent, spool) = (&mut d.intent, &mut self.p.spool);
             d.stream
                 .acknowledge(a, ds, |r| {
+                    spool.release(r.charge);
                     intent.finish(r.gen);
                     dropped.push(r.dev_seq);
                 })
@@ -1298,11 +1469,13 @@ impl World {
         self.p.order = GroupOrder::new();
         self.p.order.continue_from(&n, self.now * 1000);
         let resync_epoch = self.p.order.epoch();
+        self.p.spool = new_spool(&self.cfg);
+        let slots = ring_slots(&self.p.spool);
         let mut bases = [0; DEVICES];
         for (dev, base) in bases.iter_mut().enumerate() {
             let old = &self.p.devs[dev];
             let start = old.stream.last_dev_seq() + JUMP;
-            let mut d = PDev::new(dev, start);
+            let mut d = PDev::new(dev, start, slots);
             d.image = old.image.clone();
             d.meta = old.meta.clone();
             self.p.devs[dev] = d;
@@ -1340,14 +1513,13 @@ impl World {
                     dev,
                     RecordKind::Write,
                     Flags(Flags::RESYNC),
-                    first,
-                    count,
+                    (first, count),
                     &payload,
-                    gen,
+                    (gen, 0),
                 );
             }
         }
-        self.checkpoint();
+        assert!(self.checkpoint(), "room for the resync's markers");
         self.p.handshake = Some(Handshake {
             generation: self.p.generation,
             bases,
@@ -1701,6 +1873,35 @@ impl World {
     // ------------------------------------------------------------ oracle
 
     fn check(&mut self) -> Result<(), Failure> {
+        // G6: the spool counts exactly the records it holds and the writes
+        // it took that have not completed, and never more than its cap.
+        if self.p.up {
+            let spooled: usize = self
+                .p
+                .devs
+                .iter()
+                .flat_map(|d| d.stream.records())
+                .map(|r| r.charge)
+                .sum();
+            let admitted: usize = self
+                .p
+                .inflight
+                .iter()
+                .filter(|f| f.record)
+                .map(|f| f.charge)
+                .sum();
+            let spool = &self.p.spool;
+            if spool.used() != spooled + admitted || spool.used() > spool.cap() {
+                return Err(self.o.fail(
+                    "G6 bounded",
+                    format!(
+                        "the spool counts {} of {} bytes, its records {spooled} and admitted writes {admitted}",
+                        spool.used(),
+                        spool.cap()
+                    ),
+                ));
+            }
+        }
         // G4: a host read waits while an interval is being applied.
         if self.s.up && self.s.job.is_some() {
             let mut probe = self.s.reads;
@@ -1762,8 +1963,21 @@ impl World {
         if !self.s.up {
             self.recover_secondary()?;
         }
-        self.complete_some(MAX_INFLIGHT);
-        self.checkpoint();
+        // Every write completes (those waiting for spool room once it has
+        // some), then the last interval closes (once the spool has room
+        // for its markers).  A group `ahead` is restarted and resyncs: the
+        // design of the resync work to come.
+        for _ in 0..4000 {
+            if !self.p.spool.replicating() {
+                self.crash_primary();
+                self.recover_primary();
+            }
+            self.complete_some(MAX_INFLIGHT);
+            if self.p.inflight.is_empty() && self.checkpoint() {
+                break;
+            }
+            self.step(false)?;
+        }
         let target = self.p.order.epoch() - 1;
         for _ in 0..4000 {
             self.step(false)?;
