@@ -89,7 +89,7 @@ use crate::work::{DelayedWork, WorkId};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{IntervalApply, ReadHold};
 use ferry_core::record::{group_id_of_name, GroupKey, RecordKind};
-use ferry_core::stream::{GroupOrder, Refused};
+use ferry_core::stream::GroupOrder;
 use ferry_core::table::{Overflow, Role, GROUP_NAME_MAX, MAX_DEVICES};
 use kernel::new_mutex;
 use kernel::prelude::*;
@@ -281,13 +281,6 @@ impl Group {
 
 fn ebadmsg() -> Error {
     Error::from_errno(-(kernel::bindings::EBADMSG as i32))
-}
-
-fn refused(r: Refused) -> Error {
-    match r {
-        Refused::Invalid => EINVAL,
-        Refused::Range => ERANGE,
-    }
 }
 
 fn eopnotsupp() -> Error {
