@@ -92,7 +92,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{IntervalApply, ReadHold};
 use ferry_core::record::{group_id_of_name, GroupKey, RecordKind};
 use ferry_core::spool::Spool;
-use ferry_core::stream::{GroupOrder, Refused};
+use ferry_core::stream::GroupOrder;
 use ferry_core::table::{Overflow, Role, GROUP_NAME_MAX, MAX_DEVICES};
 use kernel::new_mutex;
 use kernel::prelude::*;
@@ -283,13 +283,6 @@ impl Group {
 
 fn ebadmsg() -> Error {
     Error::from_errno(-(kernel::bindings::EBADMSG as i32))
-}
-
-fn refused(r: Refused) -> Error {
-    match r {
-        Refused::Invalid => EINVAL,
-        Refused::Range => ERANGE,
-    }
 }
 
 fn eopnotsupp() -> Error {

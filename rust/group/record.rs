@@ -11,6 +11,7 @@ use ferry_core::intent::Gen;
 use ferry_core::record::{
     Flags, RecordHeader, RecordKind, CP_FIXED_LEN, HEADER_LEN, LABEL_MAX, TAIL_LEN,
 };
+use ferry_core::spool;
 use ferry_core::stream::{Numbered, Sequenced};
 use ferry_core::table::Role;
 use kernel::page::PAGE_SIZE;
@@ -30,7 +31,7 @@ pub(crate) struct Record {
     /// A consistency point's payload, encoded.
     pub(super) inline: [u8; CP_FIXED_LEN + LABEL_MAX],
     pub(super) inline_len: usize,
-    /// Spool bytes charged for this record.
+    /// Spool bytes charged for this record (`ferry_core::spool::charge`).
     pub(super) charge: usize,
     /// Write-intent generation whose count this record holds, or
     /// [`Gen::NONE`] (no chunk: flushes, markers).
@@ -56,7 +57,9 @@ impl Record {
             payload: Payload::empty(),
             inline: [0; CP_FIXED_LEN + LABEL_MAX],
             inline_len: 0,
-            charge: PAGE_SIZE,
+            // No payload (a marker, a flush): one page; admission
+            // charges a write's payload (`admit.rs`).
+            charge: spool::charge(0, PAGE_SIZE),
             wgen: Gen::NONE,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),

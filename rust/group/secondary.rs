@@ -233,20 +233,19 @@ impl Group {
         if buf.len() > chardev::WRITE_MAX {
             return Err(EINVAL);
         }
-        for c in Commands::new(buf) {
-            match c.map_err(|_: CommandError| EINVAL)? {
-                Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => {}
-                _ => return Err(eopnotsupp()),
-            }
+        // One command a write: `APPLY_BEGIN` and `APPLY_END` write the
+        // meta devices and may fail half-way through a batch, so a
+        // secondary takes no batch (all of it or none would not hold).
+        let mut cmds = Commands::new(buf);
+        let c = cmds.next().ok_or(EINVAL)?.map_err(|_: CommandError| EINVAL)?;
+        if cmds.next().is_some() {
+            return Err(EINVAL);
         }
-        for c in Commands::new(buf).flatten() {
-            match c {
-                Command::ApplyBegin { epoch } => self.apply_begin(epoch)?,
-                Command::ApplyEnd { epoch } => self.apply_end(epoch)?,
-                _ => {}
-            }
+        match c {
+            Command::ApplyBegin { epoch } => self.apply_begin(epoch),
+            Command::ApplyEnd { epoch } => self.apply_end(epoch),
+            _ => Err(eopnotsupp()),
         }
-        Ok(())
     }
 
     /// `dmsetup message <dev> 0 promote`: the secondary becomes a primary

@@ -23,6 +23,23 @@ err 22 "ack-log of a data device" ack-log 0 1
 err 22 "ack of a device not in the group" ack 7 1
 err 34 "ack beyond what was read" ack 0 999999
 err 34 "applied epoch not yet closed" applied 999
+# A write of several commands applies all of them or none, and fails with
+# the errno of its first refused command: a valid ACK then an out-of-range
+# one leaves acked and the spool as they were.
+[ "$(status_field c0 9)" = 0 ] || fail "acknowledged before the batch: $(dm status c0)"
+used=$(status_field c0 10) rej=$(status_field c0 15)
+err 34 "a valid ACK then an out-of-range ACK, in one write" ack 0 5 + ack 0 999999
+err 22 "a valid ACK then a malformed command, in one write" ack 0 5 + raw 00
+err 22 "a device not in the group, then an out-of-range ACK: the first one's errno" ack 7 1 + ack 0 999999
+[ "$(status_field c0 9)" = 0 ] || fail "a refused write applied its valid ACK: acked $(status_field c0 9)"
+[ "$(status_field c0 10)" = "$used" ] || fail "a refused write freed spool: $used -> $(status_field c0 10) KiB"
+[ "$(status_field c0 15)" = $((rej + 3)) ] || fail "refused writes not counted once each: $rej -> $(status_field c0 15)"
+ok "a refused write applies none of its commands (acked 0, spool $used KiB)"
+out=$(ferry-test cmd --dev /dev/ferry/gc --read-first 200000 ack 0 5 || true)
+[ "$out" = "cmd|ok|24" ] || fail "the valid ACK alone: $out"
+[ "$(status_field c0 9)" = 5 ] || fail "the valid ACK alone not applied: acked $(status_field c0 9)"
+[ "$(status_field c0 10)" -lt "$used" ] || fail "the valid ACK alone freed no spool: $used -> $(status_field c0 10) KiB"
+ok "the valid ACK alone is applied (acked 5)"
 out=$(ferry-test cmd --dev /dev/ferry/gc stop || true); [ "$out" = "cmd|ok|8" ] || fail "stop: $out"
 err 95 "start while ahead (resync is not in this version)" start
 [ "$(status_field c0 5)" = ahead ] || fail "stop did not make the group ahead"

@@ -24,6 +24,7 @@
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
 //! * [`meta`] — the meta device of a primary: layout, superblock.
 //! * [`command`] — commands written to the character device.
+//! * [`batch`] — a `write(2)` of commands: all of them or none.
 //! * [`table`] — the device-mapper table line of the `ferry` target.
 //!
 //! # In the kernel
@@ -51,7 +52,8 @@
 //!   acknowledgements, `SPOOLED`, the sweep), and the bitmap pages it
 //!   builds, written to the meta device;
 //! * [`command::Commands`] over each `write(2)` to the character device
-//!   (any [`command::CommandError`] is `-EINVAL`);
+//!   (any [`command::CommandError`] is `-EINVAL`), checked as a whole by
+//!   [`batch::Batch`] before any of it acts;
 //! * in secondary mode, [`checkpoint::IntervalApply`] and its
 //!   [`checkpoint::ApplyMark`] (read from two copies, merged over the
 //!   members), [`checkpoint::place`] for each record applied, and a
@@ -63,6 +65,7 @@
 
 mod bytes;
 
+pub mod batch;
 pub mod bitmap;
 pub mod checkpoint;
 pub mod command;

@@ -52,7 +52,10 @@
 //!    return `true` the first time, for the caller to warn and wake).
 //!
 //! The kernel keeps the [`Spool`] in the group's state, under its
-//! interrupt-safe lock; every method is a few comparisons.
+//! interrupt-safe lock; every method is a few comparisons.  A `write(2)`
+//! of commands is checked against a copy, which its markers reserve on,
+//! its acknowledgements release and its `STOP` stops by these same rules
+//! ([`crate::batch::Batch`]).
 
 use crate::intent::Room;
 use crate::table::Overflow;

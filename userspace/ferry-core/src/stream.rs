@@ -35,8 +35,10 @@
 //!    ([`may_release`]), the one lowest in the group order.  A stream is
 //!    thus read as a prefix: nothing passes a held record.
 //! 5. **Acknowledgements.**  The helper writes `ACK_LOG`, `ACK` and
-//!    `SPOOLED` ([`Ack`]); each is checked ([`Stream::check`]) before any
-//!    command of the same `write(2)` acts:
+//!    `SPOOLED` ([`Ack`]); each is checked ([`AckState::check`]), and a
+//!    `write(2)` of several commands is checked as a whole, each against
+//!    the positions the earlier ones leave, before any of it acts
+//!    ([`crate::batch`]):
 //!    * `ACK_LOG` is a log stream's only ([`Refused::Invalid`]);
 //!    * `SPOOLED` of a log stream may not reach above `log_acked`
 //!      ([`Refused::Invalid`]): a log record leaves the queue only
@@ -143,6 +145,78 @@ impl core::fmt::Display for Refused {
     }
 }
 
+/// A stream's acknowledgement positions (rule 5), plain values: what an
+/// acknowledgement is checked against and what it changes.  A copy
+/// ([`Stream::ack_state`]) lets a batch of commands be checked as each
+/// earlier command of the batch leaves the stream ([`crate::batch`]);
+/// [`Stream::acknowledge`] applies the same steps to the stream itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckState {
+    class: DeviceClass,
+    shipped: u64,
+    acked: u64,
+    log_acked: u64,
+    /// Every record up to this `dev_seq` has left the queue.
+    dropped: u64,
+}
+
+impl AckState {
+    /// Checks an acknowledgement up to `dev_seq` (rule 5):
+    /// * `ACK_LOG` is a log stream's only ([`Refused::Invalid`]);
+    /// * `SPOOLED` of a log stream may not reach above `log_acked`
+    ///   ([`Refused::Invalid`]);
+    /// * nothing may reach above `shipped` ([`Refused::Range`]).
+    pub fn check(&self, ack: Ack, dev_seq: u64) -> Result<(), Refused> {
+        let log = self.class == DeviceClass::Log;
+        if ack == Ack::Log && !log {
+            return Err(Refused::Invalid);
+        }
+        if ack == Ack::Spooled && log && dev_seq > self.log_acked {
+            return Err(Refused::Invalid);
+        }
+        if dev_seq > self.shipped {
+            return Err(Refused::Range);
+        }
+        Ok(())
+    }
+
+    /// Applies an acknowledgement up to `dev_seq`, checked first (rule 5):
+    /// `ACK_LOG` raises `log_acked`; `ACK` raises `acked` and `log_acked`;
+    /// `ACK` and `SPOOLED` drop the records up to `dev_seq`.  Returns the
+    /// `dev_seq`s of the records dropped (first, last), if any may be: an
+    /// `ACK` or `SPOOLED` above what was dropped already.
+    pub fn acknowledge(&mut self, ack: Ack, dev_seq: u64) -> Result<Option<(u64, u64)>, Refused> {
+        self.check(ack, dev_seq)?;
+        match ack {
+            Ack::Log => {
+                self.log_acked = self.log_acked.max(dev_seq);
+                return Ok(None);
+            }
+            Ack::Durable => {
+                self.acked = self.acked.max(dev_seq);
+                self.log_acked = self.log_acked.max(dev_seq);
+            }
+            Ack::Spooled => {}
+        }
+        if dev_seq <= self.dropped {
+            return Ok(None);
+        }
+        let first = self.dropped.saturating_add(1);
+        self.dropped = dev_seq;
+        Ok(Some((first, dev_seq)))
+    }
+
+    /// Highest `dev_seq` acknowledged durable.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Highest `dev_seq` acknowledged for the gate.
+    pub fn log_acked(&self) -> u64 {
+        self.log_acked
+    }
+}
+
 /// The records of one device on the primary, in `dev_seq` order, and its
 /// numbers.  See the module documentation for the rules.
 #[derive(Clone, Debug)]
@@ -225,17 +299,21 @@ where
 
     /// Checks an acknowledgement of the stream up to `dev_seq` (rule 5).
     pub fn check(&self, ack: Ack, dev_seq: u64) -> Result<(), Refused> {
-        let log = self.class == DeviceClass::Log;
-        if ack == Ack::Log && !log {
-            return Err(Refused::Invalid);
+        self.ack_state().check(ack, dev_seq)
+    }
+
+    /// The stream's acknowledgement positions, a copy that a batch of
+    /// commands is checked against ([`crate::batch`]).
+    pub fn ack_state(&self) -> AckState {
+        AckState {
+            class: self.class,
+            shipped: self.shipped,
+            acked: self.acked,
+            log_acked: self.log_acked,
+            dropped: self
+                .at(0)
+                .map_or(self.last_dev_seq, |r| r.dev_seq().saturating_sub(1)),
         }
-        if ack == Ack::Spooled && log && dev_seq > self.log_acked {
-            return Err(Refused::Invalid);
-        }
-        if dev_seq > self.shipped {
-            return Err(Refused::Range);
-        }
-        Ok(())
     }
 
     /// Why the stream is left by its device: its highest acknowledged
@@ -324,17 +402,11 @@ where
         dev_seq: u64,
         mut dropped: impl FnMut(P),
     ) -> Result<(), Refused> {
-        self.check(ack, dev_seq)?;
-        match ack {
-            Ack::Log => {
-                self.log_acked = self.log_acked.max(dev_seq);
-                return Ok(());
-            }
-            Ack::Durable => {
-                self.acked = self.acked.max(dev_seq);
-                self.log_acked = self.log_acked.max(dev_seq);
-            }
-            Ack::Spooled => {}
+        let mut a = self.ack_state();
+        let drops = a.acknowledge(ack, dev_seq)?;
+        (self.acked, self.log_acked) = (a.acked, a.log_acked);
+        if drops.is_none() {
+            return Ok(());
         }
         while self.at(0).is_some_and(|r| r.dev_seq() <= dev_seq) {
             let Some(r) = self.pop() else { break };

@@ -10,7 +10,8 @@
 //!   devices, with `O_DIRECT | O_DSYNC`.
 //! * `check`: proves from the reader's log that every write of `write`
 //!   appears exactly once, in group order, with its exact payload.
-//! * `cmd`: sends one raw command and prints the errno it got.
+//! * `cmd`: sends a raw command (or several, separated by `+`, in one
+//!   `write(2)`) and prints the errno it got.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -55,7 +56,8 @@ enum Tool {
     /// After a crash: every completed write the reader did not acknowledge
     /// lies in a chunk marked on the meta device.
     CrashCheck(CrashCheckArgs),
-    /// Send one command; print "ok" or the errno name.
+    /// Send one command, or several (`+` between them) in one write(2);
+    /// print "ok" or the errno.
     Cmd(CmdArgs),
     /// G1 on a secondary's devices: what they hold is the image of the
     /// writer's devices after a prefix of its (dependent) writes.
@@ -258,7 +260,8 @@ struct CmdArgs {
     /// cp LABEL | start | stop | raw HEX | apply-begin EPOCH |
     /// apply-end EPOCH | state (a secondary's) |
     /// record EPOCH DEV SEQ BLOCK [corrupt|header-only] (a 4 KiB write of
-    /// the self-describing block SEQ at BLOCK)
+    /// the self-describing block SEQ at BLOCK); commands (not `state` or
+    /// `record`) separated by `+` go in one write, e.g. `ack 0 5 + ack 0 9`
     #[arg(trailing_var_arg = true, required = true)]
     words: Vec<String>,
 }
@@ -1066,27 +1069,7 @@ fn cmd(a: CmdArgs) -> Res<()> {
     let w: Vec<&str> = a.words.iter().map(String::as_str).collect();
     let num = |s: &str| -> Res<u64> { s.parse().map_err(|e| format!("{s}: {e}")) };
     let bytes = match w[..] {
-        ["ack-log", d, s] => encode(&Command::AckLog {
-            device: num(d)? as u32,
-            dev_seq: num(s)?,
-        }),
-        ["ack", d, s] => encode(&Command::Ack {
-            device: num(d)? as u32,
-            dev_seq: num(s)?,
-        }),
-        ["spooled", d, s] => encode(&Command::Spooled {
-            device: num(d)? as u32,
-            dev_seq: num(s)?,
-        }),
-        ["applied", e] => encode(&Command::Applied { epoch: num(e)? }),
-        ["checkpoint"] => encode(&Command::InsertCheckpoint),
-        ["cp", l] => encode(&Command::InsertConsistencyPoint {
-            label: Label::new(l.as_bytes()).map_err(|e| format!("{e:?}"))?,
-        }),
-        ["start"] => encode(&Command::Start { flags: 0 }),
-        ["stop"] => encode(&Command::Stop),
-        ["apply-begin", e] => encode(&Command::ApplyBegin { epoch: num(e)? }),
-        ["apply-end", e] => encode(&Command::ApplyEnd { epoch: num(e)? }),
+        _ if w.contains(&"+") => encode_batch(&w)?,
         ["state"] => {
             let mut b = [0u8; 64];
             match f.read(&mut b) {
@@ -1132,17 +1115,58 @@ fn cmd(a: CmdArgs) -> Res<()> {
             }
             out
         }
-        ["raw", hex] => (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
-            .collect::<Res<Vec<u8>>>()?,
-        _ => return Err(format!("unknown command {w:?}")),
+        _ => encode_words(&w)?,
     };
     match f.write(&bytes) {
         Ok(n) => println!("cmd|ok|{n}"),
         Err(e) => println!("cmd|errno|{}", e.raw_os_error().unwrap_or(0)),
     }
     Ok(())
+}
+
+/// Encodes several commands of `ferry-test cmd`, separated by `+`, back to
+/// back: one `write(2)`.
+fn encode_batch(w: &[&str]) -> Res<Vec<u8>> {
+    let mut b = Vec::new();
+    for one in w.split(|&x| x == "+") {
+        b.extend(encode_words(one)?);
+    }
+    Ok(b)
+}
+
+/// Encodes one command of `ferry-test cmd` (`ack-log DEV SEQ`, `ack DEV
+/// SEQ`, `spooled DEV SEQ`, `applied EPOCH`, `checkpoint`, `cp LABEL`,
+/// `start`, `stop`, `apply-begin EPOCH`, `apply-end EPOCH`, `raw HEX`).
+fn encode_words(w: &[&str]) -> Res<Vec<u8>> {
+    let num = |s: &str| -> Res<u64> { s.parse().map_err(|e| format!("{s}: {e}")) };
+    Ok(match w[..] {
+        ["ack-log", d, s] => encode(&Command::AckLog {
+            device: num(d)? as u32,
+            dev_seq: num(s)?,
+        }),
+        ["ack", d, s] => encode(&Command::Ack {
+            device: num(d)? as u32,
+            dev_seq: num(s)?,
+        }),
+        ["spooled", d, s] => encode(&Command::Spooled {
+            device: num(d)? as u32,
+            dev_seq: num(s)?,
+        }),
+        ["applied", e] => encode(&Command::Applied { epoch: num(e)? }),
+        ["checkpoint"] => encode(&Command::InsertCheckpoint),
+        ["cp", l] => encode(&Command::InsertConsistencyPoint {
+            label: Label::new(l.as_bytes()).map_err(|e| format!("{e:?}"))?,
+        }),
+        ["start"] => encode(&Command::Start { flags: 0 }),
+        ["stop"] => encode(&Command::Stop),
+        ["apply-begin", e] => encode(&Command::ApplyBegin { epoch: num(e)? }),
+        ["apply-end", e] => encode(&Command::ApplyEnd { epoch: num(e)? }),
+        ["raw", hex] => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Res<Vec<u8>>>()?,
+        _ => return Err(format!("unknown command {w:?}")),
+    })
 }
 
 #[cfg(test)]
@@ -1158,6 +1182,24 @@ mod tests {
         c[100] ^= 1;
         assert_eq!(block_write_id(&c), None);
         assert_ne!(make_block(7, 3, 1), make_block(8, 3, 1));
+    }
+
+    #[test]
+    fn several_commands_go_in_one_write() {
+        let w = ["ack", "0", "5", "+", "stop", "+", "raw", "00"];
+        let b = encode_batch(&w).unwrap();
+        let mut cmds = ferry_core::command::Commands::new(&b);
+        assert_eq!(
+            cmds.next(),
+            Some(Ok(Command::Ack {
+                device: 0,
+                dev_seq: 5
+            }))
+        );
+        assert_eq!(cmds.next(), Some(Ok(Command::Stop)));
+        assert!(matches!(cmds.next(), Some(Err(_))), "the raw byte");
+        assert_eq!(b.len(), 24 + 8 + 1);
+        assert!(encode_batch(&["ack", "0", "+"]).is_err());
     }
 
     #[test]
