@@ -4,7 +4,8 @@
 //! A device is divided in chunks of `1 << chunk_shift` sectors
 //! ([`crate::bitmap`]); the meta device holds one bit per chunk
 //! ([`crate::meta`]).  [`WriteIntent`] keeps, over words the caller owns,
-//! seven bitmaps of the device's chunks and a few counters, and answers
+//! seven bitmaps of the device's chunks, four summaries of them (rule 10)
+//! and a few counters, and answers
 //! every question the write path, the acknowledgements and the periodic
 //! sweep ask of them.  It does no I/O: the caller writes the pages it
 //! builds ([`WriteIntent::persist_page`], [`WriteIntent::sweep_page`]) and
@@ -74,15 +75,39 @@
 //!    so that the disk always holds a superset of the durable bits in
 //!    memory: after a crash, every chunk that may hold a write the
 //!    secondary does not have is marked.
+//! 10. **Summaries: work in the words touched, not the device.**  Each
+//!     touch and held generation has a summary, one bit per word of its
+//!     bitmap (level 1) and one bit per level-1 word (level 2), in the
+//!     caller's storage after the planes ([`storage_words`]).  Invariant:
+//!     every non-zero word of a touch or held bitmap is marked in its
+//!     summary; whoever sets a bit there marks the word.  The sweep visits
+//!     only the words the closing generation's summary marks (and, when
+//!     `last`, the open one's), and releasing a held generation only the
+//!     words its summary marks; both empty the summary as they go, and do
+//!     exactly what a walk of every word would (a unit test runs random
+//!     operations against that walk, kept as a test-only reference).  The
+//!     dirty chunks are counted as they are set, so
+//!     [`WriteIntent::dirty_count`] reads a counter.
 //!
 //! The kernel keeps one [`WriteIntent`] per device under the group's
-//! interrupt-safe lock (every method is short, allocation-free and never
-//! sleeps; [`WriteIntent::sweep`] and the page builders walk the words),
-//! and does the meta I/O in process context.
+//! interrupt-safe lock (every method is allocation-free and never sleeps)
+//! and does the meta I/O in process context.  Time under the lock no longer
+//! grows with the device: a sweep costs about `c * W` plus a scan of
+//! `L2 = ceil(n / 4096)` summary words, where `W` is the number of words
+//! (of 64 chunks) touched in the closing generation and `n` the words of
+//! a bitmap; an acknowledgement that releases a held generation costs
+//! about `c` per word it holds; a write, `c` per word of its range; the
+//! page builders, one page (512 words).  Measured natively (not in a
+//! guest; `sweep_cost`, an ignored test, on a loaded two-core x86-64
+//! host), `c` is about 4 ns when the words are contiguous and 45 to 60 ns
+//! when each is a cache miss.  For 1 TiB in 64 KiB chunks (16 Mi chunks,
+//! 256 Ki words, `L2 = 64`): every chunk touched, about 1.05 ms a sweep;
+//! 1,000 chunks in 1,000 words, about 45 to 60 us; nothing touched,
+//! under 0.1 us.
 
 use core::ops::DerefMut;
 
-use crate::bitmap::{chunks_of, words_for, ChunkBitmap, MAX_CHUNK_SHIFT};
+use crate::bitmap::{chunks_of, words_for, MAX_CHUNK_SHIFT};
 use crate::meta::BITS_PER_PAGE;
 
 /// Bitmaps of chunks a [`WriteIntent`] keeps, each `words_for(nbits)`
@@ -98,9 +123,40 @@ const WANT: usize = 2;
 const TOUCH: [usize; 2] = [3, 4];
 const HELD: [usize; 2] = [5, 6];
 
-/// Words of storage a [`WriteIntent`] of `nbits` chunks needs.
+/// Summaries a [`WriteIntent`] keeps after its planes: of the touch
+/// generations and of the held generations, which name every word of
+/// their plane that may be non-zero (the invariant of rule 10).
+const SUMMARIES: usize = 4;
+const S_TOUCH: [usize; 2] = [0, 1];
+const S_HELD: [usize; 2] = [2, 3];
+
+/// Words of one summary of a plane of `n` words: one bit per word (level
+/// 1), then one bit per level-1 word (level 2); `(level 2, level 1)`.
+fn summary_words(n: usize) -> (usize, usize) {
+    let l1 = n.div_ceil(64);
+    (l1.div_ceil(64), l1)
+}
+
+/// Words of storage a [`WriteIntent`] of `nbits` chunks needs: the
+/// [`PLANES`] planes and the summaries of rule 10.
 pub fn storage_words(nbits: u64) -> Option<usize> {
-    usize::try_from(words_for(nbits)).ok()?.checked_mul(PLANES)
+    let n = usize::try_from(words_for(nbits)).ok()?;
+    let (l2, l1) = summary_words(n);
+    n.checked_mul(PLANES)?
+        .checked_add(l2.checked_add(l1)?.checked_mul(SUMMARIES)?)
+}
+
+/// The words of chunks `first..first + n` with the mask of their bits.
+fn range_words(first: u64, n: u64) -> impl Iterator<Item = (usize, u64)> {
+    let end = first.saturating_add(n);
+    let (w0, w1) = (first / 64, end.div_ceil(64));
+    (w0..w1).map(move |w| {
+        let lo = first.max(w * 64) - w * 64;
+        let hi = end.min(w * 64 + 64) - w * 64;
+        let upper = if hi >= 64 { u64::MAX } else { (1u64 << hi) - 1 };
+        let w = usize::try_from(w).unwrap_or(usize::MAX);
+        (w, upper & !((1u64 << lo) - 1))
+    })
 }
 
 /// Why a [`WriteIntent`] could not be made.
@@ -188,6 +244,11 @@ pub struct WriteIntent<S> {
     words: S,
     /// Words per plane.
     n: usize,
+    /// Words of level 2 and level 1 of one summary.
+    l2: usize,
+    l1: usize,
+    /// Dirty chunks (rule 6), kept as bits are set.
+    dirty: u64,
     nbits: u64,
     chunk_shift: u32,
     /// Records of each touch generation not yet given back.
@@ -198,6 +259,10 @@ pub struct WriteIntent<S> {
     held_upto: [u64; 2],
     /// The open held generation.
     hopen: usize,
+    /// Tests: sweep and release held chunks by walking every word, as
+    /// before the summaries (the reference the summaries are checked to).
+    #[cfg(test)]
+    full_walk: bool,
 }
 
 impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
@@ -212,15 +277,22 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
             .get_mut(..need)
             .ok_or(IntentError::StorageTooSmall)?
             .fill(0);
+        let n = usize::try_from(words_for(nbits)).map_err(|_| IntentError::StorageTooSmall)?;
+        let (l2, l1) = summary_words(n);
         Ok(Self {
             words,
-            n: need / PLANES,
+            n,
+            l2,
+            l1,
+            dirty: 0,
             nbits,
             chunk_shift,
             outstanding: [0; 2],
             cur: 0,
             held_upto: [0; 2],
             hopen: 0,
+            #[cfg(test)]
+            full_walk: false,
         })
     }
 
@@ -244,28 +316,78 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
         self.words.get(at..at + self.n).unwrap_or(&[])
     }
 
-    fn bits(&mut self, p: usize) -> Option<ChunkBitmap<'_>> {
-        let (at, n, nbits) = (p * self.n, self.n, self.nbits);
-        ChunkBitmap::new(self.words.get_mut(at..at + n)?, nbits).ok()
+    /// Word `w` of plane `p` (0 past the end).
+    fn word(&self, p: usize, w: usize) -> u64 {
+        self.words.get(p * self.n + w).copied().unwrap_or(0)
     }
 
-    fn set(&mut self, p: usize, first: u64, n: u64) {
-        if let Some(mut b) = self.bits(p) {
-            let _ = b.set_range(first, n);
+    fn word_mut(&mut self, p: usize, w: usize) -> Option<&mut u64> {
+        self.words.get_mut(p * self.n + w)
+    }
+
+    /// Sets chunks `first..first + n` (within the device) of plane `p`,
+    /// marking their words in its summary if it has one; returns the
+    /// number of bits it set that were clear.
+    fn set(&mut self, p: usize, first: u64, n: u64) -> u64 {
+        let summary = match p {
+            _ if p == TOUCH[0] => Some(S_TOUCH[0]),
+            _ if p == TOUCH[1] => Some(S_TOUCH[1]),
+            _ if p == HELD[0] => Some(S_HELD[0]),
+            _ if p == HELD[1] => Some(S_HELD[1]),
+            _ => None,
+        };
+        let mut new = 0;
+        for (w, m) in range_words(first, n) {
+            let Some(x) = self.word_mut(p, w) else { break };
+            new += u64::from((m & !*x).count_ones());
+            *x |= m;
+            if let Some(s) = summary {
+                self.mark(s, w);
+            }
+        }
+        new
+    }
+
+    /// Start of summary `s` in the storage.
+    fn summary_at(&self, s: usize) -> usize {
+        PLANES * self.n + s * (self.l2 + self.l1)
+    }
+
+    /// Marks word `w` in summary `s` (rule 10).
+    fn mark(&mut self, s: usize, w: usize) {
+        let at = self.summary_at(s);
+        let (j, l2) = (w / 64, self.l2);
+        if let Some(x) = self.words.get_mut(at + l2 + j) {
+            *x |= 1 << (w % 64);
+        }
+        if let Some(x) = self.words.get_mut(at + j / 64) {
+            *x |= 1 << (j % 64);
         }
     }
 
-    /// The seven planes, apart.
-    fn planes(&mut self) -> Option<[&mut [u64]; PLANES]> {
-        let n = self.n;
-        let mut rest = self.words.get_mut(..n * PLANES)?;
-        let mut out: [&mut [u64]; PLANES] = Default::default();
-        for p in out.iter_mut() {
-            let (a, b) = rest.split_at_mut(n);
-            *p = a;
-            rest = b;
+    /// Empties summary `s`, calling `f` on each word it marked, in
+    /// increasing order; `f` must not mark summary `s`.
+    fn drain(&mut self, s: usize, mut f: impl FnMut(&mut Self, usize)) {
+        let at = self.summary_at(s);
+        for i in 0..self.l2 {
+            let Some(x) = self.words.get_mut(at + i) else {
+                break;
+            };
+            let mut top = core::mem::take(x);
+            while top != 0 {
+                let j = i * 64 + top.trailing_zeros() as usize;
+                top &= top - 1;
+                let Some(y) = self.words.get_mut(at + self.l2 + j) else {
+                    break;
+                };
+                let mut low = core::mem::take(y);
+                while low != 0 {
+                    let w = j * 64 + low.trailing_zeros() as usize;
+                    low &= low - 1;
+                    f(self, w);
+                }
+            }
         }
-        Some(out)
     }
 
     /// The chunks `(first, count)` a range of `nr_sectors` at `sector`
@@ -290,8 +412,10 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
                 break;
             };
             set += u64::from(word.count_ones());
+            let old = self.word(DIRTY, w);
+            self.dirty = self.dirty - u64::from(old.count_ones()) + u64::from(word.count_ones());
             for p in [DURABLE, DIRTY] {
-                if let Some(x) = self.words.get_mut(p * self.n + w) {
+                if let Some(x) = self.word_mut(p, w) {
                     *x = word;
                 }
             }
@@ -342,10 +466,7 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
             return false;
         };
         self.set(TOUCH[self.cur], first, n);
-        let wait = self
-            .bits(DURABLE)
-            .and_then(|b| b.any_clear_in_range(first, n).ok())
-            .unwrap_or(true);
+        let wait = range_words(first, n).any(|(w, m)| self.word(DURABLE, w) & m != m);
         if wait {
             self.set(WANT, first, n);
         }
@@ -354,7 +475,7 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
 
     fn mark_dirty(&mut self, sector: u64, nr_sectors: u64) {
         if let Some((first, n)) = self.chunks(sector, nr_sectors) {
-            self.set(DIRTY, first, n);
+            self.dirty += self.set(DIRTY, first, n);
         }
     }
 
@@ -401,15 +522,7 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
             let closed = 1 - self.hopen;
             let upto = self.held_upto[closed];
             if upto != 0 && acked >= upto {
-                let cur = self.cur;
-                if let Some([_, _, _, t0, t1, h0, h1]) = self.planes() {
-                    let t = if cur == 0 { t0 } else { t1 };
-                    let h = if closed == 0 { h0 } else { h1 };
-                    for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
-                        *tw |= *hw;
-                        *hw = 0;
-                    }
-                }
+                self.release_held(closed);
                 self.held_upto[closed] = 0;
             }
             let closed_free = self.held_upto[closed] == 0;
@@ -435,33 +548,69 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
             return Sweep::Waiting;
         }
         let mut any = false;
-        if let Some([dirty, durable, want, t0, t1, h0, h1]) = self.planes() {
-            let (tprev, tcur) = if prev == 0 { (t0, t1) } else { (t1, t0) };
-            let words = durable
-                .iter_mut()
-                .zip(tprev.iter_mut().zip(tcur.iter_mut()))
-                .zip(dirty.iter().zip(want.iter()).zip(h0.iter().zip(h1.iter())));
-            for (w, ((d, (tp, tc)), ((dirty, want), (h0, h1)))) in words.enumerate() {
-                let mut clear = *tp;
-                if last {
-                    clear |= *tc;
-                } else {
-                    clear &= !*tc;
-                }
-                clear &= !*dirty & !*want & !*h0 & !*h1 & *d;
-                if clear != 0 {
-                    *d &= !clear;
-                    cleared(w);
-                    any = true;
-                }
-                *tp = 0;
-                if last {
-                    *tc = 0;
-                }
-            }
+        #[cfg(test)]
+        if self.full_walk {
+            any = self.sweep_full(last, &mut cleared);
+            self.cur = prev;
+            return Sweep::Swept { cleared: any };
         }
+        // Only words the summaries name may be touched (rule 10): those of
+        // the closing generation, and when leaving those of the open one.
+        if last {
+            self.drain(S_TOUCH[self.cur], |me, w| me.mark(S_TOUCH[prev], w));
+        }
+        self.drain(S_TOUCH[prev], |me, w| {
+            if me.sweep_word(w, prev, last) {
+                cleared(w);
+                any = true;
+            }
+        });
         self.cur = prev;
         Sweep::Swept { cleared: any }
+    }
+
+    /// Sweeps word `w` (rule 7): clears the durable bits touched in
+    /// generation `prev` (and the open one when `last`) that may go, and
+    /// forgets those touches; returns whether a durable bit was cleared.
+    fn sweep_word(&mut self, w: usize, prev: usize, last: bool) -> bool {
+        let (tp, tc) = (self.word(TOUCH[prev], w), self.word(TOUCH[1 - prev], w));
+        let mut clear = if last { tp | tc } else { tp & !tc };
+        clear &= !self.word(DIRTY, w) & !self.word(WANT, w);
+        clear &= !self.word(HELD[0], w) & !self.word(HELD[1], w);
+        let mut any = false;
+        if let Some(d) = self.word_mut(DURABLE, w) {
+            clear &= *d;
+            *d &= !clear;
+            any = clear != 0;
+        }
+        if let Some(t) = self.word_mut(TOUCH[prev], w) {
+            *t = 0;
+        }
+        if last {
+            if let Some(t) = self.word_mut(TOUCH[1 - prev], w) {
+                *t = 0;
+            }
+        }
+        any
+    }
+
+    /// The chunks of held generation `closed` go back to the open touch
+    /// generation (rule 8), word by word as its summary names them.
+    fn release_held(&mut self, closed: usize) {
+        #[cfg(test)]
+        if self.full_walk {
+            return self.release_held_full(closed);
+        }
+        let cur = self.cur;
+        self.drain(S_HELD[closed], |me, w| {
+            let h = me.word_mut(HELD[closed], w).map_or(0, core::mem::take);
+            if h != 0 {
+                if let Some(t) = me.word_mut(TOUCH[cur], w) {
+                    *t |= h;
+                }
+                me.mark(S_TOUCH[cur], w);
+            }
+        });
     }
 
     /// Whether bitmap page `page` has wanted bits (rule 2): it is to be
@@ -501,9 +650,12 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
                 break;
             }
             for (p, keep) in [(DURABLE, true), (touch, true), (WANT, false)] {
-                if let Some(x) = self.words.get_mut(p * self.n + w) {
+                if let Some(x) = self.word_mut(p, w) {
                     *x = if keep { *x | s } else { *x & !s };
                 }
+            }
+            if s != 0 {
+                self.mark(S_TOUCH[self.cur], w);
             }
         }
     }
@@ -514,14 +666,9 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
         encode_page(self.page_words(DURABLE, page), None, out);
     }
 
-    /// Number of dirty chunks (rule 6).
+    /// Number of dirty chunks (rule 6), kept as they are set.
     pub fn dirty_count(&self) -> u64 {
-        self.plane(DIRTY)
-            .iter()
-            .enumerate()
-            .filter_map(|(w, &x)| self.tail_masked(w, x))
-            .map(|x| u64::from(x.count_ones()))
-            .sum()
+        self.dirty
     }
 }
 
@@ -533,6 +680,91 @@ fn encode_page(words: &[u64], or: Option<&[u64]>, out: &mut [u8]) {
             words.get(i).copied().unwrap_or(0) | or.and_then(|o| o.get(i).copied()).unwrap_or(0);
         let le = w.to_le_bytes();
         b.copy_from_slice(le.get(..b.len()).unwrap_or(&le));
+    }
+}
+
+#[cfg(test)]
+impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
+    /// The seven planes, apart.
+    fn planes(&mut self) -> Option<[&mut [u64]; PLANES]> {
+        let n = self.n;
+        let mut rest = self.words.get_mut(..n * PLANES)?;
+        let mut out: [&mut [u64]; PLANES] = Default::default();
+        for p in out.iter_mut() {
+            let (a, b) = rest.split_at_mut(n);
+            *p = a;
+            rest = b;
+        }
+        Some(out)
+    }
+
+    /// The reference of rule 10: the sweep as it was, walking every word
+    /// of the planes; returns whether a durable bit was cleared.
+    fn sweep_full(&mut self, last: bool, mut cleared: impl FnMut(usize)) -> bool {
+        let prev = 1 - self.cur;
+        let mut any = false;
+        if let Some([dirty, durable, want, t0, t1, h0, h1]) = self.planes() {
+            let (tprev, tcur) = if prev == 0 { (t0, t1) } else { (t1, t0) };
+            let words = durable
+                .iter_mut()
+                .zip(tprev.iter_mut().zip(tcur.iter_mut()))
+                .zip(dirty.iter().zip(want.iter()).zip(h0.iter().zip(h1.iter())));
+            for (w, ((d, (tp, tc)), ((dirty, want), (h0, h1)))) in words.enumerate() {
+                let mut clear = *tp;
+                if last {
+                    clear |= *tc;
+                } else {
+                    clear &= !*tc;
+                }
+                clear &= !*dirty & !*want & !*h0 & !*h1 & *d;
+                if clear != 0 {
+                    *d &= !clear;
+                    cleared(w);
+                    any = true;
+                }
+                *tp = 0;
+                if last {
+                    *tc = 0;
+                }
+            }
+        }
+        any
+    }
+
+    /// The reference of rule 10 for releasing held chunks: every word.
+    fn release_held_full(&mut self, closed: usize) {
+        let cur = self.cur;
+        if let Some([_, _, _, t0, t1, h0, h1]) = self.planes() {
+            let t = if cur == 0 { t0 } else { t1 };
+            let h = if closed == 0 { h0 } else { h1 };
+            for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
+                *tw |= *hw;
+                *hw = 0;
+            }
+        }
+    }
+
+    /// Dirty chunks counted bit by bit.
+    fn dirty_full(&self) -> u64 {
+        self.plane(DIRTY)
+            .iter()
+            .map(|x| u64::from(x.count_ones()))
+            .sum()
+    }
+
+    /// Whether the summaries name every non-zero touch and held word.
+    fn summaries_cover(&self) -> bool {
+        let planes = [TOUCH[0], TOUCH[1], HELD[0], HELD[1]];
+        let sums = [S_TOUCH[0], S_TOUCH[1], S_HELD[0], S_HELD[1]];
+        planes.iter().zip(sums).all(|(&p, s)| {
+            let at = self.summary_at(s);
+            (0..self.n).all(|w| {
+                let j = w / 64;
+                self.word(p, w) == 0
+                    || (self.words[at + self.l2 + j] >> (w % 64) & 1 == 1
+                        && self.words[at + j / 64] >> (j % 64) & 1 == 1)
+            })
+        })
     }
 }
 
@@ -910,14 +1142,198 @@ mod tests {
 
     #[test]
     fn storage_and_shift_are_checked() {
-        assert_eq!(storage_words(200), Some(28));
-        let e = WriteIntent::new(vec![0; 27], 200, 3).unwrap_err();
+        // Seven planes of 4 words, four summaries of 1 + 1.
+        assert_eq!(storage_words(200), Some(36));
+        // 1 TiB of 64 KiB chunks: 256 Ki words a plane, summaries of
+        // 4 Ki + 64.
+        assert_eq!(storage_words(1 << 24), Some(7 * 262_144 + 4 * 4_160));
+        let e = WriteIntent::new(vec![0; 35], 200, 3).unwrap_err();
         assert_eq!(e, IntentError::StorageTooSmall);
-        let e = WriteIntent::new(vec![0; 28], 200, MAX_CHUNK_SHIFT + 1).unwrap_err();
+        let e = WriteIntent::new(vec![0; 36], 200, MAX_CHUNK_SHIFT + 1).unwrap_err();
         assert_eq!(e, IntentError::BadChunkShift);
         // Storage is cleared; a larger one is fine.
         let w = WriteIntent::new(vec![!0; 40], 200, 3).unwrap();
         assert_eq!(w.dirty_count(), 0);
         assert!(!w.wants_page(0));
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    /// Rule 10: random operations on two states, one swept and released
+    /// through the summaries, one by walking every word, leave the same
+    /// bits, report the same words cleared, and the dirty count and the
+    /// summaries hold.
+    #[test]
+    #[allow(clippy::cast_possible_truncation)]
+    fn rule10_summaries_sweep_as_the_full_walk() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..60 {
+            let nbits = match case % 3 {
+                0 => 1 + rng.below(300),
+                1 => 1 + rng.below(60_000),
+                _ => 262_144 + rng.below(200_000),
+            };
+            let shift = rng.below(3) as u32;
+            let sectors = nbits << shift;
+            let new = |full| {
+                let mut w =
+                    WriteIntent::new(vec![0; storage_words(nbits).unwrap()], nbits, shift).unwrap();
+                w.full_walk = full;
+                w
+            };
+            let (mut a, mut b) = (new(false), new(true));
+            let mut gens: Vec<Gen> = Vec::new();
+            let (mut ds, mut acked) = (0u64, 0u64);
+            let mut page = vec![0u8; 4096];
+            let mut snap = vec![0u64; WORDS_PER_PAGE];
+            let hot = rng.below(sectors);
+            for _ in 0..400 {
+                let sector = if rng.below(2) == 0 {
+                    (hot + rng.below(4096)).min(sectors - 1)
+                } else {
+                    rng.below(sectors)
+                };
+                let nr = match rng.below(10) {
+                    0 => 0,
+                    1 => rng.below(20_000),
+                    _ => 1 + rng.below(64),
+                };
+                match rng.below(12) {
+                    0..=3 => {
+                        let room = [Room::Spool, Room::Wait, Room::Bitmap][rng.below(3) as usize];
+                        let first = rng.below(4) != 0;
+                        let x = a.admit(sector, nr, first, room);
+                        assert_eq!(x, b.admit(sector, nr, first, room));
+                        gens.push(x.gen);
+                    }
+                    4 => {
+                        if let Some(g) = gens.pop() {
+                            a.finish(g);
+                            b.finish(g);
+                        }
+                    }
+                    5 => {
+                        if let Some(g) = gens.pop() {
+                            a.dropped(g, sector, nr);
+                            b.dropped(g, sector, nr);
+                        }
+                    }
+                    6 => {
+                        if let Some(g) = gens.pop() {
+                            ds += 1 + rng.below(3);
+                            a.spooled(g, sector, nr, ds, acked);
+                            b.spooled(g, sector, nr, ds, acked);
+                        }
+                    }
+                    7 => {
+                        acked = acked.max(rng.below(ds + 1));
+                        a.ack(acked);
+                        b.ack(acked);
+                    }
+                    8 => {
+                        for p in 0..a.pages() {
+                            assert_eq!(a.wants_page(p), b.wants_page(p));
+                            if a.wants_page(p) {
+                                a.persist_page(p, &mut page, &mut snap);
+                                a.persisted(p, &snap);
+                                b.persisted(p, &snap);
+                            }
+                        }
+                    }
+                    9 if rng.below(20) == 0 => {
+                        let p = rng.below(a.pages() as u64) as usize;
+                        for x in page.iter_mut() {
+                            *x = if rng.below(4) == 0 {
+                                rng.below(256) as u8
+                            } else {
+                                0
+                            };
+                        }
+                        assert_eq!(a.load(p, &page), b.load(p, &page));
+                    }
+                    _ => {
+                        let last = rng.below(8) == 0;
+                        let (mut ca, mut cb) = (Vec::new(), Vec::new());
+                        let ra = a.sweep(last, |w| ca.push(w));
+                        let rb = b.sweep(last, |w| cb.push(w));
+                        assert_eq!((ra, &ca), (rb, &cb), "case {case}");
+                    }
+                }
+                let planes = PLANES * a.n;
+                assert!(a.words[..planes] == b.words[..planes], "case {case}");
+                assert_eq!((a.cur, a.hopen, a.held_upto), (b.cur, b.hopen, b.held_upto));
+                assert_eq!(a.dirty_count(), a.dirty_full());
+                assert_eq!(b.dirty_count(), b.dirty_full());
+                assert!(a.summaries_cover(), "case {case}");
+            }
+        }
+    }
+
+    /// The cost of a sweep per word it visits, natively: `cargo test
+    /// --release -p ferry-core --lib sweep_cost -- --ignored --nocapture`.
+    /// A device of 1 TiB in chunks of 64 KiB (16 Mi chunks, 256 Ki words
+    /// a plane); every durable bit of the closing generation is cleared.
+    #[test]
+    #[ignore]
+    #[allow(clippy::cast_precision_loss)]
+    fn sweep_cost() {
+        use std::time::Instant;
+        let nbits = 1u64 << 24;
+        let mut w = WriteIntent::new(vec![0; storage_words(nbits).unwrap()], nbits, 7).unwrap();
+        let mut page = vec![0u8; 4096];
+        let mut snap = vec![0u64; WORDS_PER_PAGE];
+        let mut run = |w: &mut WriteIntent<Vec<u64>>, chunks: &[u64]| {
+            // Touch, make durable (touched in the open generation), close
+            // it, then time the sweep that clears it.
+            for &c in chunks {
+                w.admit(c << 7, 128, true, Room::Wait);
+            }
+            for p in 0..w.pages() {
+                if w.wants_page(p) {
+                    w.persist_page(p, &mut page, &mut snap);
+                    w.persisted(p, &snap);
+                }
+            }
+            w.sweep(false, |_| {});
+            let mut n = 0usize;
+            let t = Instant::now();
+            let r = w.sweep(false, |_| n += 1);
+            let e = t.elapsed();
+            assert!(r.cleared() && n > 0);
+            (e, n)
+        };
+        let all: Vec<u64> = (0..nbits).collect();
+        let sparse: Vec<u64> = (0..1000u64).map(|i| i * (nbits / 1000)).collect();
+        for (name, chunks) in [("every chunk", &all), ("1,000 chunks", &sparse)] {
+            let mut best = f64::MAX;
+            let mut words = 0;
+            for _ in 0..9 {
+                let (e, n) = run(&mut w, chunks);
+                best = best.min(e.as_secs_f64());
+                words = n;
+            }
+            println!(
+                "{name}: {words} words in {:.1} us, {:.2} ns a word",
+                best * 1e6,
+                best * 1e9 / words as f64
+            );
+        }
+        // Nothing touched: the summaries' second level only.
+        let mut best = f64::MAX;
+        for _ in 0..9 {
+            let t = Instant::now();
+            w.sweep(false, |_| {});
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("empty sweep: {:.2} us", best * 1e6);
     }
 }
