@@ -40,6 +40,13 @@ out=$(ferry-test cmd --dev /dev/ferry/gc --read-first 200000 ack 0 5 || true)
 [ "$(status_field c0 9)" = 5 ] || fail "the valid ACK alone not applied: acked $(status_field c0 9)"
 [ "$(status_field c0 10)" -lt "$used" ] || fail "the valid ACK alone freed no spool: $used -> $(status_field c0 10) KiB"
 ok "the valid ACK alone is applied (acked 5)"
+# A command valid only before an earlier one of the same write takes
+# effect: STOP then START (START is refused while ahead) fails as a
+# whole, and the group is not left ahead by the STOP.
+[ "$(status_field c0 5)" != ahead ] || fail "ahead before the STOP + START write"
+err 95 "STOP then START in one write: START's errno" stop + start
+[ "$(status_field c0 5)" != ahead ] || fail "a refused STOP + START write applied its STOP: the group is ahead"
+ok "a refused STOP + START write left the group replicating"
 out=$(ferry-test cmd --dev /dev/ferry/gc stop || true); [ "$out" = "cmd|ok|8" ] || fail "stop: $out"
 err 95 "start while ahead (resync is not in this version)" start
 [ "$(status_field c0 5)" = ahead ] || fail "stop did not make the group ahead"
