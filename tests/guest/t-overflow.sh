@@ -28,6 +28,26 @@ ferry-test check --writes /tmp/ow.log --records /tmp/or.log --ids 0 || fail "che
 ok "overflow block: the writer waited for the reader; all 600 writes shipped in order"
 dm remove o1
 
+# A writer held for spool room is let go when the group goes ahead (here a
+# STOP from the reader, as ferryd sends on a gap): its write goes to the
+# bitmap.  Waking writers only when room is freed left it in D state for
+# good, nothing being acknowledged any more.
+meta_wipe /dev/vdc
+dm create o4 --table "0 $S ferry /dev/vda /dev/vdc 6 group gs spool_mb 1 overflow block" || fail "create o4"
+dd if=/dev/urandom of=/dev/mapper/o4 bs=64k count=32 oflag=direct 2>/dev/null &
+wp=$!
+sleep 2
+kill -0 $wp 2>/dev/null || fail "the 2 MiB writer was not held by the 1 MiB spool"
+out=$(ferry-test cmd --dev /dev/ferry/gs stop) || true
+[ "$out" = "cmd|ok|8" ] || fail "stop: $out"
+for i in $(seq 1 50); do kill -0 $wp 2>/dev/null || break; sleep 0.2; done
+kill -0 $wp 2>/dev/null && fail "the writer held for room still sleeps 10 s after the group went ahead"
+wait $wp || fail "the writer let go when the group went ahead failed"
+set -- $(dm status o4)
+[ "$8" = ahead ] && [ "${15}" -gt 0 ] || fail "not ahead with dirty chunks after the STOP: $(dm status o4)"
+ok "overflow block: a writer held for room is let go when the group goes ahead (${15} dirty chunks)"
+dm remove o4
+
 # A writer that slept for spool room under `overflow block` must mark its
 # chunk again when it is let in: while it slept, sweeps may clear the chunk
 # its first look found marked, and its write must not land in a chunk the
