@@ -1,0 +1,568 @@
+//! Tests of [`super`] (intent.rs): one per rule, and the properties.
+
+use super::*;
+
+/// 200 chunks of 8 sectors: 4 words a plane.
+const BITS: u64 = 200;
+const SHIFT: u32 = 3;
+
+fn wi() -> WriteIntent<Vec<u64>> {
+    WriteIntent::new(vec![0; storage_words(BITS).unwrap()], BITS, SHIFT).unwrap()
+}
+
+/// Sector of chunk `c`.
+fn s(c: u64) -> u64 {
+    c << SHIFT
+}
+
+fn has(w: &WriteIntent<Vec<u64>>, p: usize, c: u64) -> bool {
+    w.plane(p)[(c / 64) as usize] & (1 << (c % 64)) != 0
+}
+
+fn durable(w: &WriteIntent<Vec<u64>>, c: u64) -> bool {
+    has(w, DURABLE, c)
+}
+
+/// Writes every wanted page and reports it durable; returns the disk.
+fn persist(w: &mut WriteIntent<Vec<u64>>, disk: &mut [u64]) {
+    let mut page = vec![0u8; 4096];
+    let mut snap = vec![0u64; WORDS_PER_PAGE];
+    for p in 0..w.pages() {
+        if w.wants_page(p) {
+            w.persist_page(p, &mut page, &mut snap);
+            decode(&page, p, disk);
+            w.persisted(p, &snap);
+        }
+    }
+}
+
+fn sweep(w: &mut WriteIntent<Vec<u64>>, disk: &mut [u64]) -> Sweep {
+    let mut words = Vec::new();
+    let r = w.sweep(false, |x| words.push(x));
+    assert_eq!(r.cleared(), !words.is_empty());
+    let mut page = vec![0u8; 4096];
+    for p in 0..w.pages() {
+        w.sweep_page(p, &mut page);
+        decode(&page, p, disk);
+    }
+    r
+}
+
+fn decode(page: &[u8], p: usize, disk: &mut [u64]) {
+    for (i, b) in page.chunks_exact(8).enumerate() {
+        if let Some(d) = disk.get_mut(p * WORDS_PER_PAGE + i) {
+            *d = u64::from_le_bytes(b.try_into().unwrap());
+        }
+    }
+}
+
+/// A write of one chunk the spool takes, landed: its generation.
+fn write(w: &mut WriteIntent<Vec<u64>>, disk: &mut [u64], c: u64) -> Gen {
+    let a = w.admit(s(c), 8, true, Room::Spool);
+    if a.defer {
+        persist(w, disk);
+    }
+    a.gen
+}
+
+#[test]
+fn rule1_chunks_are_clipped() {
+    let w = wi();
+    assert_eq!(w.chunks(0, 8), Some((0, 1)));
+    assert_eq!(w.chunks(7, 2), Some((0, 2)));
+    // No sector: the chunk of its first sector.
+    assert_eq!(w.chunks(s(5) + 3, 0), Some((5, 1)));
+    // Clipped at the end; wholly past it, or overflowing: none.
+    assert_eq!(w.chunks(s(199), 64), Some((199, 1)));
+    assert_eq!(w.chunks(s(200), 8), None);
+    assert_eq!(w.chunks(u64::MAX, 2), None);
+    let mut w = wi();
+    assert!(!w.admit(s(300), 8, true, Room::Spool).defer);
+    assert!(!w.wants_page(0));
+}
+
+#[test]
+fn rule2_a_write_waits_for_its_chunks_to_be_durable() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    // Chunks 3 and 4: neither durable, the write waits, both wanted.
+    let a = w.admit(s(3), 16, true, Room::Spool);
+    assert!(a.defer);
+    assert!(w.wants_page(0));
+    assert!(!durable(&w, 3) && !durable(&w, 4));
+    persist(&mut w, &mut disk);
+    assert_eq!(disk[0], 0b11000);
+    assert!(durable(&w, 3) && durable(&w, 4) && !w.wants_page(0));
+    // Durable now: the next write to them goes at once; one that also
+    // touches chunk 5 waits, and wants all three.
+    assert!(!w.admit(s(3), 16, true, Room::Spool).defer);
+    assert!(w.admit(s(4), 16, true, Room::Spool).defer);
+    let mut page = [0u8; 4096];
+    let mut snap = [0u64; WORDS_PER_PAGE];
+    w.persist_page(0, &mut page, &mut snap);
+    assert_eq!(snap[0], 0b11_0000);
+    // Only the bits the page held become durable: one wanted after the
+    // page was built waits for the next page.
+    assert!(w.admit(s(9), 1, true, Room::Spool).defer);
+    w.persisted(0, &snap);
+    assert!(durable(&w, 5) && !durable(&w, 9) && w.wants_page(0));
+}
+
+#[test]
+fn rule3_every_registered_write_touches_the_open_generation() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    w.admit(s(1), 8, true, Room::Spool); // waits
+    persist(&mut w, &mut disk);
+    w.admit(s(1), 8, true, Room::Spool); // goes at once
+    w.admit(s(2), 8, true, Room::Bitmap);
+    w.admit(s(3), 8, true, Room::Wait);
+    for c in 1..=3 {
+        assert!(has(&w, TOUCH[0], c), "{c}");
+    }
+    assert!(!has(&w, TOUCH[0], 4) && !has(&w, TOUCH[1], 1));
+    // A flush (no sector) registers nothing.
+    w.admit(s(6), 0, true, Room::Spool);
+    assert!(!has(&w, TOUCH[0], 6));
+}
+
+#[test]
+fn rule4_a_record_counts_until_given_back() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    let g = write(&mut w, &mut disk, 7);
+    assert_eq!(g, Gen::of(0));
+    assert_eq!(w.outstanding, [1, 0]);
+    // Only records with sectors that the spool took count.
+    assert_eq!(w.admit(0, 0, true, Room::Spool).gen, Gen::NONE);
+    assert_eq!(w.admit(s(8), 8, true, Room::Wait).gen, Gen::NONE);
+    assert_eq!(w.admit(s(8), 8, true, Room::Bitmap).gen, Gen::NONE);
+    assert_eq!(w.outstanding, [1, 0]);
+    // The generation closes; its record keeps chunk 7 marked.
+    assert_eq!(sweep(&mut w, &mut disk), Sweep::Swept { cleared: false });
+    assert_eq!(sweep(&mut w, &mut disk), Sweep::Waiting);
+    assert_eq!(sweep(&mut w, &mut disk), Sweep::Waiting);
+    assert!(durable(&w, 7) && disk[0] & 1 << 7 != 0);
+    w.finish(g);
+    w.finish(g); // a stale one does not go below zero
+    assert_eq!(w.outstanding, [0, 0]);
+    assert_eq!(sweep(&mut w, &mut disk), Sweep::Swept { cleared: true });
+    assert!(!durable(&w, 7) && disk[0] & 1 << 7 == 0);
+    w.finish(Gen::NONE);
+}
+
+#[test]
+fn rule5_intent_again_on_the_pass_that_takes_the_write() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    let g = write(&mut w, &mut disk, 2);
+    w.finish(g);
+    // Chunk 2 durable; a writer finds the spool full, registers intent
+    // (it need not wait) and sleeps.
+    let a = w.admit(s(2), 8, true, Room::Wait);
+    assert_eq!(
+        a,
+        Admission {
+            defer: false,
+            gen: Gen::NONE
+        }
+    );
+    // It wakes to a full spool again: nothing registered.
+    sweep(&mut w, &mut disk);
+    assert!(!w.admit(s(2), 8, false, Room::Wait).defer);
+    assert!(!has(&w, TOUCH[1], 2));
+    // Meanwhile two sweeps cleared its chunk.
+    assert!(sweep(&mut w, &mut disk).cleared());
+    assert!(!durable(&w, 2) && disk[0] == 0);
+    // The pass that takes it registers intent again: it waits, and
+    // counts in the generation open now.
+    let a = w.admit(s(2), 8, false, Room::Spool);
+    assert!(a.defer);
+    assert_eq!(a.gen, Gen::of(w.cur));
+    assert!(has(&w, TOUCH[w.cur], 2) && w.wants_page(0));
+    // Likewise a pass that goes to the bitmap.
+    assert!(w.admit(s(3), 8, false, Room::Bitmap).defer);
+    assert!(has(&w, TOUCH[w.cur], 3));
+}
+
+#[test]
+fn rule6_dirty_chunks_stay_marked_and_are_counted() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    // Ahead: bitmap only.  The write still waits for its intent.
+    assert!(w.admit(s(10), 16, true, Room::Bitmap).defer);
+    persist(&mut w, &mut disk);
+    // A failed write, a record the spool could not keep.
+    let g = write(&mut w, &mut disk, 20);
+    w.dropped(g, s(20), 8);
+    assert_eq!(w.outstanding, [0, 0]);
+    assert_eq!(w.dirty_count(), 3);
+    for _ in 0..4 {
+        sweep(&mut w, &mut disk);
+    }
+    assert!(durable(&w, 10) && durable(&w, 11) && durable(&w, 20));
+    assert_eq!(disk[0], 1 << 10 | 1 << 11 | 1 << 20);
+    // Joining: what the meta device marks is durable and dirty; bits
+    // past the last chunk are ignored.
+    let mut w = wi();
+    let mut page = [0u8; 4096];
+    page[..8].copy_from_slice(&0b1010u64.to_le_bytes());
+    page[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(w.load(0, &page), 2 + 8);
+    assert_eq!(w.dirty_count(), 10);
+    assert!(durable(&w, 1) && durable(&w, 3) && durable(&w, 199));
+    assert!(!w.admit(s(1), 8, true, Room::Spool).defer);
+    let mut disk = vec![0u64; 4];
+    sweep(&mut w, &mut disk);
+    sweep(&mut w, &mut disk);
+    assert!(durable(&w, 1) && disk[0] == 0b1010);
+}
+
+#[test]
+fn rule7_the_sweep_clears_a_closed_untouched_generation() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    for c in [1, 2, 3, 4, 70] {
+        let g = write(&mut w, &mut disk, c);
+        w.finish(g);
+    }
+    // Chunk 3 is wanted again (a write waits for it below), 4 held.
+    // First sweep: generation 0 closes, nothing cleared yet.
+    assert_eq!(sweep(&mut w, &mut disk), Sweep::Swept { cleared: false });
+    assert_eq!(w.cur, 1);
+    // Chunk 2 written again in the open generation: it stays.
+    let g = write(&mut w, &mut disk, 2);
+    w.finish(g);
+    let g = write(&mut w, &mut disk, 4);
+    w.spooled(g, s(4), 8, 1, 0);
+    let mut snap = [0u64; WORDS_PER_PAGE];
+    let mut page = [0u8; 4096];
+    w.words[WANT * w.n] |= 1 << 3;
+    let mut words = Vec::new();
+    assert!(w.sweep(false, |x| words.push(x)).cleared());
+    assert_eq!(words, [0, 1]);
+    assert!(!durable(&w, 1) && !durable(&w, 70));
+    assert!(durable(&w, 2) && durable(&w, 3) && durable(&w, 4));
+    w.persist_page(0, &mut page, &mut snap);
+    w.persisted(0, &snap);
+    // Chunk 2 goes a generation later.
+    assert!(sweep(&mut w, &mut disk).cleared());
+    assert!(!durable(&w, 2) && durable(&w, 4) && durable(&w, 3));
+    // Leaving: both generations close at once.
+    let mut w = wi();
+    let g = write(&mut w, &mut disk, 5);
+    assert_eq!(w.sweep(true, |_| {}), Sweep::Waiting);
+    assert_eq!(w.cur, 0);
+    w.finish(g);
+    assert!(w.sweep(true, |_| {}).cleared());
+    assert!(!durable(&w, 5));
+    assert!(w
+        .plane(TOUCH[0])
+        .iter()
+        .chain(w.plane(TOUCH[1]))
+        .all(|&x| x == 0));
+}
+
+#[test]
+fn rule7_a_chunk_made_durable_is_swept_even_if_its_write_never_went() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    // A REQ_NOWAIT write would wait: refused, its record given back;
+    // its chunk stays wanted.
+    let a = w.admit(s(6), 8, true, Room::Spool);
+    assert!(a.defer);
+    w.finish(a.gen);
+    // Its generation is swept before the next kick writes the bit ...
+    sweep(&mut w, &mut disk);
+    sweep(&mut w, &mut disk);
+    persist(&mut w, &mut disk);
+    assert!(durable(&w, 6) && disk[0] == 1 << 6);
+    // ... which counts as touched now, and is cleared in its turn.
+    sweep(&mut w, &mut disk);
+    assert!(sweep(&mut w, &mut disk).cleared());
+    assert_eq!(disk[0], 0);
+}
+
+#[test]
+fn rule8_spooled_chunks_are_held_until_acknowledged() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    let a = write(&mut w, &mut disk, 1);
+    let b = write(&mut w, &mut disk, 2);
+    // Record 5 (chunk 1) spooled: its count given back, chunk held in
+    // generation 0, which closes at once (waits for ACK 5).
+    w.spooled(a, s(1), 8, 5, 0);
+    assert_eq!(w.outstanding, [1, 0]);
+    assert!(has(&w, HELD[0], 1));
+    assert_eq!((w.held_upto, w.hopen), ([5, 0], 1));
+    // A marker (no chunk) then record 8 (chunk 2) go to generation 1.
+    w.spooled(Gen::NONE, 0, 0, 7, 0);
+    w.spooled(b, s(2), 8, 8, 0);
+    assert_eq!(w.outstanding, [0, 0]);
+    assert_eq!((w.held_upto, w.hopen), ([5, 8], 1));
+    for _ in 0..4 {
+        sweep(&mut w, &mut disk);
+    }
+    assert!(durable(&w, 1) && durable(&w, 2) && disk[0] == 0b110);
+    // ACK 7: generation 0 goes back to the sweep, generation 1 waits.
+    w.ack(4);
+    assert_eq!(w.held_upto, [5, 8]);
+    w.ack(7);
+    assert_eq!(w.held_upto, [0, 8]);
+    assert!(!has(&w, HELD[0], 1) && has(&w, TOUCH[w.cur], 1));
+    sweep(&mut w, &mut disk);
+    assert!(sweep(&mut w, &mut disk).cleared());
+    assert!(!durable(&w, 1) && durable(&w, 2) && disk[0] == 0b100);
+    // Generation 0 opened; a record spooled now goes there, and the
+    // ACK of 8 and 9 releases both.
+    assert_eq!((w.held_upto, w.hopen), ([0, 8], 0));
+    let c = write(&mut w, &mut disk, 3);
+    w.spooled(c, s(3), 8, 9, 7);
+    assert_eq!((w.held_upto, w.hopen), ([9, 8], 0));
+    assert!(has(&w, HELD[0], 3));
+    w.ack(9);
+    assert_eq!((w.held_upto, w.hopen), ([0, 0], 1));
+    let d = write(&mut w, &mut disk, 4);
+    w.spooled(d, s(4), 8, 10, 9);
+    assert_eq!((w.held_upto, w.hopen), ([0, 10], 0));
+    w.ack(10);
+    assert_eq!(w.held_upto, [0, 0]);
+    // A record spooled that the acknowledgements already cover is
+    // released at once.
+    w.spooled(Gen::NONE, 0, 0, 11, 11);
+    assert_eq!(w.held_upto, [0, 0]);
+    sweep(&mut w, &mut disk);
+    sweep(&mut w, &mut disk);
+    assert_eq!(disk[0], 0);
+}
+
+#[test]
+fn rule9_pages_hold_durable_and_wanted_bits() {
+    // 40,000 chunks: two pages, the second partly used.
+    let bits = 40_000;
+    let mut w = WriteIntent::new(vec![0; storage_words(bits).unwrap()], bits, 3).unwrap();
+    assert_eq!(w.pages(), 2);
+    assert!(w.admit(0, 8, true, Room::Spool).defer);
+    let mut page = [0xffu8; 4096];
+    let mut snap = [7u64; WORDS_PER_PAGE];
+    w.persist_page(0, &mut page, &mut snap);
+    w.persisted(0, &snap);
+    // Chunk 32768 + 65: page 1, word 1, bit 1, wanted only.
+    assert!(w.admit((32_768 + 65) << 3, 8, true, Room::Spool).defer);
+    assert!(!w.wants_page(0) && w.wants_page(1));
+    w.persist_page(1, &mut page, &mut snap);
+    assert_eq!(
+        &page[..16],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert!(page[16..].iter().all(|&b| b == 0));
+    assert_eq!(&snap[..3], &[0, 2, 0]);
+    // Not durable yet: the sweep's page does not hold it.
+    w.sweep_page(1, &mut page);
+    assert!(page.iter().all(|&b| b == 0));
+    w.persisted(1, &snap);
+    w.sweep_page(1, &mut page);
+    assert_eq!(page[8], 2);
+    w.sweep_page(0, &mut page);
+    assert_eq!(page[0], 1);
+    // A page past the end is empty.
+    w.sweep_page(5, &mut page);
+    assert!(page.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn storage_and_shift_are_checked() {
+    // Seven planes of 4 words, four summaries of 1 + 1.
+    assert_eq!(storage_words(200), Some(36));
+    // 1 TiB of 64 KiB chunks: 256 Ki words a plane, summaries of
+    // 4 Ki + 64.
+    assert_eq!(storage_words(1 << 24), Some(7 * 262_144 + 4 * 4_160));
+    let e = WriteIntent::new(vec![0; 35], 200, 3).unwrap_err();
+    assert_eq!(e, IntentError::StorageTooSmall);
+    let e = WriteIntent::new(vec![0; 36], 200, MAX_CHUNK_SHIFT + 1).unwrap_err();
+    assert_eq!(e, IntentError::BadChunkShift);
+    // Storage is cleared; a larger one is fine.
+    let w = WriteIntent::new(vec![!0; 40], 200, 3).unwrap();
+    assert_eq!(w.dirty_count(), 0);
+    assert!(!w.wants_page(0));
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Rule 10: random operations on two states, one swept and released
+/// through the summaries, one by walking every word, leave the same
+/// bits, report the same words cleared, and the dirty count and the
+/// summaries hold.
+#[test]
+#[allow(clippy::cast_possible_truncation)]
+fn rule10_summaries_sweep_as_the_full_walk() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for case in 0..60 {
+        let nbits = match case % 3 {
+            0 => 1 + rng.below(300),
+            1 => 1 + rng.below(60_000),
+            _ => 262_144 + rng.below(200_000),
+        };
+        let shift = rng.below(3) as u32;
+        let sectors = nbits << shift;
+        let new = |full| {
+            let mut w =
+                WriteIntent::new(vec![0; storage_words(nbits).unwrap()], nbits, shift).unwrap();
+            w.full_walk = full;
+            w
+        };
+        let (mut a, mut b) = (new(false), new(true));
+        let mut gens: Vec<Gen> = Vec::new();
+        let (mut ds, mut acked) = (0u64, 0u64);
+        let mut page = vec![0u8; 4096];
+        let mut snap = vec![0u64; WORDS_PER_PAGE];
+        let hot = rng.below(sectors);
+        for _ in 0..400 {
+            let sector = if rng.below(2) == 0 {
+                (hot + rng.below(4096)).min(sectors - 1)
+            } else {
+                rng.below(sectors)
+            };
+            let nr = match rng.below(10) {
+                0 => 0,
+                1 => rng.below(20_000),
+                _ => 1 + rng.below(64),
+            };
+            match rng.below(12) {
+                0..=3 => {
+                    let room = [Room::Spool, Room::Wait, Room::Bitmap][rng.below(3) as usize];
+                    let first = rng.below(4) != 0;
+                    let x = a.admit(sector, nr, first, room);
+                    assert_eq!(x, b.admit(sector, nr, first, room));
+                    gens.push(x.gen);
+                }
+                4 => {
+                    if let Some(g) = gens.pop() {
+                        a.finish(g);
+                        b.finish(g);
+                    }
+                }
+                5 => {
+                    if let Some(g) = gens.pop() {
+                        a.dropped(g, sector, nr);
+                        b.dropped(g, sector, nr);
+                    }
+                }
+                6 => {
+                    if let Some(g) = gens.pop() {
+                        ds += 1 + rng.below(3);
+                        a.spooled(g, sector, nr, ds, acked);
+                        b.spooled(g, sector, nr, ds, acked);
+                    }
+                }
+                7 => {
+                    acked = acked.max(rng.below(ds + 1));
+                    a.ack(acked);
+                    b.ack(acked);
+                }
+                8 => {
+                    for p in 0..a.pages() {
+                        assert_eq!(a.wants_page(p), b.wants_page(p));
+                        if a.wants_page(p) {
+                            a.persist_page(p, &mut page, &mut snap);
+                            a.persisted(p, &snap);
+                            b.persisted(p, &snap);
+                        }
+                    }
+                }
+                9 if rng.below(20) == 0 => {
+                    let p = rng.below(a.pages() as u64) as usize;
+                    for x in page.iter_mut() {
+                        *x = if rng.below(4) == 0 {
+                            rng.below(256) as u8
+                        } else {
+                            0
+                        };
+                    }
+                    assert_eq!(a.load(p, &page), b.load(p, &page));
+                }
+                _ => {
+                    let last = rng.below(8) == 0;
+                    let (mut ca, mut cb) = (Vec::new(), Vec::new());
+                    let ra = a.sweep(last, |w| ca.push(w));
+                    let rb = b.sweep(last, |w| cb.push(w));
+                    assert_eq!((ra, &ca), (rb, &cb), "case {case}");
+                }
+            }
+            let planes = PLANES * a.n;
+            assert!(a.words[..planes] == b.words[..planes], "case {case}");
+            assert_eq!((a.cur, a.hopen, a.held_upto), (b.cur, b.hopen, b.held_upto));
+            assert_eq!(a.dirty_count(), a.dirty_full());
+            assert_eq!(b.dirty_count(), b.dirty_full());
+            assert!(a.summaries_cover(), "case {case}");
+        }
+    }
+}
+
+/// The cost of a sweep per word it visits, natively: `cargo test
+/// --release -p ferry-core --lib sweep_cost -- --ignored --nocapture`.
+/// A device of 1 TiB in chunks of 64 KiB (16 Mi chunks, 256 Ki words
+/// a plane); every durable bit of the closing generation is cleared.
+#[test]
+#[ignore]
+#[allow(clippy::cast_precision_loss)]
+fn sweep_cost() {
+    use std::time::Instant;
+    let nbits = 1u64 << 24;
+    let mut w = WriteIntent::new(vec![0; storage_words(nbits).unwrap()], nbits, 7).unwrap();
+    let mut page = vec![0u8; 4096];
+    let mut snap = vec![0u64; WORDS_PER_PAGE];
+    let mut run = |w: &mut WriteIntent<Vec<u64>>, chunks: &[u64]| {
+        // Touch, make durable (touched in the open generation), close
+        // it, then time the sweep that clears it.
+        for &c in chunks {
+            w.admit(c << 7, 128, true, Room::Wait);
+        }
+        for p in 0..w.pages() {
+            if w.wants_page(p) {
+                w.persist_page(p, &mut page, &mut snap);
+                w.persisted(p, &snap);
+            }
+        }
+        w.sweep(false, |_| {});
+        let mut n = 0usize;
+        let t = Instant::now();
+        let r = w.sweep(false, |_| n += 1);
+        let e = t.elapsed();
+        assert!(r.cleared() && n > 0);
+        (e, n)
+    };
+    let all: Vec<u64> = (0..nbits).collect();
+    let sparse: Vec<u64> = (0..1000u64).map(|i| i * (nbits / 1000)).collect();
+    for (name, chunks) in [("every chunk", &all), ("1,000 chunks", &sparse)] {
+        let mut best = f64::MAX;
+        let mut words = 0;
+        for _ in 0..9 {
+            let (e, n) = run(&mut w, chunks);
+            best = best.min(e.as_secs_f64());
+            words = n;
+        }
+        println!(
+            "{name}: {words} words in {:.1} us, {:.2} ns a word",
+            best * 1e6,
+            best * 1e9 / words as f64
+        );
+    }
+    // Nothing touched: the summaries' second level only.
+    let mut best = f64::MAX;
+    for _ in 0..9 {
+        let t = Instant::now();
+        w.sweep(false, |_| {});
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("empty sweep: {:.2} us", best * 1e6);
+}
