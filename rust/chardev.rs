@@ -30,8 +30,7 @@ pub(crate) const WRITE_MAX: usize = 4096;
 
 /// Largest `write(2)` at all: one record of the largest bio the target
 /// accepts (1 MiB), which a secondary applies.
-const WRITE_RECORD_MAX: usize =
-    ferry_core::record::HEADER_LEN + (1 << 20) + ferry_core::record::TAIL_LEN;
+const WRITE_RECORD_MAX: usize = ferry_core::record::MAX_RECORD_LEN;
 
 /// What the owner of a [`MiscDev`] does for the file operations of its
 /// device.  An open file holds a reference to the owner.

@@ -45,7 +45,7 @@ use kernel::sync::Arc;
 /// record, whose payload the spool holds whole.  The cap applies in every
 /// mode so that a device's limits do not change under its users when
 /// replication is turned on.
-const MAX_IO_SECTORS: u32 = 2048;
+const MAX_IO_SECTORS: u32 = ferry_core::record::MAX_WRITE_SECTORS;
 
 /// Sectors the meta device needs for a target of `len` sectors in chunks of
 /// `chunk_sectors` (`Documentation/ferry.rst`; layout in ferry-core's

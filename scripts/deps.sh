@@ -35,7 +35,7 @@ PKGS=(
 	clang-19 llvm-19 lld-19 libclang-19-dev
 	qemu-system-x86 busybox-static dmsetup fio e2fsprogs cpio
 	flex bison bc libelf-dev libssl-dev dwarves xz-utils kmod
-	python3 sqlite3 iproute2 time
+	python3 sqlite3 iproute2 time postgresql-15
 )
 
 missing=()

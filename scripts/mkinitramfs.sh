@@ -6,7 +6,7 @@
 # * <out.cpio>: a small initramfs (busybox, init, the module, the guest test
 #   scripts, and the extra binaries in /ferry/bin);
 # * <out.tools.img>: a read-only ext2 image with the dynamically linked
-#   tools (dmsetup, fio, blkdiscard, e2fsprogs, sqlite3, tc) and every
+#   tools (dmsetup, fio, blkdiscard, e2fsprogs, sqlite3, tc, PostgreSQL) and every
 #   library they need.  scripts/vm.sh attaches it as the last virtio disk
 #   (serial "ferrytools"); the guest's init mounts it on /tools, and /usr,
 #   /lib, /lib64 and /sbin point into it.  Nothing of it is unpacked at boot,
@@ -42,6 +42,22 @@ copy_elf /usr/sbin/blkdiscard "$tools/sbin/blkdiscard"
 for t in mke2fs e2fsck; do copy_elf "/usr/sbin/$t" "$tools/sbin/$t"; done
 [ -x /usr/bin/sqlite3 ] && copy_elf /usr/bin/sqlite3 "$tools/usr/bin/sqlite3"
 [ -x /usr/sbin/tc ] && copy_elf /usr/sbin/tc "$tools/sbin/tc"
+# PostgreSQL (the application test, repl-app): the server, initdb, pg_ctl,
+# pgbench and psql, its modules (JIT left out) and shared data, and the
+# time zone database it reads.  Each keeps its Debian path, so that the
+# binaries find their data relative to themselves.
+pg=/usr/lib/postgresql/15
+if [ -x $pg/bin/postgres ]; then
+	for t in postgres initdb pg_ctl pgbench psql; do copy_elf "$pg/bin/$t" "$tools$pg/bin/$t"; done
+	mkdir -p "$tools$pg/lib"
+	for so in $pg/lib/*.so; do
+		case $so in */llvmjit*) continue ;; esac
+		copy_elf "$so" "$tools$pg/lib/$(basename "$so")"
+	done
+	mkdir -p "$tools/usr/share"
+	cp -a /usr/share/postgresql "$tools/usr/share/"
+	cp -a /usr/share/zoneinfo "$tools/usr/share/"
+fi
 copy_elf /lib64/ld-linux-x86-64.so.2 "$tools/lib64/ld-linux-x86-64.so.2"
 
 cp "$ko" "$root/ferry/dm-ferry.ko"
@@ -49,8 +65,8 @@ for f in "$@"; do copy_elf "$f" "$root/ferry/bin/$(basename "$f")"; done
 cp "$top"/tests/guest/*.sh "$root/ferry/tests/"
 cp "$top/tests/guest/init" "$root/init"
 chmod +x "$root/init" "$root"/ferry/tests/*.sh
-echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
-echo "root:x:0:" >"$root/etc/group"
+printf '%s\n' "root:x:0:0:root:/root:/bin/sh" "postgres:x:70:70:PostgreSQL:/tmp:/bin/sh" >"$root/etc/passwd"
+printf '%s\n' "root:x:0:" "postgres:x:70:" >"$root/etc/group"
 
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) >"$out.tmp"
 mv "$out.tmp" "$out"

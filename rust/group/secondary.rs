@@ -18,6 +18,7 @@ use ferry_core::checkpoint::{place, ApplyMark, ApplyState, CheckpointError, APPL
 use ferry_core::command::{Command, CommandError, Commands};
 use ferry_core::meta;
 use ferry_core::record::{self, RecordKind};
+use ferry_core::table::MAX_DEVICES;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::uaccess::UserSliceWriter;
@@ -31,8 +32,10 @@ pub(crate) enum ReadGate {
 }
 
 /// Size of what `read(2)` returns on a secondary's character device: the
-/// apply mark, then the members as a bit mask (u64 LE).
-const SECONDARY_STATE_LEN: usize = APPLY_MARK_LEN + 8;
+/// apply mark, the members as a bit mask (u64 LE), then each device id's
+/// length in sectors (u64 LE, 0 for no member), so that `ferryd` can check
+/// an interval's records before it begins to apply them.
+const SECONDARY_STATE_LEN: usize = APPLY_MARK_LEN + 8 + 8 * MAX_DEVICES as usize;
 
 /// The secondary side of a group.
 impl Group {
@@ -208,19 +211,25 @@ impl Group {
             return Err(EINVAL);
         }
         let mark = self.apply.lock().mark();
+        let mut b = [0u8; SECONDARY_STATE_LEN];
         let members = {
             let ctl = self.ctl.lock();
+            for (i, dd) in ctl.data.iter().enumerate() {
+                if let Some(dd) = dd {
+                    let at = APPLY_MARK_LEN + 8 + 8 * i;
+                    b[at..at + 8].copy_from_slice(&dd.sectors.to_le_bytes());
+                }
+            }
             ctl.users
                 .iter()
                 .enumerate()
                 .filter(|(_, u)| **u > 0)
                 .fold(0u64, |m, (i, _)| m | 1 << i)
         };
-        let mut b = [0u8; SECONDARY_STATE_LEN];
         let mut enc = [0u8; APPLY_MARK_LEN];
         mark.encode(&KernelDigest, &mut enc);
         b[..APPLY_MARK_LEN].copy_from_slice(&enc);
-        b[APPLY_MARK_LEN..].copy_from_slice(&members.to_le_bytes());
+        b[APPLY_MARK_LEN..APPLY_MARK_LEN + 8].copy_from_slice(&members.to_le_bytes());
         out.write_slice(&b)?;
         Ok(SECONDARY_STATE_LEN)
     }

@@ -29,10 +29,16 @@ pub const HEADER_LEN: usize = 88;
 pub const TAIL_LEN: usize = 24;
 /// Sector size of `sector` and `nr_sectors`.
 pub const SECTOR_SIZE: u32 = 512;
-/// Largest write a single record carries (8 MiB).
-pub const MAX_WRITE_SECTORS: u32 = 16384;
+/// Largest write a single record carries (1 MiB): the target has
+/// device-mapper split larger bios (`max_io_len`), and a secondary applies a
+/// record in one `write(2)` of at most [`MAX_RECORD_LEN`] bytes.  One
+/// number for the three, so that no record can be taken at one end and
+/// refused at the other.
+pub const MAX_WRITE_SECTORS: u32 = 2048;
 /// Largest payload a record carries.
 pub const MAX_PAYLOAD_LEN: u32 = MAX_WRITE_SECTORS * SECTOR_SIZE;
+/// Largest record: header, the largest payload, tail.
+pub const MAX_RECORD_LEN: usize = HEADER_LEN + MAX_PAYLOAD_LEN as usize + TAIL_LEN;
 /// Longest consistency-point label.
 pub const LABEL_MAX: usize = 64;
 /// Fixed part of a consistency-point payload (`cp_id`, `first_dev_seq`).

@@ -787,6 +787,7 @@ impl Report for Shared {
             disk_spool_records: disk_records,
             disk_spool_bytes: self.disk_bytes.load(Relaxed),
             g2_violations: 0,
+            apply_error: None,
         }
     }
 }

@@ -31,11 +31,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalSlot, Rendezvous};
+use ferry_core::checkpoint::{
+    self, ApplyMark, ApplyState, IntervalSlot, Rendezvous, APPLY_MARK_LEN,
+};
 use ferry_core::command::Command;
 use ferry_core::gate::{DeviceClass, DurableOrder};
 use ferry_core::record::{self, GroupKey, RecordError, RecordKind};
 use ferry_core::select::{interval_limit, next_in_group_order, Received, Stamp, StreamWindow};
+use ferry_core::table::MAX_DEVICES;
 use ferry_core::FastDigest;
 use ferryd::config::{Config, Role};
 use ferryd::cpoints::{self, Points};
@@ -131,6 +134,8 @@ struct State {
     released: bool,
     /// SIGTERM or SIGINT: stop applying before the next batch.
     stop: bool,
+    /// Why applying stopped (`apply_stopped`); `None` while it goes on.
+    apply_error: Option<String>,
     /// G2 as seen here: the order in which records became durable in the
     /// remote log (ferry-core's `DurableOrder`).
     g2: DurableOrder,
@@ -142,6 +147,8 @@ pub(crate) struct Sec {
     gkey: GroupKey,
     dir: PathBuf,
     dev: Mutex<Option<File>>,
+    /// The members' lengths on this site, from the kernel.
+    sizes: Sizes,
     state: Mutex<State>,
     logs: Vec<Mutex<StreamLog>>,
     more: Notify,
@@ -208,15 +215,34 @@ fn save_state(dir: &Path, saved: &SavedState) -> Result<()> {
     Ok(())
 }
 
-/// Reads the secondary kernel's state: its apply mark and members.
-fn kernel_state(f: &mut File) -> Result<(ApplyMark, u64)> {
-    let mut b = [0u8; 64];
+/// Each device id's length in sectors on this site (0: no member), as the
+/// kernel reports it.
+type Sizes = [u64; MAX_DEVICES as usize];
+
+/// Length of the secondary kernel's state: the apply mark, the members,
+/// the sizes (`Documentation/ferry.rst`, "Applying through the character
+/// device").
+const KERNEL_STATE_LEN: usize = APPLY_MARK_LEN + 8 + 8 * MAX_DEVICES as usize;
+
+/// Reads the secondary kernel's state: its apply mark, members and sizes.
+fn kernel_state(f: &mut File) -> Result<(ApplyMark, u64, Sizes)> {
+    let mut b = [0u8; KERNEL_STATE_LEN + 8];
     let n = f.read(&mut b).context("read the secondary's state")?;
-    if n < 40 {
-        bail!("the character device is not a secondary's (is the table `mode secondary`?)");
+    if n != KERNEL_STATE_LEN {
+        bail!(
+            "the character device gave {n} bytes of state, not {KERNEL_STATE_LEN}: \
+             not a secondary's (is the table `mode secondary`?), or a dm-ferry of another version"
+        );
     }
-    let mark = ApplyMark::decode(&b[..32], &FastDigest).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((mark, u64::from_le_bytes(b[32..40].try_into()?)))
+    let mark =
+        ApplyMark::decode(&b[..APPLY_MARK_LEN], &FastDigest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let at = APPLY_MARK_LEN;
+    let members = u64::from_le_bytes(b[at..at + 8].try_into()?);
+    let mut sizes = [0u64; MAX_DEVICES as usize];
+    for (i, c) in b[at + 8..KERNEL_STATE_LEN].chunks_exact(8).enumerate() {
+        sizes[i] = u64::from_le_bytes(c.try_into()?);
+    }
+    Ok((mark, members, sizes))
 }
 
 impl Sec {
@@ -247,7 +273,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let (mark, members) = kernel_state(&mut dev)?;
+    let (mark, members, sizes) = kernel_state(&mut dev)?;
     let (applied, applying) = match mark.state {
         ApplyState::Idle => (mark.applied, 0),
         ApplyState::InProgress { epoch } => (mark.applied, epoch),
@@ -384,6 +410,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         gkey,
         dir,
         dev: Mutex::new(Some(dev)),
+        sizes,
         state: Mutex::new(State {
             windows,
             streams,
@@ -397,6 +424,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             release: false,
             released: false,
             stop: false,
+            apply_error: None,
             g2: DurableOrder::new(data_high),
         }),
         logs,
@@ -647,6 +675,51 @@ async fn serve(
     }
 }
 
+/// A batch was not applied: applying stops here, and `ferryd` stays up
+/// so that its status says why and a release (`ferryctl promote`) still
+/// finds it.  Not begun: the devices are at the last interval applied, and
+/// the secondary may be promoted there.  Begun: the kernel's mark holds the
+/// interval in progress (the devices are not consistent); a restart of
+/// `ferryd` applies it again (redo).
+async fn apply_stopped(s: &Arc<Sec>, epoch: u64, f: ApplyFailed) -> Result<()> {
+    let why = if f.begun {
+        format!(
+            "interval {epoch} failed while applied: {:#}; the devices are mid-interval \
+             (restart ferryd to apply it again)",
+            f.error
+        )
+    } else {
+        format!(
+            "intervals up to {epoch} not applied: {:#}; the devices hold interval {}",
+            f.error,
+            lock(&s.state).applied
+        )
+    };
+    error!("applying stopped: {why}");
+    {
+        let mut st = lock(&s.state);
+        st.apply_error = Some(why);
+        if !f.begun {
+            st.applying = 0;
+        }
+    }
+    loop {
+        let notified = s.more.notified();
+        {
+            let mut st = lock(&s.state);
+            if st.stop {
+                return Ok(());
+            }
+            if st.release {
+                lock(&s.dev).take();
+                st.released = true;
+                return Ok(());
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+    }
+}
+
 /// Applies whole intervals as they become ready.  Returns when released,
 /// or when asked to stop: between batches, never in the middle of one
 /// (a batch is applied, and its positions saved, whole).
@@ -735,11 +808,13 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
         };
         let s2 = s.clone();
         let n = items.len();
-        let items = tokio::task::spawn_blocking(move || {
-            apply_intervals(&s2, epoch, &items).map(|()| items)
-        })
-        .await?
-        .with_context(|| format!("apply interval {epoch}"))?;
+        let applied =
+            tokio::task::spawn_blocking(move || apply_checked(&s2, epoch, &items).map(|()| items))
+                .await?;
+        let items = match applied {
+            Ok(items) => items,
+            Err(f) => return apply_stopped(&s, epoch, f).await,
+        };
         let mut saved = {
             let mut st = lock(&s.state);
             st.applied = epoch;
@@ -778,6 +853,84 @@ fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Windo
             .position(|x| x.id == d)
             .map_or(0, |i| windows[i].run_end())
     })
+}
+
+/// Why a batch of intervals was not applied.
+#[derive(Debug)]
+struct ApplyFailed {
+    /// Whether `APPLY_BEGIN` went: the devices may hold part of the batch
+    /// (the kernel's mark says so, and holds host reads and promote).
+    begun: bool,
+    error: anyhow::Error,
+}
+
+/// Checks every record of the intervals up to `epoch` as the kernel will
+/// (`ferry_core::record::decode_record`, at most `MAX_RECORD_LEN` bytes,
+/// an interval of the batch, a member device, a range inside it on this
+/// site: `ferry_core::checkpoint::place`), so that a batch the kernel
+/// would refuse half-way is never begun, and the devices stay at the last
+/// interval applied.
+fn check_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<()> {
+    let after = lock(&s.state).applied;
+    let mut buf = Vec::new();
+    for &(i, loc, _) in items {
+        if loc.len as usize > record::MAX_RECORD_LEN {
+            bail!(
+                "a record of {} bytes at {} of stream {}: above the {} a secondary applies",
+                loc.len,
+                loc.off,
+                i,
+                record::MAX_RECORD_LEN
+            );
+        }
+        buf.resize(loc.len as usize, 0);
+        lock(&s.logs[i])
+            .read_exact_at(&mut buf, loc.off)
+            .context("read the remote log")?;
+        let r = record::decode_record(&buf, &s.gkey, &FastDigest)
+            .map_err(|e| anyhow::anyhow!("a record at {} of stream {i}: {e}", loc.off))?;
+        let h = r.header;
+        let what = || format!("record {} of device {}", h.dev_seq, h.device_id);
+        if r.len != buf.len() {
+            bail!(
+                "{}: {} bytes in the remote log, {} in the record",
+                what(),
+                buf.len(),
+                r.len
+            );
+        }
+        if h.epoch <= after || h.epoch > epoch {
+            bail!(
+                "{}: interval {}, not in {}..={epoch}",
+                what(),
+                h.epoch,
+                after + 1
+            );
+        }
+        let len = s.sizes.get(h.device_id as usize).copied().unwrap_or(0);
+        if len == 0 {
+            bail!("{}: no such device in this secondary's group", what());
+        }
+        checkpoint::place(h.kind, h.sector, h.nr_sectors, len, 0).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (sectors {}+{}, the device here has {len}: is it smaller than the primary's?)",
+                what(),
+                h.sector,
+                h.nr_sectors
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies the intervals up to `epoch` once every record of them is
+/// checked (`check_intervals`).
+fn apply_checked(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<(), ApplyFailed> {
+    check_intervals(s, epoch, items).map_err(|error| ApplyFailed {
+        begun: false,
+        error,
+    })?;
+    apply_intervals(s, epoch, items).map_err(|error| ApplyFailed { begun: true, error })
 }
 
 /// Writes the intervals up to `epoch` through the kernel, as one: the mark,
@@ -866,6 +1019,7 @@ impl Report for Sec {
             disk_spool_records: 0,
             disk_spool_bytes: 0,
             g2_violations: st.g2.violations(),
+            apply_error: st.apply_error.clone(),
         }
     }
 }
@@ -945,6 +1099,7 @@ pub(crate) mod tests {
             gkey,
             dir: top.to_path_buf(),
             dev: Mutex::new(Some(File::create(top.join("dev")).unwrap())),
+            sizes: test_sizes(ids),
             state: Mutex::new(State {
                 windows,
                 streams,
@@ -958,6 +1113,7 @@ pub(crate) mod tests {
                 release: false,
                 released: false,
                 stop: false,
+                apply_error: None,
                 g2: DurableOrder::new(0),
             }),
             logs,
@@ -965,6 +1121,105 @@ pub(crate) mod tests {
             rejected: Rejected::default(),
             listen: Arc::default(),
         })
+    }
+
+    /// Devices `ids` of 65,536 sectors each.
+    fn test_sizes(ids: &[u32]) -> Sizes {
+        let mut z = [0; MAX_DEVICES as usize];
+        for &i in ids {
+            z[i as usize] = 65536;
+        }
+        z
+    }
+
+    /// A record of device 1 in interval `epoch`: `nr` sectors written at
+    /// `sector`, stored in `s`'s remote log; where it is.
+    fn stored(s: &Sec, epoch: u64, sector: u64, nr: u32) -> (usize, Loc, bool) {
+        let mut h = record::RecordHeader::new(RecordKind::Write);
+        h.group_id = s.gkey.group_id;
+        h.device_id = 1;
+        h.payload_len = nr * record::SECTOR_SIZE;
+        (h.dev_seq, h.group_seq, h.epoch) = (1, 1, epoch);
+        (h.sector, h.nr_sectors) = (sector, nr);
+        let payload = vec![7u8; h.payload_len as usize];
+        let mut b = vec![0u8; h.record_len()];
+        record::encode_record(&h, &payload, &s.gkey, &FastDigest, &mut b).unwrap();
+        let off = lock(&s.logs[0]).append(&[&b]).unwrap()[0];
+        (
+            0,
+            Loc {
+                off,
+                len: b.len() as u32,
+            },
+            true,
+        )
+    }
+
+    /// A batch with a record the kernel would refuse (outside the device
+    /// on this site) is not begun: nothing reaches the device, the status
+    /// says why, and a release still closes the device (promote).
+    #[tokio::test]
+    async fn a_batch_the_kernel_would_refuse_is_not_begun() {
+        let top = fresh_dir("sec-refuse");
+        let s = receiver(&top, &[1]);
+        let good = stored(&s, 1, 65536 - 8, 8);
+        let outside = stored(&s, 1, 65536 - 8, 16);
+        assert!(check_intervals(&s, 1, &[good]).is_ok());
+        let f = apply_checked(&s, 1, &[good, outside]).unwrap_err();
+        assert!(!f.begun);
+        assert!(
+            format!("{:#}", f.error).contains("outside its device"),
+            "{:#}",
+            f.error
+        );
+        assert_eq!(
+            std::fs::metadata(top.join("dev")).unwrap().len(),
+            0,
+            "APPLY_BEGIN was sent"
+        );
+        // Another interval than the batch's, and a device the group lacks.
+        assert!(check_intervals(&s, 0, &[good]).is_err());
+        lock(&s.state).applied = 1;
+        assert!(check_intervals(&s, 2, &[good]).is_err());
+        lock(&s.state).applied = 0;
+        let top2 = fresh_dir("sec-refuse2");
+        let mut alone = receiver(&top2, &[1]);
+        Arc::get_mut(&mut alone).unwrap().sizes = [0; MAX_DEVICES as usize];
+        let g = stored(&alone, 1, 0, 8);
+        assert!(
+            format!("{:#}", check_intervals(&alone, 1, &[g]).unwrap_err())
+                .contains("no such device")
+        );
+        std::fs::remove_dir_all(top2).unwrap();
+        // The loop stops applying, stays up, and answers a release.
+        let s2 = s.clone();
+        let stopped = tokio::spawn(async move { apply_stopped(&s2, 1, f).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let st = s.status();
+        assert!(
+            st.apply_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("the devices hold interval 0"),
+            "{st:?}"
+        );
+        assert_eq!(st.applying_epoch, 0);
+        lock(&s.state).release = true;
+        s.more.notify_one();
+        stopped.await.unwrap().unwrap();
+        assert!(lock(&s.dev).is_none() && lock(&s.state).released);
+        // A good batch goes: APPLY_BEGIN first.
+        let top3 = fresh_dir("sec-refuse3");
+        let s3 = receiver(&top3, &[1]);
+        let g = stored(&s3, 1, 0, 8);
+        apply_checked(&s3, 1, &[g]).unwrap();
+        let dev = std::fs::read(top3.join("dev")).unwrap();
+        let mut begin = [0u8; 64];
+        let n = Command::ApplyBegin { epoch: 1 }.encode(&mut begin).unwrap();
+        assert_eq!(&dev[..n], &begin[..n]);
+        for t in [top, top3] {
+            std::fs::remove_dir_all(t).unwrap();
+        }
     }
 
     /// Serves the primaries that connect to `l` for `s`, as `run` does.
@@ -1035,6 +1290,7 @@ pub(crate) mod tests {
             gkey,
             dir: top.clone(),
             dev: Mutex::new(Some(dev)),
+            sizes: [0; MAX_DEVICES as usize],
             state: Mutex::new(State {
                 windows: Vec::new(),
                 streams: Vec::new(),
@@ -1048,6 +1304,7 @@ pub(crate) mod tests {
                 release: false,
                 released: false,
                 stop: false,
+                apply_error: None,
                 g2: DurableOrder::new(0),
             }),
             logs: Vec::new(),

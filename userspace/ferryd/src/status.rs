@@ -102,6 +102,10 @@ pub struct Status {
     /// on a correct one).
     #[serde(default)]
     pub g2_violations: u64,
+    /// Secondary: why applying stopped (a batch the kernel would refuse,
+    /// or an apply that failed); `None` while it goes on.
+    #[serde(default)]
+    pub apply_error: Option<String>,
 }
 
 /// Serves `GET /status` (the document, JSON) and `GET /metrics` (its
@@ -483,6 +487,13 @@ impl Collector for Metrics {
             None,
             vec![(self.group(), counter(st.g2_violations))],
         )?;
+        family(
+            e,
+            "apply_stopped",
+            "Secondary: applying stopped on an error (see the log and the status)",
+            None,
+            vec![(self.group(), gauge(i64::from(st.apply_error.is_some())))],
+        )?;
         Ok(())
     }
 }
@@ -509,6 +520,7 @@ mod tests {
             disk_spool_records: 0,
             disk_spool_bytes: 0,
             g2_violations: 0,
+            apply_error: None,
         }
     }
 
@@ -535,7 +547,7 @@ mod tests {
     }
 
     /// Every family ferryd exposes, and its type.
-    pub(crate) const FAMILIES: [(&str, &str); 21] = [
+    pub(crate) const FAMILIES: [(&str, &str); 22] = [
         ("ferry_build_info", "gauge"),
         ("ferry_state", "gauge"),
         ("ferry_connected", "gauge"),
@@ -557,6 +569,7 @@ mod tests {
         ("ferry_accept_errors_total", "counter"),
         ("ferry_records_rejected_total", "counter"),
         ("ferry_g2_violations_total", "counter"),
+        ("ferry_apply_stopped", "gauge"),
     ];
 
     fn kind(v: &prometheus_parse::Value) -> &'static str {

@@ -191,6 +191,9 @@ fn print_status(s: &Status) {
         );
     }
     if s.role == config::Role::Secondary {
+        if let Some(why) = &s.apply_error {
+            println!("  APPLYING STOPPED: {why}");
+        }
         match &s.consistency_point {
             Some(p) => println!("  last consistency point held: {} ({})", p.cp_id, p.label),
             None => println!("  no consistency point held"),
