@@ -67,6 +67,7 @@ struct Options {
     spool_mb: Option<u32>,
     overflow: Option<Overflow>,
     checkpoint_ms: Option<u32>,
+    block_timeout: Option<u32>,
 }
 
 impl Options {
@@ -87,6 +88,7 @@ impl Options {
             spool_mb: t.spool_mb,
             overflow: t.overflow,
             checkpoint_ms: t.checkpoint_ms,
+            block_timeout: t.block_timeout,
         }
     }
 
@@ -106,6 +108,7 @@ impl Options {
             spool_mb: self.spool_mb,
             overflow: self.overflow,
             checkpoint_ms: self.checkpoint_ms,
+            block_timeout: self.block_timeout,
             given: self.given,
         };
         t.write_options(out)
