@@ -10,6 +10,7 @@
 #include <linux/highmem.h>
 #include <linux/poll.h>
 #include <linux/random.h>
+#include <linux/sched/mm.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -116,6 +117,16 @@ bool ferry_queue_delayed_work(struct workqueue_struct *wq, struct delayed_work *
 struct delayed_work *ferry_to_delayed_work(struct work_struct *work)
 {
 	return to_delayed_work(work);
+}
+
+unsigned int ferry_memalloc_noio_save(void)
+{
+	return memalloc_noio_save();
+}
+
+void ferry_memalloc_noio_restore(unsigned int flags)
+{
+	memalloc_noio_restore(flags);
 }
 
 const unsigned int ferry_pollin = (__force unsigned int)(EPOLLIN | EPOLLRDNORM);

@@ -55,6 +55,10 @@ void ferry_init_delayed_work(struct delayed_work *dwork, void (*fn)(struct work_
 struct workqueue_struct *ferry_alloc_workqueue(void);
 bool ferry_queue_delayed_work(struct workqueue_struct *wq, struct delayed_work *dwork, unsigned long delay);
 struct delayed_work *ferry_to_delayed_work(struct work_struct *work);
+/* A scope in which allocations do no I/O (GFP_NOIO), for the work that
+ * submits deferred writes. */
+unsigned int ferry_memalloc_noio_save(void);
+void ferry_memalloc_noio_restore(unsigned int flags);
 
 /* Secondary mode: refuse a host write; apply records synchronously. */
 void ferry_bio_refuse(struct bio *bio);

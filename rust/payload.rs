@@ -60,12 +60,14 @@ impl Payload {
         len.div_ceil(PAGE_SIZE)
     }
 
-    /// Copies the data of a write bio.  Never sleeps (`GFP_NOWAIT`); an
-    /// allocation failure is the caller's overflow.
-    pub(crate) fn copy_from_bio(bio: &impl Segments) -> Result<Self, AllocError> {
+    /// Copies the data of a write bio, allocating with `gfp`
+    /// (`GFP_NOWAIT` in `map`, which never sleeps; `GFP_NOIO` in the
+    /// worker that lets in a writer held for room).  An allocation failure
+    /// is the caller's overflow.
+    pub(crate) fn copy_from_bio(bio: &impl Segments, gfp: kernel::alloc::Flags) -> Result<Self, AllocError> {
         let len = bio.bytes();
         let n = Self::pages_for(len);
-        let gfp = flags::GFP_NOWAIT | flags::__GFP_NOWARN;
+        let gfp = gfp | flags::__GFP_NOWARN;
         let mut pages = KVec::with_capacity(n, gfp)?;
         for _ in 0..n {
             pages.push(Page::alloc_page(gfp)?, gfp)?;
