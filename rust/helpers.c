@@ -56,9 +56,20 @@ void ferry_kunmap_local(void *addr)
 	kunmap_local(addr);
 }
 
-void ferry_spin_lock_init(spinlock_t *lock)
+/* As the kernel crate's __spin_lock_init helper: the caller's name and
+ * lockdep class, one per lock (a spin_lock_init() here would give every
+ * lock of the module the one class of this call site). */
+void ferry_spin_lock_init(spinlock_t *lock, const char *name, struct lock_class_key *key)
 {
+#ifdef CONFIG_DEBUG_SPINLOCK
+# if defined(CONFIG_PREEMPT_RT)
+	__spin_lock_init(lock, name, key, false);
+# else
+	__raw_spin_lock_init(spinlock_check(lock), name, key, LD_WAIT_CONFIG);
+# endif
+#else
 	spin_lock_init(lock);
+#endif
 }
 
 unsigned long ferry_spin_lock_irqsave(spinlock_t *lock)
@@ -74,9 +85,9 @@ void ferry_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
-void ferry_init_waitqueue_head(struct wait_queue_head *wq)
+void ferry_init_waitqueue_head(struct wait_queue_head *wq, const char *name, struct lock_class_key *key)
 {
-	init_waitqueue_head(wq);
+	__init_waitqueue_head(wq, name, key);
 }
 
 void ferry_wake_up_all(struct wait_queue_head *wq)

@@ -37,12 +37,12 @@ void *ferry_kmap_local_page(struct page *page);
 void ferry_kunmap_local(void *addr);
 
 /* Interrupt-safe spinlocks. */
-void ferry_spin_lock_init(spinlock_t *lock);
+void ferry_spin_lock_init(spinlock_t *lock, const char *name, struct lock_class_key *key);
 unsigned long ferry_spin_lock_irqsave(spinlock_t *lock);
 void ferry_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 
 /* Wait queues. */
-void ferry_init_waitqueue_head(struct wait_queue_head *wq);
+void ferry_init_waitqueue_head(struct wait_queue_head *wq, const char *name, struct lock_class_key *key);
 void ferry_wake_up_all(struct wait_queue_head *wq);
 void ferry_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt);
 int ferry_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *), const void *arg);

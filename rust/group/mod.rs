@@ -89,7 +89,7 @@ pub(crate) use status::DeviceStatus;
 use crate::chardev::{self, FileOps, MiscDev};
 use crate::digest::KernelDigest;
 use crate::dm::{BdevRef, HeldList};
-use crate::sync::{IrqSpinLock, WaitQueue};
+use crate::sync::{new_irq_spinlock, new_waitqueue, IrqSpinLock, WaitQueue};
 use crate::work::{DelayedWork, WorkId};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{IntervalApply, ReadHold};
@@ -215,7 +215,7 @@ impl Group {
                 id,
                 key,
                 settings,
-                state <- IrqSpinLock::new(State {
+                state <- new_irq_spinlock!(State {
                     streams,
                     order: GroupOrder::new(),
                     spool: Spool::new(settings.spool_bytes(), settings.overflow),
@@ -224,8 +224,8 @@ impl Group {
                     waiting: HeldList::new(),
                     reads: ReadHold::new(false),
                     held_reads: HeldList::new(),
-                }),
-                readable <- WaitQueue::new(),
+                }, "ferry_group.state"),
+                readable <- new_waitqueue!("ferry_group.readable"),
                 suspending: AtomicU32::new(0),
                 ctl <- new_mutex!(Ctl {
                     data: [None; MAX_DEVICES as usize],
@@ -242,7 +242,7 @@ impl Group {
                 members: AtomicUsize::new(0),
                 secondary: AtomicBool::new(secondary),
                 apply <- new_mutex!(IntervalApply::new(0)),
-                quiet <- WaitQueue::new(),
+                quiet <- new_waitqueue!("ferry_group.quiet"),
                 read_token,
                 applied_records: [const { AtomicU64::new(0) }; MAX_DEVICES as usize],
             }),
