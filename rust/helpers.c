@@ -11,6 +11,7 @@
 #include <linux/poll.h>
 #include <linux/random.h>
 #include <linux/sched/mm.h>
+#include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -159,6 +160,26 @@ void ferry_bio_refuse(struct bio *bio)
 {
 	bio->bi_status = BLK_STS_NOTSUPP;
 	bio_endio(bio);
+}
+
+/* The module's own bio set: zeroed (bioset_exit checks what
+ * bioset_init set up), with a pool of `pool` bios and bio vectors. */
+struct bio_set *ferry_bioset_create(unsigned int pool)
+{
+	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
+
+	if (bs && bioset_init(bs, pool, 0, BIOSET_NEED_BVECS)) {
+		bioset_exit(bs);
+		kfree(bs);
+		bs = NULL;
+	}
+	return bs;
+}
+
+void ferry_bioset_destroy(struct bio_set *bs)
+{
+	bioset_exit(bs);
+	kfree(bs);
 }
 
 int ferry_blkdev_flush(struct block_device *bdev)

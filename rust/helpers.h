@@ -62,6 +62,8 @@ void ferry_memalloc_noio_restore(unsigned int flags);
 
 /* Secondary mode: refuse a host write; apply records synchronously. */
 void ferry_bio_refuse(struct bio *bio);
+struct bio_set *ferry_bioset_create(unsigned int pool);
+void ferry_bioset_destroy(struct bio_set *bs);
 int ferry_blkdev_flush(struct block_device *bdev);
 int ferry_blkdev_zeroout(struct block_device *bdev, sector_t sector, sector_t nr);
 int ferry_blkdev_discard(struct block_device *bdev, sector_t sector, sector_t nr);

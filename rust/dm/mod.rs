@@ -17,7 +17,7 @@ mod dev;
 mod vtable;
 
 pub(crate) use bio::{Bio, HeldBio, HeldList, Op};
-pub(crate) use dev::{BdevRef, DmDev};
+pub(crate) use dev::{exit_bio_set, init_bio_set, BdevRef, DmDev};
 pub(crate) use vtable::{Ctr, IterateDevices, Registration, StatusWriter};
 
 use crate::bindings as b;
