@@ -44,9 +44,14 @@ impl kernel::Module for FerryModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
         digest::self_test()?;
         work::init()?;
+        if let Err(e) = dm::init_bio_set() {
+            work::exit();
+            return Err(e);
+        }
         let registry = match group::Registry::new().and_then(|r| Ok(KBox::new(r, GFP_KERNEL)?)) {
             Ok(r) => r,
             Err(e) => {
+                dm::exit_bio_set();
                 work::exit();
                 return Err(e);
             }
@@ -56,6 +61,7 @@ impl kernel::Module for FerryModule {
             Ok(t) => t,
             Err(e) => {
                 group::free_registry();
+                dm::exit_bio_set();
                 work::exit();
                 return Err(e);
             }
@@ -74,6 +80,7 @@ impl Drop for FerryModule {
     fn drop(&mut self) {
         drop(self.target.take());
         group::free_registry();
+        dm::exit_bio_set();
         work::exit();
         pr_info!("ferry: target unregistered\n");
     }

@@ -10,6 +10,8 @@
 #include <linux/highmem.h>
 #include <linux/poll.h>
 #include <linux/random.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -55,9 +57,20 @@ void ferry_kunmap_local(void *addr)
 	kunmap_local(addr);
 }
 
-void ferry_spin_lock_init(spinlock_t *lock)
+/* As the kernel crate's __spin_lock_init helper: the caller's name and
+ * lockdep class, one per lock (a spin_lock_init() here would give every
+ * lock of the module the one class of this call site). */
+void ferry_spin_lock_init(spinlock_t *lock, const char *name, struct lock_class_key *key)
 {
+#ifdef CONFIG_DEBUG_SPINLOCK
+# if defined(CONFIG_PREEMPT_RT)
+	__spin_lock_init(lock, name, key, false);
+# else
+	__raw_spin_lock_init(spinlock_check(lock), name, key, LD_WAIT_CONFIG);
+# endif
+#else
 	spin_lock_init(lock);
+#endif
 }
 
 unsigned long ferry_spin_lock_irqsave(spinlock_t *lock)
@@ -73,9 +86,9 @@ void ferry_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
-void ferry_init_waitqueue_head(struct wait_queue_head *wq)
+void ferry_init_waitqueue_head(struct wait_queue_head *wq, const char *name, struct lock_class_key *key)
 {
-	init_waitqueue_head(wq);
+	__init_waitqueue_head(wq, name, key);
 }
 
 void ferry_wake_up_all(struct wait_queue_head *wq)
@@ -118,6 +131,16 @@ struct delayed_work *ferry_to_delayed_work(struct work_struct *work)
 	return to_delayed_work(work);
 }
 
+unsigned int ferry_memalloc_noio_save(void)
+{
+	return memalloc_noio_save();
+}
+
+void ferry_memalloc_noio_restore(unsigned int flags)
+{
+	memalloc_noio_restore(flags);
+}
+
 const unsigned int ferry_pollin = (__force unsigned int)(EPOLLIN | EPOLLRDNORM);
 const unsigned int ferry_pollout = (__force unsigned int)(EPOLLOUT | EPOLLWRNORM);
 const gfp_t ferry_gfp_noio = GFP_NOIO;
@@ -137,6 +160,26 @@ void ferry_bio_refuse(struct bio *bio)
 {
 	bio->bi_status = BLK_STS_NOTSUPP;
 	bio_endio(bio);
+}
+
+/* The module's own bio set: zeroed (bioset_exit checks what
+ * bioset_init set up), with a pool of `pool` bios and bio vectors. */
+struct bio_set *ferry_bioset_create(unsigned int pool)
+{
+	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
+
+	if (bs && bioset_init(bs, pool, 0, BIOSET_NEED_BVECS)) {
+		bioset_exit(bs);
+		kfree(bs);
+		bs = NULL;
+	}
+	return bs;
+}
+
+void ferry_bioset_destroy(struct bio_set *bs)
+{
+	bioset_exit(bs);
+	kfree(bs);
 }
 
 int ferry_blkdev_flush(struct block_device *bdev)

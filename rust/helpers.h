@@ -37,12 +37,12 @@ void *ferry_kmap_local_page(struct page *page);
 void ferry_kunmap_local(void *addr);
 
 /* Interrupt-safe spinlocks. */
-void ferry_spin_lock_init(spinlock_t *lock);
+void ferry_spin_lock_init(spinlock_t *lock, const char *name, struct lock_class_key *key);
 unsigned long ferry_spin_lock_irqsave(spinlock_t *lock);
 void ferry_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 
 /* Wait queues. */
-void ferry_init_waitqueue_head(struct wait_queue_head *wq);
+void ferry_init_waitqueue_head(struct wait_queue_head *wq, const char *name, struct lock_class_key *key);
 void ferry_wake_up_all(struct wait_queue_head *wq);
 void ferry_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt);
 int ferry_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *), const void *arg);
@@ -55,9 +55,15 @@ void ferry_init_delayed_work(struct delayed_work *dwork, void (*fn)(struct work_
 struct workqueue_struct *ferry_alloc_workqueue(void);
 bool ferry_queue_delayed_work(struct workqueue_struct *wq, struct delayed_work *dwork, unsigned long delay);
 struct delayed_work *ferry_to_delayed_work(struct work_struct *work);
+/* A scope in which allocations do no I/O (GFP_NOIO), for the work that
+ * submits deferred writes. */
+unsigned int ferry_memalloc_noio_save(void);
+void ferry_memalloc_noio_restore(unsigned int flags);
 
 /* Secondary mode: refuse a host write; apply records synchronously. */
 void ferry_bio_refuse(struct bio *bio);
+struct bio_set *ferry_bioset_create(unsigned int pool);
+void ferry_bioset_destroy(struct bio_set *bs);
 int ferry_blkdev_flush(struct block_device *bdev);
 int ferry_blkdev_zeroout(struct block_device *bdev, sector_t sector, sector_t nr);
 int ferry_blkdev_discard(struct block_device *bdev, sector_t sector, sector_t nr);

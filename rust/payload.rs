@@ -3,7 +3,13 @@
 //! Payload storage of spooled records: whole pages, copied from a write
 //! bio's segments in `map` and copied out to the reader of the character
 //! device.  The unsafe code maps pages (`kmap_local_page`) and walks bio
-//! segments; the rest is bounds-checked slice copies.
+//! segments; the rest is bounds-checked slice copies over the module's own
+//! pages.  A bio's data pages are never seen as a Rust slice: they may be
+//! an `O_DIRECT` writer's memory, which user space may change while the
+//! copy runs, and a reference (`&[u8]`) to memory another party writes
+//! meanwhile is undefined behaviour.  They are copied with a raw copy
+//! between the two mappings ([`copy_from_shared`]), as the kernel crate's
+//! `Page::read_raw` does.
 //!
 //! In a write's path: `map` copies the bio's data here (through
 //! [`Segments`], which the device-mapper layer's `Bio` implements, so that
@@ -32,18 +38,62 @@ pub(crate) struct Payload {
     len: usize,
 }
 
-/// Runs `f` on the bytes of `page`, mapped for the duration of the call.
-pub(crate) fn with_mapped<R>(page: *mut b::page, f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> R) -> R {
-    // SAFETY: `page` is a valid page (callers pass pages they own or that a
-    // live bio holds); the mapping is released below, in reverse order of
-    // any nested mapping because `f` cannot leak it.
-    let addr = unsafe { b::ferry_kmap_local_page(page) };
+/// Runs `f` on the bytes of `page`, one of the module's own pages (a
+/// payload's, a meta device's buffer), mapped for the duration of the
+/// call.  Its owner serialises access to it (a payload is written before
+/// it is shared; a meta page is used under the group's `meta` lock), and
+/// no I/O is in flight on it during the call.
+pub(crate) fn with_mapped<R>(page: &Page, f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> R) -> R {
+    // SAFETY: `page` is a valid page the module owns; the mapping is
+    // released below, in reverse order of any nested mapping because `f`
+    // cannot leak it.
+    let addr = unsafe { b::ferry_kmap_local_page(page.as_ptr().cast()) };
     // SAFETY: a mapped page is PAGE_SIZE bytes, valid for reads and writes
     // until unmapped; no other reference to this mapping exists.
     let r = f(unsafe { &mut *addr.cast::<[u8; PAGE_SIZE]>() });
     // SAFETY: `addr` was returned by the matching map above.
     unsafe { b::ferry_kunmap_local(addr) };
     r
+}
+
+/// Copies `len` bytes at `src_off` of `src`, a page another party may
+/// write meanwhile (a bio's data page), to `dst_off` of `dst`, one of the
+/// module's own pages, with a raw copy: no Rust reference to `src`'s bytes
+/// is formed.  A range past either page is clipped.
+///
+/// `src` is valid while the caller holds the bio it belongs to.
+fn copy_from_shared(dst: &Page, dst_off: usize, src: *mut b::page, src_off: usize, len: usize) {
+    let len = len
+        .min(PAGE_SIZE.saturating_sub(dst_off))
+        .min(PAGE_SIZE.saturating_sub(src_off));
+    if len == 0 {
+        return;
+    }
+    // SAFETY: `src` is a valid page (a live bio's, caller) and `dst` one of
+    // ours; each mapping is PAGE_SIZE bytes and released below in reverse
+    // order.
+    let (s, d) = unsafe {
+        (
+            b::ferry_kmap_local_page(src),
+            b::ferry_kmap_local_page(dst.as_ptr().cast()),
+        )
+    };
+    // SAFETY: both ranges lie within their page (clipped above), the two
+    // pages are distinct (ours is never a bio's data), and the copy goes
+    // through raw pointers only: a concurrent writer of `src` changes
+    // what is copied, never the validity of the copy.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            s.cast::<u8>().add(src_off).cast_const(),
+            d.cast::<u8>().add(dst_off),
+            len,
+        )
+    };
+    // SAFETY: the mappings above, released in reverse order.
+    unsafe {
+        b::ferry_kunmap_local(d);
+        b::ferry_kunmap_local(s);
+    }
 }
 
 impl Payload {
@@ -60,27 +110,40 @@ impl Payload {
         len.div_ceil(PAGE_SIZE)
     }
 
-    /// Copies the data of a write bio.  Never sleeps (`GFP_NOWAIT`); an
-    /// allocation failure is the caller's overflow.
-    pub(crate) fn copy_from_bio(bio: &impl Segments) -> Result<Self, AllocError> {
+    /// Copies the data of a write bio, allocating with `gfp`
+    /// (`GFP_NOWAIT` in `map`, which never sleeps; `GFP_NOIO` in the
+    /// worker that lets in a writer held for room).  An allocation failure
+    /// is the caller's overflow.
+    pub(crate) fn copy_from_bio(bio: &impl Segments, gfp: kernel::alloc::Flags) -> Result<Self, AllocError> {
         let len = bio.bytes();
         let n = Self::pages_for(len);
-        let gfp = flags::GFP_NOWAIT | flags::__GFP_NOWARN;
+        let gfp = gfp | flags::__GFP_NOWARN;
         let mut pages = KVec::with_capacity(n, gfp)?;
         for _ in 0..n {
             pages.push(Page::alloc_page(gfp)?, gfp)?;
         }
-        let mut p = Self { pages, len };
+        let p = Self { pages, len };
         let mut at = 0usize;
         bio.for_each_segment(|page, offset, seg_len| {
-            with_mapped(page, |src| {
-                if let Some(src) = src.get(offset..offset + seg_len) {
-                    p.write_at(at, src);
-                }
-            });
+            p.copy_in_shared(at, page, offset, seg_len);
             at += seg_len;
         });
         Ok(p)
+    }
+
+    /// Copies `len` bytes at `offset` of `src`, a bio's data page, into the
+    /// payload at byte `at` (clipped to the payload), raw
+    /// ([`copy_from_shared`]).
+    fn copy_in_shared(&self, mut at: usize, src: *mut b::page, mut offset: usize, mut len: usize) {
+        while len > 0 && at < self.len {
+            let (pi, po) = (at / PAGE_SIZE, at % PAGE_SIZE);
+            let n = len.min(PAGE_SIZE - po).min(self.len - at);
+            let Some(page) = self.pages.get(pi) else {
+                return;
+            };
+            copy_from_shared(page, po, src, offset, n);
+            (at, offset, len) = (at + n, offset + n, len - n);
+        }
     }
 
     /// A copy of `src` (process context; may sleep).
@@ -117,7 +180,7 @@ impl Payload {
             let Some(page) = self.pages.get(pi) else {
                 return;
             };
-            with_mapped(page.as_ptr().cast(), |dst| {
+            with_mapped(page, |dst| {
                 dst[po..po + n].copy_from_slice(&src[..n]);
             });
             src = &src[n..];
@@ -135,7 +198,7 @@ impl Payload {
         let mut left = self.len;
         for page in self.pages.iter() {
             let n = left.min(PAGE_SIZE);
-            with_mapped(page.as_ptr().cast(), |bytes| f(&bytes[..n]));
+            with_mapped(page, |bytes| f(&bytes[..n]));
             left -= n;
         }
     }
@@ -148,7 +211,7 @@ impl Payload {
             let n = left.min(PAGE_SIZE);
             // The user copy may fault and sleep, which `kmap_local`
             // mappings allow.
-            with_mapped(page.as_ptr().cast(), |bytes| out.write_slice(&bytes[..n]))?;
+            with_mapped(page, |bytes| out.write_slice(&bytes[..n]))?;
             left -= n;
         }
         Ok(())

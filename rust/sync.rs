@@ -5,6 +5,12 @@
 //! queue that `poll()` can register on.  The only unsafe code here wraps
 //! the C primitives; users see safe types.  Under the whole path: the
 //! group's state lock is taken from `map` to the acknowledgement.
+//!
+//! Each lock and wait queue has its own lockdep class and name, as the
+//! kernel crate's `new_spinlock!` gives: create them with
+//! [`new_irq_spinlock!`] and [`new_waitqueue!`], which make a static
+//! `LockClassKey` at the call site and pass it, with the name, to the C
+//! initialiser.
 
 use crate::bindings as b;
 use core::cell::UnsafeCell;
@@ -12,7 +18,34 @@ use core::marker::PhantomPinned;
 use core::ops::{Deref, DerefMut};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
+use kernel::str::CStr;
+use kernel::sync::LockClassKey;
 use kernel::types::Opaque;
+
+/// An initialiser of an [`IrqSpinLock`] holding `data`, named `name`, of a
+/// lockdep class of its own (one per call site, as `new_spinlock!`).
+macro_rules! new_irq_spinlock {
+    ($data:expr, $name:literal $(,)?) => {
+        $crate::sync::IrqSpinLock::new($data, ::kernel::c_str!($name), ::kernel::static_lock_class!())
+    };
+}
+pub(crate) use new_irq_spinlock;
+
+/// An initialiser of an empty [`WaitQueue`] named `name`, of a lockdep
+/// class of its own.
+macro_rules! new_waitqueue {
+    ($name:literal $(,)?) => {
+        $crate::sync::WaitQueue::new(::kernel::c_str!($name), ::kernel::static_lock_class!())
+    };
+}
+pub(crate) use new_waitqueue;
+
+/// The C pointer of a lockdep class.  `LockClassKey` is a transparent
+/// wrapper of an `Opaque<lock_class_key>` (interior mutability, as
+/// lockdep writes the key), so its address is the key's.
+fn class_ptr(key: &'static LockClassKey) -> *mut b::lock_class_key {
+    core::ptr::from_ref(key).cast_mut().cast()
+}
 
 /// A spinlock taken with interrupts disabled (`spin_lock_irqsave`), so that
 /// process context and completion (hard or soft interrupt) context may
@@ -33,12 +66,16 @@ unsafe impl<T: Send> Sync for IrqSpinLock<T> {}
 unsafe impl<T: Send> Send for IrqSpinLock<T> {}
 
 impl<T> IrqSpinLock<T> {
-    /// An initialiser of a lock holding `data`.
-    pub(crate) fn new(data: T) -> impl PinInit<Self> {
+    /// An initialiser of a lock holding `data`, named `name`, of lockdep
+    /// class `key` (use [`new_irq_spinlock!`]).
+    pub(crate) fn new(data: T, name: &'static CStr, key: &'static LockClassKey) -> impl PinInit<Self> {
         pin_init!(Self {
             // SAFETY: `slot` points to the lock's storage, valid for writes;
-            // `spin_lock_init` initialises it in place and it is pinned.
-            lock <- Opaque::ffi_init(|slot| unsafe { b::ferry_spin_lock_init(slot) }),
+            // the helper initialises it in place and it is pinned; `name`
+            // and `key` are static, as lockdep keeps them.
+            lock <- Opaque::ffi_init(|slot| unsafe {
+                b::ferry_spin_lock_init(slot, name.as_char_ptr(), class_ptr(key))
+            }),
             data: UnsafeCell::new(data),
             _pin: PhantomPinned,
         })
@@ -96,11 +133,15 @@ unsafe impl Sync for WaitQueue {}
 unsafe impl Send for WaitQueue {}
 
 impl WaitQueue {
-    /// An initialiser of an empty wait queue.
-    pub(crate) fn new() -> impl PinInit<Self> {
+    /// An initialiser of an empty wait queue named `name`, of lockdep
+    /// class `key` (use [`new_waitqueue!`]).
+    pub(crate) fn new(name: &'static CStr, key: &'static LockClassKey) -> impl PinInit<Self> {
         pin_init!(Self {
-            // SAFETY: `slot` is valid for writes and pinned.
-            wq <- Opaque::ffi_init(|slot| unsafe { b::ferry_init_waitqueue_head(slot) }),
+            // SAFETY: `slot` is valid for writes and pinned; `name` and
+            // `key` are static, as lockdep keeps them.
+            wq <- Opaque::ffi_init(|slot| unsafe {
+                b::ferry_init_waitqueue_head(slot, name.as_char_ptr(), class_ptr(key))
+            }),
             _pin: PhantomPinned,
         })
     }

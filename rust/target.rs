@@ -26,16 +26,16 @@ use crate::dm::{
     Target,
 };
 use crate::group::{
-    self, DeviceStatus, Given, Group, JoinError, Member, ReadGate, Record, Settings,
+    self, Admitted, DeviceStatus, Given, Group, JoinError, Member, ReadGate, Record, Settings,
 };
 use crate::payload::Payload;
 use core::ffi::CStr;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use ferry_core::record::RecordKind;
 use ferry_core::table::{
-    self, Mode, Opt, Overflow, Role, TableArgs, DEFAULT_CHECKPOINT_MS, DEFAULT_SPOOL_MB,
-    GROUP_NAME_MAX,
+    self, Mode, Opt, Overflow, Role, TableArgs, DEFAULT_BLOCK_TIMEOUT_S, DEFAULT_CHECKPOINT_MS,
+    DEFAULT_SPOOL_MB, GROUP_NAME_MAX,
 };
 use kernel::ffi::c_int;
 use kernel::prelude::*;
@@ -67,6 +67,7 @@ struct Options {
     spool_mb: Option<u32>,
     overflow: Option<Overflow>,
     checkpoint_ms: Option<u32>,
+    block_timeout: Option<u32>,
 }
 
 impl Options {
@@ -87,6 +88,7 @@ impl Options {
             spool_mb: t.spool_mb,
             overflow: t.overflow,
             checkpoint_ms: t.checkpoint_ms,
+            block_timeout: t.block_timeout,
         }
     }
 
@@ -106,6 +108,7 @@ impl Options {
             spool_mb: self.spool_mb,
             overflow: self.overflow,
             checkpoint_ms: self.checkpoint_ms,
+            block_timeout: self.block_timeout,
             given: self.given,
         };
         t.write_options(out)
@@ -140,6 +143,9 @@ pub(crate) struct Ferry {
     opts: Options,
     counters: Counters,
     primary: Option<Primary>,
+    /// Between `presuspend` and `resume`: the group counts the device as
+    /// suspending (`Group::suspend_begin`).
+    suspending: AtomicBool,
 }
 
 impl Ferry {
@@ -202,11 +208,13 @@ impl Ferry {
             spool_mb: t.spool_mb.unwrap_or(DEFAULT_SPOOL_MB),
             overflow: t.overflow.unwrap_or(Overflow::Bitmap),
             checkpoint_ms: t.checkpoint_ms.unwrap_or(DEFAULT_CHECKPOINT_MS),
+            block_timeout_s: t.block_timeout.unwrap_or(DEFAULT_BLOCK_TIMEOUT_S),
         };
         let given = Given {
             spool_mb: t.spool_mb.is_some(),
             overflow: t.overflow.is_some(),
             checkpoint_ms: t.checkpoint_ms.is_some(),
+            block_timeout: t.block_timeout.is_some(),
         };
         let chunk_shift = t.chunk_sectors().trailing_zeros();
         let group = group::registry()
@@ -228,7 +236,7 @@ impl Ferry {
             )
             .map_err(|e| match e {
                 JoinError::Settings => CtrError::inval(
-                    c"spool_mb, overflow or checkpoint_ms differ from the group's",
+                    c"spool_mb, overflow, checkpoint_ms or block_timeout differ from the group's",
                 ),
                 JoinError::IdTaken => {
                     CtrError::inval(c"device_id already used by another device of the group")
@@ -288,6 +296,10 @@ impl Ferry {
 impl Drop for Ferry {
     fn drop(&mut self) {
         if let Some(p) = &self.primary {
+            // A table replaced by a reload, or removed, is not resumed.
+            if self.suspending.swap(false, Relaxed) {
+                p.group.suspend_end();
+            }
             group::registry().leave(&p.group, p.id);
         }
     }
@@ -327,6 +339,7 @@ impl Target for Ferry {
             opts: Options::new(&t),
             counters: Counters::default(),
             primary,
+            suspending: AtomicBool::new(false),
         })
     }
 
@@ -390,11 +403,11 @@ impl Target for Ferry {
             );
             let bytes = if kind == RecordKind::Write { bio.bytes() } else { 0 };
             let nowait = bio.is_nowait();
-            match p.group.prepare(r, bytes, nowait, || Payload::copy_from_bio(bio)) {
-                Ok((r, d)) => {
-                    rec = r;
-                    defer = d;
-                }
+            let fill = || Payload::copy_from_bio(bio, kernel::alloc::flags::GFP_NOWAIT);
+            match p.group.prepare(r, bytes, nowait, fill) {
+                Ok(Admitted::Go(r)) => rec = r,
+                Ok(Admitted::Intent(r)) => (rec, defer) = (r, true),
+                Ok(Admitted::Room(r)) => (rec, defer) = (Some(r), true),
                 Err(_) => return MapResult::WouldBlock,
             }
         }
@@ -406,11 +419,29 @@ impl Target for Ferry {
         }
     }
 
-    fn defer(&self, bio: HeldBio) {
+    fn defer(&self, bio: HeldBio<Arc<Record>>) {
         match &self.primary {
             Some(p) if p.group.is_secondary() => p.group.hold_read(bio),
             Some(p) => p.group.hold(bio),
             None => bio.fail(),
+        }
+    }
+
+    /// Writers held for spool room cannot wait through a suspend
+    /// (device-mapper waits for them): `Group::suspend_begin`.
+    fn presuspend(&self) {
+        if let Some(p) = &self.primary {
+            if !self.suspending.swap(true, Relaxed) {
+                p.group.suspend_begin();
+            }
+        }
+    }
+
+    fn resume(&self) {
+        if let Some(p) = &self.primary {
+            if self.suspending.swap(false, Relaxed) {
+                p.group.suspend_end();
+            }
         }
     }
 

@@ -38,6 +38,40 @@ pub(crate) fn exit() {
 use kernel::prelude::*;
 use kernel::types::Opaque;
 
+/// A scope in which the current task's allocations do no I/O
+/// (`memalloc_noio_save`): `GFP_KERNEL` acts as `GFP_NOIO`, so that work
+/// that submits writes may sleep to reclaim memory but never waits on
+/// writeback that could wait on it.  Process context.
+///
+/// # Invariants
+///
+/// Dropped on the task that entered it (not `Send`), in reverse order of
+/// nested scopes (a guard).
+pub(crate) struct NoIo {
+    flags: kernel::ffi::c_uint,
+    _task: core::marker::PhantomData<*const ()>,
+}
+
+impl NoIo {
+    /// Enters the scope, until the guard drops.
+    pub(crate) fn enter() -> Self {
+        // SAFETY: no precondition; process context.
+        let flags = unsafe { b::ferry_memalloc_noio_save() };
+        Self {
+            flags,
+            _task: core::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for NoIo {
+    fn drop(&mut self) {
+        // SAFETY: restores what `enter` saved, on the same task and in
+        // nesting order (type invariant).
+        unsafe { b::ferry_memalloc_noio_restore(self.flags) };
+    }
+}
+
 /// Which of its owner's work items ran.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WorkId {

@@ -4,15 +4,50 @@
 //! with `dm_get_device` for the life of the target, and [`BdevRef`], a
 //! handle for synchronous I/O from process context: the meta device's
 //! pages (write intent, superblock, apply marks) and a secondary's apply
-//! of records.
+//! of records.  That I/O takes its bios from the module's own bio set
+//! ([`init_bio_set`]), never from the kernel's `fs_bio_set`: a meta write
+//! under memory pressure must not wait for bios that the file system
+//! above, whose writeback may be waiting on that very write, holds.
 
 use crate::bindings as b;
 use crate::payload::Payload;
 use core::ffi::CStr;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::error::code::{EINVAL, ENOMEM};
 use kernel::ffi::{c_int, c_uint};
 use kernel::prelude::*;
+
+/// The module's bio set, set between [`init_bio_set`] and
+/// [`exit_bio_set`].
+static BIO_SET: AtomicPtr<b::bio_set> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Bios (and bio vectors) the module's set keeps in reserve: each
+/// synchronous I/O holds one bio until it completes, so a few suffice for
+/// progress; more are allocated while memory allows.
+const BIO_POOL: c_uint = 16;
+
+/// Creates the module's bio set.  Module init, before any target exists.
+pub(crate) fn init_bio_set() -> Result {
+    // SAFETY: no precondition; process context.
+    let bs = unsafe { b::ferry_bioset_create(BIO_POOL) };
+    if bs.is_null() {
+        return Err(ENOMEM);
+    }
+    BIO_SET.store(bs, Ordering::Release);
+    Ok(())
+}
+
+/// Destroys the module's bio set.  Module exit, once every target is gone
+/// (no I/O uses it).
+pub(crate) fn exit_bio_set() {
+    let bs = BIO_SET.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !bs.is_null() {
+        // SAFETY: `bs` came from `init_bio_set`, and no bio of it is in
+        // flight (every synchronous I/O completed before its target went).
+        unsafe { b::ferry_bioset_destroy(bs) };
+    }
+}
 
 /// An underlying device opened with `dm_get_device`; released on drop.
 ///
@@ -153,17 +188,14 @@ impl BdevRef {
     fn sync_io(&self, op: u32, sector: u64, nr_vecs: u16, add: impl FnOnce(*mut b::bio)) -> Result {
         // SAFETY: a constant defined in helpers.c.
         let gfp = unsafe { b::ferry_gfp_noio };
-        // SAFETY: the device is open (type invariant); `fs_bio_set` is the
-        // kernel's general bio set; GFP_NOIO may sleep (process context).
-        let bio = unsafe {
-            b::bio_alloc_bioset(
-                self.0.as_ptr(),
-                nr_vecs,
-                op,
-                gfp,
-                core::ptr::addr_of_mut!(b::fs_bio_set),
-            )
-        };
+        let bs = BIO_SET.load(Ordering::Acquire);
+        if bs.is_null() {
+            return Err(ENOMEM);
+        }
+        // SAFETY: the device is open (type invariant); `bs` is the module's
+        // bio set, alive until module exit, after every target; GFP_NOIO
+        // may sleep (process context) and then waits for the set's reserve.
+        let bio = unsafe { b::bio_alloc_bioset(self.0.as_ptr(), nr_vecs, op, gfp, bs) };
         let Some(bio) = NonNull::new(bio) else {
             return Err(ENOMEM);
         };

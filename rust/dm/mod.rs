@@ -17,7 +17,7 @@ mod dev;
 mod vtable;
 
 pub(crate) use bio::{Bio, HeldBio, HeldList, Op};
-pub(crate) use dev::{BdevRef, DmDev};
+pub(crate) use dev::{exit_bio_set, init_bio_set, BdevRef, DmDev};
 pub(crate) use vtable::{Ctr, IterateDevices, Registration, StatusWriter};
 
 use crate::bindings as b;
@@ -94,9 +94,19 @@ pub(crate) trait Target: Sized + Send + Sync {
 
     /// Takes a bio that `map` deferred: the target submits it (or fails
     /// it) later.  Same context as `map`.
-    fn defer(&self, bio: HeldBio) {
+    fn defer(&self, bio: HeldBio<Self::Io>) {
         bio.fail();
     }
+
+    /// The device is being suspended (or removed): device-mapper calls
+    /// this before it waits for the bios in flight, deferred ones
+    /// included, so the target lets go of those it holds.  Process
+    /// context; may sleep.
+    fn presuspend(&self) {}
+
+    /// The device resumes, or a suspend that called
+    /// [`Self::presuspend`] failed.  Process context.
+    fn resume(&self) {}
 
     /// `dmsetup message <dev> <sector> <args...>`.  Process context; may
     /// sleep.  A reply, if any, goes to `out`.

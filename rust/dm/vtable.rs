@@ -6,6 +6,7 @@
 //! being constructed ([`Ctr`]), the status buffer ([`StatusWriter`]) and
 //! the `iterate_devices` callout ([`IterateDevices`]).
 
+use super::bio::io_slot;
 use super::{Bio, CtrError, DmDev, HeldBio, MapResult, StatusType, Target};
 use crate::bindings as b;
 use core::cell::UnsafeCell;
@@ -277,10 +278,7 @@ impl<T: Target> VTable<T> {
         };
         // SAFETY: `ctr` set `per_io_data_size` to one pointer, so the
         // per-bio area holds a `*const c_void`; it is ours while the bio is.
-        let slot = unsafe {
-            b::dm_per_bio_data(bio.bio.as_ptr(), core::mem::size_of::<*const c_void>())
-                .cast::<*const c_void>()
-        };
+        let slot = unsafe { io_slot(bio.bio) };
         // Null until `map` attaches an object: every path that completes the
         // bio (remapped or not) reaches `end_io`, which reads the slot.
         // SAFETY: `slot` is the bio's per-bio area (above).
@@ -297,8 +295,12 @@ impl<T: Target> VTable<T> {
                 // SAFETY: `slot` is the bio's per-bio area (above).
                 unsafe { slot.write(p) };
                 // INVARIANT: returning DM_MAPIO_SUBMITTED below gives the
-                // bio to the target, which `defer` hands it to.
-                target.defer(HeldBio { bio: bio.bio });
+                // bio to the target, which `defer` hands it to; its slot
+                // holds null or the `T::Io` just attached.
+                target.defer(HeldBio {
+                    bio: bio.bio,
+                    _io: PhantomData,
+                });
                 b::DM_MAPIO_SUBMITTED as c_int
             }
             MapResult::Refuse => {
@@ -323,13 +325,13 @@ impl<T: Target> VTable<T> {
     unsafe extern "C" fn end_io(ti: *mut b::dm_target, bio: *mut b::bio, error: *mut b::blk_status_t) -> c_int {
         // SAFETY: as in `map`.
         let target = unsafe { &*(*ti).private.cast::<T>() };
-        // SAFETY: the per-bio area of a bio `map` remapped holds the pointer
-        // `map` wrote (null or a leaked box), read once here.
-        let p = unsafe {
-            b::dm_per_bio_data(bio, core::mem::size_of::<*const c_void>())
-                .cast::<*const c_void>()
-                .read()
+        let Some(bio) = NonNull::new(bio) else {
+            return b::DM_ENDIO_DONE as c_int;
         };
+        // SAFETY: the per-bio area of a bio `map` remapped holds the pointer
+        // `map` (or the target, for a held bio) wrote: null or one from
+        // `into_foreign`, read once here.
+        let p = unsafe { io_slot(bio).read() };
         if !p.is_null() {
             // SAFETY: `p` came from `into_foreign` in `map`; ownership
             // returns here exactly once.
@@ -395,6 +397,35 @@ impl<T: Target> VTable<T> {
 
     /// # Safety
     ///
+    /// `ti` is a constructed target; process context (device-mapper's
+    /// suspend, before it waits for the bios in flight).
+    unsafe extern "C" fn presuspend(ti: *mut b::dm_target) {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        target.presuspend();
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target whose `presuspend` ran; the suspend
+    /// failed.  Process context.
+    unsafe extern "C" fn presuspend_undo(ti: *mut b::dm_target) {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        target.resume();
+    }
+
+    /// # Safety
+    ///
+    /// `ti` is a constructed target, being resumed.  Process context.
+    unsafe extern "C" fn resume(ti: *mut b::dm_target) {
+        // SAFETY: as in `map`.
+        let target = unsafe { &*(*ti).private.cast::<T>() };
+        target.resume();
+    }
+
+    /// # Safety
+    ///
     /// `ti` is a constructed target; `f` and `data` are device-mapper's.
     unsafe extern "C" fn iterate_devices(
         ti: *mut b::dm_target,
@@ -453,6 +484,9 @@ impl<T: Target> Registration<T> {
             dtr: Some(VTable::<T>::dtr),
             map: Some(VTable::<T>::map),
             end_io: Some(VTable::<T>::end_io),
+            presuspend: Some(VTable::<T>::presuspend),
+            presuspend_undo: Some(VTable::<T>::presuspend_undo),
+            resume: Some(VTable::<T>::resume),
             message: Some(VTable::<T>::message),
             status: Some(VTable::<T>::status),
             iterate_devices: Some(VTable::<T>::iterate_devices),

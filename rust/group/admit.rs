@@ -3,16 +3,23 @@
 //! Admission, in `map`: a write-like bio of a member gets spool room for
 //! its record (`ferry_core::spool`) and write intent for its chunks
 //! (`ferry_core::intent`), or the group goes ahead and tracks it in the
-//! bitmap only, or (`overflow block`) the writer waits for room; writes whose
-//! intent must reach the meta device first are held for the kick work
-//! (`intent.rs`).  The first step of a write's path in the group.
+//! bitmap only; writes whose intent must reach the meta device first are
+//! held for the kick work (`intent.rs`).  Nothing here sleeps: under
+//! `overflow block` a write the spool has no room for is held too, in the
+//! group's FIFO queue (`ferry_core::spool::Queue`), and the kick work lets
+//! it in when room frees, or sends it to the bitmap once the group goes
+//! ahead ([`Group::let_in`]).  The first step of a write's path in the
+//! group.
 
 use super::{Group, Record, State};
 use crate::dm::HeldBio;
 use crate::payload::Payload;
+use crate::work::NoIo;
 use core::sync::atomic::Ordering::Relaxed;
 use ferry_core::intent::Gen;
+use ferry_core::record::RecordKind;
 use ferry_core::spool::{self, Reserve};
+use ferry_core::stream::Sequenced;
 use kernel::alloc::flags;
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
@@ -24,16 +31,37 @@ struct Admit {
     wgen: Gen,
 }
 
+/// What `map` does with a write-like bio once admitted.
+pub(crate) enum Admitted {
+    /// It goes now, with its record (`None`: tracked in the bitmap only).
+    Go(Option<Arc<Record>>),
+    /// It waits for its chunks' write intent ([`Group::hold`]).
+    Intent(Option<Arc<Record>>),
+    /// It waits for spool room (`overflow block`; [`Group::hold`] queues
+    /// it): its record holds no payload and nothing reserved yet.
+    Room(Arc<Record>),
+}
+
+/// Milliseconds of the monotonic clock.
+pub(super) fn now_ms() -> u64 {
+    (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64
+}
+
 impl Group {
     /// Admits a write of device `id` to `[sector, +nr)` (nr 0: no data
-    /// range): spool room for a record of `charge` bytes
-    /// (`Spool::reserve`), then write intent for what the spool did
+    /// range): spool room for a record of `charge` bytes (a new writer by
+    /// `Queue::reserve`, behind any held one; the `head` of the queue by
+    /// `Spool::reserve`), then write intent for what the spool did
     /// (`WriteIntent::admit`: `first` is the writer's first pass; a writer
-    /// that slept for room registers intent again on the pass that takes
-    /// its write).  Never sleeps.
-    fn admit(&self, id: u32, sector: u64, nr: u64, charge: usize, first: bool) -> Admit {
-        let mut st = self.state.lock();
-        let State { streams, spool, .. } = &mut *st;
+    /// held for room registers intent again on the pass that takes its
+    /// write).  Never sleeps; called with the state lock.
+    fn admit(&self, st: &mut State, id: u32, at: (u64, u64), charge: usize, first: bool, head: bool) -> Admit {
+        let State {
+            streams,
+            spool,
+            queue,
+            ..
+        } = st;
         let Some(Some(s)) = streams.get_mut(id as usize) else {
             return Admit {
                 reserve: Reserve::Ahead,
@@ -41,11 +69,15 @@ impl Group {
                 wgen: Gen::NONE,
             };
         };
-        let reserve = spool.reserve(charge);
+        let reserve = if head {
+            spool.reserve(charge)
+        } else {
+            queue.reserve(spool, charge)
+        };
         if first {
             s.written += 1;
         }
-        let a = s.intent.admit(sector, nr, first, reserve.room());
+        let a = s.intent.admit(at.0, at.1, first, reserve.room());
         self.went_ahead(reserve == Reserve::Overflow, "spool full");
         Admit {
             reserve,
@@ -55,70 +87,84 @@ impl Group {
     }
 
     /// `map` of a write-like bio of device `id`: builds its record, or
-    /// marks its chunks dirty when the spool cannot take it.
+    /// marks its chunks dirty when the spool cannot take it, or (`overflow
+    /// block`, no room) holds it for room.
     ///
     /// `fill` copies the bio's data into a payload.  `nowait`: the bio may
-    /// not sleep.  Returns the record to attach to the bio (`None` when the
-    /// write is tracked in the bitmap only) and whether the bio must wait
-    /// for its chunks' write intent to reach the meta device
-    /// ([`Self::hold`]); `Err(EAGAIN)` for a `REQ_NOWAIT` bio that would
-    /// have to wait.
+    /// not wait.  `Err(EAGAIN)` for a `REQ_NOWAIT` bio that would have to
+    /// wait, for write intent or for room.
     pub(crate) fn prepare(
         &self,
         mut rec: Record,
         payload_bytes: usize,
         nowait: bool,
         fill: impl FnOnce() -> core::result::Result<Payload, kernel::alloc::AllocError>,
-    ) -> Result<(Option<Arc<Record>>, bool)> {
+    ) -> Result<Admitted> {
         let id = rec.device_id;
-        let (sector, nr) = (rec.sector, u64::from(rec.nr_sectors));
+        let at = (rec.sector, u64::from(rec.nr_sectors));
         rec.charge = spool::charge(payload_bytes, PAGE_SIZE);
-        let mut first = true;
-        let mut defer = false;
-        loop {
-            let a = self.admit(id, sector, nr, rec.charge, first);
-            if first && a.defer && nowait {
-                // Nothing reserved yet unless the spool said Done: undo it.
-                if a.reserve == Reserve::Done {
-                    self.unadmit(id, rec.charge, a.wgen);
-                }
-                return Err(EAGAIN);
+        let a = self.admit(&mut self.state.lock(), id, at, rec.charge, true, false);
+        let defer = a.defer;
+        if defer && nowait {
+            // Nothing reserved yet unless the spool said Done: undo it.
+            if a.reserve == Reserve::Done {
+                self.unadmit(id, rec.charge, a.wgen);
             }
-            defer |= a.defer;
-            first = false;
-            match a.reserve {
-                Reserve::Done => {
-                    rec.wgen = a.wgen;
-                    break;
-                }
-                Reserve::Ahead | Reserve::Overflow => {
-                    self.dropped.fetch_add(1, Relaxed);
-                    return Ok((None, defer));
-                }
-                Reserve::Full if nowait => return Err(EAGAIN),
-                Reserve::Full => self.space.wait(&|| self.has_room(rec.charge)),
+            return Err(EAGAIN);
+        }
+        match a.reserve {
+            Reserve::Done => rec.wgen = a.wgen,
+            Reserve::Ahead | Reserve::Overflow => {
+                self.dropped.fetch_add(1, Relaxed);
+                return Ok(if defer { Admitted::Intent(None) } else { Admitted::Go(None) });
+            }
+            Reserve::Full if nowait => return Err(EAGAIN),
+            Reserve::Full => {
+                // Held for room: nothing reserved until it is let in.
+                rec.queued = core::mem::replace(&mut rec.charge, 0);
+                return match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
+                    Ok(r) => Ok(Admitted::Room(r)),
+                    Err(_) => {
+                        // It cannot be held: to the bitmap (a second pass).
+                        let mut st = self.state.lock();
+                        self.went_ahead(st.spool.lost(0), "out of memory for the spool");
+                        self.prepare_lost(&mut st, id, at, defer)
+                    }
+                };
             }
         }
         if payload_bytes > 0 {
             match fill() {
                 Ok(p) => rec.payload = p,
-                Err(_) => return Ok((self.prepare_failed(&rec, "out of memory for the spool"), defer)),
+                Err(_) => {
+                    let r = self.prepare_failed(&rec, "out of memory for the spool");
+                    return Ok(if defer { Admitted::Intent(r) } else { Admitted::Go(r) });
+                }
             }
         }
         let (charge, wgen) = (rec.charge, rec.wgen);
         match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
-            Ok(r) => Ok((Some(r), defer)),
+            Ok(r) if defer => Ok(Admitted::Intent(Some(r))),
+            Ok(r) => Ok(Admitted::Go(Some(r))),
             Err(_) => {
                 let mut st = self.state.lock();
                 self.went_ahead(st.spool.lost(charge), "out of memory for the spool");
                 if let Some(s) = st.stream(id) {
-                    s.intent.dropped(wgen, sector, nr);
+                    s.intent.dropped(wgen, at.0, at.1);
                 }
                 drop(st);
                 self.dropped.fetch_add(1, Relaxed);
-                Ok((None, defer))
+                Ok(if defer { Admitted::Intent(None) } else { Admitted::Go(None) })
             }
         }
+    }
+
+    /// A write that could not be held for room, the group now ahead: its
+    /// pass to the bitmap.
+    fn prepare_lost(&self, st: &mut State, id: u32, at: (u64, u64), defer: bool) -> Result<Admitted> {
+        let a = self.admit(st, id, at, 0, false, false);
+        self.dropped.fetch_add(1, Relaxed);
+        Ok(if defer || a.defer { Admitted::Intent(None) } else { Admitted::Go(None) })
     }
 
     fn unadmit(&self, id: u32, charge: usize, wgen: Gen) {
@@ -140,16 +186,138 @@ impl Group {
         None
     }
 
-    /// Takes a write that waits for its write intent; the kick work
-    /// submits it once the bits are on the meta device.  Any context.
-    pub(crate) fn hold(&self, bio: HeldBio) {
-        self.state.lock().held.push(bio);
-        self.kick.schedule(0);
+    /// Takes a write `map` deferred: one held for room joins the queue
+    /// (the kick lets it in when room frees, or at once if room came back
+    /// meanwhile); one that waits for its write intent is held for the
+    /// kick, which submits it once the bits are on the meta device.  While
+    /// a member is being suspended no writer may wait for room
+    /// (device-mapper waits for the held bios): the group goes ahead and
+    /// they go to the bitmap.  Any context.
+    pub(crate) fn hold(&self, bio: HeldBio<Arc<Record>>) {
+        let want = bio.io().map_or(0, |r| r.queued);
+        let now = now_ms();
+        let mut st = self.state.lock();
+        if want == 0 {
+            st.held.push(bio);
+        } else {
+            st.queue.hold(now);
+            st.waiting.push(bio);
+            if self.suspending.load(Relaxed) > 0 {
+                let why = "a device of the group is suspended while a writer waits for spool room";
+                self.enter_ahead(&mut st, why);
+            }
+            if !st.spool.has_room(want) {
+                return;
+            }
+        }
+        self.kick_work(&st);
     }
 
-    /// What a writer told `Reserve::Full` waits for (`Spool::has_room`),
-    /// or the group's end.
-    fn has_room(&self, charge: usize) -> bool {
-        self.dead.load(Relaxed) || self.state.lock().spool.has_room(charge)
+    /// Room came back in the spool: the kick lets the held writers in.
+    /// Any context; takes the state lock.
+    pub(super) fn room_freed(&self) {
+        let st = self.state.lock();
+        if !st.queue.is_empty() {
+            self.kick_work(&st);
+        }
+    }
+
+    /// The kick work's first step: lets the writers held for room in, in
+    /// order, while the spool has room for the one at the head (every one,
+    /// to the bitmap, once the group is ahead).  A writer let in is
+    /// admitted again (its write intent registered on this pass), its
+    /// payload copied, and it goes, or waits for its write intent with the
+    /// others (`held`, written by [`Self::persist`] next).  Process context.
+    pub(super) fn let_in(&self) {
+        // The payload copy may sleep to reclaim memory, never on I/O.
+        let _noio = NoIo::enter();
+        loop {
+            let mut st = self.state.lock();
+            let Some(mut bio) = st.waiting.pop() else {
+                return;
+            };
+            let Some((id, at, want)) = bio.io().map(|r| (r.device_id, (r.sector, u64::from(r.nr_sectors)), r.queued)) else {
+                // Only writers with a record are queued: nothing to admit.
+                st.queue.let_in(now_ms());
+                drop(st);
+                bio.submit();
+                continue;
+            };
+            let a = self.admit(&mut st, id, at, want, false, true);
+            if a.reserve == Reserve::Full {
+                st.waiting.push_front(bio);
+                return;
+            }
+            st.queue.let_in(now_ms());
+            drop(st);
+            let rec = bio.take_io().and_then(Arc::into_unique_or_drop);
+            let rec = match (a.reserve, rec) {
+                (Reserve::Done, Some(mut r)) => {
+                    let m = Pin::get_mut(r.as_mut());
+                    m.charge = m.queued;
+                    m.queued = 0;
+                    m.wgen = a.wgen;
+                    let ok = m.kind() != RecordKind::Write || {
+                        match Payload::copy_from_bio(&bio, GFP_KERNEL) {
+                            Ok(p) => {
+                                m.payload = p;
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    };
+                    if ok {
+                        Some(Arc::from(r))
+                    } else {
+                        self.prepare_failed(m, "out of memory for the spool")
+                    }
+                }
+                (Reserve::Done, None) => {
+                    // Cannot happen (the bio owns its record): give the
+                    // room back, the chunks dirty.
+                    let mut st = self.state.lock();
+                    self.went_ahead(st.spool.lost(want), "a held write lost its record");
+                    if let Some(s) = st.stream(id) {
+                        s.intent.dropped(a.wgen, at.0, at.1);
+                    }
+                    self.dropped.fetch_add(1, Relaxed);
+                    None
+                }
+                _ => {
+                    self.dropped.fetch_add(1, Relaxed);
+                    None
+                }
+            };
+            bio.attach(rec);
+            if a.defer {
+                self.state.lock().held.push(bio);
+            } else {
+                bio.submit();
+            }
+        }
+    }
+}
+
+impl Group {
+    /// A member is being suspended or removed (its `presuspend`):
+    /// device-mapper waits for its bios, held ones included, so until it
+    /// resumes no writer may wait for room.  Those held go to the bitmap,
+    /// the group going ahead as under `overflow bitmap`, and so does a
+    /// writer the spool has no room for meanwhile ([`Self::hold`]).
+    /// Process context.
+    pub(crate) fn suspend_begin(&self) {
+        // Counted before the lock is taken: a writer queued after this
+        // lock section sees the count under its own ([`Self::hold`]).
+        self.suspending.fetch_add(1, Relaxed);
+        let mut st = self.state.lock();
+        if !st.queue.is_empty() {
+            let why = "a device of the group is suspended while writers wait for spool room";
+            self.enter_ahead(&mut st, why);
+        }
+    }
+
+    /// The member suspended by [`Self::suspend_begin`] resumes (or goes).
+    pub(crate) fn suspend_end(&self) {
+        self.suspending.fetch_sub(1, Relaxed);
     }
 }

@@ -92,7 +92,7 @@ impl Group {
         drop(ctl);
         drop(freed);
         if wake.space {
-            self.space.wake_all();
+            self.room_freed();
         }
         if wake.readable {
             self.readable.wake_all();
@@ -140,7 +140,7 @@ impl Group {
                     wake.readable = true;
                 }
             }
-            // Wakes the writers waiting for room: they go to the bitmap.
+            // Lets the writers held for room go: to the bitmap.
             Command::Stop => self.went_ahead(st.spool.stop(), "replication stopped"),
             // `START` while ahead, and the secondary's commands, are
             // refused by the check.
@@ -153,7 +153,7 @@ impl Group {
 /// Who to wake once the lock is dropped.
 #[derive(Default)]
 struct Wake {
-    /// Writers waiting for spool room.
+    /// Spool room freed (writers may be held for it).
     space: bool,
     /// The reader.
     readable: bool,

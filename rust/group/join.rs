@@ -41,7 +41,8 @@ pub(crate) struct Member {
 
 /// Why a device could not join a group.
 pub(crate) enum JoinError {
-    /// `spool_mb`, `overflow` or `checkpoint_ms` differ from the group's.
+    /// `spool_mb`, `overflow`, `checkpoint_ms` or `block_timeout` differ
+    /// from the group's.
     Settings,
     /// Another data device has this `device_id` in the group.
     IdTaken,
@@ -268,7 +269,7 @@ impl Group {
         };
         // Records (and their pages) are freed here, outside the spinlock.
         drop(stream);
-        self.space.wake_all();
+        self.room_freed();
         self.readable.wake_all();
         self.members.fetch_sub(1, Relaxed) == 1
     }

@@ -34,12 +34,12 @@ pub(super) struct StreamMeta {
 /// Reads 4 KiB at `sector` into `page` and runs `f` on them.
 pub(super) fn meta_read<R>(dev: &BdevRef, page: &Page, sector: u64, f: impl FnOnce(&[u8; PAGE_SIZE]) -> R) -> Result<R> {
     dev.page_io(sector, page, false)?;
-    Ok(with_mapped(page.as_ptr().cast(), |b| f(b)))
+    Ok(with_mapped(page, |b| f(b)))
 }
 
 /// Fills `page` with `f` and writes it durably at `sector`.
 pub(super) fn meta_write(dev: &BdevRef, page: &Page, sector: u64, f: impl FnOnce(&mut [u8; PAGE_SIZE])) -> Result {
-    with_mapped(page.as_ptr().cast(), f);
+    with_mapped(page, f);
     dev.page_io(sector, page, true)
 }
 

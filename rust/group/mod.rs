@@ -27,8 +27,10 @@
 //! `ferry_core::stream`'s: the group keeps a `GroupOrder` and each device a
 //! `ferry_core::stream::Stream` over its ring of records.  What a record
 //! charges to the spool, what a full spool does (`overflow bitmap` or
-//! `block`), the mode (`ahead`) and what a writer waiting for room waits
-//! for are `ferry_core::spool`'s: the group keeps a `Spool` under `state`.
+//! `block`), the mode (`ahead`), and the queue of writers held for room
+//! and its bound are `ferry_core::spool`'s: the group keeps a `Spool` and
+//! a `Queue` under `state`.  Nothing sleeps in `map`: a writer held for
+//! room is a deferred bio, let in by the kick work (`admit.rs`).
 //!
 //! # Storage
 //!
@@ -77,6 +79,7 @@ mod secondary;
 mod status;
 mod registry;
 
+pub(crate) use admit::Admitted;
 pub(crate) use join::{JoinError, Member};
 pub(crate) use record::{record_for, Record, RECORD_OVERHEAD};
 pub(crate) use registry::{free_registry, install_registry, registry, Given, Registry};
@@ -86,12 +89,12 @@ pub(crate) use status::DeviceStatus;
 use crate::chardev::{self, FileOps, MiscDev};
 use crate::digest::KernelDigest;
 use crate::dm::{BdevRef, HeldList};
-use crate::sync::{IrqSpinLock, WaitQueue};
+use crate::sync::{new_irq_spinlock, new_waitqueue, IrqSpinLock, WaitQueue};
 use crate::work::{DelayedWork, WorkId};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use ferry_core::checkpoint::{IntervalApply, ReadHold};
 use ferry_core::record::{group_id_of_name, GroupKey, RecordKind};
-use ferry_core::spool::Spool;
+use ferry_core::spool::{Queue, Spool};
 use ferry_core::stream::GroupOrder;
 use ferry_core::table::{Overflow, Role, GROUP_NAME_MAX, MAX_DEVICES};
 use kernel::new_mutex;
@@ -110,6 +113,9 @@ pub(crate) struct Settings {
     pub(crate) overflow: Overflow,
     /// Checkpoint period, ms (0: on demand only).
     pub(crate) checkpoint_ms: u32,
+    /// Bound, seconds, on writers held for spool room with none let in
+    /// (`ferry_core::spool::Queue::expired`).
+    pub(crate) block_timeout_s: u32,
 }
 
 impl Settings {
@@ -153,8 +159,9 @@ pub(crate) struct Group {
     state: IrqSpinLock<State>,
     #[pin]
     readable: WaitQueue,
-    #[pin]
-    space: WaitQueue,
+    /// Members being suspended (between their `presuspend` and `resume`):
+    /// no writer is held for room meanwhile (`admit.rs`).
+    suspending: AtomicU32,
     #[pin]
     ctl: Mutex<Ctl>,
     #[pin]
@@ -208,16 +215,18 @@ impl Group {
                 id,
                 key,
                 settings,
-                state <- IrqSpinLock::new(State {
+                state <- new_irq_spinlock!(State {
                     streams,
                     order: GroupOrder::new(),
                     spool: Spool::new(settings.spool_bytes(), settings.overflow),
                     held: HeldList::new(),
+                    queue: Queue::new(),
+                    waiting: HeldList::new(),
                     reads: ReadHold::new(false),
                     held_reads: HeldList::new(),
-                }),
-                readable <- WaitQueue::new(),
-                space <- WaitQueue::new(),
+                }, "ferry_group.state"),
+                readable <- new_waitqueue!("ferry_group.readable"),
+                suspending: AtomicU32::new(0),
                 ctl <- new_mutex!(Ctl {
                     data: [None; MAX_DEVICES as usize],
                     users: [0; MAX_DEVICES as usize],
@@ -233,7 +242,7 @@ impl Group {
                 members: AtomicUsize::new(0),
                 secondary: AtomicBool::new(secondary),
                 apply <- new_mutex!(IntervalApply::new(0)),
-                quiet <- WaitQueue::new(),
+                quiet <- new_waitqueue!("ferry_group.quiet"),
                 read_token,
                 applied_records: [const { AtomicU64::new(0) }; MAX_DEVICES as usize],
             }),
@@ -272,12 +281,16 @@ impl Group {
     /// Stops the group: no more markers, no more opens; readers see the end
     /// of the stream.  Process context.
     fn shutdown(&self) {
-        self.dead.store(true, Relaxed);
+        // Under the state lock: the kick is scheduled under it, never
+        // once the group is dead (`Group::kick_work`).
+        {
+            let _st = self.state.lock();
+            self.dead.store(true, Relaxed);
+        }
         self.work.cancel_sync();
         self.kick.cancel_sync();
         self.misc.deregister();
         self.readable.wake_all();
-        self.space.wake_all();
     }
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct Record {
     pub(super) inline_len: usize,
     /// Spool bytes charged for this record (`ferry_core::spool::charge`).
     pub(super) charge: usize,
+    /// The bytes a write held for spool room waits to reserve (its
+    /// `charge` is 0 until it is let in); 0 for every other record.
+    pub(super) queued: usize,
     /// Write-intent generation whose count this record holds, or
     /// [`Gen::NONE`] (no chunk: flushes, markers).
     pub(super) wgen: Gen,
@@ -60,6 +63,7 @@ impl Record {
             // No payload (a marker, a flush): one page; admission
             // charges a write's payload (`admit.rs`).
             charge: spool::charge(0, PAGE_SIZE),
+            queued: 0,
             wgen: Gen::NONE,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),

@@ -53,6 +53,7 @@ pub(crate) struct Given {
     pub(crate) spool_mb: bool,
     pub(crate) overflow: bool,
     pub(crate) checkpoint_ms: bool,
+    pub(crate) block_timeout: bool,
 }
 
 impl Registry {
@@ -81,6 +82,7 @@ impl Registry {
                 if (given.spool_mb && s.spool_mb != settings.spool_mb)
                     || (given.overflow && s.overflow != settings.overflow)
                     || (given.checkpoint_ms && s.checkpoint_ms != settings.checkpoint_ms)
+                    || (given.block_timeout && s.block_timeout_s != settings.block_timeout_s)
                 {
                     return Err(JoinError::Settings);
                 }

@@ -61,7 +61,7 @@ impl Group {
 
     /// Takes a read `map` held; submits it at once if the interval ended
     /// meanwhile.
-    pub(crate) fn hold_read(&self, bio: HeldBio) {
+    pub(crate) fn hold_read(&self, bio: HeldBio<Arc<Record>>) {
         let mut st = self.state.lock();
         if st.reads.read() {
             drop(st);

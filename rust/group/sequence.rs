@@ -50,10 +50,13 @@ impl Group {
                 s.intent.dropped(wgen, sector, nr);
             }
         }
+        if failed && !st.queue.is_empty() {
+            // Writers are held for room: the kick lets them in.
+            self.kick_work(&st);
+        }
         drop(st);
         if failed {
             self.dropped.fetch_add(1, Relaxed);
-            self.space.wake_all();
         } else {
             self.readable.wake_all();
         }

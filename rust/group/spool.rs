@@ -4,16 +4,18 @@
 //! group's spinlock guards ([`State`]: rings, group order, the spool's
 //! accounting and replication mode, held bios).  A sequenced record waits
 //! here until the reader takes it and the secondary acknowledges it.  What
-//! a record charges, what a full spool does and when the group is `ahead`
-//! are `ferry_core::spool`'s ([`Spool`]); the group warns when it goes
-//! ahead and wakes the writers waiting for room ([`Group::enter_ahead`]).
+//! a record charges, what a full spool does, the queue of writers held for
+//! room and when the group is `ahead` are `ferry_core::spool`'s
+//! ([`Spool`], [`Queue`]); the group warns when it goes ahead and lets the
+//! held writers go to the bitmap ([`Group::enter_ahead`]).
 
 use super::{Group, Record};
+use core::sync::atomic::Ordering::Relaxed;
 use crate::dm::HeldList;
 use ferry_core::checkpoint::ReadHold;
 use ferry_core::gate::DeviceClass;
 use ferry_core::intent::WriteIntent;
-use ferry_core::spool::Spool;
+use ferry_core::spool::{Queue, Spool};
 use ferry_core::stream::{self, GroupOrder};
 use ferry_core::table::Role;
 use kernel::prelude::*;
@@ -47,12 +49,16 @@ pub(super) struct State {
     /// (`ferry_core::spool`).
     pub(super) spool: Spool,
     /// Writes waiting for their chunks' bits to reach the meta device.
-    pub(super) held: HeldList,
+    pub(super) held: HeldList<Arc<Record>>,
+    /// The writers held for spool room (`overflow block`), in order, and
+    /// the rule they wait by (`ferry_core::spool::Queue`).
+    pub(super) queue: Queue,
+    pub(super) waiting: HeldList<Arc<Record>>,
     /// Secondary: whether host reads go or wait for the interval being
     /// applied, and how many are in flight (`ferry_core::checkpoint`).
     pub(super) reads: ReadHold,
     /// Secondary: host reads held until the interval is applied.
-    pub(super) held_reads: HeldList,
+    pub(super) held_reads: HeldList<Arc<Record>>,
 }
 
 impl State {
@@ -70,17 +76,28 @@ pub(super) fn class_of(role: Role) -> DeviceClass {
 
 impl Group {
     /// The spool says the group just went ahead (`entered`, from
-    /// `Spool::go_ahead` and its kin): warns, giving `why`, and wakes the
-    /// writers waiting for room, which go to the bitmap now
-    /// (`Spool::has_room`).  Any context; the state lock may be held.
+    /// `Spool::go_ahead` and its kin, under the state lock): warns, giving
+    /// `why`, and kicks the work that lets the writers held for room go,
+    /// to the bitmap now (`Spool::has_room`).  Any context.
     pub(super) fn went_ahead(&self, entered: bool, why: &str) {
         if entered {
-            self.space.wake_all();
+            if !self.dead.load(Relaxed) {
+                self.kick.schedule(0);
+            }
             pr_warn!(
                 "ferry: group {}: {}; tracking writes in the bitmap (mode ahead, resync needed)\n",
                 core::str::from_utf8(self.name()).unwrap_or("?"),
                 why
             );
+        }
+    }
+
+    /// Schedules the kick work now, unless the group has ended.  Under the
+    /// state lock (`st`), which `shutdown` takes to end the group, so that
+    /// no kick is queued after it cancelled the work.
+    pub(super) fn kick_work(&self, _st: &State) {
+        if !self.dead.load(Relaxed) {
+            self.kick.schedule(0);
         }
     }
 

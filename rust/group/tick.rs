@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The group's work items: the periodic tick closes the checkpoint
-//! interval when it is due and sweeps acknowledged chunks off the meta
-//! devices; the kick persists write intent for held writes (`intent.rs`).
+//! interval when it is due, sends the group ahead when writers held for
+//! spool room waited `block_timeout` with none let in, and sweeps
+//! acknowledged chunks off the meta devices; the kick lets the writers
+//! held for room in (`admit.rs`), then persists write intent for held
+//! writes (`intent.rs`).
 
 use super::Group;
 use crate::work::{WorkId, Worker};
@@ -13,7 +16,10 @@ impl Worker for Group {
     fn run(&self, id: WorkId) {
         match id {
             WorkId::Tick => self.tick(),
-            WorkId::Kick => self.persist(),
+            WorkId::Kick => {
+                self.let_in();
+                self.persist();
+            }
         }
     }
 }
@@ -26,8 +32,18 @@ impl Group {
             return;
         }
         let ms = self.settings.checkpoint_ms;
-        let now = (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64;
-        let busy = self.state.lock().order.since_checkpoint() > 0;
+        let now = super::admit::now_ms();
+        let busy = {
+            let mut st = self.state.lock();
+            // Nobody lets the held writers in (no reader, or nothing
+            // acknowledged): they go to the bitmap (`Queue::expired`).
+            let bound = u64::from(self.settings.block_timeout_s) * 1000;
+            if st.queue.expired(now, bound) {
+                let why = "writers waited block_timeout for spool room with none let in (is ferryd reading?)";
+                self.enter_ahead(&mut st, why);
+            }
+            st.order.since_checkpoint() > 0
+        };
         if ms > 0 && busy && now >= self.last_checkpoint_ms.load(Relaxed) + u64::from(ms) {
             // A full spool skips this marker; the interval then spans two
             // periods.

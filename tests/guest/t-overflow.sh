@@ -83,3 +83,84 @@ reader_stop
 [ $(( b % 2 )) = 1 ] || fail "W, let in after sleeping for room, landed in chunk 256 unmarked on disk (G3)"
 ok "overflow block: a writer let in after sleeping marks its chunk again before its write lands"
 dm remove o2 && dm remove o3 || fail "remove"
+
+# `overflow block` and a suspend: nothing sleeps in `map`, a writer held
+# for spool room is a bio the target holds, and device-mapper's suspend
+# waits for every such bio.  So the suspend lets the held writes go to the
+# data device, marked in the bitmap (the group goes ahead), and finishes;
+# after the resume the rest of the writes follow them to the bitmap.  The
+# module that slept in `map` hung the suspend for good.  The reader holds
+# the character device open and never reads.  checkpoint_ms 0: no marker
+# takes room, so exactly 16 of the 64 KiB writes fit the 1 MiB spool and
+# the 16 others (chunks 16 to 31) are dirty.
+rd=
+trap '[ -z "$rd" ] || kill $rd 2>/dev/null' EXIT
+meta_wipe /dev/vdc
+dm create o5 --table "0 $S ferry /dev/vda /dev/vdc 8 group gp spool_mb 1 overflow block checkpoint_ms 0" || fail "create o5"
+sleep 600 </dev/ferry/gp &
+rd=$!
+head -c 2097152 /dev/urandom >/tmp/o5.pat
+dd if=/tmp/o5.pat of=/dev/mapper/o5 bs=64k oflag=direct 2>/dev/null &
+wp=$!
+sleep 2
+kill -0 $wp 2>/dev/null || fail "suspend case: the 2 MiB writer was not held by the 1 MiB spool"
+[ "$(status_field o5 5)" = replicating ] || fail "suspend case: the group went ahead before the suspend: $(dm status o5)"
+t0=$(date +%s)
+timeout 10 dmsetup --noudevsync suspend o5 2>/dev/null ||
+	fail "suspend case: dmsetup suspend with a writer held for spool room did not finish within 10 s"
+t1=$(date +%s)
+[ "$(status_field o5 5)" = ahead ] || fail "suspend case: the group is not ahead after the suspend: $(dm status o5)"
+dm resume o5 || fail "suspend case: resume"
+for i in $(seq 1 50); do kill -0 $wp 2>/dev/null || break; sleep 0.2; done
+kill -0 $wp 2>/dev/null && fail "suspend case: the writer still waits 10 s after the resume"
+wait $wp || fail "suspend case: the writer failed (a held write must not fail)"
+dd if=/dev/vda bs=64k count=32 iflag=direct 2>/dev/null | cmp -s - /tmp/o5.pat ||
+	fail "suspend case: the data device does not hold the 2 MiB written"
+set -- $(dm status o5)
+[ "$8" = ahead ] || fail "suspend case: state $8, not ahead: $*"
+[ "${15}" = 16 ] || fail "suspend case: ${15} dirty chunks, not 16 (the writes not spooled): $*"
+[ "${17}" = 16 ] || fail "suspend case: ${17} writes not shipped, not 16: $*"
+[ "${10}" = 16 ] || fail "suspend case: ${10} records numbered, not 16: $*"
+ok "overflow block: suspend with a writer held for room finished in $((t1 - t0)) s; the writes on the data device, the group ahead with 16 dirty chunks"
+kill $rd 2>/dev/null; wait $rd 2>/dev/null || true
+dm remove o5 || fail "remove o5"
+
+# `overflow block` with nobody reading: a writer held for spool room with
+# none let in for block_timeout (3 s here) is let go to the bitmap, the
+# group going ahead, within the bound and a tick (at most a second); it
+# is in D state while held, and not after.  A dead ferryd left writers
+# in D state for ever.  The reader, again, holds the device open and
+# never reads.
+meta_wipe /dev/vdc
+kmark bt
+dm create o6 --table "0 $S ferry /dev/vda /dev/vdc 10 group gt spool_mb 1 overflow block checkpoint_ms 0 block_timeout 3" || fail "create o6"
+dm table o6 | grep -q ' block_timeout 3$' || fail "bound case: the table line does not reproduce block_timeout: $(dm table o6)"
+sleep 600 </dev/ferry/gt &
+rd=$!
+head -c 2097152 /dev/urandom >/tmp/o6.pat
+t0=$(date +%s)
+dd if=/tmp/o6.pat of=/dev/mapper/o6 bs=64k oflag=direct 2>/dev/null &
+wp=$!
+sleep 1
+kill -0 $wp 2>/dev/null || fail "bound case: the 2 MiB writer was not held by the 1 MiB spool"
+st=$(awk '{ print $3 }' /proc/$wp/stat 2>/dev/null) || true
+[ "$st" = D ] || fail "bound case: the held writer is in state '$st', not D (the case is not reached)"
+[ "$(status_field o6 5)" = replicating ] || fail "bound case: ahead before the bound: $(dm status o6)"
+# Bound + 5 s from the writer's start.
+while [ $(( $(date +%s) - t0 )) -lt 8 ] && kill -0 $wp 2>/dev/null; do sleep 0.1; done
+t1=$(date +%s)
+st=$(awk '{ print $3 }' /proc/$wp/stat 2>/dev/null) || true
+[ "$st" = D ] && fail "bound case: the writer is still in D state $((t1 - t0)) s after it started (block_timeout 3)"
+kill -0 $wp 2>/dev/null && fail "bound case: the writer has not finished $((t1 - t0)) s after it started (block_timeout 3); state '$st'"
+wait $wp || fail "bound case: the writer failed (a held write must not fail)"
+dd if=/dev/vda bs=64k count=32 iflag=direct 2>/dev/null | cmp -s - /tmp/o6.pat ||
+	fail "bound case: the data device does not hold the 2 MiB written"
+set -- $(dm status o6)
+[ "$8" = ahead ] || fail "bound case: state $8, not ahead: $*"
+[ "${15}" = 16 ] || fail "bound case: ${15} dirty chunks, not 16: $*"
+[ "${17}" = 16 ] || fail "bound case: ${17} writes not shipped, not 16: $*"
+klog_since bt | grep -q 'writers waited block_timeout for spool room' ||
+	fail "bound case: no kernel warning names block_timeout"
+ok "overflow block: with nobody reading, the held writer went to the bitmap after block_timeout 3 (done in $((t1 - t0)) s, not in D state); ahead, 16 dirty chunks"
+kill $rd 2>/dev/null; wait $rd 2>/dev/null || true
+dm remove o6 || fail "remove o6"

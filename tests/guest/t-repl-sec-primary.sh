@@ -3,13 +3,15 @@
 # loses power and comes back, until the secondary's last boot asks for the
 # end (so that every cut finds intervals to apply, however long the
 # secondary's boots take).  A small spool with "overflow block" holds the
-# writer back while the secondary is down instead of going ahead.  Once
+# writer back while the secondary is down instead of going ahead (for up
+# to an hour with nothing acknowledged: block_timeout 3600; a boot of the
+# secondary guest takes far longer than the default 30 s).  Once
 # everything is acknowledged, the count and the checksums go to the
 # secondary, whose verdict this test reports.
 MAX=${FERRY_REPL_WRITES:-200000}
 peer=10.99.0.2
 www_start repl-sec
-REPL_PRIMARY_OPTS="spool_mb 8 overflow block"
+REPL_PRIMARY_OPTS="spool_mb 8 overflow block block_timeout 3600"
 repl_devices primary
 repl_config primary
 ferryd_start

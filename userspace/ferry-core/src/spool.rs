@@ -51,6 +51,19 @@
 //!    (rule 3), and when the group goes `ahead` (the methods of rule 4
 //!    return `true` the first time, for the caller to warn and wake).
 //!
+//! 6. **The queue and its bound.**  Under `overflow block` the writers
+//!    told [`Reserve::Full`] do not sleep where they were told: they are
+//!    held in a FIFO queue ([`Queue`]) and let in, in order, when room
+//!    frees; while any writer is held, a new writer queues behind it
+//!    ([`Queue::reserve`]: `Full` without trying), so that a large write
+//!    is not passed for ever by small ones.  The queue must not wait for
+//!    ever on a reader that is gone: when writers are held and none was let
+//!    in for the bound (the table's `block_timeout`), the group goes
+//!    `ahead` ([`Queue::expired`]), and every held writer goes to the
+//!    bitmap (rule 5).  Each writer let in restarts the bound for the next,
+//!    so a slow reader throttles the writers and only one that frees
+//!    nothing for the whole bound sends the group ahead.
+//!
 //! The kernel keeps the [`Spool`] in the group's state, under its
 //! interrupt-safe lock; every method is a few comparisons.  A `write(2)`
 //! of commands is checked against a copy, which its markers reserve on,
@@ -241,6 +254,75 @@ impl Spool {
     }
 }
 
+/// The writers held for room under `overflow block`, in FIFO order
+/// (rule 6): how many, and since when none was let in.  The caller keeps
+/// the writers themselves and the clock (milliseconds of a monotonic
+/// clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Queue {
+    held: usize,
+    since_ms: Option<u64>,
+}
+
+impl Queue {
+    /// An empty queue.
+    pub const fn new() -> Self {
+        Self {
+            held: 0,
+            since_ms: None,
+        }
+    }
+
+    /// Writers held.
+    pub fn len(&self) -> usize {
+        self.held
+    }
+
+    /// Whether no writer is held.
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    /// A new writer's reservation (rule 6): behind held writers it waits
+    /// its turn ([`Reserve::Full`], nothing reserved) while the group
+    /// replicates; otherwise [`Spool::reserve`].  The writer at the head
+    /// of the queue, when it is let in, reserves with [`Spool::reserve`].
+    pub fn reserve(&self, spool: &mut Spool, charge: usize) -> Reserve {
+        if self.held > 0 && spool.replicating() && spool.overflow() == Overflow::Block {
+            Reserve::Full
+        } else {
+            spool.reserve(charge)
+        }
+    }
+
+    /// A writer told [`Reserve::Full`] is held, at `now_ms`: it joins the
+    /// tail; the bound runs from now if no writer was held.
+    pub fn hold(&mut self, now_ms: u64) {
+        self.held = self.held.saturating_add(1);
+        if self.since_ms.is_none() {
+            self.since_ms = Some(now_ms);
+        }
+    }
+
+    /// The writer at the head leaves the queue at `now_ms` (let in, or to
+    /// the bitmap): the bound restarts for the next one, or stops when
+    /// none is left.
+    pub fn let_in(&mut self, now_ms: u64) {
+        self.held = self.held.saturating_sub(1);
+        self.since_ms = (self.held > 0).then_some(now_ms);
+    }
+
+    /// Whether writers are held and none was let in for `bound_ms` at
+    /// `now_ms`: the group must go `ahead` (rule 6).  A clock that went
+    /// back counts as no time passed.
+    pub fn expired(&self, now_ms: u64, bound_ms: u64) -> bool {
+        match self.since_ms {
+            Some(since) if self.held > 0 => now_ms.saturating_sub(since) >= bound_ms,
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,5 +477,76 @@ mod tests {
         assert!(s.stop());
         assert!(s.has_room(usize::MAX));
         assert_eq!(s.reserve(PAGE), Reserve::Ahead);
+    }
+    #[test]
+    fn rule6_new_writers_queue_behind_held_ones() {
+        let mut s = spool(2, Overflow::Block);
+        let mut q = Queue::new();
+        assert!(q.is_empty());
+        // No one held: a plain reservation.
+        assert_eq!(q.reserve(&mut s, PAGE), Reserve::Done);
+        assert_eq!(q.reserve(&mut s, 2 * PAGE), Reserve::Full);
+        q.hold(100);
+        assert_eq!(q.len(), 1);
+        // Room for a small write, but one is held: it waits its turn,
+        // and nothing is reserved.
+        assert!(s.has_room(PAGE));
+        assert_eq!(q.reserve(&mut s, PAGE), Reserve::Full);
+        assert_eq!(s.used(), PAGE);
+        // The head reserves on the spool itself.
+        s.release(PAGE);
+        assert_eq!(s.reserve(2 * PAGE), Reserve::Done);
+        q.let_in(150);
+        assert!(q.is_empty());
+        s.release(2 * PAGE);
+        assert_eq!(q.reserve(&mut s, PAGE), Reserve::Done);
+    }
+
+    #[test]
+    fn rule6_ahead_lets_new_writers_pass_to_the_bitmap() {
+        let mut s = spool(1, Overflow::Block);
+        let mut q = Queue::new();
+        assert_eq!(q.reserve(&mut s, PAGE), Reserve::Done);
+        assert_eq!(q.reserve(&mut s, PAGE), Reserve::Full);
+        q.hold(0);
+        assert!(s.stop());
+        assert_eq!(q.reserve(&mut s, PAGE), Reserve::Ahead);
+        // Under `overflow bitmap` no writer is ever held; were one
+        // counted, a new writer still reserves (and overflows).
+        let mut b = spool(1, Overflow::Bitmap);
+        assert_eq!(q.reserve(&mut b, PAGE), Reserve::Done);
+        assert_eq!(q.reserve(&mut b, PAGE), Reserve::Overflow);
+    }
+
+    #[test]
+    fn rule6_the_bound_runs_from_the_first_hold_and_restarts_on_each_let_in() {
+        let mut q = Queue::new();
+        // Nothing held: never expired.
+        assert!(!q.expired(u64::MAX, 0));
+        q.hold(1_000);
+        q.hold(2_000);
+        assert_eq!(q.len(), 2);
+        assert!(!q.expired(1_000, 30_000));
+        assert!(!q.expired(30_999, 30_000));
+        assert!(q.expired(31_000, 30_000));
+        // A writer let in restarts the bound for the next.
+        q.let_in(20_000);
+        assert_eq!(q.len(), 1);
+        assert!(!q.expired(31_000, 30_000));
+        assert!(!q.expired(49_999, 30_000));
+        assert!(q.expired(50_000, 30_000));
+        // The last one let in: nothing held, no bound.
+        q.let_in(21_000);
+        assert!(q.is_empty());
+        assert!(!q.expired(u64::MAX, 0));
+        // More let in than held: stays empty.
+        q.let_in(22_000);
+        assert!(q.is_empty());
+        // A later hold starts a new bound.
+        q.hold(90_000);
+        assert!(!q.expired(90_001, 3_000));
+        assert!(q.expired(93_000, 3_000));
+        // A clock that went back is no time passed.
+        assert!(!q.expired(80_000, 1));
     }
 }

@@ -16,8 +16,9 @@
 //! * `device_id <n>`: the device's number in its group (default 0).
 //! * `role log|data`: `log` devices lead `data` devices (default `data`).
 //! * `chunk_kb <n>`: dirty-chunk size of the bitmap (default 64).
-//! * `spool_mb <n>`, `overflow bitmap|block`, `checkpoint_ms <n>`: settings
-//!   of the group; every device of a group gives the same value or none.
+//! * `spool_mb <n>`, `overflow bitmap|block`, `checkpoint_ms <n>`,
+//!   `block_timeout <s>`: settings of the group; every device of a group
+//!   gives the same value or none.
 //!
 //! Parsing is pure: it needs no device and no kernel.  The kernel module
 //! checks the devices the line names and the group's consistency; every
@@ -42,6 +43,11 @@ pub const CHUNK_KB_RANGE: (u32, u32) = (4, 65536);
 pub const DEFAULT_CHECKPOINT_MS: u32 = 1000;
 /// Smallest and largest non-zero checkpoint period, ms.
 pub const CHECKPOINT_MS_RANGE: (u32, u32) = (10, 3_600_000);
+/// Default bound, seconds, on writers held for spool room under
+/// `overflow block` with none let in (`crate::spool::Queue::expired`).
+pub const DEFAULT_BLOCK_TIMEOUT_S: u32 = 30;
+/// Smallest and largest `block_timeout`, seconds.
+pub const BLOCK_TIMEOUT_S_RANGE: (u32, u32) = (1, 3600);
 
 /// What the target does with writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,11 +123,12 @@ pub enum Opt {
     SpoolMb = 1 << 6,
     Overflow = 1 << 7,
     CheckpointMs = 1 << 8,
+    BlockTimeout = 1 << 9,
 }
 
 impl Opt {
     /// Every option, in the order the table line is reproduced.
-    pub const ALL: [Opt; 9] = [
+    pub const ALL: [Opt; 10] = [
         Opt::DataOffset,
         Opt::Mode,
         Opt::Group,
@@ -131,6 +138,7 @@ impl Opt {
         Opt::SpoolMb,
         Opt::Overflow,
         Opt::CheckpointMs,
+        Opt::BlockTimeout,
     ];
 
     /// The option's keyword.
@@ -145,6 +153,7 @@ impl Opt {
             Self::SpoolMb => "spool_mb",
             Self::Overflow => "overflow",
             Self::CheckpointMs => "checkpoint_ms",
+            Self::BlockTimeout => "block_timeout",
         }
     }
 
@@ -184,6 +193,9 @@ pub struct TableArgs<'a> {
     pub overflow: Option<Overflow>,
     /// Group setting: checkpoint period, ms; 0: on demand only.
     pub checkpoint_ms: Option<u32>,
+    /// Group setting: bound, seconds, on writers held for spool room with
+    /// none let in (`overflow block`).
+    pub block_timeout: Option<u32>,
     /// The options given, as [`Opt`] bits.
     pub given: u16,
 }
@@ -223,6 +235,7 @@ impl TableArgs<'_> {
                 Opt::SpoolMb => write!(out, "{}", self.spool_mb.unwrap_or_default())?,
                 Opt::Overflow => out.write_str(self.overflow.map_or("", Overflow::name))?,
                 Opt::CheckpointMs => write!(out, "{}", self.checkpoint_ms.unwrap_or_default())?,
+                Opt::BlockTimeout => write!(out, "{}", self.block_timeout.unwrap_or_default())?,
             }
         }
         Ok(())
@@ -250,6 +263,7 @@ pub enum TableError {
     BadSpoolMb,
     BadOverflow,
     BadCheckpointMs,
+    BadBlockTimeout,
     PrimaryNeedsGroup,
     PassthroughWithGroupOptions,
 }
@@ -274,6 +288,7 @@ impl TableError {
                 Opt::SpoolMb => c"Optional argument spool_mb needs a value",
                 Opt::Overflow => c"Optional argument overflow needs a value",
                 Opt::CheckpointMs => c"Optional argument checkpoint_ms needs a value",
+                Opt::BlockTimeout => c"Optional argument block_timeout needs a value",
             },
             Self::BadDataOffset => c"Invalid data_offset: expected a decimal number of sectors",
             Self::DuplicateOption => c"Optional argument given twice",
@@ -289,9 +304,10 @@ impl TableError {
             Self::BadCheckpointMs => {
                 c"Invalid checkpoint_ms: expected 0 (on demand only) or 10 to 3600000"
             }
+            Self::BadBlockTimeout => c"Invalid block_timeout: expected 1 to 3600 seconds",
             Self::PrimaryNeedsGroup => c"mode primary or secondary needs a group",
             Self::PassthroughWithGroupOptions => {
-                c"mode passthrough takes no group, device_id, role, spool_mb, overflow or checkpoint_ms"
+                c"mode passthrough takes no group, device_id, role, spool_mb, overflow, checkpoint_ms or block_timeout"
             }
         }
     }
@@ -348,6 +364,7 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         spool_mb: None,
         overflow: None,
         checkpoint_ms: None,
+        block_timeout: None,
         given: 0,
     };
     let rest = &args[2..];
@@ -427,6 +444,11 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
                     .ok_or(TableError::BadCheckpointMs)?;
                 t.checkpoint_ms = Some(ms);
             }
+            Opt::BlockTimeout => {
+                let (lo, hi) = BLOCK_TIMEOUT_S_RANGE;
+                let s = parse_u32_in(v, lo, hi).ok_or(TableError::BadBlockTimeout)?;
+                t.block_timeout = Some(s);
+            }
         }
     }
     let group_opts = Opt::Group.bit()
@@ -434,7 +456,8 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         | Opt::Role.bit()
         | Opt::SpoolMb.bit()
         | Opt::Overflow.bit()
-        | Opt::CheckpointMs.bit();
+        | Opt::CheckpointMs.bit()
+        | Opt::BlockTimeout.bit();
     t.mode = match (mode, t.group) {
         (Some(Mode::Primary | Mode::Secondary), None) => return Err(TableError::PrimaryNeedsGroup),
         (Some(Mode::Passthrough), _) if t.given & group_opts != 0 => {
@@ -478,7 +501,7 @@ mod tests {
         let t = run(&[
             c"a",
             c"b",
-            c"16",
+            c"18",
             c"group",
             c"db1",
             c"device_id",
@@ -495,6 +518,8 @@ mod tests {
             c"250",
             c"mode",
             c"primary",
+            c"block_timeout",
+            c"3",
         ])
         .unwrap();
         assert_eq!(t.mode, Mode::Primary);
@@ -506,6 +531,7 @@ mod tests {
         assert_eq!(t.spool_mb, Some(32));
         assert_eq!(t.overflow, Some(Overflow::Block));
         assert_eq!(t.checkpoint_ms, Some(250));
+        assert_eq!(t.block_timeout, Some(3));
         // A group alone makes a primary with defaults.
         let t = run(&[c"a", c"b", c"2", c"group", c"g"]).unwrap();
         assert_eq!(t.mode, Mode::Primary);
@@ -513,8 +539,8 @@ mod tests {
         assert_eq!(t.device_id, 0);
         assert_eq!(t.chunk_kb, DEFAULT_CHUNK_KB);
         assert_eq!(
-            (t.spool_mb, t.overflow, t.checkpoint_ms),
-            (None, None, None)
+            (t.spool_mb, t.overflow, t.checkpoint_ms, t.block_timeout),
+            (None, None, None, None)
         );
         let t = run(&[c"a", c"b", c"4", c"group", c"g", c"checkpoint_ms", c"0"]).unwrap();
         assert_eq!(t.checkpoint_ms, Some(0));
@@ -605,6 +631,50 @@ mod tests {
                 ],
                 BadCheckpointMs,
             ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"block_timeout", c"0"],
+                BadBlockTimeout,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"block_timeout", c"3601"],
+                BadBlockTimeout,
+            ),
+            (
+                &[c"a", c"b", c"4", c"group", c"g", c"block_timeout", c"1.5"],
+                BadBlockTimeout,
+            ),
+            (
+                &[
+                    c"a",
+                    c"b",
+                    c"4",
+                    c"group",
+                    c"g",
+                    c"block_timeout",
+                    c"4294967297",
+                ],
+                BadBlockTimeout,
+            ),
+            (
+                &[c"a", c"b", c"1", c"block_timeout"],
+                MissingOptionValue(Opt::BlockTimeout),
+            ),
+            (
+                &[c"a", c"b", c"2", c"block_timeout", c"5"],
+                PrimaryNeedsGroup,
+            ),
+            (
+                &[
+                    c"a",
+                    c"b",
+                    c"4",
+                    c"mode",
+                    c"passthrough",
+                    c"block_timeout",
+                    c"5",
+                ],
+                PassthroughWithGroupOptions,
+            ),
             (&[c"a", c"b", c"2", c"mode", c"primary"], PrimaryNeedsGroup),
             (
                 &[c"a", c"b", c"2", c"mode", c"secondary"],
@@ -641,6 +711,7 @@ mod tests {
             BadSpoolMb,
             BadOverflow,
             BadCheckpointMs,
+            BadBlockTimeout,
             PrimaryNeedsGroup,
             PassthroughWithGroupOptions,
         ];
@@ -662,7 +733,9 @@ mod tests {
             &[
                 c"a",
                 c"b",
-                c"12",
+                c"14",
+                c"block_timeout",
+                c"3600",
                 c"checkpoint_ms",
                 c"0",
                 c"role",
@@ -697,7 +770,7 @@ mod tests {
             assert_eq!(Opt::from_word(o.name().as_bytes()), Some(o));
         }
         let bits: u16 = Opt::ALL.iter().map(|o| o.bit()).sum();
-        assert_eq!(bits.count_ones(), 9);
+        assert_eq!(bits.count_ones(), 10);
     }
 
     #[test]
