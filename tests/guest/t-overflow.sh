@@ -94,7 +94,7 @@ dm remove o2 && dm remove o3 || fail "remove"
 # takes room, so exactly 16 of the 64 KiB writes fit the 1 MiB spool and
 # the 16 others (chunks 16 to 31) are dirty.
 rd=
-trap '[ -z "$rd" ] || kill $rd 2>/dev/null' EXIT
+trap '[ -z "$rd" ] || kill $rd 2>/dev/null || true' EXIT
 meta_wipe /dev/vdc
 dm create o5 --table "0 $S ferry /dev/vda /dev/vdc 8 group gp spool_mb 1 overflow block checkpoint_ms 0" || fail "create o5"
 sleep 600 </dev/ferry/gp &
@@ -122,7 +122,7 @@ set -- $(dm status o5)
 [ "${17}" = 16 ] || fail "suspend case: ${17} writes not shipped, not 16: $*"
 [ "${10}" = 16 ] || fail "suspend case: ${10} records numbered, not 16: $*"
 ok "overflow block: suspend with a writer held for room finished in $((t1 - t0)) s; the writes on the data device, the group ahead with 16 dirty chunks"
-kill $rd 2>/dev/null; wait $rd 2>/dev/null || true
+kill $rd 2>/dev/null; wait $rd 2>/dev/null || true; rd=
 dm remove o5 || fail "remove o5"
 
 # `overflow block` with nobody reading: a writer held for spool room with
@@ -162,5 +162,5 @@ set -- $(dm status o6)
 klog_since bt | grep -q 'writers waited block_timeout for spool room' ||
 	fail "bound case: no kernel warning names block_timeout"
 ok "overflow block: with nobody reading, the held writer went to the bitmap after block_timeout 3 (done in $((t1 - t0)) s, not in D state); ahead, 16 dirty chunks"
-kill $rd 2>/dev/null; wait $rd 2>/dev/null || true
+kill $rd 2>/dev/null; wait $rd 2>/dev/null || true; rd=
 dm remove o6 || fail "remove o6"

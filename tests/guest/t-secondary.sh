@@ -21,7 +21,7 @@ dd if=/dev/mapper/s0 of=/dev/null bs=4k count=4 iflag=direct 2>/dev/null || fail
 ok "host write refused ($why); reads served"
 
 C="ferry-test cmd --dev /dev/ferry/gs --group gs"
-[ "$($C state)" = "state|idle|0|applied=0|members=0x1" ] || fail "state: $($C state)"
+[ "$($C state)" = "state|idle|0|applied=0|members=0x1|sizes=0:65536|len=296" ] || fail "state: $($C state)"
 [ "$($C ack 0 1)" = "cmd|errno|95" ] || fail "ack on a secondary: $($C ack 0 1)"
 [ "$($C record 1 0 1 5)" = "cmd|errno|34" ] || fail "record outside an interval"
 ok "state read; primary commands and records outside an interval refused"
@@ -33,7 +33,7 @@ ok "state read; primary commands and records outside an interval refused"
 mark() { dd if=/dev/vdc bs=4k skip=$(($1 / 8)) count=1 iflag=direct 2>/dev/null | od -An -tu1 -N8 | tr -s ' '; }
 [ "$(mark 16)" = " 70 85 73 80 1 0 1 0" ] || fail "mark A: $(mark 16)"
 [ "$(mark 24)" = " 70 85 73 80 1 0 1 0" ] || fail "mark B: $(mark 24)"
-[ "$($C state)" = "state|applying|1|applied=0|members=0x1" ] || fail "state: $($C state)"
+[ "$($C state)" = "state|applying|1|applied=0|members=0x1|sizes=0:65536|len=296" ] || fail "state: $($C state)"
 set -- $(dm status s0)
 [ "$8 $9 ${10}" = "applying 0 1" ] || fail "status while applying: $*"
 dd if=/dev/mapper/s0 of=/tmp/held bs=4k skip=5 count=1 iflag=direct 2>/dev/null &
@@ -57,7 +57,7 @@ kill -0 $rd 2>/dev/null || fail "the host read went before the end of the interv
 wait $rd || fail "held read failed"
 [ "$(head -c 8 /tmp/held)" = FERRYBLK ] || fail "the held read saw the block before the interval"
 [ "$(mark 16)" = " 70 85 73 80 1 0 0 0" ] || fail "mark A after the interval: $(mark 16)"
-[ "$($C state)" = "state|idle|0|applied=1|members=0x1" ] || fail "state: $($C state)"
+[ "$($C state)" = "state|idle|0|applied=1|members=0x1|sizes=0:65536|len=296" ] || fail "state: $($C state)"
 set -- $(dm status s0)
 [ "$8 $9 ${10} ${11}" = "idle 1 0 3" ] || fail "status after interval 1: $*"
 for b in 5 6 7; do
@@ -84,7 +84,7 @@ ok "interval in progress found after re-create, redone; an applied interval is r
 # Every member's meta device carries the mark.
 S1="0 65536 ferry /dev/vdb /dev/vdd 6 mode secondary group gs device_id 1"
 dm create s1 --table "$S1" || fail "create second member"
-[ "$($C state)" = "state|idle|0|applied=2|members=0x3" ] || fail "state with 2 members: $($C state)"
+[ "$($C state)" = "state|idle|0|applied=2|members=0x3|sizes=0:65536,1:65536|len=296" ] || fail "state with 2 members: $($C state)"
 [ "$($C apply-begin 3)" = "cmd|ok|16" ] || fail "apply-begin 3"
 [ "$(dd if=/dev/vdd bs=4k skip=2 count=1 iflag=direct 2>/dev/null | od -An -tu1 -N8 | tr -s ' ')" = " 70 85 73 80 1 0 1 0" ] ||
 	fail "second member's meta device has no mark"
@@ -93,14 +93,14 @@ ok "two members: the mark on both meta devices"
 
 # Several intervals under one mark: APPLY_BEGIN 5 after 3 opens 4 and 5.
 [ "$($C apply-begin 5)" = "cmd|ok|16" ] || fail "apply-begin 5 after 3"
-[ "$($C state)" = "state|applying|5|applied=3|members=0x3" ] || fail "state: $($C state)"
+[ "$($C state)" = "state|applying|5|applied=3|members=0x3|sizes=0:65536,1:65536|len=296" ] || fail "state: $($C state)"
 [ "$($C record 4 0 5 9)" = "cmd|ok|4208" ] || fail "record of interval 4 under 5"
 [ "$($C record 5 1 1 9)" = "cmd|ok|4208" ] || fail "record of interval 5"
 [ "$($C record 6 0 6 10)" = "cmd|errno|34" ] || fail "record of interval 6 under 5"
 [ "$($C record 3 0 6 10)" = "cmd|errno|34" ] || fail "record of applied interval 3"
 [ "$($C apply-end 4)" = "cmd|errno|34" ] || fail "apply-end 4 while 5 is in progress"
 [ "$($C apply-end 5)" = "cmd|ok|16" ] || fail "apply-end 5"
-[ "$($C state)" = "state|idle|0|applied=5|members=0x3" ] || fail "state: $($C state)"
+[ "$($C state)" = "state|idle|0|applied=5|members=0x3|sizes=0:65536,1:65536|len=296" ] || fail "state: $($C state)"
 for d in vda vdb; do
 	[ "$(dd if=/dev/$d bs=4k skip=9 count=1 iflag=direct 2>/dev/null | head -c 8)" = FERRYBLK ] ||
 		fail "block 9 not on $d"

@@ -1071,19 +1071,32 @@ fn cmd(a: CmdArgs) -> Res<()> {
     let bytes = match w[..] {
         _ if w.contains(&"+") => encode_batch(&w)?,
         ["state"] => {
-            let mut b = [0u8; 64];
+            // The mark, the members, each device id's length.
+            let mut b = [0u8; 512];
             match f.read(&mut b) {
                 Ok(n) => {
-                    let m = ferry_core::checkpoint::ApplyMark::decode(&b[..n], &FastDigest)
+                    let m = ferry_core::checkpoint::ApplyMark::decode(&b[..32.min(n)], &FastDigest)
                         .map_err(|e| format!("{e:?}"))?;
                     let members = u64::from_le_bytes(b[32..40].try_into().unwrap_or_default());
+                    let sizes: Vec<String> = b[40..n.max(40)]
+                        .chunks_exact(8)
+                        .enumerate()
+                        .filter_map(|(i, c)| {
+                            let len = u64::from_le_bytes(c.try_into().unwrap_or_default());
+                            (len > 0).then(|| format!("{i}:{len}"))
+                        })
+                        .collect();
                     let state = match m.state {
                         ferry_core::checkpoint::ApplyState::Idle => "idle|0".to_string(),
                         ferry_core::checkpoint::ApplyState::InProgress { epoch } => {
                             format!("applying|{epoch}")
                         }
                     };
-                    println!("state|{state}|applied={}|members={members:#x}", m.applied);
+                    println!(
+                        "state|{state}|applied={}|members={members:#x}|sizes={}|len={n}",
+                        m.applied,
+                        sizes.join(",")
+                    );
                 }
                 Err(e) => println!("state|errno|{}", e.raw_os_error().unwrap_or(0)),
             }
