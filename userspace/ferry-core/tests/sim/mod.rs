@@ -17,7 +17,9 @@
 //! charges under a small cap, `overflow block` writers that wait for room
 //! and come back when it has some, `overflow bitmap` going `ahead`, writes
 //! while `ahead` tracked in the bitmap only, markers refused while full or
-//! ahead). The helper's part (records read and not acknowledged, sent
+//! ahead), and every command the helper writes (`ACK`, `ACK_LOG`,
+//! `SPOOLED`, `INSERT_CHECKPOINT`, `INSERT_CONSISTENCY_POINT`) checked whole
+//! as the kernel checks a `write(2)` (`batch::Batch`). The helper's part (records read and not acknowledged, sent
 //! again after a timeout or a reconnect) is modelled here. An independent
 //! oracle checks after every step:
 //!
@@ -55,10 +57,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
+use ferry_core::batch::{Batch, Rejected};
 use ferry_core::bitmap::{words_for, ChunkBitmap};
 use ferry_core::checkpoint::{
     place, ApplyMark, ApplyState, IntervalApply, IntervalSlot, ReadHold, Rendezvous, APPLY_MARK_LEN,
 };
+use ferry_core::command::Command;
 use ferry_core::consistency::{ConsistencyError, ConsistencyTracker};
 use ferry_core::gate::{DeviceClass, Watermark};
 use ferry_core::intent::{storage_words, Gen, Room, WriteIntent, WORDS_PER_PAGE};
@@ -1165,6 +1169,13 @@ impl World {
             return;
         }
         let upto = acked + 1 + self.rng.below(shipped - acked);
+        let spooled = Command::Spooled {
+            device: dev as u32,
+            dev_seq: upto,
+        };
+        self.check_commands(&[spooled])
+            .expect("SPOOLED of records read");
+        let d = &mut self.p.devs[dev];
         let (intent, spool) = (&mut d.intent, &mut self.p.spool);
         d.stream
             .acknowledge(Ack::Spooled, upto, |r| {
@@ -1284,18 +1295,64 @@ impl World {
         h
     }
 
+    /// A `write(2)` of `cmds` to the kernel, checked whole as the kernel
+    /// checks it (`ferry_core::batch::Batch`, on copies of the streams'
+    /// acknowledgement positions, the group's numbers and the spool; a
+    /// marker charges one empty record in every stream): the number of
+    /// commands, or the first refused one.  The caller applies them.
+    fn check_commands(&self, cmds: &[Command]) -> Result<usize, Rejected> {
+        let mut buf = Vec::new();
+        for c in cmds {
+            let mut b = [0u8; 128];
+            let n = c.encode(&mut b).expect("encode");
+            buf.extend_from_slice(&b[..n]);
+        }
+        let mut acks: Vec<_> = self
+            .p
+            .devs
+            .iter()
+            .map(|d| Some(d.stream.ack_state()))
+            .collect();
+        let mut b = Batch {
+            streams: &mut acks,
+            order: self.p.order,
+            spool: self.p.spool,
+            marker_charge: DEVICES * spool::charge(0, PAGE),
+        };
+        let devs = &self.p.devs;
+        b.check(&buf, |d, first, last| {
+            devs[d as usize]
+                .stream
+                .records()
+                .filter(|r| (first..=last).contains(&r.dev_seq))
+                .map(|r| r.charge)
+                .sum()
+        })
+    }
+
     /// Spool room for a marker in every stream, as the kernel's
-    /// `insert_markers` reserves it (`ENOSPC` when full or ahead); the
-    /// charge of each.
-    fn reserve_markers(&mut self) -> Option<usize> {
+    /// `INSERT_CHECKPOINT` or `INSERT_CONSISTENCY_POINT` takes it: the
+    /// command is checked as a batch of one (`ENOSPC` when full or ahead,
+    /// and then nothing changes, even under `overflow bitmap`), then the
+    /// room is reserved; the charge of each marker.
+    fn reserve_markers(&mut self, c: Command) -> Option<usize> {
+        if self.check_commands(&[c]).is_err() {
+            return None;
+        }
         let charge = spool::charge(0, PAGE);
-        (self.reserve(DEVICES * charge) == Reserve::Done).then_some(charge)
+        let r = self.reserve(DEVICES * charge);
+        assert_eq!(
+            r,
+            Reserve::Done,
+            "the batch check passed, the reservation did not"
+        );
+        Some(charge)
     }
 
     /// Closes the open interval; false if the spool has no room for the
     /// markers.
     fn checkpoint(&mut self) -> bool {
-        let Some(charge) = self.reserve_markers() else {
+        let Some(charge) = self.reserve_markers(Command::InsertCheckpoint) else {
             return false;
         };
         let e = self.p.order.epoch();
@@ -1318,11 +1375,11 @@ impl World {
     }
 
     fn consistency_point(&mut self) {
-        let Some(charge) = self.reserve_markers() else {
-            return;
-        };
         let id = self.p.order.next_cp_id();
         let label = Label::new(format!("cp-{id}").as_bytes()).expect("label");
+        let Some(charge) = self.reserve_markers(Command::InsertConsistencyPoint { label }) else {
+            return;
+        };
         let mut seqs = [0; DEVICES];
         for (dev, seq) in seqs.iter_mut().enumerate() {
             let cp = ConsistencyPayload {
@@ -1407,19 +1464,36 @@ impl World {
     /// secondary holds the stream; each record dropped from the ring gives
     /// its write intent back.
     fn on_ack(&mut self, stream: usize, dev_seq: u64) -> Result<(), Failure> {
+        // An acknowledgement of nothing new writes no command (as
+        // `ferryd`'s; a `dev_seq` of 0 is not even a well-formed one).
+        if dev_seq <= self.p.devs[stream].stream.acked() {
+            return Ok(());
+        }
         let log_first = CLASSES[stream] == DeviceClass::Log && self.rng.chance(500);
-        let d = &mut self.p.devs[stream];
         let mut cmds = vec![(Ack::Durable, dev_seq)];
         if log_first {
             cmds.insert(0, (Ack::Log, dev_seq));
         }
-        for &(a, ds) in &cmds {
-            if let Err(e) = d.stream.check(a, ds) {
-                return Err(self
-                    .o
-                    .fail("protocol", format!("stream {stream} {a:?} {ds}: {e}")));
-            }
+        // One write of them, checked whole as the kernel does.
+        let device = stream as u32;
+        let batch: Vec<Command> = cmds
+            .iter()
+            .map(|&(a, dev_seq)| match a {
+                Ack::Log => Command::AckLog { device, dev_seq },
+                Ack::Durable => Command::Ack { device, dev_seq },
+                Ack::Spooled => Command::Spooled { device, dev_seq },
+            })
+            .collect();
+        if let Err(rej) = self.check_commands(&batch) {
+            return Err(self.o.fail(
+                "protocol",
+                format!(
+                    "stream {stream} {:?}: refused {:?}",
+                    cmds[rej.index], rej.why
+                ),
+            ));
         }
+        let d = &mut self.p.devs[stream];
         let mut dropped = Vec::new();
         for (a, ds) in cmds {
             let (intent, spool) = (&mut d.intent, &mut self.p.spool);
