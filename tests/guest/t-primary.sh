@@ -19,6 +19,15 @@ ferry-test write --dev /dev/mapper/p0 --count 400 --blocks 2048 --seed 7 --log /
 reader_stop
 ferry-test check --writes /tmp/w1.log --records /tmp/r1.log --ids 0 || fail "check"
 ok "400 dependent writes shipped exactly once, in group order, payloads intact"
+# Lockdep tells the group's locks apart (those a primary has taken by
+# now): each has a class of its own, by name.  One class shared by every
+# lock the module makes would hide an order between two of them.
+if [ -r /proc/lockdep ]; then
+	for l in ferry_group.state ferry_group.readable; do
+		grep -q " $l\$" /proc/lockdep || fail "no lockdep class named $l: $(grep -i ferry /proc/lockdep | head -5)"
+	done
+	ok "lockdep classes by name: ferry_group.state, ferry_group.readable"
+fi
 
 # fio with verification, then the shadow the reader built equals the device.
 dd if=/dev/mapper/p0 of=/tmp/shadow bs=1M count=32 iflag=direct 2>/dev/null

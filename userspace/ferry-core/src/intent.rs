@@ -670,6 +670,35 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
     pub fn dirty_count(&self) -> u64 {
         self.dirty
     }
+
+    /// The dirty chunks (rule 6), one bit per chunk: what a resync copies
+    /// ([`crate::resync`]).
+    pub fn dirty_words(&self) -> &[u64] {
+        self.plane(DIRTY)
+    }
+
+    /// The chunks set in `covered` reached the secondary in a resync span
+    /// it applied ([`crate::resync`], rule 7): they are dirty no more, and
+    /// are touched in the open generation, so that the sweep clears their
+    /// marks a generation later, as after a write whose record was
+    /// acknowledged.
+    pub fn resynced(&mut self, covered: &[u64]) {
+        for (w, &m) in covered.iter().enumerate().take(self.n) {
+            if m == 0 {
+                continue;
+            }
+            let was = self.word(DIRTY, w);
+            if let Some(x) = self.word_mut(DIRTY, w) {
+                *x &= !m;
+            }
+            self.dirty -= u64::from((was & m).count_ones());
+            let t = TOUCH[self.cur];
+            if let Some(x) = self.word_mut(t, w) {
+                *x |= m;
+            }
+            self.mark(S_TOUCH[self.cur], w);
+        }
+    }
 }
 
 /// `words` (or'ed with `or`'s) as little-endian bytes into `out`, zero

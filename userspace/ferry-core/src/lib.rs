@@ -90,6 +90,7 @@ pub mod gate;
 pub mod intent;
 pub mod meta;
 pub mod record;
+pub mod resync;
 pub mod select;
 pub mod spool;
 pub mod stream;

@@ -143,8 +143,15 @@ impl Flags {
     /// The record was produced by a bitmap-driven resync, not by the
     /// application's write stream.
     pub const RESYNC: u8 = 0x08;
+    /// On a checkpoint record only: the intervals after the one it closes
+    /// begin a resync span ([`crate::resync`]), applied as one up to the
+    /// interval closed by [`Flags::RESYNC_END`].
+    pub const RESYNC_BEGIN: u8 = 0x10;
+    /// On a checkpoint record only: the interval it closes ends the open
+    /// resync span.
+    pub const RESYNC_END: u8 = 0x20;
     /// Every flag this version defines.
-    pub const KNOWN: u8 = 0x0f;
+    pub const KNOWN: u8 = 0x3f;
 
     /// Whether every bit of `bit` is set.
     pub const fn has(self, bit: u8) -> bool {
@@ -212,6 +219,10 @@ impl RecordHeader {
             return Err(RecordError::ZeroSequence);
         }
         if self.flags.0 & !Flags::KNOWN != 0 {
+            return Err(RecordError::UnknownFlags(self.flags.0));
+        }
+        let span = Flags::RESYNC_BEGIN | Flags::RESYNC_END;
+        if self.flags.0 & span != 0 && self.kind != RecordKind::Checkpoint {
             return Err(RecordError::UnknownFlags(self.flags.0));
         }
         match self.kind {
