@@ -17,6 +17,11 @@
 //!    copied into the caller's storage ([`Resync::new`]); they are also
 //!    kept as the *covered* set ([`Resync::covered`]).  Chunks that turn
 //!    dirty during the resync are not in it: they stay dirty for the next.
+//!    Nor is a chunk of the set dirtied again before the span is applied
+//!    (a write while `ahead`, a record dropped): [`Resync::dirtied`], and
+//!    [`uncover`] once the resync is over, take it out, so that the span's
+//!    end never clears a chunk whose last content the span does not
+//!    carry.
 //! 2. **The span.**  The resync begins by closing the open interval with a
 //!    checkpoint record flagged `RESYNC_BEGIN`; every record numbered from
 //!    then on, the application's and the resync's, belongs to the span,
@@ -310,6 +315,18 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
         }
     }
 
+    /// `nr` sectors at `sector` were dirtied again (rule 1): their chunks
+    /// leave the covered set (they are still copied if left, but stay
+    /// dirty after the span).
+    pub fn dirtied(&mut self, sector: u64, nr: u64) {
+        if let Some((first, n)) = self.range(sector, nr) {
+            let n0 = self.n;
+            if let Some(covered) = self.words.get_mut(n0..2 * n0) {
+                uncover(covered, first, n);
+            }
+        }
+    }
+
     /// The next chunk to read (rule 3), if a read may be taken: a slot is
     /// free, the oldest epoch's writes are done (so that a new epoch can
     /// open), and a chunk is left.  Host writes admitted from now on are in
@@ -371,6 +388,17 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
             self.progress.read += 1;
         } else {
             self.set_left(s.chunk);
+        }
+    }
+}
+
+/// Rule 1: chunks `first..first + n` were dirtied again: out of a covered
+/// set (one bit per chunk) that waits for its span to be applied.
+pub fn uncover(covered: &mut [u64], first: u64, n: u64) {
+    for c in first..first.saturating_add(n) {
+        match covered.get_mut(word(c)) {
+            Some(x) => *x &= !(1 << (c % 64)),
+            None => return,
         }
     }
 }

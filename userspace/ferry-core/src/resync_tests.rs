@@ -382,9 +382,18 @@ fn rule7_resynced_chunks_are_dirty_no_more() {
         r.read_done(t, true);
     }
     assert!(r.done());
-    // A chunk that turned dirty during the resync is not covered.
+    // A chunk that turned dirty during the resync is not covered; nor is
+    // one of the set dirtied again (a write while ahead).
     wi.admit(7 << SHIFT, 8, true, Room::Bitmap);
-    wi.resynced(r.covered());
-    assert_eq!(wi.dirty_count(), 1);
-    assert_eq!(wi.dirty_words().to_vec(), set_of(&[7], nbits));
+    wi.admit(2 << SHIFT, 8, true, Room::Bitmap);
+    r.dirtied(2 << SHIFT, 8);
+    let mut covered = r.covered().to_vec();
+    assert_eq!(covered, set_of(&[1, 100], nbits));
+    // Once the resync is over, the caller's copy is uncovered the same way.
+    wi.admit(100 << SHIFT, 8, true, Room::Bitmap);
+    uncover(&mut covered, 100, 1);
+    wi.resynced(&covered);
+    assert_eq!(wi.dirty_count(), 3);
+    assert_eq!(wi.dirty_words().to_vec(), set_of(&[2, 7, 100], nbits));
+    uncover(&mut covered, 10_000, 5); // past the end: nothing
 }

@@ -73,6 +73,10 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                             local.intent_waits += s.intent_waits;
                             local.chunks_cleared += s.chunks_cleared;
                             local.spool_waits += s.spool_waits;
+                            local.resync_reads += s.resync_reads;
+                            local.resync_by_write += s.resync_by_write;
+                            local.resync_held += s.resync_held;
+                            local.spans_applied += s.spans_applied;
                             local.overflows += s.overflows;
                             local.ahead_writes += s.ahead_writes;
                             local.steps += s.steps;
@@ -101,6 +105,10 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                 t.overflows += local.overflows;
                 t.ahead_writes += local.ahead_writes;
                 t.steps += local.steps;
+                t.resync_reads += local.resync_reads;
+                t.resync_by_write += local.resync_by_write;
+                t.resync_held += local.resync_held;
+                t.spans_applied += local.spans_applied;
             });
         }
     });
@@ -117,7 +125,8 @@ fn run_seeds(default_count: u64) {
          {} primary and {} secondary crashes ({} tearing a mark), {} redos, {} damaged records rejected, \
          {} host reads held, {} consistency points held, {} writes waited for their \
          write intent, {} sweeps cleared chunks, {} writes waited for spool room, {} overflows \
-         went ahead, {} writes while ahead",
+         went ahead, {} writes while ahead; resync: {} chunks read, {} copied by a host write, \
+         {} host writes held for a read, {} spans applied whole",
         t.elapsed(),
         s.steps,
         s.writes,
@@ -133,7 +142,11 @@ fn run_seeds(default_count: u64) {
         s.chunks_cleared,
         s.spool_waits,
         s.overflows,
-        s.ahead_writes
+        s.ahead_writes,
+        s.resync_reads,
+        s.resync_by_write,
+        s.resync_held,
+        s.spans_applied
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
@@ -146,6 +159,8 @@ fn run_seeds(default_count: u64) {
         assert!(s.primary_crashes > 0 && s.secondary_crashes > 0 && s.redos > 0);
         assert!(s.intent_waits > 0 && s.chunks_cleared > 0);
         assert!(s.spool_waits > 0 && s.overflows > 0 && s.ahead_writes > 0);
+        assert!(s.resync_reads > 0 && s.resync_by_write > 0 && s.resync_held > 0);
+        assert!(s.spans_applied > 0);
     }
 }
 

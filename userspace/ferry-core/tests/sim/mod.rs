@@ -44,13 +44,19 @@
 //! is acknowledged the sweeps leave no chunk marked.
 //!
 //! A restarted primary here continues with a jump in its numbers (through
-//! `GroupOrder::continue_from`, the rule of a clean restart) and a resync of
-//! the chunks its meta device marks: that is the design of the resync work
-//! to come, not what the product does today (a device that did not leave
-//! cleanly comes back `ahead`). So is the way out of `ahead` after an
-//! overflow under `overflow bitmap`: the drain restarts the primary, which
-//! resyncs what its meta devices mark. The resync's copies charge nothing
-//! to the spool.
+//! `GroupOrder::continue_from`, the rule of a clean restart) and resyncs
+//! the chunks its meta device marks with `ferry_core::resync`: reads that
+//! take time (taken, issued when the host writes admitted before them are
+//! done, numbered steps later) while host writes go on (held while they
+//! touch a chunk being read), copies charged to the spool, a span from
+//! `RESYNC_BEGIN` to `RESYNC_END` that the secondary applies as one batch
+//! (`resync::Span`), and the covered chunks cleared from the dirty bitmap
+//! once the secondary has applied it. Primary and secondary crash during
+//! resyncs as at any other time. This is the protocol the product does not
+//! run yet (a device that did not leave cleanly comes back `ahead`), proven
+//! here first. So is the way out of `ahead` after an overflow under
+//! `overflow bitmap`: the drain restarts the primary, which resyncs what
+//! its meta devices mark.
 
 #![allow(dead_code)]
 
@@ -58,7 +64,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use ferry_core::batch::{Batch, Rejected};
-use ferry_core::bitmap::{words_for, ChunkBitmap};
+use ferry_core::bitmap::words_for;
 use ferry_core::checkpoint::{
     place, ApplyMark, ApplyState, IntervalApply, IntervalSlot, ReadHold, Rendezvous, APPLY_MARK_LEN,
 };
@@ -70,6 +76,7 @@ use ferry_core::record::{
     decode_record, encode_record, off, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader,
     RecordKind, HEADER_LEN, SECTOR_SIZE,
 };
+use ferry_core::resync::{app_first, HostWrite, ReadTicket, Resync, Span, WriteTicket};
 use ferry_core::select::{
     interval_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow,
 };
@@ -211,6 +218,14 @@ pub struct Stats {
     pub ahead_writes: u64,
     /// Steps run, drain included.
     pub steps: u64,
+    /// Chunks a resync read and made records.
+    pub resync_reads: u64,
+    /// Chunks of a resync that a host write's record copied.
+    pub resync_by_write: u64,
+    /// Host writes held while a resync read their chunk.
+    pub resync_held: u64,
+    /// Resync spans the secondary applied whole.
+    pub spans_applied: u64,
 }
 
 struct Rng(u64);
@@ -558,6 +573,9 @@ enum Admitted {
     Waiting,
     /// Submitted to the data device.
     Issued,
+    /// It touches a chunk a resync is reading: held, not admitted yet
+    /// (`resync`, rule 4).
+    Held,
 }
 
 #[derive(Clone, Copy)]
@@ -574,6 +592,8 @@ struct Inflight {
     charge: usize,
     /// The spool took it (`Reserve::Done`): it becomes a record.
     record: bool,
+    /// Let through by the device's resync: reported at completion.
+    ticket: Option<WriteTicket>,
 }
 
 struct PDev {
@@ -586,6 +606,11 @@ struct PDev {
     stream: Stream<Vec<Option<Box<SpoolRec>>>>,
     /// The helper's records of the device.
     helper: std::collections::VecDeque<Shipped>,
+    /// The device's resync (`ferry_core::resync`), while one runs.
+    resync: Option<Resync<Vec<u64>>>,
+    /// Its reads in flight: taken, then issued (the chunk's content read
+    /// at that instant), then completed (numbered) at a later step.
+    reads: Vec<(ReadTicket, Option<Vec<u64>>)>,
 }
 
 impl PDev {
@@ -600,6 +625,8 @@ impl PDev {
             intent: WriteIntent::new(words, CHUNKS, CHUNK_SHIFT).expect("intent"),
             stream: Stream::new(slots, CLASSES[dev], start, start + 1),
             helper: Default::default(),
+            resync: None,
+            reads: Vec::new(),
         }
     }
 
@@ -665,6 +692,11 @@ struct Primary {
     generation: u64,
     inflight: Vec<Inflight>,
     handshake: Option<Handshake>,
+    /// The interval the last resync span ended with, until the secondary
+    /// has applied it; and what each device's resync covered, whose dirty
+    /// bits clear then (`resync`, rule 7).
+    span_end: Option<u64>,
+    covered: Vec<Vec<u64>>,
 }
 
 // ---------------------------------------------------------------- secondary
@@ -676,6 +708,10 @@ struct Entry {
 }
 
 type Window = StreamWindow<(), Vec<Option<Received<()>>>>;
+
+/// A batch of whole intervals to apply: its last interval, and its
+/// records (stream, `dev_seq`) in the order they are applied.
+type AppliedBatch = (u64, Vec<(usize, u64)>);
 
 struct Job {
     epoch: u64,
@@ -700,7 +736,15 @@ struct Secondary {
     /// secondary held contiguously (so acknowledged), in group order: they
     /// are applied first in the next interval.
     carry: Vec<(usize, u64)>,
+    /// The resync spans (`ferry_core::resync::Span`) as of the last batch
+    /// applied.
+    span: Span,
     // Volatile.
+    /// Records of whole intervals taken inside an open span, to be applied
+    /// with the interval that ends it.
+    staged: Vec<(usize, u64)>,
+    /// The spans with the markers of the staged intervals seen.
+    span_work: Span,
     windows: Vec<Window>,
     rendezvous: Rendezvous<Vec<IntervalSlot>>,
     apply: IntervalApply,
@@ -723,6 +767,9 @@ impl Secondary {
             point_scan: [0; DEVICES],
             generation: 0,
             carry: Vec::new(),
+            span: Span::new(),
+            staged: Vec::new(),
+            span_work: Span::new(),
             windows: Vec::new(),
             rendezvous: Rendezvous::new(vec![IntervalSlot::default(); INTERVALS], 1, 0),
             apply: IntervalApply::new(0),
@@ -769,6 +816,8 @@ impl Secondary {
         self.reads = ReadHold::new(!apply.may_read());
         self.job = None;
         self.handshake = None;
+        self.staged.clear();
+        self.span_work = self.span;
     }
 }
 
@@ -882,6 +931,8 @@ pub fn run(cfg: Config) -> Result<Stats, Failure> {
             generation: 0,
             inflight: Vec::new(),
             handshake: None,
+            span_end: None,
+            covered: vec![Vec::new(); DEVICES],
         },
         s: Secondary::new(),
         o: Oracle {
@@ -923,6 +974,7 @@ impl World {
                 self.complete_some(MAX_INFLIGHT);
             }
             self.intent_work();
+            self.resync_work();
             if self.now % 12 == 0 {
                 self.checkpoint();
             }
@@ -943,7 +995,8 @@ impl World {
                     }
                 }
             } else if self.p.up {
-                if let Msg::Ack { dev_seq, .. } = pkt.msg {
+                if let Msg::Ack { dev_seq, applied } = pkt.msg {
+                    self.resync_applied(applied);
                     self.on_ack(pkt.stream, dev_seq)?;
                 }
             }
@@ -1054,14 +1107,46 @@ impl World {
             }
             (block, len)
         };
-        // `map`: the first admission pass, spool room then write intent,
-        // as the kernel's `Group::admit` does.
+        self.start_write(dev, kind, block, len);
+    }
+
+    /// `map` of a write: held while it touches a chunk the device's resync
+    /// is reading (`resync`, rule 4), else the first admission pass, spool
+    /// room then write intent, as the kernel's `Group::admit` does.
+    fn start_write(&mut self, dev: usize, kind: RecordKind, block: u64, len: u64) {
         let payload = if kind == RecordKind::Write { len } else { 0 };
         let charge = spool::charge(payload as usize * SECTOR_SIZE as usize, PAGE);
+        let ticket = match self.p.devs[dev]
+            .resync
+            .as_mut()
+            .map(|r| r.host_write(block, len))
+        {
+            Some(HostWrite::Wait) => {
+                self.stats.resync_held += 1;
+                self.p.inflight.push(Inflight {
+                    dev,
+                    kind,
+                    block,
+                    len,
+                    gen: Gen::NONE,
+                    defer: false,
+                    state: Admitted::Held,
+                    charge,
+                    record: false,
+                    ticket: None,
+                });
+                return;
+            }
+            Some(HostWrite::Go(t)) => Some(t),
+            None => None,
+        };
         let reserve = self.reserve(charge);
         let a = self.p.devs[dev]
             .intent
             .admit(block, len, true, reserve.room());
+        if reserve.room() == Room::Bitmap {
+            self.dirtied(dev, block, len);
+        }
         if self.rng.chance(50) && (a.defer || reserve == Reserve::Full) {
             // REQ_NOWAIT: it would have to wait, so it fails with EAGAIN
             // and its room and record are given back.
@@ -1069,6 +1154,9 @@ impl World {
                 self.p.spool.release(charge);
             }
             self.p.devs[dev].intent.finish(a.gen);
+            if let (Some(t), Some(r)) = (ticket, self.p.devs[dev].resync.as_mut()) {
+                r.host_write_done(t, block, len, false);
+            }
             return;
         }
         let state = match reserve {
@@ -1089,7 +1177,39 @@ impl World {
             state,
             charge,
             record: reserve == Reserve::Done,
+            ticket,
         });
+    }
+
+    /// `len` blocks at `block` of `dev` were marked dirty: out of what a
+    /// resync covers, running or waiting for its span to be applied
+    /// (`resync`, rule 1).
+    fn dirtied(&mut self, dev: usize, block: u64, len: u64) {
+        if let Some(r) = self.p.devs[dev].resync.as_mut() {
+            r.dirtied(block, len);
+        }
+        if let Some((first, n)) = ferry_core::bitmap::chunks_of(block, len, CHUNK_SHIFT) {
+            ferry_core::resync::uncover(&mut self.p.covered[dev], first, n);
+        }
+    }
+
+    /// Writes held for a resync read go through `map` again (held again
+    /// if the read is still in flight).
+    fn let_held_in(&mut self) {
+        let held: Vec<Inflight> = self
+            .p
+            .inflight
+            .iter()
+            .filter(|f| f.state == Admitted::Held)
+            .copied()
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        self.p.inflight.retain(|f| f.state != Admitted::Held);
+        for f in held {
+            self.start_write(f.dev, f.kind, f.block, f.len);
+        }
     }
 
     /// A sleeping writer comes back: admitted again with what the spool
@@ -1101,6 +1221,9 @@ impl World {
         let a = self.p.devs[f.dev]
             .intent
             .admit(f.block, f.len, false, reserve.room());
+        if reserve.room() == Room::Bitmap {
+            self.dirtied(f.dev, f.block, f.len);
+        }
         if reserve == Reserve::Full {
             return;
         }
@@ -1186,6 +1309,16 @@ impl World {
     }
 
     fn complete(&mut self, w: Inflight) {
+        let recorded = w.record && self.p.spool.replicating();
+        self.complete_write(w);
+        if let (Some(t), Some(r)) = (w.ticket, self.p.devs[w.dev].resync.as_mut()) {
+            let before = r.progress().by_write;
+            r.host_write_done(t, w.block, w.len, recorded);
+            self.stats.resync_by_write += r.progress().by_write - before;
+        }
+    }
+
+    fn complete_write(&mut self, w: Inflight) {
         if !(w.record && self.p.spool.replicating()) {
             // No record (the group was ahead when it was admitted), or the
             // group went ahead since: its room comes back, its chunks stay
@@ -1194,6 +1327,7 @@ impl World {
             if w.record {
                 self.p.spool.release(w.charge);
                 self.p.devs[w.dev].intent.dropped(w.gen, w.block, w.len);
+                self.dirtied(w.dev, w.block, w.len);
             }
             if w.kind.modifies_data() {
                 let last = self.p.order.last_group_seq();
@@ -1352,6 +1486,12 @@ impl World {
     /// Closes the open interval; false if the spool has no room for the
     /// markers.
     fn checkpoint(&mut self) -> bool {
+        self.checkpoint_flagged(0)
+    }
+
+    /// Closes the open interval with markers carrying `flags`
+    /// (`RESYNC_BEGIN`, `RESYNC_END`); false if the spool has no room.
+    fn checkpoint_flagged(&mut self, flags: u8) -> bool {
         let Some(charge) = self.reserve_markers(Command::InsertCheckpoint) else {
             return false;
         };
@@ -1362,7 +1502,7 @@ impl World {
                 .sequence(
                     dev,
                     RecordKind::Checkpoint,
-                    Flags(0),
+                    Flags(flags),
                     (0, 0),
                     &[],
                     (Gen::NONE, charge),
@@ -1372,6 +1512,96 @@ impl World {
         self.o.epoch_end.insert(e, last);
         self.p.order.checkpoint_inserted();
         true
+    }
+
+    /// Each device's resync (`ferry_core::resync`): chunks taken while the
+    /// spool is under half full, each read issued once the host writes
+    /// admitted before it completed (its content read at that instant),
+    /// and completed at a later step: admitted through the write intent
+    /// and numbered as a write flagged `RESYNC`.  When every device is
+    /// done, `RESYNC_END` closes the interval.  A group that goes `ahead`
+    /// meanwhile drops the resync (its chunks stay dirty).
+    fn resync_work(&mut self) {
+        if self.p.devs.iter().all(|d| d.resync.is_none()) {
+            return;
+        }
+        if !self.p.spool.replicating() {
+            for d in &mut self.p.devs {
+                d.resync = None;
+                d.reads.clear();
+            }
+            return;
+        }
+        for dev in 0..DEVICES {
+            let Some(r) = self.p.devs[dev].resync.as_mut() else {
+                continue;
+            };
+            if app_first(self.p.spool.used(), self.p.spool.cap()) && self.rng.chance(300) {
+                if let Some(t) = r.next_read() {
+                    self.p.devs[dev].reads.push((t, None));
+                }
+            }
+            let d = &mut self.p.devs[dev];
+            let r = d.resync.as_mut().expect("resync");
+            for (t, content) in &mut d.reads {
+                if content.is_none() && r.may_issue(*t) && self.rng.chance(500) {
+                    let first = t.chunk << CHUNK_SHIFT;
+                    let blocks = first..(first + (1 << CHUNK_SHIFT)).min(BLOCKS);
+                    *content = Some(blocks.map(|b| d.image[b as usize]).collect());
+                }
+            }
+            let done: Vec<usize> = (0..d.reads.len())
+                .filter(|&i| d.reads[i].1.is_some())
+                .collect();
+            for i in done.into_iter().rev() {
+                if !self.rng.chance(500) {
+                    continue;
+                }
+                let (t, content) = self.p.devs[dev].reads[i].clone();
+                let content = content.expect("issued");
+                let first = t.chunk << CHUNK_SHIFT;
+                let n = content.len() as u64;
+                let charge = spool::charge(content.len() * SECTOR_SIZE as usize, PAGE);
+                match self.reserve(charge) {
+                    Reserve::Done => {}
+                    // Ahead: dropped at the next step.  Full: later.
+                    _ => continue,
+                }
+                let a = self.p.devs[dev].intent.admit(first, n, true, Room::Spool);
+                let mut payload = Vec::new();
+                for v in &content {
+                    let mut sector = vec![0u8; SECTOR_SIZE as usize];
+                    sector[..8].copy_from_slice(&v.to_le_bytes());
+                    payload.extend_from_slice(&sector);
+                }
+                self.sequence(
+                    dev,
+                    RecordKind::Write,
+                    Flags(Flags::RESYNC),
+                    (first, n),
+                    &payload,
+                    (a.gen, charge),
+                );
+                let d = &mut self.p.devs[dev];
+                d.reads.swap_remove(i);
+                d.resync.as_mut().expect("resync").read_done(t, true);
+                self.stats.resync_reads += 1;
+            }
+        }
+        self.let_held_in();
+        let all_done = self
+            .p
+            .devs
+            .iter()
+            .all(|d| d.resync.as_ref().is_none_or(|r| r.done()) && d.reads.is_empty());
+        if all_done && self.checkpoint_flagged(Flags::RESYNC_END) {
+            self.p.span_end = Some(self.p.order.epoch() - 1);
+            for (dev, d) in self.p.devs.iter_mut().enumerate() {
+                if let Some(r) = d.resync.take() {
+                    self.p.covered[dev] = r.covered().to_vec();
+                }
+            }
+        }
     }
 
     fn consistency_point(&mut self) {
@@ -1458,6 +1688,19 @@ impl World {
         }
     }
 
+    /// The secondary applied every interval up to `applied`: once that
+    /// covers the last resync span, the chunks it covered are dirty no more
+    /// (`resync`, rule 7).
+    fn resync_applied(&mut self, applied: u64) {
+        if self.p.span_end.is_some_and(|e| applied >= e) {
+            self.p.span_end = None;
+            for (d, covered) in self.p.devs.iter_mut().zip(&mut self.p.covered) {
+                d.intent.resynced(covered);
+                covered.clear();
+            }
+        }
+    }
+
     /// An acknowledgement, as the helper writes it to the kernel: `ACK`
     /// (for a log stream, sometimes `ACK_LOG` first, in the same write),
     /// each checked before any acts.  The write intent learns how far the
@@ -1532,7 +1775,7 @@ impl World {
     }
 
     /// The primary comes back: a new generation of numbers, and a resync of
-    /// what the meta devices mark.  (The design of the resync work to come;
+    /// what the meta devices mark.  (The protocol of the resync work to come;
     /// today a device that did not leave cleanly comes back `ahead`.)
     fn recover_primary(&mut self) {
         self.p.up = true;
@@ -1556,44 +1799,31 @@ impl World {
             *base = start + 1;
             self.o.gen_base[dev] = start + 1;
         }
-        // Resync: each run of marked chunks is copied, log device first, as
-        // one interval.  A copy is a write of the chunks' current content,
-        // admitted through the write intent like a host write (its intent,
-        // the bits the meta device already holds, written before it is
-        // read), so its chunks clear once it is acknowledged.
-        for dev in 0..DEVICES {
-            let mut words = self.p.devs[dev].meta.clone();
-            let runs: Vec<(u64, u64)> = ChunkBitmap::new(&mut words, CHUNKS)
-                .expect("bitmap")
-                .runs()
-                .collect();
-            let mut copies = Vec::new();
-            for (c, n) in runs {
-                let (first, count) = (c << CHUNK_SHIFT, n << CHUNK_SHIFT);
-                let a = self.p.devs[dev]
-                    .intent
-                    .admit(first, count, true, Room::Spool);
-                copies.push((first, count, a.gen));
-            }
-            self.p.devs[dev].persist();
-            for (first, count, gen) in copies {
-                let mut payload = Vec::new();
-                for b in first..first + count {
-                    let mut sector = vec![0u8; SECTOR_SIZE as usize];
-                    sector[..8].copy_from_slice(&self.p.devs[dev].image[b as usize].to_le_bytes());
-                    payload.extend_from_slice(&sector);
+        // Resync (`ferry_core::resync`): the chunks the meta device marks
+        // are loaded dirty, as the kernel's join loads them, and copied
+        // while new writes go on, in a span that `RESYNC_BEGIN` opens now
+        // and `RESYNC_END` closes once every chunk is copied.
+        self.p.span_end = None;
+        for (dev, covered) in self.p.covered.iter_mut().enumerate() {
+            covered.clear();
+            let d = &mut self.p.devs[dev];
+            let mut page = vec![0u8; 4096];
+            for p in 0..d.intent.pages() {
+                for (i, b) in page.chunks_exact_mut(8).enumerate() {
+                    let w = d.meta.get(p * WORDS_PER_PAGE + i).copied().unwrap_or(0);
+                    b.copy_from_slice(&w.to_le_bytes());
                 }
-                self.sequence(
-                    dev,
-                    RecordKind::Write,
-                    Flags(Flags::RESYNC),
-                    (first, count),
-                    &payload,
-                    (gen, 0),
-                );
+                d.intent.load(p, &page);
             }
+            let words = vec![0; Resync::<Vec<u64>>::storage_words(CHUNKS).expect("words")];
+            let r =
+                Resync::new(words, d.intent.dirty_words(), CHUNKS, CHUNK_SHIFT).expect("resync");
+            d.resync = Some(r);
         }
-        assert!(self.checkpoint(), "room for the resync's markers");
+        assert!(
+            self.checkpoint_flagged(Flags::RESYNC_BEGIN),
+            "room for the resync's markers"
+        );
         self.p.handshake = Some(Handshake {
             generation: self.p.generation,
             bases,
@@ -1763,8 +1993,14 @@ impl World {
     fn accept_handshake(&mut self, hs: Handshake) {
         let s = &mut self.s;
         // What the remote log holds contiguously was acknowledged, and the
-        // primary may have cleared its chunks: it is kept, to be applied
-        // first in the next interval (the resync's), and the rest dropped.
+        // primary may have cleared its chunks: it is kept (what was staged
+        // first), to be applied with the span the restarted primary's
+        // resync opens, and the rest dropped.
+        for k in std::mem::take(&mut s.staged) {
+            if !s.carry.contains(&k) {
+                s.carry.push(k);
+            }
+        }
         for (i, w) in s.windows.iter().enumerate() {
             for ds in w.next()..=w.run_end() {
                 if s.log.contains_key(&(i, ds)) && !s.carry.contains(&(i, ds)) {
@@ -1785,33 +2021,75 @@ impl World {
             w.reset(hs.bases[i], s.next_stamp[i]);
         }
         s.rendezvous.reset(hs.first_epoch);
+        // A restarted primary resyncs: from its first interval on, until
+        // its `RESYNC_END`, everything is one span, the carry with it
+        // (`resync`, rule 8: inside an open span, the same span).
+        s.span.begin(hs.first_epoch - 1);
+        s.span_work = s.span;
+    }
+
+    /// Takes whole intervals in order while they are ready: each one's
+    /// records leave the windows, its markers' `RESYNC_BEGIN` and
+    /// `RESYNC_END` move the spans, and the first one a batch may end with
+    /// (`Span::batch_may_end`) ends the batch: its epoch and every record
+    /// to apply (the carry, then the intervals taken, in group order).
+    /// Intervals inside an open span are staged meanwhile.
+    fn take_batch(&mut self) -> Result<Option<AppliedBatch>, Failure> {
+        loop {
+            let limit = if self.cfg.bug == Some(Bug::LimitIsMax) {
+                self.s.windows.iter().map(|w| w.run_end_stamp()).max()
+            } else {
+                interval_limit_of(&self.s)
+            };
+            let Some(limit) = limit else { return Ok(None) };
+            let Some((epoch, cut)) = self.s.rendezvous.ready(limit) else {
+                return Ok(None);
+            };
+            // A record leaves the remote log only once scanned for points.
+            for (s, w) in self.s.windows.iter().enumerate() {
+                let mut ds = w.next();
+                while w.get(ds).is_some_and(|r| r.stamp <= cut) {
+                    ds += 1;
+                }
+                if ds - 1 > self.s.point_scan[s] {
+                    return Ok(None);
+                }
+            }
+            let mut flags = 0;
+            while let Some(i) = next_in_group_order(&self.s.windows, cut) {
+                let (ds, _) = self.s.windows[i].pop_front().expect("front");
+                if let Some(e) = self.s.log.get(&(i, ds)) {
+                    if e.h.kind == RecordKind::Checkpoint && e.h.epoch == epoch {
+                        flags |= e.h.flags.0;
+                    }
+                }
+                self.s.staged.push((i, ds));
+            }
+            if flags & Flags::RESYNC_BEGIN != 0 {
+                self.s.span_work.begin(epoch);
+            }
+            if flags & Flags::RESYNC_END != 0 {
+                self.s.span_work.end(epoch).map_err(|e| {
+                    self.o.fail(
+                        "G1 consistent",
+                        format!("RESYNC_END of interval {epoch}: {e:?}"),
+                    )
+                })?;
+            }
+            if self.s.span_work.batch_may_end(epoch) {
+                let mut items = self.s.carry.clone();
+                items.extend_from_slice(&self.s.staged);
+                return Ok(Some((epoch, items)));
+            }
+            // Inside a span: the next interval is the oldest now.
+            let _ = self.s.rendezvous.retire(epoch);
+        }
     }
 
     fn plan_interval(&mut self) -> Result<(), Failure> {
-        let limit = if self.cfg.bug == Some(Bug::LimitIsMax) {
-            self.s.windows.iter().map(|w| w.run_end_stamp()).max()
-        } else {
-            interval_limit_of(&self.s)
-        };
-        let Some(limit) = limit else { return Ok(()) };
-        let Some((epoch, cut)) = self.s.rendezvous.ready(limit) else {
+        let Some((epoch, items)) = self.take_batch()? else {
             return Ok(());
         };
-        // A record leaves the remote log only once scanned for points.
-        for (s, w) in self.s.windows.iter().enumerate() {
-            let mut ds = w.next();
-            while w.get(ds).is_some_and(|r| r.stamp <= cut) {
-                ds += 1;
-            }
-            if ds - 1 > self.s.point_scan[s] {
-                return Ok(());
-            }
-        }
-        let mut items = self.s.carry.clone();
-        while let Some(i) = next_in_group_order(&self.s.windows, cut) {
-            let (ds, _) = self.s.windows[i].pop_front().expect("front");
-            items.push((i, ds));
-        }
         let mark = match self.s.apply.begin_or_redo(epoch) {
             Ok(mark) => mark,
             other => {
@@ -1864,6 +2142,13 @@ impl World {
             }
         }
         self.s.carry.clear();
+        self.s.staged.clear();
+        let was_open = self.s.span_work.is_open();
+        self.s.span_work.applied(job.epoch);
+        if was_open && !self.s.span_work.is_open() {
+            self.stats.spans_applied += 1;
+        }
+        self.s.span = self.s.span_work;
         self.s.first_epoch = job.epoch + 1;
         let _ = self.s.rendezvous.retire(job.epoch);
         self.stats.intervals += 1;
@@ -1915,23 +2200,20 @@ impl World {
                     ))
                 }
             }
-            let limit = interval_limit_of(&self.s).unwrap_or(Stamp::ZERO);
-            let cut = match self.s.rendezvous.ready(limit) {
-                Some((e, cut)) if e == epoch => cut,
+            // The same intervals are taken again, and must end the batch
+            // at the one in progress.
+            let items = match self.take_batch()? {
+                Some((e, items)) if e == epoch => items,
                 other => {
                     return Err(self.o.fail(
                         "G4 atomic intervals",
                         format!(
-                            "interval {epoch} cannot be redone from the remote log ({other:?})"
+                            "interval {epoch} cannot be redone from the remote log ({:?})",
+                            other.map(|(e, _)| e)
                         ),
                     ))
                 }
             };
-            let mut items = self.s.carry.clone();
-            while let Some(i) = next_in_group_order(&self.s.windows, cut) {
-                let (ds, _) = self.s.windows[i].pop_front().expect("front");
-                items.push((i, ds));
-            }
             self.s.job = Some(Job {
                 epoch,
                 items,
@@ -2047,7 +2329,9 @@ impl World {
                 self.recover_primary();
             }
             self.complete_some(MAX_INFLIGHT);
-            if self.p.inflight.is_empty() && self.checkpoint() {
+            self.let_held_in();
+            let resyncing = self.p.devs.iter().any(|d| d.resync.is_some());
+            if self.p.inflight.is_empty() && !resyncing && self.checkpoint() {
                 break;
             }
             self.step(false)?;
@@ -2073,11 +2357,12 @@ impl World {
         // Once every record is acknowledged, the wanted bits written and
         // two sweeps passed, no chunk stays marked.
         for _ in 0..1000 {
-            if self
-                .p
-                .devs
-                .iter()
-                .all(|d| d.stream.is_empty() && d.helper.is_empty())
+            if self.p.span_end.is_none()
+                && self
+                    .p
+                    .devs
+                    .iter()
+                    .all(|d| d.stream.is_empty() && d.helper.is_empty())
             {
                 break;
             }
