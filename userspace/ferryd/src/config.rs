@@ -18,6 +18,15 @@ pub enum Role {
     Secondary,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        })
+    }
+}
+
 /// Compression of record batches on the link.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -85,9 +94,23 @@ fn default_status() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9789))
 }
 
+/// Where the groups' configurations are.
+pub const DIR: &str = "/etc/ferry";
+
 /// The default path of a group's configuration.
 pub fn path_of(group: &str) -> PathBuf {
-    PathBuf::from(format!("/etc/ferry/{group}.toml"))
+    PathBuf::from(format!("{DIR}/{group}.toml"))
+}
+
+/// The configurations in `dir` (every `*.toml`), sorted.
+pub fn all_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 impl Config {
@@ -95,14 +118,31 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let c: Config =
-            toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+        let c = Self::parse(&text).with_context(|| format!("{}: invalid", path.display()))?;
         c.check()
             .with_context(|| format!("{}: invalid", path.display()))?;
         Ok(c)
     }
 
+    /// Parses a configuration's text (its syntax, keys and types; not
+    /// [`Config::problems`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
     fn check(&self) -> Result<()> {
+        match self.problems().as_slice() {
+            [] => Ok(()),
+            p => bail!("{}", p.join("; ")),
+        }
+    }
+
+    /// What is wrong with a parsed configuration (empty: nothing), in
+    /// plain words: the group's name, the fields the role needs, the
+    /// addresses.  The files it names are not looked at (see
+    /// [`Config::key`] and `ferryd --check`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
         let g = self.group.as_bytes();
         if g.is_empty()
             || g.len() > 32
@@ -110,19 +150,26 @@ impl Config {
                 .iter()
                 .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
         {
-            bail!("group: 1 to 32 characters of [A-Za-z0-9_.-]");
+            p.push("group: 1 to 32 characters of [A-Za-z0-9_.-]".to_string());
         }
         match self.role {
-            Role::Primary if self.peer.is_none() => bail!("a primary needs `peer`"),
+            Role::Primary => match &self.peer {
+                None => p.push("a primary needs `peer`".to_string()),
+                Some(peer) => {
+                    if let Err(e) = check_host_port(peer) {
+                        p.push(format!("peer \"{peer}\": {e}"));
+                    }
+                }
+            },
             Role::Secondary if self.listen.is_none() || self.log_dir.is_none() => {
-                bail!("a secondary needs `listen` and `log_dir`")
+                p.push("a secondary needs `listen` and `log_dir`".to_string())
             }
-            _ => {}
+            Role::Secondary => {}
         }
         if !self.status.ip().is_loopback() {
-            bail!("status must be a loopback address");
+            p.push("status must be a loopback address".to_string());
         }
-        Ok(())
+        p
     }
 
     /// The primary's disk spool directory.
@@ -163,6 +210,94 @@ impl Config {
             .with_context(|| format!("cannot read key file {}", p.display()))?;
         parse_key(text.trim()).with_context(|| format!("key file {}", p.display()))
     }
+}
+
+/// A `host:port` as `peer` takes it: a host name or an IP address (an
+/// IPv6 one in brackets), and a port from 1 to 65535.  The name is not
+/// resolved.
+pub fn check_host_port(s: &str) -> Result<()> {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        bail!("expected host:port");
+    };
+    match port.parse::<u16>() {
+        Ok(n) if n > 0 => {}
+        _ => bail!("port \"{port}\": expected a number from 1 to 65535"),
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        });
+    if !name_ok {
+        bail!("host \"{host}\": not a host name or an IP address (an IPv6 one in brackets)");
+    }
+    Ok(())
+}
+
+/// A new pre-shared key: 32 random bytes from `/dev/urandom`, as the 64
+/// hexadecimal digits a key file holds.
+pub fn new_key() -> Result<String> {
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Writes `key` (and a newline) to a new key file at `path`, mode 0600
+/// from its creation.  An existing file is an error unless `force`, which
+/// replaces it (a new file of mode 0600 renamed over it: never a moment
+/// with the key in a file others may read).
+pub fn write_key_file(path: &Path, key: &str, force: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let create = |p: &Path| -> std::io::Result<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)?;
+        // Exactly 0600, whatever the umask.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(f)
+    };
+    let write = |mut f: std::fs::File| -> std::io::Result<()> {
+        f.write_all(format!("{key}\n").as_bytes())?;
+        f.sync_all()
+    };
+    let ctx = || format!("cannot write key file {}", path.display());
+    if !force {
+        let f = match create(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                bail!(
+                    "{} exists: not replaced (--force replaces it)",
+                    path.display()
+                )
+            }
+            r => r.with_context(ctx)?,
+        };
+        return write(f).with_context(ctx);
+    }
+    let name = path.file_name().context("not a file name")?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".new-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let r = create(&tmp)
+        .and_then(write)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(ctx)
 }
 
 /// A key file must be private to its owner: no permission bit for its
@@ -299,6 +434,112 @@ mod tests {
                 Err(_) => assert!(!want, "{s:?} refused"),
             }
         }
+    }
+
+    #[test]
+    fn peer_addresses() {
+        for ok in [
+            "10.0.0.2:7789",
+            "[fd00::2]:7789",
+            "backup:7789",
+            "backup.example.org:1",
+            "b-1.example:65535",
+        ] {
+            assert!(check_host_port(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("backup", "expected host:port"),
+            ("backup:0", "port \"0\": expected a number from 1 to 65535"),
+            ("backup:x", "port \"x\": expected a number from 1 to 65535"),
+            (
+                "backup:70000",
+                "port \"70000\": expected a number from 1 to 65535",
+            ),
+            (
+                ":7789",
+                "host \"\": not a host name or an IP address (an IPv6 one in brackets)",
+            ),
+            (
+                "fd00::2:7789",
+                "host \"fd00::2\": not a host name or an IP address (an IPv6 one in brackets)",
+            ),
+            (
+                "a..b:1",
+                "host \"a..b\": not a host name or an IP address (an IPv6 one in brackets)",
+            ),
+            (
+                "-a:1",
+                "host \"-a\": not a host name or an IP address (an IPv6 one in brackets)",
+            ),
+        ] {
+            assert_eq!(check_host_port(bad).unwrap_err().to_string(), why, "{bad}");
+        }
+        let c =
+            Config::parse("group = \"g\"\nrole = \"primary\"\nkey_file = \"/k\"\npeer = \"h\"\n")
+                .unwrap();
+        assert_eq!(c.problems(), ["peer \"h\": expected host:port"]);
+        // Every problem, not the first only.
+        let c = Config::parse(
+            "group = \"a b\"\nrole = \"secondary\"\nkey_file = \"/k\"\nstatus = \"0.0.0.0:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.problems(),
+            [
+                "group: 1 to 32 characters of [A-Za-z0-9_.-]",
+                "a secondary needs `listen` and `log_dir`",
+                "status must be a loopback address"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_configurations_of_a_directory() {
+        let d = std::env::temp_dir().join(format!("ferry-config-all-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("x.toml")).unwrap();
+        for f in ["b.toml", "a.toml", "a.key", "c.toml~"] {
+            std::fs::write(d.join(f), "").unwrap();
+        }
+        assert_eq!(all_in(&d).unwrap(), [d.join("a.toml"), d.join("b.toml")]);
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(all_in(&d).is_err());
+    }
+
+    #[test]
+    fn a_new_key_file_is_private() {
+        let d = std::env::temp_dir().join(format!("ferry-config-keygen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("g.key");
+        let k = new_key().unwrap();
+        assert_eq!(parse_key(&k).unwrap().len(), 32);
+        write_key_file(&p, &k, false).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("{k}\n"));
+        let e = write_key_file(&p, &new_key().unwrap(), false).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            format!("{} exists: not replaced (--force replaces it)", p.display())
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let k2 = new_key().unwrap();
+        assert_ne!(k, k2);
+        write_key_file(&p, &k2, true).unwrap();
+        assert_eq!(mode(&p), 0o600);
+        let c = Config::parse(&format!(
+            "group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\nkey_file = \"{}\"\n",
+            p.display()
+        ))
+        .unwrap();
+        assert_eq!(c.key().unwrap(), parse_key(&k2).unwrap());
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     fn key_file(name: &str, mode: u32) -> Config {

@@ -317,7 +317,7 @@ pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
         );
     }
     match serde_json::from_str(answer.trim())
-        .with_context(|| format!("answer of ferryd: {:?}", answer.trim()))?
+        .with_context(|| format!("an answer of ferryd not understood: {}", answer.trim()))?
     {
         Reply::Released { applied_epoch } => Ok(Release::Released(applied_epoch)),
         Reply::Refused { error } => bail!("ferryd refused to release the device: {error}"),

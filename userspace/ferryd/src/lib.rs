@@ -4,10 +4,17 @@
 //! The library holds what both programs share: the configuration file, the
 //! link protocol (frames, authentication), the control socket, the status
 //! document and its endpoint, and the secondary's record of consistency
-//! points.
+//! points; and what serves the command lines: their definitions, `ferryd
+//! --check`, a group's health, `ferryctl status`'s words and `ferryctl
+//! events`.
 
+pub mod check;
+pub mod cli;
 pub mod config;
 pub mod cpoints;
 pub mod ctl;
+pub mod events;
+pub mod health;
 pub mod link;
+pub mod render;
 pub mod status;

@@ -11,29 +11,33 @@ mod secondary;
 mod spool;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ferryd::config::{self, Config, Role};
+use ferryd::cli::Ferryd as Cli;
+use ferryd::config::{Config, Role};
 use ferryd::ctl::{self, Control};
 use ferryd::status::Status;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info};
 
-#[derive(Parser)]
-#[command(version, about = "ferry's replication helper")]
-struct Cli {
-    /// The group (its configuration is /etc/ferry/<group>.toml).
-    group: Option<String>,
-    /// The configuration file (instead of the group's default path).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-}
-
 fn main() -> std::process::ExitCode {
+    // The command line is defined in `ferryd::cli` (the manual page and
+    // completions are generated from it).
+    let cli = Cli::parse();
+    // `--check`: the configuration is checked, in plain words, and nothing
+    // starts.
+    if cli.check.is_some() {
+        return match cli.config_path() {
+            Ok(p) => ferryd::check::run(&p).into(),
+            Err(e) => {
+                eprintln!("ferryd: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -42,7 +46,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match run() {
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -51,14 +55,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
-    let path = match (&cli.config, &cli.group) {
-        (Some(p), _) => p.clone(),
-        (None, Some(g)) => config::path_of(g),
-        (None, None) => anyhow::bail!("give a group or --config"),
-    };
-    let cfg = Config::load(&path)?;
+fn run(cli: Cli) -> Result<()> {
+    let cfg = Config::load(&cli.config_path()?)?;
     let key = cfg.key()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,64 +1,40 @@
 //! `ferryctl`: status and role changes of a ferry group on this site.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use ferryd::cli::{self, Cmd, Ferryctl};
 use ferryd::config::{self, Config};
-use ferryd::ctl;
+use ferryd::health::{self, Health};
 use ferryd::status::Status;
+use ferryd::{ctl, events, render};
 
-#[derive(Parser)]
-#[command(version, about = "Control a ferry group on this site")]
-struct Cli {
-    /// The configuration file (default /etc/ferry/<group>.toml).
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Role, state, link, lag and progress of the group.
-    Status {
-        group: String,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make this secondary a primary: ferryd (asked on its control socket,
-    /// as root) applies every complete interval it holds and lets go of the
-    /// device, then the kernel group becomes a primary that tracks its own
-    /// writes.
-    Promote { group: String },
-    /// Make this primary a secondary (needs resync: not in this version).
-    Demote { group: String },
-    /// Close the open checkpoint interval now (primary).
-    Checkpoint { group: String },
-    /// Insert an application-consistent point: freeze the filesystem at
-    /// the mount point, insert the point in every stream, thaw (also on
-    /// error).
-    Cp {
-        group: String,
-        /// The mounted filesystem to quiesce.
-        #[arg(long)]
-        freeze: PathBuf,
-        /// The point's label (1 to 64 printable characters, no blanks).
-        #[arg(long, default_value = "ferryctl")]
-        label: String,
-    },
-    /// Print a new pre-shared key (64 hexadecimal digits).
-    Keygen,
-}
+/// How long `ferryctl` waits for `ferryd`'s status endpoint.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    // Bad arguments exit 1 (clap's own code, 2, is "degraded" here);
+    // --help and --version 0.
+    let cli = match Ferryctl::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                Health::Error.code()
+            } else {
+                0
+            });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("ferryctl: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(Health::Error.code())
         }
     }
 }
@@ -68,17 +44,39 @@ fn load(cli_config: &Option<PathBuf>, group: &str) -> Result<Config> {
     Config::load(&p)
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; its exit code (an error: 1).
+fn run(cli: Ferryctl) -> Result<u8> {
     match &cli.cmd {
-        Cmd::Status { group, json } => {
+        Cmd::Status {
+            group,
+            json,
+            watch,
+            interval,
+            health,
+        } => {
             let c = load(&cli.config, group)?;
-            let st = fetch(&c)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                print_status(&st);
+            if *watch {
+                return watch_status(&c, *interval, health.max_lag);
             }
-            Ok(())
+            let got = fetch(&c);
+            match &got {
+                Ok(st) if *json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&health::Versioned::new(st))?
+                ),
+                Ok(st) => print!("{}", render::status(st, &health::assess(st, health.max_lag))),
+                Err(e) => eprintln!("ferryctl: {e:#}"),
+            }
+            Ok(health::exit_code(got.as_ref(), health.max_lag))
+        }
+        Cmd::Events {
+            group,
+            once,
+            interval,
+            health,
+        } => {
+            let configs = event_groups(&cli.config, group)?;
+            follow(&configs, *once, *interval, health.max_lag)
         }
         Cmd::Promote { group } => {
             let c = load(&cli.config, group)?;
@@ -107,7 +105,7 @@ fn run(cli: Cli) -> Result<()> {
                     .status();
             }
             println!("promoted group {group}: {} now a primary", devs.join(", "));
-            Ok(())
+            Ok(0)
         }
         Cmd::Demote { group } => bail!(
             "demote {group}: not supported in this version (a former primary must be resynchronised from the new one, and resync is not implemented yet)"
@@ -117,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
             let first = devs.first().context("no ferry device of the group")?;
             dm(&["message", first, "0", "checkpoint"]).context("checkpoint refused (is this the primary?)")?;
             println!("checkpoint inserted in group {group}");
-            Ok(())
+            Ok(0)
         }
         Cmd::Cp {
             group,
@@ -133,87 +131,138 @@ fn run(cli: Cli) -> Result<()> {
             r.context("consistency point refused")?;
             t.with_context(|| format!("cannot thaw {}", freeze.display()))?;
             println!("consistency point {label} inserted in group {group}");
-            Ok(())
+            Ok(0)
         }
-        Cmd::Keygen => {
-            let mut b = [0u8; 32];
-            use std::io::Read;
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-            println!("{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
-            Ok(())
+        Cmd::Keygen { out, force } => {
+            let key = config::new_key()?;
+            match out {
+                None => println!("{key}"),
+                Some(p) => {
+                    config::write_key_file(p, &key, *force)?;
+                    eprintln!("key written to {} (mode 0600)", p.display());
+                }
+            }
+            Ok(0)
+        }
+        Cmd::GenMan { dir } => {
+            for p in cli::gen_man(dir)? {
+                println!("{}", p.display());
+            }
+            Ok(0)
+        }
+        Cmd::GenCompletions { shell, dir } => {
+            for p in cli::gen_completions(*shell, dir)? {
+                println!("{}", p.display());
+            }
+            Ok(0)
         }
     }
 }
 
+/// Asks the group's `ferryd` for its status document.
 fn fetch(c: &Config) -> Result<Status> {
     let url = format!("http://{}/status", c.status);
-    let body = ureq::get(&url)
+    let body = ureq::AgentBuilder::new()
+        .timeout(FETCH_TIMEOUT)
+        .build()
+        .get(&url)
         .call()
         .with_context(|| format!("ferryd of group {} not reachable at {url}", c.group))?
         .into_string()?;
     serde_json::from_str(&body).context("status document")
 }
 
-fn print_status(s: &Status) {
-    println!(
-        "group {}: {:?}, {}; applied interval {}{}",
-        s.group,
-        s.role,
-        s.state,
-        s.applied_epoch,
-        if s.applying_epoch > 0 {
-            format!(", applying {}", s.applying_epoch)
-        } else {
-            String::new()
-        }
-    );
-    for d in &s.streams {
-        println!(
-            "  device {}: link {}, lag {} records, {} bytes, {:.1} s; {} -> {}; {} record bytes, {} on the wire",
-            d.device,
-            if d.connected { "up" } else { "down" },
-            d.lag_records,
-            d.lag_bytes,
-            d.lag_seconds,
-            d.received,
-            d.done,
-            d.record_bytes,
-            d.wire_bytes
+/// `status --watch`: the status every `interval` seconds, until
+/// interrupted; on a terminal each redrawn over the last.
+fn watch_status(c: &Config, interval: f64, max_lag: f64) -> Result<u8> {
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let body = match fetch(c) {
+            Ok(st) => render::status(&st, &health::assess(&st, max_lag)),
+            Err(e) => format!("ferryctl: {e:#}\n"),
+        };
+        let frame = format!(
+            "{}every {interval} s: ferryctl status {}    {}\n\n{body}{}",
+            if tty { "\x1b[H\x1b[2J" } else { "" },
+            c.group,
+            events::rfc3339(SystemTime::now()),
+            if tty { "" } else { "\n" },
         );
-        if let Some(why) = &d.log_stopped {
-            println!("    REMOTE LOG STOPPED: {why}");
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            // Whoever read the output is gone.
+            return Ok(0);
         }
+        drop(out);
+        std::thread::sleep(Duration::from_secs_f64(interval));
     }
-    if s.role == config::Role::Primary {
-        println!(
-            "  records not acknowledged {}; in the disk spool {} ({} bytes)",
-            s.spool_records, s.disk_spool_records, s.disk_spool_bytes
-        );
-    }
-    if s.role == config::Role::Secondary {
-        if let Some(why) = &s.apply_error {
-            println!("  APPLYING STOPPED: {why}");
+}
+
+/// The groups `events` follows: those of `--group` (with `--config`, its
+/// file's; one group then), or every configuration in /etc/ferry.
+fn event_groups(cli_config: &Option<PathBuf>, groups: &[String]) -> Result<Vec<Config>> {
+    match (cli_config, groups) {
+        (Some(p), []) => Ok(vec![Config::load(p)?]),
+        (Some(_), [g]) => Ok(vec![load(cli_config, g)?]),
+        (Some(_), _) => bail!("--config names one group's file: give at most one --group"),
+        (None, []) => {
+            let all = config::all_in(std::path::Path::new(config::DIR))?;
+            if all.is_empty() {
+                bail!("no group: no configuration in {}", config::DIR);
+            }
+            all.iter().map(|p| Config::load(p)).collect()
         }
-        match &s.consistency_point {
-            Some(p) => println!("  last consistency point held: {} ({})", p.cp_id, p.label),
-            None => println!("  no consistency point held"),
-        }
-        if s.g2_violations > 0 {
-            println!(
-                "  G2 BROKEN: {} log records became durable after a data record of a later group order",
-                s.g2_violations
-            );
-        }
+        (None, gs) => gs.iter().map(|g| load(&None, g)).collect(),
     }
-    if s.auth_refused > 0 || !s.rejected.is_empty() {
-        let by: Vec<_> = s.auth_refused_by.iter().filter(|(_, n)| *n > 0).collect();
-        println!(
-            "  peers refused {} {:?}, records rejected {:?}",
-            s.auth_refused, by, s.rejected
-        );
-    }
-    if s.accept_errors > 0 {
-        println!("  accept errors {} (survived)", s.accept_errors);
+}
+
+/// `events`: the groups' state as `exists` events, then (unless `once`)
+/// each change, polling every `interval` seconds until interrupted.  With
+/// `once`, the exit code is the worst of the groups' health.
+fn follow(configs: &[Config], once: bool, interval: f64, max_lag: f64) -> Result<u8> {
+    let mut last: Vec<Option<events::Snapshot>> = vec![None; configs.len()];
+    loop {
+        let mut worst = Health::Healthy;
+        for (c, last) in configs.iter().zip(&mut last) {
+            let got = fetch(c);
+            let snap = match &got {
+                Ok(st) => {
+                    worst = worst.worst(health::assess(st, max_lag).health);
+                    events::Snapshot::of(st)
+                }
+                Err(e) => {
+                    if once {
+                        eprintln!("ferryctl: {e:#}");
+                    }
+                    worst = Health::Error;
+                    events::Snapshot::unreachable(&c.group, c.role)
+                }
+            };
+            let now = SystemTime::now();
+            let mut text = String::new();
+            for e in events::diff(last.as_ref(), &snap) {
+                text.push_str(&events::line(&snap.group, &e, now));
+                text.push('\n');
+            }
+            let mut out = std::io::stdout().lock();
+            if out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                // Whoever read the events is gone.
+                return Ok(0);
+            }
+            *last = Some(snap);
+        }
+        if once {
+            return Ok(worst.code());
+        }
+        std::thread::sleep(Duration::from_secs_f64(interval));
     }
 }
 

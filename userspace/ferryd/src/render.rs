@@ -1,0 +1,209 @@
+//! `ferryctl status` for people: the status document in lines of words,
+//! bytes in B/KiB/MiB/GiB/TiB, times in seconds, and the group's health.
+
+use std::fmt::Write;
+
+use crate::config::Role;
+use crate::health::Assessment;
+use crate::status::Status;
+
+/// `n` bytes for people: `512 B`, `1.5 KiB`, `12.0 MiB`, `2.3 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `s` seconds for people: `0.2 s`.
+pub fn seconds(s: f64) -> String {
+    format!("{s:.1} s")
+}
+
+/// Counts by reason, those above 0: `key 2, tls 1`; `none` when none.
+fn by_reason(v: &[(String, u64)]) -> String {
+    let l: Vec<String> = v
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    if l.is_empty() {
+        "none".into()
+    } else {
+        l.join(", ")
+    }
+}
+
+/// The document `s` and its health `h`, as `ferryctl status` prints them.
+pub fn status(s: &Status, h: &Assessment) -> String {
+    let mut o = String::new();
+    // Writing to a String does not fail.
+    let _ = write_status(&mut o, s, h);
+    o
+}
+
+fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result {
+    write!(
+        o,
+        "group {}: {}, {}; applied interval {}",
+        s.group, s.role, s.state, s.applied_epoch
+    )?;
+    if s.applying_epoch > 0 {
+        write!(o, ", applying {}", s.applying_epoch)?;
+    }
+    writeln!(o)?;
+    let (got, done) = match s.role {
+        Role::Primary => ("read", "acknowledged"),
+        Role::Secondary => ("held", "applied"),
+    };
+    for d in &s.streams {
+        writeln!(
+            o,
+            "  device {}: link {}; {got} {}, {done} {}; lag {} records, {}, {}; {} of records, {} on the wire",
+            d.device,
+            if d.connected { "up" } else { "down" },
+            d.received,
+            d.done,
+            d.lag_records,
+            bytes(d.lag_bytes),
+            seconds(d.lag_seconds),
+            bytes(d.record_bytes),
+            bytes(d.wire_bytes),
+        )?;
+        if let Some(why) = &d.log_stopped {
+            writeln!(o, "    REMOTE LOG STOPPED: {why}")?;
+        }
+    }
+    match s.role {
+        Role::Primary => writeln!(
+            o,
+            "  records not acknowledged {}; in the disk spool {} ({})",
+            s.spool_records,
+            s.disk_spool_records,
+            bytes(s.disk_spool_bytes)
+        )?,
+        Role::Secondary => {
+            if let Some(why) = &s.apply_error {
+                writeln!(o, "  APPLYING STOPPED: {why}")?;
+            }
+            match &s.consistency_point {
+                Some(p) => writeln!(
+                    o,
+                    "  last consistency point held: {} ({})",
+                    p.cp_id, p.label
+                )?,
+                None => writeln!(o, "  no consistency point held")?,
+            }
+            if s.g2_violations > 0 {
+                writeln!(
+                    o,
+                    "  G2 BROKEN: {} log records became durable after a data record of a later group order",
+                    s.g2_violations
+                )?;
+            }
+        }
+    }
+    let rejected: u64 = s.rejected.iter().map(|(_, n)| n).sum();
+    if s.auth_refused > 0 || rejected > 0 {
+        writeln!(
+            o,
+            "  peers refused {} ({}); records rejected {} ({})",
+            s.auth_refused,
+            by_reason(&s.auth_refused_by),
+            rejected,
+            by_reason(&s.rejected)
+        )?;
+    }
+    if s.accept_errors > 0 {
+        writeln!(o, "  accept errors {} (survived)", s.accept_errors)?;
+    }
+    write!(o, "health: {}", h.health.word())?;
+    for r in &h.reasons {
+        write!(o, "\n  {r}")?;
+    }
+    writeln!(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{assess, tests::secondary};
+
+    #[test]
+    fn bytes_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(12 << 20), "12.0 MiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
+        assert_eq!(bytes(3 << 40), "3.0 TiB");
+        assert_eq!(bytes(1 << 60), "1048576.0 TiB");
+        assert_eq!(seconds(0.25), "0.2 s");
+        assert_eq!(seconds(12.0), "12.0 s");
+    }
+
+    #[test]
+    fn a_secondary_in_words() {
+        let mut s = secondary();
+        s.streams[0].lag_bytes = 3 << 20;
+        s.streams[0].lag_seconds = 1.25;
+        s.streams[0].received = 10;
+        s.streams[0].done = 7;
+        s.streams[0].lag_records = 3;
+        s.streams[1].connected = false;
+        s.streams[1].log_stopped = Some("damage at 4096".into());
+        s.apply_error = Some("EIO".into());
+        s.auth_refused = 3;
+        s.auth_refused_by = vec![("key".into(), 2), ("tls".into(), 1), ("hello".into(), 0)];
+        s.rejected = vec![("checksum".into(), 1)];
+        s.consistency_point = Some(crate::cpoints::Point {
+            cp_id: 4,
+            label: "nightly".into(),
+        });
+        let text = status(&s, &assess(&s, 30.0));
+        assert_eq!(
+            text,
+            "group db: secondary, idle; applied interval 7
+  device 0: link up; held 10, applied 7; lag 3 records, 3.0 MiB, 1.2 s; 0 B of records, 0 B on the wire
+  device 1: link down; held 0, applied 0; lag 0 records, 0 B, 0.0 s; 0 B of records, 0 B on the wire
+    REMOTE LOG STOPPED: damage at 4096
+  APPLYING STOPPED: EIO
+  last consistency point held: 4 (nightly)
+  peers refused 3 (key 2, tls 1); records rejected 1 (checksum 1)
+health: degraded
+  device 1: link down
+  device 1: remote log stopped: damage at 4096
+  applying stopped: EIO
+"
+        );
+    }
+
+    #[test]
+    fn a_primary_in_words() {
+        let mut s = secondary();
+        s.role = Role::Primary;
+        s.state = "replicating".into();
+        s.applying_epoch = 8;
+        s.spool_records = 5;
+        s.disk_spool_records = 2;
+        s.disk_spool_bytes = 2 << 20;
+        s.rejected.clear();
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.starts_with("group db: primary, replicating; applied interval 7, applying 8\n  device 0: link up; read 0, acknowledged 0;"),
+            "{text}"
+        );
+        assert!(text.contains("\n  records not acknowledged 5; in the disk spool 2 (2.0 MiB)\n"));
+        assert!(text.ends_with("\nhealth: healthy\n"), "{text}");
+        // No Rust debug formatting: no brackets, no quoted strings.
+        assert!(!text.contains('[') && !text.contains('"'), "{text}");
+    }
+}
