@@ -67,7 +67,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	done
 	repl_drained 240 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained after the restart: r0 $c0/$a0 r1 $c1/$a1"; }
 	ok "restarted cleanly: streams continued from $was0 and $was1 (interval $epoch), now at $a0 and $a1, drained"
-	ferryctl status gr
+	ferryctl status gr || true  # exits 2 when degraded
 	publish done "$N $(sums) repl-last $(sums 4 8)"
 	fetch result /tmp/result 300 || fail "no result from the secondary"
 	cat /tmp/result
