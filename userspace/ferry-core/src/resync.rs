@@ -435,8 +435,15 @@ impl RateCap {
             return true;
         }
         let dt = now_ns.saturating_sub(self.last_ns);
-        let add = u64::try_from(u128::from(dt) * u128::from(self.bytes_per_sec) / 1_000_000_000)
-            .unwrap_or(u64::MAX);
+        // No 128-bit division (the kernel has none): a second or more
+        // refills the bucket; less, in thousandths.
+        let add = if dt >= 1_000_000_000 {
+            self.bytes_per_sec
+        } else {
+            (dt / 1000)
+                .checked_mul(self.bytes_per_sec / 1000)
+                .map_or(self.bytes_per_sec, |x| x / 1000)
+        };
         if add > 0 {
             self.tokens = self.tokens.saturating_add(add).min(self.bytes_per_sec);
             self.last_ns = now_ns;
