@@ -244,6 +244,58 @@ impl Status {
         out
     }
 
+    /// One line for systemd's `STATUS=` (`systemctl status`): the state,
+    /// the streams connected, the lag (records and bytes summed over the
+    /// streams, seconds the most of them), the role's own counts, and
+    /// what stopped, if anything did.
+    pub fn summary(&self) -> String {
+        let s = &self.streams;
+        let connected = s.iter().filter(|x| x.connected).count();
+        let records: u64 = s.iter().map(|x| x.lag_records).sum();
+        let bytes: u64 = s.iter().map(|x| x.lag_bytes).sum();
+        let secs = s.iter().map(|x| x.lag_seconds).fold(0.0, f64::max);
+        let mut l = format!(
+            "{}, {connected}/{} streams connected, lag {records} records ({}), {secs:.1} s",
+            self.state,
+            s.len(),
+            human_bytes(bytes)
+        );
+        match self.role {
+            Role::Primary if self.disk_spool_records > 0 => l.push_str(&format!(
+                ", disk spool {} records ({})",
+                self.disk_spool_records,
+                human_bytes(self.disk_spool_bytes)
+            )),
+            Role::Primary => {}
+            Role::Secondary => {
+                l.push_str(&format!(", applied interval {}", self.applied_epoch));
+                if self.applying_epoch > 0 {
+                    l.push_str(&format!(", applying to {}", self.applying_epoch));
+                }
+            }
+        }
+        if let Some(e) = &self.apply_error {
+            l.push_str(&format!("; APPLY STOPPED: {e}"));
+        }
+        for x in s.iter().filter(|x| x.log_stopped.is_some()) {
+            l.push_str(&format!("; REMOTE LOG STOPPED (device {})", x.device));
+        }
+        if self.g2_violations > 0 {
+            l.push_str(&format!("; G2 BROKEN ({})", self.g2_violations));
+        }
+        // One line, of a length a terminal shows.
+        let mut l = l.replace('\n', " ");
+        if l.len() > 400 {
+            let mut end = 400;
+            while !l.is_char_boundary(end) {
+                end -= 1;
+            }
+            l.truncate(end);
+            l.push_str("...");
+        }
+        l
+    }
+
     /// The states a site of this role can be in.
     pub fn states(&self) -> &'static [&'static str] {
         match self.role {
@@ -251,6 +303,21 @@ impl Status {
             Role::Secondary => &SECONDARY_STATES,
         }
     }
+}
+
+/// `n` bytes, in B, KiB, MiB, GiB or TiB with one decimal.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 /// Counts by reason: every reason of `known` (0 when absent from `got`),
@@ -788,6 +855,58 @@ mod tests {
         json.remove("accept_errors");
         let back: Status = serde_json::from_value(json.into()).unwrap();
         assert_eq!((back.auth_refused, back.accept_errors), (4, 0));
+    }
+
+    /// The `STATUS=` line: state and lag, the role's counts, what stopped.
+    #[test]
+    fn summaries() {
+        let mut st = status();
+        st.streams = vec![
+            Stream {
+                device: 0,
+                connected: true,
+                lag_records: 3,
+                lag_bytes: 12288,
+                lag_seconds: 0.25,
+                ..Stream::default()
+            },
+            Stream {
+                device: 1,
+                lag_records: 1,
+                lag_bytes: 4096,
+                lag_seconds: 1.04,
+                ..Stream::default()
+            },
+        ];
+        st.applied_epoch = 41;
+        assert_eq!(
+            st.summary(),
+            "idle, 1/2 streams connected, lag 4 records (16.0 KiB), 1.0 s, applied interval 41"
+        );
+        st.state = "applying".into();
+        st.applying_epoch = 43;
+        st.apply_error = Some("a record\nof 2 MiB".into());
+        st.streams[1].log_stopped = Some("damaged".into());
+        st.g2_violations = 2;
+        assert_eq!(
+            st.summary(),
+            "applying, 1/2 streams connected, lag 4 records (16.0 KiB), 1.0 s, applied interval 41, applying to 43; APPLY STOPPED: a record of 2 MiB; REMOTE LOG STOPPED (device 1); G2 BROKEN (2)"
+        );
+        let mut p = status();
+        p.role = Role::Primary;
+        p.state = "replicating".into();
+        assert_eq!(
+            p.summary(),
+            "replicating, 0/0 streams connected, lag 0 records (0 B), 0.0 s"
+        );
+        p.disk_spool_records = 9;
+        p.disk_spool_bytes = 3 << 30;
+        assert!(p.summary().ends_with(", disk spool 9 records (3.0 GiB)"));
+        p.apply_error = Some("x".repeat(1000));
+        assert_eq!(p.summary().len(), 403);
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(5 << 40), "5.0 TiB");
+        assert_eq!(human_bytes(5 << 50), "5120.0 TiB");
     }
 
     #[test]
