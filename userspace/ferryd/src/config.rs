@@ -46,7 +46,10 @@ pub struct Config {
     pub group: String,
     /// This site's role.
     pub role: Role,
-    /// The pre-shared key file: at least 32 hexadecimal digits.
+    /// The pre-shared key file: at least 32 hexadecimal digits; or
+    /// `credential:<name>`, a credential of the service (the default:
+    /// `credential:key`, see `crate::systemd::key_path`).
+    #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
     /// The character device (default `/dev/ferry/<group>`).
     #[serde(default)]
@@ -80,6 +83,10 @@ pub struct Config {
     /// The control socket (default `/run/ferry/<group>.sock`).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+}
+
+fn default_key_file() -> PathBuf {
+    PathBuf::from(crate::systemd::DEFAULT_KEY_FILE)
 }
 
 fn default_spool_after_mb() -> u64 {
@@ -196,7 +203,7 @@ impl Config {
     /// Reads the pre-shared key.  A key file that its group or others may
     /// read or write is refused, as ssh refuses such a private key.
     pub fn key(&self) -> Result<Vec<u8>> {
-        let p = &self.key_file;
+        let p = &crate::systemd::key_path(&self.key_file)?;
         let mut f = std::fs::File::open(p)
             .with_context(|| format!("cannot read key file {}", p.display()))?;
         let mode = f
@@ -341,6 +348,10 @@ mod tests {
         assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/ferry/g/spool"));
         assert_eq!(c.control_socket(), PathBuf::from("/run/ferry/g.sock"));
         assert_eq!((c.spool_after_mb, c.spool_max_mb), (16, 4096));
+        // Without a key_file: the service's credential `key`.
+        let cred: Config =
+            toml::from_str("group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\n").unwrap();
+        assert_eq!(cred.key_file, PathBuf::from("credential:key"));
         let bad: Config =
             toml::from_str("group = \"g\"\nrole = \"primary\"\nkey_file = \"/k\"\n").unwrap();
         assert!(bad.check().is_err());

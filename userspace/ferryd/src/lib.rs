@@ -4,9 +4,10 @@
 //! The library holds what both programs share: the configuration file, the
 //! link protocol (frames, authentication), the control socket, the status
 //! document and its endpoint, and the secondary's record of consistency
-//! points; and what serves the command lines: their definitions, `ferryd
+//! points; what serves the command lines: their definitions, `ferryd
 //! --check`, a group's health, `ferryctl status`'s words and `ferryctl
-//! events`.
+//! events`; and what `ferryd` does for systemd (watchdog, `STATUS=`,
+//! credentials).
 
 pub mod check;
 pub mod cli;
@@ -18,3 +19,4 @@ pub mod health;
 pub mod link;
 pub mod render;
 pub mod status;
+pub mod systemd;

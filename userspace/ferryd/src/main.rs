@@ -20,6 +20,8 @@ use ferryd::cli::Ferryd as Cli;
 use ferryd::config::{Config, Role};
 use ferryd::ctl::{self, Control};
 use ferryd::status::Status;
+use ferryd::systemd;
+use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info};
 
@@ -64,6 +66,7 @@ fn run(cli: Cli) -> Result<()> {
         .build()?;
     info!(group = %cfg.group, role = ?cfg.role, "starting");
     let r = rt.block_on(async move {
+        spawn_watchdog();
         match cfg.role {
             Role::Primary => primary::run(cfg, key).await,
             Role::Secondary => secondary::run(cfg, key).await,
@@ -117,22 +120,45 @@ pub(crate) trait Report: Send + Sync + 'static {
 /// Serves `GET /status` (JSON) and `GET /metrics` (Prometheus text) on the
 /// loopback address `addr`, in a thread.  Nothing else: whatever changes
 /// `ferryd`'s state goes through the control socket (`ctl`), which only
-/// root may use; this endpoint is open to every local user.
+/// root may use; this endpoint is open to every local user.  Under
+/// systemd, the status's summary goes to `STATUS=` as it changes.
 pub(crate) fn serve_status(addr: SocketAddr, r: Arc<dyn Report>) -> Result<()> {
+    let r2 = r.clone();
     ferryd::status::serve(addr, Arc::new(move || r.status()))?;
+    if systemd::notifying() {
+        tokio::spawn(systemd::status_lines(
+            systemd::STATUS_EVERY,
+            Arc::new(move || r2.status().summary()),
+            |l| systemd::notify(&[NotifyState::Status(l)]),
+        ));
+    }
     Ok(())
+}
+
+/// With `WatchdogSec=` in the unit: pings systemd's watchdog at half its
+/// interval while the main loops show life (`ferryd::systemd`).
+fn spawn_watchdog() {
+    if let Some(every) = systemd::watchdog_interval() {
+        info!(interval = ?every, "watchdog");
+        tokio::spawn(systemd::watchdog(
+            &systemd::HEARTBEAT,
+            every / 2,
+            every,
+            || systemd::notify(&[NotifyState::Watchdog]),
+        ));
+    }
 }
 
 /// Tells systemd (`Type=notify`) that the daemon is ready; nothing when
 /// not run by systemd.
 pub(crate) fn notify_ready() {
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    systemd::notify(&[NotifyState::Ready]);
 }
 
 /// Tells systemd that the daemon is stopping; nothing when not run by
 /// systemd.
 pub(crate) fn notify_stopping() {
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    systemd::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
 /// Counters of rejected records by reason (one of

@@ -24,6 +24,7 @@ use ferry_core::FastDigest;
 use ferryd::config::{Compress, Config, Role};
 use ferryd::link::{self, Frame, Side};
 use ferryd::status::{Status, Stream};
+use ferryd::systemd::{Beat, HEARTBEAT};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -85,6 +86,9 @@ struct Dev {
     id: u32,
     q: Mutex<DevQ>,
     more: Notify,
+    /// The stream's link task's sign of life, for the watchdog: it waits
+    /// while it connects or the network holds a frame.
+    beat: Arc<Beat>,
 }
 
 struct Shared {
@@ -142,6 +146,7 @@ impl Shared {
             id,
             q: Mutex::new(DevQ::default()),
             more: Notify::new(),
+            beat: HEARTBEAT.beat(format!("the link task of device {id}")),
         });
         devs.insert(id, d.clone());
         let (s, d2) = (self.clone(), d.clone());
@@ -403,8 +408,14 @@ async fn futures_join(hs: Vec<tokio::task::JoinHandle<()>>) {
 /// Reads records from the kernel and queues them per device.
 fn read_loop(s: Arc<Shared>, mut f: impl Read, key: GroupKey) -> Result<()> {
     let mut buf = vec![0u8; READ_BUF];
+    // Waiting in a read for the kernel's next record is no hang; queueing
+    // and spooling what was read is work.
+    let beat = HEARTBEAT.beat("the reader");
     loop {
-        let n = match f.read(&mut buf) {
+        beat.waiting();
+        let r = f.read(&mut buf);
+        beat.progress();
+        let n = match r {
             Ok(0) => bail!("the group has no device any more (end of stream)"),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -466,6 +477,8 @@ async fn link_loop(s: Arc<Shared>, d: Arc<Dev>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
+        // Connecting, and between connections: waiting for the network.
+        d.beat.waiting();
         match session(&s, &d).await {
             Ok(()) => {}
             Err(e) => warn!(device = d.id, "link: {e:#}"),
@@ -574,6 +587,7 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
         let sender = async {
             let mut cursor = next;
             loop {
+                d.beat.progress();
                 if s.stopping() {
                     return Ok(cursor - 1);
                 }
@@ -619,6 +633,7 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
                 let Some((b, last)) = batch else {
                     // Idle: an empty batch every second tells the secondary
                     // the link is alive (it drops a silent connection).
+                    d.beat.waiting();
                     tokio::select! {
                         r = tokio::time::timeout(KEEPALIVE, notified) => if r.is_err() {
                             use tokio::io::AsyncWriteExt;
@@ -632,8 +647,12 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
                 let f = link::pack(&b, lz4);
                 let wire = f.encode();
                 use tokio::io::AsyncWriteExt;
-                wr.write_all(&wire).await?;
-                wr.flush().await?;
+                d.beat
+                    .wait(async {
+                        wr.write_all(&wire).await?;
+                        wr.flush().await
+                    })
+                    .await?;
                 {
                     let mut q = lock(&d.q);
                     q.record_bytes += b.len() as u64;
@@ -979,6 +998,7 @@ mod tests {
                     ..DevQ::default()
                 }),
                 more: Notify::new(),
+                beat: Arc::new(Beat::new("link")),
             }),
         );
         assert_eq!(s.status().state, "replicating");

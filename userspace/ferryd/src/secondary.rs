@@ -44,6 +44,7 @@ use ferryd::config::{Config, Role};
 use ferryd::cpoints::{self, Points};
 use ferryd::link::{self, Frame, Side};
 use ferryd::status::{Status, Stream};
+use ferryd::systemd::{Beat, HEARTBEAT};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -724,7 +725,11 @@ async fn apply_stopped(s: &Arc<Sec>, epoch: u64, f: ApplyFailed) -> Result<()> {
 /// or when asked to stop: between batches, never in the middle of one
 /// (a batch is applied, and its positions saved, whole).
 async fn apply_loop(s: Arc<Sec>) -> Result<()> {
+    // Its sign of life, for the watchdog: each turn (at least every
+    // 500 ms), once a batch is checked, and each record applied.
+    let beat = HEARTBEAT.beat("the apply loop");
     loop {
+        beat.progress();
         let notified = s.more.notified();
         let job = {
             let mut st = lock(&s.state);
@@ -806,11 +811,12 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
             continue;
         };
-        let s2 = s.clone();
+        let (s2, b2) = (s.clone(), beat.clone());
         let n = items.len();
-        let applied =
-            tokio::task::spawn_blocking(move || apply_checked(&s2, epoch, &items).map(|()| items))
-                .await?;
+        let applied = tokio::task::spawn_blocking(move || {
+            apply_checked(&s2, epoch, &items, &b2).map(|()| items)
+        })
+        .await?;
         let items = match applied {
             Ok(items) => items,
             Err(f) => return apply_stopped(&s, epoch, f).await,
@@ -925,20 +931,27 @@ fn check_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<
 
 /// Applies the intervals up to `epoch` once every record of them is
 /// checked (`check_intervals`).
-fn apply_checked(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<(), ApplyFailed> {
+fn apply_checked(
+    s: &Sec,
+    epoch: u64,
+    items: &[(usize, Loc, bool)],
+    beat: &Beat,
+) -> Result<(), ApplyFailed> {
     check_intervals(s, epoch, items).map_err(|error| ApplyFailed {
         begun: false,
         error,
     })?;
-    apply_intervals(s, epoch, items).map_err(|error| ApplyFailed { begun: true, error })
+    beat.progress();
+    apply_intervals(s, epoch, items, beat).map_err(|error| ApplyFailed { begun: true, error })
 }
 
 /// Writes the intervals up to `epoch` through the kernel, as one: the mark,
 /// the records in group order, the end.
-fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<()> {
+fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)], beat: &Beat) -> Result<()> {
     s.command(Command::ApplyBegin { epoch })?;
     let mut buf = Vec::new();
     for &(i, loc, _) in items {
+        beat.progress();
         buf.resize(loc.len as usize, 0);
         lock(&s.logs[i])
             .read_exact_at(&mut buf, loc.off)
@@ -1165,7 +1178,7 @@ pub(crate) mod tests {
         let good = stored(&s, 1, 65536 - 8, 8);
         let outside = stored(&s, 1, 65536 - 8, 16);
         assert!(check_intervals(&s, 1, &[good]).is_ok());
-        let f = apply_checked(&s, 1, &[good, outside]).unwrap_err();
+        let f = apply_checked(&s, 1, &[good, outside], &Beat::new("apply")).unwrap_err();
         assert!(!f.begun);
         assert!(
             format!("{:#}", f.error).contains("outside its device"),
@@ -1212,7 +1225,7 @@ pub(crate) mod tests {
         let top3 = fresh_dir("sec-refuse3");
         let s3 = receiver(&top3, &[1]);
         let g = stored(&s3, 1, 0, 8);
-        apply_checked(&s3, 1, &[g]).unwrap();
+        apply_checked(&s3, 1, &[g], &Beat::new("apply")).unwrap();
         let dev = std::fs::read(top3.join("dev")).unwrap();
         let mut begin = [0u8; 64];
         let n = Command::ApplyBegin { epoch: 1 }.encode(&mut begin).unwrap();
