@@ -12,6 +12,13 @@
 #                   FERRY_CRASH_POINTS (100), FERRY_REPL_POINTS (200) and
 #                   FERRY_SEC_CUTS (10) crash points
 #   make kernel     only build (or find) the cached guest kernel
+#   make userspace  ferryd and ferryctl (cargo, CARGO_PROFILE=release) into
+#                   out/bin
+#   make install    out/bin's programs, the systemd unit, the documentation
+#                   and the module's source for DKMS, under DESTDIR and
+#                   PREFIX (default /usr/local; the module's source goes to
+#                   /usr/src/ferry-<version> whatever PREFIX is); see
+#                   scripts/install.sh and README.md, "Installing on a host"
 #   make module FERRY_BUG=gate|meta-fua|apply-flush
 #                   a deliberate-bug module (ferry-core's feature bug-<name>:
 #                   data released before its log records are acknowledged;
@@ -26,6 +33,19 @@ FERRY_CACHE ?= /var/cache/ferry
 FLAVOUR ?= debug
 LLVM ?= 1
 export FERRY_CACHE
+
+# make install: where (GNU conventions; DESTDIR for staging).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/ferry
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+CARGO_PROFILE ?= release
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' userspace/ferryd/Cargo.toml | head -n 1)
 
 # With KDIR given, build against that tree with the caller's toolchain.
 # Without, use the cached kernel and Debian's rustc that built it.
@@ -52,6 +72,20 @@ module:
 kernel:
 	@scripts/build-kernel.sh $(FLAVOUR)
 
+# The cargo profile's directory is its name, but dev's (and test's) is debug.
+userspace:
+	@set -e; export PATH="$$HOME/.cargo/bin:$$PATH"; \
+	target=$$(scripts/cargo-target.sh); \
+	cd userspace && CARGO_TARGET_DIR="$$target" cargo build --locked --profile $(CARGO_PROFILE) -p ferryd --bins; \
+	case $(CARGO_PROFILE) in dev|test) dir=debug ;; *) dir=$(CARGO_PROFILE) ;; esac; \
+	mkdir -p ../out/bin; cp "$$target/$$dir/ferryd" "$$target/$$dir/ferryctl" ../out/bin/
+
+install:
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BINDIR="$(BINDIR)" SBINDIR="$(SBINDIR)" \
+		UNITDIR="$(UNITDIR)" MANDIR="$(MANDIR)" DOCDIR="$(DOCDIR)" \
+		BASHCOMPDIR="$(BASHCOMPDIR)" ZSHCOMPDIR="$(ZSHCOMPDIR)" FISHCOMPDIR="$(FISHCOMPDIR)" \
+		VERSION="$(VERSION)" scripts/install.sh
+
 test:
 	@tests/run.sh
 
@@ -69,4 +103,4 @@ clean:
 	if [ -n "$$kdir" ]; then $(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) clean; fi
 	rm -rf out rust/bindings_generated.rs .kdir
 
-.PHONY: all module kernel test demo bench soak clean
+.PHONY: all module kernel userspace install test demo bench soak clean

@@ -36,6 +36,7 @@ PKGS=(
 	qemu-system-x86 busybox-static dmsetup fio e2fsprogs cpio
 	flex bison bc libelf-dev libssl-dev dwarves xz-utils kmod
 	python3 sqlite3 iproute2 time postgresql-15
+	systemd
 )
 
 missing=()

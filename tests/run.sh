@@ -75,6 +75,10 @@ if [ -f userspace/Cargo.toml ]; then
 	# The workspace's tests, the simulation and the fuzz corpora replayed
 	# (ferryd/tests/fuzz_corpus.rs).
 	step "cargo test (userspace)" 1800 - bash -c 'cd userspace && cargo test --workspace --quiet'
+	# make userspace and make install into scratch DESTDIRs: the tree, the
+	# DKMS source, the unit verified by systemd-analyze at its installed
+	# path (tests/install.sh).
+	step "make install, the systemd unit" 900 - tests/install.sh
 fi
 step "kernel (debug, cached)" 3600 - scripts/build-kernel.sh debug
 step "module" 600 - make --no-print-directory module
