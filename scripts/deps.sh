@@ -70,9 +70,26 @@ if ! "$FERRY_TOOLS/bin/bindgen" --version 2>/dev/null | grep -qF "$BINDGEN_VERSI
 		cargo install bindgen-cli --version "$BINDGEN_VERSION" --locked --root "$FERRY_TOOLS" >&2
 fi
 
+# promtool, Prometheus's linter (ferryd's metrics test runs it on a live
+# scrape): the one program taken from Debian's prometheus package (19 MB),
+# unpacked into $FERRY_TOOLS; installing the package would also install,
+# enable and start a Prometheus server.
+if ! "$FERRY_TOOLS/bin/promtool" --version >/dev/null 2>&1; then
+	log "unpacking promtool from Debian's prometheus package into $FERRY_TOOLS"
+	tmp=$(mktemp -d)
+	if ! (cd "$tmp" && apt-get download -qq prometheus) >/dev/null 2>&1; then
+		$SUDO apt-get update -qq
+		(cd "$tmp" && apt-get download -qq prometheus) >/dev/null
+	fi
+	dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+	mkdir -p "$FERRY_TOOLS/bin"
+	install -m 0755 "$tmp/usr/bin/promtool" "$FERRY_TOOLS/bin/promtool"
+	rm -rf "$tmp"
+fi
+
 # Sanity: the kernel toolchain is the one we pinned.
 PATH=$(kernel_path) rustc --version | grep -qF "${RUSTC_WEB_VERSION%%+*}" || {
 	log "rustc on the kernel PATH is not $RUSTC_WEB_VERSION: $(PATH=$(kernel_path) rustc --version)"
 	exit 1
 }
-log "ok: $(PATH=$(kernel_path) rustc --version), bindgen $BINDGEN_VERSION, clang $($LLVM_BIN/clang --version | head -1)"
+log "ok: $(PATH=$(kernel_path) rustc --version), bindgen $BINDGEN_VERSION, clang $($LLVM_BIN/clang --version | head -1), $("$FERRY_TOOLS/bin/promtool" --version 2>&1 | head -1)"
