@@ -408,6 +408,7 @@ impl Target for Ferry {
                 Ok(Admitted::Go(r)) => rec = r,
                 Ok(Admitted::Intent(r)) => (rec, defer) = (r, true),
                 Ok(Admitted::Room(r)) => (rec, defer) = (Some(r), true),
+                Ok(Admitted::Copy(r)) => (rec, defer) = (Some(r), true),
                 Err(_) => return MapResult::WouldBlock,
             }
         }

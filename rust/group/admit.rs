@@ -40,6 +40,11 @@ pub(crate) enum Admitted {
     /// It waits for spool room (`overflow block`; [`Group::hold`] queues
     /// it): its record holds no payload and nothing reserved yet.
     Room(Arc<Record>),
+    /// Its room is reserved, but its payload could not be copied without
+    /// sleeping: [`Group::hold`] queues it for the kick work, which copies
+    /// it (reclaiming memory if it must) and then submits it, or holds it
+    /// for its write intent.
+    Copy(Arc<Record>),
 }
 
 /// Milliseconds of the monotonic clock.
@@ -90,8 +95,9 @@ impl Group {
     /// marks its chunks dirty when the spool cannot take it, or (`overflow
     /// block`, no room) holds it for room.
     ///
-    /// `fill` copies the bio's data into a payload.  `nowait`: the bio may
-    /// not wait.  `Err(EAGAIN)` for a `REQ_NOWAIT` bio that would have to
+    /// `fill` copies the bio's data into a payload without sleeping; when
+    /// it finds no memory, the copy is left to the kick work
+    /// ([`Admitted::Copy`]).  `nowait`: the bio may not wait.  `Err(EAGAIN)` for a `REQ_NOWAIT` bio that would have to
     /// wait, for write intent or for room.
     pub(crate) fn prepare(
         &self,
@@ -136,9 +142,28 @@ impl Group {
         if payload_bytes > 0 {
             match fill() {
                 Ok(p) => rec.payload = p,
+                // No memory without sleeping: the kick work copies it, where
+                // it may reclaim; a `REQ_NOWAIT` bio may not wait for that.
+                Err(_) if nowait => {
+                    self.unadmit(id, rec.charge, rec.wgen);
+                    return Err(EAGAIN);
+                }
                 Err(_) => {
-                    let r = self.prepare_failed(&rec, "out of memory for the spool");
-                    return Ok(if defer { Admitted::Intent(r) } else { Admitted::Go(r) });
+                    rec.copy = true;
+                    let (charge, wgen) = (rec.charge, rec.wgen);
+                    return match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
+                        Ok(r) => Ok(Admitted::Copy(r)),
+                        Err(_) => {
+                            let mut st = self.state.lock();
+                            self.went_ahead(st.spool.lost(charge), "out of memory for the spool");
+                            if let Some(s) = st.stream(id) {
+                                s.intent.dropped(wgen, at.0, at.1);
+                            }
+                            drop(st);
+                            self.dropped.fetch_add(1, Relaxed);
+                            Ok(if defer { Admitted::Intent(None) } else { Admitted::Go(None) })
+                        }
+                    };
                 }
             }
         }
@@ -194,10 +219,12 @@ impl Group {
     /// (device-mapper waits for the held bios): the group goes ahead and
     /// they go to the bitmap.  Any context.
     pub(crate) fn hold(&self, bio: HeldBio<Arc<Record>>) {
-        let want = bio.io().map_or(0, |r| r.queued);
+        let (want, copy) = bio.io().map_or((0, false), |r| (r.queued, r.copy));
         let now = now_ms();
         let mut st = self.state.lock();
-        if want == 0 {
+        if copy {
+            st.copying.push(bio);
+        } else if want == 0 {
             st.held.push(bio);
         } else {
             st.queue.hold(now);
@@ -319,5 +346,44 @@ impl Group {
     /// The member suspended by [`Self::suspend_begin`] resumes (or goes).
     pub(crate) fn suspend_end(&self) {
         self.suspending.fetch_sub(1, Relaxed);
+    }
+
+    /// The kick work's second step: copies the payloads `map` could not
+    /// copy without sleeping (`Admitted::Copy`), reclaiming memory if it
+    /// must but never waiting on I/O; each write then waits with the
+    /// others for its write intent ([`Self::persist`] submits them next).
+    /// Still no memory: its room back, its chunks dirty, the group ahead.
+    /// Process context.
+    pub(super) fn copy_in(&self) {
+        let _noio = NoIo::enter();
+        loop {
+            let Some(mut bio) = self.state.lock().copying.pop() else {
+                return;
+            };
+            let charge = bio.io().map_or(0, |r| r.charge);
+            let rec = match bio.take_io().and_then(Arc::into_unique_or_drop) {
+                Some(mut r) => {
+                    let m = Pin::get_mut(r.as_mut());
+                    m.copy = false;
+                    match Payload::copy_from_bio(&bio, GFP_KERNEL) {
+                        Ok(p) => {
+                            m.payload = p;
+                            Some(Arc::from(r))
+                        }
+                        Err(_) => self.prepare_failed(m, "out of memory for the spool"),
+                    }
+                }
+                None => {
+                    // Cannot happen (the bio owns its record): its room
+                    // back, the group ahead.
+                    let mut st = self.state.lock();
+                    self.went_ahead(st.spool.lost(charge), "a held write lost its record");
+                    self.dropped.fetch_add(1, Relaxed);
+                    None
+                }
+            };
+            bio.attach(rec);
+            self.state.lock().held.push(bio);
+        }
     }
 }

@@ -222,6 +222,7 @@ impl Group {
                     held: HeldList::new(),
                     queue: Queue::new(),
                     waiting: HeldList::new(),
+                    copying: HeldList::new(),
                     reads: ReadHold::new(false),
                     held_reads: HeldList::new(),
                 }, "ferry_group.state"),

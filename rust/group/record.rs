@@ -36,6 +36,11 @@ pub(crate) struct Record {
     /// The bytes a write held for spool room waits to reserve (its
     /// `charge` is 0 until it is let in); 0 for every other record.
     pub(super) queued: usize,
+    /// Its payload could not be copied in `map` without sleeping: the
+    /// kick work copies it (`admit.rs`, [`Group::copy_in`]).
+    ///
+    /// [`Group::copy_in`]: super::Group::copy_in
+    pub(super) copy: bool,
     /// Write-intent generation whose count this record holds, or
     /// [`Gen::NONE`] (no chunk: flushes, markers).
     pub(super) wgen: Gen,
@@ -64,6 +69,7 @@ impl Record {
             // charges a write's payload (`admit.rs`).
             charge: spool::charge(0, PAGE_SIZE),
             queued: 0,
+            copy: false,
             wgen: Gen::NONE,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),

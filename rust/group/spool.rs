@@ -54,6 +54,9 @@ pub(super) struct State {
     /// the rule they wait by (`ferry_core::spool::Queue`).
     pub(super) queue: Queue,
     pub(super) waiting: HeldList<Arc<Record>>,
+    /// Writes whose payload `map` could not copy without sleeping, for
+    /// the kick work to copy (`Group::copy_in`).
+    pub(super) copying: HeldList<Arc<Record>>,
     /// Secondary: whether host reads go or wait for the interval being
     /// applied, and how many are in flight (`ferry_core::checkpoint`).
     pub(super) reads: ReadHold,

@@ -4,8 +4,8 @@
 //! interval when it is due, sends the group ahead when writers held for
 //! spool room waited `block_timeout` with none let in, and sweeps
 //! acknowledged chunks off the meta devices; the kick lets the writers
-//! held for room in (`admit.rs`), then persists write intent for held
-//! writes (`intent.rs`).
+//! held for room in, copies the payloads `map` could not (`admit.rs`),
+//! then persists write intent for held writes (`intent.rs`).
 
 use super::Group;
 use crate::work::{WorkId, Worker};
@@ -18,6 +18,7 @@ impl Worker for Group {
             WorkId::Tick => self.tick(),
             WorkId::Kick => {
                 self.let_in();
+                self.copy_in();
                 self.persist();
             }
         }
