@@ -37,6 +37,8 @@ mounts() {
 allsums() { for d in /dev/vda /dev/vdb; do md5sum <$d | cut -c1-32; done | tr '\n' ' '; }
 
 if [ "$FERRY_NODE" = 0 ]; then
+	# A primary that fails tells the secondary at once, not after its wait.
+	trap '[ -f "$WWW/done" ] || publish done FAIL' EXIT
 	app_devices primary
 	repl_config primary
 	ferryd_start
@@ -73,7 +75,8 @@ else
 	app_devices secondary
 	repl_config secondary
 	ferryd_start
-	fetch done /tmp/done 1800 || fail "the primary never finished"
+	fetch done /tmp/done 900 || fail "the primary never finished"
+	[ "$(cat /tmp/done)" != FAIL ] || fail "the primary failed (see its log)"
 	set -- $(cat /tmp/done); p0=$1 p1=$2 state=$(echo "$3" | tr '_' ' ')
 	repl_applied 240 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 	kill -0 $fdp 2>/dev/null || { tail -5 /tmp/ferryd.log; res "FAIL: the secondary's ferryd stopped: $(tail -1 /tmp/ferryd.log)"; }
