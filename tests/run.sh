@@ -75,6 +75,7 @@ if [ -f userspace/Cargo.toml ]; then
 	# The workspace's tests, the simulation and the fuzz corpora replayed
 	# (ferryd/tests/fuzz_corpus.rs).
 	step "cargo test (userspace)" 1800 - bash -c 'cd userspace && cargo test --workspace --quiet'
+	step "cargo test (userspace, failpoints)" 1800 - bash -c 'cd userspace && cargo test -p ferryd --features failpoints --quiet failpoints_of -- --test-threads=1'
 	# make userspace and make install into scratch DESTDIRs: the tree, the
 	# DKMS source, the unit verified by systemd-analyze at its installed
 	# path (tests/install.sh).

@@ -1,11 +1,28 @@
-//! The files and directories `ferryd` creates (the remote log, the disk
-//! spool, `state.json`) hold replicated data: they are private to
-//! `ferryd`'s user from their creation, files 0600 in directories 0700,
-//! whatever the process's umask.  What exists already is left as it is.
+//! The files `ferryd` keeps on disk, and the one way it reaches them.
+//!
+//! * **Private.**  The files and directories `ferryd` creates (the remote
+//!   log, the disk spool, `state.json`) hold replicated data: they are
+//!   private to `ferryd`'s user from their creation, files 0600 in
+//!   directories 0700, whatever the process's umask.  What exists already
+//!   is left as it is.
+//! * **One I/O boundary.**  Every file operation of the remote log, the
+//!   disk spool and `state.json` goes through [`FileSystem`] (the
+//!   directory: open, remove, rename, sync, list) and [`FileIo`] (an open
+//!   file: append, sync, truncate, read), so that a test can put a faulty
+//!   one in their place ([`tests::Faulty`]).  The real ones, [`Os`], carry
+//!   failpoints (`fail::fail_point!`, compiled in with the cargo feature
+//!   `failpoints`): `files::<op>` for each [`Op`], whose `return(..)`
+//!   action names a [`Fault`] (`ENOSPC`, `EIO`, `short:100`,
+//!   `torn:100:EIO`) and, after an `@`, a part of the paths it hits.
+//! * **Full is not broken.**  [`no_space`] tells a full file system
+//!   (`ENOSPC`, `EDQUOT`) from the other failures: what ran out of space
+//!   waits for room and goes on by itself, where damage stops.
 
-use std::fs::{DirBuilder, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -30,10 +47,347 @@ pub(crate) fn options() -> OpenOptions {
     o
 }
 
+/// Whether `e` says the file system is full (`ENOSPC`, or the user's
+/// quota: `EDQUOT`): a condition that passes, not damage.
+pub(crate) fn no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// [`no_space`] for an error with context: whether any of its causes is
+/// one.
+pub(crate) fn out_of_space(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<io::Error>().is_some_and(no_space))
+}
+
+/// The operations `ferryd` needs of an open file.
+pub(crate) trait FileIo: Send + Sync {
+    /// The file's length.
+    fn size(&self) -> io::Result<u64>;
+    /// Writes from `buf` at the end of the file; may write less than all.
+    fn append(&mut self, buf: &[u8]) -> io::Result<usize>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// fsync (the data and the length).  A failure is final for the
+    /// descriptor: a later fsync of it proves nothing ([`FileIo::reopen`]).
+    fn sync(&mut self) -> io::Result<()>;
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// A new descriptor of the same file.
+    fn reopen(&self) -> io::Result<Box<dyn FileIo>>;
+    /// Releases the space of `[0, upto)`, the length kept (best effort).
+    fn punch(&self, upto: u64);
+}
+
+/// How [`FileSystem::open`] opens a file: always to read and append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// As it is, created ([`FILE_MODE`]) if missing.
+    Append,
+    /// Created or emptied.
+    Truncate,
+    /// Created; an error if it exists.
+    New,
+    /// As it is; an error if missing.
+    Existing,
+}
+
+/// The operations `ferryd` needs of its directories.
+pub(crate) trait FileSystem: Send + Sync {
+    fn open(&self, path: &Path, how: Open) -> io::Result<Box<dyn FileIo>>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// fsync of the directory: the names in it made, renamed or removed
+    /// are durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The names of the entries of `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+}
+
+/// Reads the whole of `f` from `off`, retrying short reads.
+pub(crate) fn read_exact_at(f: &dyn FileIo, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match f.read_at(buf, off) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Appends the whole of `buf`, retrying short writes; a write of nothing
+/// is an error (`WriteZero`).
+pub(crate) fn append_all(f: &mut dyn FileIo, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match f.append(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` by `bytes` whole: a new file (`name.tmp`, made
+/// again if a crash left one), synced, renamed over the old one, and the
+/// directory synced.  On any failure the old file is what a reader finds
+/// (the rename is the only step that changes it, and it is atomic).
+pub(crate) fn replace(fs: &dyn FileSystem, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    match fs.remove(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove {}", tmp.display()))
+        }
+        _ => {}
+    }
+    let written = (|| {
+        let mut f = fs.open(&tmp, Open::New).context("create")?;
+        append_all(&mut *f, bytes).context("write")?;
+        f.sync().context("fsync")
+    })();
+    if let Err(e) = written {
+        // (A full disk, say: what is left of it goes, the old file stays.)
+        let _ = fs.remove(&tmp);
+        return Err(e).with_context(|| format!("write {}", tmp.display()));
+    }
+    let to = dir.join(name);
+    fs.rename(&tmp, &to)
+        .with_context(|| format!("rename {} to {}", tmp.display(), to.display()))?;
+    fs.sync_dir(dir)
+        .with_context(|| format!("sync {}", dir.display()))
+}
+
+/// A file operation, as [`Fault`]s and failpoints name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Open,
+    Write,
+    Sync,
+    SetLen,
+    Read,
+    Remove,
+    Rename,
+    SyncDir,
+    List,
+}
+
+impl Op {
+    /// The name of its failpoint.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub(crate) fn point(self) -> &'static str {
+        match self {
+            Op::Open => "files::open",
+            Op::Write => "files::write",
+            Op::Sync => "files::sync",
+            Op::SetLen => "files::set_len",
+            Op::Read => "files::read",
+            Op::Remove => "files::remove",
+            Op::Rename => "files::rename",
+            Op::SyncDir => "files::sync_dir",
+            Op::List => "files::list",
+        }
+    }
+}
+
+/// A failure to inject into a file operation (by a test's [`FileSystem`],
+/// or a failpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The operation fails with this errno, having done nothing.
+    Errno(i32),
+    /// A write writes only the first this many bytes, and says so (a
+    /// short write); other operations fail with `EIO`.
+    Short(usize),
+    /// A write writes the first this many bytes, then fails with this
+    /// errno (a torn write: part of it is in the file).
+    Torn(usize, i32),
+}
+
+impl Fault {
+    /// Parses a failpoint's argument: `ENOSPC`, `EDQUOT`, `EIO`,
+    /// `short:<bytes>`, `torn:<bytes>:<errno name>`, each optionally
+    /// followed by `@<part>`, when it only hits paths holding `part`.
+    /// `None` when it does not hit `path` (or does not parse).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub(crate) fn parse(spec: &str, path: &Path) -> Option<Fault> {
+        let (what, part) = match spec.split_once('@') {
+            Some((w, p)) => (w, Some(p)),
+            None => (spec, None),
+        };
+        if part.is_some_and(|p| !path.to_string_lossy().contains(p)) {
+            return None;
+        }
+        let errno = |n: &str| match n {
+            "ENOSPC" => Some(libc::ENOSPC),
+            "EDQUOT" => Some(libc::EDQUOT),
+            "EIO" => Some(libc::EIO),
+            _ => None,
+        };
+        let mut f = what.split(':');
+        match (f.next()?, f.next(), f.next()) {
+            ("short", Some(n), None) => Some(Fault::Short(n.parse().ok()?)),
+            ("torn", Some(n), Some(e)) => Some(Fault::Torn(n.parse().ok()?, errno(e)?)),
+            (e, None, None) => Some(Fault::Errno(errno(e)?)),
+            _ => None,
+        }
+    }
+
+    /// The error the faulty operation returns (a short "write" of another
+    /// operation: `EIO`).
+    pub(crate) fn error(self) -> io::Error {
+        io::Error::from_raw_os_error(match self {
+            Fault::Errno(e) | Fault::Torn(_, e) => e,
+            Fault::Short(_) => libc::EIO,
+        })
+    }
+
+    /// A write of `buf` through `write` with this fault.
+    pub(crate) fn write(
+        self,
+        buf: &[u8],
+        write: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        match self {
+            Fault::Errno(e) => Err(io::Error::from_raw_os_error(e)),
+            Fault::Short(n) => write(&buf[..n.min(buf.len())]),
+            Fault::Torn(n, e) => {
+                // (What a torn write wrote stays in the file.)
+                let part = &buf[..n.min(buf.len())];
+                if !part.is_empty() {
+                    write(part)?;
+                }
+                Err(io::Error::from_raw_os_error(e))
+            }
+        }
+    }
+}
+
+/// The failpoint of `op` on `path`: the fault its `return(..)` action
+/// names, if it hits `path`.
+#[cfg(feature = "failpoints")]
+fn injected(op: Op, path: &Path) -> Option<Fault> {
+    fail::fail_point!(op.point(), |arg: Option<String>| arg
+        .and_then(|a| Fault::parse(&a, path)));
+    None
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+fn injected(_: Op, _: &Path) -> Option<Fault> {
+    None
+}
+
+/// Fails with the failpoint's error when it is set for `op` on `path`.
+fn check(op: Op, path: &Path) -> io::Result<()> {
+    match injected(op, path) {
+        Some(f) => Err(f.error()),
+        None => Ok(()),
+    }
+}
+
+/// The real file system.
+pub(crate) struct Os;
+
+/// An open file of [`Os`].
+pub(crate) struct OsFile {
+    file: File,
+    path: PathBuf,
+}
+
+fn os_open(path: &Path, how: Open) -> io::Result<File> {
+    check(Op::Open, path)?;
+    let mut o = options();
+    o.read(true).append(true);
+    match how {
+        Open::Append => o.create(true),
+        // (`truncate` is not allowed with `append`: done after.)
+        Open::Truncate => o.create(true),
+        Open::New => o.create_new(true),
+        Open::Existing => &mut o,
+    };
+    let f = o.open(path)?;
+    if how == Open::Truncate {
+        f.set_len(0)?;
+    }
+    Ok(f)
+}
+
+impl FileSystem for Os {
+    fn open(&self, path: &Path, how: Open) -> io::Result<Box<dyn FileIo>> {
+        Ok(Box::new(OsFile {
+            file: os_open(path, how)?,
+            path: path.to_owned(),
+        }))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        check(Op::Remove, path)?;
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        check(Op::Rename, to)?;
+        std::fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        check(Op::SyncDir, dir)?;
+        File::open(dir)?.sync_all()
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        check(Op::List, dir)?;
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+}
+
+impl FileIo for OsFile {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(f) = injected(Op::Write, &self.path) {
+            return f.write(buf, |b| io::Write::write(&mut self.file, b));
+        }
+        io::Write::write(&mut self.file, buf)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        check(Op::SetLen, &self.path)?;
+        self.file.set_len(len)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        check(Op::Sync, &self.path)?;
+        self.file.sync_data()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        check(Op::Read, &self.path)?;
+        self.file.read_at(buf, off)
+    }
+    fn reopen(&self) -> io::Result<Box<dyn FileIo>> {
+        Ok(Box::new(OsFile {
+            file: os_open(&self.path, Open::Existing)?,
+            path: self.path.clone(),
+        }))
+    }
+    fn punch(&self, upto: u64) {
+        let _ = nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            upto as i64,
+        );
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
 
     /// Sets the usual umask (022), under which files are created 0644 and
     /// directories 0755 unless asked otherwise.  (The umask is the
@@ -54,6 +408,189 @@ pub(crate) mod tests {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
     }
 
+    /// A fault a [`Faulty`] injects: into `op` on paths holding `part`,
+    /// `times` times (`None`: until cleared).
+    #[derive(Clone, Debug)]
+    struct Rule {
+        op: Op,
+        part: String,
+        /// Operations let through before the first fault.
+        skip: u32,
+        fault: Fault,
+        times: Option<u32>,
+    }
+
+    #[derive(Default)]
+    struct Rules {
+        rules: Vec<Rule>,
+        /// Operations that failed, by op.
+        hit: Vec<Op>,
+        /// fsyncs of a descriptor whose fsync failed before (Linux says
+        /// they succeed: the error was reported once).
+        blind_syncs: u32,
+    }
+
+    /// The real file system with faults injected as a test says: the
+    /// [`FileSystem`] a test puts in the place of [`Os`].
+    #[derive(Clone, Default)]
+    pub(crate) struct Faulty {
+        rules: Arc<Mutex<Rules>>,
+    }
+
+    impl Faulty {
+        /// From now on, `op` on paths holding `part` fails with `fault`,
+        /// `times` times (`None`: until [`Faulty::clear`]).
+        pub(crate) fn inject(&self, op: Op, part: &str, fault: Fault, times: Option<u32>) {
+            self.inject_after(op, part, 0, fault, times);
+        }
+
+        /// As [`Faulty::inject`], once `skip` such operations went
+        /// through.
+        pub(crate) fn inject_after(
+            &self,
+            op: Op,
+            part: &str,
+            skip: u32,
+            fault: Fault,
+            times: Option<u32>,
+        ) {
+            self.rules.lock().unwrap().rules.push(Rule {
+                op,
+                part: part.into(),
+                skip,
+                fault,
+                times,
+            });
+        }
+
+        /// No more faults (space came back).
+        pub(crate) fn clear(&self) {
+            self.rules.lock().unwrap().rules.clear();
+        }
+
+        /// How many operations `op` failed.
+        pub(crate) fn hits(&self, op: Op) -> usize {
+            self.rules
+                .lock()
+                .unwrap()
+                .hit
+                .iter()
+                .filter(|&&o| o == op)
+                .count()
+        }
+
+        pub(crate) fn blind_syncs(&self) -> u32 {
+            self.rules.lock().unwrap().blind_syncs
+        }
+
+        fn take(&self, op: Op, path: &Path) -> Option<Fault> {
+            let mut r = self.rules.lock().unwrap();
+            let p = path.to_string_lossy();
+            let i = r
+                .rules
+                .iter()
+                .position(|x| x.op == op && p.contains(&x.part))?;
+            if r.rules[i].skip > 0 {
+                r.rules[i].skip -= 1;
+                return None;
+            }
+            let fault = r.rules[i].fault;
+            match &mut r.rules[i].times {
+                Some(1) => {
+                    r.rules.remove(i);
+                }
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            r.hit.push(op);
+            Some(fault)
+        }
+
+        fn check(&self, op: Op, path: &Path) -> io::Result<()> {
+            match self.take(op, path) {
+                Some(f) => Err(f.error()),
+                None => Ok(()),
+            }
+        }
+
+        fn wrap(&self, inner: Box<dyn FileIo>, path: &Path) -> Box<dyn FileIo> {
+            Box::new(FaultyFile {
+                fs: self.clone(),
+                inner,
+                path: path.to_owned(),
+                sync_failed: false,
+            })
+        }
+    }
+
+    struct FaultyFile {
+        fs: Faulty,
+        inner: Box<dyn FileIo>,
+        path: PathBuf,
+        sync_failed: bool,
+    }
+
+    impl FileSystem for Faulty {
+        fn open(&self, path: &Path, how: Open) -> io::Result<Box<dyn FileIo>> {
+            self.check(Op::Open, path)?;
+            Ok(self.wrap(Os.open(path, how)?, path))
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.check(Op::Remove, path)?;
+            Os.remove(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.check(Op::Rename, to)?;
+            Os.rename(from, to)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.check(Op::SyncDir, dir)?;
+            Os.sync_dir(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.check(Op::List, dir)?;
+            Os.list(dir)
+        }
+    }
+
+    impl FileIo for FaultyFile {
+        fn size(&self) -> io::Result<u64> {
+            self.inner.size()
+        }
+        fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self.fs.take(Op::Write, &self.path) {
+                Some(f) => f.write(buf, |b| self.inner.append(b)),
+                None => self.inner.append(buf),
+            }
+        }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.fs.check(Op::SetLen, &self.path)?;
+            self.inner.set_len(len)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            if self.sync_failed {
+                self.fs.rules.lock().unwrap().blind_syncs += 1;
+                return Ok(());
+            }
+            if let Err(e) = self.fs.check(Op::Sync, &self.path) {
+                self.sync_failed = true;
+                return Err(e);
+            }
+            self.inner.sync()
+        }
+        fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+            self.fs.check(Op::Read, &self.path)?;
+            self.inner.read_at(buf, off)
+        }
+        fn reopen(&self) -> io::Result<Box<dyn FileIo>> {
+            self.fs.check(Op::Open, &self.path)?;
+            Ok(self.fs.wrap(self.inner.reopen()?, &self.path))
+        }
+        fn punch(&self, upto: u64) {
+            self.inner.punch(upto)
+        }
+    }
+
     #[test]
     fn created_private() {
         usual_umask();
@@ -67,6 +604,106 @@ pub(crate) mod tests {
         let f = dir.join("f");
         options().write(true).create(true).open(&f).unwrap();
         assert_eq!(mode_of(&f), FILE_MODE);
+        Os.open(&dir.join("g"), Open::Truncate).unwrap();
+        assert_eq!(mode_of(&dir.join("g")), FILE_MODE);
         std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn faults_parse() {
+        let p = Path::new("/var/lib/ferry/g/spool/stream-1-5.seg");
+        assert_eq!(Fault::parse("ENOSPC", p), Some(Fault::Errno(libc::ENOSPC)));
+        assert_eq!(Fault::parse("EIO@spool", p), Some(Fault::Errno(libc::EIO)));
+        assert_eq!(Fault::parse("EIO@state.json", p), None);
+        assert_eq!(Fault::parse("short:100", p), Some(Fault::Short(100)));
+        assert_eq!(
+            Fault::parse("torn:7:EDQUOT", p),
+            Some(Fault::Torn(7, libc::EDQUOT))
+        );
+        assert_eq!(Fault::parse("nonsense", p), None);
+        assert!(no_space(&Fault::Errno(libc::ENOSPC).error()));
+        assert!(no_space(&Fault::Torn(1, libc::EDQUOT).error()));
+        assert!(!no_space(&Fault::Errno(libc::EIO).error()));
+        let e = anyhow::Error::from(Fault::Errno(libc::ENOSPC).error()).context("write x");
+        assert!(out_of_space(&e.context("append")));
+        assert!(!out_of_space(&anyhow::anyhow!("no space")));
+    }
+
+    /// `state.json`'s way of being written: whatever fails (no room for
+    /// the new file, a short or torn write of it, its fsync, the rename),
+    /// the old file is what is read, and no temporary file is left but
+    /// after a failed rename (made again by the next save).
+    #[test]
+    fn a_replaced_file_is_old_or_new_whole() {
+        let dir = fresh_dir("files-replace");
+        create_dir(&dir).unwrap();
+        let fs = Faulty::default();
+        replace(&fs, &dir, "state.json", b"old").unwrap();
+        let new = vec![b'n'; 10_000];
+        for (op, fault) in [
+            (Op::Open, Fault::Errno(libc::ENOSPC)),
+            (Op::Write, Fault::Errno(libc::ENOSPC)),
+            (Op::Write, Fault::Torn(4096, libc::ENOSPC)),
+            (Op::Write, Fault::Torn(100, libc::EIO)),
+            (Op::Sync, Fault::Errno(libc::EIO)),
+            (Op::Rename, Fault::Errno(libc::EIO)),
+        ] {
+            fs.inject(op, "state.json", fault, Some(1));
+            let e = replace(&fs, &dir, "state.json", &new).unwrap_err();
+            assert_eq!(
+                out_of_space(&e),
+                matches!(
+                    fault,
+                    Fault::Errno(libc::ENOSPC) | Fault::Torn(_, libc::ENOSPC)
+                ),
+                "{op:?} {fault:?}: {e:#}"
+            );
+            assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), b"old");
+            assert_eq!(
+                dir.join("state.json.tmp").exists(),
+                op == Op::Rename,
+                "{op:?} {fault:?}"
+            );
+        }
+        // A short write is carried on; a short write and then nothing
+        // fails.
+        fs.inject(Op::Write, "state.json", Fault::Short(10), Some(1));
+        replace(&fs, &dir, "state.json", &new).unwrap();
+        assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), new);
+        fs.inject(Op::Write, "state.json", Fault::Short(10), Some(1));
+        fs.inject(Op::Write, "state.json", Fault::Short(0), Some(1));
+        assert!(replace(&fs, &dir, "state.json", &[b'x'; 100]).is_err());
+        assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), new);
+        assert!(!dir.join("state.json.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `state.json`'s faults through the failpoints of the real file
+    /// system (`--features failpoints`).
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn failpoints_of_state_json() {
+        let scenario = fail::FailScenario::setup();
+        let dir = fresh_dir("files-fp");
+        create_dir(&dir).unwrap();
+        replace(&Os, &dir, "state.json", b"old").unwrap();
+        let tag = format!("{}/state.json", dir.file_name().unwrap().to_string_lossy());
+        for (point, action, full) in [
+            ("files::write", "torn:2:ENOSPC", true),
+            ("files::write", "EIO", false),
+            ("files::open", "EDQUOT", true),
+            ("files::sync", "EIO", false),
+            ("files::rename", "EIO", false),
+        ] {
+            fail::cfg(point, &format!("1*return({action}@{tag})")).unwrap();
+            let e = replace(&Os, &dir, "state.json", b"new").unwrap_err();
+            assert_eq!(out_of_space(&e), full, "{point} {action}: {e:#}");
+            assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), b"old");
+            fail::remove(point);
+        }
+        replace(&Os, &dir, "state.json", b"new").unwrap();
+        assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), b"new");
+        scenario.teardown();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,11 @@
 //!
 //! When a data device's records read and not acknowledged exceed
 //! `spool_after_mb`, they go to the disk spool (`spool.rs`) and the kernel
-//! is told (`SPOOLED`) that it may drop them from its own.
+//! is told (`SPOOLED`) that it may drop them from its own.  A segment that
+//! cannot be written (`spool_dir` full, or another error) leaves the
+//! records where they were, in memory and in the kernel's spool; the
+//! status says why (`spool_full`, `spool_error`), and spooling is tried
+//! again each second until it goes through.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::OpenOptions;
@@ -29,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::files::{self, FileSystem};
 use crate::kernel::{self, DmStatus, Dmsetup};
 use crate::spool::{self, OnDisk, Segment};
 use crate::Report;
@@ -37,6 +42,8 @@ use crate::Report;
 const READ_BUF: usize = 2 << 20;
 /// An idle stream sends an empty batch this often.
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A spooling step that failed is tried again after this long.
+const SPOOL_RETRY: Duration = Duration::from_secs(1);
 /// Records per frame, at most this many bytes before compression (one
 /// record may be larger).  The secondary acknowledges a frame once it is
 /// stored, so the first record of a frame waits for the whole of it to
@@ -82,6 +89,18 @@ struct DevQ {
     lost: bool,
 }
 
+/// What went wrong with the disk spool, for the status.
+#[derive(Default)]
+struct SpoolTrouble {
+    /// The last segment could not be written for lack of space.
+    full: Option<String>,
+    /// The last failure of another kind, and the operation that failed
+    /// (`write`, `read`, `remove`: cleared once one of its kind succeeds).
+    error: Option<(&'static str, String)>,
+    /// No spooling step is tried before this.
+    retry_at: Option<Instant>,
+}
+
 struct Dev {
     id: u32,
     q: Mutex<DevQ>,
@@ -100,12 +119,15 @@ struct Shared {
     applied: AtomicU64,
     tls: Arc<rustls::ClientConfig>,
     rt: tokio::runtime::Handle,
+    /// The disk spool's way to the disk.
+    fs: Arc<dyn FileSystem>,
     /// The disk spool's directory, and its threshold and cap in bytes.
     spool_dir: std::path::PathBuf,
     spool_after: u64,
     spool_max: u64,
     /// Bytes in the disk spool, over all devices.
     disk_bytes: AtomicU64,
+    spool_trouble: Mutex<SpoolTrouble>,
     /// Set on SIGTERM or SIGINT: the link tasks stop between frames, the
     /// reader before it queues what it read next.
     stop: tokio::sync::watch::Sender<bool>,
@@ -183,7 +205,10 @@ impl Shared {
             }
         };
         for g in &gone {
-            spool::remove(g);
+            match spool::remove(&*self.fs, g) {
+                Ok(()) => self.spool_went("remove"),
+                Err(e) => self.spool_failed("remove", &e),
+            }
         }
         if let Some(upto) = upto {
             self.command(Command::Ack {
@@ -204,9 +229,15 @@ impl Shared {
     /// Moves device `d`'s records in memory to the disk spool once they
     /// pass the threshold, and lets the kernel drop them.
     fn maybe_spool(&self, d: &Dev) -> Result<()> {
+        if lock(&self.spool_trouble)
+            .retry_at
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return Ok(());
+        }
         let recs: Vec<(u64, Arc<[u8]>)> = {
             let q = lock(&d.q);
-            if q.log || q.lost || self.spool_after == 0 || q.mem_bytes <= self.spool_after {
+            if !self.wants_spool(&q) {
                 return Ok(());
             }
             if self.disk_bytes.load(Relaxed) + q.mem_bytes > self.spool_max {
@@ -223,14 +254,25 @@ impl Shared {
         let Some(&(last, _)) = recs.last() else {
             return Ok(());
         };
-        let (seg, at) = spool::write_segment(&self.spool_dir, d.id, &recs)?;
+        let (seg, at) = match spool::write_segment(&*self.fs, &self.spool_dir, d.id, &recs) {
+            Ok(w) => w,
+            Err(e) => {
+                // Nothing of it is left: the records stay in memory and
+                // in the kernel's spool, and it is tried again later.
+                self.spool_failed("write", &e);
+                return Ok(());
+            }
+        };
+        self.spool_went("write");
         let (bytes, first) = (seg.bytes, seg.first);
         {
             let mut q = lock(&d.q);
             if last <= q.acked {
                 // Acknowledged meanwhile: nothing to keep.
                 drop(q);
-                spool::remove(&seg);
+                if let Err(e) = spool::remove(&*self.fs, &seg) {
+                    self.spool_failed("remove", &e);
+                }
                 return Ok(());
             }
             let mut at = at.into_iter().peekable();
@@ -274,6 +316,95 @@ impl Shared {
         }
         Ok(())
     }
+
+    /// A disk spool operation `what` (`write`, `read`, `remove`) failed:
+    /// the status says why; a lack of space, logged once while it lasts,
+    /// is `spool_full`.  Spooling is tried again after [`SPOOL_RETRY`].
+    fn spool_failed(&self, what: &'static str, e: &anyhow::Error) {
+        let mut t = lock(&self.spool_trouble);
+        let why = format!("{what}: {e:#}");
+        if what == "write" {
+            t.retry_at = Some(Instant::now() + SPOOL_RETRY);
+        }
+        if what == "write" && files::out_of_space(e) {
+            if t.full.is_none() {
+                warn!(
+                    "disk spool full ({why}): records stay in memory and in the kernel's spool; \
+                     spooling is tried again each second"
+                );
+            }
+            t.full = Some(why);
+        } else {
+            warn!("disk spool: {why}");
+            t.error = Some((what, why));
+        }
+    }
+
+    /// A disk spool operation `what` went through: what its kind's
+    /// failure said is over.
+    fn spool_went(&self, what: &'static str) {
+        let mut t = lock(&self.spool_trouble);
+        if what == "write" {
+            t.retry_at = None;
+            if t.full.take().is_some() {
+                info!("disk spool: room again, spooling goes on");
+            }
+        }
+        if t.error.as_ref().is_some_and(|(w, _)| *w == what) {
+            t.error = None;
+        }
+    }
+
+    /// Whether a spooling step failed and is to be tried again.
+    fn spool_retry_due(&self) -> bool {
+        lock(&self.spool_trouble).retry_at.is_some()
+    }
+
+    /// Whether a device's records in memory are past the threshold (and
+    /// it may spool).
+    fn wants_spool(&self, q: &DevQ) -> bool {
+        !(q.log || q.lost || self.spool_after == 0 || q.mem_bytes <= self.spool_after)
+    }
+}
+
+/// Tries the failed spooling steps again, each [`SPOOL_RETRY`], also when
+/// the reader reads nothing new (the kernel's writer waiting, say), as
+/// the reader would: under its lock, and not once stopping.
+async fn spool_retry_loop(s: Arc<Shared>) {
+    let mut stop = s.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SPOOL_RETRY) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        if !s.spool_retry_due() {
+            continue;
+        }
+        let s2 = s.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _reading = lock(&s2.reading);
+            if s2.stopping() {
+                return;
+            }
+            let devs: Vec<_> = lock(&s2.devs).values().cloned().collect();
+            if !devs.iter().any(|d| s2.wants_spool(&lock(&d.q))) {
+                // Nothing to spool any more (acknowledged meanwhile): what
+                // the failure said is over.
+                let mut t = lock(&s2.spool_trouble);
+                t.retry_at = None;
+                if t.full.take().is_some() {
+                    info!("disk spool: nothing left to spool");
+                }
+                return;
+            }
+            for d in devs {
+                if let Err(e) = s2.maybe_spool(&d) {
+                    warn!(device = d.id, "disk spool: {e:#}");
+                }
+            }
+        })
+        .await;
+    }
 }
 
 pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
@@ -290,7 +421,8 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let status = cfg.status;
     let spool_dir = cfg.spool_dir();
-    let found = spool::load(&spool_dir, &gkey)?;
+    let fs: Arc<dyn FileSystem> = Arc::new(files::Os);
+    let found = spool::load(&*fs, &spool_dir, &gkey)?;
     let (spool_after, spool_max) = (cfg.spool_after_mb << 20, cfg.spool_max_mb << 20);
     let s = Arc::new(Shared {
         cfg,
@@ -300,10 +432,12 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         applied: AtomicU64::new(0),
         tls: link::client_config()?,
         rt: tokio::runtime::Handle::current(),
+        fs,
         spool_dir,
         spool_after,
         spool_max,
         disk_bytes: AtomicU64::new(0),
+        spool_trouble: Mutex::default(),
         stop: tokio::sync::watch::Sender::new(false),
         links: Mutex::new(Vec::new()),
         reading: Mutex::new(()),
@@ -318,6 +452,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     crate::serve_status(status, s.clone())?;
     let s2 = s.clone();
     let rd = tokio::task::spawn_blocking(move || read_loop(s2, reader, gkey));
+    tokio::spawn(spool_retry_loop(s.clone()));
     crate::notify_ready();
     tokio::select! {
         r = rd => r.context("reader")?,
@@ -616,6 +751,7 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
                 let batch = match parts {
                     None => None,
                     Some((parts, size, last)) => {
+                        let disk = parts.iter().any(|p| matches!(p, Data::Disk(_)));
                         let b = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
                             let mut b = Vec::with_capacity(size);
                             for p in parts {
@@ -626,8 +762,16 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
                             }
                             Ok(b)
                         })
-                        .await??;
-                        Some((b, last))
+                        .await?;
+                        // (A segment that cannot be read ends the
+                        // connection; the records stay on disk, and the
+                        // next connection reads them again.)
+                        match &b {
+                            Ok(_) if disk => s.spool_went("read"),
+                            Err(e) => s.spool_failed("read", e),
+                            Ok(_) => {}
+                        }
+                        Some((b?, last))
                     }
                 };
                 let Some((b, last)) = batch else {
@@ -782,6 +926,14 @@ impl Report for Shared {
             }
         }
         streams.sort_by_key(|s| s.device);
+        let trouble = {
+            let t = lock(&self.spool_trouble);
+            SpoolTrouble {
+                full: t.full.clone(),
+                error: t.error.clone(),
+                retry_at: None,
+            }
+        };
         Status {
             group: self.cfg.group.clone(),
             role: Role::Primary,
@@ -807,6 +959,9 @@ impl Report for Shared {
             disk_spool_bytes: self.disk_bytes.load(Relaxed),
             g2_violations: 0,
             apply_error: None,
+            log_full: None,
+            spool_full: trouble.full,
+            spool_error: trouble.error.map(|(_, why)| why),
         }
     }
 }
@@ -861,6 +1016,18 @@ mod tests {
         spool_after: u64,
         ctl: Box<dyn Write + Send>,
     ) -> (Arc<Shared>, GroupKey) {
+        primary_fs(top, lines, peer, spool_after, ctl, Arc::new(files::Os))
+    }
+
+    /// A [`primary_in`] whose disk spool goes through `fs`.
+    fn primary_fs(
+        top: &std::path::Path,
+        lines: Arc<Lines>,
+        peer: &str,
+        spool_after: u64,
+        ctl: Box<dyn Write + Send>,
+        fs: Arc<dyn FileSystem>,
+    ) -> (Arc<Shared>, GroupKey) {
         let cfg: Config = toml::from_str(&format!(
             "group = \"gr\"\nrole = \"primary\"\nkey_file = \"/k\"\npeer = \"{peer}\"\n"
         ))
@@ -876,10 +1043,12 @@ mod tests {
             applied: AtomicU64::new(0),
             tls: link::client_config().unwrap(),
             rt: tokio::runtime::Handle::current(),
+            fs,
             spool_dir: top.join("spool"),
             spool_after,
             spool_max: 1 << 30,
             disk_bytes: AtomicU64::new(0),
+            spool_trouble: Mutex::default(),
             stop: tokio::sync::watch::Sender::new(false),
             links: Mutex::new(Vec::new()),
             reading: Mutex::new(()),
@@ -1121,12 +1290,12 @@ mod tests {
         crate::files::create_dir(&s.spool_dir).unwrap();
         for first in [1u64, 201, 401] {
             let recs: Vec<_> = (first..first + 200).map(|ds| (ds, one(1, ds))).collect();
-            spool::write_segment(&s.spool_dir, 1, &recs).unwrap();
+            spool::write_segment(&files::Os, &s.spool_dir, 1, &recs).unwrap();
         }
         let held: Held = Arc::default();
         lock(&held).insert(1, 150);
         secondary_on(l, key, held.clone());
-        s.recover(spool::load(&s.spool_dir, &key).unwrap());
+        s.recover(spool::load(&files::Os, &s.spool_dir, &key).unwrap());
         assert_eq!(s.status().disk_spool_records, 600);
         // What the kernel offers again: device 1 from 401 (it was not told
         // the last segment was spooled) to 800, device 0's 1 to 50.
@@ -1388,9 +1557,20 @@ mod tests {
     /// A `ferryd` reading `k` (opened now) into the disk spool under
     /// `top`, shipping to `peer`; its disk spool recovered first.
     fn start(top: &std::path::Path, k: &Arc<FakeKernel>, peer: &str) -> Arc<Shared> {
+        start_on(top, k, peer, Arc::new(files::Os))
+    }
+
+    /// A [`start`] whose disk spool goes through `fs`.
+    fn start_on(
+        top: &std::path::Path,
+        k: &Arc<FakeKernel>,
+        peer: &str,
+        fs: Arc<dyn FileSystem>,
+    ) -> Arc<Shared> {
         let (r, w) = k.open();
-        let (s, key) = primary_in(top, Arc::default(), peer, 1 << 20, Box::new(w));
-        s.recover(spool::load(&s.spool_dir, &key).unwrap());
+        let (s, key) = primary_fs(top, Arc::default(), peer, 1 << 20, Box::new(w), fs);
+        s.recover(spool::load(&*s.fs, &s.spool_dir, &key).unwrap());
+        tokio::spawn(spool_retry_loop(s.clone()));
         let s2 = s.clone();
         std::thread::spawn(move || read_loop(s2, r, key));
         s
@@ -1481,5 +1661,222 @@ mod tests {
         let completed: Vec<_> = lock(&k.st).completed.clone().into_iter().collect();
         assert_eq!(crate::secondary::tests::run_ends(&sec), completed);
         s.stop().await;
+    }
+
+    fn gr_key() -> GroupKey {
+        GroupKey::derive(
+            &FastDigest,
+            record::group_id_of_name(&FastDigest, b"gr"),
+            &[],
+        )
+        .unwrap()
+    }
+
+    /// Waits (at most `limit`) until every record the kernel completed is
+    /// acknowledged and the disk spool is empty; panics saying where
+    /// things stand otherwise.
+    async fn drained(
+        k: &FakeKernel,
+        s: &Arc<Shared>,
+        sec: &crate::secondary::Sec,
+        limit: Duration,
+    ) {
+        let t0 = Instant::now();
+        while !(k.drained() && s.disk_bytes.load(Relaxed) == 0) {
+            if t0.elapsed() > limit {
+                let st = s.status();
+                let completed = lock(&k.st).completed.clone();
+                s.stop().await;
+                panic!(
+                    "not drained in {limit:?}: kernel completed {completed:?}; ferryd {:?}; \
+                     the secondary's runs end at {:?}",
+                    st.streams
+                        .iter()
+                        .map(|x| (x.device, x.connected, x.received, x.done))
+                        .collect::<Vec<_>>(),
+                    crate::secondary::tests::run_ends(sec),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let completed: Vec<_> = lock(&k.st).completed.clone().into_iter().collect();
+        assert_eq!(crate::secondary::tests::run_ends(sec), completed);
+    }
+
+    /// The secondary's `log_dir` is full: its appends fail with `ENOSPC`
+    /// and are rolled back, nothing is acknowledged, the primary keeps its
+    /// records (in memory and its disk spool: the kernel's spool does not
+    /// overflow) and tries again; the secondary's status says why, and
+    /// its streams are not stopped.  Once there is room, replication goes
+    /// on by itself, and every record arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_remote_log_pauses_replication_until_there_is_room() {
+        let top = fresh_dir("pri-full-log");
+        std::fs::create_dir_all(&top).unwrap();
+        let sfs = crate::files::tests::Faulty::default();
+        let sec = crate::secondary::tests::receiver_on(
+            &top.join("secondary"),
+            &[0, 1],
+            Arc::new(sfs.clone()),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = l.local_addr().unwrap().to_string();
+        tokio::spawn(crate::secondary::tests::accept_on(sec.clone(), l));
+        sfs.inject(
+            crate::files::Op::Write,
+            "stream-",
+            crate::files::Fault::Torn(1000, libc::ENOSPC),
+            None,
+        );
+        let k = Arc::new(FakeKernel::default());
+        let s = start(&top.join("primary"), &k, &peer);
+        let key = gr_key();
+        let k2 = k.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..8 {
+                k2.write(&key, 0, 4096, 64 << 20);
+                k2.write(&key, 1, 256 << 10, 64 << 20);
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let st = sec.status();
+        let why = st.log_full.clone().expect("log_full");
+        assert!(why.contains("No space left"), "{why}");
+        assert!(st.streams.iter().all(|x| x.log_stopped.is_none()), "{st:?}");
+        assert!(st
+            .prometheus()
+            .contains("\nferry_remote_log_full{group=\"gr\"} 1\n"));
+        assert!(sfs.hits(crate::files::Op::Write) >= 2, "tried again");
+        assert!(
+            lock(&k.st).acked.values().all(|&a| a == 0),
+            "acknowledged while full"
+        );
+        assert_eq!(s.status().spool_records, 16);
+        for f in ["stream-0.log", "stream-1.log"] {
+            let len = std::fs::metadata(top.join("secondary").join(f))
+                .unwrap()
+                .len();
+            assert_eq!(len, 0, "{f}: rolled back");
+        }
+        // Room again.
+        sfs.clear();
+        drained(&k, &s, &sec, Duration::from_secs(20)).await;
+        assert!(sec.status().log_full.is_none());
+        s.stop().await;
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    /// The primary's `spool_dir` is full: no segment is written (nothing
+    /// is left of a failed one), the records stay in memory and in the
+    /// kernel's spool (the writer waits for it, `overflow block`), the
+    /// status and its gauge say why, and spooling goes on by itself once
+    /// there is room; every record arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_spool_keeps_records_in_the_kernel() {
+        let top = fresh_dir("pri-full-spool");
+        std::fs::create_dir_all(&top).unwrap();
+        let sec = crate::secondary::tests::receiver(&top.join("secondary"), &[0, 1]);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        tokio::spawn(crate::secondary::tests::accept_on(sec.clone(), l));
+        let peer = slow_link(to, 2 << 20).await.to_string();
+        let pfs = crate::files::tests::Faulty::default();
+        pfs.inject(
+            crate::files::Op::Write,
+            "spool",
+            crate::files::Fault::Torn(4096, libc::ENOSPC),
+            None,
+        );
+        let k = Arc::new(FakeKernel::default());
+        let s = start_on(&top.join("primary"), &k, &peer, Arc::new(pfs.clone()));
+        let key = gr_key();
+        let k2 = k.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            for _ in 0..16 {
+                k2.write(&key, 1, 1 << 20, 4 << 20);
+                k2.write(&key, 0, 4096, usize::MAX);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert!(!writer.is_finished(), "the writer did not wait");
+        let st = s.status();
+        let why = st.spool_full.clone().expect("spool_full");
+        assert!(why.contains("No space left"), "{why}");
+        assert_eq!((st.disk_spool_bytes, st.disk_spool_records), (0, 0));
+        assert!(st
+            .prometheus()
+            .contains("\nferry_disk_spool_full{group=\"gr\"} 1\n"));
+        assert_eq!(
+            std::fs::read_dir(&s.spool_dir).unwrap().count(),
+            0,
+            "a segment was left"
+        );
+        assert!(
+            lock(&k.st).spool_used <= (5 << 20) + (256 << 10),
+            "the kernel's spool overflowed"
+        );
+        assert!(pfs.hits(crate::files::Op::Write) >= 2, "tried again");
+        // Room again: spooling goes on, the writer no longer waits for
+        // the link.
+        pfs.clear();
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the writer still waits")
+            .unwrap();
+        drained(&k, &s, &sec, Duration::from_secs(30)).await;
+        let st = s.status();
+        assert!(
+            st.spool_full.is_none() && st.spool_error.is_none(),
+            "{st:?}"
+        );
+        s.stop().await;
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    /// A segment that cannot be read back (EIO) ends the connection and
+    /// shows as `spool_error`; its records are read again by the next
+    /// connection, and nothing is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_that_cannot_be_read_is_read_again() {
+        let top = fresh_dir("pri-spool-read");
+        std::fs::create_dir_all(&top).unwrap();
+        let sec = crate::secondary::tests::receiver(&top.join("secondary"), &[1]);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        tokio::spawn(crate::secondary::tests::accept_on(sec.clone(), l));
+        let peer = slow_link(to, 4 << 20).await.to_string();
+        let pfs = crate::files::tests::Faulty::default();
+        // The first three reads of a segment fail.
+        pfs.inject(
+            crate::files::Op::Read,
+            "spool",
+            crate::files::Fault::Errno(libc::EIO),
+            Some(3),
+        );
+        let k = Arc::new(FakeKernel::default());
+        let s = start_on(&top.join("primary"), &k, &peer, Arc::new(pfs.clone()));
+        let key = gr_key();
+        let k2 = k.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..8 {
+                k2.write(&key, 1, 1 << 20, usize::MAX);
+            }
+        })
+        .await
+        .unwrap();
+        let (t0, mut seen) = (Instant::now(), None);
+        while pfs.hits(crate::files::Op::Read) < 3 || seen.is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "segments not read");
+            seen = seen.or(s.status().spool_error);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let why = seen.unwrap();
+        assert!(why.starts_with("read:"), "{why}");
+        drained(&k, &s, &sec, Duration::from_secs(30)).await;
+        assert!(s.status().spool_error.is_none());
+        s.stop().await;
+        std::fs::remove_dir_all(&top).unwrap();
     }
 }

@@ -21,129 +21,36 @@
 //!   is damage to acknowledged records: nothing is cut, the stream is
 //!   stopped and says why.
 //!
-//! The file operations are behind [`LogFile`], so that tests can make them
-//! fail.
+//! * **A full disk** (`ENOSPC`, `EDQUOT`) is a failed append like the
+//!   others, rolled back, and not a stop: the stream says it is full
+//!   ([`StreamLog::full`]) until an append goes through again, which the
+//!   primary's next attempt makes once there is room.
+//!
+//! The file operations are behind [`files::FileIo`] and
+//! [`files::FileSystem`], so that tests can make them fail.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use ferry_core::record::{self, GroupKey};
 use ferry_core::FastDigest;
 use tracing::{error, warn};
 
-use crate::files;
-
-/// The operations the remote log needs of its file.
-pub(crate) trait LogFile: Send {
-    /// The file's length.
-    fn size(&self) -> io::Result<u64>;
-    /// Writes from `buf` at the end of the file; may write less than all.
-    fn append(&mut self, buf: &[u8]) -> io::Result<usize>;
-    fn set_len(&mut self, len: u64) -> io::Result<()>;
-    /// fsync (the data and the length).
-    fn sync(&mut self) -> io::Result<()>;
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
-    /// A new descriptor of the same file.
-    fn reopen(&self) -> io::Result<Box<dyn LogFile>>;
-    /// Releases the space of `[0, upto)`, the length kept (best effort).
-    fn punch(&self, upto: u64);
-}
-
-/// A stream's file on disk.
-pub(crate) struct Disk {
-    file: File,
-    path: PathBuf,
-}
-
-fn open_file(path: &Path) -> io::Result<File> {
-    files::options()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-}
-
-impl LogFile for Disk {
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
-    }
-    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
-        io::Write::write(&mut self.file, buf)
-    }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        self.file.read_at(buf, off)
-    }
-    fn reopen(&self) -> io::Result<Box<dyn LogFile>> {
-        Ok(Box::new(Disk {
-            file: open_file(&self.path)?,
-            path: self.path.clone(),
-        }))
-    }
-    fn punch(&self, upto: u64) {
-        let _ = nix::fcntl::fallocate(
-            self.file.as_raw_fd(),
-            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            0,
-            upto as i64,
-        );
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use crate::files::{self, append_all, read_exact_at, FileIo, FileSystem, Open};
 
 /// Opens (creates, 0600) the file of stream `id` in `dir`, and syncs `dir`
 /// so that the file's name is durable before anything in it is
 /// acknowledged.  (Also when the file existed: an earlier `ferryd` may have
 /// died between creating it and syncing.)
-pub(crate) fn open(dir: &Path, id: u32) -> Result<Disk> {
-    open_with(dir, id, sync_dir)
-}
-
-fn open_with(dir: &Path, id: u32, sync_dir: impl Fn(&Path) -> io::Result<()>) -> Result<Disk> {
+pub(crate) fn open(fs: &dyn FileSystem, dir: &Path, id: u32) -> Result<Box<dyn FileIo>> {
     let path = dir.join(format!("stream-{id}.log"));
-    let file = open_file(&path).with_context(|| format!("open {}", path.display()))?;
-    sync_dir(dir).with_context(|| format!("sync {}", dir.display()))?;
-    Ok(Disk { file, path })
-}
-
-fn read_exact_at(f: &dyn LogFile, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        match f.read_at(buf, off) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn append_all(f: &mut dyn LogFile, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match f.append(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    let file = fs
+        .open(&path, Open::Append)
+        .with_context(|| format!("open {}", path.display()))?;
+    fs.sync_dir(dir)
+        .with_context(|| format!("sync {}", dir.display()))?;
+    Ok(file)
 }
 
 /// What [`recover`] found.
@@ -167,7 +74,7 @@ pub(crate) struct Recovery {
 /// or a file that ends below it, is damage: logged as an error and
 /// reported, the file left as it is.
 pub(crate) fn recover<E: std::fmt::Display>(
-    f: &mut dyn LogFile,
+    f: &mut dyn FileIo,
     id: u32,
     start: u64,
     durable: u64,
@@ -229,7 +136,7 @@ pub(crate) fn recover<E: std::fmt::Display>(
 /// One stream's file of the remote log, at the end of its last whole
 /// record outside [`StreamLog::append`].
 pub(crate) struct StreamLog {
-    file: Box<dyn LogFile>,
+    file: Box<dyn FileIo>,
     device: u32,
     key: GroupKey,
     /// End of the last whole record, fsynced.
@@ -240,12 +147,14 @@ pub(crate) struct StreamLog {
     durable: u64,
     /// Why the stream takes no more records.
     stopped: Option<String>,
+    /// The last append failed for lack of space (and was rolled back).
+    full: Option<String>,
 }
 
 impl StreamLog {
     /// The file of `device` as [`recover`] left it; stopped if damaged.
     pub(crate) fn new(
-        file: Box<dyn LogFile>,
+        file: Box<dyn FileIo>,
         device: u32,
         key: GroupKey,
         r: &Recovery,
@@ -258,7 +167,15 @@ impl StreamLog {
             last: r.last,
             durable: r.durable,
             stopped: r.damaged.clone(),
+            full: None,
         }
+    }
+
+    /// Why the last append failed, when it was for lack of space (and was
+    /// rolled back): the stream waits for room, it is not stopped.
+    /// `None` once an append went through.
+    pub(crate) fn full(&self) -> Option<&str> {
+        self.full.as_deref()
     }
 
     /// Why the stream takes no more records, if it does not.
@@ -302,10 +219,24 @@ impl StreamLog {
             self.end = end;
             self.durable = self.durable.max(end);
             self.last = recs.last().map(|r| (end - r.len() as u64, r.len() as u32));
+            self.full = None;
             return Ok(at);
         };
         let what = if sync { "fsync" } else { "write" };
         match self.roll_back(base, sync) {
+            Ok(()) if files::no_space(&e) => {
+                let why = format!("{what} of {} records at offset {base}: {e}", recs.len());
+                // (Logged once per spell: the primary tries again and
+                // again until there is room.)
+                if self.full.is_none() {
+                    warn!(
+                        device = self.device,
+                        "remote log full ({why}): rolled back, nothing acknowledged; \
+                         replication waits for room"
+                    );
+                }
+                self.full = Some(why);
+            }
             Ok(()) => warn!(
                 device = self.device,
                 offset = base,
@@ -353,6 +284,12 @@ impl StreamLog {
         read_exact_at(&*self.file, buf, off)
     }
 
+    /// End of the last whole record.
+    #[cfg(test)]
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
     /// Releases the space below `upto` (whole pages).
     pub(crate) fn punch(&self, upto: u64) {
         self.file.punch(upto);
@@ -362,6 +299,9 @@ impl StreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tests::fresh_dir;
+    use crate::files::{Fault, Op};
+    use std::path::PathBuf;
     use std::sync::{Arc, Mutex};
 
     const ENOSPC: i32 = 28;
@@ -369,7 +309,7 @@ mod tests {
 
     /// A fault to inject.
     #[derive(Clone, Copy, Debug)]
-    enum Fault {
+    enum MemFault {
         /// The appends write this many more bytes (the last one short),
         /// then one fails with this errno (or writes nothing: `None`).
         Write(usize, Option<i32>),
@@ -382,7 +322,7 @@ mod tests {
     #[derive(Default)]
     struct Shared {
         data: Vec<u8>,
-        faults: Vec<Fault>,
+        faults: Vec<MemFault>,
         /// fsyncs of a descriptor whose fsync failed before (Linux says
         /// they succeed: the error was reported once).
         blind_syncs: u32,
@@ -391,16 +331,16 @@ mod tests {
 
     /// A file in memory that fails as told; its descriptors share it.
     #[derive(Clone, Default)]
-    struct Faulty {
+    struct Mem {
         s: Arc<Mutex<Shared>>,
         sync_failed: bool,
     }
 
-    impl Faulty {
-        fn inject(&self, f: Fault) {
+    impl Mem {
+        fn inject(&self, f: MemFault) {
             self.s.lock().unwrap().faults.push(f);
         }
-        fn take(&self, pick: impl Fn(&Fault) -> bool) -> Option<Fault> {
+        fn take(&self, pick: impl Fn(&MemFault) -> bool) -> Option<MemFault> {
             let mut s = self.s.lock().unwrap();
             let i = s.faults.iter().position(pick)?;
             Some(s.faults.remove(i))
@@ -410,15 +350,19 @@ mod tests {
         }
     }
 
-    impl LogFile for Faulty {
+    impl FileIo for Mem {
         fn size(&self) -> io::Result<u64> {
             Ok(self.s.lock().unwrap().data.len() as u64)
         }
         fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
             let mut s = self.s.lock().unwrap();
             let mut n = buf.len();
-            if let Some(i) = s.faults.iter().position(|f| matches!(f, Fault::Write(..))) {
-                let Fault::Write(left, errno) = s.faults[i] else {
+            if let Some(i) = s
+                .faults
+                .iter()
+                .position(|f| matches!(f, MemFault::Write(..)))
+            {
+                let MemFault::Write(left, errno) = s.faults[i] else {
                     unreachable!()
                 };
                 if left == 0 {
@@ -429,13 +373,13 @@ mod tests {
                     };
                 }
                 n = n.min(left);
-                s.faults[i] = Fault::Write(left - n, errno);
+                s.faults[i] = MemFault::Write(left - n, errno);
             }
             s.data.extend_from_slice(&buf[..n]);
             Ok(n)
         }
         fn set_len(&mut self, len: u64) -> io::Result<()> {
-            if self.take(|f| matches!(f, Fault::SetLen)).is_some() {
+            if self.take(|f| matches!(f, MemFault::SetLen)).is_some() {
                 return Err(io::Error::from_raw_os_error(EIO));
             }
             self.s.lock().unwrap().data.resize(len as usize, 0);
@@ -446,7 +390,7 @@ mod tests {
                 self.s.lock().unwrap().blind_syncs += 1;
                 return Ok(());
             }
-            if self.take(|f| matches!(f, Fault::Sync)).is_some() {
+            if self.take(|f| matches!(f, MemFault::Sync)).is_some() {
                 self.sync_failed = true;
                 return Err(io::Error::from_raw_os_error(EIO));
             }
@@ -459,9 +403,9 @@ mod tests {
             buf[..n].copy_from_slice(&s.data[from..from + n]);
             Ok(n)
         }
-        fn reopen(&self) -> io::Result<Box<dyn LogFile>> {
+        fn reopen(&self) -> io::Result<Box<dyn FileIo>> {
             self.s.lock().unwrap().reopens += 1;
-            Ok(Box::new(Faulty {
+            Ok(Box::new(Mem {
                 s: self.s.clone(),
                 sync_failed: false,
             }))
@@ -480,7 +424,7 @@ mod tests {
     }
 
     /// Recovers `f` from 0; returns the `dev_seq`s read and the recovery.
-    fn read_back(f: &mut dyn LogFile, durable: u64) -> (Vec<u64>, Recovery) {
+    fn read_back(f: &mut dyn FileIo, durable: u64) -> (Vec<u64>, Recovery) {
         let key = key();
         let mut seqs = Vec::new();
         let r = recover(f, 1, 0, durable, |_, b| {
@@ -493,8 +437,8 @@ mod tests {
         (seqs, r)
     }
 
-    fn new_log() -> (Faulty, StreamLog) {
-        let f = Faulty::default();
+    fn new_log() -> (Mem, StreamLog) {
+        let f = Mem::default();
         let r = read_back(&mut f.clone(), 0).1;
         let log = StreamLog::new(Box::new(f.clone()), 1, key(), &r);
         (f, log)
@@ -510,10 +454,10 @@ mod tests {
         let len = rec(1).len();
         for fault in [
             // ENOSPC in the middle of the batch's second record.
-            Fault::Write(len + 100, Some(ENOSPC)),
-            Fault::Write(10, Some(EIO)),
+            MemFault::Write(len + 100, Some(ENOSPC)),
+            MemFault::Write(10, Some(EIO)),
             // A short write, then nothing.
-            Fault::Write(len + 1, None),
+            MemFault::Write(len + 1, None),
         ] {
             let (f, mut log) = new_log();
             append(&mut log, 1..3).unwrap();
@@ -537,7 +481,7 @@ mod tests {
         let (f, mut log) = new_log();
         append(&mut log, 1..3).unwrap();
         let before = f.data();
-        f.inject(Fault::Sync);
+        f.inject(MemFault::Sync);
         assert!(append(&mut log, 3..5).is_err());
         assert_eq!(f.data(), before);
         let s = f.s.lock().unwrap();
@@ -553,8 +497,8 @@ mod tests {
     fn a_failed_rollback_stops_the_stream() {
         let (f, mut log) = new_log();
         append(&mut log, 1..3).unwrap();
-        f.inject(Fault::Write(100, Some(ENOSPC)));
-        f.inject(Fault::SetLen);
+        f.inject(MemFault::Write(100, Some(ENOSPC)));
+        f.inject(MemFault::SetLen);
         assert!(append(&mut log, 3..4).is_err());
         let why = log.stopped().expect("stopped").to_owned();
         assert!(why.contains("rollback"), "{why}");
@@ -565,8 +509,8 @@ mod tests {
         // A fsync that fails, and then the new descriptor's as well.
         let (f, mut log) = new_log();
         append(&mut log, 1..2).unwrap();
-        f.inject(Fault::Sync);
-        f.inject(Fault::Sync);
+        f.inject(MemFault::Sync);
+        f.inject(MemFault::Sync);
         assert!(append(&mut log, 2..3).is_err());
         assert!(log.stopped().is_some());
         assert_eq!(f.s.lock().unwrap().blind_syncs, 0);
@@ -612,18 +556,211 @@ mod tests {
 
     #[test]
     fn the_directory_is_synced_when_a_stream_file_is_opened() {
-        let dir = std::env::temp_dir().join(format!("ferry-rlog-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let synced = Mutex::new(Vec::new());
-        open_with(&dir, 2, |d| {
-            synced.lock().unwrap().push(d.to_owned());
-            Ok(())
-        })
-        .unwrap();
+        let dir = fresh_dir("rlog-open");
+        files::create_dir(&dir).unwrap();
+        let fs = files::tests::Faulty::default();
+        open(&fs, &dir, 2).unwrap();
         assert!(dir.join("stream-2.log").exists());
-        assert_eq!(*synced.lock().unwrap(), std::slice::from_ref(&dir));
-        assert!(open_with(&dir, 3, |_| Err(io::Error::from_raw_os_error(EIO))).is_err());
+        let part = dir.to_string_lossy().into_owned();
+        fs.inject(Op::SyncDir, &part, Fault::Errno(EIO), Some(1));
+        assert!(open(&fs, &dir, 3).is_err());
+        assert_eq!(fs.hits(Op::SyncDir), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A stream's log on a real file in a new directory `name`, its
+    /// operations through `fs`.
+    fn on_disk(name: &str, fs: &files::tests::Faulty) -> (PathBuf, StreamLog) {
+        let dir = fresh_dir(name);
+        files::create_dir(&dir).unwrap();
+        let mut f = open(fs, &dir, 1).unwrap();
+        let r = read_back(&mut *f, 0).1;
+        (dir.clone(), StreamLog::new(f, 1, key(), &r))
+    }
+
+    /// What a restart finds in `dir`: the `dev_seq`s, and the recovery.
+    fn restart(dir: &Path, durable: u64) -> (Vec<u64>, Recovery) {
+        let mut f = open(&files::Os, dir, 1).unwrap();
+        read_back(&mut *f, durable)
+    }
+
+    /// The log directory fills up in the middle of a batch (a record
+    /// written whole, the next one torn by `ENOSPC`): the batch is
+    /// rolled back and not acknowledged, the stream is full and not
+    /// stopped, each new attempt fails the same way while there is no
+    /// room, and the first once there is goes through.  Nothing that was
+    /// acknowledged is lost, and a restart finds no damage.
+    #[test]
+    fn a_full_log_waits_for_room() {
+        let len = rec(1).len();
+        let fs = files::tests::Faulty::default();
+        let (dir, mut log) = on_disk("rlog-full", &fs);
+        append(&mut log, 1..3).unwrap();
+        let before = log.end();
+        for fault in [
+            Fault::Torn(len + 100, ENOSPC),
+            Fault::Torn(100, ENOSPC),
+            Fault::Errno(ENOSPC),
+            Fault::Errno(libc::EDQUOT),
+        ] {
+            fs.inject_after(Op::Write, "stream-1", 1, fault, None);
+            for _ in 0..3 {
+                let e = append(&mut log, 3..6).unwrap_err();
+                assert!(files::out_of_space(&e), "{fault:?}: {e:#}");
+                assert!(log.stopped().is_none(), "{fault:?}: full is not a stop");
+                assert!(log.full().is_some_and(|w| w.contains("offset")));
+                assert_eq!(
+                    std::fs::metadata(dir.join("stream-1.log")).unwrap().len(),
+                    before
+                );
+            }
+            fs.clear();
+        }
+        // Another failure (EIO) is no lack of space: the stream is not
+        // said to be full by it, but still rolled back.
+        fs.inject(Op::Write, "stream-1", Fault::Torn(10, EIO), Some(1));
+        assert!(!files::out_of_space(&append(&mut log, 3..6).unwrap_err()));
+        assert_eq!(log.end(), before);
+        // Room again: the primary's next attempt goes through.
+        append(&mut log, 3..6).unwrap();
+        assert!(log.full().is_none());
+        let (seqs, r) = restart(&dir, log.durable());
+        assert_eq!(seqs, (1..6).collect::<Vec<_>>());
+        assert!(r.damaged.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Short writes: one that is followed by the rest goes through whole;
+    /// one followed by nothing (`WriteZero`) or by `ENOSPC` is rolled back.
+    #[test]
+    fn short_writes() {
+        let fs = files::tests::Faulty::default();
+        let (dir, mut log) = on_disk("rlog-short", &fs);
+        fs.inject(Op::Write, "stream-1", Fault::Short(1000), Some(1));
+        append(&mut log, 1..3).unwrap();
+        let before = log.end();
+        fs.inject(Op::Write, "stream-1", Fault::Short(1000), Some(1));
+        fs.inject(Op::Write, "stream-1", Fault::Short(0), Some(1));
+        assert!(append(&mut log, 3..4).is_err());
+        fs.inject(Op::Write, "stream-1", Fault::Short(1000), Some(1));
+        fs.inject(Op::Write, "stream-1", Fault::Errno(ENOSPC), Some(1));
+        assert!(append(&mut log, 3..4).is_err());
+        assert!(log.full().is_some());
+        assert_eq!(log.end(), before);
+        append(&mut log, 3..4).unwrap();
+        assert_eq!(restart(&dir, log.durable()).0, [1, 2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A failed fsync of a real file: the rollback goes through a new
+    /// descriptor (never trusting the failed one again), and the log goes
+    /// on from where it was.
+    #[test]
+    fn a_failed_fsync_of_a_file() {
+        let fs = files::tests::Faulty::default();
+        let (dir, mut log) = on_disk("rlog-fsync", &fs);
+        append(&mut log, 1..3).unwrap();
+        fs.inject(Op::Sync, "stream-1", Fault::Errno(EIO), Some(1));
+        assert!(append(&mut log, 3..5).is_err());
+        assert!(log.stopped().is_none() && log.full().is_none());
+        append(&mut log, 3..5).unwrap();
+        assert_eq!(fs.blind_syncs(), 0);
+        assert_eq!(restart(&dir, log.durable()).0, [1, 2, 3, 4]);
+        // A fsync that fails for lack of space (a thin device, NFS): full.
+        fs.inject(Op::Sync, "stream-1", Fault::Errno(ENOSPC), Some(1));
+        assert!(append(&mut log, 5..6).is_err());
+        assert!(log.full().is_some() && log.stopped().is_none());
+        // The new descriptor cannot be opened: stopped.
+        fs.inject(Op::Sync, "stream-1", Fault::Errno(EIO), Some(1));
+        fs.inject(Op::Open, "stream-1", Fault::Errno(EIO), Some(1));
+        assert!(append(&mut log, 5..6).is_err());
+        assert!(log.stopped().is_some_and(|w| w.contains("reopen")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A torn append whose rollback fails (the disk went bad): the stream
+    /// stops with the partial record in its file; the restart (the disk
+    /// healthy again) cuts it, beyond the durable end, and every record
+    /// acknowledged before is there.
+    #[test]
+    fn a_torn_append_is_cut_at_the_restart() {
+        let fs = files::tests::Faulty::default();
+        let (dir, mut log) = on_disk("rlog-torn", &fs);
+        append(&mut log, 1..4).unwrap();
+        let durable = log.durable();
+        fs.inject(Op::Write, "stream-1", Fault::Torn(300, EIO), Some(1));
+        fs.inject(Op::SetLen, "stream-1", Fault::Errno(EIO), Some(1));
+        assert!(append(&mut log, 4..6).is_err());
+        assert!(log.stopped().is_some());
+        assert!(std::fs::metadata(dir.join("stream-1.log")).unwrap().len() > durable);
+        let (seqs, r) = restart(&dir, durable);
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!((r.end, r.damaged), (durable, None));
+        assert_eq!(
+            std::fs::metadata(dir.join("stream-1.log")).unwrap().len(),
+            durable
+        );
+        // Damage below the durable end found at the restart: nothing cut,
+        // the stream stops and says where.
+        let mut data = std::fs::read(dir.join("stream-1.log")).unwrap();
+        data[rec(1).len() + 60] ^= 1;
+        std::fs::write(dir.join("stream-1.log"), &data).unwrap();
+        let (seqs, r) = restart(&dir, durable);
+        assert_eq!(seqs, [1]);
+        assert!(r.damaged.is_some());
+        assert_eq!(std::fs::read(dir.join("stream-1.log")).unwrap(), data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The same faults through the failpoints of the real file system
+    /// (`--features failpoints`).
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn failpoints_of_the_remote_log() {
+        let scenario = fail::FailScenario::setup();
+        let dir = fresh_dir("rlog-fp");
+        files::create_dir(&dir).unwrap();
+        let mut f = open(&files::Os, &dir, 1).unwrap();
+        let r = read_back(&mut *f, 0).1;
+        let mut log = StreamLog::new(f, 1, key(), &r);
+        append(&mut log, 1..3).unwrap();
+        let before = log.end();
+        let tag = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let len = rec(1).len();
+        // The directory fills up in the middle of the second record.
+        fail::cfg(
+            "files::write",
+            &format!("return(torn:{}:ENOSPC@{tag})", len + 100),
+        )
+        .unwrap();
+        let e = append(&mut log, 3..6).unwrap_err();
+        assert!(files::out_of_space(&e), "{e:#}");
+        assert!(log.full().is_some() && log.stopped().is_none());
+        assert_eq!(
+            std::fs::metadata(dir.join("stream-1.log")).unwrap().len(),
+            before
+        );
+        fail::remove("files::write");
+        // A failed fsync: through a new descriptor.
+        fail::cfg("files::sync", &format!("1*return(EIO@{tag})")).unwrap();
+        assert!(append(&mut log, 3..6).is_err());
+        assert!(log.stopped().is_none());
+        fail::remove("files::sync");
+        append(&mut log, 3..6).unwrap();
+        assert!(log.full().is_none());
+        // A torn write, and its rollback fails: stopped; cut at the restart.
+        let durable = log.durable();
+        fail::cfg("files::write", &format!("1*return(torn:300:EIO@{tag})")).unwrap();
+        fail::cfg("files::set_len", &format!("1*return(EIO@{tag})")).unwrap();
+        assert!(append(&mut log, 6..7).is_err());
+        assert!(log.stopped().is_some());
+        fail::remove("files::write");
+        fail::remove("files::set_len");
+        drop(log);
+        let (seqs, r) = restart(&dir, durable);
+        assert_eq!(seqs, (1..6).collect::<Vec<_>>());
+        assert_eq!((r.end, r.damaged), (durable, None));
+        scenario.teardown();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,9 @@
 //!   records apart), the file is fsynced, the records enter the stream's
 //!   window (ferry-core's `StreamWindow`) and the contiguous run end is
 //!   acknowledged.  A failed append is rolled back and acknowledges
-//!   nothing (`remote_log`).
+//!   nothing (`remote_log`); a full `log_dir` is not a stop: the status
+//!   says so (`log_full`) and the primary's next attempt goes through
+//!   once there is room.
 //! * **Apply.**  ferry-core chooses what may be applied: the limit is the
 //!   earliest of the streams' run-end stamps; the oldest checkpoint
 //!   interval whose markers all arrived at or below it is applied whole,
@@ -17,7 +19,9 @@
 //!   `APPLY_END`; the kernel keeps the update-in-progress mark), together
 //!   with the ready intervals after it, up to a batch's bounds.  The
 //!   positions reached are then saved (`state.json`) and the applied part
-//!   of the remote log is released (hole punched).
+//!   of the remote log is released (hole punched).  A save that finds no
+//!   room waits for it (nothing is released meanwhile); one that fails
+//!   otherwise stops applying.
 //! * **Restart.**  The kernel's mark says which interval was applied last
 //!   and whether one was in progress; the remote log from the saved
 //!   positions rebuilds the windows and the rendezvous, and an interval in
@@ -50,9 +54,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
+use crate::files::{self, FileSystem};
 use crate::listen::{self, Counters, Refusal};
 use crate::remote_log::{self, StreamLog};
-use crate::{files, Rejected, Report};
+use crate::{Rejected, Report};
 use ferryd::ctl::{self, Control};
 
 /// Records a stream may hold between the last applied and the newest.
@@ -137,6 +142,9 @@ struct State {
     stop: bool,
     /// Why applying stopped (`apply_stopped`); `None` while it goes on.
     apply_error: Option<String>,
+    /// Why `state.json` could not be saved for lack of space; `None` once
+    /// it was.
+    state_full: Option<String>,
     /// G2 as seen here: the order in which records became durable in the
     /// remote log (ferry-core's `DurableOrder`).
     g2: DurableOrder,
@@ -146,6 +154,8 @@ pub(crate) struct Sec {
     cfg: Config,
     key: Vec<u8>,
     gkey: GroupKey,
+    /// The remote log's and `state.json`'s way to the disk.
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     dev: Mutex<Option<File>>,
     /// The members' lengths on this site, from the kernel.
@@ -200,20 +210,14 @@ fn reason(e: &RecordError) -> &'static str {
 }
 
 /// Writes `state.json` in `dir` whole (a new file 0600, renamed over the
-/// old one).
-fn save_state(dir: &Path, saved: &SavedState) -> Result<()> {
-    let tmp = dir.join("state.json.tmp");
-    // A leftover of a crash is made again, with the mode below.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-        _ => {}
-    }
-    let mut f = files::options().write(true).create_new(true).open(&tmp)?;
-    f.write_all(serde_json::to_string(saved)?.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("state.json"))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
+/// old one: `files::replace`).
+fn save_state(fs: &dyn FileSystem, dir: &Path, saved: &SavedState) -> Result<()> {
+    files::replace(
+        fs,
+        dir,
+        "state.json",
+        serde_json::to_string(saved)?.as_bytes(),
+    )
 }
 
 /// Each device id's length in sectors on this site (0: no member), as the
@@ -254,7 +258,41 @@ impl Sec {
     }
 
     fn save(&self, saved: &SavedState) -> Result<()> {
-        save_state(&self.dir, saved)
+        save_state(&*self.fs, &self.dir, saved)
+    }
+
+    /// Saves `saved`; while `log_dir` has no room for it, tries again each
+    /// second (the status says why: `log_full`).  `Ok(false)`: not saved,
+    /// a stop or a release came meanwhile (the older `state.json` and the
+    /// kernel's mark make the same start: nothing was released from the
+    /// remote log).
+    async fn save_waiting(&self, saved: &SavedState) -> Result<bool> {
+        let mut logged = false;
+        loop {
+            let e = match self.save(saved) {
+                Ok(()) => {
+                    if lock(&self.state).state_full.take().is_some() {
+                        info!("state.json saved: log_dir has room again");
+                    }
+                    return Ok(true);
+                }
+                Err(e) if files::out_of_space(&e) => e,
+                Err(e) => return Err(e),
+            };
+            if !logged {
+                warn!("log_dir full: state.json not saved ({e:#}); applying waits for room");
+                logged = true;
+            }
+            let notified = self.more.notified();
+            {
+                let mut st = lock(&self.state);
+                st.state_full = Some(format!("state.json: {e:#}"));
+                if st.stop || st.release {
+                    return Ok(false);
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
     }
 
     fn command(&self, c: Command) -> Result<()> {
@@ -281,6 +319,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     };
     let dir = cfg.log_dir.clone().context("log_dir")?;
     files::create_dir(&dir)?;
+    let fs: Arc<dyn FileSystem> = Arc::new(files::Os);
     let d = &FastDigest;
     let gid = record::group_id_of_name(d, cfg.group.as_bytes());
     let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -317,13 +356,13 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             next: 1,
             ..Saved::default()
         });
-        let mut f = remote_log::open(&dir, id)?;
+        let mut f = remote_log::open(&*fs, &dir, id)?;
         // The log from the saved position: what is applied moves `next`,
         // the rest goes back into the window; a torn tail is cut, damage
         // below what was durable stops the stream (its records before the
         // damage are taken).
         let mut recs = Vec::new();
-        let recovery = remote_log::recover(&mut f, id, sv.log_start, sv.durable, |off, b| {
+        let recovery = remote_log::recover(&mut *f, id, sv.log_start, sv.durable, |off, b| {
             let r = record::decode_record(b, &gkey, d)?;
             if let Some(cp) = r.consistency() {
                 points.found(id, r.header.dev_seq, cp);
@@ -385,7 +424,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             wire_bytes: 0,
             applied_writes: 0,
         });
-        logs.push(Mutex::new(StreamLog::new(Box::new(f), id, gkey, &recovery)));
+        logs.push(Mutex::new(StreamLog::new(f, id, gkey, &recovery)));
     }
     if streams.is_empty() {
         bail!("the secondary group has no device");
@@ -409,6 +448,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         cfg,
         key,
         gkey,
+        fs,
         dir,
         dev: Mutex::new(Some(dev)),
         sizes,
@@ -426,6 +466,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             released: false,
             stop: false,
             apply_error: None,
+            state_full: None,
             g2: DurableOrder::new(data_high),
         }),
         logs,
@@ -683,7 +724,13 @@ async fn serve(
 /// interval in progress (the devices are not consistent); a restart of
 /// `ferryd` applies it again (redo).
 async fn apply_stopped(s: &Arc<Sec>, epoch: u64, f: ApplyFailed) -> Result<()> {
-    let why = if f.begun {
+    let why = if f.saving {
+        format!(
+            "state.json not saved after interval {epoch} was applied: {:#}; the devices hold \
+             interval {epoch} (restart ferryd once log_dir is healthy)",
+            f.error
+        )
+    } else if f.begun {
         format!(
             "interval {epoch} failed while applied: {:#}; the devices are mid-interval \
              (restart ferryd to apply it again)",
@@ -839,7 +886,19 @@ async fn apply_loop(s: Arc<Sec>) -> Result<()> {
             sv.durable = lock(&s.logs[i]).durable();
         }
         tracing::debug!(epoch, intervals = batch, records = n, "intervals applied");
-        s.save(&saved).context("save state.json")?;
+        match s.save_waiting(&saved).await {
+            Ok(true) => {}
+            // Stopping or released: nothing is released from the log.
+            Ok(false) => continue,
+            Err(error) => {
+                let f = ApplyFailed {
+                    begun: false,
+                    saving: true,
+                    error,
+                };
+                return apply_stopped(&s, epoch, f).await;
+            }
+        }
         // What is applied and saved leaves the remote log.
         for (i, sv) in saved.streams.values().enumerate() {
             let upto = sv.log_start & !4095;
@@ -867,6 +926,8 @@ struct ApplyFailed {
     /// Whether `APPLY_BEGIN` went: the devices may hold part of the batch
     /// (the kernel's mark says so, and holds host reads and promote).
     begun: bool,
+    /// The batch was applied whole, and saving the positions failed.
+    saving: bool,
     error: anyhow::Error,
 }
 
@@ -939,10 +1000,15 @@ fn apply_checked(
 ) -> Result<(), ApplyFailed> {
     check_intervals(s, epoch, items).map_err(|error| ApplyFailed {
         begun: false,
+        saving: false,
         error,
     })?;
     beat.progress();
-    apply_intervals(s, epoch, items, beat).map_err(|error| ApplyFailed { begun: true, error })
+    apply_intervals(s, epoch, items, beat).map_err(|error| ApplyFailed {
+        begun: true,
+        saving: false,
+        error,
+    })
 }
 
 /// Writes the intervals up to `epoch` through the kernel, as one: the mark,
@@ -967,12 +1033,20 @@ fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)], beat: &Bea
 
 impl Report for Sec {
     fn status(&self) -> Status {
-        let stopped: Vec<_> = self
+        let (stopped, full): (Vec<_>, Vec<_>) = self
             .logs
             .iter()
-            .map(|l| lock(l).stopped().map(str::to_owned))
-            .collect();
+            .map(|l| {
+                let l = lock(l);
+                (l.stopped().map(str::to_owned), l.full().map(str::to_owned))
+            })
+            .unzip();
         let st = lock(&self.state);
+        // The first of the streams' appends that found no room, or the
+        // save of state.json.
+        let log_full = (st.streams.iter().zip(full))
+            .find_map(|(x, f)| f.map(|f| format!("device {}: {f}", x.id)))
+            .or_else(|| st.state_full.clone());
         let streams = st
             .streams
             .iter()
@@ -1033,6 +1107,9 @@ impl Report for Sec {
             disk_spool_bytes: 0,
             g2_violations: st.g2.violations(),
             apply_error: st.apply_error.clone(),
+            log_full,
+            spool_full: None,
+            spool_error: None,
         }
     }
 }
@@ -1075,6 +1152,11 @@ pub(crate) mod tests {
     /// it receives, stores and acknowledges as `run`'s does; its "device" is
     /// a plain file, and nothing is applied (no markers come).
     pub(crate) fn receiver(top: &Path, ids: &[u32]) -> Arc<Sec> {
+        receiver_on(top, ids, Arc::new(files::Os))
+    }
+
+    /// A [`receiver`] whose files are reached through `fs`.
+    pub(crate) fn receiver_on(top: &Path, ids: &[u32], fs: Arc<dyn FileSystem>) -> Arc<Sec> {
         files::create_dir(top).unwrap();
         let cfg: Config = toml::from_str(&format!(
             "group = \"gr\"\nrole = \"secondary\"\nkey_file = \"/k\"\nlisten = \"127.0.0.1:1\"\nlog_dir = {:?}\n",
@@ -1087,8 +1169,8 @@ pub(crate) mod tests {
         let members = ids.iter().fold(0u64, |m, i| m | 1 << i);
         let (mut windows, mut streams, mut logs) = (Vec::new(), Vec::new(), Vec::new());
         for &id in ids {
-            let mut f = remote_log::open(top, id).unwrap();
-            let r = remote_log::recover(&mut f, id, 0, 0, |_, b| {
+            let mut f = remote_log::open(&*fs, top, id).unwrap();
+            let r = remote_log::recover(&mut *f, id, 0, 0, |_, b| {
                 record::decode_record(b, &gkey, d).map(|r| r.len)
             })
             .unwrap();
@@ -1104,12 +1186,13 @@ pub(crate) mod tests {
                 wire_bytes: 0,
                 applied_writes: 0,
             });
-            logs.push(Mutex::new(StreamLog::new(Box::new(f), id, gkey, &r)));
+            logs.push(Mutex::new(StreamLog::new(f, id, gkey, &r)));
         }
         Arc::new(Sec {
             cfg,
             key: vec![0; 16],
             gkey,
+            fs,
             dir: top.to_path_buf(),
             dev: Mutex::new(Some(File::create(top.join("dev")).unwrap())),
             sizes: test_sizes(ids),
@@ -1127,6 +1210,7 @@ pub(crate) mod tests {
                 released: false,
                 stop: false,
                 apply_error: None,
+                state_full: None,
                 g2: DurableOrder::new(0),
             }),
             logs,
@@ -1268,13 +1352,13 @@ pub(crate) mod tests {
         let dir = top.join("log");
         files::create_dir(&dir).unwrap();
         assert_eq!(mode_of(&dir), 0o700);
-        remote_log::open(&dir, 3).unwrap();
+        remote_log::open(&files::Os, &dir, 3).unwrap();
         assert_eq!(mode_of(&dir.join("stream-3.log")), 0o600);
         // A leftover of a crash (of an older version: 0644) is not reused.
         std::fs::write(dir.join("state.json.tmp"), "x").unwrap();
         let mut st = SavedState::default();
         st.streams.insert(3, Saved::default());
-        save_state(&dir, &st).unwrap();
+        save_state(&files::Os, &dir, &st).unwrap();
         assert_eq!(mode_of(&dir.join("state.json")), 0o600);
         assert!(!dir.join("state.json.tmp").exists());
         let back: SavedState =
@@ -1301,6 +1385,7 @@ pub(crate) mod tests {
             cfg,
             key: vec![0; 16],
             gkey,
+            fs: Arc::new(files::Os),
             dir: top.clone(),
             dev: Mutex::new(Some(dev)),
             sizes: [0; MAX_DEVICES as usize],
@@ -1318,6 +1403,7 @@ pub(crate) mod tests {
                 released: false,
                 stop: false,
                 apply_error: None,
+                state_full: None,
                 g2: DurableOrder::new(0),
             }),
             logs: Vec::new(),
@@ -1399,5 +1485,82 @@ pub(crate) mod tests {
         let old = r#"{"streams":{"1":{"next":5,"ts":1,"gs":2,"log_start":4096}}}"#;
         let back: SavedState = serde_json::from_str(old).unwrap();
         assert_eq!(back.streams[&1].durable, 0);
+    }
+
+    /// `log_dir` has no room for `state.json`: the save waits for room
+    /// (applying waits with it), the status says why, and it goes through
+    /// once there is room; a release meanwhile is not held up.  Another
+    /// failure stops applying, the reason in the status.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_log_dir_holds_the_state_until_there_is_room() {
+        let (mut s, top) = idle("state-full");
+        let fs = files::tests::Faulty::default();
+        Arc::get_mut(&mut s).unwrap().fs = Arc::new(fs.clone());
+        let mut st = SavedState::default();
+        st.streams.insert(1, Saved::default());
+        fs.inject(
+            files::Op::Write,
+            "state.json",
+            files::Fault::Torn(5, libc::ENOSPC),
+            None,
+        );
+        let s2 = s.clone();
+        let saving = tokio::spawn(async move {
+            let mut st = SavedState::default();
+            st.streams.insert(1, Saved::default());
+            s2.save_waiting(&st).await
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!saving.is_finished());
+        let why = s.status().log_full.expect("log_full");
+        assert!(
+            why.contains("state.json") && why.contains("No space"),
+            "{why}"
+        );
+        assert!(!top.join("state.json").exists());
+        assert!(fs.hits(files::Op::Write) >= 2, "tried again");
+        fs.clear();
+        assert!(tokio::time::timeout(Duration::from_secs(3), saving)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap());
+        assert!(s.status().log_full.is_none());
+        assert!(top.join("state.json").exists());
+        // A release while there is no room: not saved, not held up.
+        fs.inject(
+            files::Op::Open,
+            "state.json",
+            files::Fault::Errno(libc::EDQUOT),
+            None,
+        );
+        lock(&s.state).release = true;
+        assert!(!s.save_waiting(&st).await.unwrap());
+        lock(&s.state).release = false;
+        fs.clear();
+        // EIO: no waiting; applying stops, and says why.
+        fs.inject(
+            files::Op::Sync,
+            "state.json",
+            files::Fault::Errno(libc::EIO),
+            Some(1),
+        );
+        let error = s.save_waiting(&st).await.unwrap_err();
+        let f = ApplyFailed {
+            begun: false,
+            saving: true,
+            error,
+        };
+        let s2 = s.clone();
+        let stopped = tokio::spawn(async move { apply_stopped(&s2, 5, f).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let why = s.status().apply_error.expect("apply_error");
+        assert!(
+            why.contains("state.json not saved") && why.contains("fsync"),
+            "{why}"
+        );
+        s.stop();
+        stopped.await.unwrap().unwrap();
+        std::fs::remove_dir_all(&top).unwrap();
     }
 }

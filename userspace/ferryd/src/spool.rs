@@ -12,9 +12,6 @@
 //! record is cut): they are shipped before what the kernel offers again,
 //! and the kernel's copies of records they hold are dropped as duplicates.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +20,7 @@ use ferry_core::record::{self, GroupKey};
 use ferry_core::FastDigest;
 use tracing::warn;
 
-use crate::files;
+use crate::files::{self, append_all, read_exact_at, FileIo, FileSystem, Open};
 
 /// One segment file.
 #[derive(Debug)]
@@ -35,26 +32,30 @@ pub(crate) struct Segment {
 }
 
 /// Where one record of a segment is.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct OnDisk {
-    pub(crate) file: Arc<File>,
+    pub(crate) file: Arc<dyn FileIo>,
     pub(crate) off: u64,
     pub(crate) len: u32,
+}
+
+impl std::fmt::Debug for OnDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OnDisk({}+{})", self.off, self.len)
+    }
 }
 
 impl OnDisk {
     /// The record's bytes.
     pub(crate) fn read(&self) -> Result<Vec<u8>> {
         let mut b = vec![0u8; self.len as usize];
-        self.file
-            .read_exact_at(&mut b, self.off)
-            .context("read the disk spool")?;
+        read_exact_at(&*self.file, &mut b, self.off).context("read the disk spool")?;
         Ok(b)
     }
 }
 
 /// Where records `(dev_seq, offset, length)` of a segment's file are.
-fn located(file: &Arc<File>, at: Vec<(u64, u64, u32)>) -> Vec<(u64, OnDisk)> {
+fn located(file: &Arc<dyn FileIo>, at: Vec<(u64, u64, u32)>) -> Vec<(u64, OnDisk)> {
     at.into_iter()
         .map(|(ds, off, len)| {
             (
@@ -69,15 +70,13 @@ fn located(file: &Arc<File>, at: Vec<(u64, u64, u32)>) -> Vec<(u64, OnDisk)> {
         .collect()
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("sync {}", dir.display()))
-}
-
 /// Writes records `(dev_seq, bytes)` of `device` (in stream order) as a
-/// durable segment; returns it and where each record is.
+/// durable segment; returns it and where each record is.  On a failure
+/// (a full disk, say: [`files::out_of_space`] tells) nothing is left of
+/// it: the records stay where they were (in memory, in the kernel's
+/// spool).
 pub(crate) fn write_segment(
+    fs: &dyn FileSystem,
     dir: &Path,
     device: u32,
     recs: &[(u64, Arc<[u8]>)],
@@ -87,14 +86,26 @@ pub(crate) fn write_segment(
     };
     let (first, last) = (first.0, last.0);
     let path = dir.join(format!("stream-{device}-{first:020}.seg"));
-    let r = write_records(&path, recs);
-    if r.is_err() {
-        // (A full disk, say: the records stay in the kernel's spool.)
-        let _ = fs::remove_file(&path);
-    }
-    let (f, at, off) = r?;
-    sync_dir(dir)?;
-    let at = located(&Arc::new(f), at);
+    let r = write_records(fs, &path, recs).and_then(|w| {
+        fs.sync_dir(dir)
+            .with_context(|| format!("sync {}", dir.display()))?;
+        Ok(w)
+    });
+    let (f, at, off) = match r {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(re) = fs.remove(&path) {
+                if re.kind() != std::io::ErrorKind::NotFound {
+                    // (Found again at the next start: its records are
+                    // verified, and those the kernel still offers are
+                    // dropped as duplicates.)
+                    warn!(path = %path.display(), "cannot remove a segment not written whole: {re}");
+                }
+            }
+            return Err(e);
+        }
+    };
+    let at = located(&Arc::from(f), at);
     Ok((
         Segment {
             first,
@@ -109,34 +120,33 @@ pub(crate) fn write_segment(
 /// Writes and syncs a segment's file.
 #[allow(clippy::type_complexity)]
 fn write_records(
+    fs: &dyn FileSystem,
     path: &Path,
     recs: &[(u64, Arc<[u8]>)],
-) -> Result<(File, Vec<(u64, u64, u32)>, u64)> {
-    let mut f = files::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(path)
+) -> Result<(Box<dyn FileIo>, Vec<(u64, u64, u32)>, u64)> {
+    let mut f = fs
+        .open(path, Open::Truncate)
         .with_context(|| format!("create {}", path.display()))?;
     let mut off = 0u64;
     let mut at = Vec::with_capacity(recs.len());
     for (ds, b) in recs {
-        f.write_all(b)
-            .with_context(|| format!("write {}", path.display()))?;
+        append_all(&mut *f, b).with_context(|| format!("write {}", path.display()))?;
         at.push((*ds, off, b.len() as u32));
         off += b.len() as u64;
     }
-    f.sync_all()
+    f.sync()
         .with_context(|| format!("sync {}", path.display()))?;
     Ok((f, at, off))
 }
 
-/// Removes a segment whose records are all acknowledged.
-pub(crate) fn remove(seg: &Segment) {
-    if let Err(e) = fs::remove_file(&seg.path) {
+/// Removes a segment whose records are all acknowledged.  A failure is
+/// logged and returned; the segment is found again at the next start
+/// (its records acknowledged by then: dropped).
+pub(crate) fn remove(fs: &dyn FileSystem, seg: &Segment) -> Result<()> {
+    fs.remove(&seg.path).map_err(|e| {
         warn!(path = %seg.path.display(), "cannot remove a spooled segment: {e}");
-    }
+        anyhow::Error::from(e).context(format!("remove {}", seg.path.display()))
+    })
 }
 
 /// A device's segments found at start, oldest first, with their records
@@ -147,12 +157,13 @@ pub(crate) type Found = Vec<(Segment, Vec<(u64, u64, OnDisk)>)>;
 /// Records are verified whole; a segment ends at its first bad record (cut
 /// there: a torn write of the last spooling step), and an empty one is
 /// removed.
-pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
+pub(crate) fn load(fs: &dyn FileSystem, dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
     files::create_dir(dir)?;
     let mut names = Vec::new();
-    for e in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
+    for name in fs
+        .list(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+    {
         let Some(rest) = name
             .strip_prefix("stream-")
             .and_then(|r| r.strip_suffix(".seg"))
@@ -165,17 +176,19 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
         let (Ok(dev), Ok(first)) = (dev.parse::<u32>(), first.parse::<u64>()) else {
             continue;
         };
-        names.push((dev, first, e.path()));
+        names.push((dev, first, dir.join(&name)));
     }
     names.sort();
     let mut out: Vec<(u32, Found)> = Vec::new();
     for (dev, _, path) in names {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
+        let mut f = fs
+            .open(&path, Open::Existing)
             .with_context(|| format!("open {}", path.display()))?;
-        let buf = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let size = f
+            .size()
+            .with_context(|| format!("read {}", path.display()))?;
+        let mut buf = vec![0u8; size as usize];
+        read_exact_at(&*f, &mut buf, 0).with_context(|| format!("read {}", path.display()))?;
         let mut recs = Vec::new();
         let mut stamps = Vec::new();
         let mut off = 0usize;
@@ -188,17 +201,19 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
                 }
                 Ok(_) | Err(_) => {
                     warn!(path = %path.display(), offset = off, "spooled segment ends with a bad record: cut");
-                    f.set_len(off as u64)?;
-                    f.sync_all()?;
+                    f.set_len(off as u64)
+                        .with_context(|| format!("cut {}", path.display()))?;
+                    f.sync()
+                        .with_context(|| format!("sync {}", path.display()))?;
                     break;
                 }
             }
         }
         let (Some(&(first, _, _)), Some(&(last, _, _))) = (recs.first(), recs.last()) else {
-            let _ = fs::remove_file(&path);
+            let _ = fs.remove(&path);
             continue;
         };
-        let at = located(&Arc::new(f), recs)
+        let at = located(&Arc::from(f), recs)
             .into_iter()
             .zip(stamps)
             .map(|((ds, od), ts)| (ds, ts, od))
@@ -220,6 +235,8 @@ pub(crate) fn load(dir: &Path, key: &GroupKey) -> Result<Vec<(u32, Found)>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::files::tests::{fresh_dir, Faulty};
+    use crate::files::{Fault, Op, Os};
     use ferry_core::record::{RecordHeader, RecordKind};
 
     /// A 4 KiB write record of device 1 with `dev_seq` `ds` (also used by
@@ -244,20 +261,23 @@ pub(crate) mod tests {
     #[test]
     fn segments_survive_a_restart_and_a_torn_tail_is_cut() {
         let dir = std::env::temp_dir().join(format!("ferry-spool-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let gid = record::group_id_of_name(&FastDigest, b"g");
         let key = GroupKey::derive(&FastDigest, gid, &[]).unwrap();
         let recs: Vec<_> = (5..9).map(|ds| (ds, rec(&key, gid, ds))).collect();
-        let (seg, at) = write_segment(&dir, 1, &recs).unwrap();
+        let (seg, at) = write_segment(&Os, &dir, 1, &recs).unwrap();
         assert_eq!((seg.first, seg.last, at.len()), (5, 8, 4));
         assert_eq!(at[2].1.read().unwrap(), &*recs[2].1);
         let recs2: Vec<_> = (9..11).map(|ds| (ds, rec(&key, gid, ds))).collect();
-        let (seg2, _) = write_segment(&dir, 1, &recs2).unwrap();
+        let (seg2, _) = write_segment(&Os, &dir, 1, &recs2).unwrap();
         // A torn last record of the second segment.
-        let f = fs::OpenOptions::new().write(true).open(&seg2.path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg2.path)
+            .unwrap();
         f.set_len(seg2.bytes - 100).unwrap();
-        let found = load(&dir, &key).unwrap();
+        let found = load(&Os, &dir, &key).unwrap();
         assert_eq!(found.len(), 1);
         let (dev, segs) = &found[0];
         assert_eq!(*dev, 1);
@@ -267,10 +287,10 @@ pub(crate) mod tests {
         assert_eq!(segs[1].1[0].2.read().unwrap(), &*recs2[0].1);
         // With the kernel's timestamp of each record.
         assert_eq!((segs[1].1[0].0, segs[1].1[0].1), (9, 9000));
-        remove(&segs[0].0);
-        remove(&segs[1].0);
-        assert!(load(&dir, &key).unwrap().is_empty());
-        fs::remove_dir_all(&dir).unwrap();
+        remove(&Os, &segs[0].0).unwrap();
+        remove(&Os, &segs[1].0).unwrap();
+        assert!(load(&Os, &dir, &key).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -281,11 +301,155 @@ pub(crate) mod tests {
         let dir = top.join("g/spool");
         let gid = record::group_id_of_name(&FastDigest, b"g");
         let key = GroupKey::derive(&FastDigest, gid, &[]).unwrap();
-        assert!(load(&dir, &key).unwrap().is_empty());
+        assert!(load(&Os, &dir, &key).unwrap().is_empty());
         assert_eq!(mode_of(&top.join("g")), 0o700);
         assert_eq!(mode_of(&dir), 0o700);
-        let (seg, _) = write_segment(&dir, 1, &[(5, rec(&key, gid, 5))]).unwrap();
+        let (seg, _) = write_segment(&Os, &dir, 1, &[(5, rec(&key, gid, 5))]).unwrap();
         assert_eq!(mode_of(&seg.path), 0o600);
-        fs::remove_dir_all(&top).unwrap();
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    fn gkey() -> (GroupKey, u64) {
+        let gid = record::group_id_of_name(&FastDigest, b"g");
+        (GroupKey::derive(&FastDigest, gid, &[]).unwrap(), gid)
+    }
+
+    /// The segments' files in `dir`.
+    fn segments_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = Os.list(dir).unwrap();
+        v.sort();
+        v
+    }
+
+    /// A segment that cannot be written whole (no room for the file, a
+    /// full disk in the middle of it, a torn or short write, a failed
+    /// fsync of the file or of the directory) leaves nothing: no file,
+    /// the error says whether it was for lack of space, and the same
+    /// records are spooled once the fault is gone.
+    #[test]
+    fn a_segment_not_written_whole_leaves_nothing() {
+        let dir = fresh_dir("spool-faults");
+        files::create_dir(&dir).unwrap();
+        let (key, gid) = gkey();
+        let recs: Vec<_> = (5..9).map(|ds| (ds, rec(&key, gid, ds))).collect();
+        let len = recs[0].1.len();
+        let fs = Faulty::default();
+        for (op, fault, full) in [
+            (Op::Open, Fault::Errno(libc::ENOSPC), true),
+            (Op::Write, Fault::Errno(libc::ENOSPC), true),
+            (Op::Write, Fault::Torn(len + 10, libc::ENOSPC), true),
+            (Op::Write, Fault::Torn(len + 10, libc::EDQUOT), true),
+            (Op::Write, Fault::Torn(100, libc::EIO), false),
+            (Op::Write, Fault::Short(0), false),
+            (Op::Sync, Fault::Errno(libc::EIO), false),
+            (Op::Sync, Fault::Errno(libc::ENOSPC), true),
+            (Op::SyncDir, Fault::Errno(libc::EIO), false),
+        ] {
+            fs.inject(op, "spool-faults", fault, Some(1));
+            let e = write_segment(&fs, &dir, 1, &recs).unwrap_err();
+            assert_eq!(files::out_of_space(&e), full, "{op:?} {fault:?}: {e:#}");
+            assert!(segments_in(&dir).is_empty(), "{op:?} {fault:?}");
+        }
+        // A short write followed by the rest is a whole segment.
+        fs.inject(Op::Write, "spool-faults", Fault::Short(100), Some(1));
+        let (seg, at) = write_segment(&fs, &dir, 1, &recs).unwrap();
+        assert_eq!(at[3].1.read().unwrap(), &*recs[3].1);
+        assert_eq!(load(&Os, &dir, &key).unwrap()[0].1[0].1.len(), 4);
+        remove(&Os, &seg).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A segment that cannot be read (EIO) says so, and the records are
+    /// still there to be read once it can; one that cannot be removed
+    /// says so and is found again at the next start.
+    #[test]
+    fn reading_and_removing_a_segment_fail_loudly() {
+        let dir = fresh_dir("spool-rd");
+        files::create_dir(&dir).unwrap();
+        let (key, gid) = gkey();
+        let recs: Vec<_> = (1..4).map(|ds| (ds, rec(&key, gid, ds))).collect();
+        let fs = Faulty::default();
+        let (seg, at) = write_segment(&fs, &dir, 1, &recs).unwrap();
+        fs.inject(Op::Read, "spool-rd", Fault::Errno(libc::EIO), Some(1));
+        assert!(at[1].1.read().is_err());
+        assert_eq!(at[1].1.read().unwrap(), &*recs[1].1);
+        fs.inject(Op::Remove, "spool-rd", Fault::Errno(libc::EIO), Some(1));
+        assert!(remove(&fs, &seg).is_err());
+        let found = load(&fs, &dir, &key).unwrap();
+        assert_eq!((found[0].1[0].0.first, found[0].1[0].0.last), (1, 3));
+        // Reading it back at start fails: the start fails, saying why.
+        fs.inject(Op::Read, "spool-rd", Fault::Errno(libc::EIO), Some(1));
+        assert!(load(&fs, &dir, &key).is_err());
+        remove(&fs, &seg).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A torn last spooling step (a crash, or a full disk before the file
+    /// could be removed) is cut at start; a cut that fails stops the
+    /// start, nothing being shipped from a segment that is not whole.
+    #[test]
+    fn a_torn_segment_is_cut_at_start() {
+        let dir = fresh_dir("spool-torn");
+        files::create_dir(&dir).unwrap();
+        let (key, gid) = gkey();
+        let recs: Vec<_> = (1..4).map(|ds| (ds, rec(&key, gid, ds))).collect();
+        let len = recs[0].1.len();
+        // What a crash in the middle of a torn write leaves: two records
+        // and a part of the third.
+        let fs = Faulty::default();
+        fs.inject_after(
+            Op::Write,
+            "spool-torn",
+            2,
+            Fault::Torn(50, libc::ENOSPC),
+            Some(1),
+        );
+        fs.inject(Op::Remove, "spool-torn", Fault::Errno(libc::EIO), Some(1));
+        assert!(write_segment(&fs, &dir, 1, &recs).is_err());
+        assert_eq!(segments_in(&dir).len(), 1);
+        fs.inject(Op::SetLen, "spool-torn", Fault::Errno(libc::EIO), Some(1));
+        assert!(load(&fs, &dir, &key).is_err());
+        let found = load(&fs, &dir, &key).unwrap();
+        let (seg, at) = &found[0].1[0];
+        assert_eq!((seg.first, seg.last, seg.bytes), (1, 2, 2 * len as u64));
+        assert_eq!(at[1].2.read().unwrap(), &*recs[1].1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The disk spool's faults through the failpoints of the real file
+    /// system (`--features failpoints`).
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn failpoints_of_the_disk_spool() {
+        let scenario = fail::FailScenario::setup();
+        let dir = fresh_dir("spool-fp");
+        files::create_dir(&dir).unwrap();
+        let tag = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let (key, gid) = gkey();
+        let recs: Vec<_> = (1..4).map(|ds| (ds, rec(&key, gid, ds))).collect();
+        let len = recs[0].1.len();
+        fail::cfg(
+            "files::write",
+            &format!("return(torn:{}:ENOSPC@{tag})", len + 7),
+        )
+        .unwrap();
+        let e = write_segment(&Os, &dir, 1, &recs).unwrap_err();
+        assert!(files::out_of_space(&e), "{e:#}");
+        assert!(segments_in(&dir).is_empty());
+        fail::remove("files::write");
+        fail::cfg("files::sync_dir", &format!("1*return(EIO@{tag})")).unwrap();
+        let e = write_segment(&Os, &dir, 1, &recs).unwrap_err();
+        assert!(!files::out_of_space(&e), "{e:#}");
+        assert!(segments_in(&dir).is_empty());
+        let (seg, at) = write_segment(&Os, &dir, 1, &recs).unwrap();
+        fail::cfg("files::read", &format!("1*return(EIO@{tag})")).unwrap();
+        assert!(at[0].1.read().is_err());
+        assert_eq!(at[0].1.read().unwrap(), &*recs[0].1);
+        fail::cfg("files::remove", &format!("1*return(EIO@{tag})")).unwrap();
+        assert!(remove(&Os, &seg).is_err());
+        assert_eq!(segments_in(&dir).len(), 1);
+        remove(&Os, &seg).unwrap();
+        scenario.teardown();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -106,6 +106,23 @@ pub struct Status {
     /// or an apply that failed); `None` while it goes on.
     #[serde(default)]
     pub apply_error: Option<String>,
+    /// Secondary: why the remote log's directory (`log_dir`) is full, when
+    /// it is (a batch of records or `state.json` could not be written for
+    /// lack of space: replication waits for room, nothing acknowledged);
+    /// `None` once what failed went through.
+    #[serde(default)]
+    pub log_full: Option<String>,
+    /// Primary: why the disk spool's directory (`spool_dir`) is full, when
+    /// it is (a segment could not be written for lack of space: records
+    /// stay in memory and in the kernel's spool); `None` once a segment is
+    /// written again.
+    #[serde(default)]
+    pub spool_full: Option<String>,
+    /// Primary: the last failure of the disk spool other than a lack of
+    /// space (writing, reading or removing a segment); `None` once that
+    /// succeeds again.
+    #[serde(default)]
+    pub spool_error: Option<String>,
 }
 
 /// Serves `GET /status` (the document, JSON) and `GET /metrics` (its
@@ -470,6 +487,13 @@ impl Collector for Metrics {
         )?;
         family(
             e,
+            "remote_log_full",
+            "Secondary: the remote log's directory is full: replication waits for room",
+            None,
+            vec![(self.group(), gauge(i64::from(st.log_full.is_some())))],
+        )?;
+        family(
+            e,
             "applied_epoch",
             "Last checkpoint interval applied",
             None,
@@ -519,6 +543,13 @@ impl Collector for Metrics {
             "Primary: bytes of the disk spool's segments",
             Some(Unit::Bytes),
             vec![(self.group(), gauge(st.disk_spool_bytes))],
+        )?;
+        family(
+            e,
+            "disk_spool_full",
+            "Primary: the disk spool's directory is full: records stay in the kernel's spool",
+            None,
+            vec![(self.group(), gauge(i64::from(st.spool_full.is_some())))],
         )?;
         family(
             e,
@@ -588,6 +619,9 @@ mod tests {
             disk_spool_bytes: 0,
             g2_violations: 0,
             apply_error: None,
+            log_full: None,
+            spool_full: None,
+            spool_error: None,
         }
     }
 
@@ -614,7 +648,7 @@ mod tests {
     }
 
     /// Every family ferryd exposes, and its type.
-    pub(crate) const FAMILIES: [(&str, &str); 22] = [
+    pub(crate) const FAMILIES: [(&str, &str); 24] = [
         ("ferry_build_info", "gauge"),
         ("ferry_state", "gauge"),
         ("ferry_connected", "gauge"),
@@ -625,6 +659,7 @@ mod tests {
         ("ferry_wire_bytes_total", "counter"),
         ("ferry_applied_writes_total", "counter"),
         ("ferry_remote_log_stopped", "gauge"),
+        ("ferry_remote_log_full", "gauge"),
         ("ferry_applied_epoch", "gauge"),
         ("ferry_applying_epoch", "gauge"),
         ("ferry_intervals_applied_total", "counter"),
@@ -632,6 +667,7 @@ mod tests {
         ("ferry_spool_records", "gauge"),
         ("ferry_disk_spool_records", "gauge"),
         ("ferry_disk_spool_bytes", "gauge"),
+        ("ferry_disk_spool_full", "gauge"),
         ("ferry_auth_refused_total", "counter"),
         ("ferry_accept_errors_total", "counter"),
         ("ferry_records_rejected_total", "counter"),
@@ -931,5 +967,40 @@ mod tests {
         json.remove("log_stopped");
         let back: Stream = serde_json::from_value(json.into()).unwrap();
         assert!(back.log_stopped.is_none());
+    }
+
+    /// A full remote log or disk spool shows in the document and its
+    /// gauge; a document of an older ferryd (without them) still reads.
+    #[test]
+    fn a_full_directory_shows() {
+        let mut st = status();
+        let m = st.prometheus();
+        assert!(
+            m.contains("\nferry_remote_log_full{group=\"gr\"} 0\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_disk_spool_full{group=\"gr\"} 0\n"),
+            "{m}"
+        );
+        st.log_full = Some("write: No space left on device (os error 28)".into());
+        st.spool_full = Some("no space".into());
+        let m = st.prometheus();
+        assert!(
+            m.contains("\nferry_remote_log_full{group=\"gr\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\nferry_disk_spool_full{group=\"gr\"} 1\n"),
+            "{m}"
+        );
+        let json = serde_json::to_value(&st).unwrap();
+        assert!(json["log_full"].as_str().unwrap().contains("No space"));
+        let mut json = json.as_object().unwrap().clone();
+        for f in ["log_full", "spool_full", "spool_error"] {
+            json.remove(f);
+        }
+        let back: Status = serde_json::from_value(json.into()).unwrap();
+        assert!(back.log_full.is_none() && back.spool_full.is_none() && back.spool_error.is_none());
     }
 }

@@ -65,6 +65,9 @@ fn fresh(role: Role, state: &str, devices: &[u32]) -> Status {
         disk_spool_bytes: 0,
         g2_violations: 0,
         apply_error: None,
+        log_full: None,
+        spool_full: None,
+        spool_error: None,
     }
 }
 
