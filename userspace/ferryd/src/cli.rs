@@ -15,8 +15,9 @@ Exit status:
   0  healthy: replicating (primary) or idle/applying (secondary), every link up
   1  error: ferryd not reachable, bad arguments, the command failed
   2  degraded: a link down, connecting, ahead (resync needed), a remote log
-     stopped, applying stopped, G2 broken, released, or a lag beyond
-     --max-lag seconds (default 30)";
+     stopped, applying stopped, log_dir or spool_dir full, a disk spool
+     error, G2 broken, released, or a lag beyond --max-lag seconds
+     (default 30)";
 
 /// `ferryd`'s command line.
 #[derive(Parser, Debug)]

@@ -103,6 +103,15 @@ pub fn assess(s: &Status, max_lag: f64) -> Assessment {
     if let Some(why) = &s.apply_error {
         r.push(format!("applying stopped: {why}"));
     }
+    if let Some(why) = &s.log_full {
+        r.push(format!("log_dir full: {why}"));
+    }
+    if let Some(why) = &s.spool_full {
+        r.push(format!("spool_dir full: {why}"));
+    }
+    if let Some(why) = &s.spool_error {
+        r.push(format!("disk spool error: {why}"));
+    }
     if s.g2_violations > 0 {
         r.push(format!(
             "G2 broken: {} log records became durable after a data record of a later group order",
@@ -194,7 +203,7 @@ pub(crate) mod tests {
     #[test]
     fn each_degradation_exits_2_and_says_why() {
         type Change = fn(&mut Status);
-        let cases: [(Change, &str); 10] = [
+        let cases: [(Change, &str); 13] = [
             (|s| s.streams[1].connected = false, "device 1: link down"),
             (
                 |s| {
@@ -217,6 +226,18 @@ pub(crate) mod tests {
             (
                 |s| s.apply_error = Some("EIO".into()),
                 "applying stopped: EIO",
+            ),
+            (
+                |s| s.log_full = Some("No space left on device".into()),
+                "log_dir full: No space left on device",
+            ),
+            (
+                |s| s.spool_full = Some("No space left on device".into()),
+                "spool_dir full: No space left on device",
+            ),
+            (
+                |s| s.spool_error = Some("EIO".into()),
+                "disk spool error: EIO",
             ),
             (
                 |s| s.streams[1].lag_seconds = 30.5,

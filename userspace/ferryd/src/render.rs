@@ -82,14 +82,25 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
         }
     }
     match s.role {
-        Role::Primary => writeln!(
-            o,
-            "  records not acknowledged {}; in the disk spool {} ({})",
-            s.spool_records,
-            s.disk_spool_records,
-            bytes(s.disk_spool_bytes)
-        )?,
+        Role::Primary => {
+            writeln!(
+                o,
+                "  records not acknowledged {}; in the disk spool {} ({})",
+                s.spool_records,
+                s.disk_spool_records,
+                bytes(s.disk_spool_bytes)
+            )?;
+            if let Some(why) = &s.spool_full {
+                writeln!(o, "  DISK SPOOL FULL: {why}")?;
+            }
+            if let Some(why) = &s.spool_error {
+                writeln!(o, "  DISK SPOOL ERROR: {why}")?;
+            }
+        }
         Role::Secondary => {
+            if let Some(why) = &s.log_full {
+                writeln!(o, "  LOG DIR FULL: {why}")?;
+            }
             if let Some(why) = &s.apply_error {
                 writeln!(o, "  APPLYING STOPPED: {why}")?;
             }
