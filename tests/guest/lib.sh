@@ -235,6 +235,35 @@ fetch() {
 sums() { for d in /dev/vda /dev/vdb; do dd if=$d bs=1M count=${1:-8} skip=${2:-0} iflag=direct 2>/dev/null | md5sum | cut -c1-32; done | tr '\n' ' '; }
 # The secondary's verdict for the primary; the first FAIL stands.
 res() { grep -q '^FAIL' "$WWW/result" 2>/dev/null || publish result "$*"; }
+# Primary, at the end of a two-guest test: publishes `done` with the given
+# words (the checksums to compare, first), waits for the secondary's
+# verdict and fails on anything but PASS.
+primary_await_verdict() {
+	publish done "$*"
+	fetch result /tmp/result 300 || fail "no result from the secondary"
+	cat /tmp/result
+	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
+	touch $WWW/bye
+	sleep 5  # time for the secondary to see it
+	ok "secondary verified the replica"
+}
+# Secondary, once applied: promote, then the first <mib> MiB of each device
+# must equal the primary's checksums <p0> <p1>; the verdict is published,
+# served until the primary has it, and fails the test unless PASS.
+secondary_verify_sums() {  # secondary_verify_sums <mib> <p0> <p1>
+	local mib=$1 p0=$2 p1=$3
+	ferryctl promote gr >/tmp/promote.out 2>&1 || res "FAIL: promote: $(cat /tmp/promote.out)"
+	set -- $(sums "$mib")
+	if [ "$1 $2" = "$p0 $p1" ]; then
+		res "PASS: checksums equal ($1 $2)"
+	else
+		res "FAIL: checksums differ: secondary $1 $2, primary $p0 $p1"
+	fi
+	cat $WWW/result
+	await_peer_file "$peer" bye
+	grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
+	ok "replica verified"
+}
 # Primary: until r0 and r1 have every record acknowledged, three times in a
 # row, at most <tries> half-seconds; sets c0 a0 c1 a1 (completed, acked).
 repl_drained() {

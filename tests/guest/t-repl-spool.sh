@@ -48,13 +48,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	[ "$(fstatus disk_spool_bytes)" = 0 ] || fail "disk spool not empty after the drain: $(fstatus disk_spool_bytes)"
 	ls /var/lib/ferry/gr/spool/*.seg >/dev/null 2>&1 && fail "segments left: $(ls /var/lib/ferry/gr/spool)"
 	ok "drained, still replicating; the disk spool is empty"
-	publish done "$(sums 32)"
-	fetch result /tmp/result 300 || fail "no result from the secondary"
-	cat /tmp/result
-	grep -q '^PASS' /tmp/result || fail "secondary: $(cat /tmp/result)"
-	touch $WWW/bye
-	sleep 5  # time for the secondary to see it
-	ok "secondary verified the replica"
+	primary_await_verdict "$(sums 32)"
 else
 	repl_devices secondary
 	repl_config secondary
@@ -62,15 +56,5 @@ else
 	fetch done /tmp/done 600 || fail "the primary never finished"
 	set -- $(cat /tmp/done); p0=$1 p1=$2
 	repl_applied 120 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
-	ferryctl promote gr >/tmp/promote.out 2>&1 || res "FAIL: promote: $(cat /tmp/promote.out)"
-	set -- $(sums 32)
-	if [ "$1 $2" = "$p0 $p1" ]; then
-		res "PASS: checksums equal ($1 $2)"
-	else
-		res "FAIL: checksums differ: secondary $1 $2, primary $p0 $p1"
-	fi
-	cat $WWW/result
-	await_peer_file "$peer" bye
-	grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
-	ok "replica verified"
+	secondary_verify_sums 32 "$p0" "$p1"
 fi
