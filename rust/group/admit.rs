@@ -133,7 +133,7 @@ impl Group {
                     Err(_) => {
                         // It cannot be held: to the bitmap (a second pass).
                         let mut st = self.state.lock();
-                        self.went_ahead(st.spool.lost(0), "out of memory for the spool");
+                        self.went_ahead(st.spool.lost(0), "out of memory to hold a writer for spool room");
                         self.prepare_lost(&mut st, id, at, defer)
                     }
                 };
@@ -150,12 +150,13 @@ impl Group {
                 }
                 Err(_) => {
                     rec.copy = true;
+                    rec.copy_since = now_ms();
                     let (charge, wgen) = (rec.charge, rec.wgen);
                     return match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
                         Ok(r) => Ok(Admitted::Copy(r)),
                         Err(_) => {
                             let mut st = self.state.lock();
-                            self.went_ahead(st.spool.lost(charge), "out of memory for the spool");
+                            self.went_ahead(st.spool.lost(charge), "out of memory to hold a write for its copy");
                             if let Some(s) = st.stream(id) {
                                 s.intent.dropped(wgen, at.0, at.1);
                             }
@@ -293,11 +294,18 @@ impl Group {
                             Err(_) => false,
                         }
                     };
-                    if ok {
-                        Some(Arc::from(r))
-                    } else {
-                        self.prepare_failed(m, "out of memory for the spool")
+                    if !ok {
+                        // No memory even here: the copy is retried
+                        // (`copy_in`), its room kept.
+                        m.copy = true;
+                        m.copy_since = now_ms();
+                        bio.attach(Some(Arc::from(r)));
+                        let mut st = self.state.lock();
+                        st.copying.push(bio);
+                        self.kick_work(&st);
+                        continue;
                     }
+                    Some(Arc::from(r))
                 }
                 (Reserve::Done, None) => {
                     // Cannot happen (the bio owns its record): give the
@@ -352,8 +360,11 @@ impl Group {
     /// copy without sleeping (`Admitted::Copy`), reclaiming memory if it
     /// must but never waiting on I/O; each write then waits with the
     /// others for its write intent ([`Self::persist`] submits them next).
-    /// Still no memory: its room back, its chunks dirty, the group ahead.
-    /// Process context.
+    /// Still no memory: the copy is tried again a few milliseconds later
+    /// (the secondary's acknowledgements and writeback free memory), the
+    /// writer held meanwhile, until `block_timeout` has passed since its
+    /// first try, or a member is being suspended: then its room goes back,
+    /// its chunks dirty, the group ahead.  Process context.
     pub(super) fn copy_in(&self) {
         let _noio = NoIo::enter();
         loop {
@@ -364,13 +375,28 @@ impl Group {
             let rec = match bio.take_io().and_then(Arc::into_unique_or_drop) {
                 Some(mut r) => {
                     let m = Pin::get_mut(r.as_mut());
-                    m.copy = false;
                     match Payload::copy_from_bio(&bio, GFP_KERNEL) {
                         Ok(p) => {
+                            m.copy = false;
                             m.payload = p;
                             Some(Arc::from(r))
                         }
-                        Err(_) => self.prepare_failed(m, "out of memory for the spool"),
+                        Err(_) => {
+                            let bound = u64::from(self.settings.block_timeout_s) * 1000;
+                            let late = now_ms().saturating_sub(m.copy_since) >= bound;
+                            if !late && self.suspending.load(Relaxed) == 0 {
+                                bio.attach(Some(Arc::from(r)));
+                                let mut st = self.state.lock();
+                                st.copying.push_front(bio);
+                                if !self.dead.load(Relaxed) {
+                                    // About 10 ms.
+                                    self.kick.schedule(kernel::time::msecs_to_jiffies(10));
+                                }
+                                return;
+                            }
+                            m.copy = false;
+                            self.prepare_failed(m, "no memory for the spool within block_timeout")
+                        }
                     }
                 }
                 None => {

@@ -41,6 +41,9 @@ pub(crate) struct Record {
     ///
     /// [`Group::copy_in`]: super::Group::copy_in
     pub(super) copy: bool,
+    /// When its copy was first left to the kick work (ms of the monotonic
+    /// clock): it is retried until `block_timeout` has passed.
+    pub(super) copy_since: u64,
     /// Write-intent generation whose count this record holds, or
     /// [`Gen::NONE`] (no chunk: flushes, markers).
     pub(super) wgen: Gen,
@@ -70,6 +73,7 @@ impl Record {
             charge: spool::charge(0, PAGE_SIZE),
             queued: 0,
             copy: false,
+            copy_since: 0,
             wgen: Gen::NONE,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),
