@@ -34,6 +34,9 @@ mounts() {
 	mkdir -p /mnt/wal /mnt/pg
 	mount -t ext4 /dev/mapper/r0 /mnt/wal && mount -t ext4 /dev/mapper/r1 /mnt/pg
 }
+# The postmaster's last children may still hold the mounts for a moment
+# after pg_ctl stop returned.
+unmount() { for i in 1 2 3 4 5 6 7 8 9 10; do umount "$1" 2>/dev/null && return 0; sleep 1; done; umount "$1"; }
 allsums() { for d in /dev/vda /dev/vdb; do md5sum <$d | cut -c1-32; done | tr '\n' ' '; }
 
 if [ "$FERRY_NODE" = 0 ]; then
@@ -57,7 +60,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	[ -n "$state" ] || fail "no state from the database"
 	pg_stop || fail "postgres stop"
 	fstrim /mnt/pg && fstrim /mnt/wal || fail "fstrim"
-	umount /mnt/pg && umount /mnt/wal || fail "umount"
+	unmount /mnt/pg && unmount /mnt/wal || fail "umount"
 	ok "pgbench: $tps tps; state (transactions, balances) $state; stopped, trimmed, unmounted in $(( $(date +%s) - t0 )) s"
 	dm message r1 0 cp app-done || fail "cp app-done"
 	repl_drained 600 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
@@ -86,9 +89,10 @@ else
 	[ "$1 $2" = "$p0 $p1" ] || res "FAIL: the devices differ: secondary $1 $2, primary $p0 $p1"
 	mounts || res "FAIL: mount the promoted secondary"
 	pg_start || res "FAIL: PostgreSQL does not start on the promoted secondary"
-	got=$(pg_state)
-	pg_stop
-	umount /mnt/pg; umount /mnt/wal
+	got=$(pg_state) || got="(no answer)"
+	pg_stop || res "FAIL: PostgreSQL does not stop on the promoted secondary"
+	unmount /mnt/pg || res "FAIL: /mnt/pg stays busy"
+	unmount /mnt/wal || res "FAIL: /mnt/wal stays busy"
 	[ "$got" = "$state" ] || res "FAIL: the promoted secondary's database: [$got], the primary's [$state]"
 	res "PASS: devices equal ($p0 $p1), database state $got"
 	cat $WWW/result
