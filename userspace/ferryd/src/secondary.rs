@@ -111,6 +111,9 @@ struct StreamState {
     id: u32,
     saved: Saved,
     connected: u32,
+    /// Bumped by each authenticated connection of the stream: the newest
+    /// one serves it, an older one ends at its next frame.
+    conn_gen: u64,
     record_bytes: u64,
     wire_bytes: u64,
     /// Write records applied by this process.
@@ -420,6 +423,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             id,
             saved: sv,
             connected: 0,
+            conn_gen: 0,
             record_bytes: 0,
             wire_bytes: 0,
             applied_writes: 0,
@@ -558,7 +562,7 @@ async fn serve(
             return Err(r.into());
         }
     };
-    let (idx, next, applied) = {
+    let (idx, next, applied, gen) = {
         let mut st = lock(&s.state);
         if st.release {
             bail!("released: not accepting");
@@ -568,7 +572,15 @@ async fn serve(
             bail!("refused: device {device} is not in the secondary group");
         };
         st.streams[i].connected += 1;
-        (i, st.windows[i].run_end() + 1, st.applied)
+        // The newest connection of a stream serves it (a primary that
+        // reconnected after a cut while the old connection lingers).
+        st.streams[i].conn_gen += 1;
+        (
+            i,
+            st.windows[i].run_end() + 1,
+            st.applied,
+            st.streams[i].conn_gen,
+        )
     };
     // Authenticated: its place among the pending connections is free.
     drop(pending);
@@ -592,6 +604,10 @@ async fn serve(
         let f = tokio::time::timeout(SILENCE, link::read_frame(&mut tls))
             .await
             .context("the primary went silent")??;
+        if lock(&s.state).streams[idx].conn_gen != gen {
+            info!(device, "connection replaced by a newer one of the stream");
+            bail!("device {device}: replaced by a newer connection");
+        }
         let Frame::Records {
             codec,
             raw_len,
@@ -1182,6 +1198,7 @@ pub(crate) mod tests {
                     ..Saved::default()
                 },
                 connected: 0,
+                conn_gen: 0,
                 record_bytes: 0,
                 wire_bytes: 0,
                 applied_writes: 0,
@@ -1317,6 +1334,70 @@ pub(crate) mod tests {
         for t in [top, top3] {
             std::fs::remove_dir_all(t).unwrap();
         }
+    }
+
+    /// A primary's link for device 1 of group "gr": authenticated, its
+    /// welcome read.
+    async fn link_for_1(
+        addr: std::net::SocketAddr,
+        key: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("ferry")
+            .unwrap()
+            .to_owned();
+        let mut c = tokio_rustls::TlsConnector::from(link::client_config().unwrap())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut ekm = [0u8; 32];
+        c.get_ref()
+            .1
+            .export_keying_material(&mut ekm, link::EXPORTER_LABEL, None)
+            .unwrap();
+        let hello = Frame::Hello {
+            version: link::VERSION,
+            group: "gr".into(),
+            device: 1,
+            tag: link::tag(key, Side::Primary, "gr", 1, &ekm),
+        };
+        link::write_frame(&mut c, &hello).await.unwrap();
+        match link::read_frame(&mut c).await.unwrap() {
+            Frame::Welcome { .. } => c,
+            f => panic!("not welcomed: {f:?}"),
+        }
+    }
+
+    /// One connection serves a stream: a newer one (a primary that
+    /// reconnected while its old connection lingers) replaces the older,
+    /// which ends at its next frame; the newer goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_connection_of_a_stream_replaces_the_older() {
+        let top = fresh_dir("sec-replace");
+        let s = receiver(&top, &[1]);
+        let key = s.key.clone();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(accept_on(s.clone(), l));
+        let mut old = link_for_1(addr, &key).await;
+        let mut new = link_for_1(addr, &key).await;
+        let empty = link::pack(&[], false);
+        // The older one's next batch ends it.
+        link::write_frame(&mut old, &empty).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut old)).await;
+        assert!(
+            matches!(r, Ok(Err(_))),
+            "the older connection was not ended: {r:?}"
+        );
+        // The newer one is served: its batch is acknowledged.
+        link::write_frame(&mut new, &empty).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut new)).await;
+        assert!(
+            matches!(r, Ok(Ok(Frame::Ack { .. }))),
+            "the newer connection: {r:?}"
+        );
+        server.abort();
+        std::fs::remove_dir_all(&top).unwrap();
     }
 
     /// Serves the primaries that connect to `l` for `s`, as `run` does.
