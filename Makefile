@@ -11,6 +11,11 @@
 #                   each fuzz target, the replay checker over 256 MiB, and
 #                   FERRY_CRASH_POINTS (100), FERRY_REPL_POINTS (200) and
 #                   FERRY_SEC_CUTS (10) crash points
+#   make mutants    mutation testing of ferry-core's engine modules
+#                   (scripts/mutants.sh: cargo-mutants, a bounded number of
+#                   simulation seeds per mutant): caught, missed, unviable
+#                   and timed-out mutants and the score of each module,
+#                   results under out/mutants; not part of make test
 #   make kernel     only build (or find) the cached guest kernel
 #   make userspace  ferryd and ferryctl (cargo, CARGO_PROFILE=release) into
 #                   out/bin
@@ -98,9 +103,12 @@ bench:
 soak:
 	@FERRY_CRASH_POINTS=$${FERRY_CRASH_POINTS:-100} tests/soak.sh
 
+mutants:
+	@scripts/mutants.sh
+
 clean:
 	@if [ -n "$(KDIR)" ]; then kdir="$(KDIR)"; else kdir=$$(ls -d $(FERRY_CACHE)/kernel/$(FLAVOUR)/linux 2>/dev/null); fi; \
 	if [ -n "$$kdir" ]; then $(MAKE) -C "$$kdir" M=$(CURDIR) LLVM=$(LLVM) clean; fi
 	rm -rf out rust/bindings_generated.rs .kdir
 
-.PHONY: all module kernel userspace install test demo bench soak clean
+.PHONY: all module kernel userspace install test demo bench soak mutants clean

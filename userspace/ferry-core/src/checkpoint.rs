@@ -26,10 +26,12 @@
 //!    and a device with neither was never applied to: idle at interval 0
 //!    ([`ApplyMark::first_valid`]).
 //! 2. **The group's mark.**  The members' marks merge
-//!    ([`ApplyMark::merge`]): an interval in progress on any device is in
-//!    progress for the group (the highest such interval, redone); otherwise
-//!    the highest interval applied.  A group whose mark is in progress
-//!    holds host reads from the start ([`IntervalApply::recover`]).
+//!    ([`ApplyMark::merge`], in any order): an interval in progress on any
+//!    device is in progress for the group (the highest such interval,
+//!    redone, after the lowest interval applied among the marks naming
+//!    it); otherwise the highest interval applied.  A group whose mark is
+//!    in progress holds host reads from the start
+//!    ([`IntervalApply::recover`]).
 //! 3. **`APPLY_BEGIN e`** ([`IntervalApply::begin_or_redo`]): idle, it
 //!    opens the intervals after the last applied one up to `e`, applied as
 //!    one (refused unless `e` is above the last applied interval), and the
@@ -340,7 +342,10 @@ impl ApplyMark {
     pub fn merge(self, other: Self) -> Self {
         match (self.state, other.state) {
             (ApplyState::InProgress { epoch: a }, ApplyState::InProgress { epoch: b }) => {
-                if b > a {
+                // On a tie the lower `applied` (which opens the more
+                // intervals to redo), so that the group's mark does not
+                // depend on the order the members are read in.
+                if (b, self.applied) > (a, other.applied) {
                     other
                 } else {
                     self

@@ -172,3 +172,140 @@ fn rule6_reads_are_held_while_an_interval_is_applied() {
     assert!(h.holding() && !h.read() && h.quiet());
     assert!(h.done(), "never below zero");
 }
+
+#[test]
+fn rendezvous_a_marker_tells_when_it_completes_its_interval() {
+    let mut r = Rendezvous::new([IntervalSlot::default(); 4], 1, 0b011);
+    assert_eq!(r.members(), 0b011);
+    assert_eq!(
+        r.marker(1, 1, st(5)),
+        Ok(MarkerStatus::Recorded { complete: false })
+    );
+    assert!(!r.is_complete(1));
+    assert_eq!(
+        r.marker(0, 1, st(4)),
+        Ok(MarkerStatus::Recorded { complete: true })
+    );
+    assert!(r.is_complete(1));
+    assert_eq!(
+        r.ready(st(5)),
+        Some((1, st(5))),
+        "the latest marker's stamp"
+    );
+    // An interval ahead of the oldest is complete only with its markers.
+    assert!(!r.is_complete(2) && !r.is_complete(3));
+    r.marker(0, 3, st(30)).unwrap();
+    assert!(!r.is_complete(3));
+    r.retire(1).unwrap();
+    // A retired interval was complete; one beyond the window is not.
+    assert!(r.is_complete(1));
+    assert!(!r.is_complete(2) && !r.is_complete(9));
+}
+
+#[test]
+fn rendezvous_a_stream_that_joins_is_waited_for() {
+    let mut r = Rendezvous::new([IntervalSlot::default(); 4], 1, 0b001);
+    r.join(2).unwrap();
+    assert_eq!(r.members(), 0b101);
+    assert_eq!(r.join(64), Err(CheckpointError::BadStream));
+    assert_eq!(
+        r.marker(0, 1, st(1)),
+        Ok(MarkerStatus::Recorded { complete: false })
+    );
+    assert_eq!(
+        r.marker(2, 1, st(2)),
+        Ok(MarkerStatus::Recorded { complete: true })
+    );
+    r.resign(0).unwrap();
+    assert_eq!(r.members(), 0b100);
+    assert_eq!(r.resign(64), Err(CheckpointError::BadStream));
+}
+
+#[test]
+fn rule2_the_groups_mark_does_not_depend_on_the_order_members_are_read() {
+    let marks = [
+        idle(0),
+        idle(4),
+        idle(7),
+        busy(5, 4),
+        busy(6, 4),
+        busy(6, 5),
+        busy(8, 7),
+    ];
+    for a in marks {
+        for b in marks {
+            assert_eq!(a.merge(b), b.merge(a), "{a:?} {b:?}");
+        }
+    }
+    // The same interval in progress after different applied ones: redo
+    // from the lowest.
+    assert_eq!(busy(6, 5).merge(busy(6, 4)), busy(6, 4));
+}
+
+/// Sets the checksum of an encoded mark after its bytes were changed.
+fn reseal(b: &mut [u8; APPLY_MARK_LEN]) {
+    let crc = crc32c(&SoftDigest, &b[..28]);
+    set_u32(b, 28, crc);
+}
+
+#[test]
+fn a_mark_with_a_reserved_field_set_or_an_impossible_state_is_malformed() {
+    let mut good = [0u8; APPLY_MARK_LEN];
+    busy(5, 4).encode(&SoftDigest, &mut good);
+    assert_eq!(ApplyMark::decode(&good, &SoftDigest), Ok(busy(5, 4)));
+    // Each reserved field alone, with a checksum that matches.
+    for i in [7, 24, 27] {
+        let mut b = good;
+        b[i] = 1;
+        reseal(&mut b);
+        assert_eq!(
+            ApplyMark::decode(&b, &SoftDigest),
+            Err(CheckpointError::Malformed),
+            "byte {i}"
+        );
+    }
+    // In progress at or below the interval it says is applied; idle
+    // with an interval.
+    for m in [busy(5, 5), busy(4, 5), busy(0, 0)] {
+        let mut b = [0u8; APPLY_MARK_LEN];
+        m.encode(&SoftDigest, &mut b);
+        assert_eq!(
+            ApplyMark::decode(&b, &SoftDigest),
+            Err(CheckpointError::Malformed),
+            "{m:?}"
+        );
+    }
+    let mut b = [0u8; APPLY_MARK_LEN];
+    idle(4).encode(&SoftDigest, &mut b);
+    b[8] = 3;
+    reseal(&mut b);
+    assert_eq!(
+        ApplyMark::decode(&b, &SoftDigest),
+        Err(CheckpointError::Malformed)
+    );
+    assert_eq!(
+        ApplyMark::decode(&b[..APPLY_MARK_LEN - 1], &SoftDigest),
+        Err(CheckpointError::Truncated)
+    );
+}
+
+#[test]
+fn errors_say_what_went_wrong_each_in_its_own_words() {
+    use CheckpointError::*;
+    let all = [
+        BadStream,
+        OutOfWindow,
+        NoStorage,
+        BadState,
+        BadEpoch,
+        Truncated,
+        Malformed,
+        Checksum,
+    ];
+    let words: Vec<String> = all.iter().map(ToString::to_string).collect();
+    for (i, w) in words.iter().enumerate() {
+        assert!(!w.is_empty(), "{:?}", all[i]);
+        assert!(!words[..i].contains(w), "{w}");
+    }
+    assert_eq!(OutOfDevice.to_string(), "record outside its device");
+}

@@ -387,6 +387,58 @@ fn storage_and_shift_are_checked() {
     assert!(!w.wants_page(0));
 }
 
+#[test]
+fn geometry_and_errors_are_reported() {
+    let w = wi();
+    assert_eq!((w.nbits(), w.chunk_shift()), (BITS, SHIFT));
+    let w = WriteIntent::new(vec![0; storage_words(5).unwrap()], 5, 0).unwrap();
+    assert_eq!((w.nbits(), w.chunk_shift()), (5, 0));
+    let (a, b) = (
+        IntentError::StorageTooSmall.to_string(),
+        IntentError::BadChunkShift.to_string(),
+    );
+    assert!(!a.is_empty() && !b.is_empty() && a != b);
+}
+
+#[test]
+fn rule8_a_record_of_no_generation_holds_no_chunk() {
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    let g = write(&mut w, &mut disk, 1);
+    w.finish(g);
+    // A flush (no chunk, no generation) at chunk 1's sector leaves the
+    // spool by SPOOLED: chunk 1 is not held, and is swept in its turn.
+    w.spooled(Gen::NONE, s(1), 0, 5, 0);
+    assert!(!has(&w, HELD[0], 1) && !has(&w, HELD[1], 1));
+    assert_eq!(w.outstanding, [0, 0]);
+    sweep(&mut w, &mut disk);
+    assert!(sweep(&mut w, &mut disk).cleared());
+    assert!(!durable(&w, 1) && disk[0] == 0);
+}
+
+/// The words of summary `s`, both levels.
+fn summary(w: &WriteIntent<Vec<u64>>, s: usize) -> &[u64] {
+    let at = w.summary_at(s);
+    &w.words[at..at + w.l2 + w.l1]
+}
+
+#[test]
+fn rule10_a_summary_names_only_words_of_its_own_generation() {
+    // Writes that touch, want and dirty chunks in three words, none
+    // spooled: a release of held chunks has no word to visit.
+    let mut w = wi();
+    let mut disk = vec![0u64; 4];
+    assert!(w.admit(s(1), 8, true, Room::Bitmap).defer);
+    assert!(w.admit(s(70), 8, true, Room::Spool).defer);
+    w.dropped(Gen::of(w.cur), s(130), 8);
+    persist(&mut w, &mut disk);
+    assert!(summary(&w, S_TOUCH[w.cur]).iter().any(|&x| x != 0));
+    for s in S_HELD {
+        assert!(summary(&w, s).iter().all(|&x| x == 0), "held summary {s}");
+    }
+    assert!(summary(&w, S_TOUCH[1 - w.cur]).iter().all(|&x| x == 0));
+}
+
 struct Rng(u64);
 
 impl Rng {

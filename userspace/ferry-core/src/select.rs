@@ -365,6 +365,33 @@ mod tests {
     }
 
     #[test]
+    fn the_run_grows_over_filled_gaps_and_shrinks_as_records_are_applied() {
+        let mut w: W = StreamWindow::new([None; 8], 5, Stamp::ZERO);
+        assert_eq!((w.next(), w.run_len(), w.run_end()), (5, 0, 4));
+        // 7 beyond a gap: held, not in the run.
+        w.insert(7, rec(70, 7)).unwrap();
+        assert_eq!((w.run_len(), w.held()), (0, 1));
+        w.insert(5, rec(50, 5)).unwrap();
+        assert_eq!((w.run_len(), w.run_end()), (1, 5));
+        w.insert(6, rec(60, 6)).unwrap();
+        assert_eq!((w.run_len(), w.run_end(), w.held()), (3, 7, 3));
+        assert_eq!(w.pop_front().map(|(s, _)| s), Some(5));
+        assert_eq!((w.next(), w.run_len(), w.run_end()), (6, 2, 7));
+        w.reset(20, rec(190, 19).stamp);
+        assert_eq!((w.next(), w.run_len(), w.held()), (20, 0, 0));
+        assert_eq!(w.run_end_stamp(), rec(190, 19).stamp);
+    }
+
+    #[test]
+    fn window_errors_say_what_went_wrong_each_in_its_own_words() {
+        use WindowError::*;
+        let words = [OutOfWindow, OrderViolation, NoStorage].map(|e| e.to_string());
+        for (i, w) in words.iter().enumerate() {
+            assert!(!w.is_empty() && !words[..i].contains(w), "{w}");
+        }
+    }
+
+    #[test]
     fn limit_is_earliest_run_end_and_order_is_group_order() {
         let mut ws: [W; 2] = [
             StreamWindow::new([None; 8], 1, Stamp::ZERO),

@@ -427,6 +427,7 @@ mod tests {
         assert!(!s.replicating());
         assert_eq!(s.mode(), Mode::Ahead);
         assert_eq!(s.start(), Err(NeedsResync));
+        assert!(NeedsResync.to_string().contains("resync"));
         // Room coming back does not leave ahead.
         s.release(PAGE);
         assert_eq!(s.reserve(PAGE), Reserve::Ahead);

@@ -60,6 +60,7 @@ fn read_all(s: &mut S) {
 fn rule1_numbers_follow_completion_in_stream_and_group() {
     let mut g = GroupOrder::new();
     let (mut a, mut b) = (stream(Data, 8), stream(Log, 8));
+    assert!(a.is_empty() && b.is_empty());
     assert_eq!(
         seq(&mut g, &mut a, Write, 100),
         Numbered {
@@ -72,7 +73,10 @@ fn rule1_numbers_follow_completion_in_stream_and_group() {
     let n = seq(&mut g, &mut b, Write, 50);
     // The clock went back: the timestamp does not.
     assert_eq!((n.dev_seq, n.group_seq, n.timestamp_ns), (1, 2, 100));
+    assert!(!a.is_empty() && !b.is_empty());
+    assert_eq!(g.since_checkpoint(), 2);
     g.checkpoint_inserted();
+    assert_eq!(g.since_checkpoint(), 0);
     let n = seq(&mut g, &mut a, Write, 300);
     assert_eq!(
         (n.dev_seq, n.group_seq, n.timestamp_ns, n.epoch),
@@ -257,6 +261,32 @@ fn rule5_acknowledgements_are_checked() {
         dev_seq: 9,
     };
     assert_eq!(Ack::of(&c), Some((Ack::Spooled, 3, 9)));
+}
+
+#[test]
+fn rule5_a_copy_of_the_positions_moves_as_the_stream_would() {
+    let mut g = GroupOrder::new();
+    let mut log = stream(Log, 8);
+    for _ in 0..4 {
+        seq(&mut g, &mut log, Write, 1);
+    }
+    read_all(&mut log);
+    let mut a = log.ack_state();
+    assert_eq!((a.log_acked(), a.acked()), (0, 0));
+    assert_eq!(a.acknowledge(Ack::Log, 2), Ok(None));
+    assert_eq!((a.log_acked(), a.acked()), (2, 0));
+    assert_eq!(a.acknowledge(Ack::Durable, 3), Ok(Some((1, 3))));
+    assert_eq!((a.log_acked(), a.acked()), (3, 3));
+    // The stream itself, the same steps: the same positions.
+    ack(&mut log, Ack::Log, 2).unwrap();
+    ack(&mut log, Ack::Durable, 3).unwrap();
+    assert_eq!(log.ack_state(), a);
+}
+
+#[test]
+fn refusals_say_what_went_wrong_each_in_its_own_words() {
+    let (a, b) = (Refused::Invalid.to_string(), Refused::Range.to_string());
+    assert!(!a.is_empty() && !b.is_empty() && a != b);
 }
 
 #[test]
