@@ -47,6 +47,15 @@ pub(crate) enum Admitted {
     Copy(Arc<Record>),
 }
 
+/// A record's own allocation in `map` (a few hundred bytes): it may not
+/// sleep, and may dip into the atomic reserves, so that a write whose
+/// payload must wait for memory can still be held rather than sent to the
+/// bitmap.  (Its payload, up to 1 MiB, never does: `GFP_NOWAIT`, then the
+/// kick work.)
+fn record_gfp() -> kernel::alloc::Flags {
+    flags::GFP_ATOMIC | flags::__GFP_NOWARN
+}
+
 /// Milliseconds of the monotonic clock.
 pub(super) fn now_ms() -> u64 {
     (kernel::time::Ktime::ktime_get().to_ns() / 1_000_000) as u64
@@ -128,7 +137,7 @@ impl Group {
             Reserve::Full => {
                 // Held for room: nothing reserved until it is let in.
                 rec.queued = core::mem::replace(&mut rec.charge, 0);
-                return match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
+                return match Arc::new(rec, record_gfp()) {
                     Ok(r) => Ok(Admitted::Room(r)),
                     Err(_) => {
                         // It cannot be held: to the bitmap (a second pass).
@@ -152,7 +161,7 @@ impl Group {
                     rec.copy = true;
                     rec.copy_since = now_ms();
                     let (charge, wgen) = (rec.charge, rec.wgen);
-                    return match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
+                    return match Arc::new(rec, record_gfp()) {
                         Ok(r) => Ok(Admitted::Copy(r)),
                         Err(_) => {
                             let mut st = self.state.lock();
@@ -169,7 +178,7 @@ impl Group {
             }
         }
         let (charge, wgen) = (rec.charge, rec.wgen);
-        match Arc::new(rec, flags::GFP_NOWAIT | flags::__GFP_NOWARN) {
+        match Arc::new(rec, record_gfp()) {
             Ok(r) if defer => Ok(Admitted::Intent(Some(r))),
             Ok(r) => Ok(Admitted::Go(Some(r))),
             Err(_) => {
