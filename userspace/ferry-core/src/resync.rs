@@ -2,9 +2,10 @@
 //! the secondary a crash-consistent image of the primary's past at every
 //! instant, the copy included.
 //!
-//! **Status: the protocol, proven by the simulation; the kernel and
-//! `ferryd` do not run it yet** (a group that went `ahead` stays there in
-//! this version).  `Documentation/protocol.rst`, "Resync", says the same.
+//! **Status: the protocol, proven by the simulation; the kernel does not
+//! run it yet** (a group that went `ahead` stays there in this version).
+//! A secondary's `ferryd` runs the secondary's part ([`Span`]).
+//! `Documentation/protocol.rst`, "Resync", says the same.
 //!
 //! While `ahead`, writes are tracked in the dirty bitmap only; after a
 //! primary crash, the meta device's marks are loaded as dirty

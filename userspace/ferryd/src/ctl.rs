@@ -10,9 +10,11 @@
 //!   [`Reply::Refused`] and closed, whatever the socket's mode.
 //! * **Format.**  One request, one reply, each a line of JSON:
 //!   `{"cmd":"release"}` is answered `{"result":"released",
-//!   "applied_epoch":N}` or `{"result":"refused","error":"..."}`.
+//!   "applied_epoch":N}` (with `"span_dropped":{...}` when a resync span
+//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`.
 //! * **Release.**  The answer goes out once the secondary has applied every
-//!   complete interval and closed its character device; `ferryd` then waits
+//!   complete interval (but those of an open resync span, which are not
+//!   applied) and closed its character device; `ferryd` then waits
 //!   (up to [`CLOSE_WAIT`]) for the client to close the connection before
 //!   it exits, so the client always reads the answer.
 
@@ -55,12 +57,33 @@ pub enum Request {
     Release,
 }
 
+/// What a secondary let go of: the device's image is interval
+/// `applied_epoch`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The last interval applied.
+    pub applied_epoch: u64,
+    /// A resync span was open: what it had staged, not applied (the image
+    /// is the primary's before the resync began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_dropped: Option<SpanDropped>,
+}
+
+/// What a secondary released with a resync span open had staged of it,
+/// and did not apply: whole intervals, their records and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanDropped {
+    pub intervals: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
 /// The answer, one line of JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Reply {
-    /// The device is let go; the last interval applied.
-    Released { applied_epoch: u64 },
+    /// The device is let go.
+    Released(Released),
     /// Not done, and why.
     Refused { error: String },
 }
@@ -73,10 +96,10 @@ pub fn peer_allowed(peer: u32, own: u32) -> bool {
 
 /// What a `ferryd` does on the control socket's commands.
 pub trait Control: Send + Sync + 'static {
-    /// Applies every complete interval held and closes the character
-    /// device; returns the last interval applied.  Returns only once the
-    /// device is closed.
-    fn release(&self) -> impl Future<Output = Result<u64, String>> + Send;
+    /// Applies every complete interval held (but those of an open resync
+    /// span) and closes the character device; says what it let go of.
+    /// Returns only once the device is closed.
+    fn release(&self) -> impl Future<Output = Result<Released, String>> + Send;
 }
 
 /// Binds the control socket at `path`: its directory created 0700 if
@@ -240,8 +263,8 @@ async fn connection<C: Control>(
         Request::Release => {
             info!(uid = cred.uid(), "release requested");
             match c.release().await {
-                Ok(applied_epoch) => {
-                    let sent = reply(&mut s, &Reply::Released { applied_epoch }).await;
+                Ok(r) => {
+                    let sent = reply(&mut s, &Reply::Released(r)).await;
                     if sent.is_ok() {
                         // The client closes once it has the answer.
                         let mut b = [0u8; 64];
@@ -264,8 +287,8 @@ async fn connection<C: Control>(
 /// What asking `ferryd` to release came to, when it did not fail.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Release {
-    /// `ferryd` applied up to this interval and let go of the device.
-    Released(u64),
+    /// `ferryd` let go of the device, at this interval.
+    Released(Released),
     /// No `ferryd` serves the socket (it is absent, or nobody listens on
     /// it): nothing holds the device on its behalf.
     NotRunning(String),
@@ -319,7 +342,7 @@ pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
     match serde_json::from_str(answer.trim())
         .with_context(|| format!("an answer of ferryd not understood: {}", answer.trim()))?
     {
-        Reply::Released { applied_epoch } => Ok(Release::Released(applied_epoch)),
+        Reply::Released(r) => Ok(Release::Released(r)),
         Reply::Refused { error } => bail!("ferryd refused to release the device: {error}"),
     }
 }
@@ -344,9 +367,33 @@ mod tests {
             serde_json::to_string(&Request::Release).unwrap(),
             r#"{"cmd":"release"}"#
         );
+        let r = Released {
+            applied_epoch: 7,
+            span_dropped: None,
+        };
         assert_eq!(
-            serde_json::to_string(&Reply::Released { applied_epoch: 7 }).unwrap(),
+            serde_json::to_string(&Reply::Released(r.clone())).unwrap(),
             r#"{"result":"released","applied_epoch":7}"#
+        );
+        let mut dropped = r.clone();
+        dropped.span_dropped = Some(SpanDropped {
+            intervals: 3,
+            records: 40,
+            bytes: 4096,
+        });
+        let line = r#"{"result":"released","applied_epoch":7,"span_dropped":{"intervals":3,"records":40,"bytes":4096}}"#;
+        assert_eq!(
+            serde_json::to_string(&Reply::Released(dropped.clone())).unwrap(),
+            line
+        );
+        assert_eq!(
+            serde_json::from_str::<Reply>(line).unwrap(),
+            Reply::Released(dropped)
+        );
+        // The answer of an older ferryd.
+        assert_eq!(
+            serde_json::from_str::<Reply>(r#"{"result":"released","applied_epoch":7}"#).unwrap(),
+            Reply::Released(r)
         );
         assert_eq!(
             serde_json::from_str::<Reply>(r#"{"result":"refused","error":"x"}"#).unwrap(),

@@ -8,6 +8,7 @@ mod listen;
 mod primary;
 mod remote_log;
 mod secondary;
+mod span;
 mod spool;
 
 use std::net::SocketAddr;

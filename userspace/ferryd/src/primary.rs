@@ -962,12 +962,17 @@ impl Report for Shared {
             log_full: None,
             spool_full: trouble.full,
             spool_error: trouble.error.map(|(_, why)| why),
+            resync_span_open: false,
+            resync_span_intervals: 0,
+            resync_span_records: 0,
+            resync_span_bytes: 0,
+            resync_spans_applied: 0,
         }
     }
 }
 
 impl crate::Control for Shared {
-    async fn release(&self) -> Result<u64, String> {
+    async fn release(&self) -> Result<ferryd::ctl::Released, String> {
         Err("this site is the primary: release is for a secondary".into())
     }
 }

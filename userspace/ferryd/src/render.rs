@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::Role;
+use crate::ctl::Released;
 use crate::health::Assessment;
 use crate::status::Status;
 
@@ -104,6 +105,23 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
             if let Some(why) = &s.apply_error {
                 writeln!(o, "  APPLYING STOPPED: {why}")?;
             }
+            if s.resync_span_open {
+                writeln!(
+                    o,
+                    "  resync span open: {} intervals staged ({} records, {}), {}",
+                    s.resync_span_intervals,
+                    s.resync_span_records,
+                    bytes(s.resync_span_bytes),
+                    if s.state == "released" {
+                        format!(
+                            "not applied: released at interval {}, the primary's image before the resync",
+                            s.applied_epoch
+                        )
+                    } else {
+                        "not applied until the span's end arrives".to_string()
+                    }
+                )?;
+            }
             match &s.consistency_point {
                 Some(p) => writeln!(
                     o,
@@ -140,6 +158,27 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
         write!(o, "\n  {r}")?;
     }
     writeln!(o)
+}
+
+/// What `ferryctl promote` says of the release: where the devices are,
+/// and what an open resync span had staged and was not applied.
+pub fn released(r: &Released) -> String {
+    let mut l = format!(
+        "ferryd applied up to interval {} and released the device",
+        r.applied_epoch
+    );
+    if let Some(d) = &r.span_dropped {
+        l.push_str(&format!(
+            "; a resync span was open: its {} intervals staged ({} records, {}) were not applied \
+             (resync span open: not applied), the devices hold interval {}, the primary's image \
+             before the resync began",
+            d.intervals,
+            d.records,
+            bytes(d.bytes),
+            r.applied_epoch
+        ));
+    }
+    l
 }
 
 #[cfg(test)]
@@ -194,6 +233,45 @@ health: degraded
   device 1: remote log stopped: damage at 4096
   applying stopped: EIO
 "
+        );
+    }
+
+    #[test]
+    fn a_resync_span_in_words() {
+        let mut s = secondary();
+        s.resync_span_open = true;
+        s.resync_span_intervals = 6;
+        s.resync_span_records = 300;
+        s.resync_span_bytes = 5 << 20;
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains("\n  resync span open: 6 intervals staged (300 records, 5.0 MiB), not applied until the span's end arrives\n"),
+            "{text}"
+        );
+        s.state = "released".into();
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains("\n  resync span open: 6 intervals staged (300 records, 5.0 MiB), not applied: released at interval 7, the primary's image before the resync\n"),
+            "{text}"
+        );
+        let mut r = Released {
+            applied_epoch: 7,
+            span_dropped: None,
+        };
+        assert_eq!(
+            released(&r),
+            "ferryd applied up to interval 7 and released the device"
+        );
+        r.span_dropped = Some(crate::ctl::SpanDropped {
+            intervals: 6,
+            records: 300,
+            bytes: 5 << 20,
+        });
+        assert_eq!(
+            released(&r),
+            "ferryd applied up to interval 7 and released the device; a resync span was open: \
+             its 6 intervals staged (300 records, 5.0 MiB) were not applied (resync span open: \
+             not applied), the devices hold interval 7, the primary's image before the resync began"
         );
     }
 

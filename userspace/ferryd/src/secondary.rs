@@ -17,15 +17,20 @@
 //!   interval whose markers all arrived at or below it is applied whole,
 //!   in group order, through the kernel (`APPLY_BEGIN`, records,
 //!   `APPLY_END`; the kernel keeps the update-in-progress mark), together
-//!   with the ready intervals after it, up to a batch's bounds.  The
-//!   positions reached are then saved (`state.json`) and the applied part
-//!   of the remote log is released (hole punched).  A save that finds no
-//!   room waits for it (nothing is released meanwhile); one that fails
-//!   otherwise stops applying.
+//!   with the ready intervals after it, up to a batch's bounds.  A resync
+//!   span (the intervals after one whose markers carry `RESYNC_BEGIN`, up
+//!   to the one whose markers carry `RESYNC_END`) is applied as one batch:
+//!   its intervals are staged until its end (`span`).  The positions
+//!   reached are then saved (`state.json`) and the applied part of the
+//!   remote log is released (hole punched).  A save that finds no room
+//!   waits for it (nothing is released meanwhile); one that fails
+//!   otherwise stops applying.  (`apply`.)
 //! * **Restart.**  The kernel's mark says which interval was applied last
 //!   and whether one was in progress; the remote log from the saved
-//!   positions rebuilds the windows and the rendezvous, and an interval in
-//!   progress is applied again (redo).
+//!   positions rebuilds the windows, the rendezvous and the resync span
+//!   (`restore`), and an interval in progress is applied again (redo).
+//! * **Release** (`ferryctl promote`): every complete interval outside an
+//!   open resync span is applied, then the device is let go.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -35,30 +40,36 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ferry_core::checkpoint::{
-    self, ApplyMark, ApplyState, IntervalSlot, Rendezvous, APPLY_MARK_LEN,
-};
+use ferry_core::checkpoint::{ApplyMark, ApplyState, IntervalSlot, Rendezvous, APPLY_MARK_LEN};
 use ferry_core::command::Command;
 use ferry_core::gate::{DeviceClass, DurableOrder};
 use ferry_core::record::{self, GroupKey, RecordError, RecordKind};
-use ferry_core::select::{interval_limit, next_in_group_order, Received, Stamp, StreamWindow};
+use ferry_core::select::{Received, Stamp, StreamWindow};
 use ferry_core::table::MAX_DEVICES;
 use ferry_core::FastDigest;
 use ferryd::config::{Config, Role};
 use ferryd::cpoints::{self, Points};
-use ferryd::link::{self, Frame, Side};
+use ferryd::ctl::{self, Control, Released, SpanDropped};
+use ferryd::link;
 use ferryd::status::{Status, Stream};
-use ferryd::systemd::{Beat, HEARTBEAT};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::files::{self, FileSystem};
-use crate::listen::{self, Counters, Refusal};
+use crate::listen::{self, Counters};
 use crate::remote_log::{self, StreamLog};
+use crate::span::Spans;
 use crate::{Rejected, Report};
-use ferryd::ctl::{self, Control};
+
+#[path = "apply.rs"]
+mod apply;
+#[path = "receive.rs"]
+mod receive;
+
+use apply::apply_loop;
+use receive::serve;
 
 /// Records a stream may hold between the last applied and the newest.
 const WINDOW: usize = 1 << 18;
@@ -68,16 +79,22 @@ const SILENCE: Duration = Duration::from_secs(5);
 const INTERVALS: usize = 4096;
 /// Ready intervals applied under one mark: at most this many, and no more
 /// once this many records or bytes are in (host reads wait for the whole
-/// batch).
-const BATCH_INTERVALS: usize = 32;
+/// batch).  A resync span is applied under one mark whatever its size.
+const BATCH_INTERVALS: u64 = 32;
 const BATCH_RECORDS: usize = 4096;
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// Where a record is in its stream's file, and its flags.
 #[derive(Clone, Copy, Debug)]
 struct Loc {
     off: u64,
     len: u32,
+    flags: u8,
 }
+
+/// A record taken from its window to be applied: the stream's index, where
+/// it is, whether it is a write.
+type Item = (usize, Loc, bool);
 
 type Window = StreamWindow<Loc, Vec<Option<Received<Loc>>>>;
 
@@ -118,6 +135,12 @@ struct StreamState {
     wire_bytes: u64,
     /// Write records applied by this process.
     applied_writes: u64,
+    /// The position past every record taken from the window: applied,
+    /// being applied, or staged in a resync span (`saved` is the applied
+    /// one).
+    taken: Saved,
+    /// Bytes of the records taken from the window and not applied yet.
+    unapplied_bytes: u64,
 }
 
 struct State {
@@ -151,6 +174,32 @@ struct State {
     /// G2 as seen here: the order in which records became durable in the
     /// remote log (ferry-core's `DurableOrder`).
     g2: DurableOrder,
+    /// The resync spans, and the records staged in the open one.
+    spans: Spans<Item>,
+    /// Released with a resync span open: what it had staged, not applied.
+    dropped: Option<SpanDropped>,
+}
+
+impl State {
+    /// What `state.json` is to hold now: the applied positions (each held
+    /// at its stream's marker of the interval that opened a resync span
+    /// still open, so that a restart reads that marker again: `span`), and
+    /// the consistency points.
+    fn saved_state(&self) -> SavedState {
+        let hold = self.spans.hold().map(|(_, m)| m);
+        SavedState {
+            streams: (self.streams.iter().enumerate())
+                .map(|(i, x)| {
+                    let mut sv = x.saved;
+                    if let Some(&Some(off)) = hold.and_then(|m| m.get(i)) {
+                        sv.log_start = sv.log_start.min(off);
+                    }
+                    (x.id, sv)
+                })
+                .collect(),
+            points: Some(self.points.saved()),
+        }
+    }
 }
 
 pub(crate) struct Sec {
@@ -307,25 +356,20 @@ impl Sec {
     }
 }
 
-pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
-    let mut signals = crate::Signals::new()?;
-    let path = cfg.device();
-    let mut dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let (mark, members, sizes) = kernel_state(&mut dev)?;
-    let (applied, applying) = match mark.state {
-        ApplyState::Idle => (mark.applied, 0),
-        ApplyState::InProgress { epoch } => (mark.applied, epoch),
-    };
-    let dir = cfg.log_dir.clone().context("log_dir")?;
-    files::create_dir(&dir)?;
-    let fs: Arc<dyn FileSystem> = Arc::new(files::Os);
+/// Rebuilds the secondary's state at start, from `state.json` and the
+/// remote log in `dir` (reached through `fs`), the kernel's mark
+/// (`applied`, and `applying` when an interval was in progress) and its
+/// members: the windows, the rendezvous, the consistency points and the
+/// resync span; and opens the members' stream files.
+fn restore(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    gkey: GroupKey,
+    members: u64,
+    applied: u64,
+    applying: u64,
+) -> Result<(State, Vec<Mutex<StreamLog>>)> {
     let d = &FastDigest;
-    let gid = record::group_id_of_name(d, cfg.group.as_bytes());
-    let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state: SavedState = match std::fs::read(dir.join("state.json")) {
         // The positions alone: the form of version 0.3.0.
         Ok(b) => serde_json::from_slice(&b)
@@ -354,12 +398,14 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let mut logs = Vec::new();
     // The highest data record the remote log holds, for the G2 observer.
     let mut data_high = 0;
+    // The checkpoint markers of the intervals applied (`span`).
+    let mut applied_markers = Vec::new();
     for id in (0..64u32).filter(|i| members & (1 << i) != 0) {
         let mut sv = saved.get(&id).copied().unwrap_or(Saved {
             next: 1,
             ..Saved::default()
         });
-        let mut f = remote_log::open(&*fs, &dir, id)?;
+        let mut f = remote_log::open(fs, dir, id)?;
         // The log from the saved position: what is applied moves `next`,
         // the rest goes back into the window; a torn tail is cut, damage
         // below what was durable stops the stream (its records before the
@@ -375,6 +421,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
                 Loc {
                     off,
                     len: r.len as u32,
+                    flags: r.header.flags.0,
                 },
             ));
             Ok::<_, RecordError>(r.len)
@@ -385,6 +432,9 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             }
         }
         for (h, loc) in &recs {
+            if h.epoch <= applied && h.kind == RecordKind::Checkpoint {
+                applied_markers.push((h.epoch, streams.len(), h.flags.0, loc.off));
+            }
             if h.epoch <= applied && h.dev_seq >= sv.next {
                 sv.next = h.dev_seq + 1;
                 (sv.ts, sv.gs) = (h.timestamp_ns, h.group_seq);
@@ -427,6 +477,8 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             record_bytes: 0,
             wire_bytes: 0,
             applied_writes: 0,
+            taken: sv,
+            unapplied_bytes: 0,
         });
         logs.push(Mutex::new(StreamLog::new(f, id, gkey, &recovery)));
     }
@@ -446,6 +498,55 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
             "an interval was being applied: redo from the remote log"
         );
     }
+    let spans = Spans::recover(streams.len(), applied, applied_markers);
+    if let Some((after, _)) = spans.hold() {
+        info!(
+            after,
+            "a resync span is open: its intervals are applied as one once its end arrives"
+        );
+    }
+    let state = State {
+        windows,
+        streams,
+        rendezvous,
+        markers,
+        points,
+        applied,
+        applying,
+        redo: applying,
+        intervals: 0,
+        release: false,
+        released: false,
+        stop: false,
+        apply_error: None,
+        state_full: None,
+        g2: DurableOrder::new(data_high),
+        spans,
+        dropped: None,
+    };
+    Ok((state, logs))
+}
+
+pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
+    let mut signals = crate::Signals::new()?;
+    let path = cfg.device();
+    let mut dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let (mark, members, sizes) = kernel_state(&mut dev)?;
+    let (applied, applying) = match mark.state {
+        ApplyState::Idle => (mark.applied, 0),
+        ApplyState::InProgress { epoch } => (mark.applied, epoch),
+    };
+    let dir = cfg.log_dir.clone().context("log_dir")?;
+    files::create_dir(&dir)?;
+    let fs: Arc<dyn FileSystem> = Arc::new(files::Os);
+    let d = &FastDigest;
+    let gid = record::group_id_of_name(d, cfg.group.as_bytes());
+    let gkey = GroupKey::derive(d, gid, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (state, logs) = restore(&*fs, &dir, gkey, members, applied, applying)?;
     let listen = cfg.listen.context("listen")?;
     let status = cfg.status;
     let s = Arc::new(Sec {
@@ -456,23 +557,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         dir,
         dev: Mutex::new(Some(dev)),
         sizes,
-        state: Mutex::new(State {
-            windows,
-            streams,
-            rendezvous,
-            markers,
-            points,
-            applied,
-            applying,
-            redo: applying,
-            intervals: 0,
-            release: false,
-            released: false,
-            stop: false,
-            apply_error: None,
-            state_full: None,
-            g2: DurableOrder::new(data_high),
-        }),
+        state: Mutex::new(state),
         logs,
         more: Notify::new(),
         rejected: Rejected::default(),
@@ -531,400 +616,6 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
 }
 
 /// Decrements a stream's connection count when a connection ends.
-struct Connected<'a>(&'a Sec, usize);
-
-impl Drop for Connected<'_> {
-    fn drop(&mut self) {
-        let mut st = lock(&self.0.state);
-        if let Some(s) = st.streams.get_mut(self.1) {
-            s.connected = s.connected.saturating_sub(1);
-        }
-    }
-}
-
-/// Serves one connection: authenticates the primary (it holds `pending`
-/// until then), then receives its stream.
-async fn serve(
-    s: &Arc<Sec>,
-    tls: tokio_rustls::TlsAcceptor,
-    tcp: TcpStream,
-    pending: listen::Pending,
-) -> Result<()> {
-    let group = &s.cfg.group;
-    let listen::Authenticated {
-        mut tls,
-        device,
-        ekm,
-    } = match listen::authenticate(&tls, tcp, &s.key, group, listen::AUTH_TIMEOUT).await {
-        Ok(a) => a,
-        Err(r) => {
-            s.listen.refuse(r.why);
-            return Err(r.into());
-        }
-    };
-    let (idx, next, applied, gen) = {
-        let mut st = lock(&s.state);
-        if st.release {
-            bail!("released: not accepting");
-        }
-        let Some(i) = st.streams.iter().position(|x| x.id == device) else {
-            s.listen.refuse(Refusal::Device);
-            bail!("refused: device {device} is not in the secondary group");
-        };
-        st.streams[i].connected += 1;
-        // The newest connection of a stream serves it (a primary that
-        // reconnected after a cut while the old connection lingers).
-        st.streams[i].conn_gen += 1;
-        (
-            i,
-            st.windows[i].run_end() + 1,
-            st.applied,
-            st.streams[i].conn_gen,
-        )
-    };
-    // Authenticated: its place among the pending connections is free.
-    drop(pending);
-    let _c = Connected(s, idx);
-    if let Some(why) = lock(&s.logs[idx]).stopped() {
-        error!(device, "refused: the stream's remote log is stopped: {why}");
-        bail!("the remote log of device {device} is stopped: {why}");
-    }
-    link::write_frame(
-        &mut tls,
-        &Frame::Welcome {
-            tag: link::tag(&s.key, Side::Secondary, group, device, &ekm),
-            next,
-            applied,
-        },
-    )
-    .await?;
-    info!(device, next, "stream connected");
-    loop {
-        // The primary sends at least an empty batch every second.
-        let f = tokio::time::timeout(SILENCE, link::read_frame(&mut tls))
-            .await
-            .context("the primary went silent")??;
-        if lock(&s.state).streams[idx].conn_gen != gen {
-            info!(device, "connection replaced by a newer one of the stream");
-            bail!("device {device}: replaced by a newer connection");
-        }
-        let Frame::Records {
-            codec,
-            raw_len,
-            data,
-        } = f
-        else {
-            bail!("unexpected frame");
-        };
-        let wire = data.len() as u64 + 10;
-        let raw = u64::from(raw_len);
-        let recs = match link::unpack(codec, raw_len, data) {
-            Ok(r) => r,
-            Err(e) => {
-                s.rejected.count("batch");
-                return Err(e.into());
-            }
-        };
-        // Verify everything first (G5); a bad record closes the connection
-        // and the primary sends again from what is acknowledged.
-        let mut parsed = Vec::new();
-        let mut off = 0;
-        while off < recs.len() {
-            let r = match record::decode_record(&recs[off..], &s.gkey, &FastDigest) {
-                Ok(r) => r,
-                Err(e) => {
-                    s.rejected.count(reason(&e));
-                    bail!("record rejected: {e}");
-                }
-            };
-            if r.header.device_id != device {
-                s.rejected.count("wrong_stream");
-                bail!("record of device {} on stream {device}", r.header.device_id);
-            }
-            parsed.push((r.header, off, r.len, r.consistency()));
-            off += r.len;
-        }
-        let fresh: Vec<_> = {
-            let st = lock(&s.state);
-            let w = &st.windows[idx];
-            parsed
-                .into_iter()
-                .filter(|(h, _, _, _)| h.dev_seq >= w.next() && w.get(h.dev_seq).is_none())
-                .collect()
-        };
-        // Durable in the remote log before anything is acknowledged; a
-        // failed append is rolled back and ends the connection, nothing of
-        // the batch acknowledged.
-        let s2 = s.clone();
-        let located = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
-            let parts: Vec<&[u8]> = fresh
-                .iter()
-                .map(|&(_, o, len, _)| &recs[o..o + len])
-                .collect();
-            let at = lock(&s2.logs[idx]).append(&parts)?;
-            Ok(fresh
-                .into_iter()
-                .zip(at)
-                .map(|((h, _, len, cp), off)| {
-                    (
-                        h,
-                        Loc {
-                            off,
-                            len: len as u32,
-                        },
-                        cp,
-                    )
-                })
-                .collect())
-        })
-        .await??;
-        let (run_end, applied, full) = {
-            let mut st = lock(&s.state);
-            let mut full = false;
-            for (h, loc, cp) in &located {
-                match st.windows[idx].insert(h.dev_seq, received(h, *loc)) {
-                    Ok(_) => {
-                        if st.g2.durable(class_of(h), h.kind, h.group_seq) {
-                            warn!(
-                                device,
-                                dev_seq = h.dev_seq,
-                                group_seq = h.group_seq,
-                                "G2 broken: a log record became durable after a data record of a later group order"
-                            );
-                        }
-                        if let Some(cp) = cp {
-                            st.points.found(device, h.dev_seq, *cp);
-                        }
-                        if h.kind == RecordKind::Checkpoint {
-                            if let Err(e) = st.rendezvous.marker(device, h.epoch, stamp(h)) {
-                                warn!(device, epoch = h.epoch, "checkpoint marker: {e}");
-                            }
-                            st.markers.insert((h.epoch, idx), h.dev_seq);
-                        }
-                    }
-                    Err(e) => {
-                        full = true;
-                        warn!(device, dev_seq = h.dev_seq, "not taken: {e:?}");
-                        break;
-                    }
-                }
-            }
-            let st = &mut *st;
-            for _ in 0..advance_points(&mut st.points, &st.streams, &st.windows) {
-                s.rejected.count("consistency_point");
-            }
-            let sst = &mut st.streams[idx];
-            sst.record_bytes += raw;
-            sst.wire_bytes += wire;
-            (st.windows[idx].run_end(), st.applied, full)
-        };
-        s.more.notify_one();
-        link::write_frame(
-            &mut tls,
-            &Frame::Ack {
-                dev_seq: run_end,
-                applied,
-            },
-        )
-        .await?;
-        if full {
-            bail!("stream window full: the primary will send again");
-        }
-    }
-}
-
-/// A batch was not applied: applying stops here, and `ferryd` stays up
-/// so that its status says why and a release (`ferryctl promote`) still
-/// finds it.  Not begun: the devices are at the last interval applied, and
-/// the secondary may be promoted there.  Begun: the kernel's mark holds the
-/// interval in progress (the devices are not consistent); a restart of
-/// `ferryd` applies it again (redo).
-async fn apply_stopped(s: &Arc<Sec>, epoch: u64, f: ApplyFailed) -> Result<()> {
-    let why = if f.saving {
-        format!(
-            "state.json not saved after interval {epoch} was applied: {:#}; the devices hold \
-             interval {epoch} (restart ferryd once log_dir is healthy)",
-            f.error
-        )
-    } else if f.begun {
-        format!(
-            "interval {epoch} failed while applied: {:#}; the devices are mid-interval \
-             (restart ferryd to apply it again)",
-            f.error
-        )
-    } else {
-        format!(
-            "intervals up to {epoch} not applied: {:#}; the devices hold interval {}",
-            f.error,
-            lock(&s.state).applied
-        )
-    };
-    error!("applying stopped: {why}");
-    {
-        let mut st = lock(&s.state);
-        st.apply_error = Some(why);
-        if !f.begun {
-            st.applying = 0;
-        }
-    }
-    loop {
-        let notified = s.more.notified();
-        {
-            let mut st = lock(&s.state);
-            if st.stop {
-                return Ok(());
-            }
-            if st.release {
-                lock(&s.dev).take();
-                st.released = true;
-                return Ok(());
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-    }
-}
-
-/// Applies whole intervals as they become ready.  Returns when released,
-/// or when asked to stop: between batches, never in the middle of one
-/// (a batch is applied, and its positions saved, whole).
-async fn apply_loop(s: Arc<Sec>) -> Result<()> {
-    // Its sign of life, for the watchdog: each turn (at least every
-    // 500 ms), once a batch is checked, and each record applied.
-    let beat = HEARTBEAT.beat("the apply loop");
-    loop {
-        beat.progress();
-        let notified = s.more.notified();
-        let job = {
-            let mut st = lock(&s.state);
-            if st.stop {
-                return Ok(());
-            }
-            // Every ready interval, oldest first, up to the batch's bounds;
-            // a redo covers exactly what the kernel's mark has in progress.
-            let mut items = Vec::new();
-            let mut bytes = 0u64;
-            let mut batch = 0usize;
-            let mut last = None;
-            loop {
-                if let Some(e) = last {
-                    let full = batch >= BATCH_INTERVALS
-                        || items.len() >= BATCH_RECORDS
-                        || bytes >= BATCH_BYTES;
-                    if (st.redo > 0 && e >= st.redo) || (st.redo == 0 && full) {
-                        break;
-                    }
-                }
-                let oldest = st.rendezvous.oldest();
-                let limit = interval_limit(&st.windows, |i| {
-                    st.markers
-                        .get(&(oldest, i))
-                        .is_some_and(|&ds| st.windows[i].run_end() >= ds)
-                });
-                let Some((epoch, cut)) = limit.and_then(|l| st.rendezvous.ready(l)) else {
-                    break;
-                };
-                while let Some(i) = next_in_group_order(&st.windows, cut) {
-                    let Some((ds, r)) = st.windows[i].pop_front() else {
-                        break;
-                    };
-                    let sv = &mut st.streams[i].saved;
-                    sv.next = ds + 1;
-                    (sv.ts, sv.gs) = (r.stamp.timestamp_ns, r.stamp.group_seq);
-                    sv.log_start = sv.log_start.max(r.item.off + u64::from(r.item.len));
-                    bytes += u64::from(r.item.len);
-                    items.push((i, r.item, r.kind == RecordKind::Write));
-                }
-                // Taken: the next ready interval is the next one.  (A
-                // failed apply ends ferryd, whose restart rebuilds all of
-                // this from the remote log and the kernel's mark.)
-                st.rendezvous
-                    .retire(epoch)
-                    .map_err(|e| anyhow::anyhow!("retire {epoch}: {e}"))?;
-                st.markers.retain(|&(e, _), _| e > epoch);
-                batch += 1;
-                last = Some(epoch);
-            }
-            match last {
-                Some(epoch) if st.redo > 0 && epoch != st.redo => {
-                    bail!(
-                        "interval {} was in progress, but the remote log holds the intervals up to it only to {epoch}",
-                        st.redo
-                    );
-                }
-                Some(epoch) => {
-                    st.applying = epoch;
-                    Some((epoch, items, batch))
-                }
-                None => {
-                    // (With a redo due, the kernel holds host reads until
-                    // the intervals up to it are whole here.)
-                    if st.release {
-                        // Closed before `released` says so: the answer to
-                        // the release must find the device free for
-                        // promote.
-                        lock(&s.dev).take();
-                        st.released = true;
-                        return Ok(());
-                    }
-                    None
-                }
-            }
-        };
-        let Some((epoch, items, batch)) = job else {
-            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
-            continue;
-        };
-        let (s2, b2) = (s.clone(), beat.clone());
-        let n = items.len();
-        let applied = tokio::task::spawn_blocking(move || {
-            apply_checked(&s2, epoch, &items, &b2).map(|()| items)
-        })
-        .await?;
-        let items = match applied {
-            Ok(items) => items,
-            Err(f) => return apply_stopped(&s, epoch, f).await,
-        };
-        let mut saved = {
-            let mut st = lock(&s.state);
-            st.applied = epoch;
-            st.applying = 0;
-            st.redo = 0;
-            st.intervals += batch as u64;
-            for &(i, _, write) in &items {
-                st.streams[i].applied_writes += u64::from(write);
-            }
-            SavedState {
-                streams: st.streams.iter().map(|x| (x.id, x.saved)).collect(),
-                points: Some(st.points.saved()),
-            }
-        };
-        for (i, sv) in saved.streams.values_mut().enumerate() {
-            sv.durable = lock(&s.logs[i]).durable();
-        }
-        tracing::debug!(epoch, intervals = batch, records = n, "intervals applied");
-        match s.save_waiting(&saved).await {
-            Ok(true) => {}
-            // Stopping or released: nothing is released from the log.
-            Ok(false) => continue,
-            Err(error) => {
-                let f = ApplyFailed {
-                    begun: false,
-                    saving: true,
-                    error,
-                };
-                return apply_stopped(&s, epoch, f).await;
-            }
-        }
-        // What is applied and saved leaves the remote log.
-        for (i, sv) in saved.streams.values().enumerate() {
-            let upto = sv.log_start & !4095;
-            if upto > 0 {
-                lock(&s.logs[i]).punch(upto);
-            }
-        }
-    }
-}
-
 /// Hands the consistency points the streams' runs reached to the tracker;
 /// returns how many it refused.
 fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Window]) -> u64 {
@@ -934,117 +625,6 @@ fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Windo
             .position(|x| x.id == d)
             .map_or(0, |i| windows[i].run_end())
     })
-}
-
-/// Why a batch of intervals was not applied.
-#[derive(Debug)]
-struct ApplyFailed {
-    /// Whether `APPLY_BEGIN` went: the devices may hold part of the batch
-    /// (the kernel's mark says so, and holds host reads and promote).
-    begun: bool,
-    /// The batch was applied whole, and saving the positions failed.
-    saving: bool,
-    error: anyhow::Error,
-}
-
-/// Checks every record of the intervals up to `epoch` as the kernel will
-/// (`ferry_core::record::decode_record`, at most `MAX_RECORD_LEN` bytes,
-/// an interval of the batch, a member device, a range inside it on this
-/// site: `ferry_core::checkpoint::place`), so that a batch the kernel
-/// would refuse half-way is never begun, and the devices stay at the last
-/// interval applied.
-fn check_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)]) -> Result<()> {
-    let after = lock(&s.state).applied;
-    let mut buf = Vec::new();
-    for &(i, loc, _) in items {
-        if loc.len as usize > record::MAX_RECORD_LEN {
-            bail!(
-                "a record of {} bytes at {} of stream {}: above the {} a secondary applies",
-                loc.len,
-                loc.off,
-                i,
-                record::MAX_RECORD_LEN
-            );
-        }
-        buf.resize(loc.len as usize, 0);
-        lock(&s.logs[i])
-            .read_exact_at(&mut buf, loc.off)
-            .context("read the remote log")?;
-        let r = record::decode_record(&buf, &s.gkey, &FastDigest)
-            .map_err(|e| anyhow::anyhow!("a record at {} of stream {i}: {e}", loc.off))?;
-        let h = r.header;
-        let what = || format!("record {} of device {}", h.dev_seq, h.device_id);
-        if r.len != buf.len() {
-            bail!(
-                "{}: {} bytes in the remote log, {} in the record",
-                what(),
-                buf.len(),
-                r.len
-            );
-        }
-        if h.epoch <= after || h.epoch > epoch {
-            bail!(
-                "{}: interval {}, not in {}..={epoch}",
-                what(),
-                h.epoch,
-                after + 1
-            );
-        }
-        let len = s.sizes.get(h.device_id as usize).copied().unwrap_or(0);
-        if len == 0 {
-            bail!("{}: no such device in this secondary's group", what());
-        }
-        checkpoint::place(h.kind, h.sector, h.nr_sectors, len, 0).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e} (sectors {}+{}, the device here has {len}: is it smaller than the primary's?)",
-                what(),
-                h.sector,
-                h.nr_sectors
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Applies the intervals up to `epoch` once every record of them is
-/// checked (`check_intervals`).
-fn apply_checked(
-    s: &Sec,
-    epoch: u64,
-    items: &[(usize, Loc, bool)],
-    beat: &Beat,
-) -> Result<(), ApplyFailed> {
-    check_intervals(s, epoch, items).map_err(|error| ApplyFailed {
-        begun: false,
-        saving: false,
-        error,
-    })?;
-    beat.progress();
-    apply_intervals(s, epoch, items, beat).map_err(|error| ApplyFailed {
-        begun: true,
-        saving: false,
-        error,
-    })
-}
-
-/// Writes the intervals up to `epoch` through the kernel, as one: the mark,
-/// the records in group order, the end.
-fn apply_intervals(s: &Sec, epoch: u64, items: &[(usize, Loc, bool)], beat: &Beat) -> Result<()> {
-    s.command(Command::ApplyBegin { epoch })?;
-    let mut buf = Vec::new();
-    for &(i, loc, _) in items {
-        beat.progress();
-        buf.resize(loc.len as usize, 0);
-        lock(&s.logs[i])
-            .read_exact_at(&mut buf, loc.off)
-            .context("read the remote log")?;
-        let mut dev = lock(&s.dev);
-        dev.as_mut()
-            .context("released")?
-            .write_all(&buf)
-            .context("apply a record")?;
-    }
-    s.command(Command::ApplyEnd { epoch })
 }
 
 impl Report for Sec {
@@ -1063,6 +643,7 @@ impl Report for Sec {
         let log_full = (st.streams.iter().zip(full))
             .find_map(|(x, f)| f.map(|f| format!("device {}: {f}", x.id)))
             .or_else(|| st.state_full.clone());
+        let span = st.spans.staged();
         let streams = st
             .streams
             .iter()
@@ -1070,14 +651,18 @@ impl Report for Sec {
             .zip(stopped)
             .map(|((x, w), log_stopped)| {
                 let received = w.run_end();
-                let done = w.next() - 1;
-                // What is held durably and not applied yet: its bytes, and
-                // how far (in the primary's time) the newest of it is ahead
-                // of the last record applied.
+                // Applied: not what is staged in a resync span, nor the
+                // batch being applied.
+                let done = x.saved.next - 1;
+                // What is held durably and not applied yet (in the window,
+                // taken from it): its bytes, and how far (in the primary's
+                // time) the newest of it is ahead of the last record
+                // applied.
                 let lag_bytes = (w.next()..=received)
                     .filter_map(|ds| w.get(ds))
                     .map(|r| u64::from(r.item.len))
-                    .sum();
+                    .sum::<u64>()
+                    + x.unapplied_bytes;
                 let lag_seconds = if received > done {
                     w.run_end_stamp().timestamp_ns.saturating_sub(x.saved.ts) as f64 / 1e9
                 } else {
@@ -1126,15 +711,21 @@ impl Report for Sec {
             log_full,
             spool_full: None,
             spool_error: None,
+            resync_span_open: st.spans.is_open(),
+            resync_span_intervals: span.intervals,
+            resync_span_records: span.records,
+            resync_span_bytes: span.bytes,
+            resync_spans_applied: st.spans.spans_applied(),
         }
     }
 }
 
 impl Control for Sec {
     /// Waits (up to 60 s) for the apply loop to apply every complete
-    /// interval and close the device; `ferryd` exits once the answer is
-    /// out (`run`), not here.
-    async fn release(&self) -> Result<u64, String> {
+    /// interval (but those of an open resync span: not applied, and said)
+    /// and close the device; `ferryd` exits once the answer is out
+    /// (`run`), not here.
+    async fn release(&self) -> Result<Released, String> {
         {
             let mut st = lock(&self.state);
             if st.stop {
@@ -1147,7 +738,10 @@ impl Control for Sec {
             {
                 let st = lock(&self.state);
                 if st.released {
-                    return Ok(st.applied);
+                    return Ok(Released {
+                        applied_epoch: st.applied,
+                        span_dropped: st.dropped,
+                    });
                 }
                 if st.stop {
                     return Err("ferryd is stopping".into());
@@ -1162,3 +756,7 @@ impl Control for Sec {
 #[cfg(test)]
 #[path = "secondary_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "secondary_span_tests.rs"]
+mod span_tests;

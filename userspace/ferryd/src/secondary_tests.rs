@@ -1,7 +1,13 @@
 //! Tests of [`super`] (secondary.rs).
 
+use super::apply::{apply_checked, apply_loop, apply_stopped, check_intervals, ApplyFailed};
 use super::*;
 use crate::files::tests::{fresh_dir, mode_of, usual_umask};
+use ferry_core::command::Command;
+use ferry_core::record::RecordKind;
+use ferry_core::table::MAX_DEVICES;
+use ferryd::link::{Frame, Side};
+use ferryd::systemd::Beat;
 
 /// A secondary of devices `ids` whose remote log is in `top` (new):
 /// it receives, stores and acknowledges as `run`'s does; its "device" is
@@ -41,6 +47,11 @@ pub(crate) fn receiver_on(top: &Path, ids: &[u32], fs: Arc<dyn FileSystem>) -> A
             record_bytes: 0,
             wire_bytes: 0,
             applied_writes: 0,
+            taken: Saved {
+                next: 1,
+                ..Saved::default()
+            },
+            unapplied_bytes: 0,
         });
         logs.push(Mutex::new(StreamLog::new(f, id, gkey, &r)));
     }
@@ -68,6 +79,8 @@ pub(crate) fn receiver_on(top: &Path, ids: &[u32], fs: Arc<dyn FileSystem>) -> A
             apply_error: None,
             state_full: None,
             g2: DurableOrder::new(0),
+            spans: Spans::default(),
+            dropped: None,
         }),
         logs,
         more: Notify::new(),
@@ -103,6 +116,7 @@ fn stored(s: &Sec, epoch: u64, sector: u64, nr: u32) -> (usize, Loc, bool) {
         Loc {
             off,
             len: b.len() as u32,
+            flags: 0,
         },
         true,
     )
@@ -324,6 +338,8 @@ fn idle(name: &str) -> (Arc<Sec>, PathBuf) {
             apply_error: None,
             state_full: None,
             g2: DurableOrder::new(0),
+            spans: Spans::default(),
+            dropped: None,
         }),
         logs: Vec::new(),
         more: Notify::new(),
@@ -377,7 +393,13 @@ async fn a_release_answers_with_the_device_closed() {
             std::thread::yield_now();
         }
     });
-    assert_eq!(Control::release(&*s).await, Ok(5));
+    assert_eq!(
+        Control::release(&*s).await,
+        Ok(Released {
+            applied_epoch: 5,
+            span_dropped: None
+        })
+    );
     assert!(lock(&s.dev).is_none());
     watcher.join().unwrap();
     tokio::time::timeout(Duration::from_secs(2), applier)

@@ -30,7 +30,7 @@ pub struct Stream {
     /// highest contiguous `dev_seq` durable in the remote log.
     pub received: u64,
     /// Primary: highest `dev_seq` the secondary acknowledged.  Secondary:
-    /// highest `dev_seq` applied.
+    /// highest `dev_seq` applied (not those staged in a resync span).
     pub done: u64,
     /// Records between the two.
     pub lag_records: u64,
@@ -123,6 +123,22 @@ pub struct Status {
     /// succeeds again.
     #[serde(default)]
     pub spool_error: Option<String>,
+    /// Secondary: a resync span is open (the intervals after one whose
+    /// markers carry `RESYNC_BEGIN` are staged, to be applied as one with
+    /// the interval whose markers carry `RESYNC_END`).
+    #[serde(default)]
+    pub resync_span_open: bool,
+    /// Secondary: whole intervals of the open span staged (taken from the
+    /// streams, not applied), their records and their bytes.
+    #[serde(default)]
+    pub resync_span_intervals: u64,
+    #[serde(default)]
+    pub resync_span_records: u64,
+    #[serde(default)]
+    pub resync_span_bytes: u64,
+    /// Secondary: resync spans this process applied whole.
+    #[serde(default)]
+    pub resync_spans_applied: u64,
 }
 
 /// Serves `GET /status` (the document, JSON) and `GET /metrics` (its
@@ -288,6 +304,13 @@ impl Status {
                 l.push_str(&format!(", applied interval {}", self.applied_epoch));
                 if self.applying_epoch > 0 {
                     l.push_str(&format!(", applying to {}", self.applying_epoch));
+                }
+                if self.resync_span_open {
+                    l.push_str(&format!(
+                        ", resync span open: {} intervals staged ({}), not applied",
+                        self.resync_span_intervals,
+                        human_bytes(self.resync_span_bytes)
+                    ));
                 }
             }
         }
@@ -584,6 +607,41 @@ impl Collector for Metrics {
             "Secondary: log records durable after a data record of a later group order",
             None,
             vec![(self.group(), counter(st.g2_violations))],
+        )?;
+        family(
+            e,
+            "resync_span_open",
+            "Secondary: a resync span is open: its intervals are staged, to be applied as one once its end arrives",
+            None,
+            vec![(self.group(), gauge(i64::from(st.resync_span_open)))],
+        )?;
+        family(
+            e,
+            "resync_span_intervals",
+            "Secondary: whole intervals of the open resync span staged, not applied",
+            None,
+            vec![(self.group(), gauge(st.resync_span_intervals))],
+        )?;
+        family(
+            e,
+            "resync_span_records",
+            "Secondary: records of those intervals",
+            None,
+            vec![(self.group(), gauge(st.resync_span_records))],
+        )?;
+        family(
+            e,
+            "resync_span",
+            "Secondary: bytes of those records",
+            Some(Unit::Bytes),
+            vec![(self.group(), gauge(st.resync_span_bytes))],
+        )?;
+        family(
+            e,
+            "resync_spans_applied",
+            "Secondary: resync spans this process applied whole",
+            None,
+            vec![(self.group(), counter(st.resync_spans_applied))],
         )?;
         family(
             e,

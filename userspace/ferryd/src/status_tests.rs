@@ -24,6 +24,11 @@ fn status() -> Status {
         log_full: None,
         spool_full: None,
         spool_error: None,
+        resync_span_open: false,
+        resync_span_intervals: 0,
+        resync_span_records: 0,
+        resync_span_bytes: 0,
+        resync_spans_applied: 0,
     }
 }
 
@@ -50,7 +55,7 @@ pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
 }
 
 /// Every family ferryd exposes, and its type.
-pub(crate) const FAMILIES: [(&str, &str); 24] = [
+pub(crate) const FAMILIES: [(&str, &str); 29] = [
     ("ferry_build_info", "gauge"),
     ("ferry_state", "gauge"),
     ("ferry_connected", "gauge"),
@@ -74,6 +79,11 @@ pub(crate) const FAMILIES: [(&str, &str); 24] = [
     ("ferry_accept_errors_total", "counter"),
     ("ferry_records_rejected_total", "counter"),
     ("ferry_g2_violations_total", "counter"),
+    ("ferry_resync_span_open", "gauge"),
+    ("ferry_resync_span_intervals", "gauge"),
+    ("ferry_resync_span_records", "gauge"),
+    ("ferry_resync_span_bytes", "gauge"),
+    ("ferry_resync_spans_applied_total", "counter"),
     ("ferry_apply_stopped", "gauge"),
 ];
 
@@ -329,6 +339,16 @@ fn summaries() {
     assert_eq!(
         st.summary(),
         "applying, 1/2 streams connected, lag 4 records (16.0 KiB), 1.0 s, applied interval 41, applying to 43; APPLY STOPPED: a record of 2 MiB; REMOTE LOG STOPPED (device 1); G2 BROKEN (2)"
+    );
+    st.resync_span_open = true;
+    st.resync_span_intervals = 5;
+    st.resync_span_bytes = 3 << 20;
+    assert!(
+        st.summary().contains(
+            ", applying to 43, resync span open: 5 intervals staged (3.0 MiB), not applied; APPLY"
+        ),
+        "{}",
+        st.summary()
     );
     let mut p = status();
     p.role = Role::Primary;

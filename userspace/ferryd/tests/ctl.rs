@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferryd::ctl::{self, Control, Release, Reply};
+use ferryd::ctl::{self, Control, Release, Released, Reply};
 
 /// A `ferryd` whose release answers `answer` after a short while.
 struct Fake {
@@ -28,10 +28,18 @@ impl Fake {
 }
 
 impl Control for Fake {
-    async fn release(&self) -> Result<u64, String> {
+    async fn release(&self) -> Result<Released, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.answer.clone()
+        self.answer.clone().map(released)
+    }
+}
+
+/// Released at interval `applied_epoch`, no resync span open.
+fn released(applied_epoch: u64) -> Released {
+    Released {
+        applied_epoch,
+        span_dropped: None,
     }
 }
 
@@ -89,7 +97,7 @@ async fn release_is_answered_before_ferryd_may_exit() {
         serde_json::from_str::<Reply>(line.trim()).unwrap()
     });
     let reply = client.await.unwrap();
-    assert_eq!(reply, Reply::Released { applied_epoch: 42 });
+    assert_eq!(reply, Reply::Released(released(42)));
     tokio::time::timeout(Duration::from_secs(2), daemon)
         .await
         .expect("ferryd may exit once the client closed")
@@ -147,7 +155,10 @@ async fn promote_tells_not_running_from_running_and_failed() {
     // Running, and releases.
     let ok = top.join("ok.sock");
     let _a = ctl::serve(ctl::bind(&ok).unwrap(), &ok, Fake::new(Ok(9)), own_uid());
-    assert_eq!(ask(ok).await.unwrap().unwrap(), Release::Released(9));
+    assert_eq!(
+        ask(ok).await.unwrap().unwrap(),
+        Release::Released(released(9))
+    );
     // Running, and refuses.
     let no = top.join("no.sock");
     let _b = ctl::serve(

@@ -68,6 +68,11 @@ fn fresh(role: Role, state: &str, devices: &[u32]) -> Status {
         log_full: None,
         spool_full: None,
         spool_error: None,
+        resync_span_open: false,
+        resync_span_intervals: 0,
+        resync_span_records: 0,
+        resync_span_bytes: 0,
+        resync_spans_applied: 0,
     }
 }
 
@@ -106,7 +111,8 @@ fn primary() -> Status {
 }
 
 /// A secondary applying, that refused peers and records, holds a
-/// consistency point, with a stopped remote log and an apply error.
+/// consistency point, stages a resync span, with a stopped remote log and
+/// an apply error.
 fn secondary() -> Status {
     let mut st = fresh(Role::Secondary, "applying", &[0, 1, 2]);
     for (i, s) in st.streams.iter_mut().enumerate() {
@@ -133,6 +139,11 @@ fn secondary() -> Status {
         label: "nightly \"backup\" \\ done".into(),
     });
     st.g2_violations = 0;
+    st.resync_span_open = true;
+    st.resync_span_intervals = 12;
+    st.resync_span_records = 4_800;
+    st.resync_span_bytes = 19_660_800;
+    st.resync_spans_applied = 1;
     st.apply_error =
         Some("a record of 2097152 bytes: above the 1048576 a secondary applies".into());
     st

@@ -86,9 +86,7 @@ fn run(cli: Ferryctl) -> Result<u8> {
             match ctl::request_release(&c.control_socket(), ctl::RELEASE_TIMEOUT)
                 .context("not promoting")?
             {
-                ctl::Release::Released(applied) => {
-                    eprintln!("ferryd applied up to interval {applied} and released the device")
-                }
+                ctl::Release::Released(r) => eprintln!("{}", render::released(&r)),
                 ctl::Release::NotRunning(why) => {
                     eprintln!("ferryd is not running ({why}): promoting without it")
                 }
