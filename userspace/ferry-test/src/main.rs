@@ -447,10 +447,14 @@ fn read(a: ReadArgs) -> Res<()> {
                     if let Some(img) = &dev.image {
                         io("apply", img.write_all_at(rec.payload, h.sector * 512))?;
                     }
-                    let crc = ferry_core::digest::crc32c(&d, rec.payload);
-                    extra = format!(" crc={crc:08x}");
-                    if let Some(id) = block_write_id(rec.payload) {
-                        extra += &format!(" wid={id}");
+                    // The log line's fields: not computed when no line is
+                    // written (`--quiet`, as make bench's reader).
+                    if !a.quiet {
+                        let crc = ferry_core::digest::crc32c(&d, rec.payload);
+                        extra = format!(" crc={crc:08x}");
+                        if let Some(id) = block_write_id(rec.payload) {
+                            extra += &format!(" wid={id}");
+                        }
                     }
                 }
                 RecordKind::WriteZeroes => {
