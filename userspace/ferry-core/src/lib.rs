@@ -23,6 +23,9 @@
 //! * [`intent`] — write intent on the primary: marks, sweep (G3).
 //! * [`bitmap`] — chunk bitmap and its on-disk encoding (G3).
 //! * [`meta`] — the meta device of a primary: layout, superblock.
+//! * [`generation`] — data generations: at a connection, which site is
+//!   ahead, what a resync copies, split brain refused (rules and format;
+//!   not stored by the kernel yet).
 //! * [`command`] — commands written to the character device.
 //! * [`batch`] — a `write(2)` of commands: all of them or none.
 //! * [`table`] — the device-mapper table line of the `ferry` target.
@@ -87,6 +90,7 @@ pub mod bugs {
 
 pub mod digest;
 pub mod gate;
+pub mod generation;
 pub mod intent;
 pub mod meta;
 pub mod record;
