@@ -91,9 +91,17 @@ void ferry_init_waitqueue_head(struct wait_queue_head *wq, const char *name, str
 	__init_waitqueue_head(wq, name, key);
 }
 
+/*
+ * Wakes every waiter, if there is one: a write's completion calls this for
+ * the reader, which is most often not asleep, and wq_has_sleeper() spares
+ * the queue's lock then.  Its barrier pairs with the one a waiter sets
+ * before it tests its condition (prepare_to_wait_event, poll_wait), and the
+ * waker changed the condition before calling.
+ */
 void ferry_wake_up_all(struct wait_queue_head *wq)
 {
-	wake_up_all(wq);
+	if (wq_has_sleeper(wq))
+		wake_up_all(wq);
 }
 
 void ferry_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt)

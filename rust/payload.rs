@@ -32,9 +32,13 @@ pub(crate) trait Segments {
     fn for_each_segment(&self, f: impl FnMut(*mut b::page, usize, usize));
 }
 
-/// A record's payload: `len` bytes in `ceil(len / PAGE_SIZE)` pages.
+/// A record's payload: `len` bytes in `ceil(len / PAGE_SIZE)` pages, the
+/// first held inline and the others in a vector, so that a payload of one
+/// page (a 4 KiB write, the commonest) costs one page allocation and no
+/// other.
 pub(crate) struct Payload {
-    pages: KVec<Page>,
+    first: Option<Page>,
+    rest: KVec<Page>,
     len: usize,
 }
 
@@ -100,9 +104,41 @@ impl Payload {
     /// An empty payload (flushes, markers).
     pub(crate) fn empty() -> Self {
         Self {
-            pages: KVec::new(),
+            first: None,
+            rest: KVec::new(),
             len: 0,
         }
+    }
+
+    /// `n` pages for `len` bytes, allocated with `gfp`.
+    fn alloc(len: usize, gfp: kernel::alloc::Flags) -> Result<Self, AllocError> {
+        let n = Self::pages_for(len);
+        let mut p = Self::empty();
+        if n == 0 {
+            return Ok(p);
+        }
+        p.first = Some(Page::alloc_page(gfp)?);
+        if n > 1 {
+            p.rest = KVec::with_capacity(n - 1, gfp)?;
+            for _ in 1..n {
+                p.rest.push(Page::alloc_page(gfp)?, gfp)?;
+            }
+        }
+        p.len = len;
+        Ok(p)
+    }
+
+    /// Page `i` of the payload.
+    fn page(&self, i: usize) -> Option<&Page> {
+        match i {
+            0 => self.first.as_ref(),
+            _ => self.rest.get(i - 1),
+        }
+    }
+
+    /// The pages, in order.
+    fn pages(&self) -> impl Iterator<Item = &Page> {
+        Iterator::chain(self.first.iter(), self.rest.iter())
     }
 
     /// Pages a payload of `len` bytes occupies.
@@ -115,14 +151,7 @@ impl Payload {
     /// worker that lets in a writer held for room).  An allocation failure
     /// is the caller's overflow.
     pub(crate) fn copy_from_bio(bio: &impl Segments, gfp: kernel::alloc::Flags) -> Result<Self, AllocError> {
-        let len = bio.bytes();
-        let n = Self::pages_for(len);
-        let gfp = gfp | flags::__GFP_NOWARN;
-        let mut pages = KVec::with_capacity(n, gfp)?;
-        for _ in 0..n {
-            pages.push(Page::alloc_page(gfp)?, gfp)?;
-        }
-        let p = Self { pages, len };
+        let p = Self::alloc(bio.bytes(), gfp | flags::__GFP_NOWARN)?;
         let mut at = 0usize;
         bio.for_each_segment(|page, offset, seg_len| {
             p.copy_in_shared(at, page, offset, seg_len);
@@ -138,7 +167,7 @@ impl Payload {
         while len > 0 && at < self.len {
             let (pi, po) = (at / PAGE_SIZE, at % PAGE_SIZE);
             let n = len.min(PAGE_SIZE - po).min(self.len - at);
-            let Some(page) = self.pages.get(pi) else {
+            let Some(page) = self.page(pi) else {
                 return;
             };
             copy_from_shared(page, po, src, offset, n);
@@ -148,15 +177,7 @@ impl Payload {
 
     /// A copy of `src` (process context; may sleep).
     pub(crate) fn from_slice(src: &[u8]) -> Result<Self, AllocError> {
-        let n = Self::pages_for(src.len());
-        let mut pages = KVec::with_capacity(n, GFP_KERNEL)?;
-        for _ in 0..n {
-            pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
-        }
-        let mut p = Self {
-            pages,
-            len: src.len(),
-        };
+        let mut p = Self::alloc(src.len(), GFP_KERNEL)?;
         p.write_at(0, src);
         Ok(p)
     }
@@ -165,7 +186,7 @@ impl Payload {
     /// the payload in it).  The pages live as long as `self`.
     pub(crate) fn for_each_page(&self, mut f: impl FnMut(*mut b::page, usize)) {
         let mut left = self.len;
-        for page in self.pages.iter() {
+        for page in self.pages() {
             let n = left.min(PAGE_SIZE);
             f(page.as_ptr().cast(), n);
             left -= n;
@@ -177,7 +198,7 @@ impl Payload {
         while !src.is_empty() && at < self.len {
             let (pi, po) = (at / PAGE_SIZE, at % PAGE_SIZE);
             let n = src.len().min(PAGE_SIZE - po).min(self.len - at);
-            let Some(page) = self.pages.get(pi) else {
+            let Some(page) = self.page(pi) else {
                 return;
             };
             with_mapped(page, |dst| {
@@ -196,7 +217,7 @@ impl Payload {
     /// Calls `f` on each page's bytes in order (the last one clipped).
     pub(crate) fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) {
         let mut left = self.len;
-        for page in self.pages.iter() {
+        for page in self.pages() {
             let n = left.min(PAGE_SIZE);
             with_mapped(page, |bytes| f(&bytes[..n]));
             left -= n;
@@ -207,7 +228,7 @@ impl Payload {
     /// spinlock held.
     pub(crate) fn copy_to_user(&self, out: &mut UserSliceWriter) -> Result {
         let mut left = self.len;
-        for page in self.pages.iter() {
+        for page in self.pages() {
             let n = left.min(PAGE_SIZE);
             // The user copy may fault and sleep, which `kmap_local`
             // mappings allow.
