@@ -19,6 +19,10 @@ use ferry_core::table::MAX_DEVICES;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+/// Records a write of acknowledgements has room to free after the lock
+/// without growing its list (one page of pointers).
+const FREED_RESERVE: usize = 512;
+
 impl Group {
     /// `write(2)`: commands, all of them or none.
     pub(super) fn write_commands(&self, buf: &[u8]) -> Result {
@@ -65,7 +69,10 @@ impl Group {
         }
         let marker_charge = sets.first().map_or(0, MarkerSet::charge);
         let mut sets = sets.into_iter();
-        let mut freed: KVec<Arc<Record>> = KVec::new();
+        // Room for the records a write of acknowledgements commonly frees,
+        // taken here, not grown under the lock (it still grows, or frees
+        // in place, past that).
+        let mut freed: KVec<Arc<Record>> = KVec::with_capacity(FREED_RESERVE, GFP_KERNEL)?;
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
         let mut st = self.state.lock();
         for (a, s) in acks.iter_mut().zip(st.streams.iter()) {
