@@ -8,8 +8,16 @@
 #    Reported: min / median / max per target, and the median of per-round
 #    ratios to dm-linear.
 # 2. CPU cost: the same 4 KiB random writes in a guest run with -icount
-#    (guest time advances with executed instructions), where IOPS measure
-#    instructions per I/O and repeat within about 1%.
+#    (guest time advances with executed instructions, 1 ns each).  The
+#    figure is the guest's busy CPU time per I/O (/proc/stat over the whole
+#    fio run, no ramp), i.e. its instructions per I/O, the reader's and the
+#    interrupts' included.  IOPS are printed too, but an idle guest's clock
+#    jumps to its next event, so a target that waits on the disk (dm-linear)
+#    gets IOPS that follow the host's real I/O speed: they vary with the
+#    host's load, instructions per I/O do not.
+# FERRY_BENCH_PROFILE=1: perf's profile of dm-linear and the primary under
+#    -icount too (the top symbols, with and without callees, and the
+#    module's hottest instructions), printed after the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${FERRY_OUT:-$PWD/out}/bench
@@ -28,7 +36,7 @@ vm() { scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initr
 
 if [[ " $parts " == *" fio "* ]]; then
 vm --out "$out/wall" --append "ferry.bench_rounds=$rounds ferry.bench_secs=$secs" bench
-vm --out "$out/icount" --icount --append "ferry.bench_rounds=3 ferry.bench_secs=4 ferry.bench_workloads=rand4k" bench
+vm --out "$out/icount" --icount --append "ferry.bench_rounds=3 ferry.bench_secs=4 ferry.bench_ramp=0 ferry.bench_workloads=rand4k${FERRY_BENCH_PROFILE:+ ferry.bench_profile=1}" bench
 
 python3 - "$out" <<'PY'
 import sys, statistics as st, collections
@@ -37,10 +45,10 @@ def load(name):
     rows = collections.defaultdict(dict)
     for line in open(f"{out}/{name}/g0.log", errors="replace"):
         if line.startswith("bench|"):
-            _, r, t, w, iops, mbs, p99 = line.strip().split("|")
-            rows[(w, int(r))][t] = (float(iops), float(mbs), float(p99))
+            _, r, t, w, iops, mbs, p99, cpu = line.strip().split("|")
+            rows[(w, int(r))][t] = (float(iops), float(mbs), float(p99), float(cpu))
     return rows
-def report(title, rows):
+def report(title, rows, cpu_per_io=False):
     print(f"\n{title}")
     for w in sorted({w for w, _ in rows}):
         rs = sorted(r for ww, r in rows if ww == w)
@@ -56,12 +64,21 @@ def report(title, rows):
             p99 = [rows[(w, r)][t][2] / rows[(w, r)]["linear"][2] for r in rr if rows[(w, r)]["linear"][2] > 0]
             print(f"    {t}/linear {metric}: median {st.median(ratio):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratio)})")
             if p99: print(f"    {t}/linear p99 latency: median {st.median(p99):.3f}")
+            if cpu_per_io:
+                c = [rows[(w, r)][t][3] for r in rr]
+                cl = [rows[(w, r)]["linear"][3] for r in rr]
+                ratio = [a / b for a, b in zip(c, cl) if b > 0]
+                print(f"    {t}/linear instructions per I/O: median {st.median(ratio):.3f} ({st.median(c):.0f} / {st.median(cl):.0f})")
 report("wall clock (release kernel, disks in host memory)", load("wall"))
-report("CPU cost (-icount: IOPS in instruction time)", load("icount"))
+report("CPU cost (-icount: IOPS in instruction time; the guest's CPU time per I/O is its instructions per I/O)", load("icount"), cpu_per_io=True)
 for name in ("wall", "icount"):
     for line in open(f"{out}/{name}/g0.log", errors="replace"):
         if line.startswith(("bench-primary|", "bench-record|")):
             print(f"  [{name}] {line.strip()}")
+prof = [l.rstrip() for l in open(f"{out}/icount/g0.log", errors="replace") if l.startswith("prof")]
+if prof:
+    print("\nprofile under -icount (perf cpu-clock samples: instruction time)")
+    for l in prof: print("  " + l)
 PY
 fi
 

@@ -42,6 +42,9 @@ copy_elf /usr/sbin/blkdiscard "$tools/sbin/blkdiscard"
 for t in mke2fs e2fsck; do copy_elf "/usr/sbin/$t" "$tools/sbin/$t"; done
 [ -x /usr/bin/sqlite3 ] && copy_elf /usr/bin/sqlite3 "$tools/usr/bin/sqlite3"
 [ -x /usr/sbin/tc ] && copy_elf /usr/sbin/tc "$tools/sbin/tc"
+# perf (linux-perf): make bench's profile of the primary path
+# (FERRY_BENCH_PROFILE=1), when the host has it.
+[ -x /usr/bin/perf ] && copy_elf /usr/bin/perf "$tools/usr/bin/perf"
 # PostgreSQL (the application test, repl-app): the server, initdb, pg_ctl,
 # pgbench and psql, its modules (JIT left out) and shared data, and the
 # time zone database it reads.  Each keeps its Debian path, so that the

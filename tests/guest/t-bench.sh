@@ -19,16 +19,28 @@ reader=$!
 dev_of() { case $1 in raw) echo /dev/vda ;; linear) echo /dev/mapper/lin ;; ferry) echo /dev/mapper/fer ;; primary) echo /dev/mapper/pri ;; esac; }
 # Lay the data down once so that no target pays for first writes.
 dd if=/dev/zero of=/dev/vda bs=1M count=$((D / 2048)) oflag=direct 2>/dev/null
+# CPU time of the guest so far, in USER_HZ ticks: busy (user, nice,
+# system, irq, softirq, steal), every CPU.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# FERRY_BENCH_RAMP: fio's ramp seconds (0 in the -icount run, where the CPU
+# time of the whole run is divided by its I/Os).
+ramp=${FERRY_BENCH_RAMP:-1}
 run() {  # run <target> <workload>
 	case $2 in
-	rand4k) a="--rw=randwrite --bs=4k --iodepth=32" ;;
-	seq1m) a="--rw=write --bs=1M --iodepth=4" ;;
+	rand4k) a="--rw=randwrite --bs=4k --iodepth=32" kb=4 ;;
+	seq1m) a="--rw=write --bs=1M --iodepth=4" kb=1024 ;;
 	esac
+	c0=$(busy_ticks)
 	fio --thread --name=b --filename="$(dev_of "$1")" --direct=1 --ioengine=libaio $a \
-		--time_based --runtime="$secs" --ramp_time=1 --size=$((D / 2))s \
+		--time_based --runtime="$secs" --ramp_time="$ramp" --size=$((D / 2))s \
 		--minimal --terse-version=3 >/tmp/b.out 2>&1 || { cat /tmp/b.out; fail "fio $1 $2"; }
-	# terse v3: field 48 write KiB/s, 49 write IOPS, 71 write clat p99 (us)
-	awk -F';' -v r="$3" -v t="$1" -v w="$2" '{ split($71, p, "="); printf "bench|%s|%s|%s|%s|%.1f|%s\n", r, t, w, $49, $48 / 1024, p[2] }' /tmp/b.out
+	c1=$(busy_ticks)
+	# terse v3: field 47 write KiB, 48 write KiB/s, 49 write IOPS, 71 write
+	# clat p99 (us).  Last: the guest's CPU time per I/O in ns (under
+	# -icount, instructions per I/O: one instruction is 1 ns), the reader's
+	# and the interrupts' included; meaningful when fio ran without a ramp.
+	awk -F';' -v r="$3" -v t="$1" -v w="$2" -v kb="$kb" -v busy=$((c1 - c0)) '{ split($71, p, "=");
+		ios = $47 / kb; printf "bench|%s|%s|%s|%s|%.1f|%s|%.0f\n", r, t, w, $49, $48 / 1024, p[2], (ios > 0 ? busy * 1e7 / ios : 0) }' /tmp/b.out
 }
 for r in $(seq 1 "$rounds"); do
 	# Rotate the order every round so that no target always goes first.
@@ -41,6 +53,28 @@ for r in $(seq 1 "$rounds"); do
 		for t in $order; do run "$t" "$w" "$r"; done
 	done
 done
+# FERRY_BENCH_PROFILE: where the instructions of a 4 KiB random write go,
+# on dm-linear and on the primary (perf's cpu-clock samples; under -icount
+# the clock is the instruction count): the top symbols of each.
+if [ -n "${FERRY_BENCH_PROFILE:-}" ]; then
+	command -v perf >/dev/null || fail "FERRY_BENCH_PROFILE: no perf in the guest (install linux-perf)"
+	for t in linear primary; do
+		perf record -q -g -e cpu-clock -a -o /tmp/perf.data -- fio --thread --name=b --filename="$(dev_of $t)" \
+			--direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=32 --time_based --runtime="$secs" \
+			--size=$((D / 2))s --minimal >/dev/null 2>&1 || fail "perf record $t"
+		perf report -i /tmp/perf.data --stdio --no-children -g none --sort dso,sym 2>/dev/null | grep -v '^#' | grep -v '^$' |
+			head -"${FERRY_BENCH_PROFILE_LINES:-45}" | sed "s/^/prof|$t|/"
+		# Inclusive: what each function costs with what it calls.
+		perf report -i /tmp/perf.data --stdio --children -g none --sort sym --percent-limit 0.4 2>/dev/null |
+			grep -v '^#' | grep -v '^$' | head -"${FERRY_BENCH_PROFILE_LINES:-45}" | sed "s/^/prof-incl|$t|/"
+		# The module's hottest instructions (symbol+offset, for objdump -d
+		# of dm-ferry.ko on the host).
+		perf script -i /tmp/perf.data -G -F ip,sym,symoff,dso 2>/dev/null | awk '/dm_ferry/ { print $2 }' |
+			sort | uniq -c | sort -rn | head -"${FERRY_BENCH_PROFILE_LINES:-45}" | sed "s/^/prof-ip|$t|/"
+		perf report -i /tmp/perf.data --stdio --no-children -g none --sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' |
+			head -12 | sed "s/^/prof-dso|$t|/"
+	done
+fi
 # The primary must have replicated every round (never gone ahead).
 set -- $(dm status pri)
 [ "$8" = replicating ] || { cat /tmp/bench-reader.out; fail "primary went ahead during the benchmark: $*"; }
