@@ -18,16 +18,23 @@
 # FERRY_BENCH_PROFILE=1: perf's profile of dm-linear and the primary under
 #    -icount too (the top symbols, with and without callees, and the
 #    module's hottest instructions), printed after the figures.
+# 3. Replication (part "repl"): ferry between two guests on a shaped link.
+# 4. Side by side (part "drbd"): ferry, DRBD 8.4 protocol A and dm-linear in
+#    the same two guests on the same shaped link, alternating over
+#    FERRY_BENCH_DRBD_ROUNDS rounds (default FERRY_BENCH_ROUNDS, else 3),
+#    FERRY_BENCH_REPL_SECS (default 20) per figure; a table of medians
+#    (tests/guest/t-bench-drbd.sh, Documentation/testing.rst).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${FERRY_OUT:-$PWD/out}/bench
 rm -rf "$out"; mkdir -p "$out"
 rounds=${FERRY_BENCH_ROUNDS:-5} secs=${FERRY_BENCH_SECS:-8}
-# FERRY_BENCH_PARTS: which parts run (default both: "fio repl").
-parts=${FERRY_BENCH_PARTS:-fio repl}
+# FERRY_BENCH_PARTS: which parts run (default all: "fio repl drbd").
+parts=${FERRY_BENCH_PARTS:-fio repl drbd}
 kdir=$(scripts/build-kernel.sh release)
 make --no-print-directory module FLAVOUR=release
-scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
+# The release kernel's drbd.ko goes in too (the "drbd" part loads it).
+FERRY_INITRAMFS_KDIR=$kdir scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
 shm=$(mktemp -d /dev/shm/ferry-bench.XXXXXX)
 trap 'rm -rf "$shm"' EXIT
 truncate -s 1G "$shm/data.img"; truncate -s 64M "$shm/meta.img"
@@ -86,7 +93,7 @@ fi
 #    shaped inside them to 200 Mbit/s, then to FERRY_BENCH_LINK_MBIT
 #    (default 40; tests/guest/t-bench-repl.sh), FERRY_BENCH_REPL_SECS
 #    (default 20) per phase.
-[[ " $parts " == *" repl "* ]] || exit 0
+if [[ " $parts " == *" repl "* ]]; then
 scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
 	--disk 256M --disk 256M --disk 64M --disk 64M --timeout 1800 --out "$out/repl" \
 	--append "ferry.bench_link_mbit=${FERRY_BENCH_LINK_MBIT:-40} ferry.bench_secs=${FERRY_BENCH_REPL_SECS:-20} ferry.bench_lag_qd=${FERRY_BENCH_LAG_QD:-1} ferry.bench_lag_mbit=${FERRY_BENCH_LAG_MBIT:-20}" bench-repl >/dev/null ||
@@ -94,3 +101,89 @@ scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cp
 echo
 echo "replication over a 20 ms link of 200 Mbit/s, then ${FERRY_BENCH_LINK_MBIT:-40} Mbit/s (two guests, release kernel)"
 tr -d '\r' <"$out/repl/g0.log" | grep -a '^bench-repl|' | cut -d'|' -f2- | sed 's/|/: /; s/^/  /'
+fi
+
+# 4. Side by side: ferry, DRBD 8.4 protocol A, dm-linear (two guests, the
+#    same disks and link as 3).  The guests get the host's TSC frequency
+#    (tsc_early_khz, tsc=reliable; FERRY_BENCH_TSC_KHZ overrides): under TCG
+#    the guest's calibration against the PIT fails at random, the clock
+#    falls back to jiffies and fio's latencies come out as 0 or 4 ms.
+[[ " $parts " == *" drbd "* ]] || exit 0
+drounds=${FERRY_BENCH_DRBD_ROUNDS:-${FERRY_BENCH_ROUNDS:-3}}
+dsecs=${FERRY_BENCH_REPL_SECS:-20} dmbit=${FERRY_BENCH_LINK_MBIT:-40}
+tsc_khz=${FERRY_BENCH_TSC_KHZ:-}
+if [ -z "$tsc_khz" ]; then
+	mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p; s/.*tsc: Detected \([0-9.]*\) MHz processor.*/\1/p' | tail -1)
+	# Without the kernel log: the CPU's nominal clock, when its TSC runs
+	# at a constant, known rate.
+	[ -n "$mhz" ] || ! grep -qw tsc_known_freq /proc/cpuinfo || mhz=$(awk -F': *' '/^cpu MHz/ { print $2; exit }' /proc/cpuinfo)
+	[ -z "$mhz" ] || tsc_khz=$(awk -v m="$mhz" 'BEGIN { printf "%d", m * 1000 }')
+fi
+tscargs=
+if [ -n "$tsc_khz" ]; then tscargs="tsc_early_khz=$tsc_khz tsc=reliable"
+else echo "bench: the host's TSC frequency is unknown (set FERRY_BENCH_TSC_KHZ): guest latencies may be wrong" >&2; fi
+scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
+	--disk 256M --disk 256M --disk 64M --disk 64M --timeout $((900 + drounds * (60 * dsecs + 300))) --out "$out/drbd" \
+	--append "ferry.bench_link_mbit=$dmbit ferry.bench_secs=$dsecs ferry.bench_rounds=$drounds ferry.bench_burst_mb=${FERRY_BENCH_BURST_MB:-48} $tscargs" bench-drbd >/dev/null ||
+	{ tail -40 "$out/drbd/g0.log"; echo "bench: side-by-side run failed"; exit 1; }
+echo
+echo "side by side: ferry, DRBD 8.4 protocol A, dm-linear; 20 ms link of 200 Mbit/s, then $dmbit Mbit/s (two guests, release kernel, $drounds rounds of ${dsecs} s per figure)"
+python3 - "$out/drbd" "$dmbit" <<'PY'
+import sys, statistics as st, collections
+out, mbit = sys.argv[1], sys.argv[2]
+vals = collections.defaultdict(list)  # (system, figure) -> [per-round value]
+info = {}
+for line in open(f"{out}/g0.log", errors="replace"):
+    line = line.strip().replace("\r", "")
+    if not line.startswith("bench-drbd|"):
+        continue
+    _, r, system, fig, v = line.split("|", 4)
+    if r == "0":
+        info[fig] = v
+        continue
+    try:
+        vals[(system, fig)].append(float(v))
+    except ValueError:
+        pass
+rounds = max((len(v) for v in vals.values()), default=0)
+pace = info.get("paced_asked_KiBps", "?")
+figs = [
+    ("rand4k_qd32_iops", "A 4 KiB randwrite QD32 IOPS, 200 Mbit/s", "higher"),
+    ("rand4k_qd32_p99_us", "A same: p99 latency, us", "lower"),
+    ("seq1m_qd4_MBps", "A 1 MiB seqwrite QD4 MB/s, 200 Mbit/s", "higher"),
+    ("sustained_fraction_of_link", f"B sustained 1 MiB writes, data sent / {mbit} Mbit/s link", "higher"),
+    ("sustained_fio_fraction_of_link", "B same: what fio wrote / link", "higher"),
+    ("burst_writer_s", f"C {info.get('burst_mb', '48')} MiB burst: writer done, s", "lower"),
+    ("burst_held_s", "C same: all of it held by the secondary, s", "lower"),
+    ("paced_p50_us", f"D 4 KiB QD1 paced at {pace} KiB/s: p50 latency, us", "lower"),
+    ("paced_p99_us", "D same: p99 latency, us", "lower"),
+    ("paced_KiBps", f"D same: rate achieved, KiB/s (asked {pace})", "higher"),
+]
+def med(system, fig):
+    v = vals.get((system, fig))
+    return st.median(v) if v else None
+def fmt(x):
+    if x is None: return "-"
+    a = abs(x)
+    return f"{x:.3f}" if a < 1 else f"{x:.2f}" if a < 10 else f"{x:.1f}" if a < 100 else f"{x:.0f}"
+def ratio(a, b):
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+rows = [("figure (medians)", "dm-linear", "ferry", "DRBD A", "ferry/DRBD", "ferry/linear", "DRBD/linear", "better")]
+for fig, title, better in figs:
+    l, f, d = med("linear", fig), med("ferry", fig), med("drbd", fig)
+    rows.append((title, fmt(l), fmt(f), fmt(d), ratio(f, d), ratio(f, l), ratio(d, l), better))
+w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+text = []
+for i, r in enumerate(rows):
+    text.append("  " + "  ".join(c.ljust(w[j]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(r)))
+    if i == 0: text.append("  " + "  ".join("-" * x for x in w))
+text.append(f"  ({rounds} rounds; per round:)")
+for fig, title, better in figs:
+    for system in ("linear", "ferry", "drbd"):
+        v = vals.get((system, fig))
+        if v: text.append(f"    {fig} {system}: " + " ".join(fmt(x) for x in v))
+for k in ("write_cache", "drbd"):
+    if k in info: text.append(f"  {k}: {info[k]}")
+print("\n".join(text))
+open(f"{out}/table.txt", "w").write("\n".join(text) + "\n")
+PY

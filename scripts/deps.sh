@@ -37,6 +37,9 @@ PKGS=(
 	flex bison bc libelf-dev libssl-dev dwarves xz-utils kmod
 	python3 sqlite3 iproute2 time postgresql-15
 	systemd
+	# drbdsetup-84 (/usr/lib/drbd) and drbdmeta: DRBD 8.4, the kernel's own
+	# drbd.ko, side by side with ferry in `make bench`.
+	drbd-utils
 )
 
 missing=()

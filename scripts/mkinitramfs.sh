@@ -11,6 +11,13 @@
 #   (serial "ferrytools"); the guest's init mounts it on /tools, and /usr,
 #   /lib, /lib64 and /sbin point into it.  Nothing of it is unpacked at boot,
 #   which under TCG saves seconds per guest.
+#
+# FERRY_INITRAMFS_KDIR=<kernel build tree> (optional; make bench sets it to
+# the release kernel it boots): that kernel's DRBD modules, drbd.ko and
+# lru_cache.ko when they are modular, go in /ferry/drbd, and the DRBD 8.4
+# tools (drbdsetup-84, drbdmeta; Debian's drbd-utils) in the tools image,
+# for tests/guest/t-bench-drbd.sh.  A module loads only into the kernel it
+# was built with: without the variable no module is shipped.
 set -euo pipefail
 
 out=$1; ko=$2; shift 2
@@ -61,9 +68,25 @@ if [ -x $pg/bin/postgres ]; then
 	cp -a /usr/share/postgresql "$tools/usr/share/"
 	cp -a /usr/share/zoneinfo "$tools/usr/share/"
 fi
+# DRBD 8.4's tools; the 8.4 drbdsetup lives under /usr/lib/drbd.
+[ -x /usr/lib/drbd/drbdsetup-84 ] && copy_elf /usr/lib/drbd/drbdsetup-84 "$tools/sbin/drbdsetup-84"
+[ -x /usr/sbin/drbdmeta ] && copy_elf /usr/sbin/drbdmeta "$tools/sbin/drbdmeta"
 copy_elf /lib64/ld-linux-x86-64.so.2 "$tools/lib64/ld-linux-x86-64.so.2"
 
 cp "$ko" "$root/ferry/dm-ferry.ko"
+kdir=${FERRY_INITRAMFS_KDIR:-}
+if [ -n "$kdir" ] && [ -f "$kdir/drivers/block/drbd/drbd.ko" ]; then
+	mkdir -p "$root/ferry/drbd"
+	cp "$kdir/drivers/block/drbd/drbd.ko" "$root/ferry/drbd/"
+	# Its dependencies (modinfo -F depends: lru_cache), in load order.
+	for m in $(/sbin/modinfo -F depends "$kdir/drivers/block/drbd/drbd.ko" | tr , ' '); do
+		f=$(find "$kdir/lib" "$kdir/drivers" -name "$m.ko" | head -1)
+		[ -n "$f" ] || { echo "mkinitramfs: drbd.ko needs $m.ko, not found in $kdir" >&2; exit 1; }
+		cp "$f" "$root/ferry/drbd/"
+		echo "$m" >>"$root/ferry/drbd/order"
+	done
+	echo drbd >>"$root/ferry/drbd/order"
+fi
 for f in "$@"; do copy_elf "$f" "$root/ferry/bin/$(basename "$f")"; done
 cp "$top"/tests/guest/*.sh "$root/ferry/tests/"
 cp "$top/tests/guest/init" "$root/init"

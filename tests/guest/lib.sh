@@ -123,7 +123,8 @@ fio_verify() {
 
 # ---- replication between two guests (node 0 primary 10.99.0.1, node 1
 # secondary 10.99.0.2).  Group gr: device 0 (role log) on vda with meta
-# vdc, device 1 (role data) on vdb with meta vdd; 32 MiB each.
+# vdc, device 1 (role data) on vdb with meta vdd; 32 MiB each (REPL_SECTORS:
+# another size, in 512-byte sectors).
 REPL_KEY=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
 REPL_PEER=10.99.0.2
 repl_config() {  # repl_config primary|secondary [log_dir]
@@ -148,16 +149,17 @@ repl_devices() {  # repl_devices primary|secondary [keep]: devices of group gr, 
 		zero /dev/vda 8
 		zero /dev/vdb 8
 	fi
+	local S=${REPL_SECTORS:-65536}
 	if [ "$1" = primary ]; then
 		# REPL_PRIMARY_OPTS: more options (benchmarks).
 		o="group gr checkpoint_ms 100 ${REPL_PRIMARY_OPTS:-}"
 		n=$(( $(echo $o | wc -w) + 4 ))
-		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc $n $o device_id 0 role log" || fail "create r0"
-		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd $n $o device_id 1 role data" || fail "create r1"
+		dm create r0 --table "0 $S ferry /dev/vda /dev/vdc $n $o device_id 0 role log" || fail "create r0"
+		dm create r1 --table "0 $S ferry /dev/vdb /dev/vdd $n $o device_id 1 role data" || fail "create r1"
 	else
 		o="mode secondary group gr"
-		dm create r0 --table "0 65536 ferry /dev/vda /dev/vdc 8 $o device_id 0 role log" || fail "create r0"
-		dm create r1 --table "0 65536 ferry /dev/vdb /dev/vdd 8 $o device_id 1 role data" || fail "create r1"
+		dm create r0 --table "0 $S ferry /dev/vda /dev/vdc 8 $o device_id 0 role log" || fail "create r0"
+		dm create r1 --table "0 $S ferry /dev/vdb /dev/vdd 8 $o device_id 1 role data" || fail "create r1"
 	fi
 }
 ferryd_start() {  # starts ferryd for gr; sets $fdp
