@@ -43,7 +43,10 @@
 //!    and admits them again once [`Resync::read_done`] says so).  A read
 //!    is issued only once every host write admitted before the chunk was
 //!    taken has completed ([`Resync::may_issue`]): host writes count in
-//!    *epochs*, and taking a chunk opens a new one.  So a read sees, for
+//!    *epochs*, and taking a chunk opens a new one.  The writes already in
+//!    flight when the resync begins (admitted while `ahead`, before it
+//!    knew of them) count in the first epoch ([`Resync::writes_before`],
+//!    completed with [`WriteTicket::BEFORE`]).  So a read sees, for
 //!    its chunk, exactly the writes numbered before it, and every write
 //!    numbered after it lands after it on the secondary too.  (Without
 //!    the rule, a read racing a write could carry the write's old data
@@ -128,6 +131,12 @@ pub struct ReadTicket {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteTicket {
     epoch: u64,
+}
+
+impl WriteTicket {
+    /// The ticket of a host write that was in flight when the resync
+    /// began ([`Resync::writes_before`]).
+    pub const BEFORE: Self = Self { epoch: 0 };
 }
 
 /// What a host write does during a resync.
@@ -224,6 +233,14 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
                 ..Progress::default()
             },
         })
+    }
+
+    /// `n` host writes are in flight as the resync begins (rule 4): they
+    /// count in the first epoch, so that no read is issued before they
+    /// complete; each reports its completion with [`WriteTicket::BEFORE`].
+    /// Called before any other method.
+    pub fn writes_before(&mut self, n: u64) {
+        self.writes[epoch_at(0)] = (0, n);
     }
 
     /// The chunks this resync covers (rule 7): one bit per chunk.
