@@ -146,7 +146,7 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS", value_parser = positive_secs, requires = "wait")]
         timeout: Option<f64>,
     },
-    /// Make this primary a secondary (needs resync: not in this version).
+    /// Make this primary a secondary (needs failback: not in this version).
     Demote { group: String },
     /// Close the open checkpoint interval now (primary).
     Checkpoint { group: String },

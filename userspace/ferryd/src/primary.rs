@@ -627,7 +627,7 @@ impl Shared {
                 device = d.id,
                 missing_from = cursor,
                 missing_to = first.saturating_sub(1),
-                "records are in neither the kernel's spool nor the disk spool: replication stops (a resync is needed)"
+                "records are in neither the kernel's spool nor the disk spool: replication stops, and no resync is started (those writes are not in the dirty bitmap)"
             );
             if let Err(e) = self.command(Command::Stop) {
                 warn!("{e:#}");

@@ -314,7 +314,7 @@ async fn automatic_resync_once_every_stream_is_connected() {
         "{m}"
     );
     assert!(
-        m.contains("\nferry_resync_chunks_total{group=\"gr\"} 12\n"),
+        m.contains("\nferry_resync_chunks{group=\"gr\"} 12\n"),
         "{m}"
     );
     assert!(

@@ -702,7 +702,7 @@ impl Collector for Metrics {
         )?;
         family(
             e,
-            "resync_chunks_total",
+            "resync_chunks",
             "Primary: chunks in the running resync (0: none runs)",
             None,
             vec![(self.group(), gauge(st.resync_chunks_total))],

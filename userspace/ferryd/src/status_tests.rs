@@ -86,7 +86,7 @@ pub(crate) const FAMILIES: [(&str, &str); 31] = [
     ("ferry_resync_span_bytes", "gauge"),
     ("ferry_resync_spans_applied_total", "counter"),
     ("ferry_resync_chunks_left", "gauge"),
-    ("ferry_resync_chunks_total", "gauge"),
+    ("ferry_resync_chunks", "gauge"),
     ("ferry_apply_stopped", "gauge"),
 ];
 

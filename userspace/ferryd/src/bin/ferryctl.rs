@@ -119,7 +119,7 @@ fn run(cli: Ferryctl) -> Result<u8> {
             wait_resync(&c, timeout.map(Duration::from_secs_f64))
         }
         Cmd::Demote { group } => bail!(
-            "demote {group}: not supported in this version (a former primary must be resynchronised from the new one, and resync is not implemented yet)"
+            "demote {group}: not supported in this version (a former primary must be resynchronised from the new one: failback is not implemented yet)"
         ),
         Cmd::Checkpoint { group } => {
             let devs = members(group)?;
