@@ -465,7 +465,7 @@ impl Group {
         };
         let first = t.chunk << shift;
         let end = first + (1u64 << shift).min(dd.sectors.saturating_sub(first));
-        let read = self.read_records(&dd, id, role, first, end);
+        let read = self.read_chunk(&dd, id, role, first, end);
         drop(ctl);
         let recs = match read {
             Ok(r) => r,
@@ -535,7 +535,7 @@ impl Group {
     /// Reads sectors `first..end` of device `id` into records flagged
     /// `RESYNC` of at most 1 MiB each (write-zeroes records, without
     /// payload, for the all-zero ones).  Process context, under `ctl`.
-    fn read_records(
+    fn read_chunk(
         &self,
         dd: &super::DataDev,
         id: u32,

@@ -2,10 +2,11 @@
 //! the secondary a crash-consistent image of the primary's past at every
 //! instant, the copy included.
 //!
-//! **Status: the protocol, proven by the simulation; the kernel does not
-//! run it yet** (a group that went `ahead` stays there in this version).
-//! A secondary's `ferryd` runs the secondary's part ([`Span`]).
-//! `Documentation/protocol.rst`, "Resync", says the same.
+//! The kernel runs the primary's part ([`Resync`]) when `START` takes a
+//! group out of `ahead` (`rust/group/resync.rs`); a secondary's `ferryd`
+//! runs the secondary's ([`Span`]); the simulation runs both, the resync of
+//! a restarted primary included, which the kernel does not run yet.
+//! `Documentation/protocol.rst`, "Resync", says what is built.
 //!
 //! While `ahead`, writes are tracked in the dirty bitmap only; after a
 //! primary crash, the meta device's marks are loaded as dirty

@@ -107,7 +107,10 @@ pub(super) fn refused(errno: i32) -> String {
         libc::ENOSPC => "no room in the kernel's spool for the resync's marker now: \
             to be tried again later"
             .into(),
-        libc::EBUSY => "a resync already runs".into(),
+        libc::EINVAL => "the kernel refuses a resync of this group: a dirty chunk is more \
+            than a quarter of the kernel's spool (its copy could never find room; raise \
+            spool_mb or lower chunk_kb), or flags it does not know"
+            .into(),
         e => format!("{}", std::io::Error::from_raw_os_error(e)),
     }
 }
@@ -351,7 +354,7 @@ mod tests {
         );
         assert_eq!(n(Mode::Ahead, true, a, false, at(5, enospc)), Next::Start);
         assert_eq!(
-            n(Mode::Ahead, true, a, false, at(60, Some(libc::EBUSY))),
+            n(Mode::Ahead, true, a, false, at(60, Some(libc::EINVAL))),
             Next::Start
         );
         // The link first: a refusal is not retried while a stream is down.
@@ -385,7 +388,7 @@ mod tests {
         assert!(refused(libc::EOPNOTSUPP).contains("unclean shutdown"));
         assert!(refused(libc::EOPNOTSUPP).contains("primary crash recovery is not in this version"));
         assert!(refused(libc::ENOSPC).contains("no room in the kernel's spool"));
-        assert_eq!(refused(libc::EBUSY), "a resync already runs");
+        assert!(refused(libc::EINVAL).contains("quarter of the kernel's spool"));
         assert!(refused(libc::EIO).contains("Input/output error"));
         assert_eq!(note(Next::NotAhead, "gr"), None);
         assert_eq!(

@@ -52,11 +52,13 @@
 //! `RESYNC_BEGIN` to `RESYNC_END` that the secondary applies as one batch
 //! (`resync::Span`), and the covered chunks cleared from the dirty bitmap
 //! once the secondary has applied it. Primary and secondary crash during
-//! resyncs as at any other time. This is the protocol the product does not
-//! run yet (a device that did not leave cleanly comes back `ahead`), proven
-//! here first. So is the way out of `ahead` after an overflow under
-//! `overflow bitmap`: the drain restarts the primary, which resyncs what
-//! its meta devices mark.
+//! resyncs as at any other time. The product does not run that part yet (a
+//! device that did not leave cleanly comes back `ahead`). The way out of
+//! `ahead` after an overflow under `overflow bitmap` is the kernel's: `START`
+//! while `ahead` (`start_live`, at random steps and in the drain) begins a
+//! resync of the dirty chunks with the writes in flight counted in its first
+//! epoch (`Resync::writes_before`), the interval `RESYNC_BEGIN` closes ending
+//! before the first write made while `ahead`.
 
 #![allow(dead_code)]
 
