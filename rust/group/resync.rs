@@ -605,7 +605,10 @@ impl Group {
             self.resync_work_now();
             return true;
         }
-        if st.place_markers(set, None, now).is_err() {
+        if let Err(r) = st.place_markers(set, None, now) {
+            // Full: tried again.  Overflow: the group went ahead, and the
+            // next step drops the resync.
+            self.went_ahead(r == Reserve::Overflow, "spool full");
             return false;
         }
         st.resync.span_end = Some(st.order.epoch().saturating_sub(1));
