@@ -33,7 +33,9 @@ if [ "$FERRY_NODE" = 0 ]; then
 	ferryd_start
 	/sbin/tc qdisc add dev eth0 root netem $NETEM || fail "netem"
 	# Both streams connected first (the secondary zeroes its disks before
-	# it listens): the spool must overflow with the cut, not before.
+	# it listens): the spool must overflow with the cut, not before.  A
+	# stream connects once it has a record: a checkpoint gives each one.
+	dm message r0 0 checkpoint || fail 'checkpoint'
 	for t in $(seq 1 1200); do
 		[ "$(fstatus connected | grep -c true)" = 2 ] && break
 		sleep 0.5
