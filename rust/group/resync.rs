@@ -315,12 +315,18 @@ impl Group {
         }
         let placed = made && st.place_markers(set, None, now).is_ok();
         if !placed {
-            // Back to ahead, as before the command; the resyncs go with the
-            // next step of the work (outside this lock).
+            // Back to ahead, as before the command; the resyncs made go,
+            // outside this lock.
             st.spool.go_ahead();
+            let mut made: [Option<Resync<KVVec<u64>>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
+            for (m, s) in made.iter_mut().zip(st.streams.iter_mut()) {
+                if let Some(s) = s {
+                    *m = s.resync.take();
+                }
+            }
             drop(st);
             drop(gone);
-            self.resync_work_now();
+            drop(made);
             return Err(ENOSPC);
         }
         drop(st);
