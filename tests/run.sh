@@ -111,6 +111,6 @@ step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/re
 # (the short tests' boot) to 1.8 (the crash points) of the two cores busy,
 # too little room for two pairs at once.)
 step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \
-	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-16}"
+	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-12}"
 
 finish
