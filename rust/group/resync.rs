@@ -44,6 +44,10 @@ use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::sync::{Arc, UniqueArc};
 
+/// A member's resync, on the heap (a list of them on the stack is a
+/// pointer each).
+type Boxed = KBox<Resync<KVVec<u64>>>;
+
 /// Chunks one run of the resync work copies before it yields.
 const BUDGET: usize = 64;
 
@@ -219,6 +223,7 @@ impl Group {
     /// an unclean shutdown: primary crash recovery is not in this version)
     /// or `flags` asks for a full copy (not in this version); `ENOSPC` if the spool has no room for the
     /// span's marker now.  While replicating, nothing.
+    #[inline(never)]
     pub(super) fn resync_start(&self, flags: u32) -> Result {
         if flags & !start_flags::KNOWN != 0 {
             return Err(EINVAL);
@@ -228,54 +233,63 @@ impl Group {
             return Err(super::eopnotsupp());
         }
         let ctl = self.ctl.lock();
-        // Storage for each member's resync, allocated here (the lock below
-        // may not sleep).
-        let mut storage: [Option<KVVec<u64>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
-        let mut covered: [Option<KVVec<u64>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
+        // Each member's resync and covered set, allocated here (the lock
+        // below may not sleep), on the heap (the lists are long).
+        let mut sizes: KVec<Option<(u64, u32, bool)>> = KVec::with_capacity(MAX_DEVICES as usize, GFP_KERNEL)?;
         {
-            let mut sizes = [None; MAX_DEVICES as usize];
-            {
-                let st = self.state.lock();
-                if st.spool.replicating() {
-                    return Ok(());
-                }
-                for (i, s) in st.streams.iter().enumerate() {
-                    let Some(s) = s else { continue };
-                    if s.unclean {
-                        pr_warn!(
-                            "ferry: group {}: device {} came back from an unclean shutdown; its numbers are unknown and a resync cannot continue its stream (not in this version)\n",
-                            core::str::from_utf8(self.name()).unwrap_or("?"),
-                            i
-                        );
-                        return Err(super::eopnotsupp());
-                    }
-                    // A chunk's copy takes spool room while the spool is
-                    // under half full (`app_first`): it must fit there.
-                    let chunk = (PAGE_SIZE as u64) << s.intent.chunk_shift().saturating_sub(3);
-                    if chunk.saturating_mul(4) > st.spool.cap() as u64 {
-                        pr_warn!(
-                            "ferry: group {}: a resync needs a spool of at least four chunks ({} KiB)\n",
-                            core::str::from_utf8(self.name()).unwrap_or("?"),
-                            chunk * 4 / 1024
-                        );
-                        return Err(EINVAL);
-                    }
-                    sizes[i] = Some((s.intent.nbits(), s.covered.is_empty()));
-                }
+            let st = self.state.lock();
+            if st.spool.replicating() {
+                return Ok(());
             }
-            for (i, sz) in sizes.iter().enumerate() {
-                let Some((nbits, need_covered)) = *sz else { continue };
-                let words = Resync::<KVVec<u64>>::storage_words(nbits).ok_or(ENOMEM)?;
-                storage[i] = Some(KVVec::from_elem(0u64, words, GFP_KERNEL)?);
-                if need_covered {
-                    covered[i] = Some(KVVec::from_elem(0u64, words / 2, GFP_KERNEL)?);
+            for (i, s) in st.streams.iter().enumerate() {
+                let Some(s) = s else {
+                    // Within the capacity: never allocates.
+                    let _ = sizes.push(None, GFP_ATOMIC);
+                    continue;
+                };
+                if s.unclean {
+                    pr_warn!(
+                        "ferry: group {}: device {} came back from an unclean shutdown; its numbers are unknown and a resync cannot continue its stream (not in this version)\n",
+                        core::str::from_utf8(self.name()).unwrap_or("?"),
+                        i
+                    );
+                    return Err(super::eopnotsupp());
                 }
+                // A chunk's copy takes spool room while the spool is under
+                // half full (`app_first`): it must fit there.
+                let chunk = (PAGE_SIZE as u64) << s.intent.chunk_shift().saturating_sub(3);
+                if chunk.saturating_mul(4) > st.spool.cap() as u64 {
+                    pr_warn!(
+                        "ferry: group {}: a resync needs a spool of at least four chunks ({} KiB)\n",
+                        core::str::from_utf8(self.name()).unwrap_or("?"),
+                        chunk * 4 / 1024
+                    );
+                    return Err(EINVAL);
+                }
+                let _ = sizes.push(Some((s.intent.nbits(), s.intent.chunk_shift(), s.covered.is_empty())), GFP_ATOMIC);
             }
+        }
+        let mut storage: KVec<Option<Boxed>> = KVec::with_capacity(sizes.len(), GFP_KERNEL)?;
+        let mut covered: KVec<Option<KVVec<u64>>> = KVec::with_capacity(sizes.len(), GFP_KERNEL)?;
+        for sz in sizes.iter() {
+            let Some((nbits, shift, need_covered)) = *sz else {
+                storage.push(None, GFP_KERNEL)?;
+                covered.push(None, GFP_KERNEL)?;
+                continue;
+            };
+            let words = Resync::<KVVec<u64>>::storage_words(nbits).ok_or(ENOMEM)?;
+            // Begun (`restart`) under the lock, with the dirty chunks then.
+            let r = Resync::new(KVVec::from_elem(0u64, words, GFP_KERNEL)?, &[], nbits, shift).map_err(|_| EINVAL)?;
+            storage.push(Some(KBox::new(r, GFP_KERNEL)?), GFP_KERNEL)?;
+            covered.push(
+                if need_covered { Some(KVVec::from_elem(0u64, words / 2, GFP_KERNEL)?) } else { None },
+                GFP_KERNEL,
+            )?;
         }
         let mut set = self.build_markers(&ctl, RecordKind::Checkpoint)?;
         set.flag_all(Flags::RESYNC_BEGIN);
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
-        let mut gone: [Option<Resync<KVVec<u64>>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
+        let mut gone: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
         let mut st = self.state.lock();
         if st.spool.replicating() {
             drop(st);
@@ -297,28 +311,24 @@ impl Group {
         let mut made = true;
         for (i, s) in st.streams.iter_mut().enumerate() {
             let Some(s) = s else { continue };
-            if let Some(c) = covered[i].take() {
+            if let Some(c) = covered.get_mut(i).and_then(Option::take) {
                 s.covered = c;
             }
             s.covered.iter_mut().for_each(|w| *w = 0);
-            let Some(words) = storage[i].take() else {
+            let Some(mut r) = storage.get_mut(i).and_then(Option::take) else {
                 made = false;
                 continue;
             };
-            match Resync::new(words, s.intent.dirty_words(), s.intent.nbits(), s.intent.chunk_shift()) {
-                Ok(mut r) => {
-                    r.writes_before(s.inflight);
-                    s.resync = Some(r);
-                }
-                Err(_) => made = false,
-            }
+            r.restart(s.intent.dirty_words());
+            r.writes_before(s.inflight);
+            s.resync = Some(r);
         }
         let placed = made && st.place_markers(set, None, now).is_ok();
         if !placed {
             // Back to ahead, as before the command; the resyncs made go,
             // outside this lock.
             st.spool.go_ahead();
-            let mut made: [Option<Resync<KVVec<u64>>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
+            let mut made: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
             for (m, s) in made.iter_mut().zip(st.streams.iter_mut()) {
                 if let Some(s) = s {
                     *m = s.resync.take();
@@ -360,10 +370,11 @@ impl Group {
 
     /// The resync work: copies chunks, ends the span, or drops the resync
     /// of a group that went ahead again.  Process context.
+    #[inline(never)]
     pub(super) fn resync_step(&self) {
         let _noio = NoIo::enter();
         for _ in 0..BUDGET {
-            let mut gone: [Option<Resync<KVVec<u64>>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
+            let mut gone: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
             let next = {
                 let mut st = self.state.lock();
                 self.next_step(&mut st, &mut gone)
@@ -390,7 +401,7 @@ impl Group {
 
     /// Under the state lock: what the resync work does next.  A group
     /// that went ahead drops its resyncs into `gone`.
-    fn next_step(&self, st: &mut State, gone: &mut [Option<Resync<KVVec<u64>>>]) -> Next {
+    fn next_step(&self, st: &mut State, gone: &mut [Option<Boxed>]) -> Next {
         if !st.spool.replicating() {
             let mut had = false;
             for (g, s) in gone.iter_mut().zip(st.streams.iter_mut()) {
@@ -454,6 +465,7 @@ impl Group {
     /// `RESYNC` (one per 1 MiB, the largest record), numbered under the
     /// state lock; a failed read or no room leaves the chunk for another
     /// read.
+    #[inline(never)]
     fn copy_chunk(&self, id: u32, t: ReadTicket) {
         let ctl = self.ctl.lock();
         let gen = self.state.lock().resync.gen;
@@ -594,6 +606,7 @@ impl Group {
     /// Every chunk copied: the checkpoint flagged `RESYNC_END` closes the
     /// span, and each member's covered chunks wait for it to be applied.
     /// Returns false if the marker found no room (tried again later).
+    #[inline(never)]
     fn end_span(&self) -> bool {
         let ctl = self.ctl.lock();
         let Ok(mut set) = self.build_markers(&ctl, RecordKind::Checkpoint) else {
@@ -601,11 +614,11 @@ impl Group {
         };
         set.flag_all(Flags::RESYNC_END);
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
-        let mut gone: [Option<Resync<KVVec<u64>>>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
+        let mut gone: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
         let mut st = self.state.lock();
         let done = st.spool.replicating()
             && st.resync.reading.is_none()
-            && st.streams.iter().flatten().all(|s| s.resync.as_ref().is_none_or(Resync::done));
+            && st.streams.iter().flatten().all(|s| s.resync.as_ref().is_none_or(|r| r.done()));
         if !done {
             drop(st);
             self.resync_work_now();
@@ -643,6 +656,7 @@ impl Group {
     /// their chunk go through admission again, as `map` would have
     /// admitted them (held again if another read holds them).  Process
     /// context.
+    #[inline(never)]
     pub(super) fn let_in_resync(&self) {
         let _noio = NoIo::enter();
         let mut held = self.state.lock().resync.waiting.take();

@@ -34,8 +34,9 @@ pub(super) struct Stream {
     /// Host writes admitted and not completed (a resync's reads wait for
     /// those in flight when it begins: `resync.rs`).
     pub(super) inflight: u64,
-    /// The device's resync, while its copy runs (`ferry_core::resync`).
-    pub(super) resync: Option<Resync<KVVec<u64>>>,
+    /// The device's resync, while its copy runs (`ferry_core::resync`);
+    /// boxed, so that the work's lists of them stay small on the stack.
+    pub(super) resync: Option<KBox<Resync<KVVec<u64>>>>,
     /// The chunks the last span covered, until the secondary applied it
     /// (empty until a first resync).
     pub(super) covered: KVVec<u64>,

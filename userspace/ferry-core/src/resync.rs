@@ -208,19 +208,8 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
         }
         let n = usize::try_from(words_for(nbits)).map_err(|_| ResyncError::StorageTooSmall)?;
         let need = Self::storage_words(nbits).ok_or(ResyncError::StorageTooSmall)?;
-        let w = words.get_mut(..need).ok_or(ResyncError::StorageTooSmall)?;
-        let (left, covered) = w.split_at_mut(n);
-        let mut total = 0;
-        for (i, x) in left.iter_mut().enumerate() {
-            let mut v = set.get(i).copied().unwrap_or(0);
-            if i + 1 == n && nbits % 64 != 0 {
-                v &= (1u64 << (nbits % 64)) - 1;
-            }
-            *x = v;
-            total += u64::from(v.count_ones());
-        }
-        covered.copy_from_slice(left);
-        Ok(Self {
+        words.get_mut(..need).ok_or(ResyncError::StorageTooSmall)?;
+        let mut r = Self {
             words,
             n,
             nbits,
@@ -229,11 +218,38 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
             reading: [None; MAX_READS],
             epoch: 0,
             writes: [(0, 0); EPOCHS],
-            progress: Progress {
-                total,
-                ..Progress::default()
-            },
-        })
+            progress: Progress::default(),
+        };
+        r.restart(set);
+        Ok(r)
+    }
+
+    /// Begins again, over the same storage, a resync of the chunks set in
+    /// `set`: as [`Self::new`] would (so that a caller may allocate one
+    /// where it may sleep and begin it where it may not).
+    pub fn restart(&mut self, set: &[u64]) {
+        let (n, nbits) = (self.n, self.nbits);
+        let mut total = 0;
+        if let Some(w) = self.words.get_mut(..2 * n) {
+            let (left, covered) = w.split_at_mut(n);
+            for (i, x) in left.iter_mut().enumerate() {
+                let mut v = set.get(i).copied().unwrap_or(0);
+                if i + 1 == n && nbits % 64 != 0 {
+                    v &= (1u64 << (nbits % 64)) - 1;
+                }
+                *x = v;
+                total += u64::from(v.count_ones());
+            }
+            covered.copy_from_slice(left);
+        }
+        self.cursor = 0;
+        self.reading = [None; MAX_READS];
+        self.epoch = 0;
+        self.writes = [(0, 0); EPOCHS];
+        self.progress = Progress {
+            total,
+            ..Progress::default()
+        };
     }
 
     /// `n` host writes are in flight as the resync begins (rule 4): they

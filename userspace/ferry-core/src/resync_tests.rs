@@ -158,6 +158,22 @@ fn rule4_writes_in_flight_before_the_resync_hold_its_reads() {
 }
 
 #[test]
+fn restart_is_new() {
+    let mut r = resync(&[1, 2], 16);
+    r.writes_before(3);
+    let t = r.next_read().unwrap();
+    r.read_done(t, true);
+    let _ = go(&mut r, 100, 8);
+    r.restart(&set_of(&[5], 16));
+    let fresh = resync(&[5], 16);
+    assert_eq!(r.progress(), fresh.progress());
+    assert_eq!(r.covered(), fresh.covered());
+    let t = r.next_read().unwrap();
+    assert_eq!(t.chunk, 5);
+    assert!(r.may_issue(t), "nothing of before the restart holds it");
+}
+
+#[test]
 fn rule4_no_new_epoch_while_the_oldest_is_busy() {
     let chunks: Vec<u64> = (0..40).collect();
     let mut r = resync(&chunks, 64);
