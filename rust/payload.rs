@@ -209,6 +209,19 @@ impl Payload {
         }
     }
 
+    /// `len` bytes of pages, to be filled by a read (a resync's chunk,
+    /// whole sectors); not zeroed: the read fills every byte or fails.
+    pub(crate) fn for_read(len: usize, gfp: kernel::alloc::Flags) -> Result<Self, AllocError> {
+        Self::alloc(len, gfp)
+    }
+
+    /// Whether every byte is zero.
+    pub(crate) fn is_zero(&self) -> bool {
+        let mut zero = true;
+        self.for_each_chunk(|b| zero = zero && b.iter().all(|&x| x == 0));
+        zero
+    }
+
     /// Payload length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -404,11 +404,12 @@ impl Target for Ferry {
             let bytes = if kind == RecordKind::Write { bio.bytes() } else { 0 };
             let nowait = bio.is_nowait();
             let fill = || Payload::copy_from_bio(bio, kernel::alloc::flags::GFP_NOWAIT);
+            // A write without a record carries the group's token to its
+            // completion, which counts it out of the writes in flight.
             match p.group.prepare(r, bytes, nowait, fill) {
-                Ok(Admitted::Go(r)) => rec = r,
-                Ok(Admitted::Intent(r)) => (rec, defer) = (r, true),
-                Ok(Admitted::Room(r)) => (rec, defer) = (Some(r), true),
-                Ok(Admitted::Copy(r)) => (rec, defer) = (Some(r), true),
+                Ok(Admitted::Go(r)) => rec = Some(r.unwrap_or_else(|| p.group.untracked())),
+                Ok(Admitted::Intent(r)) => (rec, defer) = (Some(r.unwrap_or_else(|| p.group.untracked())), true),
+                Ok(Admitted::Room(r) | Admitted::Copy(r) | Admitted::Resync(r)) => (rec, defer) = (Some(r), true),
                 Err(_) => return MapResult::WouldBlock,
             }
         }
@@ -450,6 +451,8 @@ impl Target for Ferry {
         if let Some(p) = &self.primary {
             if p.group.is_read_token(&rec) {
                 p.group.read_done();
+            } else if p.group.is_untracked(&rec) {
+                p.group.untracked_done(p.id);
             } else {
                 p.group.complete(rec, ok);
             }
@@ -515,11 +518,11 @@ impl Target for Ferry {
                     let s: DeviceStatus = p.group.status(p.id);
                     write!(
                         out,
-                        "primary {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+                        "primary {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
                         core::str::from_utf8(p.group.name()).unwrap_or("?"),
                         p.id,
                         p.role.name(),
-                        s.mode.name(),
+                        s.mode,
                         s.written,
                         s.completed,
                         s.shipped,
@@ -530,6 +533,8 @@ impl Target for Ferry {
                         s.epoch,
                         s.dropped,
                         s.rejected,
+                        s.resync_left,
+                        s.resync_total,
                     )
                 }
             },

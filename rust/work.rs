@@ -79,6 +79,9 @@ pub(crate) enum WorkId {
     Tick,
     /// On-demand work.
     Kick,
+    /// A resync's copy (it reads chunks: its own work, so that the kick
+    /// never waits on it).
+    Resync,
 }
 
 /// What a [`DelayedWork`] runs, in process context.

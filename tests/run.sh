@@ -103,14 +103,14 @@ primary() {
 lanes target primary
 # One boot of the two guests for the short two-guest tests (each test
 # starts from no module, no device and no ferryd state: tests/guest/init).
-step "guests: network, replication (drain, prefix, checksums), disk spool, full disks, PostgreSQL" 2400 "$out/vm-repl" scripts/vm.sh \
-	--guests 2 --smp 1 --mem 768 --timeout 2000 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool repl-full-log repl-full-spool repl-app
+step "guests: network, replication (drain, prefix, checksums), disk spool, resync, full disks, PostgreSQL" 2800 "$out/vm-repl" scripts/vm.sh \
+	--guests 2 --smp 1 --mem 768 --timeout 2400 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool repl-resync repl-full-log repl-full-spool repl-app
 step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
 	"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 # (The two-guest steps stay one after another: a pair of guests keeps 1.4
 # (the short tests' boot) to 1.8 (the crash points) of the two cores busy,
 # too little room for two pairs at once.)
 step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \
-	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-16}"
+	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-12}"
 
 finish

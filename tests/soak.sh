@@ -6,6 +6,8 @@
 #   FERRY_FUZZ_SECONDS  seconds of fuzzing per fuzz target (300; cargo-fuzz
 #                       is installed into FERRY_CACHE/tools when missing)
 #   FERRY_REPLAY_MB     MiB written under the replay checker (256)
+#   FERRY_RESYNC_MB     devices of the resync test (repl-resync, 256; make
+#                       test runs it on 64)
 #   FERRY_CRASH_POINTS  power cuts of a primary (G3) (100)
 #   FERRY_REPL_POINTS   replication crash points (G1, G2) (200)
 #   FERRY_SEC_CUTS      power cuts of a secondary (G4, G5) (10)
@@ -59,6 +61,11 @@ if [ "${FERRY_LIFECYCLE_ROUNDS:-100}" -gt 0 ]; then
 	part "lifecycle, ${FERRY_LIFECYCLE_ROUNDS:-100} rounds"
 	scripts/vm.sh --initrd "$out/initramfs.cpio" --out "$out/lifecycle" --timeout 3600 "${disks[@]}" \
 		--append "ferry.lifecycle_rounds=${FERRY_LIFECYCLE_ROUNDS:-100}" lifecycle
+fi
+if [ "${FERRY_RESYNC_MB:-256}" -gt 0 ]; then
+	part "resync after an overflow, ${FERRY_RESYNC_MB:-256} MiB devices"
+	scripts/vm.sh --guests 2 --smp 1 --mem 768 --timeout 3600 --initrd "$out/initramfs.cpio" --out "$out/resync" "${disks[@]}" \
+		--append "ferry.resync_mb=${FERRY_RESYNC_MB:-256}" repl-resync
 fi
 [ "${FERRY_CRASH_POINTS:-100}" -gt 0 ] && { part "crash points"; tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"; }
 [ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; FERRY_REPL_KILLS=${FERRY_REPL_KILLS:-20} tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }

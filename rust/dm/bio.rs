@@ -308,6 +308,11 @@ impl<I: ForeignOwnable> HeldList<I> {
         })
     }
 
+    /// Whether the list holds no bio.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
     /// Moves every bio out, leaving the list empty.
     pub(crate) fn take(&mut self) -> Self {
         core::mem::replace(self, Self::new())

@@ -182,6 +182,25 @@ impl BdevRef {
         })
     }
 
+    /// Reads `payload.len()` bytes at `sector` into `payload`'s pages and
+    /// waits.  Process context only.
+    pub(crate) fn read_payload(&self, sector: u64, payload: &Payload) -> Result {
+        let n = Payload::pages_for(payload.len());
+        if n == 0 {
+            return Ok(());
+        }
+        // At most 1 MiB (a resync chunk is smaller): within BIO_MAX_VECS.
+        let nr_vecs = u16::try_from(n).map_err(|_| EINVAL)?;
+        self.sync_io(b::req_op_REQ_OP_READ, sector, nr_vecs, |bio| {
+            payload.for_each_page(|page, len| {
+                // SAFETY: `bio` has room for one vector per page; the pages
+                // belong to `payload`, which outlives the synchronous I/O,
+                // and nothing else uses them meanwhile (the caller's).
+                unsafe { b::__bio_add_page(bio, page, len as c_uint, 0) };
+            });
+        })
+    }
+
     /// Allocates a bio of `op` at `sector` with room for `nr_vecs`
     /// vectors, lets `add` fill them, submits it and waits.  Process
     /// context only.

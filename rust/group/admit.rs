@@ -11,6 +11,7 @@
 //! ahead ([`Group::let_in`]).  The first step of a write's path in the
 //! group.
 
+use super::resync::Check;
 use super::{Group, Record, State};
 use crate::dm::HeldBio;
 use crate::payload::Payload;
@@ -45,6 +46,10 @@ pub(crate) enum Admitted {
     /// it (reclaiming memory if it must) and then submits it, or holds it
     /// for its write intent.
     Copy(Arc<Record>),
+    /// It touches a chunk a resync is reading: nothing admitted;
+    /// [`Group::hold`] keeps it until the read is done, and it goes
+    /// through admission again (`resync.rs`).
+    Resync(Arc<Record>),
 }
 
 /// A record's own allocation in `map` (a few hundred bytes): it may not
@@ -118,13 +123,46 @@ impl Group {
         let id = rec.device_id;
         let at = (rec.sector, u64::from(rec.nr_sectors));
         rec.charge = spool::charge(payload_bytes, PAGE_SIZE);
-        let a = self.admit(&mut self.state.lock(), id, at, rec.charge, true, false);
+        let a = {
+            let mut st = self.state.lock();
+            match st.resync_check(id, at) {
+                Check::None => {}
+                Check::Go(t) => rec.ticket = Some(t),
+                Check::Wait if nowait => return Err(EAGAIN),
+                Check::Wait => {
+                    rec.resync_wait = Some(st.resync.reads_done);
+                    drop(st);
+                    return match Arc::new(rec, record_gfp()) {
+                        Ok(r) => Ok(Admitted::Resync(r)),
+                        Err(_) => {
+                            // It cannot be held: the group goes ahead (the
+                            // resync stops) and the write to the bitmap.
+                            let mut st = self.state.lock();
+                            self.enter_ahead(&mut st, "out of memory to hold a write while a resync reads its chunk");
+                            let a = self.admit(&mut st, id, at, 0, true, false);
+                            if let Some(s) = st.stream(id) {
+                                s.inflight += 1;
+                            }
+                            self.dropped.fetch_add(1, Relaxed);
+                            Ok(if a.defer { Admitted::Intent(None) } else { Admitted::Go(None) })
+                        }
+                    };
+                }
+            }
+            let a = self.admit(&mut st, id, at, rec.charge, true, false);
+            // In flight from here until it completes (or is refused below).
+            if let Some(s) = st.stream(id) {
+                s.inflight += 1;
+            }
+            a
+        };
         let defer = a.defer;
         if defer && nowait {
             // Nothing reserved yet unless the spool said Done: undo it.
             if a.reserve == Reserve::Done {
                 self.unadmit(id, rec.charge, a.wgen);
             }
+            self.state.lock().resync_refused(id, rec.ticket);
             return Err(EAGAIN);
         }
         match a.reserve {
@@ -133,7 +171,10 @@ impl Group {
                 self.dropped.fetch_add(1, Relaxed);
                 return Ok(if defer { Admitted::Intent(None) } else { Admitted::Go(None) });
             }
-            Reserve::Full if nowait => return Err(EAGAIN),
+            Reserve::Full if nowait => {
+                self.state.lock().resync_refused(id, rec.ticket);
+                return Err(EAGAIN);
+            }
             Reserve::Full => {
                 // Held for room: nothing reserved until it is let in.
                 rec.queued = core::mem::replace(&mut rec.charge, 0);
@@ -155,6 +196,7 @@ impl Group {
                 // it may reclaim; a `REQ_NOWAIT` bio may not wait for that.
                 Err(_) if nowait => {
                     self.unadmit(id, rec.charge, rec.wgen);
+                    self.state.lock().resync_refused(id, rec.ticket);
                     return Err(EAGAIN);
                 }
                 Err(_) => {
@@ -229,10 +271,16 @@ impl Group {
     /// (device-mapper waits for the held bios): the group goes ahead and
     /// they go to the bitmap.  Any context.
     pub(crate) fn hold(&self, bio: HeldBio<Arc<Record>>) {
-        let (want, copy) = bio.io().map_or((0, false), |r| (r.queued, r.copy));
+        let (want, copy, wait) = bio.io().map_or((0, false, None), |r| (r.queued, r.copy, r.resync_wait));
         let now = now_ms();
         let mut st = self.state.lock();
-        if copy {
+        if let Some(seen) = wait {
+            st.resync.waiting.push(bio);
+            // The read it waits for may have completed meanwhile.
+            if st.resync.reads_done == seen && st.spool.replicating() {
+                return;
+            }
+        } else if copy {
             st.copying.push(bio);
         } else if want == 0 {
             st.held.push(bio);
@@ -332,7 +380,7 @@ impl Group {
                     None
                 }
             };
-            bio.attach(rec);
+            bio.attach(rec.or_else(|| Some(self.untracked())));
             if a.defer {
                 self.state.lock().held.push(bio);
             } else {
@@ -417,7 +465,7 @@ impl Group {
                     None
                 }
             };
-            bio.attach(rec);
+            bio.attach(rec.or_else(|| Some(self.untracked())));
             self.state.lock().held.push(bio);
         }
     }

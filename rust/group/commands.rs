@@ -50,6 +50,14 @@ impl Group {
         if buf.len() > chardev::WRITE_MAX {
             return Err(EINVAL);
         }
+        // `START` alone while ahead begins a resync (`resync.rs`); among
+        // other commands it is refused by the check below.
+        let mut cmds = Commands::new(buf);
+        if let (Some(Ok(Command::Start { flags })), None) = (cmds.next(), cmds.next()) {
+            if !self.state.lock().spool.replicating() {
+                return self.resync_start(flags);
+            }
+        }
         let markers = batch::markers(buf);
         let ctl = if markers > 0 { Some(self.ctl.lock()) } else { None };
         let mut sets = KVec::with_capacity(markers, GFP_KERNEL)?;
@@ -131,6 +139,7 @@ impl Group {
         match c {
             Command::Applied { epoch } => {
                 let _ = st.order.applied(epoch);
+                st.resync_applied(epoch);
             }
             Command::InsertCheckpoint | Command::InsertConsistencyPoint { .. } => {
                 let label = match c {
@@ -149,8 +158,8 @@ impl Group {
             }
             // Lets the writers held for room go: to the bitmap.
             Command::Stop => self.went_ahead(st.spool.stop(), "replication stopped"),
-            // `START` while ahead, and the secondary's commands, are
-            // refused by the check.
+            // `START` while ahead among other commands, and the
+            // secondary's commands, are refused by the check.
             Command::Start { .. } | Command::ApplyBegin { .. } | Command::ApplyEnd { .. } => {}
             Command::AckLog { .. } | Command::Ack { .. } | Command::Spooled { .. } => {}
         }

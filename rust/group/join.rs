@@ -186,6 +186,10 @@ impl Group {
             q: stream::Stream::new(ring, class_of(role), from, cp_first),
             written: 0,
             intent,
+            inflight: 0,
+            resync: None,
+            covered: KVVec::new(),
+            unclean: !secondary && matches!(left, Left::Unclean),
         };
         if let Some(slot) = self.meta.lock().get_mut(i) {
             *slot = Some(sm);

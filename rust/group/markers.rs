@@ -17,7 +17,7 @@ use kernel::sync::{Arc, UniqueArc};
 /// it ([`State::place_markers`]).
 pub(super) struct MarkerSet {
     kind: RecordKind,
-    recs: KVec<UniqueArc<Record>>,
+    pub(super) recs: KVec<UniqueArc<Record>>,
 }
 
 impl MarkerSet {

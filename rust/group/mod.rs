@@ -74,6 +74,7 @@ mod acks;
 mod intent;
 mod meta_io;
 mod tick;
+mod resync;
 mod join;
 mod secondary;
 mod status;
@@ -150,6 +151,8 @@ pub(crate) struct Group {
     work: DelayedWork<Group>,
     #[pin]
     kick: DelayedWork<Group>,
+    #[pin]
+    resync_work: DelayedWork<Group>,
     name: [u8; GROUP_NAME_MAX],
     name_len: usize,
     id: u64,
@@ -187,6 +190,9 @@ pub(crate) struct Group {
     quiet: WaitQueue,
     /// Attached to host reads of a secondary, to count them at completion.
     read_token: Arc<Record>,
+    /// Attached to host writes of a primary that have no record (tracked
+    /// in the bitmap only), to count them at completion (`resync.rs`).
+    untracked_token: Arc<Record>,
     /// Secondary: records applied, per device.
     applied_records: [AtomicU64; MAX_DEVICES as usize],
 }
@@ -206,10 +212,12 @@ impl Group {
             metas.push(None, GFP_KERNEL)?;
         }
         let read_token = Arc::new(Record::new(RecordKind::Flush, u32::MAX, Role::Data), GFP_KERNEL)?;
+        let untracked_token = Arc::new(Record::new(RecordKind::Flush, u32::MAX, Role::Data), GFP_KERNEL)?;
         let g = Arc::pin_init(
             pin_init!(Self {
                 work <- DelayedWork::new(WorkId::Tick),
                 kick <- DelayedWork::new(WorkId::Kick),
+                resync_work <- DelayedWork::new(WorkId::Resync),
                 name: n,
                 name_len: len,
                 id,
@@ -225,6 +233,7 @@ impl Group {
                     copying: HeldList::new(),
                     reads: ReadHold::new(false),
                     held_reads: HeldList::new(),
+                    resync: resync::ResyncState::new(),
                 }, "ferry_group.state"),
                 readable <- new_waitqueue!("ferry_group.readable"),
                 suspending: AtomicU32::new(0),
@@ -245,6 +254,7 @@ impl Group {
                 apply <- new_mutex!(IntervalApply::new(0)),
                 quiet <- new_waitqueue!("ferry_group.quiet"),
                 read_token,
+                untracked_token,
                 applied_records: [const { AtomicU64::new(0) }; MAX_DEVICES as usize],
             }),
             GFP_KERNEL,
@@ -254,6 +264,7 @@ impl Group {
         unsafe {
             g.work.set_owner(&g);
             g.kick.set_owner(&g);
+            g.resync_work.set_owner(&g);
         }
         g.misc.register(g.clone())?;
         g.work.schedule(kernel::time::msecs_to_jiffies(g.tick_ms()));
@@ -290,6 +301,7 @@ impl Group {
         }
         self.work.cancel_sync();
         self.kick.cancel_sync();
+        self.resync_work.cancel_sync();
         self.misc.deregister();
         self.readable.wake_all();
     }

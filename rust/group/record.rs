@@ -8,6 +8,7 @@
 use crate::payload::Payload;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use ferry_core::intent::Gen;
+use ferry_core::resync::WriteTicket;
 use ferry_core::record::{
     Flags, RecordHeader, RecordKind, CP_FIXED_LEN, HEADER_LEN, LABEL_MAX, TAIL_LEN,
 };
@@ -47,6 +48,13 @@ pub(crate) struct Record {
     /// Write-intent generation whose count this record holds, or
     /// [`Gen::NONE`] (no chunk: flushes, markers).
     pub(super) wgen: Gen,
+    /// A host write let through by its device's resync: the resync's
+    /// generation and the write's ticket (`ferry_core::resync`, rule 4).
+    pub(super) ticket: Option<(u64, WriteTicket)>,
+    /// It touches a chunk a resync is reading: held, not admitted, until
+    /// the read completes (`resync.rs`); the count of reads done when it
+    /// was told to wait.
+    pub(super) resync_wait: Option<u64>,
     dev_seq: AtomicU64,
     group_seq: AtomicU64,
     timestamp_ns: AtomicU64,
@@ -75,11 +83,35 @@ impl Record {
             copy: false,
             copy_since: 0,
             wgen: Gen::NONE,
+            ticket: None,
+            resync_wait: None,
             dev_seq: AtomicU64::new(0),
             group_seq: AtomicU64::new(0),
             timestamp_ns: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The record's kind.
+    pub(super) fn record_kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    /// Flags it `RESYNC_BEGIN`, `RESYNC_END` (a checkpoint) or `RESYNC` (a
+    /// resync's copy of a chunk).
+    pub(super) fn flag(&mut self, bit: u8) {
+        self.flags.0 |= bit;
+    }
+
+    /// A record for the same write, admitted afresh: what `map` built,
+    /// before admission (a write held while a resync read its chunk goes
+    /// through admission again, `resync.rs`).
+    pub(super) fn renewed(&self) -> Self {
+        let mut r = Self::new(self.kind, self.device_id, Role::Data);
+        r.flags = self.flags;
+        r.sector = self.sector;
+        r.nr_sectors = self.nr_sectors;
+        r
     }
 
     fn payload_len(&self) -> usize {

@@ -8,6 +8,7 @@
 
 use super::{Group, Record, State};
 use core::sync::atomic::Ordering::Relaxed;
+use ferry_core::record::RecordKind;
 use kernel::sync::Arc;
 
 impl State {
@@ -29,8 +30,11 @@ impl Group {
     pub(crate) fn complete(&self, rec: Arc<Record>, ok: bool) {
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
         let mut st = self.state.lock();
-        let (charge, wgen) = (rec.charge, rec.wgen);
+        let (charge, wgen, ticket) = (rec.charge, rec.wgen, rec.ticket);
         let (id, sector, nr) = (rec.device_id, rec.sector, u64::from(rec.nr_sectors));
+        // Its record carries the range's content (a resync need not copy
+        // whole chunks it covers: `ferry_core::resync`, rule 5).
+        let content = matches!(rec.record_kind(), RecordKind::Write | RecordKind::WriteZeroes);
         let failed = if !ok {
             // The data may have partly landed: the chunk is unknown to the
             // secondary from now on.
@@ -49,7 +53,9 @@ impl Group {
             if let Some(s) = st.stream(id) {
                 s.intent.dropped(wgen, sector, nr);
             }
+            st.resync_dirtied(id, sector, nr);
         }
+        st.resync_write_done(id, ticket, (sector, nr), content && !failed);
         if failed && !st.queue.is_empty() {
             // Writers are held for room: the kick lets them in.
             self.kick_work(&st);

@@ -15,6 +15,7 @@ use crate::dm::HeldList;
 use ferry_core::checkpoint::ReadHold;
 use ferry_core::gate::DeviceClass;
 use ferry_core::intent::WriteIntent;
+use ferry_core::resync::Resync;
 use ferry_core::spool::{Queue, Spool};
 use ferry_core::stream::{self, GroupOrder};
 use ferry_core::table::Role;
@@ -30,6 +31,17 @@ pub(super) struct Stream {
     /// Write intent: which chunks the meta device marks, and when they
     /// may be cleared (`ferry_core::intent`).
     pub(super) intent: WriteIntent<KVVec<u64>>,
+    /// Host writes admitted and not completed (a resync's reads wait for
+    /// those in flight when it begins: `resync.rs`).
+    pub(super) inflight: u64,
+    /// The device's resync, while its copy runs (`ferry_core::resync`);
+    /// boxed, so that the work's lists of them stay small on the stack.
+    pub(super) resync: Option<KBox<Resync<KVVec<u64>>>>,
+    /// The chunks the last span covered, until the secondary applied it
+    /// (empty until a first resync).
+    pub(super) covered: KVVec<u64>,
+    /// It came back from an unclean shutdown: its numbers are unknown.
+    pub(super) unclean: bool,
 }
 
 impl Stream {
@@ -62,6 +74,8 @@ pub(super) struct State {
     pub(super) reads: ReadHold,
     /// Secondary: host reads held until the interval is applied.
     pub(super) held_reads: HeldList<Arc<Record>>,
+    /// The resync (`resync.rs`).
+    pub(super) resync: super::resync::ResyncState,
 }
 
 impl State {

@@ -6,11 +6,15 @@
 use super::Group;
 use core::sync::atomic::Ordering::Relaxed;
 use ferry_core::checkpoint::ApplyState;
-use ferry_core::spool::Mode;
 
 /// What `dmsetup status` reports of a primary device.
 pub(crate) struct DeviceStatus {
-    pub(crate) mode: Mode,
+    /// `replicating`, `ahead`, or `resyncing` (a resync's copy runs, or
+    /// its span waits to be applied at the secondary).
+    pub(crate) mode: &'static str,
+    /// Chunks of the device's resync left to copy, and in it.
+    pub(crate) resync_left: u64,
+    pub(crate) resync_total: u64,
     pub(crate) written: u64,
     pub(crate) completed: u64,
     pub(crate) shipped: u64,
@@ -28,9 +32,16 @@ impl Group {
     pub(crate) fn status(&self, id: u32) -> DeviceStatus {
         let mut st = self.state.lock();
         let (spool, epoch) = (st.spool, st.order.epoch());
+        let mode = match spool.mode() {
+            _ if st.resyncing() => "resyncing",
+            m => m.name(),
+        };
+        let (resync_left, resync_total) = st.resync_progress(id);
         let s = st.stream(id);
         DeviceStatus {
-            mode: spool.mode(),
+            mode,
+            resync_left,
+            resync_total,
             written: s.as_ref().map_or(0, |s| s.written),
             completed: s.as_ref().map_or(0, |s| s.q.last_dev_seq()),
             shipped: s.as_ref().map_or(0, |s| s.q.shipped()),

@@ -16,7 +16,9 @@ impl Worker for Group {
     fn run(&self, id: WorkId) {
         match id {
             WorkId::Tick => self.tick(),
+            WorkId::Resync => self.resync_step(),
             WorkId::Kick => {
+                self.let_in_resync();
                 self.let_in();
                 self.copy_in();
                 self.persist();

@@ -2,10 +2,11 @@
 //! the secondary a crash-consistent image of the primary's past at every
 //! instant, the copy included.
 //!
-//! **Status: the protocol, proven by the simulation; the kernel does not
-//! run it yet** (a group that went `ahead` stays there in this version).
-//! A secondary's `ferryd` runs the secondary's part ([`Span`]).
-//! `Documentation/protocol.rst`, "Resync", says the same.
+//! The kernel runs the primary's part ([`Resync`]) when `START` takes a
+//! group out of `ahead` (`rust/group/resync.rs`); a secondary's `ferryd`
+//! runs the secondary's ([`Span`]); the simulation runs both, the resync of
+//! a restarted primary included, which the kernel does not run yet.
+//! `Documentation/protocol.rst`, "Resync", says what is built.
 //!
 //! While `ahead`, writes are tracked in the dirty bitmap only; after a
 //! primary crash, the meta device's marks are loaded as dirty
@@ -43,7 +44,10 @@
 //!    and admits them again once [`Resync::read_done`] says so).  A read
 //!    is issued only once every host write admitted before the chunk was
 //!    taken has completed ([`Resync::may_issue`]): host writes count in
-//!    *epochs*, and taking a chunk opens a new one.  So a read sees, for
+//!    *epochs*, and taking a chunk opens a new one.  The writes already in
+//!    flight when the resync begins (admitted while `ahead`, before it
+//!    knew of them) count in the first epoch ([`Resync::writes_before`],
+//!    completed with [`WriteTicket::BEFORE`]).  So a read sees, for
 //!    its chunk, exactly the writes numbered before it, and every write
 //!    numbered after it lands after it on the secondary too.  (Without
 //!    the rule, a read racing a write could carry the write's old data
@@ -130,6 +134,12 @@ pub struct WriteTicket {
     epoch: u64,
 }
 
+impl WriteTicket {
+    /// The ticket of a host write that was in flight when the resync
+    /// began ([`Resync::writes_before`]).
+    pub const BEFORE: Self = Self { epoch: 0 };
+}
+
 /// What a host write does during a resync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostWrite {
@@ -198,19 +208,8 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
         }
         let n = usize::try_from(words_for(nbits)).map_err(|_| ResyncError::StorageTooSmall)?;
         let need = Self::storage_words(nbits).ok_or(ResyncError::StorageTooSmall)?;
-        let w = words.get_mut(..need).ok_or(ResyncError::StorageTooSmall)?;
-        let (left, covered) = w.split_at_mut(n);
-        let mut total = 0;
-        for (i, x) in left.iter_mut().enumerate() {
-            let mut v = set.get(i).copied().unwrap_or(0);
-            if i + 1 == n && nbits % 64 != 0 {
-                v &= (1u64 << (nbits % 64)) - 1;
-            }
-            *x = v;
-            total += u64::from(v.count_ones());
-        }
-        covered.copy_from_slice(left);
-        Ok(Self {
+        words.get_mut(..need).ok_or(ResyncError::StorageTooSmall)?;
+        let mut r = Self {
             words,
             n,
             nbits,
@@ -219,11 +218,46 @@ impl<S: core::ops::DerefMut<Target = [u64]>> Resync<S> {
             reading: [None; MAX_READS],
             epoch: 0,
             writes: [(0, 0); EPOCHS],
-            progress: Progress {
-                total,
-                ..Progress::default()
-            },
-        })
+            progress: Progress::default(),
+        };
+        r.restart(set);
+        Ok(r)
+    }
+
+    /// Begins again, over the same storage, a resync of the chunks set in
+    /// `set`: as [`Self::new`] would (so that a caller may allocate one
+    /// where it may sleep and begin it where it may not).
+    pub fn restart(&mut self, set: &[u64]) {
+        let (n, nbits) = (self.n, self.nbits);
+        let mut total = 0;
+        if let Some(w) = self.words.get_mut(..2 * n) {
+            let (left, covered) = w.split_at_mut(n);
+            for (i, x) in left.iter_mut().enumerate() {
+                let mut v = set.get(i).copied().unwrap_or(0);
+                if i + 1 == n && nbits % 64 != 0 {
+                    v &= (1u64 << (nbits % 64)) - 1;
+                }
+                *x = v;
+                total += u64::from(v.count_ones());
+            }
+            covered.copy_from_slice(left);
+        }
+        self.cursor = 0;
+        self.reading = [None; MAX_READS];
+        self.epoch = 0;
+        self.writes = [(0, 0); EPOCHS];
+        self.progress = Progress {
+            total,
+            ..Progress::default()
+        };
+    }
+
+    /// `n` host writes are in flight as the resync begins (rule 4): they
+    /// count in the first epoch, so that no read is issued before they
+    /// complete; each reports its completion with [`WriteTicket::BEFORE`].
+    /// Called before any other method.
+    pub fn writes_before(&mut self, n: u64) {
+        self.writes[epoch_at(0)] = (0, n);
     }
 
     /// The chunks this resync covers (rule 7): one bit per chunk.

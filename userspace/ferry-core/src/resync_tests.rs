@@ -141,6 +141,39 @@ fn rule4_a_read_waits_for_the_writes_admitted_before_it() {
 }
 
 #[test]
+fn rule4_writes_in_flight_before_the_resync_hold_its_reads() {
+    let mut r = resync(&[1, 2], 16);
+    r.writes_before(2);
+    let w = go(&mut r, 100, 8); // admitted before any chunk was taken
+    let t = r.next_read().unwrap();
+    assert!(!r.may_issue(t));
+    r.host_write_done(WriteTicket::BEFORE, 8, 8, false);
+    r.host_write_done(w, 100, 8, true);
+    assert!(!r.may_issue(t), "one write from before is still in flight");
+    r.host_write_done(WriteTicket::BEFORE, 16, 8, false);
+    assert!(r.may_issue(t));
+    // A write from before that had no record copies nothing.
+    r.read_done(t, true);
+    assert_eq!(r.progress().by_write, 0);
+}
+
+#[test]
+fn restart_is_new() {
+    let mut r = resync(&[1, 2], 16);
+    r.writes_before(3);
+    let t = r.next_read().unwrap();
+    r.read_done(t, true);
+    let _ = go(&mut r, 100, 8);
+    r.restart(&set_of(&[5], 16));
+    let fresh = resync(&[5], 16);
+    assert_eq!(r.progress(), fresh.progress());
+    assert_eq!(r.covered(), fresh.covered());
+    let t = r.next_read().unwrap();
+    assert_eq!(t.chunk, 5);
+    assert!(r.may_issue(t), "nothing of before the restart holds it");
+}
+
+#[test]
 fn rule4_no_new_epoch_while_the_oldest_is_busy() {
     let chunks: Vec<u64> = (0..40).collect();
     let mut r = resync(&chunks, 64);

@@ -38,11 +38,12 @@
 //!    ([`Spool::stop`]), when the spool cannot keep a record it reserved
 //!    room for (out of memory: [`Spool::lost`], whatever the policy), and
 //!    when a device joins whose numbers are unknown or whose meta device
-//!    marks chunks (the caller).  Only a resync leaves `ahead`, and this
-//!    version has none: while `ahead` no reservation succeeds, a write
-//!    that completes becomes no record ([`Spool::replicating`] is false:
-//!    its charge comes back and its chunks stay dirty), and `START` is
-//!    refused ([`Spool::start`], [`NeedsResync`]).
+//!    marks chunks (the caller).  While `ahead` no reservation succeeds, a
+//!    write that completes becomes no record ([`Spool::replicating`] is
+//!    false: its charge comes back and its chunks stay dirty), and `START`
+//!    among other commands is refused ([`Spool::start`], [`NeedsResync`]).
+//!    Only a resync leaves `ahead` ([`Spool::resync`]: the caller begins
+//!    one, [`crate::resync`]).
 //! 5. **Waiting.**  A writer told [`Reserve::Full`] waits until
 //!    [`Spool::has_room`] for its charge: the group is `ahead`, or the
 //!    charge fits.  Then it reserves again, and may be told `Full` again
@@ -244,6 +245,14 @@ impl Spool {
         self.go_ahead()
     }
 
+    /// A resync begins (rule 4): the group leaves `ahead`, and records are
+    /// made again.  Returns whether it was `ahead`.
+    pub fn resync(&mut self) -> bool {
+        let was = self.mode == Mode::Ahead;
+        self.mode = Mode::Replicating;
+        was
+    }
+
     /// Checks `START` (rule 4): accepted while replicating (it changes
     /// nothing), refused while `ahead`.
     pub fn start(&self) -> Result<(), NeedsResync> {
@@ -428,11 +437,15 @@ mod tests {
         assert_eq!(s.mode(), Mode::Ahead);
         assert_eq!(s.start(), Err(NeedsResync));
         assert!(NeedsResync.to_string().contains("resync"));
-        // Room coming back does not leave ahead.
+        // Room coming back does not leave ahead; a resync does.
         s.release(PAGE);
         assert_eq!(s.reserve(PAGE), Reserve::Ahead);
         assert_eq!(s.mode().name(), "ahead");
         assert_eq!(Mode::Replicating.name(), "replicating");
+        assert!(s.resync());
+        assert!(s.replicating());
+        assert_eq!(s.reserve(PAGE), Reserve::Done);
+        assert!(!s.resync());
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub const EXIT_CODES: &str = "\
 Exit status:
   0  healthy: replicating (primary) or idle/applying (secondary), every link up
   1  error: ferryd not reachable, bad arguments, the command failed
-  2  degraded: a link down, connecting, ahead (resync needed), a remote log
-     stopped, applying stopped, log_dir or spool_dir full, a disk spool
+  2  degraded: a link down, connecting, ahead (resync needed), resyncing,
+     a remote log stopped, applying stopped, log_dir or spool_dir full, a disk spool
      error, G2 broken, released, or a lag beyond --max-lag seconds
      (default 30)";
 
@@ -132,7 +132,21 @@ pub enum Cmd {
     /// device, then the kernel group becomes a primary that tracks its own
     /// writes.
     Promote { group: String },
-    /// Make this primary a secondary (needs resync: not in this version).
+    /// Start a resync on this primary: ferryd (asked on its control socket,
+    /// as root) writes START, and a group that is ahead copies its dirty
+    /// chunks to the secondary, then replicates again.  Exits 1 with the
+    /// kernel's reason when it refuses.
+    Resync {
+        group: String,
+        /// Then follow the resync (chunks done of its total) until the
+        /// group replicates (exit 0); exit 1 if it goes ahead again.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up (exit 1) after this many seconds.
+        #[arg(long, value_name = "SECS", value_parser = positive_secs, requires = "wait")]
+        timeout: Option<f64>,
+    },
+    /// Make this primary a secondary (needs failback: not in this version).
     Demote { group: String },
     /// Close the open checkpoint interval now (primary).
     Checkpoint { group: String },
@@ -267,5 +281,12 @@ mod tests {
             Ferryctl::try_parse_from(["ferryctl", "status", "g", "--json", "--watch"]).is_err()
         );
         assert!(Ferryctl::try_parse_from(["ferryctl", "keygen", "--force"]).is_err());
+        assert!(Ferryctl::try_parse_from(["ferryctl", "resync", "g", "--timeout", "5"]).is_err());
+        let c = Ferryctl::try_parse_from(["ferryctl", "resync", "g", "--wait", "--timeout", "5"])
+            .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Resync { wait: true, timeout: Some(t), .. } if t == 5.0
+        ));
     }
 }

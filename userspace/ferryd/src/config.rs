@@ -9,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 /// Which end of the link this site is.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads the kernel's records and ships them.
+    #[default]
     Primary,
     /// Stores, acknowledges and applies them.
     Secondary,
@@ -36,6 +37,27 @@ pub enum Compress {
     /// LZ4 block format (the default).
     #[default]
     Lz4,
+}
+
+/// How a primary leaves `ahead` (`resync = "auto"` or `"manual"`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resync {
+    /// `ferryd` starts a resync once every stream of the group is
+    /// connected (the default).
+    #[default]
+    Auto,
+    /// Only `ferryctl resync <group>` starts one.
+    Manual,
+}
+
+impl std::fmt::Display for Resync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resync::Auto => "auto",
+            Resync::Manual => "manual",
+        })
+    }
 }
 
 /// The configuration of one group on one site.
@@ -71,6 +93,10 @@ pub struct Config {
     /// Primary: the disk spool's cap, MiB.
     #[serde(default = "default_spool_max_mb")]
     pub spool_max_mb: u64,
+    /// Primary: whether `ferryd` starts a resync itself when the group is
+    /// `ahead` (`auto`), or only `ferryctl resync` does (`manual`).
+    #[serde(default)]
+    pub resync: Resync,
     /// Secondary: the address to listen on.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
@@ -348,6 +374,7 @@ mod tests {
         assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/ferry/g/spool"));
         assert_eq!(c.control_socket(), PathBuf::from("/run/ferry/g.sock"));
         assert_eq!((c.spool_after_mb, c.spool_max_mb), (16, 4096));
+        assert_eq!(c.resync, Resync::Auto);
         // Without a key_file: the service's credential `key`.
         let cred: Config =
             toml::from_str("group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\n").unwrap();
@@ -366,6 +393,27 @@ mod tests {
         assert!(parse_key("00112233445566778899aabbccddeeff").is_ok());
         assert!(parse_key("0011").is_err());
         assert!(parse_key("zz112233445566778899aabbccddeeff").is_err());
+    }
+
+    #[test]
+    fn resync_auto_or_manual() {
+        let with = |v: &str| {
+            Config::parse(&format!(
+                "group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\nresync = {v}\n"
+            ))
+        };
+        assert_eq!(with("\"auto\"").unwrap().resync, Resync::Auto);
+        assert_eq!(with("\"manual\"").unwrap().resync, Resync::Manual);
+        assert_eq!(Resync::Manual.to_string(), "manual");
+        for bad in ["\"never\"", "\"Auto\"", "true", "1"] {
+            let e = format!("{:#}", with(bad).unwrap_err());
+            assert!(e.contains("resync"), "{bad}: {e}");
+        }
+        let e = format!("{:#}", with("\"never\"").unwrap_err());
+        assert!(
+            e.contains("unknown variant `never`, expected `auto` or `manual`"),
+            "{e}"
+        );
     }
 
     #[test]

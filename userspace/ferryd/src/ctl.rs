@@ -1,5 +1,5 @@
 //! The control socket: the commands that change `ferryd`'s state
-//! (`release`), on a Unix socket only root (or `ferryd`'s own user) may use.
+//! (`release`, `resync`), on a Unix socket only root (or `ferryd`'s own user) may use.
 //!
 //! * **Where.**  `/run/ferry/<group>.sock` unless the configuration says
 //!   `control_socket`.  A missing directory is created mode 0700; the
@@ -11,12 +11,17 @@
 //! * **Format.**  One request, one reply, each a line of JSON:
 //!   `{"cmd":"release"}` is answered `{"result":"released",
 //!   "applied_epoch":N}` (with `"span_dropped":{...}` when a resync span
-//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`.
+//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`;
+//!   `{"cmd":"resync"}` is answered `{"result":"started","was":"ahead",
+//!   "dirty_chunks":N}` ([`Started`]) or refused.
 //! * **Release.**  The answer goes out once the secondary has applied every
 //!   complete interval (but those of an open resync span, which are not
 //!   applied) and closed its character device; `ferryd` then waits
 //!   (up to [`CLOSE_WAIT`]) for the client to close the connection before
 //!   it exits, so the client always reads the answer.
+//! * **Resync.**  A primary's `ferryd` writes `START` to the character
+//!   device and answers how the kernel took it: the mode it was in, or the
+//!   refusal in words (the errno's meaning).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -55,6 +60,18 @@ pub enum Request {
     /// Secondary: apply every complete interval held, close the character
     /// device, and exit once the answer is read.
     Release,
+    /// Primary: write `START` (leave `ahead` by a resync).
+    Resync,
+}
+
+/// How a primary's kernel took the `START` of `ferryctl resync`: the mode
+/// the group was in when it was written (`ahead`: a resync began;
+/// `replicating`, `resyncing`: nothing changed; `unknown`: the kernel's
+/// status could not be read) and its dirty chunks then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub was: String,
+    pub dirty_chunks: u64,
 }
 
 /// What a secondary let go of: the device's image is interval
@@ -84,6 +101,8 @@ pub struct SpanDropped {
 pub enum Reply {
     /// The device is let go.
     Released(Released),
+    /// `START` was written and taken.
+    Started(Started),
     /// Not done, and why.
     Refused { error: String },
 }
@@ -100,6 +119,9 @@ pub trait Control: Send + Sync + 'static {
     /// span) and closes the character device; says what it let go of.
     /// Returns only once the device is closed.
     fn release(&self) -> impl Future<Output = Result<Released, String>> + Send;
+    /// Writes `START` to the character device (a primary); says how the
+    /// kernel took it.
+    fn resync(&self) -> impl Future<Output = Result<Started, String>> + Send;
 }
 
 /// Binds the control socket at `path`: its directory created 0700 if
@@ -281,6 +303,13 @@ async fn connection<C: Control>(
                 Err(error) => reply(&mut s, &Reply::Refused { error }).await,
             }
         }
+        Request::Resync => {
+            info!(uid = cred.uid(), "resync requested");
+            match c.resync().await {
+                Ok(r) => reply(&mut s, &Reply::Started(r)).await,
+                Err(error) => reply(&mut s, &Reply::Refused { error }).await,
+            }
+        }
     }
 }
 
@@ -298,6 +327,38 @@ pub enum Release {
 /// An error means `ferryd` runs but did not release: refused, failed, did
 /// not answer, or the socket cannot be used (permissions).
 pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
+    match request(path, &Request::Release, timeout, "the release")? {
+        Err(why) => Ok(Release::NotRunning(why)),
+        Ok(Reply::Released(r)) => Ok(Release::Released(r)),
+        Ok(Reply::Refused { error }) => bail!("ferryd refused to release the device: {error}"),
+        Ok(other) => bail!("an answer of ferryd not understood: {other:?}"),
+    }
+}
+
+/// How long `ferryctl resync` waits for the answer.
+pub const RESYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the `ferryd` serving `path` to write `START` (blocking;
+/// `ferryctl resync`).  An error: no `ferryd` runs, it refused (the
+/// kernel's errno in words), or it did not answer.
+pub fn request_resync(path: &Path, timeout: Duration) -> Result<Started> {
+    match request(path, &Request::Resync, timeout, "the resync")? {
+        Err(why) => bail!("ferryd is not running ({why}): a resync needs it, it ships the chunks"),
+        Ok(Reply::Started(r)) => Ok(r),
+        Ok(Reply::Refused { error }) => bail!("ferryd did not start a resync: {error}"),
+        Ok(other) => bail!("an answer of ferryd not understood: {other:?}"),
+    }
+}
+
+/// Sends `req` (`what`, for messages) to the `ferryd` serving `path` and
+/// reads its answer; `Err(why)` inside when no `ferryd` serves the socket
+/// (it is absent, or nobody listens on it).
+fn request(
+    path: &Path,
+    req: &Request,
+    timeout: Duration,
+    what: &str,
+) -> Result<std::result::Result<Reply, String>> {
     let s = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -306,7 +367,7 @@ pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Ok(Release::NotRunning(format!(
+            return Ok(Err(format!(
                 "{}: {}",
                 path.display(),
                 if e.kind() == std::io::ErrorKind::NotFound {
@@ -323,7 +384,7 @@ pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
     };
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_string(&Request::Release)?;
+    let mut line = serde_json::to_string(req)?;
     line.push('\n');
     // A peer refused is answered, and the connection closed, before the
     // request is read: the answer is still there to read when sending it
@@ -332,19 +393,16 @@ pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
     let mut answer = String::new();
     let read = BufReader::new(&s).read_line(&mut answer);
     if answer.is_empty() {
-        sent.with_context(|| format!("send the release to ferryd ({})", path.display()))?;
+        sent.with_context(|| format!("send {what} to ferryd ({})", path.display()))?;
         read.with_context(|| format!("no answer from ferryd ({})", path.display()))?;
         bail!(
             "ferryd ({}) closed the connection without answering (see its log)",
             path.display()
         );
     }
-    match serde_json::from_str(answer.trim())
-        .with_context(|| format!("an answer of ferryd not understood: {}", answer.trim()))?
-    {
-        Reply::Released(r) => Ok(Release::Released(r)),
-        Reply::Refused { error } => bail!("ferryd refused to release the device: {error}"),
-    }
+    Ok(Ok(serde_json::from_str(answer.trim()).with_context(
+        || format!("an answer of ferryd not understood: {}", answer.trim()),
+    )?))
 }
 
 #[cfg(test)]
@@ -399,5 +457,16 @@ mod tests {
             serde_json::from_str::<Reply>(r#"{"result":"refused","error":"x"}"#).unwrap(),
             Reply::Refused { error: "x".into() }
         );
+        assert_eq!(
+            serde_json::to_string(&Request::Resync).unwrap(),
+            r#"{"cmd":"resync"}"#
+        );
+        let started = Reply::Started(Started {
+            was: "ahead".into(),
+            dirty_chunks: 12,
+        });
+        let line = r#"{"result":"started","was":"ahead","dirty_chunks":12}"#;
+        assert_eq!(serde_json::to_string(&started).unwrap(), line);
+        assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), started);
     }
 }

@@ -73,10 +73,18 @@ pub fn assess(s: &Status, max_lag: f64) -> Assessment {
     let mut r = Vec::new();
     match (s.role, s.state.as_str()) {
         (Role::Primary, "replicating") | (Role::Secondary, "idle" | "applying") => {}
-        (Role::Primary, "ahead") => r.push(
-            "ahead: the kernel stopped replicating and tracks writes in its bitmap (a resync is needed)"
-                .to_string(),
-        ),
+        (Role::Primary, "ahead") => {
+            let mut l = "ahead: the kernel stopped replicating and tracks writes in its bitmap (a resync is needed)"
+                .to_string();
+            if let Some(n) = &s.resync_note {
+                l.push_str(&format!("; {n}"));
+            }
+            r.push(l)
+        }
+        (Role::Primary, "resyncing") => r.push(format!(
+            "resyncing: the dirty chunks are being copied, {}; the secondary holds the image before the resync until it is done",
+            s.resync_progress()
+        )),
         (Role::Primary, "connecting") => r.push("connecting: no stream is connected".to_string()),
         (Role::Secondary, "released") => {
             r.push("released: ferryd let go of the device (promote)".to_string())

@@ -144,6 +144,8 @@ struct Shared {
     /// (the group's base after a restart of the host), at least: the most
     /// a record's stamp exceeded the clock when it was read.
     stamp_ahead: AtomicU64,
+    /// The resync's last `START` and what the log said (`resync`).
+    resync: Mutex<resync::ResyncState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -444,6 +446,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         kernel: Box::new(Dmsetup::default()),
         kernel_unread: AtomicBool::new(false),
         stamp_ahead: AtomicU64::new(0),
+        resync: Mutex::default(),
     });
     s.recover(found);
     // The status endpoint last: once it answers, nothing of the start is
@@ -453,6 +456,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
     let s2 = s.clone();
     let rd = tokio::task::spawn_blocking(move || read_loop(s2, reader, gkey));
     tokio::spawn(spool_retry_loop(s.clone()));
+    tokio::spawn(resync::resync_loop(s.clone()));
     crate::notify_ready();
     tokio::select! {
         r = rd => r.context("reader")?,
@@ -610,7 +614,8 @@ impl Shared {
     /// Device `d`'s stream misses records from `cursor` on: they are
     /// neither in the kernel's spool nor in the disk spool (a disk spool
     /// removed while `ferryd` was down).  Replication stops: the group goes
-    /// `ahead`, its bitmap naming what the secondary misses.
+    /// `ahead`, its bitmap naming what the secondary misses (but not
+    /// these records: no resync is started, see `resync`).
     fn lost(&self, d: &Dev, cursor: u64) -> anyhow::Error {
         let first = {
             let mut q = lock(&d.q);
@@ -622,7 +627,7 @@ impl Shared {
                 device = d.id,
                 missing_from = cursor,
                 missing_to = first.saturating_sub(1),
-                "records are in neither the kernel's spool nor the disk spool: replication stops (a resync is needed)"
+                "records are in neither the kernel's spool nor the disk spool: replication stops, and no resync is started (those writes are not in the dirty bitmap)"
             );
             if let Err(e) = self.command(Command::Stop) {
                 warn!("{e:#}");
@@ -649,12 +654,27 @@ impl Shared {
 }
 
 impl Report for Shared {
-    /// The state is the kernel's when it is `ahead`; otherwise
-    /// `replicating` while a stream is connected, `connecting` when none
-    /// is.  Every device of the group the kernel names is listed, also
-    /// before its first record is read.
+    /// The state is the kernel's when it is `ahead` or `resyncing`;
+    /// otherwise `replicating` while a stream is connected, `connecting`
+    /// when none is.  Every device of the group the kernel names is
+    /// listed, also before its first record is read.  When `ahead`, the
+    /// note says what will start a resync, or why none will.
     fn status(&self) -> Status {
         let view = self.kernel_view();
+        let resync_note = view
+            .as_ref()
+            .and_then(|v| resync::note(self.resync_next(v, Instant::now()), &self.cfg.group));
+        let (left, total) = view.as_ref().map_or((0, 0), |v| v.resync_chunks());
+        let bytes = match &view {
+            Some(v) if total > 0 => self
+                .kernel
+                .tables()
+                .ok()
+                .and_then(|t| v.resync_bytes(&kernel::chunk_kib(&t, &self.cfg.group))),
+            Some(_) => Some((0, 0)),
+            None => None,
+        };
+        let dirty = view.as_ref().map_or(0, |v| v.dirty);
         let now = kernel::mono_ns();
         let ahead_ns = self.stamp_ahead.load(Relaxed);
         let devs = lock(&self.devs);
@@ -690,7 +710,7 @@ impl Report for Shared {
             });
         }
         drop(devs);
-        let ahead = view.as_ref().is_some_and(|v| v.ahead);
+        let mode = view.as_ref().map(|v| v.mode);
         for id in view.map(|v| v.devices).unwrap_or_default() {
             if !streams.iter().any(|s| s.device == id) {
                 streams.push(Stream {
@@ -711,8 +731,8 @@ impl Report for Shared {
         Status {
             group: self.cfg.group.clone(),
             role: Role::Primary,
-            state: if ahead {
-                "ahead"
+            state: if let Some(m @ (kernel::Mode::Ahead | kernel::Mode::Resyncing)) = mode {
+                m.word()
             } else if connected {
                 "replicating"
             } else {
@@ -741,6 +761,13 @@ impl Report for Shared {
             resync_span_records: 0,
             resync_span_bytes: 0,
             resync_spans_applied: 0,
+            resync_mode: self.cfg.resync.to_string(),
+            resync_note,
+            dirty_chunks: dirty,
+            resync_chunks_left: left,
+            resync_chunks_total: total,
+            resync_bytes_left: bytes.map(|b| b.0),
+            resync_bytes_total: bytes.map(|b| b.1),
         }
     }
 }
@@ -749,7 +776,14 @@ impl crate::Control for Shared {
     async fn release(&self) -> Result<ferryd::ctl::Released, String> {
         Err("this site is the primary: release is for a secondary".into())
     }
+
+    async fn resync(&self) -> Result<ferryd::ctl::Started, String> {
+        self.resync_now()
+    }
 }
+
+#[path = "primary_resync.rs"]
+mod resync;
 
 #[path = "primary_link.rs"]
 mod link_side;

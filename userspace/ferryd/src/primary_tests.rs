@@ -3,6 +3,7 @@
 use super::*;
 use crate::files::tests::fresh_dir;
 use ferry_core::record::RecordKind;
+use resync::RETRY as RESYNC_RETRY;
 use std::fs::File;
 
 /// Status lines a test sets.
@@ -81,6 +82,7 @@ fn primary_fs(
         kernel: Box::new(lines),
         kernel_unread: AtomicBool::new(false),
         stamp_ahead: AtomicU64::new(0),
+        resync: Mutex::default(),
     });
     (s, gkey)
 }
@@ -215,6 +217,195 @@ async fn state_and_devices_from_the_kernel() {
         m.contains("\nferry_connected{group=\"gr\",device=\"1\"} 1\n"),
         "{m}"
     );
+}
+
+/// The commands written to a character device that refuses each write
+/// with `errno` while it is set.
+#[derive(Clone, Default)]
+struct Chardev(Arc<Mutex<(Vec<u8>, Option<i32>)>>);
+
+impl Write for Chardev {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut g = lock(&self.0);
+        if let Some(e) = g.1 {
+            return Err(std::io::Error::from_raw_os_error(e));
+        }
+        g.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chardev {
+    /// The `START`s written (and taken) so far.
+    fn starts(&self) -> usize {
+        let g = lock(&self.0);
+        let mut b = [0u8; 16];
+        let n = Command::Start { flags: 0 }.encode(&mut b).unwrap();
+        g.0.windows(n).filter(|w| *w == &b[..n]).count()
+    }
+}
+
+fn connect(s: &Shared, id: u32, up: bool) {
+    let mut devs = lock(&s.devs);
+    let d = devs.entry(id).or_insert_with(|| {
+        Arc::new(Dev {
+            id,
+            q: Mutex::new(DevQ::default()),
+            more: Notify::new(),
+            beat: Arc::new(Beat::new("link")),
+        })
+    });
+    lock(&d.q).connected = up;
+}
+
+/// The automatic resync: `START` once the kernel is ahead and every
+/// stream connected; a refusal tried again after the backoff (but
+/// `EOPNOTSUPP`); nothing after records were lost; the state and its
+/// note in the status; `ferryctl resync`'s `START` in manual mode.
+#[tokio::test]
+async fn automatic_resync_once_every_stream_is_connected() {
+    let lines = Arc::new(Lines::default());
+    let top = fresh_dir("pri-resync");
+    std::fs::create_dir_all(&top).unwrap();
+    let dev = Chardev::default();
+    let (s, _) = primary_in(&top, lines.clone(), "127.0.0.1:9", 0, Box::new(dev.clone()));
+    let ahead = "p0: 0 8 ferry primary gr 0 log ahead 5 5 5 5 0 1024 3 1 0 0 0 0\n\
+                 p1: 0 8 ferry primary gr 1 data ahead 5 5 5 5 0 1024 9 1 0 0 0 0\n";
+    *lock(&lines.0) = Some(ahead.into());
+    let t0 = Instant::now();
+    // Only device 0 connected: waits, and says so.
+    connect(&s, 0, true);
+    s.resync_tick(t0);
+    assert_eq!(dev.starts(), 0);
+    let st = s.status();
+    assert_eq!((st.state.as_str(), st.dirty_chunks), ("ahead", 12));
+    assert_eq!(st.resync_mode, "auto");
+    assert_eq!(
+        st.resync_note.as_deref(),
+        Some("automatic resync: waiting for every stream to connect")
+    );
+    // Both: START, once.
+    connect(&s, 1, true);
+    s.resync_tick(t0);
+    assert_eq!(dev.starts(), 1);
+    s.resync_tick(t0 + Duration::from_secs(1));
+    assert_eq!(dev.starts(), 1, "the kernel's lines not read again yet");
+    // Taken: the kernel resyncs.
+    *lock(&lines.0) = Some(
+        "p0: 0 8 ferry primary gr 0 log resyncing 5 5 5 5 0 1024 3 1 0 0 1 3\n\
+         p1: 0 8 ferry primary gr 1 data resyncing 5 5 5 5 0 1024 9 1 0 0 6 9\n"
+            .into(),
+    );
+    s.resync_tick(t0 + Duration::from_secs(6));
+    assert_eq!(dev.starts(), 1);
+    let st = s.status();
+    assert_eq!(st.state, "resyncing");
+    assert_eq!((st.resync_chunks_left, st.resync_chunks_total), (7, 12));
+    // No tables here: chunks only.
+    assert_eq!((st.resync_bytes_left, st.resync_bytes_total), (None, None));
+    assert_eq!(st.resync_note, None);
+    let m = st.prometheus();
+    assert!(
+        m.contains("\nferry_resync_chunks_left{group=\"gr\"} 7\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nferry_resync_chunks{group=\"gr\"} 12\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nferry_state{group=\"gr\",state=\"resyncing\"} 1\n"),
+        "{m}"
+    );
+    // Ahead again, and the kernel refuses for room: tried again after
+    // the backoff, not before.
+    *lock(&lines.0) = Some(ahead.into());
+    lock(&dev.0).1 = Some(libc::ENOSPC);
+    s.resync_tick(t0 + Duration::from_secs(7));
+    assert_eq!(dev.starts(), 1);
+    let st = s.status();
+    assert!(st.resync_note.unwrap().contains("START refused (no room"));
+    lock(&dev.0).1 = None;
+    s.resync_tick(t0 + Duration::from_secs(9));
+    assert_eq!(dev.starts(), 1, "within the backoff");
+    s.resync_tick(t0 + Duration::from_secs(7) + RESYNC_RETRY);
+    assert_eq!(dev.starts(), 2);
+    // EOPNOTSUPP: never again on its own.
+    lock(&dev.0).1 = Some(libc::EOPNOTSUPP);
+    let later = t0 + Duration::from_secs(20);
+    s.resync_tick(later);
+    lock(&dev.0).1 = None;
+    for k in 3..10 {
+        s.resync_tick(later + RESYNC_RETRY * k);
+    }
+    assert_eq!(dev.starts(), 2);
+    assert!(s.status().resync_note.unwrap().contains("unclean shutdown"));
+    // ferryctl resync says the same.
+    lock(&dev.0).1 = Some(libc::EOPNOTSUPP);
+    let e = s.resync_now().unwrap_err();
+    assert!(e.contains("the kernel refused START: a member"), "{e}");
+    lock(&dev.0).1 = None;
+    // Replicating again: forgotten.
+    *lock(&lines.0) = Some(
+        "p0: 0 8 ferry primary gr 0 log replicating 5 5 5 5 0 1024 0 1 0 0 0 0\n\
+         p1: 0 8 ferry primary gr 1 data replicating 5 5 5 5 0 1024 0 1 0 0 0 0\n"
+            .into(),
+    );
+    s.resync_tick(later);
+    assert_eq!(s.status().state, "replicating");
+    // Records lost from the disk spool: no resync, automatic or asked.
+    *lock(&lines.0) = Some(ahead.into());
+    lock(&lock(&s.devs)[&1].q).lost = true;
+    s.resync_tick(later + RESYNC_RETRY * 20);
+    assert_eq!(dev.starts(), 2);
+    let st = s.status();
+    assert!(st
+        .resync_note
+        .unwrap()
+        .contains("records were lost from the disk spool"));
+    assert!(s
+        .resync_now()
+        .unwrap_err()
+        .contains("not in the dirty bitmap"));
+    assert_eq!(dev.starts(), 2);
+    lock(&lock(&s.devs)[&1].q).lost = false;
+    // ferryctl resync: START, and what the kernel was in.
+    let r = s.resync_now().unwrap();
+    assert_eq!((r.was.as_str(), r.dirty_chunks), ("ahead", 12));
+    assert_eq!(dev.starts(), 3);
+}
+
+/// `resync = "manual"`: never on its own; the status says how.
+#[tokio::test]
+async fn manual_resync_waits_for_ferryctl() {
+    let lines = Arc::new(Lines::default());
+    let top = fresh_dir("pri-resync-manual");
+    std::fs::create_dir_all(&top).unwrap();
+    let dev = Chardev::default();
+    let (mut s, _) = primary_in(&top, lines.clone(), "127.0.0.1:9", 0, Box::new(dev.clone()));
+    Arc::get_mut(&mut s).unwrap().cfg.resync = ferryd::config::Resync::Manual;
+    *lock(&lines.0) =
+        Some("p0: 0 8 ferry primary gr 0 data ahead 5 5 5 5 0 1024 3 1 0 0 0 0\n".into());
+    connect(&s, 0, true);
+    for k in 0..10 {
+        s.resync_tick(Instant::now() + RESYNC_RETRY * k);
+    }
+    assert_eq!(dev.starts(), 0);
+    let st = s.status();
+    assert_eq!(st.resync_mode, "manual");
+    assert_eq!(
+        st.resync_note.as_deref(),
+        Some("manual resync (resync = \"manual\"): ferryctl resync gr")
+    );
+    assert_eq!(s.resync_now().unwrap().was, "ahead");
+    assert_eq!(dev.starts(), 1);
+    // An old module: no resync fields, no resync.
+    *lock(&lines.0) = Some("p0: 0 8 ferry primary gr 0 data ahead 5 5 5 5 0 1024 3 1 0 0\n".into());
+    assert!(s.status().resync_note.unwrap().contains("module has none"));
 }
 
 /// What the secondary of [`secondary_on`] took, per device: the run

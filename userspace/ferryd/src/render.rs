@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::Role;
-use crate::ctl::Released;
+use crate::ctl::{Released, Started};
 use crate::health::Assessment;
 use crate::status::Status;
 
@@ -97,6 +97,16 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
             if let Some(why) = &s.spool_error {
                 writeln!(o, "  DISK SPOOL ERROR: {why}")?;
             }
+            if s.state == "resyncing" {
+                writeln!(o, "  resync: {}", s.resync_progress())?;
+            }
+            if s.state == "ahead" || s.dirty_chunks > 0 {
+                write!(o, "  dirty chunks {}", s.dirty_chunks)?;
+                match &s.resync_note {
+                    Some(n) => writeln!(o, "; {n}")?,
+                    None => writeln!(o)?,
+                }
+            }
         }
         Role::Secondary => {
             if let Some(why) = &s.log_full {
@@ -181,10 +191,100 @@ pub fn released(r: &Released) -> String {
     l
 }
 
+/// What `ferryctl resync` says of the `START` the kernel took.
+pub fn started(group: &str, r: &Started) -> String {
+    match r.was.as_str() {
+        "ahead" => format!(
+            "resync of group {group} started: {} dirty chunks to copy (ferryctl resync {group} --wait follows it)",
+            r.dirty_chunks
+        ),
+        "resyncing" => format!("group {group} is resyncing already: START changed nothing"),
+        "replicating" => {
+            format!("group {group} is replicating: nothing to resync (START changed nothing)")
+        }
+        other => format!(
+            "START taken by the kernel (the group's state before it: {other}; ferryctl status {group} says more)"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::health::{assess, tests::secondary};
+
+    #[test]
+    fn a_start_in_words() {
+        let r = |was: &str| Started {
+            was: was.into(),
+            dirty_chunks: 7,
+        };
+        assert_eq!(
+            started("gr", &r("ahead")),
+            "resync of group gr started: 7 dirty chunks to copy (ferryctl resync gr --wait follows it)"
+        );
+        assert!(started("gr", &r("replicating")).contains("nothing to resync"));
+        assert!(started("gr", &r("resyncing")).contains("resyncing already"));
+        assert!(started("gr", &r("unknown")).contains("START taken"));
+    }
+
+    #[test]
+    fn a_resync_of_the_primary_in_words() {
+        let mut s = secondary();
+        s.role = Role::Primary;
+        s.rejected.clear();
+        s.state = "ahead".into();
+        s.resync_mode = "auto".into();
+        s.dirty_chunks = 40;
+        s.resync_note = Some("automatic resync: waiting for every stream to connect".into());
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains(
+                "\n  dirty chunks 40; automatic resync: waiting for every stream to connect\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  ahead: the kernel stopped replicating and tracks writes in its bitmap (a resync is needed); automatic resync: waiting for every stream to connect\n"),
+            "{text}"
+        );
+        s.resync_note = Some("manual resync (resync = \"manual\"): ferryctl resync db".into());
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains(
+                "\n  dirty chunks 40; manual resync (resync = \"manual\"): ferryctl resync db\n"
+            ),
+            "{text}"
+        );
+        s.state = "resyncing".into();
+        s.resync_note = None;
+        s.resync_chunks_left = 30;
+        s.resync_chunks_total = 40;
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.starts_with("group db: primary, resyncing; applied interval 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  resync: 30 of 40 chunks left\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n  dirty chunks 40\n"), "{text}");
+        assert!(text.contains("\nhealth: degraded\n"), "{text}");
+        assert!(
+            text.contains(
+                "\n  resyncing: the dirty chunks are being copied, 30 of 40 chunks left;"
+            ),
+            "{text}"
+        );
+        s.resync_bytes_left = Some(30 << 16);
+        s.resync_bytes_total = Some(40 << 16);
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains("\n  resync: 30 of 40 chunks left (1.9 MiB of 2.5 MiB)\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn bytes_in_binary_units() {
@@ -292,6 +392,10 @@ health: degraded
         );
         assert!(text.contains("\n  records not acknowledged 5; in the disk spool 2 (2.0 MiB)\n"));
         assert!(text.ends_with("\nhealth: healthy\n"), "{text}");
+        assert!(
+            !text.contains("resync") && !text.contains("dirty"),
+            "{text}"
+        );
         // No Rust debug formatting: no brackets, no quoted strings.
         assert!(!text.contains('[') && !text.contains('"'), "{text}");
     }

@@ -716,6 +716,7 @@ impl Report for Sec {
             resync_span_records: span.records,
             resync_span_bytes: span.bytes,
             resync_spans_applied: st.spans.spans_applied(),
+            ..Status::default()
         }
     }
 }
@@ -750,6 +751,10 @@ impl Control for Sec {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err("the interval in progress did not finish within 60 s".into())
+    }
+
+    async fn resync(&self) -> Result<ferryd::ctl::Started, String> {
+        Err("this site is the secondary: a resync is started on the primary".into())
     }
 }
 

@@ -55,13 +55,14 @@ pub struct Stream {
 }
 
 /// The whole document.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     /// Group name.
     pub group: String,
     /// Site role.
     pub role: Role,
-    /// `replicating`, `connecting`, `applying`, `idle`, `released`.
+    /// Primary: `replicating`, `connecting`, `ahead`, `resyncing`;
+    /// secondary: `idle`, `applying`, `released`.
     pub state: String,
     /// Streams by device id.
     pub streams: Vec<Stream>,
@@ -139,6 +140,29 @@ pub struct Status {
     /// Secondary: resync spans this process applied whole.
     #[serde(default)]
     pub resync_spans_applied: u64,
+    /// Primary: how the group leaves `ahead`, the configuration's
+    /// `resync`: `auto` or `manual` (empty on a secondary).
+    #[serde(default)]
+    pub resync_mode: String,
+    /// Primary, `ahead`: what will start a resync, or why none will (in
+    /// words); `None` in the other states.
+    #[serde(default)]
+    pub resync_note: Option<String>,
+    /// Primary: the kernel's dirty chunks, over the group's devices.
+    #[serde(default)]
+    pub dirty_chunks: u64,
+    /// Primary: of the running resync, chunks left to copy and chunks in
+    /// it, over the group's devices (both 0 when none runs).
+    #[serde(default)]
+    pub resync_chunks_left: u64,
+    #[serde(default)]
+    pub resync_chunks_total: u64,
+    /// Primary: the same in bytes, when every device's chunk size is known
+    /// (its table); `None` otherwise.
+    #[serde(default)]
+    pub resync_bytes_left: Option<u64>,
+    #[serde(default)]
+    pub resync_bytes_total: Option<u64>,
 }
 
 /// Serves `GET /status` (the document, JSON) and `GET /metrics` (its
@@ -195,7 +219,7 @@ pub fn serve(
 }
 
 /// The states of a primary, in the order of `ferry_state`.
-pub const PRIMARY_STATES: [&str; 3] = ["replicating", "connecting", "ahead"];
+pub const PRIMARY_STATES: [&str; 4] = ["replicating", "connecting", "ahead", "resyncing"];
 
 /// The states of a secondary, in the order of `ferry_state`.
 pub const SECONDARY_STATES: [&str; 3] = ["idle", "applying", "released"];
@@ -294,12 +318,21 @@ impl Status {
             human_bytes(bytes)
         );
         match self.role {
-            Role::Primary if self.disk_spool_records > 0 => l.push_str(&format!(
-                ", disk spool {} records ({})",
-                self.disk_spool_records,
-                human_bytes(self.disk_spool_bytes)
-            )),
-            Role::Primary => {}
+            Role::Primary => {
+                if self.disk_spool_records > 0 {
+                    l.push_str(&format!(
+                        ", disk spool {} records ({})",
+                        self.disk_spool_records,
+                        human_bytes(self.disk_spool_bytes)
+                    ));
+                }
+                if self.state == "resyncing" {
+                    l.push_str(&format!(", resync {}", self.resync_progress()));
+                }
+                if let Some(n) = &self.resync_note {
+                    l.push_str(&format!("; {n}"));
+                }
+            }
             Role::Secondary => {
                 l.push_str(&format!(", applied interval {}", self.applied_epoch));
                 if self.applying_epoch > 0 {
@@ -332,6 +365,23 @@ impl Status {
             }
             l.truncate(end);
             l.push_str("...");
+        }
+        l
+    }
+
+    /// The running resync's progress in words: `30 of 40 chunks left
+    /// (1.9 MiB of 2.5 MiB)`, the bytes when they are known.
+    pub fn resync_progress(&self) -> String {
+        let mut l = format!(
+            "{} of {} chunks left",
+            self.resync_chunks_left, self.resync_chunks_total
+        );
+        if let (Some(left), Some(total)) = (self.resync_bytes_left, self.resync_bytes_total) {
+            l.push_str(&format!(
+                " ({} of {})",
+                human_bytes(left),
+                human_bytes(total)
+            ));
         }
         l
     }
@@ -445,7 +495,7 @@ impl Collector for Metrics {
         family(
             e,
             "state",
-            "The state of the site (1: the current one): a primary's is replicating, connecting, or ahead (the kernel tracks writes in its bitmap); a secondary's is idle, applying or released",
+            "The state of the site (1: the current one): a primary's is replicating, connecting, ahead (the kernel tracks writes in its bitmap) or resyncing (the dirty chunks are being copied); a secondary's is idle, applying or released",
             None,
             st.states()
                 .iter()
@@ -642,6 +692,20 @@ impl Collector for Metrics {
             "Secondary: resync spans this process applied whole",
             None,
             vec![(self.group(), counter(st.resync_spans_applied))],
+        )?;
+        family(
+            e,
+            "resync_chunks_left",
+            "Primary: chunks the running resync has left to copy (0: none runs)",
+            None,
+            vec![(self.group(), gauge(st.resync_chunks_left))],
+        )?;
+        family(
+            e,
+            "resync_chunks",
+            "Primary: chunks in the running resync (0: none runs)",
+            None,
+            vec![(self.group(), gauge(st.resync_chunks_total))],
         )?;
         family(
             e,

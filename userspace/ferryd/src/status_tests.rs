@@ -29,6 +29,7 @@ fn status() -> Status {
         resync_span_records: 0,
         resync_span_bytes: 0,
         resync_spans_applied: 0,
+        ..Status::default()
     }
 }
 
@@ -55,7 +56,7 @@ pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
 }
 
 /// Every family ferryd exposes, and its type.
-pub(crate) const FAMILIES: [(&str, &str); 29] = [
+pub(crate) const FAMILIES: [(&str, &str); 31] = [
     ("ferry_build_info", "gauge"),
     ("ferry_state", "gauge"),
     ("ferry_connected", "gauge"),
@@ -84,6 +85,8 @@ pub(crate) const FAMILIES: [(&str, &str); 29] = [
     ("ferry_resync_span_records", "gauge"),
     ("ferry_resync_span_bytes", "gauge"),
     ("ferry_resync_spans_applied_total", "counter"),
+    ("ferry_resync_chunks_left", "gauge"),
+    ("ferry_resync_chunks", "gauge"),
     ("ferry_apply_stopped", "gauge"),
 ];
 

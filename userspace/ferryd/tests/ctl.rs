@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferryd::ctl::{self, Control, Release, Released, Reply};
+use ferryd::ctl::{self, Control, Release, Released, Reply, Started};
 
 /// A `ferryd` whose release answers `answer` after a short while.
 struct Fake {
@@ -32,6 +32,16 @@ impl Control for Fake {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.answer.clone().map(released)
+    }
+
+    /// A primary's: `START` taken while `ahead` with `answer`'s dirty
+    /// chunks, or refused with its error.
+    async fn resync(&self) -> Result<Started, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.answer.clone().map(|n| Started {
+            was: "ahead".into(),
+            dirty_chunks: n,
+        })
     }
 }
 
@@ -248,6 +258,72 @@ async fn ferryctl_promote_messages() {
     );
     assert!(!err.contains("without it"), "{err}");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    std::fs::remove_dir_all(&top).unwrap();
+}
+
+/// `ferryctl resync`: says what the kernel did, or why it refused (exit
+/// 1); without a ferryd, that a resync needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferryctl_resync_messages() {
+    let top = dir("resync");
+    let sock = top.join("gr.sock");
+    let cfg = config(&top, &sock);
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            ferryctl(&a, None)
+        })
+        .await
+        .unwrap()
+    };
+    let args = |c: &str| {
+        vec![
+            "-c".to_string(),
+            c.to_string(),
+            "resync".into(),
+            "gr".into(),
+        ]
+    };
+    let out = run(args(&cfg)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("ferryd is not running (") && err.contains("a resync needs it"),
+        "{err}"
+    );
+
+    let fake = Fake::new(Ok(42));
+    let s = ctl::serve(ctl::bind(&sock).unwrap(), &sock, fake.clone(), own_uid());
+    let out = run(args(&cfg)).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("resync of group gr started: 42 dirty chunks to copy"),
+        "{text}"
+    );
+    drop(s);
+
+    let fake = Fake::new(Err(
+        "the kernel refused START: no room in the kernel's spool for the resync's marker now"
+            .into(),
+    ));
+    let _s = ctl::serve(ctl::bind(&sock).unwrap(), &sock, fake.clone(), own_uid());
+    let out = run(args(&cfg)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("ferryd did not start a resync: the kernel refused START: no room"),
+        "{err}"
+    );
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    let t = Duration::from_secs(10);
+    let p = sock.clone();
+    let e = tokio::task::spawn_blocking(move || ctl::request_resync(&p, t))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("no room"), "{e:#}");
     std::fs::remove_dir_all(&top).unwrap();
 }
 

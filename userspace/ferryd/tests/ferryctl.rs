@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use ferryd::config::Role;
 use ferryd::status::{Status, Stream};
 
-const SUBCOMMANDS: [&str; 7] = [
+const SUBCOMMANDS: [&str; 8] = [
     "status",
     "events",
     "promote",
+    "resync",
     "demote",
     "checkpoint",
     "cp",

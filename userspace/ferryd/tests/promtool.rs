@@ -73,6 +73,7 @@ fn fresh(role: Role, state: &str, devices: &[u32]) -> Status {
         resync_span_records: 0,
         resync_span_bytes: 0,
         resync_spans_applied: 0,
+        ..Status::default()
     }
 }
 

@@ -52,11 +52,13 @@
 //! `RESYNC_BEGIN` to `RESYNC_END` that the secondary applies as one batch
 //! (`resync::Span`), and the covered chunks cleared from the dirty bitmap
 //! once the secondary has applied it. Primary and secondary crash during
-//! resyncs as at any other time. This is the protocol the product does not
-//! run yet (a device that did not leave cleanly comes back `ahead`), proven
-//! here first. So is the way out of `ahead` after an overflow under
-//! `overflow bitmap`: the drain restarts the primary, which resyncs what
-//! its meta devices mark.
+//! resyncs as at any other time. The product does not run that part yet (a
+//! device that did not leave cleanly comes back `ahead`). The way out of
+//! `ahead` after an overflow under `overflow bitmap` is the kernel's: `START`
+//! while `ahead` (`start_live`, at random steps and in the drain) begins a
+//! resync of the dirty chunks with the writes in flight counted in its first
+//! epoch (`Resync::writes_before`), the interval `RESYNC_BEGIN` closes ending
+//! before the first write made while `ahead`.
 
 #![allow(dead_code)]
 
@@ -226,6 +228,8 @@ pub struct Stats {
     pub resync_held: u64,
     /// Resync spans the secondary applied whole.
     pub spans_applied: u64,
+    /// Resyncs begun by `START` while `ahead` (not by a restart).
+    pub live_resyncs: u64,
 }
 
 struct Rng(u64);
@@ -430,8 +434,14 @@ impl Oracle {
             for b in h.sector..h.sector + u64::from(h.nr_sectors) {
                 if !h.flags.has(Flags::RESYNC) {
                     self.history[stream][b as usize].push((2 * h.group_seq, h.group_seq));
+                    self.carrier[stream][b as usize] = h.dev_seq;
+                } else if self.carrier[stream][b as usize] == u64::MAX {
+                    // A resync's copy carries what writes made while
+                    // `ahead` left there; elsewhere the record that wrote
+                    // the block still carries the same (a chunk is dirty
+                    // for a flush while `ahead` too: its first sector's).
+                    self.carrier[stream][b as usize] = h.dev_seq;
                 }
-                self.carrier[stream][b as usize] = h.dev_seq;
             }
         }
     }
@@ -594,6 +604,8 @@ struct Inflight {
     record: bool,
     /// Let through by the device's resync: reported at completion.
     ticket: Option<WriteTicket>,
+    /// The resync that gave the ticket (`Primary::resync_gen`).
+    rgen: u64,
 }
 
 struct PDev {
@@ -697,6 +709,8 @@ struct Primary {
     /// bits clear then (`resync`, rule 7).
     span_end: Option<u64>,
     covered: Vec<Vec<u64>>,
+    /// Counts the resyncs begun: a write's ticket names its own.
+    resync_gen: u64,
 }
 
 // ---------------------------------------------------------------- secondary
@@ -933,6 +947,7 @@ pub fn run(cfg: Config) -> Result<Stats, Failure> {
             handshake: None,
             span_end: None,
             covered: vec![Vec::new(); DEVICES],
+            resync_gen: 0,
         },
         s: Secondary::new(),
         o: Oracle {
@@ -964,6 +979,7 @@ impl World {
     fn step(&mut self, faults: bool) -> Result<(), Failure> {
         self.now += 1;
         self.o.step = self.now;
+
         if faults {
             self.inject_faults()?;
         }
@@ -974,6 +990,9 @@ impl World {
                 self.complete_some(MAX_INFLIGHT);
             }
             self.intent_work();
+            if faults && !self.p.spool.replicating() && self.rng.chance(20) {
+                self.start_live();
+            }
             self.resync_work();
             if self.now % 12 == 0 {
                 self.checkpoint();
@@ -1134,6 +1153,7 @@ impl World {
                     charge,
                     record: false,
                     ticket: None,
+                    rgen: 0,
                 });
                 return;
             }
@@ -1178,6 +1198,7 @@ impl World {
             charge,
             record: reserve == Reserve::Done,
             ticket,
+            rgen: self.p.resync_gen,
         });
     }
 
@@ -1311,7 +1332,14 @@ impl World {
     fn complete(&mut self, w: Inflight) {
         let recorded = w.record && self.p.spool.replicating();
         self.complete_write(w);
-        if let (Some(t), Some(r)) = (w.ticket, self.p.devs[w.dev].resync.as_mut()) {
+        // A write without a ticket of the running resync was in flight
+        // when it began (`Resync::writes_before`).
+        let ticket = match w.ticket {
+            Some(t) if w.rgen == self.p.resync_gen => t,
+            _ => WriteTicket::BEFORE,
+        };
+        if let Some(r) = self.p.devs[w.dev].resync.as_mut() {
+            let t = ticket;
             let before = r.progress().by_write;
             r.host_write_done(t, w.block, w.len, recorded);
             self.stats.resync_by_write += r.progress().by_write - before;
@@ -1424,6 +1452,7 @@ impl World {
             });
         assert!(numbered.is_ok(), "device {dev}: ring full");
         let h = made.expect("numbered");
+
         let bytes = d.stream.records().last().expect("pushed").bytes.clone();
         self.o.sequenced(dev, &h, &bytes);
         h
@@ -1799,6 +1828,7 @@ impl World {
             *base = start + 1;
             self.o.gen_base[dev] = start + 1;
         }
+        self.p.resync_gen += 1;
         // Resync (`ferry_core::resync`): the chunks the meta device marks
         // are loaded dirty, as the kernel's join loads them, and copied
         // while new writes go on, in a span that `RESYNC_BEGIN` opens now
@@ -1829,6 +1859,52 @@ impl World {
             bases,
             first_epoch: resync_epoch,
         });
+    }
+
+    /// `START` while `ahead`, as the kernel's `Group::resync_start` runs
+    /// it: the spool leaves `ahead`, each device's dirty chunks become its
+    /// resync's set, the writes in flight (admitted while `ahead`, or
+    /// before it) count in its first epoch, and `RESYNC_BEGIN` closes the
+    /// open interval.  An earlier span not yet applied is forgotten (its
+    /// chunks are dirty still).  No room for the marker: back to `ahead`.
+    fn start_live(&mut self) -> bool {
+        if self.p.spool.replicating() {
+            return false;
+        }
+        self.p.spool.resync();
+        self.p.resync_gen += 1;
+        self.p.span_end = None;
+        for dev in 0..DEVICES {
+            self.p.covered[dev].clear();
+            let inflight = self
+                .p
+                .inflight
+                .iter()
+                .filter(|w| w.dev == dev && w.state != Admitted::Held)
+                .count() as u64;
+            let d = &mut self.p.devs[dev];
+            d.reads.clear();
+            let words = vec![0; Resync::<Vec<u64>>::storage_words(CHUNKS).expect("words")];
+            let mut r =
+                Resync::new(words, d.intent.dirty_words(), CHUNKS, CHUNK_SHIFT).expect("resync");
+            r.writes_before(inflight);
+            d.resync = Some(r);
+        }
+        // No record was numbered while `ahead`: the interval `RESYNC_BEGIN`
+        // closes ends, in the completion order, before the first write
+        // made while `ahead` (which the span carries).
+        let before = self.p.order.last_group_seq();
+        if !self.checkpoint_flagged(Flags::RESYNC_BEGIN) {
+            self.p.spool.go_ahead();
+            for d in &mut self.p.devs {
+                d.resync = None;
+            }
+            return false;
+        }
+        self.o.epoch_end.insert(self.p.order.epoch() - 1, before);
+        self.stats.live_resyncs += 1;
+
+        true
     }
 
     fn offer_handshake(&mut self) {
@@ -2324,7 +2400,7 @@ impl World {
         // for its markers).  A group `ahead` is restarted and resyncs: the
         // design of the resync work to come.
         for _ in 0..4000 {
-            if !self.p.spool.replicating() {
+            if !self.p.spool.replicating() && !self.start_live() && self.rng.chance(50) {
                 self.crash_primary();
                 self.recover_primary();
             }

@@ -105,8 +105,21 @@ fn run(cli: Ferryctl) -> Result<u8> {
             println!("promoted group {group}: {} now a primary", devs.join(", "));
             Ok(0)
         }
+        Cmd::Resync {
+            group,
+            wait,
+            timeout,
+        } => {
+            let c = load(&cli.config, group)?;
+            let r = ctl::request_resync(&c.control_socket(), ctl::RESYNC_TIMEOUT)?;
+            println!("{}", render::started(group, &r));
+            if !*wait {
+                return Ok(0);
+            }
+            wait_resync(&c, timeout.map(Duration::from_secs_f64))
+        }
         Cmd::Demote { group } => bail!(
-            "demote {group}: not supported in this version (a former primary must be resynchronised from the new one, and resync is not implemented yet)"
+            "demote {group}: not supported in this version (a former primary must be resynchronised from the new one: failback is not implemented yet)"
         ),
         Cmd::Checkpoint { group } => {
             let devs = members(group)?;
@@ -197,6 +210,108 @@ fn watch_status(c: &Config, interval: f64, max_lag: f64) -> Result<u8> {
         }
         drop(out);
         std::thread::sleep(Duration::from_secs_f64(interval));
+    }
+}
+
+/// How long `resync --wait` takes an `ahead` it sees before any
+/// `resyncing` for the kernel's mode before the `START` (the status's
+/// lines are read at most once a second), not for a resync that ended
+/// `ahead` again.
+const AHEAD_GRACE: Duration = Duration::from_secs(10);
+
+/// `resync --wait`: polls the status each second until the group is
+/// `replicating` (0), drawing the resync's progress (chunks done of its
+/// total: a bar on a terminal, a line each 10 s otherwise); 1 when it goes
+/// `ahead` again or `timeout` passes.
+fn wait_resync(c: &Config, timeout: Option<Duration>) -> Result<u8> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let start = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("resyncing [{bar:40}] {pos}/{len} chunks {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    if !tty {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let mut seen_resyncing = false;
+    let mut last_line = None::<std::time::Instant>;
+    let fail = |bar: &ProgressBar, msg: String| {
+        bar.abandon();
+        eprintln!("ferryctl: {msg}");
+        Ok(Health::Error.code())
+    };
+    loop {
+        match fetch(c) {
+            Ok(st) => match st.state.as_str() {
+                "replicating" => {
+                    bar.finish_and_clear();
+                    println!(
+                        "group {}: replicating{}",
+                        c.group,
+                        if seen_resyncing {
+                            " (the resync is done: the secondary applied it)"
+                        } else {
+                            ""
+                        }
+                    );
+                    return Ok(0);
+                }
+                "resyncing" => {
+                    seen_resyncing = true;
+                    let (left, total) = (st.resync_chunks_left, st.resync_chunks_total);
+                    bar.set_length(total);
+                    bar.set_position(total.saturating_sub(left));
+                    if let (Some(l), Some(t)) = (st.resync_bytes_left, st.resync_bytes_total) {
+                        bar.set_message(format!(
+                            "({} of {})",
+                            render::bytes(t.saturating_sub(l)),
+                            render::bytes(t)
+                        ));
+                    }
+                    if !tty && last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        last_line = Some(std::time::Instant::now());
+                        eprintln!("resyncing: {}", st.resync_progress());
+                    }
+                }
+                "ahead" if seen_resyncing || start.elapsed() >= AHEAD_GRACE => {
+                    return fail(
+                        &bar,
+                        format!(
+                            "group {} is ahead again: the resync did not complete{}",
+                            c.group,
+                            st.resync_note
+                                .as_ref()
+                                .map(|n| format!(" ({n})"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+                _ => {}
+            },
+            Err(e) => {
+                if !tty {
+                    eprintln!("ferryctl: {e:#}");
+                }
+                bar.set_message(format!("(ferryd not reachable: {e})"));
+            }
+        }
+        if let Some(t) = timeout {
+            if start.elapsed() >= t {
+                return fail(
+                    &bar,
+                    format!(
+                        "group {}: not replicating after {} s (ferryctl status {} says more)",
+                        c.group,
+                        t.as_secs_f64(),
+                        c.group
+                    ),
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
