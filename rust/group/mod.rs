@@ -59,7 +59,8 @@
 //! points), `reader.rs` (`read(2)` of records), `commands.rs` (what
 //! `ferryd` writes back), `acks.rs` (records leave the spool), `intent.rs`
 //! (bitmap pages persisted and swept), `meta_io.rs` (the meta device),
-//! `tick.rs` (the work items); then `join.rs` (membership),
+//! `tick.rs` (the work items); `resync.rs` (leaving `ahead`: the copy of
+//! the dirty chunks, its own work item); then `join.rs` (membership),
 //! `secondary.rs` (the far end: apply), `status.rs` and `registry.rs`.
 
 mod record;
