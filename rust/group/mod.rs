@@ -60,7 +60,8 @@
 //! `ferryd` writes back), `acks.rs` (records leave the spool), `intent.rs`
 //! (bitmap pages persisted and swept), `meta_io.rs` (the meta device),
 //! `tick.rs` (the work items); `resync.rs` (leaving `ahead`: the copy of
-//! the dirty chunks, its own work item); then `join.rs` (membership),
+//! the dirty chunks, its own work item) and `resync_state.rs` (what the
+//! write path asks of it); then `join.rs` (membership),
 //! `secondary.rs` (the far end: apply), `status.rs` and `registry.rs`.
 
 mod record;
@@ -76,6 +77,7 @@ mod intent;
 mod meta_io;
 mod tick;
 mod resync;
+mod resync_state;
 mod join;
 mod secondary;
 mod status;
