@@ -13,5 +13,5 @@ scripts/build-kernel.sh debug >/dev/null
 make --no-print-directory module
 scripts/mkinitramfs.sh "$out/initramfs.cpio" dm-ferry.ko $(scripts/guest-tools.sh)
 echo "host: booting the secondary guest, then the primary guest (TCG: a minute or two)"
-FERRY_DEMO=1 FERRY_REPL_APPS=0 tests/repl-crash.sh "$out/initramfs.cpio" "$out/run" 1
+FERRY_DEMO=1 FERRY_REPL_APPS=0 FERRY_REPL_RESYNCS=0 tests/repl-crash.sh "$out/initramfs.cpio" "$out/run" 1
 tests/judge.sh "$out/run"

@@ -18,16 +18,22 @@
 #   tests/repl-crash.sh <initramfs.cpio> <out-dir> [points]   (default 20;
 #                                                            FERRY_REPL_POINTS)
 #
+# After a cut the host drops the secondary's carrier until the secondary
+# says it saw it (REPL-CUTSEEN): the end of a point is the host's to say.
+#
 # The points run dependent self-describing writes (checked by the prefix
-# checker); FERRY_REPL_APPS (default 4) more points follow, alternating a
-# file workload on ext4 (fsck) and SQLite transactions (integrity check,
-# committed prefix).  FERRY_REPL_SEED_BASE (default 1000): the writers'
+# checker); FERRY_REPL_RESYNCS (default 5) more points run them on a group
+# that a link outage sent ahead and that the host cuts inside its resync
+# (G1 while resyncing: the secondary holds its last consistent point or
+# the span's end, never a part of the span); FERRY_REPL_APPS (default 4)
+# more points follow, alternating a file workload on ext4 (fsck) and
+# SQLite transactions (integrity check, committed prefix).  FERRY_REPL_SEED_BASE (default 1000): the writers'
 # seeds are it plus the point's number, and it moves the host's random
 # choices, so that two runs at once (make test) check different points.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-initrd=$1 out=$2 blocks=${3:-${FERRY_REPL_POINTS:-20}} apps=${FERRY_REPL_APPS:-4}
-points=$((blocks + apps))
+initrd=$1 out=$2 blocks=${3:-${FERRY_REPL_POINTS:-20}} resyncs=${FERRY_REPL_RESYNCS:-5} apps=${FERRY_REPL_APPS:-4}
+points=$((blocks + resyncs + apps))
 mkdir -p "$out"
 rm -f "$out"/*.log
 . "$here/tests/guests.sh"
@@ -51,17 +57,20 @@ t0=$(date +%s)
 kills=${FERRY_REPL_KILLS:-3}
 [ "$kills" -ge 1 ] || kills=1
 [ "$kills" -le "$points" ] || kills=$points
-guest 1 "$out/secondary.log" listen repl-crash-secondary "ferry.points=$points ferry.block_points=$blocks ferry.seed_base=$seed_base ${FERRY_DEMO:+ferry.demo=1}"
+guest 1 "$out/secondary.log" listen repl-crash-secondary "ferry.points=$points ferry.block_points=$blocks ferry.resync_points=$resyncs ferry.seed_base=$seed_base ${FERRY_DEMO:+ferry.demo=1}"
 spid=$gpid
 wait_listen || { echo "repl-crash: the secondary guest does not listen"; exit 1; }
-boot=0 last=0 link_cuts=0 power_cuts=0
+boot=0 last=0 link_cuts=0 power_cuts=0 mid_resync=0
 for i in $(seq 1 "$points"); do
 	if ! wait_for "$out/secondary.log" "^REPL-READY $i\$" 300 $spid; then
 		tail -40 "$out/secondary.log"; echo "repl-crash: secondary not ready for point $i"; exit 1
 	fi
+	# (point_workload of tests/guest/lib.sh)
 	workload=blocks
-	if [ "$i" -gt "$blocks" ]; then
-		workload=sqlite; [ $(( (i - blocks) % 2 )) = 1 ] && workload=ext4
+	if [ "$i" -gt $((blocks + resyncs)) ]; then
+		workload=sqlite; [ $(( (i - blocks - resyncs) % 2 )) = 1 ] && workload=ext4
+	elif [ "$i" -gt "$blocks" ]; then
+		workload=resync
 	fi
 	if [ "$i" -gt "$last" ]; then
 		# A new primary boot for points i..last.
@@ -70,7 +79,7 @@ for i in $(seq 1 "$points"); do
 		plog="$out/primary-$boot.log"
 		# Every primary boot ends in a power cut, before it could scan
 		# for leaks: no kmemleak (the secondary keeps it and scans).
-		guest 0 "$plog" connect repl-crash-primary "ferry.point=$i ferry.last=$last ferry.block_points=$blocks ferry.seed_base=$seed_base $NO_KMEMLEAK"
+		guest 0 "$plog" connect repl-crash-primary "ferry.point=$i ferry.last=$last ferry.block_points=$blocks ferry.resync_points=$resyncs ferry.seed_base=$seed_base $NO_KMEMLEAK"
 		ppid=$gpid
 	else
 		# The same primary, once it has torn down the last point's group.
@@ -97,6 +106,11 @@ for i in $(seq 1 "$points"); do
 		monitor 0 "set_link n0 off" >/dev/null || { echo "repl-crash: point $i: set_link off failed"; exit 1; }
 		link_cuts=$((link_cuts + 1))
 	fi
+	monitor 1 "set_link n0 off" >/dev/null || { echo "repl-crash: point $i: set_link off (secondary) failed"; exit 1; }
+	if ! wait_for "$out/secondary.log" "^REPL-CUTSEEN $i\$" 120 $spid; then
+		tail -40 "$out/secondary.log"; echo "repl-crash: point $i: the secondary did not see its carrier drop"; exit 1
+	fi
+	monitor 1 "set_link n0 on" >/dev/null || { echo "repl-crash: point $i: set_link on (secondary) failed"; exit 1; }
 	if ! wait_for "$out/secondary.log" "^REPL-POINT $i " 400 $spid; then
 		tail -60 "$out/secondary.log"; echo "repl-crash: point $i: no verdict from the secondary"; exit 1
 	fi
@@ -104,8 +118,9 @@ for i in $(seq 1 "$points"); do
 	line=$(grep -a "^REPL-POINT $i " "$out/secondary.log" | tr -d '\r')
 	echo "crash point $i ($workload, $cut ${delay}s after arming): ${line#REPL-POINT $i }"
 	case "$line" in *" PASS "*) ;; *) tail -40 "$out/secondary.log"; exit 1 ;; esac
+	case "$line" in *span_open_at_cut=true*) mid_resync=$((mid_resync + 1)) ;; esac
 done
 if ! wait_for "$out/secondary.log" '^FERRY-VERDICT' 300 $spid || ! grep -aq '^FERRY-VERDICT: PASS' "$out/secondary.log"; then
 	tail -40 "$out/secondary.log"; echo "repl-crash: secondary verdict not PASS"; exit 1
 fi
-echo "repl-crash: $points of $points crash points passed ($power_cuts power cuts, $link_cuts link cuts) in $(( $(date +%s) - t0 ))s"
+echo "repl-crash: $points of $points crash points passed ($power_cuts power cuts, $link_cuts link cuts; $resyncs cut while resyncing, $mid_resync of them inside a resync span the secondary had open) in $(( $(date +%s) - t0 ))s"

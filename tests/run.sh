@@ -110,7 +110,8 @@ step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/re
 # (The two-guest steps stay one after another: a pair of guests keeps 1.4
 # (the short tests' boot) to 1.8 (the crash points) of the two cores busy,
 # too little room for two pairs at once.)
-step "guests: replication crash points (G1, G2)" 3000 "$out/repl-crash" tests/repl-crash.sh \
-	"$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-12}"
+# 4 block points, 5 cut inside a resync, 2 applications (ext4, SQLite).
+step "guests: replication crash points (G1, G2; inside resyncs)" 3000 "$out/repl-crash" \
+	env FERRY_REPL_APPS="${FERRY_REPL_APPS:-2}" tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-4}"
 
 finish

@@ -9,7 +9,11 @@
 #   FERRY_RESYNC_MB     devices of the resync test (repl-resync, 256; make
 #                       test runs it on 64)
 #   FERRY_CRASH_POINTS  power cuts of a primary (G3) (100)
-#   FERRY_REPL_POINTS   replication crash points (G1, G2) (200)
+#   FERRY_REPL_POINTS   replication crash points (G1, G2) (200), and
+#   FERRY_REPL_RESYNCS  more cut inside a resync (50)
+#   FERRY_APP_SCALE, FERRY_APP_SECONDS  PostgreSQL replicated and promoted
+#                       (repl-app): pgbench's scale (4; make test 1) and
+#                       seconds (60; make test 10)
 #   FERRY_SEC_CUTS      power cuts of a secondary (G4, G5) (10)
 #   FERRY_LIFECYCLE_ROUNDS  create/remove cycles and concurrent churn of one
 #                       group (100; make test runs 10)
@@ -67,8 +71,13 @@ if [ "${FERRY_RESYNC_MB:-256}" -gt 0 ]; then
 	scripts/vm.sh --guests 2 --smp 1 --mem 768 --timeout 3600 --initrd "$out/initramfs.cpio" --out "$out/resync" "${disks[@]}" \
 		--append "ferry.resync_mb=${FERRY_RESYNC_MB:-256}" repl-resync
 fi
+if [ "${FERRY_APP_SECONDS:-60}" -gt 0 ]; then
+	part "PostgreSQL, pgbench scale ${FERRY_APP_SCALE:-4} for ${FERRY_APP_SECONDS:-60} s"
+	scripts/vm.sh --guests 2 --smp 1 --mem 768 --timeout 3600 --initrd "$out/initramfs.cpio" --out "$out/app" "${disks[@]}" \
+		--append "ferry.app_scale=${FERRY_APP_SCALE:-4} ferry.app_seconds=${FERRY_APP_SECONDS:-60}" repl-app
+fi
 [ "${FERRY_CRASH_POINTS:-100}" -gt 0 ] && { part "crash points"; tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"; }
-[ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; FERRY_REPL_KILLS=${FERRY_REPL_KILLS:-20} tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
+[ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; FERRY_REPL_KILLS=${FERRY_REPL_KILLS:-20} FERRY_REPL_RESYNCS=${FERRY_REPL_RESYNCS:-50} tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
 [ "${FERRY_SEC_CUTS:-10}" -gt 0 ] && { part "secondary power cuts"; tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-10}"; }
 tests/judge.sh "$out"
 echo "soak: PASS in $((SECONDS - t0))s, FERRY_SEED=$FERRY_SEED"

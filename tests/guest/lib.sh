@@ -176,6 +176,24 @@ ferryd_start() {  # starts ferryd for gr; sets $fdp
 fstatus() { timeout 10 wget -q -O - http://127.0.0.1:9789/status 2>/dev/null | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"; }
 # The writer's workload of the replication tests.
 REPL_BLOCKS=2048
+# The workload of replication crash point <pt> (tests/repl-crash.sh):
+# points 1..FERRY_BLOCK_POINTS "blocks", the FERRY_RESYNC_POINTS after them
+# "resync", then "ext4" and "sqlite" by turns.
+point_workload() {
+	local b=${FERRY_BLOCK_POINTS:-$1} r=${FERRY_RESYNC_POINTS:-0}
+	if [ "$1" -le "$b" ]; then
+		echo blocks
+	elif [ "$1" -le $((b + r)) ]; then
+		echo resync
+	elif [ $(( ($1 - b - r) % 2 )) = 1 ]; then
+		echo ext4
+	else
+		echo sqlite
+	fi
+}
+# The link's carrier as this guest sees it (1 up, 0 down): the host of the
+# crash points cuts and restores links with QEMU's set_link.
+carrier() { cat /sys/class/net/eth0/carrier 2>/dev/null || echo 0; }
 # ext4 over both devices of group gr, so that an application's order runs
 # across them: the journal on the log device r0, the file system on the
 # data device r1 (mount with -o journal_path=/dev/mapper/r0; e2fsck -j).

@@ -6,7 +6,8 @@
 # what is free.  The secondary applies every interval (its ferryd must not
 # stop), is promoted, holds devices equal to the primary's, and PostgreSQL
 # started on it finds the primary's last committed state: the same
-# transaction count and balances.
+# transaction count and balances.  pgbench's scale and seconds:
+# ferry.app_scale (1) and ferry.app_seconds (10); make soak runs 4 and 60.
 peer=10.99.0.$((2 - FERRY_NODE))
 www_start repl-app
 pg=/usr/lib/postgresql/15/bin
@@ -53,8 +54,8 @@ if [ "$FERRY_NODE" = 0 ]; then
 		{ tail -20 /tmp/initdb.out; fail "initdb"; }
 	pg_start || fail "postgres start"
 	ok "initdb and start in $(( $(date +%s) - t0 )) s"
-	pgu "$pg/pgbench -h /tmp -q -i -s ${FERRY_APP_SCALE:-4} postgres" >/tmp/pgb.out 2>&1 || { tail /tmp/pgb.out; fail "pgbench -i"; }
-	pgu "$pg/pgbench -h /tmp -c 2 -T ${FERRY_APP_SECONDS:-30} postgres" >/tmp/pgb.out 2>&1 || { tail /tmp/pgb.out; fail "pgbench"; }
+	pgu "$pg/pgbench -h /tmp -q -i -s ${FERRY_APP_SCALE:-1} postgres" >/tmp/pgb.out 2>&1 || { tail /tmp/pgb.out; fail "pgbench -i"; }
+	pgu "$pg/pgbench -h /tmp -c 2 -T ${FERRY_APP_SECONDS:-10} postgres" >/tmp/pgb.out 2>&1 || { tail /tmp/pgb.out; fail "pgbench"; }
 	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' /tmp/pgb.out | head -1)
 	state=$(pg_state)
 	[ -n "$state" ] || fail "no state from the database"

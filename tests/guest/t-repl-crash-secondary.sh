@@ -1,10 +1,19 @@
 # Replication crash points, secondary side (tests/repl-crash.sh): for each
 # point, fresh secondary devices and ferryd; the host boots a primary that
-# runs a workload until its power is cut; once the primary's streams have
-# gone silent and the last complete interval is applied, promote and check.
-# Points 1..ferry.block_points: dependent blocks, G1 by the prefix checker,
-# whose image must end exactly at the last write the secondary applied
-# (ferryd's applied_writes); the points after that alternate ext4 (its
+# runs a workload until its power or link is cut; the host then drops this
+# guest's carrier until it has said "REPL-CUTSEEN <point>" (a resync
+# point's primary goes silent once before, in the outage that sends it
+# ahead, and reconnects: silence alone does not end a point).  Once the
+# primary's streams have gone silent and the last complete interval is
+# applied, promote and check.  The workload is point_workload's (lib.sh).
+# "blocks": dependent blocks, G1 by the prefix checker, whose image must
+# end exactly at the last write the secondary applied (ferryd's
+# applied_writes).  "resync": the same writes, cut inside a resync after an
+# outage; the prefix checker must pass (the writes made while the primary
+# was ahead are no records, so the image is not checked against
+# applied_writes), and the point says whether a resync span was open at
+# the cut, how many of its intervals the promotion dropped and how many
+# spans were applied whole.  Then ext4 and SQLite by turns: ext4 (its
 # journal on the log device r0, the file system on the data device r1:
 # journal replayed by a mount, then e2fsck clean) and SQLite on that ext4
 # (integrity check ok, the committed transactions present are 1..n, n >= 1:
@@ -36,13 +45,25 @@ for pt in $(seq 1 "$points"); do
 	[ $up = 1 ] || fail "point $pt: the primary never connected"
 	phase "point $pt: connected"
 	say "the primary guest connected; it writes dependent blocks to its r0 and r1"
-	# Power cut: the streams go silent and are dropped.
-	for t in $(seq 1 240); do
-		fstatus connected | grep -q true || break
-		if [ $((t % 4)) = 1 ] && [ -n "${FERRY_DEMO:-}" ]; then
+	workload=$(point_workload "$pt")
+	# The host's word that it cut the primary off: this guest's carrier
+	# drops until it answers.
+	for t in $(seq 1 1800); do
+		[ "$(carrier)" = 0 ] && break
+		if [ $((t % 8)) = 1 ] && [ -n "${FERRY_DEMO:-}" ]; then
 			say "\$ ferryctl status gr"
 			ferryctl status gr >/tmp/st.out 2>&1 || true; sayout /tmp/st.out
 		fi
+		sleep 0.25
+	done
+	[ "$(carrier)" = 0 ] || fail "point $pt: the host did not say it cut the primary in 450 s"
+	echo "REPL-CUTSEEN $pt"
+	span_at_cut=$(fstatus resync_span_open)
+	for t in $(seq 1 600); do [ "$(carrier)" = 1 ] && break; sleep 0.1; done
+	[ "$(carrier)" = 1 ] || fail "point $pt: the host did not give the carrier back in 60 s"
+	# The streams go silent and are dropped.
+	for t in $(seq 1 240); do
+		fstatus connected | grep -q true || break
 		sleep 0.5
 	done
 	say "the primary's streams went silent (no keepalive for 5 s): it is gone"
@@ -66,16 +87,19 @@ for pt in $(seq 1 "$points"); do
 	say "\$ ferryctl status gr"
 	ferryctl status gr >/tmp/st.out 2>&1 || true; sayout /tmp/st.out
 	say "\$ ferryctl promote gr"
+	resync=
+	if [ $workload = resync ]; then
+		resync=" resync: span_open_at_cut=$span_at_cut span_intervals_staged=$(fstatus resync_span_intervals) spans_applied=$(fstatus resync_spans_applied)"
+	fi
 	ferryctl promote gr >/tmp/promote.out 2>&1 || { cat /tmp/promote.out /tmp/ferryd.log; fail "point $pt: promote"; }
+	if [ $workload = resync ] && grep -q 'resync span was open' /tmp/promote.out; then
+		resync="$resync promote_dropped_the_span=yes"
+	fi
 	sayout /tmp/promote.out
 	phase "point $pt: promoted"
 	say "\$ dmsetup status r0 r1"
 	dm status >/tmp/st.out; sayout /tmp/st.out
 	say "\$ ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 ...   # G1: a prefix of the completion order?"
-	workload=blocks
-	if [ "$pt" -gt "${FERRY_BLOCK_POINTS:-$points}" ]; then
-		workload=sqlite; [ $(( (pt - ${FERRY_BLOCK_POINTS:-$points}) % 2 )) = 1 ] && workload=ext4
-	fi
 	if [ $workload = ext4 ]; then
 		mkdir -p /mnt/fs
 		if mount -t ext4 -o journal_path=/dev/mapper/r0 /dev/mapper/r1 /mnt/fs 2>/tmp/pc.out; then
@@ -108,6 +132,13 @@ for pt in $(seq 1 "$points"); do
 			echo "sqlite|FAIL|mount: $(cat /tmp/pc.out)" >/tmp/pc.out
 		fi
 		okk=$(grep -c '^sqlite|PASS' /tmp/pc.out || true)
+	elif [ $workload = resync ]; then
+		if ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
+			--seed $((${FERRY_SEED_BASE:-1000} + pt)) --min 1 >/tmp/pc.out 2>&1; then
+			okk=1
+		else
+			okk=0
+		fi
 	elif ferry-test prefix-check --dev /dev/mapper/r0 --dev /dev/mapper/r1 --blocks $REPL_BLOCKS \
 		--seed $((${FERRY_SEED_BASE:-1000} + pt)) --min 1 --applied-writes "$applied" >/tmp/pc.out 2>&1; then
 		okk=1
@@ -118,7 +149,7 @@ for pt in $(seq 1 "$points"); do
 	if [ "$okk" -ge 1 ]; then
 		say "    $(cat /tmp/pc.out)"
 		[ $workload = blocks ] && say "verdict: PASS: the promoted secondary holds exactly the primary's devices after its first $(sed -n 's/.*writes=\([0-9]*\).*/\1/p' /tmp/pc.out) writes"
-		echo "REPL-POINT $pt PASS $(cat /tmp/pc.out) applied_epoch=${last% *} applied_writes=$applied not_applied=$lag g2_violations=$g2"
+		echo "REPL-POINT $pt PASS $(cat /tmp/pc.out) applied_epoch=${last% *} applied_writes=$applied not_applied=$lag g2_violations=$g2$resync"
 		pass=$((pass + 1))
 	else
 		say "verdict: FAIL: $(cat /tmp/pc.out)"
