@@ -103,8 +103,8 @@ primary() {
 lanes target primary
 # One boot of the two guests for the short two-guest tests (each test
 # starts from no module, no device and no ferryd state: tests/guest/init).
-step "guests: network, replication (drain, prefix, checksums), disk spool, resync, full disks, PostgreSQL" 2800 "$out/vm-repl" scripts/vm.sh \
-	--guests 2 --smp 1 --mem 768 --timeout 2400 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool repl-resync repl-full-log repl-full-spool repl-app
+step "guests: network, replication (drain, prefix, checksums), disk spool, resync, initial copy, full disks, PostgreSQL" 2800 "$out/vm-repl" scripts/vm.sh \
+	--guests 2 --smp 1 --mem 768 --timeout 2400 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool repl-resync repl-initial repl-full-log repl-full-spool repl-app
 step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
 	"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 # (The two-guest steps stay one after another: a pair of guests keeps 1.4

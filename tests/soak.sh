@@ -11,6 +11,8 @@
 #   FERRY_CRASH_POINTS  power cuts of a primary (G3) (100)
 #   FERRY_REPL_POINTS   replication crash points (G1, G2) (200), and
 #   FERRY_REPL_RESYNCS  more cut inside a resync (50)
+#   FERRY_INITIAL_MB    devices of the initial full copy (repl-initial, 256;
+#                       make test runs it on 32)
 #   FERRY_APP_SCALE, FERRY_APP_SECONDS  PostgreSQL replicated and promoted
 #                       (repl-app): pgbench's scale (4; make test 1) and
 #                       seconds (60; make test 10)
@@ -70,6 +72,11 @@ if [ "${FERRY_RESYNC_MB:-256}" -gt 0 ]; then
 	part "resync after an overflow, ${FERRY_RESYNC_MB:-256} MiB devices"
 	scripts/vm.sh --guests 2 --smp 1 --mem 768 --timeout 3600 --initrd "$out/initramfs.cpio" --out "$out/resync" "${disks[@]}" \
 		--append "ferry.resync_mb=${FERRY_RESYNC_MB:-256}" repl-resync
+fi
+if [ "${FERRY_INITIAL_MB:-256}" -gt 0 ]; then
+	part "initial full copy, ${FERRY_INITIAL_MB:-256} MiB devices"
+	scripts/vm.sh --guests 2 --smp 1 --mem 768 --timeout 3600 --initrd "$out/initramfs.cpio" --out "$out/initial" "${disks[@]}" \
+		--append "ferry.initial_mb=${FERRY_INITIAL_MB:-256}" repl-initial
 fi
 if [ "${FERRY_APP_SECONDS:-60}" -gt 0 ]; then
 	part "PostgreSQL, pgbench scale ${FERRY_APP_SCALE:-4} for ${FERRY_APP_SECONDS:-60} s"

@@ -50,13 +50,12 @@ impl Group {
         if buf.len() > chardev::WRITE_MAX {
             return Err(EINVAL);
         }
-        // `START` alone while ahead begins a resync (`resync.rs`); among
-        // other commands it is refused by the check below.
+        // `START` alone begins a resync when there is one to begin
+        // (`resync.rs`: while ahead, a full copy, dirty chunks); among
+        // other commands one that would is refused by the check below.
         let mut cmds = Commands::new(buf);
         if let (Some(Ok(Command::Start { flags })), None) = (cmds.next(), cmds.next()) {
-            if !self.state.lock().spool.replicating() {
-                return self.resync_start(flags);
-            }
+            return self.resync_start(flags);
         }
         let markers = batch::markers(buf);
         let ctl = if markers > 0 { Some(self.ctl.lock()) } else { None };

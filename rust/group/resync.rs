@@ -4,7 +4,8 @@
 //! secondary a crash-consistent image of the primary's past throughout.
 //! The rules are `ferry_core::resync`'s; the kernel does the I/O.
 //!
-//! * **Begin** (`START` while `ahead`, [`Group::resync_start`]): the spool
+//! * **Begin** (`START` while `ahead`, or with `FULL_RESYNC` after every
+//!   chunk is marked dirty, [`Group::resync_start`]): the spool
 //!   leaves `ahead` (`Spool::resync`), every member's dirty chunks become
 //!   its `Resync`'s set, the host writes in flight count in its first
 //!   epoch, and a checkpoint flagged `RESYNC_BEGIN` closes the open
@@ -136,17 +137,14 @@ impl Group {
         if flags & !start_flags::KNOWN != 0 {
             return Err(EINVAL);
         }
-        if flags & start_flags::FULL_RESYNC != 0 {
-            pr_warn!("ferry: a full resync is not in this version\n");
-            return Err(super::eopnotsupp());
-        }
+        let full = flags & start_flags::FULL_RESYNC != 0;
         let ctl = self.ctl.lock();
         // Each member's resync and covered set, allocated here (the lock
         // below may not sleep), on the heap (the lists are long).
         let mut sizes: KVec<Option<(u64, u32, bool)>> = KVec::with_capacity(MAX_DEVICES as usize, GFP_KERNEL)?;
         {
             let st = self.state.lock();
-            if st.spool.replicating() {
+            if !st.must_begin(full) {
                 return Ok(());
             }
             for (i, s) in st.streams.iter().enumerate() {
@@ -199,7 +197,7 @@ impl Group {
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
         let mut gone: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
         let mut st = self.state.lock();
-        if st.spool.replicating() {
+        if !st.must_begin(full) {
             drop(st);
             return Ok(());
         }
@@ -210,7 +208,7 @@ impl Group {
                 *g = s.resync.take();
             }
         }
-        st.spool.resync();
+        let was_ahead = st.spool.resync();
         st.resync.gen += 1;
         st.resync.reading = None;
         // An earlier span not applied yet: its chunks are dirty still, in
@@ -227,15 +225,23 @@ impl Group {
                 made = false;
                 continue;
             };
+            if full {
+                // The marks the meta device lacks are written by the kick
+                // work, queued below.
+                s.intent.mark_all();
+            }
             r.restart(s.intent.dirty_words());
             r.writes_before(s.inflight);
             s.resync = Some(r);
         }
         let placed = made && st.place_markers(set, None, now).is_ok();
         if !placed {
-            // Back to ahead, as before the command; the resyncs made go,
-            // outside this lock.
-            st.spool.go_ahead();
+            // Back to ahead if it was, as before the command (a full
+            // copy's chunks stay dirty: a later `START` copies them); the
+            // resyncs made go, outside this lock.
+            if was_ahead {
+                st.spool.go_ahead();
+            }
             let mut made: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
             for (m, s) in made.iter_mut().zip(st.streams.iter_mut()) {
                 if let Some(s) = s {
@@ -247,12 +253,22 @@ impl Group {
             drop(made);
             return Err(ENOSPC);
         }
+        if full {
+            self.kick_work(&st);
+        }
         drop(st);
         drop(gone);
         drop(ctl);
         pr_info!(
-            "ferry: group {}: resync begins (leaving ahead)\n",
-            core::str::from_utf8(self.name()).unwrap_or("?")
+            "ferry: group {}: resync begins ({})\n",
+            core::str::from_utf8(self.name()).unwrap_or("?"),
+            if full {
+                "a full copy"
+            } else if was_ahead {
+                "leaving ahead"
+            } else {
+                "the chunks dirty while replicating"
+            }
         );
         self.readable.wake_all();
         self.resync_work_now();

@@ -18,6 +18,20 @@ impl State {
             && (self.resync.span_end.is_some() || self.streams.iter().flatten().any(|s| s.resync.is_some()))
     }
 
+    /// Whether `START` (`full`: with `FULL_RESYNC`) begins a resync: while
+    /// `ahead`, always; while replicating, for a full copy, or when no
+    /// resync runs and a member has dirty chunks (the meta device marked
+    /// them when it was loaded, or a full copy that could not begin);
+    /// otherwise it changes nothing.
+    pub(super) fn must_begin(&self, full: bool) -> bool {
+        ferry_core::resync::start_begins(
+            !self.spool.replicating(),
+            full,
+            self.resyncing(),
+            self.streams.iter().flatten().any(|s| s.intent.dirty_count() > 0),
+        )
+    }
+
     /// A host write of device `id` to `at` (sectors, count) is admitted
     /// (`Resync::host_write`).
     pub(super) fn resync_check(&mut self, id: u32, at: (u64, u64)) -> Check {

@@ -136,6 +136,9 @@ repl_config() {  # repl_config primary|secondary [log_dir]
 		echo 'key_file = "/etc/ferry/gr.key"'
 		if [ "$1" = primary ]; then
 			echo "peer = \"$REPL_PEER:7789\""
+			# The tests zero both sites first: no initial copy
+			# (REPL_INITIAL_SYNC=full: t-repl-initial).
+			echo "initial_sync = \"${REPL_INITIAL_SYNC:-none}\""
 		else
 			echo 'listen = "0.0.0.0:7789"'
 			echo "log_dir = \"${2:-/tmp/ferry-log}\""

@@ -61,6 +61,19 @@ for i in $(seq 1 50); do
 done
 [ "$(status_field c0 5)" = replicating ] || fail "APPLIED of the span's end did not end the resync: $(dm status c0)"
 ok "START while ahead: resyncing, then replicating once APPLIED reaches the span's end"
+# START with FULL_RESYNC while replicating: a full copy, every chunk of the
+# device dirty and in the resync; STOP drops the resync, and the chunks
+# stay dirty (a later START copies them).
+chunks=$((S / 128))
+[ "$(status_field c0 12)" = 0 ] || fail "dirty chunks before the full copy: $(dm status c0)"
+out=$(ferry-test cmd --dev /dev/ferry/gc start-full || true); [ "$out" = "cmd|ok|16" ] || fail "full START while replicating: $out"
+[ "$(status_field c0 5)" = resyncing ] || fail "a full START did not begin a resync: $(dm status c0)"
+[ "$(status_field c0 17)" = $chunks ] && [ "$(status_field c0 12)" = $chunks ] ||
+	fail "a full START: resync total $(status_field c0 17), dirty $(status_field c0 12), not the device's $chunks chunks"
+out=$(ferry-test cmd --dev /dev/ferry/gc stop || true); [ "$out" = "cmd|ok|8" ] || fail "stop during the full copy: $out"
+[ "$(status_field c0 5)" = ahead ] && [ "$(status_field c0 12)" = $chunks ] ||
+	fail "STOP during the full copy: $(dm status c0) (want ahead, $chunks dirty)"
+ok "START with FULL_RESYNC: resyncing all $chunks chunks; STOP leaves them dirty"
 [ "$(status_field c0 15)" -ge 10 ] || fail "rejected commands not counted: $(dm status c0)"
 dm remove c0
 

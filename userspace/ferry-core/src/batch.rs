@@ -42,7 +42,7 @@
 //!
 //! [`Stream::acknowledge`]: crate::stream::Stream::acknowledge
 
-use crate::command::{Command, CommandError, Commands};
+use crate::command::{start_flags, Command, CommandError, Commands};
 use crate::spool::{Reserve, Spool};
 use crate::stream::{Ack, AckState, GroupOrder, Refused};
 
@@ -186,6 +186,11 @@ impl Batch<'_> {
             }
             // Leaving `ahead` needs a resync, which this version does not
             // have.
+            // A resync begins only by `START` written alone: a full copy
+            // among other commands is refused, as is `START` while ahead.
+            Command::Start { flags } if flags & start_flags::FULL_RESYNC != 0 => {
+                Err(Why::Unsupported)
+            }
             Command::Start { .. } => self.spool.start().map_err(|_| Why::Unsupported),
             Command::Stop => {
                 self.spool.stop();
@@ -458,6 +463,15 @@ mod tests {
         let r = g.write(&[Command::Stop, Command::InsertCheckpoint]);
         assert_eq!(r, refused(1, Why::NoSpace));
         assert!(g.snapshot() == before, "STOP of a refused batch applied");
+        // A full copy begins only by `START` written alone.
+        let r = g.write(&[
+            ack(0, 1),
+            Command::Start {
+                flags: start_flags::FULL_RESYNC,
+            },
+        ]);
+        assert_eq!(r, refused(1, Why::Unsupported));
+        assert!(g.snapshot() == before, "the ACK of a refused batch applied");
         g.write(&[Command::Start { flags: 0 }, Command::Stop])
             .expect("in order");
         assert_eq!(g.spool.mode(), Mode::Ahead);

@@ -677,6 +677,23 @@ impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
         self.plane(DIRTY)
     }
 
+    /// `FULL_RESYNC` (a full copy, [`crate::resync`]): every chunk becomes
+    /// dirty (rule 6), and every chunk the meta device does not mark yet is
+    /// wanted (rule 2), so that once the next [`Self::persist_page`] is
+    /// durable a crash leaves marked every chunk whose copy the secondary
+    /// has not applied.  Returns the chunks that were not dirty.
+    pub fn mark_all(&mut self) -> u64 {
+        let new = self.set(DIRTY, 0, self.nbits);
+        self.dirty += new;
+        for (w, m) in range_words(0, self.nbits) {
+            let d = self.word(DURABLE, w);
+            if let Some(x) = self.word_mut(WANT, w) {
+                *x |= m & !d;
+            }
+        }
+        new
+    }
+
     /// The chunks set in `covered` reached the secondary in a resync span
     /// it applied ([`crate::resync`], rule 7): they are dirty no more, and
     /// are touched in the open generation, so that the sweep clears their

@@ -618,3 +618,42 @@ fn sweep_cost() {
     }
     println!("empty sweep: {:.2} us", best * 1e6);
 }
+
+/// `FULL_RESYNC`: every chunk dirty and, once persisted, marked on disk;
+/// the sweep keeps them all until the span that copied them is applied.
+#[test]
+fn mark_all_dirties_and_marks_every_chunk() {
+    let mut w = wi();
+    let mut disk = vec![0u64; words_for(BITS) as usize];
+    let g = write(&mut w, &mut disk, 7);
+    w.dropped(g, s(9), 8);
+    assert_eq!(w.dirty_count(), 1);
+    assert_eq!(w.mark_all(), BITS - 1);
+    assert_eq!(w.dirty_count(), BITS);
+    assert!((0..BITS).all(|c| has(&w, DIRTY, c)));
+    assert!(
+        has(&w, WANT, 0) && !has(&w, WANT, 7),
+        "chunk 7 was durable already"
+    );
+    // Past the last chunk nothing is set.
+    assert_eq!(w.plane(DIRTY)[3] >> (BITS % 64), 0);
+    assert_eq!(w.plane(WANT)[3] >> (BITS % 64), 0);
+    persist(&mut w, &mut disk);
+    assert!((0..BITS).all(|c| durable(&w, c)));
+    assert!((0..BITS).all(|c| disk[(c / 64) as usize] & (1 << (c % 64)) != 0));
+    w.finish(g);
+    for _ in 0..3 {
+        sweep(&mut w, &mut disk);
+    }
+    assert!((0..BITS).all(|c| durable(&w, c)), "a dirty chunk was swept");
+    assert_eq!(w.mark_all(), 0);
+    // The copy applied: clean again, and swept later.
+    let all = vec![u64::MAX; words_for(BITS) as usize];
+    w.resynced(&all);
+    assert_eq!(w.dirty_count(), 0);
+    for _ in 0..3 {
+        sweep(&mut w, &mut disk);
+    }
+    assert!((0..BITS).all(|c| !durable(&w, c)));
+    assert!(disk.iter().all(|&d| d == 0));
+}

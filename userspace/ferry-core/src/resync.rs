@@ -15,9 +15,12 @@
 //! # The primary ([`Resync`], one per device)
 //!
 //! 1. **The set.**  The chunks to copy are the device's dirty chunks when
-//!    the resync begins ([`crate::intent::WriteIntent::dirty_words`]),
-//!    copied into the caller's storage ([`Resync::new`]); they are also
-//!    kept as the *covered* set ([`Resync::covered`]).  Chunks that turn
+//!    the resync begins ([`crate::intent::WriteIntent::dirty_words`]);
+//!    `START` with `FULL_RESYNC` (the full copy: the initial sync of a
+//!    primary that holds data) first marks every chunk dirty
+//!    ([`crate::intent::WriteIntent::mark_all`]).  [`start_begins`] says
+//!    when `START` begins a resync.  The set is copied into the caller's
+//!    storage ([`Resync::new`]) and also kept as the *covered* set ([`Resync::covered`]).  Chunks that turn
 //!    dirty during the resync are not in it: they stay dirty for the next.
 //!    Nor is a chunk of the set dirtied again before the span is applied
 //!    (a write while `ahead`, a record dropped): [`Resync::dirtied`], and
@@ -443,6 +446,16 @@ pub fn uncover(covered: &mut [u64], first: u64, n: u64) {
 /// first.
 pub fn app_first(used: usize, cap: usize) -> bool {
     used < cap / 2
+}
+
+/// Rule 1: whether `START` begins a resync: while the group is `ahead`,
+/// always; with `FULL_RESYNC` (`full`), always (a running resync is
+/// replaced); otherwise only when no resync runs (`resyncing`: one copies
+/// or its span waits to be applied) and some device has `dirty` chunks (a
+/// full copy whose marker found no room).  Otherwise `START` changes
+/// nothing.
+pub fn start_begins(ahead: bool, full: bool, resyncing: bool, dirty: bool) -> bool {
+    ahead || full || (!resyncing && dirty)
 }
 
 /// A rate cap (rule 9): at most `bytes_per_sec`, with a burst of one

@@ -430,3 +430,33 @@ fn rule7_resynced_chunks_are_dirty_no_more() {
     assert_eq!(wi.dirty_words().to_vec(), set_of(&[2, 7, 100], nbits));
     uncover(&mut covered, 10_000, 5); // past the end: nothing
 }
+
+/// Rule 1: `START` begins a resync while `ahead` or with `FULL_RESYNC`;
+/// otherwise only when none runs and a device has dirty chunks.
+#[test]
+fn rule1_when_start_begins_a_resync() {
+    // (ahead, full, resyncing, dirty)
+    assert!(start_begins(true, false, false, false), "ahead: always");
+    assert!(start_begins(true, false, false, true));
+    assert!(
+        start_begins(false, true, false, false),
+        "a full copy of a clean group"
+    );
+    assert!(
+        start_begins(false, true, true, true),
+        "a full copy replaces a running resync"
+    );
+    assert!(
+        start_begins(false, false, false, true),
+        "replicating with dirty chunks, none running"
+    );
+    assert!(
+        !start_begins(false, false, false, false),
+        "replicating, nothing dirty: nothing to do"
+    );
+    assert!(
+        !start_begins(false, false, true, true),
+        "a running resync is not restarted"
+    );
+    assert!(!start_begins(false, false, true, false));
+}

@@ -78,6 +78,7 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                             local.resync_held += s.resync_held;
                             local.spans_applied += s.spans_applied;
                             local.live_resyncs += s.live_resyncs;
+                            local.full_resyncs += s.full_resyncs;
                             local.overflows += s.overflows;
                             local.ahead_writes += s.ahead_writes;
                             local.steps += s.steps;
@@ -111,6 +112,7 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                 t.resync_held += local.resync_held;
                 t.spans_applied += local.spans_applied;
                 t.live_resyncs += local.live_resyncs;
+                t.full_resyncs += local.full_resyncs;
             });
         }
     });
@@ -129,7 +131,7 @@ fn run_seeds(default_count: u64) {
          write intent, {} sweeps cleared chunks, {} writes waited for spool room, {} overflows \
          went ahead, {} writes while ahead; resync: {} chunks read, {} copied by a host write, \
          {} host writes held for a read, {} spans applied whole, {} resyncs begun by START \
-         while ahead",
+         ({} of them full copies)",
         t.elapsed(),
         s.steps,
         s.writes,
@@ -150,7 +152,8 @@ fn run_seeds(default_count: u64) {
         s.resync_by_write,
         s.resync_held,
         s.spans_applied,
-        s.live_resyncs
+        s.live_resyncs,
+        s.full_resyncs
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
@@ -164,7 +167,7 @@ fn run_seeds(default_count: u64) {
         assert!(s.intent_waits > 0 && s.chunks_cleared > 0);
         assert!(s.spool_waits > 0 && s.overflows > 0 && s.ahead_writes > 0);
         assert!(s.resync_reads > 0 && s.resync_by_write > 0 && s.resync_held > 0);
-        assert!(s.spans_applied > 0 && s.live_resyncs > 0);
+        assert!(s.spans_applied > 0 && s.live_resyncs > 0 && s.full_resyncs > 0);
     }
 }
 

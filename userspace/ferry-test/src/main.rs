@@ -747,6 +747,9 @@ fn encode_words(w: &[&str]) -> Res<Vec<u8>> {
             label: Label::new(l.as_bytes()).map_err(|e| format!("{e:?}"))?,
         }),
         ["start"] => encode(&Command::Start { flags: 0 }),
+        ["start-full"] => encode(&Command::Start {
+            flags: ferry_core::command::start_flags::FULL_RESYNC,
+        }),
         ["stop"] => encode(&Command::Stop),
         ["apply-begin", e] => encode(&Command::ApplyBegin { epoch: num(e)? }),
         ["apply-end", e] => encode(&Command::ApplyEnd { epoch: num(e)? }),

@@ -441,8 +441,16 @@ fn restore(
                 sv.log_start = sv.log_start.max(loc.off + u64::from(loc.len));
             }
         }
+        // The window holds every record of the log past what was applied
+        // (a resync span, staged whole until its end, may be longer than a
+        // window: a record left out would never come back, as the primary
+        // does not resend what was acknowledged), and a window's room more.
+        let pending = recs
+            .iter()
+            .filter(|(h, _)| h.epoch > applied && h.dev_seq >= sv.next)
+            .count();
         let mut window = Window::new(
-            vec![None; WINDOW],
+            vec![None; WINDOW + pending],
             sv.next,
             Stamp {
                 timestamp_ns: sv.ts,

@@ -78,7 +78,9 @@ use ferry_core::record::{
     decode_record, encode_record, off, ConsistencyPayload, Flags, GroupKey, Label, RecordHeader,
     RecordKind, HEADER_LEN, SECTOR_SIZE,
 };
-use ferry_core::resync::{app_first, HostWrite, ReadTicket, Resync, Span, WriteTicket};
+use ferry_core::resync::{
+    app_first, start_begins, HostWrite, ReadTicket, Resync, Span, WriteTicket,
+};
 use ferry_core::select::{
     interval_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow,
 };
@@ -228,8 +230,10 @@ pub struct Stats {
     pub resync_held: u64,
     /// Resync spans the secondary applied whole.
     pub spans_applied: u64,
-    /// Resyncs begun by `START` while `ahead` (not by a restart).
+    /// Resyncs begun by `START` (not by a restart).
     pub live_resyncs: u64,
+    /// Of those, full copies (`FULL_RESYNC`: every chunk marked first).
+    pub full_resyncs: u64,
 }
 
 struct Rng(u64);
@@ -797,8 +801,18 @@ impl Secondary {
 
     /// Rebuilds the volatile state from the durable one (start, restart).
     fn rebuild(&mut self) {
+        // Each window holds what the remote log holds of its stream past
+        // what was applied (a span staged whole may be longer than a
+        // window), and a window's room more (as ferryd's recovery).
         self.windows = (0..DEVICES)
-            .map(|s| StreamWindow::new(vec![None; WINDOW], self.next[s], self.next_stamp[s]))
+            .map(|s| {
+                let held = self
+                    .log
+                    .keys()
+                    .filter(|k| k.0 == s && k.1 >= self.next[s])
+                    .count();
+                StreamWindow::new(vec![None; WINDOW + held], self.next[s], self.next_stamp[s])
+            })
             .collect();
         self.rendezvous = Rendezvous::new(
             vec![IntervalSlot::default(); INTERVALS],
@@ -991,7 +1005,12 @@ impl World {
             }
             self.intent_work();
             if faults && !self.p.spool.replicating() && self.rng.chance(20) {
-                self.start_live();
+                self.start_live(false);
+            } else if faults && self.p.spool.replicating() && self.rng.chance(2) {
+                // `START` while replicating: a full copy, or (nothing
+                // happens unless a device has dirty chunks) a plain one.
+                let full = self.rng.chance(500);
+                self.start_live(full);
             }
             self.resync_work();
             if self.now % 12 == 0 {
@@ -1867,11 +1886,13 @@ impl World {
     /// before it) count in its first epoch, and `RESYNC_BEGIN` closes the
     /// open interval.  An earlier span not yet applied is forgotten (its
     /// chunks are dirty still).  No room for the marker: back to `ahead`.
-    fn start_live(&mut self) -> bool {
-        if self.p.spool.replicating() {
+    fn start_live(&mut self, full: bool) -> bool {
+        let resyncing = self.p.span_end.is_some() || self.p.devs.iter().any(|d| d.resync.is_some());
+        let dirty = self.p.devs.iter().any(|d| d.intent.dirty_count() > 0);
+        if !start_begins(!self.p.spool.replicating(), full, resyncing, dirty) {
             return false;
         }
-        self.p.spool.resync();
+        let was_ahead = self.p.spool.resync();
         self.p.resync_gen += 1;
         self.p.span_end = None;
         for dev in 0..DEVICES {
@@ -1884,6 +1905,9 @@ impl World {
                 .count() as u64;
             let d = &mut self.p.devs[dev];
             d.reads.clear();
+            if full {
+                d.intent.mark_all();
+            }
             let words = vec![0; Resync::<Vec<u64>>::storage_words(CHUNKS).expect("words")];
             let mut r =
                 Resync::new(words, d.intent.dirty_words(), CHUNKS, CHUNK_SHIFT).expect("resync");
@@ -1895,14 +1919,22 @@ impl World {
         // made while `ahead` (which the span carries).
         let before = self.p.order.last_group_seq();
         if !self.checkpoint_flagged(Flags::RESYNC_BEGIN) {
-            self.p.spool.go_ahead();
+            // As before `START` (a full copy's chunks stay dirty).
+            if was_ahead {
+                self.p.spool.go_ahead();
+            }
             for d in &mut self.p.devs {
                 d.resync = None;
             }
             return false;
         }
-        self.o.epoch_end.insert(self.p.order.epoch() - 1, before);
+        if was_ahead {
+            self.o.epoch_end.insert(self.p.order.epoch() - 1, before);
+        }
         self.stats.live_resyncs += 1;
+        if full {
+            self.stats.full_resyncs += 1;
+        }
 
         true
     }
@@ -2400,14 +2432,22 @@ impl World {
         // for its markers).  A group `ahead` is restarted and resyncs: the
         // design of the resync work to come.
         for _ in 0..4000 {
-            if !self.p.spool.replicating() && !self.start_live() && self.rng.chance(50) {
+            if !self.p.spool.replicating() && !self.start_live(false) && self.rng.chance(50) {
                 self.crash_primary();
                 self.recover_primary();
+            }
+            // Chunks left dirty while replicating (a full copy whose
+            // marker found no room): `START` again, as ferryd does.
+            let dirty = self.p.devs.iter().any(|d| d.intent.dirty_count() > 0);
+            let unstarted = dirty && self.p.span_end.is_none();
+            if self.p.spool.replicating() && unstarted {
+                self.start_live(false);
             }
             self.complete_some(MAX_INFLIGHT);
             self.let_held_in();
             let resyncing = self.p.devs.iter().any(|d| d.resync.is_some());
-            if self.p.inflight.is_empty() && !resyncing && self.checkpoint() {
+            let unstarted = !resyncing && dirty && self.p.span_end.is_none();
+            if self.p.inflight.is_empty() && !resyncing && !unstarted && self.checkpoint() {
                 break;
             }
             self.step(false)?;
