@@ -544,6 +544,12 @@ async fn a_full_disk_spool_drains_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(*lock(&held), BTreeMap::from([(0, 50), (1, 800)]));
+    // Device 0 was welcomed by a secondary that held nothing of it
+    // (next 1, applied 0), device 1 by one that held 150 records; device
+    // 0 stays so after it received records.
+    let fresh = |id| lock(&lock(&s.devs)[&id].q).fresh;
+    assert!(fresh(0));
+    assert!(!fresh(1));
     let left = std::fs::read_dir(&s.spool_dir).unwrap().count();
     assert_eq!(left, 0, "segments left in the disk spool");
     s.stop().await;
