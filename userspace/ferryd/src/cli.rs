@@ -133,11 +133,15 @@ pub enum Cmd {
     /// writes.
     Promote { group: String },
     /// Start a resync on this primary: ferryd (asked on its control socket,
-    /// as root) writes START, and a group that is ahead copies its dirty
-    /// chunks to the secondary, then replicates again.  Exits 1 with the
-    /// kernel's reason when it refuses.
+    /// as root) writes START, and a group that is ahead (or replicating with
+    /// dirty chunks) copies its dirty chunks to the secondary, then
+    /// replicates again.  Exits 1 with the kernel's reason when it refuses.
     Resync {
         group: String,
+        /// Copy every chunk of every device (START with FULL_RESYNC), in
+        /// any state: a full copy to the secondary.
+        #[arg(long)]
+        full: bool,
         /// Then follow the resync (chunks done of its total) until the
         /// group replicates (exit 0); exit 1 if it goes ahead again.
         #[arg(long)]
@@ -286,7 +290,28 @@ mod tests {
             .unwrap();
         assert!(matches!(
             c.cmd,
-            Cmd::Resync { wait: true, timeout: Some(t), .. } if t == 5.0
+            Cmd::Resync { wait: true, timeout: Some(t), full: false, .. } if t == 5.0
         ));
+    }
+
+    #[test]
+    fn resync_full() {
+        let c = Ferryctl::try_parse_from(["ferryctl", "resync", "--full", "g"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Resync { ref group, full: true, wait: false, timeout: None } if group == "g"
+        ));
+        let c = Ferryctl::try_parse_from(["ferryctl", "resync", "g", "--full", "--wait"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Resync {
+                full: true,
+                wait: true,
+                ..
+            }
+        ));
+        let c = Ferryctl::try_parse_from(["ferryctl", "resync", "g"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Resync { full: false, .. }));
+        assert!(Ferryctl::try_parse_from(["ferryctl", "resync", "g", "--full=no"]).is_err());
     }
 }

@@ -60,6 +60,29 @@ impl std::fmt::Display for Resync {
     }
 }
 
+/// What a primary does when its secondary holds nothing of the group
+/// (`initial_sync = "full"` or `"none"`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialSync {
+    /// A new secondary gets a full copy of the primary's devices (a
+    /// `START` with `FULL_RESYNC`): the default.
+    #[default]
+    Full,
+    /// Both sites are known to hold the same (both zeroed, or copied by
+    /// other means): no copy, as mdadm's `--assume-clean`.
+    None,
+}
+
+impl std::fmt::Display for InitialSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InitialSync::Full => "full",
+            InitialSync::None => "none",
+        })
+    }
+}
+
 /// The configuration of one group on one site.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +120,11 @@ pub struct Config {
     /// `ahead` (`auto`), or only `ferryctl resync` does (`manual`).
     #[serde(default)]
     pub resync: Resync,
+    /// Primary: whether a secondary that holds nothing of the group gets
+    /// a full copy of the devices (`full`) or is taken as equal to them
+    /// (`none`).  A secondary ignores it, as the other primary keys.
+    #[serde(default)]
+    pub initial_sync: InitialSync,
     /// Secondary: the address to listen on.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
@@ -414,6 +442,33 @@ mod tests {
             e.contains("unknown variant `never`, expected `auto` or `manual`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn initial_sync_full_or_none() {
+        let base = "group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\n";
+        assert_eq!(Config::parse(base).unwrap().initial_sync, InitialSync::Full);
+        let with = |v: &str| Config::parse(&format!("{base}initial_sync = {v}\n"));
+        assert_eq!(with("\"full\"").unwrap().initial_sync, InitialSync::Full);
+        assert_eq!(with("\"none\"").unwrap().initial_sync, InitialSync::None);
+        assert_eq!(InitialSync::None.to_string(), "none");
+        assert_eq!(InitialSync::Full.to_string(), "full");
+        for bad in ["\"clean\"", "\"Full\"", "false", "0"] {
+            let e = format!("{:#}", with(bad).unwrap_err());
+            assert!(e.contains("initial_sync"), "{bad}: {e}");
+        }
+        let e = format!("{:#}", with("\"clean\"").unwrap_err());
+        assert!(
+            e.contains("unknown variant `clean`, expected `full` or `none`"),
+            "{e}"
+        );
+        // A secondary takes the key and ignores it, as the other primary
+        // keys.
+        let sec = Config::parse(
+            "group = \"g\"\nrole = \"secondary\"\nlisten = \"0.0.0.0:1\"\nlog_dir = \"/l\"\ninitial_sync = \"none\"\n",
+        )
+        .unwrap();
+        assert!(sec.problems().is_empty());
     }
 
     #[test]

@@ -13,15 +13,20 @@
 //!   "applied_epoch":N}` (with `"span_dropped":{...}` when a resync span
 //!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`;
 //!   `{"cmd":"resync"}` is answered `{"result":"started","was":"ahead",
-//!   "dirty_chunks":N}` ([`Started`]) or refused.
+//!   "dirty_chunks":N}` ([`Started`]) or refused; `{"cmd":"resync_full"}`
+//!   (`ferryctl resync --full`) the same, with `"full":true` in the
+//!   answer.  (A command of its own, not a field of `resync`: a `ferryd`
+//!   that has no full resync refuses it as a bad request, where it would
+//!   take a field it does not know for a plain `resync`.)
 //! * **Release.**  The answer goes out once the secondary has applied every
 //!   complete interval (but those of an open resync span, which are not
 //!   applied) and closed its character device; `ferryd` then waits
 //!   (up to [`CLOSE_WAIT`]) for the client to close the connection before
 //!   it exits, so the client always reads the answer.
 //! * **Resync.**  A primary's `ferryd` writes `START` to the character
-//!   device and answers how the kernel took it: the mode it was in, or the
-//!   refusal in words (the errno's meaning).
+//!   device (`FULL_RESYNC` in its flags for `resync_full`) and answers how
+//!   the kernel took it: the mode it was in, or the refusal in words (the
+//!   errno's meaning).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -62,16 +67,35 @@ pub enum Request {
     Release,
     /// Primary: write `START` (leave `ahead` by a resync).
     Resync,
+    /// Primary: write `START` with `FULL_RESYNC` (copy every chunk of
+    /// every member).
+    #[serde(rename = "resync_full")]
+    ResyncFull,
+}
+
+impl Request {
+    /// The resync request: full (`START` with `FULL_RESYNC`) or not.
+    pub fn resync(full: bool) -> Self {
+        if full {
+            Request::ResyncFull
+        } else {
+            Request::Resync
+        }
+    }
 }
 
 /// How a primary's kernel took the `START` of `ferryctl resync`: the mode
 /// the group was in when it was written (`ahead`: a resync began;
 /// `replicating`, `resyncing`: nothing changed; `unknown`: the kernel's
-/// status could not be read) and its dirty chunks then.
+/// status could not be read) and its dirty chunks then; `full`: the
+/// `START` had `FULL_RESYNC` (every chunk of every member is copied,
+/// whatever the mode).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
     pub was: String,
     pub dirty_chunks: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
 }
 
 /// What a secondary let go of: the device's image is interval
@@ -119,9 +143,9 @@ pub trait Control: Send + Sync + 'static {
     /// span) and closes the character device; says what it let go of.
     /// Returns only once the device is closed.
     fn release(&self) -> impl Future<Output = Result<Released, String>> + Send;
-    /// Writes `START` to the character device (a primary); says how the
-    /// kernel took it.
-    fn resync(&self) -> impl Future<Output = Result<Started, String>> + Send;
+    /// Writes `START` to the character device (a primary), with
+    /// `FULL_RESYNC` when `full`; says how the kernel took it.
+    fn resync(&self, full: bool) -> impl Future<Output = Result<Started, String>> + Send;
 }
 
 /// Binds the control socket at `path`: its directory created 0700 if
@@ -303,9 +327,10 @@ async fn connection<C: Control>(
                 Err(error) => reply(&mut s, &Reply::Refused { error }).await,
             }
         }
-        Request::Resync => {
-            info!(uid = cred.uid(), "resync requested");
-            match c.resync().await {
+        Request::Resync | Request::ResyncFull => {
+            let full = req == Request::ResyncFull;
+            info!(uid = cred.uid(), full, "resync requested");
+            match c.resync(full).await {
                 Ok(r) => reply(&mut s, &Reply::Started(r)).await,
                 Err(error) => reply(&mut s, &Reply::Refused { error }).await,
             }
@@ -338,13 +363,17 @@ pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
 /// How long `ferryctl resync` waits for the answer.
 pub const RESYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Asks the `ferryd` serving `path` to write `START` (blocking;
-/// `ferryctl resync`).  An error: no `ferryd` runs, it refused (the
-/// kernel's errno in words), or it did not answer.
-pub fn request_resync(path: &Path, timeout: Duration) -> Result<Started> {
-    match request(path, &Request::Resync, timeout, "the resync")? {
+/// Asks the `ferryd` serving `path` to write `START`, with `FULL_RESYNC`
+/// when `full` (blocking; `ferryctl resync [--full]`).  An error: no
+/// `ferryd` runs, it refused (the kernel's errno in words), or it did not
+/// answer.
+pub fn request_resync(path: &Path, full: bool, timeout: Duration) -> Result<Started> {
+    match request(path, &Request::resync(full), timeout, "the resync")? {
         Err(why) => bail!("ferryd is not running ({why}): a resync needs it, it ships the chunks"),
         Ok(Reply::Started(r)) => Ok(r),
+        Ok(Reply::Refused { error }) if full && error.contains("unknown variant") => {
+            bail!("ferryd did not start a full resync: it has none (an older ferryd: {error})")
+        }
         Ok(Reply::Refused { error }) => bail!("ferryd did not start a resync: {error}"),
         Ok(other) => bail!("an answer of ferryd not understood: {other:?}"),
     }
@@ -464,8 +493,36 @@ mod tests {
         let started = Reply::Started(Started {
             was: "ahead".into(),
             dirty_chunks: 12,
+            full: false,
         });
         let line = r#"{"result":"started","was":"ahead","dirty_chunks":12}"#;
+        assert_eq!(serde_json::to_string(&started).unwrap(), line);
+        assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), started);
+    }
+
+    #[test]
+    fn a_full_resync_on_the_wire() {
+        assert_eq!(Request::resync(false), Request::Resync);
+        assert_eq!(Request::resync(true), Request::ResyncFull);
+        // Without --full: the request of every ferryctl.
+        assert_eq!(
+            serde_json::to_string(&Request::resync(false)).unwrap(),
+            r#"{"cmd":"resync"}"#
+        );
+        let line = r#"{"cmd":"resync_full"}"#;
+        assert_eq!(serde_json::to_string(&Request::ResyncFull).unwrap(), line);
+        assert_eq!(
+            serde_json::from_str::<Request>(line).unwrap(),
+            Request::ResyncFull
+        );
+        // An unknown command is refused, not taken for another.
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"resync_all"}"#).is_err());
+        let started = Reply::Started(Started {
+            was: "replicating".into(),
+            dirty_chunks: 0,
+            full: true,
+        });
+        let line = r#"{"result":"started","was":"replicating","dirty_chunks":0,"full":true}"#;
         assert_eq!(serde_json::to_string(&started).unwrap(), line);
         assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), started);
     }

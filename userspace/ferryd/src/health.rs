@@ -72,6 +72,12 @@ pub struct Assessment {
 pub fn assess(s: &Status, max_lag: f64) -> Assessment {
     let mut r = Vec::new();
     match (s.role, s.state.as_str()) {
+        // A resync needed and not started (a full copy to a secondary that
+        // holds nothing, dirty chunks): the secondary is no copy yet.
+        (Role::Primary, "replicating") if s.resync_note.is_some() => r.push(format!(
+            "replicating, a resync is needed: {}",
+            s.resync_note.as_deref().unwrap_or_default()
+        )),
         (Role::Primary, "replicating") | (Role::Secondary, "idle" | "applying") => {}
         (Role::Primary, "ahead") => {
             let mut l = "ahead: the kernel stopped replicating and tracks writes in its bitmap (a resync is needed)"

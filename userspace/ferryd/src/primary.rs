@@ -87,6 +87,9 @@ struct DevQ {
     wire_bytes: u64,
     /// The stream has a gap nothing can fill (replication stopped).
     lost: bool,
+    /// A secondary that held nothing of the stream welcomed it in this
+    /// process (`resync::holds_nothing`; kept: the first copy is due).
+    fresh: bool,
 }
 
 /// What went wrong with the disk spool, for the status.
@@ -658,7 +661,8 @@ impl Report for Shared {
     /// otherwise `replicating` while a stream is connected, `connecting`
     /// when none is.  Every device of the group the kernel names is
     /// listed, also before its first record is read.  When `ahead`, the
-    /// note says what will start a resync, or why none will.
+    /// note says what will start a resync, or why none will (also when a
+    /// full copy or the dirty chunks of a `replicating` group need one).
     fn status(&self) -> Status {
         let view = self.kernel_view();
         let resync_note = view
@@ -763,6 +767,8 @@ impl Report for Shared {
             resync_spans_applied: 0,
             resync_mode: self.cfg.resync.to_string(),
             resync_note,
+            initial_sync: self.cfg.initial_sync.to_string(),
+            resync_full: lock(&self.resync).full_copy,
             dirty_chunks: dirty,
             resync_chunks_left: left,
             resync_chunks_total: total,
@@ -777,8 +783,8 @@ impl crate::Control for Shared {
         Err("this site is the primary: release is for a secondary".into())
     }
 
-    async fn resync(&self) -> Result<ferryd::ctl::Started, String> {
-        self.resync_now()
+    async fn resync(&self, full: bool) -> Result<ferryd::ctl::Started, String> {
+        self.resync_now(full)
     }
 }
 

@@ -93,6 +93,12 @@ async fn connect(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<(Tls, u64)> {
         bail!("the secondary's tag does not verify: wrong key");
     }
     info!(device = d.id, next, applied, "connected");
+    if resync::holds_nothing(next, applied) && !std::mem::replace(&mut lock(&d.q).fresh, true) {
+        info!(
+            device = d.id,
+            "the secondary holds nothing of the stream (initial_sync = \"{}\")", s.cfg.initial_sync
+        );
+    }
     if next > 1 {
         s.acked(d, next - 1, applied)?;
     }

@@ -1,23 +1,39 @@
-//! Leaving `ahead`: the resync.  Writing `START` to the character device
-//! while the group is `ahead` makes the kernel copy every dirty chunk to
-//! the secondary as a resync span (its records flagged `RESYNC`, between
-//! markers flagged `RESYNC_BEGIN` and `RESYNC_END`); the chunks' bits are
-//! cleared once the secondary has applied the span (`APPLIED`, which the
-//! acknowledgements already carry).  The group is `resyncing` meanwhile,
-//! and `replicating` after.
+//! Leaving `ahead`, and the first copy: the resync.  Writing `START` to
+//! the character device while the group is `ahead` (or `replicating` with
+//! dirty chunks: bits the meta device held when a member was loaded,
+//! records that never reached the secondary) makes the kernel copy every
+//! dirty chunk to the secondary as a resync span (its records flagged
+//! `RESYNC`, between markers flagged `RESYNC_BEGIN` and `RESYNC_END`); the
+//! chunks' bits are cleared once the secondary has applied the span
+//! (`APPLIED`, which the acknowledgements already carry).  The group is
+//! `resyncing` meanwhile, and `replicating` after.  `START` with
+//! `FULL_RESYNC`, in any mode, first marks every chunk of every member
+//! dirty: a full copy.
 //!
 //! With `resync = "auto"` (the default) `ferryd` writes `START` itself
-//! once the group is `ahead` and every stream is connected ([`next`]
-//! decides, each [`TICK`]); a refusal is logged once and tried again each
-//! [`RETRY`], but `EOPNOTSUPP` (a member came back unclean: no resync can
-//! continue its stream), which is not tried again.  `ferryctl resync`
-//! writes it in either mode (`crate::Control::resync`).  Neither does when
-//! `ferryd` itself stopped replication because records were lost from its
-//! disk spool: those writes are not in the dirty bitmap, so a resync would
-//! not bring them to the secondary.
+//! once every stream is connected ([`next`] decides, each [`TICK`]):
+//!
+//! * with `FULL_RESYNC` when `initial_sync = "full"` (the default) and
+//!   every stream's secondary held nothing of it when it was welcomed
+//!   ([`holds_nothing`]): a new secondary gets a full copy.  Once per
+//!   process: a full `START` accepted (or refused with `EOPNOTSUPP`) is not
+//!   written again automatically;
+//! * otherwise when the group is `ahead`;
+//! * otherwise when it is `replicating` with dirty chunks.
+//!
+//! A refusal is logged once and tried again each [`RETRY`], but
+//! `EOPNOTSUPP` (a member came back unclean: no resync can continue its
+//! stream), which is not tried again.  With `resync = "manual"` nothing is
+//! written automatically, a full copy included (the log and the status
+//! say that one is needed); `ferryctl resync [--full]` writes `START` in
+//! either mode (`crate::Control::resync`).  Neither does when `ferryd`
+//! itself stopped replication because records were lost from its disk
+//! spool: those writes are not in the dirty bitmap, and the stream is
+//! stopped.
 
 use super::*;
-use ferryd::config::Resync;
+use ferry_core::command::start_flags;
+use ferryd::config::{InitialSync, Resync};
 use ferryd::ctl::Started;
 
 use crate::kernel::Mode;
@@ -28,21 +44,57 @@ pub(super) const TICK: Duration = Duration::from_secs(1);
 /// again) the automatic resync writes the next.
 pub(super) const RETRY: Duration = Duration::from_secs(5);
 
+/// Whether the secondary holds nothing of a stream, from its `Welcome`:
+/// `next` (the first `dev_seq` it does not hold) is 1 and `applied` (the
+/// last interval applied to its devices) is 0.  A secondary with an empty
+/// remote log and a new meta device answers exactly this (its window
+/// starts at `dev_seq` 1 with no record in it, and its kernel's mark says
+/// no interval applied); one that ever stored a record of the stream, or
+/// applied an interval of the group, answers more.
+pub(super) fn holds_nothing(next: u64, applied: u64) -> bool {
+    next == 1 && applied == 0
+}
+
 /// A `START` written, and how the kernel took it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Attempt {
     pub(super) at: Instant,
     /// The errno that refused it; `None`: accepted.
     pub(super) errno: Option<i32>,
+    /// With `FULL_RESYNC`.
+    pub(super) full: bool,
+}
+
+/// Why the automatic resync writes `START`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Why {
+    /// The first copy to a secondary that holds nothing: `FULL_RESYNC`.
+    Full,
+    /// The group is `ahead`.
+    Ahead,
+    /// The group is `replicating` with dirty chunks.
+    Dirty,
+}
+
+impl Why {
+    /// In the log.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Why::Full => "initial full copy: the secondary holds nothing of the group",
+            Why::Ahead => "the group is ahead",
+            Why::Dirty => "dirty chunks while replicating",
+        }
+    }
 }
 
 /// What the resync does about the group, from [`next`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Next {
-    /// The group is not `ahead`: nothing to start.
-    NotAhead,
-    /// Write `START` now.
-    Start,
+    /// No full copy due, not `ahead`, no dirty chunk while replicating:
+    /// nothing to start.
+    Nothing,
+    /// Write `START` now (with `FULL_RESYNC` for [`Why::Full`]).
+    Start(Why),
     /// Records were lost from the disk spool: no resync covers them.
     Lost,
     /// The kernel module has no resync (its status lines lack the resync
@@ -53,47 +105,74 @@ pub(super) enum Next {
     Cannot,
     /// `resync = "manual"`: `ferryctl resync` starts it.
     Manual,
-    /// Waiting for every stream to be connected.
-    Link,
+    /// `resync = "manual"` and a full copy is due: `ferryctl resync
+    /// --full` starts it.
+    ManualFull,
+    /// Waiting for every stream to be connected (to start this).
+    Link(Why),
     /// The last `START` was refused with this errno (or accepted, `None`,
-    /// and the group went `ahead` again): the next one after [`RETRY`].
+    /// and the group needs one again): the next one after [`RETRY`].
     Retry(Option<i32>),
 }
 
-/// What the resync does now: the kernel's `mode` (and whether its
-/// module `can_resync`), whether every stream of the group is connected,
-/// the configuration's `resync`, whether records were `lost` from the
-/// disk spool, and the `last` `START` written (and how it was taken).
-pub(super) fn next(
-    mode: Mode,
-    can_resync: bool,
-    all_connected: bool,
-    resync: Resync,
-    lost: bool,
-    last: Option<Attempt>,
-    now: Instant,
-) -> Next {
-    if mode != Mode::Ahead {
-        return Next::NotAhead;
-    }
-    if lost {
+/// What [`next`] decides from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Facts {
+    /// The kernel's mode.
+    pub(super) mode: Mode,
+    /// Whether its module can resync (its lines have the resync fields).
+    pub(super) can_resync: bool,
+    /// Its dirty chunks, over the group's devices.
+    pub(super) dirty: u64,
+    /// Every stream of the group is connected.
+    pub(super) all_connected: bool,
+    /// The configuration's `resync` and `initial_sync`.
+    pub(super) resync: Resync,
+    pub(super) initial_sync: InitialSync,
+    /// Every stream's secondary held nothing of it at a welcome of this
+    /// process ([`holds_nothing`]).
+    pub(super) all_fresh: bool,
+    /// A full `START` was accepted by this process (or refused with
+    /// `EOPNOTSUPP`): none is written again automatically.
+    pub(super) full_done: bool,
+    /// Records were lost from the disk spool.
+    pub(super) lost: bool,
+}
+
+/// What the resync does now, from the `facts` and the `last` `START`
+/// written (and how it was taken).
+pub(super) fn next(f: &Facts, last: Option<Attempt>, now: Instant) -> Next {
+    let why = if f.initial_sync == InitialSync::Full && f.all_fresh && !f.full_done {
+        Why::Full
+    } else if f.mode == Mode::Ahead {
+        Why::Ahead
+    } else if f.mode == Mode::Replicating && f.dirty > 0 {
+        Why::Dirty
+    } else {
+        return Next::Nothing;
+    };
+    if f.lost {
         return Next::Lost;
     }
-    if !can_resync {
+    if !f.can_resync {
         return Next::NoResync;
     }
-    if last.is_some_and(|a| a.errno == Some(libc::EOPNOTSUPP)) {
+    if last.is_some_and(|a| a.errno == Some(libc::EOPNOTSUPP) && !a.full) {
         return Next::Cannot;
     }
-    if resync == Resync::Manual {
-        return Next::Manual;
+    if f.resync == Resync::Manual {
+        return if why == Why::Full {
+            Next::ManualFull
+        } else {
+            Next::Manual
+        };
     }
-    if !all_connected {
-        return Next::Link;
+    if !f.all_connected {
+        return Next::Link(why);
     }
     match last {
         Some(a) if now.saturating_duration_since(a.at) < RETRY => Next::Retry(a.errno),
-        _ => Next::Start,
+        _ => Next::Start(why),
     }
 }
 
@@ -115,12 +194,13 @@ pub(super) fn refused(errno: i32) -> String {
     }
 }
 
-/// The status's words on `next`: what will take the group out of
-/// `ahead`, or why nothing will; `None` when it is not `ahead`.
+/// The status's words on `next`: what will start a resync, or why none
+/// will; `None` when none is needed.
 pub(super) fn note(next: Next, group: &str) -> Option<String> {
     Some(match next {
-        Next::NotAhead => return None,
-        Next::Start => "automatic resync: starting".into(),
+        Next::Nothing => return None,
+        Next::Start(Why::Full) => "automatic full copy: starting".into(),
+        Next::Start(_) => "automatic resync: starting".into(),
         Next::Lost => "no resync: records were lost from the disk spool, and a resync would \
             not cover them (they are not in the dirty bitmap)"
             .into(),
@@ -129,9 +209,18 @@ pub(super) fn note(next: Next, group: &str) -> Option<String> {
             .into(),
         Next::Cannot => format!("no resync can run: {}", refused(libc::EOPNOTSUPP)),
         Next::Manual => format!("manual resync (resync = \"manual\"): ferryctl resync {group}"),
-        Next::Link => "automatic resync: waiting for every stream to connect".into(),
+        Next::ManualFull => format!(
+            "a full copy is needed (the secondary holds nothing of the group, initial_sync = \
+             \"full\"; resync = \"manual\"): ferryctl resync --full {group}"
+        ),
+        Next::Link(Why::Full) => {
+            "automatic full copy (the secondary holds nothing of the group): waiting for every \
+             stream to connect"
+                .into()
+        }
+        Next::Link(_) => "automatic resync: waiting for every stream to connect".into(),
         Next::Retry(None) => format!(
-            "automatic resync: ahead again after a resync started, started again within {} s",
+            "automatic resync: a resync is needed again after one started, started again within {} s",
             RETRY.as_secs()
         ),
         Next::Retry(Some(e)) => format!(
@@ -150,20 +239,48 @@ pub(super) struct ResyncState {
     /// The errno of the last refusal logged (a refusal is logged once
     /// while it repeats).
     logged: Option<i32>,
-    /// What the log last said of the group being `ahead`.
+    /// What the log last said of the group needing a resync.
     said: Option<Next>,
+    /// A full `START` was accepted by this process, or refused with
+    /// `EOPNOTSUPP`: the automatic one is not written again.  Kept when
+    /// the rest is forgotten.
+    pub(super) full_done: bool,
+    /// A full copy accepted by this process is not done: the group has
+    /// not been `replicating` without dirty chunks since (the status's
+    /// `resync_full`).
+    pub(super) full_copy: bool,
+}
+
+impl ResyncState {
+    /// Nothing to start: the last `START` and what was logged forgotten
+    /// (not what is known of the full copy).
+    fn forget(&mut self) {
+        self.last = None;
+        self.logged = None;
+        self.said = None;
+    }
 }
 
 impl Shared {
     /// Whether every stream of the group the kernel names is connected to
     /// the secondary (its handshake done).
     pub(super) fn all_connected(&self, view: &kernel::View) -> bool {
+        self.all_streams(view, |q| q.connected)
+    }
+
+    /// Whether every stream of the group the kernel names was welcomed by
+    /// a secondary that held nothing of it ([`holds_nothing`]).
+    pub(super) fn all_fresh(&self, view: &kernel::View) -> bool {
+        self.all_streams(view, |q| q.fresh)
+    }
+
+    fn all_streams(&self, view: &kernel::View, f: impl Fn(&DevQ) -> bool) -> bool {
         let devs = lock(&self.devs);
         !view.devices.is_empty()
             && view
                 .devices
                 .iter()
-                .all(|id| devs.get(id).is_some_and(|d| lock(&d.q).connected))
+                .all(|id| devs.get(id).is_some_and(|d| f(&lock(&d.q))))
     }
 
     /// Whether a stream misses records nothing can give (replication
@@ -174,22 +291,30 @@ impl Shared {
 
     /// What the resync does about the group now (see [`next`]).
     pub(super) fn resync_next(&self, view: &kernel::View, now: Instant) -> Next {
-        let last = lock(&self.resync).last;
-        next(
-            view.mode,
-            view.can_resync,
-            self.all_connected(view),
-            self.cfg.resync,
-            self.any_lost(),
-            last,
-            now,
-        )
+        let (last, full_done) = {
+            let st = lock(&self.resync);
+            (st.last, st.full_done)
+        };
+        let facts = Facts {
+            mode: view.mode,
+            can_resync: view.can_resync,
+            dirty: view.dirty,
+            all_connected: self.all_connected(view),
+            resync: self.cfg.resync,
+            initial_sync: self.cfg.initial_sync,
+            all_fresh: self.all_fresh(view),
+            full_done,
+            lost: self.any_lost(),
+        };
+        next(&facts, last, now)
     }
 
-    /// Writes `START`; the errno that refused it, if one did.
-    fn write_start(&self) -> std::result::Result<(), i32> {
+    /// Writes `START` (with `FULL_RESYNC` when `full`); the errno that
+    /// refused it, if one did.
+    fn write_start(&self, full: bool) -> std::result::Result<(), i32> {
         let mut b = [0u8; 16];
-        let n = Command::Start { flags: 0 }
+        let flags = if full { start_flags::FULL_RESYNC } else { 0 };
+        let n = Command::Start { flags }
             .encode(&mut b)
             .map_err(|_| libc::EINVAL)?;
         let r = lock(&self.ctl).write_all(&b[..n]);
@@ -198,30 +323,36 @@ impl Shared {
         r.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     }
 
-    /// Writes `START` (`manual`: for `ferryctl resync`) at `now`, records
-    /// and logs how the kernel took it; the errno that refused it, if one
-    /// did.
+    /// Writes `START` (`full`: with `FULL_RESYNC`) at `now` for `by`
+    /// (`automatic`, or `ferryctl resync`) and `reason`, records and logs
+    /// how the kernel took it; the errno that refused it, if one did.
     pub(super) fn start_resync(
         &self,
-        manual: bool,
+        by: &str,
+        reason: &str,
+        full: bool,
         dirty: u64,
         now: Instant,
     ) -> std::result::Result<(), i32> {
-        let r = self.write_start();
+        let r = self.write_start(full);
         let mut st = lock(&self.resync);
         st.last = Some(Attempt {
             at: now,
             errno: r.err(),
+            full,
         });
-        let by = if manual {
-            "ferryctl resync"
-        } else {
-            "automatic"
-        };
+        let manual = by != "automatic";
+        if full && matches!(r, Ok(()) | Err(libc::EOPNOTSUPP)) {
+            st.full_done = true;
+        }
         match r {
             Ok(()) => {
                 st.logged = None;
-                info!(dirty_chunks = dirty, "resync ({by}): START accepted");
+                st.full_copy |= full;
+                info!(
+                    dirty_chunks = dirty,
+                    full, "resync ({by}, {reason}): START accepted"
+                );
             }
             Err(e) if st.logged != Some(e) => {
                 st.logged = Some(e);
@@ -231,7 +362,8 @@ impl Shared {
                     (false, _) => format!("; tried again every {} s", RETRY.as_secs()),
                 };
                 warn!(
-                    "resync ({by}): the kernel refused START: {}{then}",
+                    full,
+                    "resync ({by}, {reason}): the kernel refused START: {}{then}",
                     refused(e)
                 );
             }
@@ -241,37 +373,43 @@ impl Shared {
     }
 
     /// One look of the automatic resync: writes `START` when [`next`]
-    /// says so; logs once what keeps the group `ahead`.
+    /// says so; logs once what keeps it from starting one that is needed.
     pub(super) fn resync_tick(&self, now: Instant) {
         let Some(view) = self.kernel_view() else {
             return;
         };
+        if view.mode == Mode::Replicating && view.dirty == 0 {
+            lock(&self.resync).full_copy = false;
+        }
         let n = self.resync_next(&view, now);
         match n {
-            Next::NotAhead => *lock(&self.resync) = ResyncState::default(),
-            Next::Start => {
-                let _ = self.start_resync(false, view.dirty, now);
+            Next::Nothing => lock(&self.resync).forget(),
+            Next::Start(why) => {
+                let _ =
+                    self.start_resync("automatic", why.reason(), why == Why::Full, view.dirty, now);
             }
             Next::Retry(_) | Next::Cannot => {}
-            Next::Lost | Next::NoResync | Next::Manual | Next::Link => {
+            Next::Lost | Next::NoResync | Next::Manual | Next::ManualFull | Next::Link(_) => {
                 let mut st = lock(&self.resync);
                 if st.said != Some(n) {
                     st.said = Some(n);
                     drop(st);
                     let why = note(n, &self.cfg.group).unwrap_or_default();
+                    let mode = view.mode.word();
                     if n == Next::Lost {
-                        warn!(dirty_chunks = view.dirty, "the group is ahead: {why}");
+                        warn!(dirty_chunks = view.dirty, "the group is {mode}: {why}");
                     } else {
-                        info!(dirty_chunks = view.dirty, "the group is ahead: {why}");
+                        info!(dirty_chunks = view.dirty, "the group is {mode}: {why}");
                     }
                 }
             }
         }
     }
 
-    /// `ferryctl resync`: writes `START` whatever `resync` says; refused
-    /// when records were lost from the disk spool (no resync covers them).
-    pub(super) fn resync_now(&self) -> std::result::Result<Started, String> {
+    /// `ferryctl resync [--full]`: writes `START` whatever `resync` says;
+    /// refused when records were lost from the disk spool (no resync covers
+    /// them).
+    pub(super) fn resync_now(&self, full: bool) -> std::result::Result<Started, String> {
         let view = self.kernel_view();
         if self.any_lost() {
             return Err(note(Next::Lost, &self.cfg.group).unwrap_or_default());
@@ -279,11 +417,17 @@ impl Shared {
         let (was, dirty) = view
             .as_ref()
             .map_or(("unknown", 0), |v| (v.mode.word(), v.dirty));
-        self.start_resync(true, dirty, Instant::now())
+        let reason = if full {
+            "full copy".to_string()
+        } else {
+            format!("the group was {was}")
+        };
+        self.start_resync("ferryctl resync", &reason, full, dirty, Instant::now())
             .map_err(|e| format!("the kernel refused START: {}", refused(e)))?;
         Ok(Started {
             was: was.to_string(),
             dirty_chunks: dirty,
+            full,
         })
     }
 }
@@ -304,106 +448,5 @@ pub(super) async fn resync_loop(s: Arc<Shared>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn when_to_start() {
-        let t0 = Instant::now();
-        let at = |secs: u64, errno| {
-            Some(Attempt { at: t0, errno }).map(|a| (a, t0 + Duration::from_secs(secs)))
-        };
-        let (a, m) = (Resync::Auto, Resync::Manual);
-        let n = |mode, conn, r, lost, last: Option<(Attempt, Instant)>| {
-            next(
-                mode,
-                true,
-                conn,
-                r,
-                lost,
-                last.map(|(a, _)| a),
-                last.map_or(t0, |(_, now)| now),
-            )
-        };
-        // Ahead, every stream connected, auto, nothing tried: start.
-        assert_eq!(n(Mode::Ahead, true, a, false, None), Next::Start);
-        // Not ahead: nothing, whatever else.
-        for mode in [Mode::Replicating, Mode::Resyncing] {
-            assert_eq!(n(mode, true, a, false, None), Next::NotAhead);
-            assert_eq!(
-                n(mode, false, m, true, at(0, Some(libc::EOPNOTSUPP))),
-                Next::NotAhead
-            );
-        }
-        // A stream not connected: waits for it.
-        assert_eq!(n(Mode::Ahead, false, a, false, None), Next::Link);
-        // Manual: never on its own.
-        assert_eq!(n(Mode::Ahead, true, m, false, None), Next::Manual);
-        // Records lost from the disk spool: never, in either mode.
-        assert_eq!(n(Mode::Ahead, true, a, true, None), Next::Lost);
-        assert_eq!(n(Mode::Ahead, true, m, true, None), Next::Lost);
-        // Refused for room: again after RETRY, not before.
-        let enospc = Some(libc::ENOSPC);
-        assert_eq!(
-            n(Mode::Ahead, true, a, false, at(1, enospc)),
-            Next::Retry(enospc)
-        );
-        assert_eq!(
-            n(Mode::Ahead, true, a, false, at(4, enospc)),
-            Next::Retry(enospc)
-        );
-        assert_eq!(n(Mode::Ahead, true, a, false, at(5, enospc)), Next::Start);
-        assert_eq!(
-            n(Mode::Ahead, true, a, false, at(60, Some(libc::EINVAL))),
-            Next::Start
-        );
-        // The link first: a refusal is not retried while a stream is down.
-        assert_eq!(n(Mode::Ahead, false, a, false, at(60, enospc)), Next::Link);
-        // Accepted, and ahead again (or the kernel's lines not yet read
-        // again): not at once.
-        assert_eq!(
-            n(Mode::Ahead, true, a, false, at(0, None)),
-            Next::Retry(None)
-        );
-        assert_eq!(n(Mode::Ahead, true, a, false, at(5, None)), Next::Start);
-        // EOPNOTSUPP: never again automatically.
-        let unclean = Some(libc::EOPNOTSUPP);
-        assert_eq!(
-            n(Mode::Ahead, true, a, false, at(3600, unclean)),
-            Next::Cannot
-        );
-        assert_eq!(
-            n(Mode::Ahead, true, m, false, at(3600, unclean)),
-            Next::Cannot
-        );
-        // A module without resync.
-        assert_eq!(
-            next(Mode::Ahead, false, true, a, false, None, t0),
-            Next::NoResync
-        );
-    }
-
-    #[test]
-    fn refusals_in_words() {
-        assert!(refused(libc::EOPNOTSUPP).contains("unclean shutdown"));
-        assert!(refused(libc::EOPNOTSUPP).contains("primary crash recovery is not in this version"));
-        assert!(refused(libc::ENOSPC).contains("no room in the kernel's spool"));
-        assert!(refused(libc::EINVAL).contains("quarter of the kernel's spool"));
-        assert!(refused(libc::EIO).contains("Input/output error"));
-        assert_eq!(note(Next::NotAhead, "gr"), None);
-        assert_eq!(
-            note(Next::Manual, "gr").unwrap(),
-            "manual resync (resync = \"manual\"): ferryctl resync gr"
-        );
-        assert_eq!(
-            note(Next::Link, "gr").unwrap(),
-            "automatic resync: waiting for every stream to connect"
-        );
-        assert!(note(Next::Lost, "gr")
-            .unwrap()
-            .contains("not in the dirty bitmap"));
-        assert!(note(Next::Retry(Some(libc::ENOSPC)), "gr")
-            .unwrap()
-            .contains("tried again every 5 s"));
-    }
-}
+#[path = "primary_resync_tests.rs"]
+mod tests;

@@ -8,7 +8,7 @@ use std::fs::File;
 
 /// Status lines a test sets.
 #[derive(Default)]
-struct Lines(Mutex<Option<String>>);
+pub(super) struct Lines(pub(super) Mutex<Option<String>>);
 
 impl DmStatus for Arc<Lines> {
     fn lines(&self) -> Result<String> {
@@ -36,7 +36,7 @@ fn primary_of(
 }
 
 /// A primary with its files in `top`, its commands to `ctl`.
-fn primary_in(
+pub(super) fn primary_in(
     top: &std::path::Path,
     lines: Arc<Lines>,
     peer: &str,
@@ -222,7 +222,7 @@ async fn state_and_devices_from_the_kernel() {
 /// The commands written to a character device that refuses each write
 /// with `errno` while it is set.
 #[derive(Clone, Default)]
-struct Chardev(Arc<Mutex<(Vec<u8>, Option<i32>)>>);
+pub(super) struct Chardev(pub(super) Arc<Mutex<(Vec<u8>, Option<i32>)>>);
 
 impl Write for Chardev {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -241,15 +241,20 @@ impl Write for Chardev {
 
 impl Chardev {
     /// The `START`s written (and taken) so far.
-    fn starts(&self) -> usize {
+    pub(super) fn starts(&self) -> usize {
+        self.starts_with(0)
+    }
+
+    /// The `START`s with `flags` written (and taken) so far.
+    pub(super) fn starts_with(&self, flags: u32) -> usize {
         let g = lock(&self.0);
         let mut b = [0u8; 16];
-        let n = Command::Start { flags: 0 }.encode(&mut b).unwrap();
+        let n = Command::Start { flags }.encode(&mut b).unwrap();
         g.0.windows(n).filter(|w| *w == &b[..n]).count()
     }
 }
 
-fn connect(s: &Shared, id: u32, up: bool) {
+pub(super) fn connect(s: &Shared, id: u32, up: bool) {
     let mut devs = lock(&s.devs);
     let d = devs.entry(id).or_insert_with(|| {
         Arc::new(Dev {
@@ -346,7 +351,7 @@ async fn automatic_resync_once_every_stream_is_connected() {
     assert!(s.status().resync_note.unwrap().contains("unclean shutdown"));
     // ferryctl resync says the same.
     lock(&dev.0).1 = Some(libc::EOPNOTSUPP);
-    let e = s.resync_now().unwrap_err();
+    let e = s.resync_now(false).unwrap_err();
     assert!(e.contains("the kernel refused START: a member"), "{e}");
     lock(&dev.0).1 = None;
     // Replicating again: forgotten.
@@ -368,13 +373,13 @@ async fn automatic_resync_once_every_stream_is_connected() {
         .unwrap()
         .contains("records were lost from the disk spool"));
     assert!(s
-        .resync_now()
+        .resync_now(false)
         .unwrap_err()
         .contains("not in the dirty bitmap"));
     assert_eq!(dev.starts(), 2);
     lock(&lock(&s.devs)[&1].q).lost = false;
     // ferryctl resync: START, and what the kernel was in.
-    let r = s.resync_now().unwrap();
+    let r = s.resync_now(false).unwrap();
     assert_eq!((r.was.as_str(), r.dirty_chunks), ("ahead", 12));
     assert_eq!(dev.starts(), 3);
 }
@@ -401,7 +406,7 @@ async fn manual_resync_waits_for_ferryctl() {
         st.resync_note.as_deref(),
         Some("manual resync (resync = \"manual\"): ferryctl resync gr")
     );
-    assert_eq!(s.resync_now().unwrap().was, "ahead");
+    assert_eq!(s.resync_now(false).unwrap().was, "ahead");
     assert_eq!(dev.starts(), 1);
     // An old module: no resync fields, no resync.
     *lock(&lines.0) = Some("p0: 0 8 ferry primary gr 0 data ahead 5 5 5 5 0 1024 3 1 0 0\n".into());
@@ -539,6 +544,12 @@ async fn a_full_disk_spool_drains_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(*lock(&held), BTreeMap::from([(0, 50), (1, 800)]));
+    // Device 0 was welcomed by a secondary that held nothing of it
+    // (next 1, applied 0), device 1 by one that held 150 records; device
+    // 0 stays so after it received records.
+    let fresh = |id| lock(&lock(&s.devs)[&id].q).fresh;
+    assert!(fresh(0));
+    assert!(!fresh(1));
     let left = std::fs::read_dir(&s.spool_dir).unwrap().count();
     assert_eq!(left, 0, "segments left in the disk spool");
     s.stop().await;

@@ -51,9 +51,14 @@ pub fn status(s: &Status, h: &Assessment) -> String {
 }
 
 fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result {
+    let full = if s.resync_full && matches!(s.state.as_str(), "resyncing" | "ahead") {
+        " (full copy)"
+    } else {
+        ""
+    };
     write!(
         o,
-        "group {}: {}, {}; applied interval {}",
+        "group {}: {}, {}{full}; applied interval {}",
         s.group, s.role, s.state, s.applied_epoch
     )?;
     if s.applying_epoch > 0 {
@@ -100,7 +105,14 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
             if s.state == "resyncing" {
                 writeln!(o, "  resync: {}", s.resync_progress())?;
             }
-            if s.state == "ahead" || s.dirty_chunks > 0 {
+            if !s.initial_sync.is_empty() {
+                writeln!(
+                    o,
+                    "  resync {}, initial_sync {}",
+                    s.resync_mode, s.initial_sync
+                )?;
+            }
+            if s.state == "ahead" || s.dirty_chunks > 0 || s.resync_note.is_some() {
                 write!(o, "  dirty chunks {}", s.dirty_chunks)?;
                 match &s.resync_note {
                     Some(n) => writeln!(o, "; {n}")?,
@@ -193,12 +205,22 @@ pub fn released(r: &Released) -> String {
 
 /// What `ferryctl resync` says of the `START` the kernel took.
 pub fn started(group: &str, r: &Started) -> String {
+    if r.full {
+        return format!(
+            "full resync of group {group} started (it was {}): every chunk of every device is copied to the secondary (ferryctl resync {group} --wait follows it)",
+            r.was
+        );
+    }
     match r.was.as_str() {
         "ahead" => format!(
             "resync of group {group} started: {} dirty chunks to copy (ferryctl resync {group} --wait follows it)",
             r.dirty_chunks
         ),
         "resyncing" => format!("group {group} is resyncing already: START changed nothing"),
+        "replicating" if r.dirty_chunks > 0 => format!(
+            "resync of group {group} started: {} dirty chunks to copy while replicating (ferryctl resync {group} --wait follows it)",
+            r.dirty_chunks
+        ),
         "replicating" => {
             format!("group {group} is replicating: nothing to resync (START changed nothing)")
         }
@@ -218,12 +240,29 @@ mod tests {
         let r = |was: &str| Started {
             was: was.into(),
             dirty_chunks: 7,
+            full: false,
         };
         assert_eq!(
             started("gr", &r("ahead")),
             "resync of group gr started: 7 dirty chunks to copy (ferryctl resync gr --wait follows it)"
         );
-        assert!(started("gr", &r("replicating")).contains("nothing to resync"));
+        assert_eq!(
+            started("gr", &r("replicating")),
+            "resync of group gr started: 7 dirty chunks to copy while replicating (ferryctl resync gr --wait follows it)"
+        );
+        let clean = Started {
+            dirty_chunks: 0,
+            ..r("replicating")
+        };
+        assert!(started("gr", &clean).contains("nothing to resync"));
+        let full = Started {
+            full: true,
+            ..clean
+        };
+        assert_eq!(
+            started("gr", &full),
+            "full resync of group gr started (it was replicating): every chunk of every device is copied to the secondary (ferryctl resync gr --wait follows it)"
+        );
         assert!(started("gr", &r("resyncing")).contains("resyncing already"));
         assert!(started("gr", &r("unknown")).contains("START taken"));
     }
@@ -265,6 +304,43 @@ mod tests {
             text.starts_with("group db: primary, resyncing; applied interval 7\n"),
             "{text}"
         );
+        s.resync_full = true;
+        s.initial_sync = "full".into();
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.starts_with("group db: primary, resyncing (full copy); applied interval 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  resync auto, initial_sync full\n"),
+            "{text}"
+        );
+        // Done: replicating, the full copy not said.
+        s.state = "replicating".into();
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.starts_with("group db: primary, replicating; applied interval 7\n"),
+            "{text}"
+        );
+        // A full copy needed and not started: said, and degraded.
+        s.resync_full = false;
+        s.dirty_chunks = 0;
+        s.resync_note = Some("a full copy is needed (...): ferryctl resync --full db".into());
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains(
+                "\n  dirty chunks 0; a full copy is needed (...): ferryctl resync --full db\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  replicating, a resync is needed: a full copy is needed (...)"),
+            "{text}"
+        );
+        s.state = "resyncing".into();
+        s.resync_note = None;
+        s.dirty_chunks = 40;
+        let text = status(&s, &assess(&s, 30.0));
         assert!(
             text.contains("\n  resync: 30 of 40 chunks left\n"),
             "{text}"

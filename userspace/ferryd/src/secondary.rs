@@ -761,7 +761,7 @@ impl Control for Sec {
         Err("the interval in progress did not finish within 60 s".into())
     }
 
-    async fn resync(&self) -> Result<ferryd::ctl::Started, String> {
+    async fn resync(&self, _full: bool) -> Result<ferryd::ctl::Started, String> {
         Err("this site is the secondary: a resync is started on the primary".into())
     }
 }

@@ -144,10 +144,21 @@ pub struct Status {
     /// `resync`: `auto` or `manual` (empty on a secondary).
     #[serde(default)]
     pub resync_mode: String,
-    /// Primary, `ahead`: what will start a resync, or why none will (in
-    /// words); `None` in the other states.
+    /// Primary: what will start a resync, or why none will (in words),
+    /// when one is needed (the group `ahead`, dirty chunks while
+    /// `replicating`, the first full copy to a secondary that holds
+    /// nothing); `None` otherwise.
     #[serde(default)]
     pub resync_note: Option<String>,
+    /// Primary: the configuration's `initial_sync`, `full` or `none`
+    /// (empty on a secondary).
+    #[serde(default)]
+    pub initial_sync: String,
+    /// Primary: a full copy (`START` with `FULL_RESYNC`) this process
+    /// started is not done: the group has not been `replicating` without
+    /// dirty chunks since.
+    #[serde(default)]
+    pub resync_full: bool,
     /// Primary: the kernel's dirty chunks, over the group's devices.
     #[serde(default)]
     pub dirty_chunks: u64,
@@ -706,6 +717,13 @@ impl Collector for Metrics {
             "Primary: chunks in the running resync (0: none runs)",
             None,
             vec![(self.group(), gauge(st.resync_chunks_total))],
+        )?;
+        family(
+            e,
+            "resync_full",
+            "Primary: a full copy (START with FULL_RESYNC) this process started is not done",
+            None,
+            vec![(self.group(), gauge(i64::from(st.resync_full)))],
         )?;
         family(
             e,

@@ -56,7 +56,7 @@ pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
 }
 
 /// Every family ferryd exposes, and its type.
-pub(crate) const FAMILIES: [(&str, &str); 31] = [
+pub(crate) const FAMILIES: [(&str, &str); 32] = [
     ("ferry_build_info", "gauge"),
     ("ferry_state", "gauge"),
     ("ferry_connected", "gauge"),
@@ -87,6 +87,7 @@ pub(crate) const FAMILIES: [(&str, &str); 31] = [
     ("ferry_resync_spans_applied_total", "counter"),
     ("ferry_resync_chunks_left", "gauge"),
     ("ferry_resync_chunks", "gauge"),
+    ("ferry_resync_full", "gauge"),
     ("ferry_apply_stopped", "gauge"),
 ];
 

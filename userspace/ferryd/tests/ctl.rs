@@ -36,11 +36,12 @@ impl Control for Fake {
 
     /// A primary's: `START` taken while `ahead` with `answer`'s dirty
     /// chunks, or refused with its error.
-    async fn resync(&self) -> Result<Started, String> {
+    async fn resync(&self, full: bool) -> Result<Started, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.answer.clone().map(|n| Started {
             was: "ahead".into(),
             dirty_chunks: n,
+            full,
         })
     }
 }
@@ -302,6 +303,16 @@ async fn ferryctl_resync_messages() {
         text.contains("resync of group gr started: 42 dirty chunks to copy"),
         "{text}"
     );
+    // --full: the request of its own, and the answer says so.
+    let mut full = args(&cfg);
+    full.push("--full".into());
+    let out = run(full).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("full resync of group gr started (it was ahead)"),
+        "{text}"
+    );
     drop(s);
 
     let fake = Fake::new(Err(
@@ -319,7 +330,7 @@ async fn ferryctl_resync_messages() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     let t = Duration::from_secs(10);
     let p = sock.clone();
-    let e = tokio::task::spawn_blocking(move || ctl::request_resync(&p, t))
+    let e = tokio::task::spawn_blocking(move || ctl::request_resync(&p, false, t))
         .await
         .unwrap()
         .unwrap_err();

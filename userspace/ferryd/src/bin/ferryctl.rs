@@ -107,11 +107,12 @@ fn run(cli: Ferryctl) -> Result<u8> {
         }
         Cmd::Resync {
             group,
+            full,
             wait,
             timeout,
         } => {
             let c = load(&cli.config, group)?;
-            let r = ctl::request_resync(&c.control_socket(), ctl::RESYNC_TIMEOUT)?;
+            let r = ctl::request_resync(&c.control_socket(), *full, ctl::RESYNC_TIMEOUT)?;
             println!("{}", render::started(group, &r));
             if !*wait {
                 return Ok(0);
