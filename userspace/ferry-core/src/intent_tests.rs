@@ -623,8 +623,10 @@ fn sweep_cost() {
 /// the sweep keeps them all until the span that copied them is applied.
 #[test]
 fn mark_all_dirties_and_marks_every_chunk() {
+    // 200 chunks: 4 words.
+    const WORDS: usize = 4;
     let mut w = wi();
-    let mut disk = vec![0u64; words_for(BITS) as usize];
+    let mut disk = vec![0u64; WORDS];
     let g = write(&mut w, &mut disk, 7);
     w.dropped(g, s(9), 8);
     assert_eq!(w.dirty_count(), 1);
@@ -648,7 +650,7 @@ fn mark_all_dirties_and_marks_every_chunk() {
     assert!((0..BITS).all(|c| durable(&w, c)), "a dirty chunk was swept");
     assert_eq!(w.mark_all(), 0);
     // The copy applied: clean again, and swept later.
-    let all = vec![u64::MAX; words_for(BITS) as usize];
+    let all = vec![u64::MAX; WORDS];
     w.resynced(&all);
     assert_eq!(w.dirty_count(), 0);
     for _ in 0..3 {
