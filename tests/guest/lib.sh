@@ -287,6 +287,19 @@ secondary_verify_sums() {  # secondary_verify_sums <mib> <p0> <p1>
 	grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
 	ok "replica verified"
 }
+# Primary, after a resync under the writer $wp (ferry-test write, output
+# in /tmp/w.out): the writer ended (its write count in $n), every record is
+# acknowledged, and both devices are replicating with no dirty chunk.
+writer_drained_clean() {
+	wait $wp || { cat /tmp/w.out; fail "writer"; }
+	n=$(sed -n 's/^writer|writes=//p' /tmp/w.out)
+	[ "${n:-0}" -gt 0 ] || { cat /tmp/w.out; fail "no write count from the writer"; }
+	repl_drained 480 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
+	set -- $(dm status r0); m0=$8 d0=${15}
+	set -- $(dm status r1); m1=$8 d1=${15}
+	[ "$m0 $m1" = "replicating replicating" ] || fail "went $m0 $m1 while draining"
+	[ "$d0 $d1" = "0 0" ] || fail "dirty chunks left after the resync and the drain: r0 $d0, r1 $d1"
+}
 # Primary: until r0 and r1 have every record acknowledged, three times in a
 # row, at most <tries> half-seconds; sets c0 a0 c1 a1 (completed, acked).
 repl_drained() {

@@ -60,14 +60,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	grep -qi 'full' /tmp/ferryd.log || { tail -30 /tmp/ferryd.log; fail "ferryd logged no full START"; }
 	grep -i 'full' /tmp/st.full >/dev/null || { cat /tmp/st.full; fail "ferryctl status did not say a full copy runs"; }
 	ok "full copy of $total chunks: replicating $secs s after the start"
-	wait $wp || { cat /tmp/w.out; fail "writer"; }
-	n=$(sed -n 's/^writer|writes=//p' /tmp/w.out)
-	[ "${n:-0}" -gt 0 ] || { cat /tmp/w.out; fail "no write count from the writer"; }
-	repl_drained 480 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
-	set -- $(dm status r0); m0=$8 d0=${15}
-	set -- $(dm status r1); m1=$8 d1=${15}
-	[ "$m0 $m1" = "replicating replicating" ] || fail "went $m0 $m1 while draining"
-	[ "$d0 $d1" = "0 0" ] || fail "dirty chunks left after the full copy and the drain: r0 $d0, r1 $d1"
+	writer_drained_clean
 	ok "$n writes during the copy drained, no dirty chunk left"
 	primary_await_verdict "$(sums $MB)"
 else
@@ -84,15 +77,5 @@ else
 	repl_applied 240 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 	spans=$(fstatus resync_spans_applied)
 	[ "${spans:-0}" -ge 1 ] 2>/dev/null || res "FAIL: no resync span applied at the secondary: [$spans]"
-	ferryctl promote gr >/tmp/promote.out 2>&1 || res "FAIL: promote: $(cat /tmp/promote.out)"
-	set -- $(sums $MB)
-	if [ "$1 $2" = "$p0 $p1" ]; then
-		res "PASS: checksums of $MB MiB equal ($1 $2) after the full copy"
-	else
-		res "FAIL: checksums differ: secondary $1 $2, primary $p0 $p1"
-	fi
-	cat $WWW/result
-	await_peer_file "$peer" bye
-	grep -q '^PASS' $WWW/result || fail "$(cat $WWW/result)"
-	ok "replica verified"
+	secondary_verify_sums $MB "$p0" "$p1"
 fi

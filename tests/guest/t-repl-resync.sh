@@ -114,14 +114,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	[ "${resent:-0}" -gt 0 ] && [ "$resent" -le $CHUNKS ] ||
 		fail "chunks resent: [$resent], not in 1..$CHUNKS (dirty at the restore: $dirty)"
 	ok "replicating again $secs s after the restore; chunks resent $resent (dirty at the restore $dirty, the devices' $CHUNKS), ahead again $again times${said:+; $said}"
-	wait $wp || { cat /tmp/w.out; fail "writer"; }
-	n=$(sed -n 's/^writer|writes=//p' /tmp/w.out)
-	[ "${n:-0}" -gt 0 ] || { cat /tmp/w.out; fail "no write count from the writer"; }
-	repl_drained 480 || { ferryctl status gr; tail -20 /tmp/ferryd.log; fail "not drained: r0 $c0/$a0 r1 $c1/$a1"; }
-	set -- $(dm status r0); m0=$8 d0=${15}
-	set -- $(dm status r1); m1=$8 d1=${15}
-	[ "$m0 $m1" = "replicating replicating" ] || fail "went $m0 $m1 while draining"
-	[ "$d0 $d1" = "0 0" ] || fail "dirty chunks left after the resync and the drain: r0 $d0, r1 $d1"
+	writer_drained_clean
 	ok "$n dependent writes drained, no dirty chunk left"
 	ferryctl status gr || true  # exits 2 when degraded
 	primary_await_verdict "$n $(sums $MB)"
