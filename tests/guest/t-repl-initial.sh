@@ -57,8 +57,8 @@ if [ "$FERRY_NODE" = 0 ]; then
 		{ dm status; ferryctl status gr || true; tail -30 /tmp/ferryd.log; fail "not replicating $secs s after the start: r0 $m0, r1 $m1"; }
 	touch /tmp/w.stop
 	[ "$total" = $CHUNKS ] || fail "the full copy's resync held $total chunks, not the devices' $CHUNKS"
-	grep -qi 'full' /tmp/ferryd.log || { tail -30 /tmp/ferryd.log; fail "ferryd logged no full START"; }
-	grep -i 'full' /tmp/st.full >/dev/null || { cat /tmp/st.full; fail "ferryctl status did not say a full copy runs"; }
+	grep -q 'resync (automatic, initial full copy.*START accepted' /tmp/ferryd.log || { tail -30 /tmp/ferryd.log; fail "ferryd logged no automatic full START"; }
+	grep -q 'full copy' /tmp/st.full || { cat /tmp/st.full; fail "ferryctl status did not say a full copy runs"; }
 	ok "full copy of $total chunks: replicating $secs s after the start"
 	writer_drained_clean
 	ok "$n writes during the copy drained, no dirty chunk left"

@@ -105,7 +105,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	secs=$(( $(date +%s) - t0 ))
 	[ "$m0 $m1" = "replicating replicating" ] ||
 		{ dm status; ferryctl status gr || true; tail -30 /tmp/ferryd.log; fail "not replicating $secs s after the restore: r0 $m0, r1 $m1"; }
-	grep -q 'resync (automatic): START accepted' /tmp/ferryd.log ||
+	grep -q 'resync (automatic, the group is ahead): START accepted' /tmp/ferryd.log ||
 		{ tail -30 /tmp/ferryd.log; fail "replicating again, but ferryd logged no automatic START"; }
 	if [ $seen = 0 ]; then
 		# Over before a look saw it: the START's line says how many.
