@@ -193,7 +193,14 @@ impl Group {
             )?;
         }
         let mut set = self.build_markers(&ctl, RecordKind::Checkpoint)?;
-        set.flag_all(Flags::RESYNC_BEGIN);
+        // A full copy says so: a secondary that holds nothing of the group
+        // has no consistent point until its span is applied.
+        let begin = if full {
+            Flags::RESYNC_BEGIN | Flags::RESYNC_FULL
+        } else {
+            Flags::RESYNC_BEGIN
+        };
+        set.flag_all(begin);
         let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
         let mut gone: [Option<Boxed>; MAX_DEVICES as usize] = [const { None }; MAX_DEVICES as usize];
         let mut st = self.state.lock();

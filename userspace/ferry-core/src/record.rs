@@ -150,8 +150,13 @@ impl Flags {
     /// On a checkpoint record only: the interval it closes ends the open
     /// resync span.
     pub const RESYNC_END: u8 = 0x20;
+    /// On a checkpoint record flagged [`Flags::RESYNC_BEGIN`] only: the
+    /// span is a full copy (`START` with `FULL_RESYNC`: every chunk of
+    /// every device).  A secondary that holds nothing of the group when
+    /// such a span begins has no consistent point until it is applied.
+    pub const RESYNC_FULL: u8 = 0x40;
     /// Every flag this version defines.
-    pub const KNOWN: u8 = 0x3f;
+    pub const KNOWN: u8 = 0x7f;
 
     /// Whether every bit of `bit` is set.
     pub const fn has(self, bit: u8) -> bool {
@@ -221,8 +226,11 @@ impl RecordHeader {
         if self.flags.0 & !Flags::KNOWN != 0 {
             return Err(RecordError::UnknownFlags(self.flags.0));
         }
-        let span = Flags::RESYNC_BEGIN | Flags::RESYNC_END;
+        let span = Flags::RESYNC_BEGIN | Flags::RESYNC_END | Flags::RESYNC_FULL;
         if self.flags.0 & span != 0 && self.kind != RecordKind::Checkpoint {
+            return Err(RecordError::UnknownFlags(self.flags.0));
+        }
+        if self.flags.has(Flags::RESYNC_FULL) && !self.flags.has(Flags::RESYNC_BEGIN) {
             return Err(RecordError::UnknownFlags(self.flags.0));
         }
         match self.kind {

@@ -252,3 +252,26 @@ fn streaming_payload_verification() {
     );
     verify_tail(&dh, &buf[HEADER_LEN + 1024..], &key(), &SoftDigest).unwrap();
 }
+
+/// The span flags belong to checkpoint records, and `RESYNC_FULL` only
+/// beside `RESYNC_BEGIN`.
+#[test]
+fn span_flags_only_on_checkpoints_and_full_only_with_begin() {
+    let mut cp = RecordHeader::new(RecordKind::Checkpoint);
+    (cp.dev_seq, cp.group_seq, cp.epoch) = (3, 7, 2);
+    for f in [
+        Flags::RESYNC_BEGIN,
+        Flags::RESYNC_END,
+        Flags::RESYNC_BEGIN | Flags::RESYNC_FULL,
+    ] {
+        cp.flags = Flags(f);
+        assert_eq!(cp.validate(), Ok(()), "{f:#x}");
+    }
+    for f in [Flags::RESYNC_FULL, Flags::RESYNC_END | Flags::RESYNC_FULL] {
+        cp.flags = Flags(f);
+        assert_eq!(cp.validate(), Err(RecordError::UnknownFlags(f)), "{f:#x}");
+    }
+    let mut w = write_header();
+    w.flags = Flags(Flags::RESYNC_BEGIN | Flags::RESYNC_FULL);
+    assert_eq!(w.validate(), Err(RecordError::UnknownFlags(0x50)));
+}
