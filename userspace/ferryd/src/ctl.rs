@@ -11,7 +11,13 @@
 //! * **Format.**  One request, one reply, each a line of JSON:
 //!   `{"cmd":"release"}` is answered `{"result":"released",
 //!   "applied_epoch":N}` (with `"span_dropped":{...}` when a resync span
-//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`;
+//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`
+//!   (a secondary with no consistent point, the initial full copy not
+//!   applied, refuses it); `{"cmd":"release_force"}` (`ferryctl promote
+//!   --force`) releases that one too, and says so (`"inconsistent":true`).
+//!   (A command of its own: a `ferryd` that has no such refusal refuses it
+//!   as a bad request, and `ferryctl` then asks it for a plain release.)
+//!  
 //!   `{"cmd":"resync"}` is answered `{"result":"started","was":"ahead",
 //!   "dirty_chunks":N}` ([`Started`]) or refused; `{"cmd":"resync_full"}`
 //!   (`ferryctl resync --full`) the same, with `"full":true` in the
@@ -63,8 +69,13 @@ pub fn default_path(group: &str) -> PathBuf {
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     /// Secondary: apply every complete interval held, close the character
-    /// device, and exit once the answer is read.
+    /// device, and exit once the answer is read; refused while the
+    /// secondary has no consistent point.
     Release,
+    /// Secondary: the same, with no consistent point too (`ferryctl
+    /// promote --force`).
+    #[serde(rename = "release_force")]
+    ReleaseForce,
     /// Primary: write `START` (leave `ahead` by a resync).
     Resync,
     /// Primary: write `START` with `FULL_RESYNC` (copy every chunk of
@@ -74,6 +85,15 @@ pub enum Request {
 }
 
 impl Request {
+    /// The release request: forced or not.
+    pub fn release(force: bool) -> Self {
+        if force {
+            Request::ReleaseForce
+        } else {
+            Request::Release
+        }
+    }
+
     /// The resync request: full (`START` with `FULL_RESYNC`) or not.
     pub fn resync(full: bool) -> Self {
         if full {
@@ -108,6 +128,11 @@ pub struct Released {
     /// is the primary's before the resync began).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_dropped: Option<SpanDropped>,
+    /// Released (forced) with no consistent point: the initial full copy
+    /// was not applied, the chunks it had not copied hold the devices' own
+    /// earlier content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconsistent: bool,
 }
 
 /// What a secondary released with a resync span open had staged of it,
@@ -141,8 +166,9 @@ pub fn peer_allowed(peer: u32, own: u32) -> bool {
 pub trait Control: Send + Sync + 'static {
     /// Applies every complete interval held (but those of an open resync
     /// span) and closes the character device; says what it let go of.
-    /// Returns only once the device is closed.
-    fn release(&self) -> impl Future<Output = Result<Released, String>> + Send;
+    /// Returns only once the device is closed.  Refused with no consistent
+    /// point (the initial full copy not applied) unless `force`.
+    fn release(&self, force: bool) -> impl Future<Output = Result<Released, String>> + Send;
     /// Writes `START` to the character device (a primary), with
     /// `FULL_RESYNC` when `full`; says how the kernel took it.
     fn resync(&self, full: bool) -> impl Future<Output = Result<Started, String>> + Send;
@@ -306,9 +332,10 @@ async fn connection<C: Control>(
         }
     };
     match req {
-        Request::Release => {
-            info!(uid = cred.uid(), "release requested");
-            match c.release().await {
+        Request::Release | Request::ReleaseForce => {
+            let force = req == Request::ReleaseForce;
+            info!(uid = cred.uid(), force, "release requested");
+            match c.release(force).await {
                 Ok(r) => {
                     let sent = reply(&mut s, &Reply::Released(r)).await;
                     if sent.is_ok() {
@@ -348,13 +375,19 @@ pub enum Release {
     NotRunning(String),
 }
 
-/// Asks the `ferryd` serving `path` to release (blocking; `ferryctl`).
-/// An error means `ferryd` runs but did not release: refused, failed, did
-/// not answer, or the socket cannot be used (permissions).
-pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
-    match request(path, &Request::Release, timeout, "the release")? {
+/// Asks the `ferryd` serving `path` to release, forced or not (blocking;
+/// `ferryctl promote [--force]`).  An error means `ferryd` runs but did
+/// not release: refused (with no consistent point, unless `force`),
+/// failed, did not answer, or the socket cannot be used (permissions).  A
+/// `ferryd` that has no forced release (older: it has no consistent point
+/// to refuse for either) is asked for a plain one.
+pub fn request_release(path: &Path, force: bool, timeout: Duration) -> Result<Release> {
+    match request(path, &Request::release(force), timeout, "the release")? {
         Err(why) => Ok(Release::NotRunning(why)),
         Ok(Reply::Released(r)) => Ok(Release::Released(r)),
+        Ok(Reply::Refused { error }) if force && error.contains("unknown variant") => {
+            request_release(path, false, timeout)
+        }
         Ok(Reply::Refused { error }) => bail!("ferryd refused to release the device: {error}"),
         Ok(other) => bail!("an answer of ferryd not understood: {other:?}"),
     }
@@ -457,6 +490,7 @@ mod tests {
         let r = Released {
             applied_epoch: 7,
             span_dropped: None,
+            inconsistent: false,
         };
         assert_eq!(
             serde_json::to_string(&Reply::Released(r.clone())).unwrap(),
@@ -498,6 +532,164 @@ mod tests {
         let line = r#"{"result":"started","was":"ahead","dirty_chunks":12}"#;
         assert_eq!(serde_json::to_string(&started).unwrap(), line);
         assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), started);
+    }
+
+    #[test]
+    fn a_forced_release_on_the_wire() {
+        assert_eq!(Request::release(false), Request::Release);
+        assert_eq!(Request::release(true), Request::ReleaseForce);
+        // Without --force: the request of every ferryctl.
+        assert_eq!(
+            serde_json::to_string(&Request::release(false)).unwrap(),
+            r#"{"cmd":"release"}"#
+        );
+        let line = r#"{"cmd":"release_force"}"#;
+        assert_eq!(serde_json::to_string(&Request::ReleaseForce).unwrap(), line);
+        assert_eq!(
+            serde_json::from_str::<Request>(line).unwrap(),
+            Request::ReleaseForce
+        );
+        // Not a field: an older ferryd would pass over it and release as
+        // asked plainly (as this one does).
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"release","force":true}"#).is_ok());
+        let forced = Reply::Released(Released {
+            applied_epoch: 3,
+            span_dropped: None,
+            inconsistent: true,
+        });
+        let line = r#"{"result":"released","applied_epoch":3,"inconsistent":true}"#;
+        assert_eq!(serde_json::to_string(&forced).unwrap(), line);
+        assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), forced);
+    }
+
+    /// A secondary's `ferryd`, as the control socket sees it.
+    struct Fake {
+        inconsistent: bool,
+        older: bool,
+    }
+
+    impl Control for Fake {
+        async fn release(&self, force: bool) -> Result<Released, String> {
+            if self.inconsistent && !force {
+                return Err("no consistent point".into());
+            }
+            Ok(Released {
+                applied_epoch: 4,
+                span_dropped: None,
+                inconsistent: self.inconsistent,
+            })
+        }
+
+        async fn resync(&self, _full: bool) -> Result<Started, String> {
+            Err("no".into())
+        }
+    }
+
+    /// Asks a fake ferryd at a socket of its own to release.
+    async fn ask(c: Fake, force: bool) -> Result<Release> {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-ctl-release-{}-{}-{}-{force}",
+            std::process::id(),
+            c.inconsistent,
+            c.older
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("g.sock");
+        let l = bind(&path).unwrap();
+        let older = c.older;
+        let server = if older {
+            // An older ferryd: it knows no release_force.
+            let task = tokio::spawn(async move {
+                for _ in 0..2 {
+                    let (mut s, _) = l.accept().await.unwrap();
+                    let mut line = String::new();
+                    tokio::io::BufReader::new(&mut s)
+                        .read_line(&mut line)
+                        .await
+                        .unwrap();
+                    let r = match serde_json::from_str::<serde_json::Value>(&line).unwrap()["cmd"]
+                        .as_str()
+                    {
+                        Some("release") => r#"{"result":"released","applied_epoch":4}"#,
+                        _ => {
+                            r#"{"result":"refused","error":"bad request: unknown variant `release_force`"}"#
+                        }
+                    };
+                    s.write_all(format!("{r}\n").as_bytes()).await.unwrap();
+                }
+            });
+            Err(task)
+        } else {
+            Ok(serve(l, &path, Arc::new(c), own_uid()))
+        };
+        let p = path.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            request_release(&p, force, Duration::from_secs(10))
+        })
+        .await
+        .unwrap();
+        match server {
+            Ok(s) => drop(s),
+            Err(t) => t.abort(),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    /// This process's uid (allowed on its own sockets).
+    fn own_uid() -> u32 {
+        std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn promote_is_refused_with_no_consistent_point_unless_forced() {
+        let e = ask(
+            Fake {
+                inconsistent: true,
+                older: false,
+            },
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("no consistent point"), "{e:#}");
+        let r = ask(
+            Fake {
+                inconsistent: true,
+                older: false,
+            },
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            r,
+            Release::Released(Released {
+                inconsistent: true,
+                ..
+            })
+        ));
+        // An older ferryd: --force falls back to its plain release.
+        let r = ask(
+            Fake {
+                inconsistent: false,
+                older: true,
+            },
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(
+                r,
+                Release::Released(Released {
+                    applied_epoch: 4,
+                    inconsistent: false,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

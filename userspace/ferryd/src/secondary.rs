@@ -122,6 +122,11 @@ struct SavedState {
     streams: BTreeMap<u32, Saved>,
     #[serde(default)]
     points: Option<cpoints::Saved>,
+    /// No consistent point: the initial full copy's span is not applied
+    /// whole (`span`).  Written only while set: an older `ferryd`, which
+    /// would take the devices for consistent, refuses such a `state.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    inconsistent: bool,
 }
 
 struct StreamState {
@@ -163,6 +168,12 @@ struct State {
     /// `ferryctl promote` asked for the device: apply every complete
     /// interval, then close it (`released`).
     release: bool,
+    /// The release is forced (`ferryctl promote --force`): let go even
+    /// with no consistent point.
+    release_force: bool,
+    /// Why the release asked for was refused (no consistent point), for
+    /// its answer.
+    release_refused: Option<String>,
     released: bool,
     /// SIGTERM or SIGINT: stop applying before the next batch.
     stop: bool,
@@ -198,6 +209,7 @@ impl State {
                 })
                 .collect(),
             points: Some(self.points.saved()),
+            inconsistent: self.spans.inconsistent(),
         }
     }
 }
@@ -378,6 +390,7 @@ fn restore(
                     .map(|streams| SavedState {
                         streams,
                         points: None,
+                        inconsistent: false,
                     })
                     .map_err(|_| e)
             })
@@ -506,11 +519,27 @@ fn restore(
             "an interval was being applied: redo from the remote log"
         );
     }
-    let spans = Spans::recover(streams.len(), applied, applied_markers);
+    // Nothing applied as `state.json` says (none saved, or no stream's
+    // first record applied): what the kernel applied past it is one batch,
+    // taken while the devices held nothing.
+    let fresh = saved.values().all(|sv| sv.next <= 1);
+    let spans = Spans::recover(
+        streams.len(),
+        applied,
+        applied_markers,
+        state.inconsistent,
+        fresh,
+    );
     if let Some((after, _)) = spans.hold() {
         info!(
             after,
             "a resync span is open: its intervals are applied as one once its end arrives"
+        );
+    }
+    if spans.inconsistent() {
+        warn!(
+            applied,
+            "no consistent point: the initial full copy is in progress (its span is not applied)"
         );
     }
     let state = State {
@@ -524,6 +553,8 @@ fn restore(
         redo: applying,
         intervals: 0,
         release: false,
+        release_force: false,
+        release_refused: None,
         released: false,
         stop: false,
         apply_error: None,
@@ -724,6 +755,7 @@ impl Report for Sec {
             resync_span_records: span.records,
             resync_span_bytes: span.bytes,
             resync_spans_applied: st.spans.spans_applied(),
+            inconsistent: st.spans.inconsistent(),
             ..Status::default()
         }
     }
@@ -733,24 +765,35 @@ impl Control for Sec {
     /// Waits (up to 60 s) for the apply loop to apply every complete
     /// interval (but those of an open resync span: not applied, and said)
     /// and close the device; `ferryd` exits once the answer is out
-    /// (`run`), not here.
-    async fn release(&self) -> Result<Released, String> {
+    /// (`run`), not here.  With no consistent point (the initial full
+    /// copy not applied) it is refused unless `force`: the device stays,
+    /// applying goes on.
+    async fn release(&self, force: bool) -> Result<Released, String> {
         {
             let mut st = lock(&self.state);
             if st.stop {
                 return Err("ferryd is stopping".into());
             }
+            if !force && st.spans.inconsistent() {
+                return Err(apply::no_consistent_point(&st));
+            }
             st.release = true;
+            st.release_force = force;
+            st.release_refused = None;
         }
         self.more.notify_one();
         for _ in 0..600 {
             {
-                let st = lock(&self.state);
+                let mut st = lock(&self.state);
                 if st.released {
                     return Ok(Released {
                         applied_epoch: st.applied,
                         span_dropped: st.dropped,
+                        inconsistent: st.spans.inconsistent(),
                     });
+                }
+                if let Some(why) = st.release_refused.take() {
+                    return Err(why);
                 }
                 if st.stop {
                     return Err("ferryd is stopping".into());
@@ -773,3 +816,7 @@ pub(crate) mod tests;
 #[cfg(test)]
 #[path = "secondary_span_tests.rs"]
 mod span_tests;
+
+#[cfg(test)]
+#[path = "secondary_incons_tests.rs"]
+mod incons_tests;
