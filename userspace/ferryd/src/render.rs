@@ -490,4 +490,38 @@ health: degraded
         // No Rust debug formatting: no brackets, no quoted strings.
         assert!(!text.contains('[') && !text.contains('"'), "{text}");
     }
+
+    #[test]
+    fn no_consistent_point_in_words() {
+        let mut s = Status {
+            group: "db".into(),
+            role: Role::Secondary,
+            state: "idle".into(),
+            applied_epoch: 1,
+            inconsistent: true,
+            ..Status::default()
+        };
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains("\n  NO CONSISTENT POINT: the initial full copy is in progress"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhealth: degraded\n") && text.contains("\n  no consistent point: "),
+            "{text}"
+        );
+        assert!(
+            s.summary().contains("NO CONSISTENT POINT"),
+            "{}",
+            s.summary()
+        );
+        s.inconsistent = false;
+        assert!(!status(&s, &assess(&s, 30.0)).contains("CONSISTENT"));
+        let r = Released {
+            applied_epoch: 1,
+            span_dropped: None,
+            inconsistent: true,
+        };
+        assert!(released(&r).contains("FORCED with no consistent point"));
+    }
 }
