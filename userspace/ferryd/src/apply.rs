@@ -177,6 +177,31 @@ pub(super) fn finish_batch(st: &mut State, job: &Job) -> SavedState {
     st.saved_state()
 }
 
+/// The refusal of a release that is not forced while the secondary has no
+/// consistent point.
+pub(super) fn no_consistent_point(st: &State) -> String {
+    let d = st.spans.staged();
+    format!(
+        "no consistent point: the initial full copy has not been applied (its resync span is \
+         open, {} intervals staged; the devices hold interval {} over their own earlier \
+         content, not a point of the primary's past); ferryctl promote --force promotes anyway, \
+         and the devices then hold unrelated content in the chunks not copied yet",
+        d.intervals, st.applied
+    )
+}
+
+/// Whether a release asked for may let the device go now: not while the
+/// secondary has no consistent point, unless forced (a release refused
+/// so is withdrawn, and its answer says why; applying goes on).
+pub(super) fn may_let_go(st: &mut State) -> bool {
+    if st.release_force || !st.spans.inconsistent() {
+        return true;
+    }
+    st.release = false;
+    st.release_refused = Some(no_consistent_point(st));
+    false
+}
+
 /// Lets the device go (a release), closed before `released` says so: the
 /// answer to the release must find the device free for promote.  A resync
 /// span open now is not applied: what it staged is dropped, and said.
@@ -196,6 +221,13 @@ pub(super) fn let_go(s: &Sec, st: &mut State) {
             records: d.records,
             bytes: d.bytes,
         });
+    }
+    if st.spans.inconsistent() {
+        warn!(
+            applied = st.applied,
+            "released (forced) with no consistent point: the initial full copy was not applied, \
+             the chunks not copied yet hold the devices' own earlier content"
+        );
     }
     st.released = true;
 }
@@ -218,7 +250,7 @@ pub(super) async fn apply_loop(s: Arc<Sec>) -> Result<()> {
             let next = take_batch(&mut st)?;
             // (With a redo due, the kernel holds host reads until the
             // intervals up to it are whole here.)
-            if matches!(next, Next::Wait) && st.release {
+            if matches!(next, Next::Wait) && st.release && may_let_go(&mut st) {
                 let_go(&s, &mut st);
                 return Ok(());
             }
@@ -323,7 +355,7 @@ pub(super) async fn apply_stopped(s: &Arc<Sec>, epoch: u64, f: ApplyFailed) -> R
             if st.stop {
                 return Ok(());
             }
-            if st.release {
+            if st.release && may_let_go(&mut st) {
                 let_go(s, &mut st);
                 return Ok(());
             }

@@ -16,8 +16,8 @@ Exit status:
   1  error: ferryd not reachable, bad arguments, the command failed
   2  degraded: a link down, connecting, ahead (resync needed), resyncing,
      a remote log stopped, applying stopped, log_dir or spool_dir full, a disk spool
-     error, G2 broken, released, or a lag beyond --max-lag seconds
-     (default 30)";
+     error, G2 broken, released, no consistent point (a secondary's initial
+     full copy in progress), or a lag beyond --max-lag seconds (default 30)";
 
 /// `ferryd`'s command line.
 #[derive(Parser, Debug)]
@@ -130,8 +130,17 @@ pub enum Cmd {
     /// Make this secondary a primary: ferryd (asked on its control socket,
     /// as root) applies every complete interval it holds and lets go of the
     /// device, then the kernel group becomes a primary that tracks its own
-    /// writes.
-    Promote { group: String },
+    /// writes.  Refused (exit 1, nothing changed, ferryd goes on) while the
+    /// secondary has no consistent point: the initial full copy is not
+    /// applied yet.
+    Promote {
+        group: String,
+        /// Promote with no consistent point too: the devices then hold
+        /// their own earlier content, unrelated to the primary's, in the
+        /// chunks the initial full copy has not copied.
+        #[arg(long)]
+        force: bool,
+    },
     /// Start a resync on this primary: ferryd (asked on its control socket,
     /// as root) writes START, and a group that is ahead (or replicating with
     /// dirty chunks) copies its dirty chunks to the secondary, then
@@ -292,6 +301,18 @@ mod tests {
             c.cmd,
             Cmd::Resync { wait: true, timeout: Some(t), full: false, .. } if t == 5.0
         ));
+    }
+
+    #[test]
+    fn promote_force() {
+        let c = Ferryctl::try_parse_from(["ferryctl", "promote", "g"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Promote { ref group, force: false } if group == "g"));
+        let c = Ferryctl::try_parse_from(["ferryctl", "promote", "--force", "g"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Promote { ref group, force: true } if group == "g"));
+        let c = Ferryctl::try_parse_from(["ferryctl", "promote", "g", "--force"]).unwrap();
+        assert!(matches!(c.cmd, Cmd::Promote { force: true, .. }));
+        assert!(Ferryctl::try_parse_from(["ferryctl", "promote", "--force"]).is_err());
+        assert!(Ferryctl::try_parse_from(["ferryctl", "promote", "g", "--force=yes"]).is_err());
     }
 
     #[test]

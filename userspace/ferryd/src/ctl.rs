@@ -11,7 +11,13 @@
 //! * **Format.**  One request, one reply, each a line of JSON:
 //!   `{"cmd":"release"}` is answered `{"result":"released",
 //!   "applied_epoch":N}` (with `"span_dropped":{...}` when a resync span
-//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`;
+//!   was open: [`SpanDropped`]) or `{"result":"refused","error":"..."}`
+//!   (a secondary with no consistent point, the initial full copy not
+//!   applied, refuses it); `{"cmd":"release_force"}` (`ferryctl promote
+//!   --force`) releases that one too, and says so (`"inconsistent":true`).
+//!   (A command of its own: a `ferryd` that has no such refusal refuses it
+//!   as a bad request, and `ferryctl` then asks it for a plain release.)
+//!  
 //!   `{"cmd":"resync"}` is answered `{"result":"started","was":"ahead",
 //!   "dirty_chunks":N}` ([`Started`]) or refused; `{"cmd":"resync_full"}`
 //!   (`ferryctl resync --full`) the same, with `"full":true` in the
@@ -63,8 +69,13 @@ pub fn default_path(group: &str) -> PathBuf {
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     /// Secondary: apply every complete interval held, close the character
-    /// device, and exit once the answer is read.
+    /// device, and exit once the answer is read; refused while the
+    /// secondary has no consistent point.
     Release,
+    /// Secondary: the same, with no consistent point too (`ferryctl
+    /// promote --force`).
+    #[serde(rename = "release_force")]
+    ReleaseForce,
     /// Primary: write `START` (leave `ahead` by a resync).
     Resync,
     /// Primary: write `START` with `FULL_RESYNC` (copy every chunk of
@@ -74,6 +85,15 @@ pub enum Request {
 }
 
 impl Request {
+    /// The release request: forced or not.
+    pub fn release(force: bool) -> Self {
+        if force {
+            Request::ReleaseForce
+        } else {
+            Request::Release
+        }
+    }
+
     /// The resync request: full (`START` with `FULL_RESYNC`) or not.
     pub fn resync(full: bool) -> Self {
         if full {
@@ -108,6 +128,11 @@ pub struct Released {
     /// is the primary's before the resync began).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_dropped: Option<SpanDropped>,
+    /// Released (forced) with no consistent point: the initial full copy
+    /// was not applied, the chunks it had not copied hold the devices' own
+    /// earlier content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconsistent: bool,
 }
 
 /// What a secondary released with a resync span open had staged of it,
@@ -141,8 +166,9 @@ pub fn peer_allowed(peer: u32, own: u32) -> bool {
 pub trait Control: Send + Sync + 'static {
     /// Applies every complete interval held (but those of an open resync
     /// span) and closes the character device; says what it let go of.
-    /// Returns only once the device is closed.
-    fn release(&self) -> impl Future<Output = Result<Released, String>> + Send;
+    /// Returns only once the device is closed.  Refused with no consistent
+    /// point (the initial full copy not applied) unless `force`.
+    fn release(&self, force: bool) -> impl Future<Output = Result<Released, String>> + Send;
     /// Writes `START` to the character device (a primary), with
     /// `FULL_RESYNC` when `full`; says how the kernel took it.
     fn resync(&self, full: bool) -> impl Future<Output = Result<Started, String>> + Send;
@@ -306,9 +332,10 @@ async fn connection<C: Control>(
         }
     };
     match req {
-        Request::Release => {
-            info!(uid = cred.uid(), "release requested");
-            match c.release().await {
+        Request::Release | Request::ReleaseForce => {
+            let force = req == Request::ReleaseForce;
+            info!(uid = cred.uid(), force, "release requested");
+            match c.release(force).await {
                 Ok(r) => {
                     let sent = reply(&mut s, &Reply::Released(r)).await;
                     if sent.is_ok() {
@@ -348,13 +375,19 @@ pub enum Release {
     NotRunning(String),
 }
 
-/// Asks the `ferryd` serving `path` to release (blocking; `ferryctl`).
-/// An error means `ferryd` runs but did not release: refused, failed, did
-/// not answer, or the socket cannot be used (permissions).
-pub fn request_release(path: &Path, timeout: Duration) -> Result<Release> {
-    match request(path, &Request::Release, timeout, "the release")? {
+/// Asks the `ferryd` serving `path` to release, forced or not (blocking;
+/// `ferryctl promote [--force]`).  An error means `ferryd` runs but did
+/// not release: refused (with no consistent point, unless `force`),
+/// failed, did not answer, or the socket cannot be used (permissions).  A
+/// `ferryd` that has no forced release (older: it has no consistent point
+/// to refuse for either) is asked for a plain one.
+pub fn request_release(path: &Path, force: bool, timeout: Duration) -> Result<Release> {
+    match request(path, &Request::release(force), timeout, "the release")? {
         Err(why) => Ok(Release::NotRunning(why)),
         Ok(Reply::Released(r)) => Ok(Release::Released(r)),
+        Ok(Reply::Refused { error }) if force && error.contains("unknown variant") => {
+            request_release(path, false, timeout)
+        }
         Ok(Reply::Refused { error }) => bail!("ferryd refused to release the device: {error}"),
         Ok(other) => bail!("an answer of ferryd not understood: {other:?}"),
     }
@@ -435,95 +468,5 @@ fn request(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_root_and_ferryds_own_user() {
-        assert!(peer_allowed(0, 0));
-        assert!(peer_allowed(0, 1000));
-        assert!(peer_allowed(1000, 1000));
-        assert!(!peer_allowed(1000, 0));
-        assert!(!peer_allowed(1001, 1000));
-        assert!(!peer_allowed(65534, 0));
-    }
-
-    #[test]
-    fn wire_format() {
-        assert_eq!(
-            serde_json::to_string(&Request::Release).unwrap(),
-            r#"{"cmd":"release"}"#
-        );
-        let r = Released {
-            applied_epoch: 7,
-            span_dropped: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&Reply::Released(r.clone())).unwrap(),
-            r#"{"result":"released","applied_epoch":7}"#
-        );
-        let mut dropped = r.clone();
-        dropped.span_dropped = Some(SpanDropped {
-            intervals: 3,
-            records: 40,
-            bytes: 4096,
-        });
-        let line = r#"{"result":"released","applied_epoch":7,"span_dropped":{"intervals":3,"records":40,"bytes":4096}}"#;
-        assert_eq!(
-            serde_json::to_string(&Reply::Released(dropped.clone())).unwrap(),
-            line
-        );
-        assert_eq!(
-            serde_json::from_str::<Reply>(line).unwrap(),
-            Reply::Released(dropped)
-        );
-        // The answer of an older ferryd.
-        assert_eq!(
-            serde_json::from_str::<Reply>(r#"{"result":"released","applied_epoch":7}"#).unwrap(),
-            Reply::Released(r)
-        );
-        assert_eq!(
-            serde_json::from_str::<Reply>(r#"{"result":"refused","error":"x"}"#).unwrap(),
-            Reply::Refused { error: "x".into() }
-        );
-        assert_eq!(
-            serde_json::to_string(&Request::Resync).unwrap(),
-            r#"{"cmd":"resync"}"#
-        );
-        let started = Reply::Started(Started {
-            was: "ahead".into(),
-            dirty_chunks: 12,
-            full: false,
-        });
-        let line = r#"{"result":"started","was":"ahead","dirty_chunks":12}"#;
-        assert_eq!(serde_json::to_string(&started).unwrap(), line);
-        assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), started);
-    }
-
-    #[test]
-    fn a_full_resync_on_the_wire() {
-        assert_eq!(Request::resync(false), Request::Resync);
-        assert_eq!(Request::resync(true), Request::ResyncFull);
-        // Without --full: the request of every ferryctl.
-        assert_eq!(
-            serde_json::to_string(&Request::resync(false)).unwrap(),
-            r#"{"cmd":"resync"}"#
-        );
-        let line = r#"{"cmd":"resync_full"}"#;
-        assert_eq!(serde_json::to_string(&Request::ResyncFull).unwrap(), line);
-        assert_eq!(
-            serde_json::from_str::<Request>(line).unwrap(),
-            Request::ResyncFull
-        );
-        // An unknown command is refused, not taken for another.
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"resync_all"}"#).is_err());
-        let started = Reply::Started(Started {
-            was: "replicating".into(),
-            dirty_chunks: 0,
-            full: true,
-        });
-        let line = r#"{"result":"started","was":"replicating","dirty_chunks":0,"full":true}"#;
-        assert_eq!(serde_json::to_string(&started).unwrap(), line);
-        assert_eq!(serde_json::from_str::<Reply>(line).unwrap(), started);
-    }
-}
+#[path = "ctl_tests.rs"]
+mod tests;

@@ -117,6 +117,13 @@ pub fn assess(s: &Status, max_lag: f64) -> Assessment {
     if let Some(why) = &s.apply_error {
         r.push(format!("applying stopped: {why}"));
     }
+    if s.inconsistent {
+        r.push(
+            "no consistent point: the initial full copy is in progress (promote is refused \
+             until it is applied)"
+                .to_string(),
+        );
+    }
     if let Some(why) = &s.log_full {
         r.push(format!("log_dir full: {why}"));
     }

@@ -765,6 +765,7 @@ impl Report for Shared {
             resync_span_records: 0,
             resync_span_bytes: 0,
             resync_spans_applied: 0,
+            inconsistent: false,
             resync_mode: self.cfg.resync.to_string(),
             resync_note,
             initial_sync: self.cfg.initial_sync.to_string(),
@@ -779,7 +780,7 @@ impl Report for Shared {
 }
 
 impl crate::Control for Shared {
-    async fn release(&self) -> Result<ferryd::ctl::Released, String> {
+    async fn release(&self, _force: bool) -> Result<ferryd::ctl::Released, String> {
         Err("this site is the primary: release is for a secondary".into())
     }
 

@@ -127,6 +127,13 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
             if let Some(why) = &s.apply_error {
                 writeln!(o, "  APPLYING STOPPED: {why}")?;
             }
+            if s.inconsistent {
+                writeln!(
+                    o,
+                    "  NO CONSISTENT POINT: the initial full copy is in progress (promote refused \
+                     until its span is applied; promote --force takes the devices as they are)"
+                )?;
+            }
             if s.resync_span_open {
                 writeln!(
                     o,
@@ -199,6 +206,13 @@ pub fn released(r: &Released) -> String {
             bytes(d.bytes),
             r.applied_epoch
         ));
+    }
+    if r.inconsistent {
+        l.push_str(
+            "; FORCED with no consistent point: the initial full copy was not applied, the \
+             chunks it had not copied hold the devices' own earlier content, unrelated to the \
+             primary's",
+        );
     }
     l
 }
@@ -433,6 +447,7 @@ health: degraded
         let mut r = Released {
             applied_epoch: 7,
             span_dropped: None,
+            inconsistent: false,
         };
         assert_eq!(
             released(&r),
@@ -474,5 +489,39 @@ health: degraded
         );
         // No Rust debug formatting: no brackets, no quoted strings.
         assert!(!text.contains('[') && !text.contains('"'), "{text}");
+    }
+
+    #[test]
+    fn no_consistent_point_in_words() {
+        let mut s = Status {
+            group: "db".into(),
+            role: Role::Secondary,
+            state: "idle".into(),
+            applied_epoch: 1,
+            inconsistent: true,
+            ..Status::default()
+        };
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains("\n  NO CONSISTENT POINT: the initial full copy is in progress"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhealth: degraded\n") && text.contains("\n  no consistent point: "),
+            "{text}"
+        );
+        assert!(
+            s.summary().contains("NO CONSISTENT POINT"),
+            "{}",
+            s.summary()
+        );
+        s.inconsistent = false;
+        assert!(!status(&s, &assess(&s, 30.0)).contains("CONSISTENT"));
+        let r = Released {
+            applied_epoch: 1,
+            span_dropped: None,
+            inconsistent: true,
+        };
+        assert!(released(&r).contains("FORCED with no consistent point"));
     }
 }

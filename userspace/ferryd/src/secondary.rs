@@ -122,6 +122,11 @@ struct SavedState {
     streams: BTreeMap<u32, Saved>,
     #[serde(default)]
     points: Option<cpoints::Saved>,
+    /// No consistent point: the initial full copy's span is not applied
+    /// whole (`span`).  Written only while set: an older `ferryd`, which
+    /// would take the devices for consistent, refuses such a `state.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    inconsistent: bool,
 }
 
 struct StreamState {
@@ -163,6 +168,12 @@ struct State {
     /// `ferryctl promote` asked for the device: apply every complete
     /// interval, then close it (`released`).
     release: bool,
+    /// The release is forced (`ferryctl promote --force`): let go even
+    /// with no consistent point.
+    release_force: bool,
+    /// Why the release asked for was refused (no consistent point), for
+    /// its answer.
+    release_refused: Option<String>,
     released: bool,
     /// SIGTERM or SIGINT: stop applying before the next batch.
     stop: bool,
@@ -198,6 +209,7 @@ impl State {
                 })
                 .collect(),
             points: Some(self.points.saved()),
+            inconsistent: self.spans.inconsistent(),
         }
     }
 }
@@ -378,6 +390,7 @@ fn restore(
                     .map(|streams| SavedState {
                         streams,
                         points: None,
+                        inconsistent: false,
                     })
                     .map_err(|_| e)
             })
@@ -506,11 +519,27 @@ fn restore(
             "an interval was being applied: redo from the remote log"
         );
     }
-    let spans = Spans::recover(streams.len(), applied, applied_markers);
+    // Nothing applied as `state.json` says (none saved, or no stream's
+    // first record applied): what the kernel applied past it is one batch,
+    // taken while the devices held nothing.
+    let fresh = saved.values().all(|sv| sv.next <= 1);
+    let spans = Spans::recover(
+        streams.len(),
+        applied,
+        applied_markers,
+        state.inconsistent,
+        fresh,
+    );
     if let Some((after, _)) = spans.hold() {
         info!(
             after,
             "a resync span is open: its intervals are applied as one once its end arrives"
+        );
+    }
+    if spans.inconsistent() {
+        warn!(
+            applied,
+            "no consistent point: the initial full copy is in progress (its span is not applied)"
         );
     }
     let state = State {
@@ -524,6 +553,8 @@ fn restore(
         redo: applying,
         intervals: 0,
         release: false,
+        release_force: false,
+        release_refused: None,
         released: false,
         stop: false,
         apply_error: None,
@@ -635,136 +666,8 @@ fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Windo
     })
 }
 
-impl Report for Sec {
-    fn status(&self) -> Status {
-        let (stopped, full): (Vec<_>, Vec<_>) = self
-            .logs
-            .iter()
-            .map(|l| {
-                let l = lock(l);
-                (l.stopped().map(str::to_owned), l.full().map(str::to_owned))
-            })
-            .unzip();
-        let st = lock(&self.state);
-        // The first of the streams' appends that found no room, or the
-        // save of state.json.
-        let log_full = (st.streams.iter().zip(full))
-            .find_map(|(x, f)| f.map(|f| format!("device {}: {f}", x.id)))
-            .or_else(|| st.state_full.clone());
-        let span = st.spans.staged();
-        let streams = st
-            .streams
-            .iter()
-            .zip(&st.windows)
-            .zip(stopped)
-            .map(|((x, w), log_stopped)| {
-                let received = w.run_end();
-                // Applied: not what is staged in a resync span, nor the
-                // batch being applied.
-                let done = x.saved.next - 1;
-                // What is held durably and not applied yet (in the window,
-                // taken from it): its bytes, and how far (in the primary's
-                // time) the newest of it is ahead of the last record
-                // applied.
-                let lag_bytes = (w.next()..=received)
-                    .filter_map(|ds| w.get(ds))
-                    .map(|r| u64::from(r.item.len))
-                    .sum::<u64>()
-                    + x.unapplied_bytes;
-                let lag_seconds = if received > done {
-                    w.run_end_stamp().timestamp_ns.saturating_sub(x.saved.ts) as f64 / 1e9
-                } else {
-                    0.0
-                };
-                Stream {
-                    device: x.id,
-                    connected: x.connected > 0,
-                    received,
-                    done,
-                    lag_records: received - done,
-                    lag_bytes,
-                    lag_seconds,
-                    record_bytes: x.record_bytes,
-                    wire_bytes: x.wire_bytes,
-                    applied_writes: x.applied_writes,
-                    log_stopped,
-                }
-            })
-            .collect();
-        Status {
-            group: self.cfg.group.clone(),
-            role: Role::Secondary,
-            state: if st.released {
-                "released"
-            } else if st.applying > 0 {
-                "applying"
-            } else {
-                "idle"
-            }
-            .into(),
-            streams,
-            applied_epoch: st.applied,
-            applying_epoch: st.applying,
-            spool_records: 0,
-            auth_refused: self.listen.refused().iter().map(|(_, n)| n).sum(),
-            auth_refused_by: self.listen.refused(),
-            accept_errors: self.listen.accept_errors(),
-            rejected: self.rejected.snapshot(),
-            intervals_applied: st.intervals,
-            consistency_point: st.points.held(),
-            disk_spool_records: 0,
-            disk_spool_bytes: 0,
-            g2_violations: st.g2.violations(),
-            apply_error: st.apply_error.clone(),
-            log_full,
-            spool_full: None,
-            spool_error: None,
-            resync_span_open: st.spans.is_open(),
-            resync_span_intervals: span.intervals,
-            resync_span_records: span.records,
-            resync_span_bytes: span.bytes,
-            resync_spans_applied: st.spans.spans_applied(),
-            ..Status::default()
-        }
-    }
-}
-
-impl Control for Sec {
-    /// Waits (up to 60 s) for the apply loop to apply every complete
-    /// interval (but those of an open resync span: not applied, and said)
-    /// and close the device; `ferryd` exits once the answer is out
-    /// (`run`), not here.
-    async fn release(&self) -> Result<Released, String> {
-        {
-            let mut st = lock(&self.state);
-            if st.stop {
-                return Err("ferryd is stopping".into());
-            }
-            st.release = true;
-        }
-        self.more.notify_one();
-        for _ in 0..600 {
-            {
-                let st = lock(&self.state);
-                if st.released {
-                    return Ok(Released {
-                        applied_epoch: st.applied,
-                        span_dropped: st.dropped,
-                    });
-                }
-                if st.stop {
-                    return Err("ferryd is stopping".into());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err("the interval in progress did not finish within 60 s".into())
-    }
-
-    async fn resync(&self, _full: bool) -> Result<ferryd::ctl::Started, String> {
-        Err("this site is the secondary: a resync is started on the primary".into())
-    }
-}
+#[path = "secondary_report.rs"]
+mod report;
 
 #[cfg(test)]
 #[path = "secondary_tests.rs"]
@@ -773,3 +676,7 @@ pub(crate) mod tests;
 #[cfg(test)]
 #[path = "secondary_span_tests.rs"]
 mod span_tests;
+
+#[cfg(test)]
+#[path = "secondary_incons_tests.rs"]
+mod incons_tests;

@@ -10,25 +10,25 @@ use crate::files::tests::fresh_dir;
 use ferry_core::command::Command;
 use ferry_core::record::{Flags, RecordHeader, RecordKind};
 
-const BEGIN: u8 = Flags::RESYNC_BEGIN;
-const END: u8 = Flags::RESYNC_END;
+pub(super) const BEGIN: u8 = Flags::RESYNC_BEGIN;
+pub(super) const END: u8 = Flags::RESYNC_END;
 /// The devices of the group, by stream index.
-const IDS: [u32; 2] = [1, 2];
+pub(super) const IDS: [u32; 2] = [1, 2];
 
 /// A primary's records for `IDS`, numbered as the kernel numbers them.
 #[derive(Default)]
-struct Feed {
+pub(super) struct Feed {
     ds: [u64; 2],
     gs: u64,
     /// Each stream's marker of each interval: where it is in the stream's
     /// file.
-    markers: BTreeMap<(u64, usize), u64>,
+    pub(super) markers: BTreeMap<(u64, usize), u64>,
 }
 
 impl Feed {
     /// Interval `epoch` into `s`: a write on each stream, then each
     /// stream's marker of it, flagged `flags`.
-    fn interval(&mut self, s: &Sec, epoch: u64, flags: u8) {
+    pub(super) fn interval(&mut self, s: &Sec, epoch: u64, flags: u8) {
         for i in 0..2 {
             self.put(s, i, epoch, RecordKind::Write, 0);
         }
@@ -70,7 +70,7 @@ impl Feed {
 
 /// The batches written to the device file at `path`: each one's interval
 /// (its `APPLY_BEGIN` and `APPLY_END`), and the intervals of its records.
-fn batches(s: &Sec, path: &Path) -> Vec<(u64, Vec<u64>)> {
+pub(super) fn batches(s: &Sec, path: &Path) -> Vec<(u64, Vec<u64>)> {
     let b = std::fs::read(path).unwrap();
     let mut out: Vec<(u64, Vec<u64>)> = Vec::new();
     let mut open = None;
@@ -105,7 +105,7 @@ fn batches(s: &Sec, path: &Path) -> Vec<(u64, Vec<u64>)> {
 }
 
 /// Waits (up to 10 s) until `f` holds of `s`'s state.
-async fn until(s: &Sec, what: &str, f: impl Fn(&State) -> bool) {
+pub(super) async fn until(s: &Sec, what: &str, f: impl Fn(&State) -> bool) {
     for _ in 0..400 {
         if f(&lock(&s.state)) {
             return;
@@ -122,13 +122,13 @@ async fn until(s: &Sec, what: &str, f: impl Fn(&State) -> bool) {
 }
 
 /// The state as saved in `dir`.
-fn saved_in(dir: &Path) -> SavedState {
+pub(super) fn saved_in(dir: &Path) -> SavedState {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
 }
 
 /// A secondary started again on `dir`, the kernel's mark saying `applied`
 /// and, in progress, `applying`; its device the file `dev` in `dir`.
-fn restarted(dir: &Path, applied: u64, applying: u64, dev: &str) -> Arc<Sec> {
+pub(super) fn restarted(dir: &Path, applied: u64, applying: u64, dev: &str) -> Arc<Sec> {
     let like = receiver(&dir.join("unused"), &IDS);
     let fs: Arc<dyn FileSystem> = Arc::new(files::Os);
     let members = IDS.iter().fold(0u64, |m, i| m | 1 << i);
@@ -306,7 +306,7 @@ async fn the_span_is_derived_from_the_remote_log_at_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_inside_a_span_applies_none_of_it() {
     let (s, applier, _) = span_open("sec-span-release").await;
-    let r = Control::release(&*s).await.unwrap();
+    let r = Control::release(&*s, false).await.unwrap();
     assert_eq!(r.applied_epoch, 2);
     let d = r.span_dropped.expect("span_dropped");
     assert_eq!((d.intervals, d.records), (2, 8));
@@ -343,7 +343,7 @@ async fn a_resync_end_without_a_span_stops_applying() {
     );
     let b = batches(&s, &s.dir.join("dev"));
     assert!(b.iter().all(|(e, _)| *e <= applied), "{b:?}");
-    let r = Control::release(&*s).await.unwrap();
+    let r = Control::release(&*s, false).await.unwrap();
     assert_eq!((r.applied_epoch, r.span_dropped), (applied, None));
     applier.await.unwrap().unwrap();
     std::fs::remove_dir_all(&s.dir).unwrap();

@@ -74,6 +74,8 @@ pub(crate) fn receiver_on(top: &Path, ids: &[u32], fs: Arc<dyn FileSystem>) -> A
             redo: 0,
             intervals: 0,
             release: false,
+            release_force: false,
+            release_refused: None,
             released: false,
             stop: false,
             apply_error: None,
@@ -333,6 +335,8 @@ fn idle(name: &str) -> (Arc<Sec>, PathBuf) {
             redo: 0,
             intervals: 0,
             release: false,
+            release_force: false,
+            release_refused: None,
             released: false,
             stop: false,
             apply_error: None,
@@ -367,7 +371,7 @@ async fn the_apply_loop_stops() {
     assert!(!lock(&s.state).released);
     // A release asked of a stopping ferryd is refused.
     assert_eq!(
-        Control::release(&*s).await,
+        Control::release(&*s, false).await,
         Err("ferryd is stopping".to_string())
     );
     std::fs::remove_dir_all(&top).unwrap();
@@ -394,10 +398,11 @@ async fn a_release_answers_with_the_device_closed() {
         }
     });
     assert_eq!(
-        Control::release(&*s).await,
+        Control::release(&*s, false).await,
         Ok(Released {
             applied_epoch: 5,
-            span_dropped: None
+            span_dropped: None,
+            inconsistent: false,
         })
     );
     assert!(lock(&s.dev).is_none());

@@ -140,6 +140,13 @@ pub struct Status {
     /// Secondary: resync spans this process applied whole.
     #[serde(default)]
     pub resync_spans_applied: u64,
+    /// Secondary: no consistent point (DRBD's *Inconsistent*): a full
+    /// copy's span began while the secondary held nothing of the group,
+    /// and is not applied whole yet; its devices hold their own earlier
+    /// content, not a point of the primary's past (promote is refused
+    /// without `--force`).
+    #[serde(default)]
+    pub inconsistent: bool,
     /// Primary: how the group leaves `ahead`, the configuration's
     /// `resync`: `auto` or `manual` (empty on a secondary).
     #[serde(default)]
@@ -355,6 +362,9 @@ impl Status {
                         self.resync_span_intervals,
                         human_bytes(self.resync_span_bytes)
                     ));
+                }
+                if self.inconsistent {
+                    l.push_str("; NO CONSISTENT POINT: initial full copy in progress");
                 }
             }
         }
@@ -703,6 +713,13 @@ impl Collector for Metrics {
             "Secondary: resync spans this process applied whole",
             None,
             vec![(self.group(), counter(st.resync_spans_applied))],
+        )?;
+        family(
+            e,
+            "inconsistent",
+            "Secondary: no consistent point, the initial full copy's span is not applied whole (promote refused without --force)",
+            None,
+            vec![(self.group(), gauge(i64::from(st.inconsistent)))],
         )?;
         family(
             e,

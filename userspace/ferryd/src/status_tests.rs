@@ -56,7 +56,7 @@ pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
 }
 
 /// Every family ferryd exposes, and its type.
-pub(crate) const FAMILIES: [(&str, &str); 32] = [
+pub(crate) const FAMILIES: [(&str, &str); 33] = [
     ("ferry_build_info", "gauge"),
     ("ferry_state", "gauge"),
     ("ferry_connected", "gauge"),
@@ -85,6 +85,7 @@ pub(crate) const FAMILIES: [(&str, &str); 32] = [
     ("ferry_resync_span_records", "gauge"),
     ("ferry_resync_span_bytes", "gauge"),
     ("ferry_resync_spans_applied_total", "counter"),
+    ("ferry_inconsistent", "gauge"),
     ("ferry_resync_chunks_left", "gauge"),
     ("ferry_resync_chunks", "gauge"),
     ("ferry_resync_full", "gauge"),

@@ -28,7 +28,7 @@ impl Fake {
 }
 
 impl Control for Fake {
-    async fn release(&self) -> Result<Released, String> {
+    async fn release(&self, _force: bool) -> Result<Released, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.answer.clone().map(released)
@@ -51,6 +51,7 @@ fn released(applied_epoch: u64) -> Released {
     Released {
         applied_epoch,
         span_dropped: None,
+        inconsistent: false,
     }
 }
 
@@ -148,7 +149,7 @@ async fn a_stale_socket_is_replaced_a_live_one_kept() {
 async fn promote_tells_not_running_from_running_and_failed() {
     let top = dir("promote");
     let t = Duration::from_secs(10);
-    let ask = |p: PathBuf| tokio::task::spawn_blocking(move || ctl::request_release(&p, t));
+    let ask = |p: PathBuf| tokio::task::spawn_blocking(move || ctl::request_release(&p, false, t));
 
     // No socket.
     let none = top.join("none/gr.sock");

@@ -145,6 +145,7 @@ fn secondary() -> Status {
     st.resync_span_records = 4_800;
     st.resync_span_bytes = 19_660_800;
     st.resync_spans_applied = 1;
+    st.inconsistent = true;
     st.apply_error =
         Some("a record of 2097152 bytes: above the 1048576 a secondary applies".into());
     st

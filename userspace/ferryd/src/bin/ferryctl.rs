@@ -78,12 +78,13 @@ fn run(cli: Ferryctl) -> Result<u8> {
             let configs = event_groups(&cli.config, group)?;
             follow(&configs, *once, *interval, health.max_lag)
         }
-        Cmd::Promote { group } => {
+        Cmd::Promote { group, force } => {
             let c = load(&cli.config, group)?;
             // Through ferryd when it runs (it must let go of the device
             // first); without it only when it does not run.  A ferryd that
-            // runs and did not release stops the promote.
-            match ctl::request_release(&c.control_socket(), ctl::RELEASE_TIMEOUT)
+            // runs and did not release (with no consistent point, unless
+            // forced) stops the promote.
+            match ctl::request_release(&c.control_socket(), *force, ctl::RELEASE_TIMEOUT)
                 .context("not promoting")?
             {
                 ctl::Release::Released(r) => eprintln!("{}", render::released(&r)),
