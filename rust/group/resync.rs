@@ -138,6 +138,10 @@ impl Group {
             return Err(EINVAL);
         }
         let full = flags & start_flags::FULL_RESYNC != 0;
+        let initial = flags & start_flags::INITIAL != 0;
+        if initial && !full {
+            return Err(EINVAL);
+        }
         let ctl = self.ctl.lock();
         // Each member's resync and covered set, allocated here (the lock
         // below may not sleep), on the heap (the lists are long).
@@ -193,10 +197,10 @@ impl Group {
             )?;
         }
         let mut set = self.build_markers(&ctl, RecordKind::Checkpoint)?;
-        // A full copy says so: a secondary that holds nothing of the group
-        // has no consistent point until its span is applied.
-        let begin = if full {
-            Flags::RESYNC_BEGIN | Flags::RESYNC_FULL
+        // The initial copy says so: the secondary, whose devices held their
+        // own content, has no consistent point until its span is applied.
+        let begin = if initial {
+            Flags::RESYNC_BEGIN | Flags::RESYNC_INITIAL
         } else {
             Flags::RESYNC_BEGIN
         };

@@ -8,8 +8,11 @@
 # secondary holds nothing, ferryd must write START with FULL_RESYNC; the
 # kernel says `resyncing` with every chunk of both devices in the resync,
 # then `replicating` with no dirty chunk.  A verifying writer runs during
-# the copy.  After the drain the promoted secondary's devices must equal
-# the primary's (checksums of the whole devices).
+# the copy.  Meanwhile the secondary must say it has no consistent point
+# (`inconsistent`: the span's first markers carry RESYNC_INITIAL) and
+# refuse `ferryctl promote` without --force; after the span is applied it
+# is consistent.  After the drain the promoted secondary's devices must
+# equal the primary's (checksums of the whole devices).
 peer=10.99.0.$((2 - FERRY_NODE))
 www_start repl-initial
 MB=${FERRY_INITIAL_MB:-32}
@@ -44,6 +47,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 					--seed 13 --log /dev/null --stop-file /tmp/w.stop >/tmp/w.out 2>&1 &
 				wp=$!
 				ferryctl status gr >/tmp/st.full 2>&1 || true
+				publish copying 1
 			fi
 			[ $(( $(date +%s) - t0 )) -ge 20 ] && touch /tmp/w.stop
 		elif [ $seen = 1 ] && [ "$m0 $m1" = "replicating replicating" ]; then
@@ -72,10 +76,24 @@ else
 	REPL_SECTORS=$SECT repl_devices secondary keep
 	repl_config secondary
 	ferryd_start
+	# During the copy: no consistent point, and promote refused.
+	fetch copying /tmp/copying 600 || fail "the primary never said it copies"
+	for t in $(seq 1 240); do
+		[ "$(fstatus inconsistent)" = true ] && break
+		sleep 0.5
+	done
+	[ "$(fstatus inconsistent)" = true ] || res "FAIL: the secondary did not say it has no consistent point during the initial copy"
+	if ferryctl promote gr >/tmp/p0.out 2>&1; then
+		res "FAIL: promote during the initial copy was not refused: $(cat /tmp/p0.out)"
+	elif ! grep -q -- '--force' /tmp/p0.out; then
+		res "FAIL: promote refused without naming --force: $(cat /tmp/p0.out)"
+	fi
+	ok "during the initial copy: no consistent point, promote refused: $(head -c 160 /tmp/p0.out)"
 	fetch done /tmp/done 900 || fail "the primary never finished"
 	set -- $(cat /tmp/done); p0=$1 p1=$2
 	repl_applied 240 || res "FAIL: not applied: $(fstatus lag_records | tr '\n' ' ')"
 	spans=$(fstatus resync_spans_applied)
 	[ "${spans:-0}" -ge 1 ] 2>/dev/null || res "FAIL: no resync span applied at the secondary: [$spans]"
+	[ "$(fstatus inconsistent)" = false ] || res "FAIL: still no consistent point after the copy: [$(fstatus inconsistent)]"
 	secondary_verify_sums $MB "$p0" "$p1"
 fi

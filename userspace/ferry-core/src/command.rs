@@ -48,8 +48,13 @@ pub mod opcode {
 pub mod start_flags {
     /// Copy the whole device instead of only what the bitmap marks.
     pub const FULL_RESYNC: u32 = 0x1;
+    /// With [`FULL_RESYNC`] only: the initial copy, to a secondary whose
+    /// devices hold their own content, not the primary's; the span's first
+    /// markers carry [`crate::record::Flags::RESYNC_INITIAL`], and the
+    /// secondary has no consistent point until it is applied.
+    pub const INITIAL: u32 = 0x2;
     /// Every flag this version defines.
-    pub const KNOWN: u32 = 0x1;
+    pub const KNOWN: u32 = 0x3;
 }
 
 /// A decoded command.

@@ -151,10 +151,11 @@ impl Flags {
     /// resync span.
     pub const RESYNC_END: u8 = 0x20;
     /// On a checkpoint record flagged [`Flags::RESYNC_BEGIN`] only: the
-    /// span is a full copy (`START` with `FULL_RESYNC`: every chunk of
-    /// every device).  A secondary that holds nothing of the group when
-    /// such a span begins has no consistent point until it is applied.
-    pub const RESYNC_FULL: u8 = 0x40;
+    /// span is the initial full copy (`START` with `FULL_RESYNC` and
+    /// `INITIAL`: every chunk of every device, to a secondary whose devices
+    /// held their own content), so the secondary has no consistent point
+    /// until it is applied.
+    pub const RESYNC_INITIAL: u8 = 0x40;
     /// Every flag this version defines.
     pub const KNOWN: u8 = 0x7f;
 
@@ -226,11 +227,11 @@ impl RecordHeader {
         if self.flags.0 & !Flags::KNOWN != 0 {
             return Err(RecordError::UnknownFlags(self.flags.0));
         }
-        let span = Flags::RESYNC_BEGIN | Flags::RESYNC_END | Flags::RESYNC_FULL;
+        let span = Flags::RESYNC_BEGIN | Flags::RESYNC_END | Flags::RESYNC_INITIAL;
         if self.flags.0 & span != 0 && self.kind != RecordKind::Checkpoint {
             return Err(RecordError::UnknownFlags(self.flags.0));
         }
-        if self.flags.has(Flags::RESYNC_FULL) && !self.flags.has(Flags::RESYNC_BEGIN) {
+        if self.flags.has(Flags::RESYNC_INITIAL) && !self.flags.has(Flags::RESYNC_BEGIN) {
             return Err(RecordError::UnknownFlags(self.flags.0));
         }
         match self.kind {

@@ -253,7 +253,7 @@ fn streaming_payload_verification() {
     verify_tail(&dh, &buf[HEADER_LEN + 1024..], &key(), &SoftDigest).unwrap();
 }
 
-/// The span flags belong to checkpoint records, and `RESYNC_FULL` only
+/// The span flags belong to checkpoint records, and `RESYNC_INITIAL` only
 /// beside `RESYNC_BEGIN`.
 #[test]
 fn span_flags_only_on_checkpoints_and_full_only_with_begin() {
@@ -262,16 +262,19 @@ fn span_flags_only_on_checkpoints_and_full_only_with_begin() {
     for f in [
         Flags::RESYNC_BEGIN,
         Flags::RESYNC_END,
-        Flags::RESYNC_BEGIN | Flags::RESYNC_FULL,
+        Flags::RESYNC_BEGIN | Flags::RESYNC_INITIAL,
     ] {
         cp.flags = Flags(f);
         assert_eq!(cp.validate(), Ok(()), "{f:#x}");
     }
-    for f in [Flags::RESYNC_FULL, Flags::RESYNC_END | Flags::RESYNC_FULL] {
+    for f in [
+        Flags::RESYNC_INITIAL,
+        Flags::RESYNC_END | Flags::RESYNC_INITIAL,
+    ] {
         cp.flags = Flags(f);
         assert_eq!(cp.validate(), Err(RecordError::UnknownFlags(f)), "{f:#x}");
     }
     let mut w = write_header();
-    w.flags = Flags(Flags::RESYNC_BEGIN | Flags::RESYNC_FULL);
+    w.flags = Flags(Flags::RESYNC_BEGIN | Flags::RESYNC_INITIAL);
     assert_eq!(w.validate(), Err(RecordError::UnknownFlags(0x50)));
 }

@@ -309,11 +309,17 @@ impl Shared {
         next(&facts, last, now)
     }
 
-    /// Writes `START` (with `FULL_RESYNC` when `full`); the errno that
-    /// refused it, if one did.
-    fn write_start(&self, full: bool) -> std::result::Result<(), i32> {
+    /// Writes `START` (with `FULL_RESYNC` when `full`, and `INITIAL` too
+    /// when it is the initial copy: the secondary held nothing, so its
+    /// devices are not the primary's); the errno that refused it, if one
+    /// did.
+    fn write_start(&self, full: bool, initial: bool) -> std::result::Result<(), i32> {
         let mut b = [0u8; 16];
-        let flags = if full { start_flags::FULL_RESYNC } else { 0 };
+        let flags = match (full, initial) {
+            (true, true) => start_flags::FULL_RESYNC | start_flags::INITIAL,
+            (true, false) => start_flags::FULL_RESYNC,
+            (false, _) => 0,
+        };
         let n = Command::Start { flags }
             .encode(&mut b)
             .map_err(|_| libc::EINVAL)?;
@@ -334,7 +340,12 @@ impl Shared {
         dirty: u64,
         now: Instant,
     ) -> std::result::Result<(), i32> {
-        let r = self.write_start(full);
+        // A full copy is the initial one when every stream's secondary held
+        // nothing at its welcome ([`holds_nothing`]): automatic
+        // ([`Why::Full`]) or `ferryctl resync --full` (manual mode); over a
+        // secondary that holds something, it keeps its consistent point.
+        let initial = full && self.kernel_view().is_some_and(|v| self.all_fresh(&v));
+        let r = self.write_start(full, initial);
         let mut st = lock(&self.resync);
         st.last = Some(Attempt {
             at: now,

@@ -374,7 +374,12 @@ mod flow {
             Some("automatic full copy: starting")
         );
         s.resync_tick(t0);
-        assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 1);
+        // The initial copy: the secondary held nothing.
+        assert_eq!(
+            dev.starts_with(start_flags::FULL_RESYNC | start_flags::INITIAL),
+            1
+        );
+        assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 0);
         assert_eq!(dev.starts(), 0);
         *lock(&lines.0) = Some(
             "p0: 0 8 ferry primary gr 0 log resyncing 5 5 5 5 0 1024 8 1 0 0 8 8\n\
@@ -398,7 +403,10 @@ mod flow {
         assert!(!st.resync_full);
         assert_eq!(st.resync_note, None);
         // The secondary still said nothing held at its welcome: not again.
-        assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 1);
+        assert_eq!(
+            dev.starts_with(start_flags::FULL_RESYNC | start_flags::INITIAL),
+            1
+        );
         assert_eq!(dev.starts(), 0);
     }
 
@@ -422,6 +430,14 @@ mod flow {
         assert_eq!(dev.starts(), 1);
         assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 0);
         assert!(!s.status().resync_full);
+        // `ferryctl resync --full` over it: a full copy, not the initial
+        // one (the secondary keeps its consistent point meanwhile).
+        s.resync_now(true).unwrap();
+        assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 1);
+        assert_eq!(
+            dev.starts_with(start_flags::FULL_RESYNC | start_flags::INITIAL),
+            0
+        );
         // initial_sync = "none" and fresh secondaries: no full copy.
         let (mut s, _, dev) = two_streams("pri-none", true);
         Arc::get_mut(&mut s).unwrap().cfg.initial_sync = InitialSync::None;
@@ -453,7 +469,11 @@ mod flow {
             (r.was.as_str(), r.dirty_chunks, r.full),
             ("replicating", 0, true)
         );
-        assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 1);
+        // The secondary held nothing: the initial copy.
+        assert_eq!(
+            dev.starts_with(start_flags::FULL_RESYNC | start_flags::INITIAL),
+            1
+        );
         assert!(s.status().resync_full);
         // Accepted once: the note is gone.
         assert_eq!(s.status().resync_note, None);

@@ -519,17 +519,7 @@ fn restore(
             "an interval was being applied: redo from the remote log"
         );
     }
-    // Nothing applied as `state.json` says (none saved, or no stream's
-    // first record applied): what the kernel applied past it is one batch,
-    // taken while the devices held nothing.
-    let fresh = saved.values().all(|sv| sv.next <= 1);
-    let spans = Spans::recover(
-        streams.len(),
-        applied,
-        applied_markers,
-        state.inconsistent,
-        fresh,
-    );
+    let spans = Spans::recover(streams.len(), applied, applied_markers, state.inconsistent);
     if let Some((after, _)) = spans.hold() {
         info!(
             after,

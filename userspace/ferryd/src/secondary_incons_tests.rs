@@ -1,5 +1,5 @@
 //! Tests of the secondary with no consistent point (`span`'s
-//! *inconsistent*): a full copy's span begun while it held nothing, the
+//! *inconsistent*): the initial copy's span not applied whole yet, the
 //! refusal of a release that is not forced, and the flag across restarts.
 
 use super::apply::apply_loop;
@@ -9,17 +9,17 @@ use super::*;
 use crate::files::tests::fresh_dir;
 use ferry_core::record::Flags;
 
-const FULL: u8 = Flags::RESYNC_BEGIN | Flags::RESYNC_FULL;
+const INITIAL: u8 = Flags::RESYNC_BEGIN | Flags::RESYNC_INITIAL;
 
-/// A new secondary whose first interval carries the first markers of a
-/// full copy's span, 2 and 3 staged in it: the secondary, its apply loop,
+/// A new secondary whose first interval carries the first markers of the
+/// initial copy's span, 2 and 3 staged in it: the secondary, its apply loop,
 /// and the feed.
 async fn full_copy_open(name: &str) -> (Arc<Sec>, tokio::task::JoinHandle<Result<()>>, Feed) {
     let s = receiver(&fresh_dir(name), &IDS);
     assert!(!s.status().inconsistent);
     let applier = tokio::spawn(apply_loop(s.clone()));
     let mut feed = Feed::default();
-    for (e, f) in [(1, FULL), (2, 0), (3, BEGIN)] {
+    for (e, f) in [(1, INITIAL), (2, 0), (3, BEGIN)] {
         feed.interval(&s, e, f);
     }
     until(&s, "2 and 3 staged", |st| {
@@ -29,7 +29,7 @@ async fn full_copy_open(name: &str) -> (Arc<Sec>, tokio::task::JoinHandle<Result
     (s, applier, feed)
 }
 
-/// Inconsistent from the full copy's first interval to its end applied;
+/// Inconsistent from the initial copy's first interval to its end applied;
 /// status, metrics and health say so meanwhile, and `state.json` keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_copy_to_a_secondary_that_holds_nothing() {
@@ -53,8 +53,9 @@ async fn a_full_copy_to_a_secondary_that_holds_nothing() {
     assert!(st
         .prometheus()
         .contains("ferry_inconsistent{group=\"gr\"} 0\n"));
-    // A later full copy keeps the consistent point (interval 5).
-    feed.interval(&s, 5, FULL);
+    // A later full copy (no RESYNC_INITIAL) keeps the consistent point
+    // (interval 5).
+    feed.interval(&s, 5, BEGIN);
     feed.interval(&s, 6, 0);
     until(&s, "6 staged", |st| {
         st.applied == 5 && st.spans.staged().intervals == 1
@@ -70,15 +71,18 @@ async fn a_full_copy_to_a_secondary_that_holds_nothing() {
     std::fs::remove_dir_all(&s.dir).unwrap();
 }
 
-/// A full copy begun after an interval was applied: staged, consistent.
+/// A full copy asked for on a secondary that applied something (its
+/// markers carry no `RESYNC_INITIAL`): staged, consistent.  The initial
+/// copy's span is inconsistent even after intervals were applied (they
+/// landed on unrelated content).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_copy_after_something_applied_stays_consistent() {
+async fn only_the_initial_copy_leaves_no_consistent_point() {
     let s = receiver(&fresh_dir("sec-incons-after"), &IDS);
     let applier = tokio::spawn(apply_loop(s.clone()));
     let mut feed = Feed::default();
     feed.interval(&s, 1, 0);
     until(&s, "1 applied", |st| st.applied == 1).await;
-    feed.interval(&s, 2, FULL);
+    feed.interval(&s, 2, BEGIN);
     feed.interval(&s, 3, 0);
     until(&s, "3 staged", |st| {
         st.applied == 2 && st.spans.staged().intervals == 1
@@ -90,6 +94,19 @@ async fn a_full_copy_after_something_applied_stays_consistent() {
     let r = Control::release(&*s, false).await.unwrap();
     assert_eq!(r.applied_epoch, 2);
     assert!(r.span_dropped.is_some() && !r.inconsistent);
+    applier.await.unwrap().unwrap();
+    std::fs::remove_dir_all(&s.dir).unwrap();
+
+    let s = receiver(&fresh_dir("sec-incons-late"), &IDS);
+    let applier = tokio::spawn(apply_loop(s.clone()));
+    let mut feed = Feed::default();
+    feed.interval(&s, 1, 0);
+    until(&s, "1 applied", |st| st.applied == 1).await;
+    feed.interval(&s, 2, INITIAL);
+    until(&s, "inconsistent", |st| st.spans.inconsistent()).await;
+    assert!(s.status().inconsistent);
+    assert!(Control::release(&*s, false).await.is_err());
+    s.stop();
     applier.await.unwrap().unwrap();
     std::fs::remove_dir_all(&s.dir).unwrap();
 }
@@ -139,7 +156,7 @@ async fn promote_is_refused_unless_forced() {
 async fn a_release_under_way_is_refused_once_inconsistent() {
     let s = receiver(&fresh_dir("sec-incons-race"), &IDS);
     let mut feed = Feed::default();
-    feed.interval(&s, 1, FULL);
+    feed.interval(&s, 1, INITIAL);
     // Asked before the apply loop took interval 1.
     let s2 = s.clone();
     let asked = tokio::spawn(async move { Control::release(&*s2, false).await });
@@ -202,7 +219,7 @@ async fn inconsistent_across_restarts() {
     let s = receiver(&fresh_dir("sec-incons-first"), &IDS);
     let dir = s.dir.clone();
     let mut feed = Feed::default();
-    for (e, f) in [(1, FULL), (2, 0)] {
+    for (e, f) in [(1, INITIAL), (2, 0)] {
         feed.interval(&s, e, f);
     }
     let r = restarted(&dir, 1, 0, "dev-first");

@@ -37,26 +37,24 @@
 //!   remote log releases is never the start of an open span.  (Staged
 //!   records are not applied, so they are above the saved positions and
 //!   come back into the windows at a restart, to be staged again.)
-//! * **No consistent point before the first full copy.**  A span whose
-//!   first markers carry `RESYNC_FULL` is a full copy (every chunk of
-//!   every device).  Begun while the secondary holds nothing of the group
-//!   ([`begins_inconsistent`]), it leaves the secondary *inconsistent*
-//!   (DRBD's *Inconsistent*): its devices hold their own earlier content,
-//!   not a point of the primary's past, until a span that began as a full
-//!   copy is applied whole.  *Holds nothing* is "no interval applied to
-//!   the devices": the kernel's applied interval is 0 and no batch was
-//!   applied since, so the intervals of the batch that ends with the one
-//!   whose markers open the span count as not applied (they go to the
-//!   devices under one mark with it: the devices never hold them without
-//!   it, and before them they held nothing).  A full span begun on a
-//!   secondary that applied something keeps its last interval applied as
-//!   the consistent point (a release drops the staged span).  The flag is
-//!   saved in `state.json` (`inconsistent`, written only while set) and
-//!   replayed at a restart with the spans: the intervals the kernel
-//!   applied past the saved state (one batch at most) set it or clear it
-//!   as the apply loop did ([`Spans::recover`]), so a crash after the
-//!   kernel applied the span's end and before `state.json` was saved
-//!   starts consistent.
+//! * **No consistent point before the initial copy.**  A span whose
+//!   first markers carry `RESYNC_INITIAL` is the initial full copy: the
+//!   primary's `ferryd` asks for it (`START` with `FULL_RESYNC` and
+//!   `INITIAL`) when every stream's secondary held nothing of the group
+//!   when it was welcomed, so the secondary's devices held their own
+//!   content, not the primary's.  Taking that interval
+//!   ([`begins_inconsistent`]) leaves the secondary *inconsistent* (DRBD's
+//!   *Inconsistent*): whatever it applied before (intervals written since
+//!   the group was made) landed on unrelated content, and nothing but the
+//!   whole span makes its devices a point of the primary's past.  A full
+//!   copy asked for otherwise (`ferryctl resync --full`) carries no such
+//!   flag: the secondary keeps its last interval applied as the consistent
+//!   point (a release drops the staged span).  The flag is saved in
+//!   `state.json` (`inconsistent`, written only while set) and replayed at
+//!   a restart with the spans: the intervals the kernel applied past the
+//!   saved state (one batch at most) set it or clear it as the apply loop
+//!   did ([`Spans::recover`]), so a crash after the kernel applied the
+//!   span's end and before `state.json` was saved starts consistent.
 
 use ferry_core::record::Flags;
 use ferry_core::resync::{ResyncError, Span};
@@ -100,14 +98,13 @@ pub(crate) struct Drained<T> {
 
 /// The rule of *inconsistent*: whether taking an interval whose markers
 /// carry `flags` (the union of its streams') leaves the secondary with no
-/// consistent point, `holds_nothing` saying that no interval was applied to
-/// its devices before the batch the interval ends.  Only the first markers
-/// of a full copy's span (`RESYNC_BEGIN` with `RESYNC_FULL`) on a secondary
-/// that holds nothing do: its devices hold their own earlier content, and
-/// nothing but the whole span makes them a point of the primary's past.
-pub(crate) fn begins_inconsistent(flags: u8, holds_nothing: bool) -> bool {
+/// consistent point.  Only the first markers of the initial copy's span
+/// (`RESYNC_BEGIN` with `RESYNC_INITIAL`) do: the secondary's devices held
+/// their own content, and nothing but the whole span makes them a point of
+/// the primary's past.
+pub(crate) fn begins_inconsistent(flags: u8) -> bool {
     let f = Flags(flags);
-    holds_nothing && f.has(Flags::RESYNC_BEGIN) && f.has(Flags::RESYNC_FULL)
+    f.has(Flags::RESYNC_BEGIN) && f.has(Flags::RESYNC_INITIAL)
 }
 
 /// The secondary's spans and the records staged in them (`T`: what the
@@ -123,12 +120,11 @@ pub(crate) struct Spans<T> {
     bytes: u64,
     /// Spans this process applied whole.
     spans_applied: u64,
-    /// No interval applied to the devices yet ([`begins_inconsistent`]).
-    fresh: bool,
-    /// The open span began (or went on) as a full copy: `RESYNC_FULL`.
-    full: bool,
-    /// No consistent point: a full copy's span begun while the secondary
-    /// held nothing, not applied whole yet.
+    /// The open span began (or went on) as the initial copy:
+    /// `RESYNC_INITIAL`.
+    initial: bool,
+    /// No consistent point: the initial copy's span is not applied whole
+    /// yet.
     inconsistent: bool,
 }
 
@@ -141,8 +137,7 @@ impl<T> Default for Spans<T> {
             intervals: 0,
             bytes: 0,
             spans_applied: 0,
-            fresh: true,
-            full: false,
+            initial: false,
             inconsistent: false,
         }
     }
@@ -155,17 +150,12 @@ impl<T> Spans<T> {
     /// flags, offset in the stream's file)`, of `streams` streams.  Their
     /// flags are replayed in the order of the intervals, as the apply loop
     /// took them; those of intervals above `applied` are not (the apply
-    /// loop takes them again).  `inconsistent`: as `state.json` saved it;
-    /// `fresh`: `state.json` has no interval applied (none saved, or every
-    /// stream's first record unapplied), so the intervals replayed, the
-    /// one batch the kernel applied past it, were applied to devices that
-    /// held nothing.
+    /// loop takes them again).  `inconsistent`: as `state.json` saved it.
     pub(crate) fn recover(
         streams: usize,
         applied: u64,
         markers: impl IntoIterator<Item = (u64, usize, u8, u64)>,
         inconsistent: bool,
-        fresh: bool,
     ) -> Self {
         let mut by_epoch = std::collections::BTreeMap::new();
         for (epoch, i, flags, off) in markers {
@@ -183,8 +173,6 @@ impl<T> Spans<T> {
             ..Self::default()
         };
         for (epoch, (flags, markers)) in by_epoch {
-            // One batch: none of it was applied when it was taken.
-            s.fresh = fresh;
             match s.flags(epoch, flags, markers) {
                 // Applied: a span that ended by then is closed.
                 Ok(_) => s.applied(epoch),
@@ -192,7 +180,6 @@ impl<T> Spans<T> {
             }
         }
         s.spans_applied = 0;
-        s.fresh = applied == 0;
         s
     }
 
@@ -210,10 +197,10 @@ impl<T> Spans<T> {
             if !was_open && self.span.is_open() {
                 self.opened = Some(Opened { epoch, markers });
             }
-            if self.span.is_open() && Flags(flags).has(Flags::RESYNC_FULL) {
-                self.full = true;
+            if self.span.is_open() && Flags(flags).has(Flags::RESYNC_INITIAL) {
+                self.initial = true;
             }
-            if begins_inconsistent(flags, self.fresh) {
+            if begins_inconsistent(flags) {
                 self.inconsistent = true;
             }
         }
@@ -262,27 +249,24 @@ impl<T> Spans<T> {
     }
 
     /// The batch that ends with interval `epoch` is applied: a span that
-    /// ended by then is closed; one that began as a full copy leaves the
+    /// ended by then is closed; one that began as the initial copy leaves the
     /// secondary consistent.
     pub(crate) fn applied(&mut self, epoch: u64) {
         let was_open = self.span.is_open();
         self.span.applied(epoch);
-        if epoch > 0 {
-            self.fresh = false;
-        }
         if !self.span.is_open() {
             self.opened = None;
             if was_open {
                 self.spans_applied += 1;
-                if std::mem::take(&mut self.full) {
+                if std::mem::take(&mut self.initial) {
                     self.inconsistent = false;
                 }
             }
         }
     }
 
-    /// Whether the secondary has no consistent point: a full copy's span
-    /// begun while it held nothing is not applied whole yet
+    /// Whether the secondary has no consistent point: the initial copy's
+    /// span is not applied whole yet
     /// ([`begins_inconsistent`]).
     pub(crate) fn inconsistent(&self) -> bool {
         self.inconsistent

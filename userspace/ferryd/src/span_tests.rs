@@ -121,35 +121,33 @@ fn recovered_from_the_markers_applied() {
             }
         }
         // Markers above `applied` are left to the apply loop.
-        let back = Spans::<u64>::recover(2, applied, markers(12), false, false);
+        let back = Spans::<u64>::recover(2, applied, markers(12), false);
         assert_eq!(back.is_open(), live.is_open(), "applied {applied}");
         assert_eq!(back.hold(), live.hold(), "applied {applied}");
         assert_eq!(back.spans_applied(), 0);
     }
-    let open = Spans::<u64>::recover(2, 2, markers(2), false, false);
+    let open = Spans::<u64>::recover(2, 2, markers(2), false);
     assert_eq!(open.hold(), Some((2, &[Some(200), Some(201)][..])));
     // A restart inside the span (after a redo of its opening interval):
     // what follows is staged again until its end.
-    let mut again = Spans::recover(2, 2, markers(2), false, false);
+    let mut again = Spans::recover(2, 2, markers(2), false);
     staged(&mut again, 3, 5);
     assert_eq!(take(&mut again, 6, END), Ok(Step::Batch { span_end: true }));
     // A marker of a stream the group no longer has is not looked at; a
     // RESYNC_END with no span is logged and passed over.
-    let odd = Spans::<u64>::recover(1, 9, [(3, 5, BEGIN, 0), (4, 0, END, 0)], false, false);
+    let odd = Spans::<u64>::recover(1, 9, [(3, 5, BEGIN, 0), (4, 0, END, 0)], false);
     assert!(!odd.is_open());
 }
 
-const FULL: u8 = Flags::RESYNC_FULL;
+const INITIAL: u8 = Flags::RESYNC_INITIAL;
 
 #[test]
 fn the_rule_of_inconsistent() {
-    assert!(begins_inconsistent(BEGIN | FULL, true));
-    // On a secondary that applied something: its last interval applied
-    // stays the consistent point.
-    assert!(!begins_inconsistent(BEGIN | FULL, false));
-    // Not a full copy, or not its first markers.
-    for f in [0, BEGIN, END, BEGIN | END] {
-        assert!(!begins_inconsistent(f, true), "{f:#x}");
+    assert!(begins_inconsistent(BEGIN | INITIAL));
+    // Not the initial copy (a full copy asked for later carries no
+    // RESYNC_INITIAL), or not its first markers.
+    for f in [0, BEGIN, END, BEGIN | END, INITIAL] {
+        assert!(!begins_inconsistent(f), "{f:#x}");
     }
 }
 
@@ -163,10 +161,10 @@ fn take_apply(s: &mut Spans<u64>, epoch: u64, flags: u8) {
 }
 
 #[test]
-fn inconsistent_from_a_full_copy_to_a_secondary_that_holds_nothing() {
-    // The full copy's span begins with the first interval taken.
+fn inconsistent_from_the_initial_copy_until_its_span_is_applied() {
+    // The initial copy's span begins with the first interval taken.
     let mut s = Spans::default();
-    take_apply(&mut s, 1, BEGIN | FULL);
+    take_apply(&mut s, 1, BEGIN | INITIAL);
     assert!(s.is_open() && s.inconsistent());
     // A BEGIN inside (the primary restarted mid-copy) goes on with it.
     for (e, f) in [(2, 0), (3, BEGIN), (4, 0)] {
@@ -178,27 +176,23 @@ fn inconsistent_from_a_full_copy_to_a_secondary_that_holds_nothing() {
     assert!(s.inconsistent(), "consistent only once the span is applied");
     s.applied(5);
     assert!(!s.is_open() && !s.inconsistent());
-    // A later full copy keeps the consistent point.
-    take_apply(&mut s, 6, BEGIN | FULL);
+    // A later full copy (no RESYNC_INITIAL) keeps the consistent point.
+    take_apply(&mut s, 6, BEGIN);
     assert!(s.is_open() && !s.inconsistent());
 
-    // Intervals before the span's first in its batch: nothing applied yet.
-    let mut s = Spans::default();
-    assert_eq!(take(&mut s, 1, 0), Ok(Step::Batch { span_end: false }));
-    take_apply(&mut s, 2, BEGIN | FULL);
-    assert!(s.inconsistent());
-
-    // Something applied first: a full copy is staged, the devices keep it.
+    // Intervals applied before the initial copy's span (written since the
+    // group was made) landed on unrelated content: inconsistent all the
+    // same.
     let mut s = Spans::default();
     take_apply(&mut s, 1, 0);
-    take_apply(&mut s, 2, BEGIN | FULL);
-    assert!(s.is_open() && !s.inconsistent());
+    take_apply(&mut s, 2, BEGIN | INITIAL);
+    assert!(s.is_open() && s.inconsistent());
 }
 
 #[test]
 fn inconsistent_recovered_from_the_saved_flag_and_the_markers() {
     let flags = |e: u64| match e {
-        1 => BEGIN | FULL,
+        1 => BEGIN | INITIAL,
         4 => END,
         _ => 0,
     };
@@ -208,20 +202,17 @@ fn inconsistent_recovered_from_the_saved_flag_and_the_markers() {
             .collect()
     };
     // Saved after the span's first interval: held at its markers.
-    let mid = Spans::<u64>::recover(2, 1, markers(1), true, false);
+    let mid = Spans::<u64>::recover(2, 1, markers(1), true);
     assert!(mid.is_open() && mid.inconsistent());
     // The kernel applied the span's end, state.json was not saved.
-    let past = Spans::<u64>::recover(2, 4, markers(1), true, false);
+    let past = Spans::<u64>::recover(2, 4, markers(1), true);
     assert!(!past.is_open() && !past.inconsistent());
-    // The kernel applied the span's first interval, state.json (nothing
-    // applied) was not saved after it.
-    let first = Spans::<u64>::recover(2, 1, markers(1), false, true);
+    // The kernel applied the span's first interval, state.json was not
+    // saved after it.
+    let first = Spans::<u64>::recover(2, 1, markers(1), false);
     assert!(first.is_open() && first.inconsistent());
-    // The same with something applied before: not inconsistent.
-    let kept = Spans::<u64>::recover(2, 1, markers(1), false, false);
-    assert!(kept.is_open() && !kept.inconsistent());
-    // After a restart with something applied, a new full copy keeps it.
-    let mut later = Spans::<u64>::recover(2, 6, markers(5), false, false);
-    take_apply(&mut later, 7, BEGIN | FULL);
+    // After a restart past the span, a new full copy keeps the point.
+    let mut later = Spans::<u64>::recover(2, 6, markers(5), false);
+    take_apply(&mut later, 7, BEGIN);
     assert!(later.is_open() && !later.inconsistent());
 }

@@ -1918,12 +1918,9 @@ impl World {
         // closes ends, in the completion order, before the first write
         // made while `ahead` (which the span carries).
         let before = self.p.order.last_group_seq();
-        let flags = if full {
-            Flags::RESYNC_BEGIN | Flags::RESYNC_FULL
-        } else {
-            Flags::RESYNC_BEGIN
-        };
-        if !self.checkpoint_flagged(flags) {
+        // (Both sites hold the same here: a full copy on demand, not the
+        // initial one.)
+        if !self.checkpoint_flagged(Flags::RESYNC_BEGIN) {
             // As before `START` (a full copy's chunks stay dirty).
             if was_ahead {
                 self.p.spool.go_ahead();
