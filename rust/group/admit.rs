@@ -388,6 +388,44 @@ impl Group {
             }
         }
     }
+
+    /// The kick work's first step: host writes held while a resync read
+    /// their chunk go through admission again, as `map` would have
+    /// admitted them (held again if another read holds them).  Process
+    /// context.
+    #[inline(never)]
+    pub(super) fn let_in_resync(&self) {
+        let _noio = NoIo::enter();
+        let mut held = self.state.lock().resync.waiting.take();
+        while let Some(mut bio) = held.pop() {
+            let Some(old) = bio.take_io() else {
+                bio.submit();
+                continue;
+            };
+            let rec = old.renewed();
+            drop(old);
+            let bytes = if rec.record_kind() == RecordKind::Write {
+                crate::payload::Segments::bytes(&bio)
+            } else {
+                0
+            };
+            match self.prepare(rec, bytes, false, || Payload::copy_from_bio(&bio, GFP_KERNEL)) {
+                Ok(Admitted::Go(r)) => {
+                    bio.attach(r.or_else(|| Some(self.untracked())));
+                    bio.submit();
+                }
+                Ok(Admitted::Intent(r)) => {
+                    bio.attach(r.or_else(|| Some(self.untracked())));
+                    self.hold(bio);
+                }
+                Ok(Admitted::Room(r) | Admitted::Copy(r) | Admitted::Resync(r)) => {
+                    bio.attach(Some(r));
+                    self.hold(bio);
+                }
+                Err(_) => bio.fail(),
+            }
+        }
+    }
 }
 
 impl Group {

@@ -139,3 +139,13 @@ impl State {
         Ok(n)
     }
 }
+
+impl MarkerSet {
+    /// Flags every record of the set (a checkpoint's `RESYNC_BEGIN` or
+    /// `RESYNC_END`).
+    pub(super) fn flag_all(&mut self, bit: u8) {
+        for r in self.recs.iter_mut() {
+            r.flag(bit);
+        }
+    }
+}

@@ -29,7 +29,6 @@
 //!   dropped, its chunks stay dirty; the next `START` begins another,
 //!   which the secondary merges with the span it holds open.
 
-use super::markers::MarkerSet;
 use super::{Group, Record, State};
 use crate::dm::HeldList;
 use crate::payload::Payload;
@@ -585,53 +584,5 @@ impl Group {
         );
         self.readable.wake_all();
         true
-    }
-
-    /// The kick work's first step: host writes held while a resync read
-    /// their chunk go through admission again, as `map` would have
-    /// admitted them (held again if another read holds them).  Process
-    /// context.
-    #[inline(never)]
-    pub(super) fn let_in_resync(&self) {
-        let _noio = NoIo::enter();
-        let mut held = self.state.lock().resync.waiting.take();
-        while let Some(mut bio) = held.pop() {
-            let Some(old) = bio.take_io() else {
-                bio.submit();
-                continue;
-            };
-            let rec = old.renewed();
-            drop(old);
-            let bytes = if rec.record_kind() == RecordKind::Write {
-                crate::payload::Segments::bytes(&bio)
-            } else {
-                0
-            };
-            match self.prepare(rec, bytes, false, || Payload::copy_from_bio(&bio, GFP_KERNEL)) {
-                Ok(super::Admitted::Go(r)) => {
-                    bio.attach(r.or_else(|| Some(self.untracked())));
-                    bio.submit();
-                }
-                Ok(super::Admitted::Intent(r)) => {
-                    bio.attach(r.or_else(|| Some(self.untracked())));
-                    self.hold(bio);
-                }
-                Ok(super::Admitted::Room(r) | super::Admitted::Copy(r) | super::Admitted::Resync(r)) => {
-                    bio.attach(Some(r));
-                    self.hold(bio);
-                }
-                Err(_) => bio.fail(),
-            }
-        }
-    }
-}
-
-impl MarkerSet {
-    /// Flags every record of the set (a checkpoint's `RESYNC_BEGIN` or
-    /// `RESYNC_END`).
-    pub(super) fn flag_all(&mut self, bit: u8) {
-        for r in self.recs.iter_mut() {
-            r.flag(bit);
-        }
     }
 }
