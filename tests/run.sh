@@ -101,10 +101,10 @@ primary() {
 	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
 }
 # The replication crash points and the secondary's power cuts, a pair of
-# guests, run beside the two single-guest lanes: measured (one run, the
-# summary's CPU against wall seconds), each single-guest lane keeps 0.7 of
-# a core busy and the crash points 0.8 (they wait on timeouts), so the
-# three fit the two cores; alone after them they took 680 s more.
+# guests, run beside the two single-guest lanes.  Measured (two CI runs on
+# one machine): the three lanes took 1,044 s where the two lanes and then
+# the pair took 484 + 677 s; beside the pair the single-guest suites run
+# about 1.5 times slower, the crash points 1.7 times (85 s a point).
 pairs() {
 	# 4 block points, 5 cut inside a resync, 2 applications (ext4, SQLite).
 	step "guests: replication crash points (G1, G2; inside resyncs)" 3000 "$out/repl-crash" \

@@ -3,7 +3,7 @@
 //! refusal of a release that is not forced, and the flag across restarts.
 
 use super::apply::apply_loop;
-use super::span_tests::{batches, restarted, saved_in, until, Feed, BEGIN, END, IDS};
+use super::span_tests::{batches, restarted, saved_in, snapshot, until, Feed, BEGIN, END, IDS};
 use super::tests::receiver;
 use super::*;
 use crate::files::tests::fresh_dir;
@@ -184,15 +184,7 @@ async fn inconsistent_across_restarts() {
     let dir = s.dir.clone();
     assert!(saved_in(&dir).inconsistent);
     feed.interval(&s, 4, END);
-    let files: Vec<_> = ["state.json", "stream-1.log", "stream-2.log"]
-        .iter()
-        .map(|n| (dir.join(n), std::fs::read(dir.join(n)).unwrap()))
-        .collect();
-    let as_before = || {
-        for (p, b) in &files {
-            std::fs::write(p, b).unwrap();
-        }
-    };
+    let as_before = snapshot(&dir);
     // Started again in the middle: inconsistent, a release refused.
     let r = restarted(&dir, 1, 0, "dev-mid");
     assert!(r.status().inconsistent);

@@ -121,6 +121,21 @@ pub(super) async fn until(s: &Sec, what: &str, f: impl Fn(&State) -> bool) {
     );
 }
 
+/// The secondary's files in `dir` now (`state.json` and the two streams'
+/// logs): the closure writes them back, so that each restart of a test
+/// begins from them (an apply releases what it applied from the logs).
+pub(super) fn snapshot(dir: &Path) -> impl Fn() {
+    let files: Vec<_> = ["state.json", "stream-1.log", "stream-2.log"]
+        .iter()
+        .map(|n| (dir.join(n), std::fs::read(dir.join(n)).unwrap()))
+        .collect();
+    move || {
+        for (p, b) in &files {
+            std::fs::write(p, b).unwrap();
+        }
+    }
+}
+
 /// The state as saved in `dir`.
 pub(super) fn saved_in(dir: &Path) -> SavedState {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
@@ -255,15 +270,7 @@ async fn the_span_is_derived_from_the_remote_log_at_a_restart() {
     // (Each start below begins from these files: an apply releases what
     // it applied from the stream files.)
     feed.interval(&s, 5, END);
-    let files: Vec<_> = ["state.json", "stream-1.log", "stream-2.log"]
-        .iter()
-        .map(|n| (dir.join(n), std::fs::read(dir.join(n)).unwrap()))
-        .collect();
-    let as_before = || {
-        for (p, b) in &files {
-            std::fs::write(p, b).unwrap();
-        }
-    };
+    let as_before = snapshot(&dir);
     // Started again at 2.
     let r = restarted(&dir, 2, 0, "dev-again");
     {
