@@ -2,6 +2,92 @@
 
 use super::*;
 
+/// Test-only views of the state: the planes apart, the reference walk of
+/// the sweep, the summaries' invariant (rule 10).
+impl<S: DerefMut<Target = [u64]>> WriteIntent<S> {
+    /// The seven planes, apart.
+    pub(super) fn planes(&mut self) -> Option<[&mut [u64]; PLANES]> {
+        let n = self.n;
+        let mut rest = self.words.get_mut(..n * PLANES)?;
+        let mut out: [&mut [u64]; PLANES] = Default::default();
+        for p in out.iter_mut() {
+            let (a, b) = rest.split_at_mut(n);
+            *p = a;
+            rest = b;
+        }
+        Some(out)
+    }
+
+    /// The reference of rule 10: the sweep as it was, walking every word
+    /// of the planes; returns whether a durable bit was cleared.
+    pub(super) fn sweep_full(&mut self, last: bool, mut cleared: impl FnMut(usize)) -> bool {
+        let prev = 1 - self.cur;
+        let mut any = false;
+        if let Some([dirty, durable, want, t0, t1, h0, h1]) = self.planes() {
+            let (tprev, tcur) = if prev == 0 { (t0, t1) } else { (t1, t0) };
+            let words = durable
+                .iter_mut()
+                .zip(tprev.iter_mut().zip(tcur.iter_mut()))
+                .zip(dirty.iter().zip(want.iter()).zip(h0.iter().zip(h1.iter())));
+            for (w, ((d, (tp, tc)), ((dirty, want), (h0, h1)))) in words.enumerate() {
+                let mut clear = *tp;
+                if last {
+                    clear |= *tc;
+                } else {
+                    clear &= !*tc;
+                }
+                clear &= !*dirty & !*want & !*h0 & !*h1 & *d;
+                if clear != 0 {
+                    *d &= !clear;
+                    cleared(w);
+                    any = true;
+                }
+                *tp = 0;
+                if last {
+                    *tc = 0;
+                }
+            }
+        }
+        any
+    }
+
+    /// The reference of rule 10 for releasing held chunks: every word.
+    pub(super) fn release_held_full(&mut self, closed: usize) {
+        let cur = self.cur;
+        if let Some([_, _, _, t0, t1, h0, h1]) = self.planes() {
+            let t = if cur == 0 { t0 } else { t1 };
+            let h = if closed == 0 { h0 } else { h1 };
+            for (hw, tw) in h.iter_mut().zip(t.iter_mut()) {
+                *tw |= *hw;
+                *hw = 0;
+            }
+        }
+    }
+
+    /// Dirty chunks counted bit by bit.
+    pub(super) fn dirty_full(&self) -> u64 {
+        self.plane(DIRTY)
+            .iter()
+            .map(|x| u64::from(x.count_ones()))
+            .sum()
+    }
+
+    /// Whether the summaries name every non-zero touch and held word.
+    pub(super) fn summaries_cover(&self) -> bool {
+        let planes = [TOUCH[0], TOUCH[1], HELD[0], HELD[1]];
+        let sums = [S_TOUCH[0], S_TOUCH[1], S_HELD[0], S_HELD[1]];
+        planes.iter().zip(sums).all(|(&p, s)| {
+            let at = self.summary_at(s);
+            (0..self.n).all(|w| {
+                let j = w / 64;
+                self.word(p, w) == 0
+                    || (self.words[at + self.l2 + j] >> (w % 64) & 1 == 1
+                        && self.words[at + j / 64] >> (j % 64) & 1 == 1)
+            })
+        })
+    }
+}
+
 /// 200 chunks of 8 sectors: 4 words a plane.
 const BITS: u64 = 200;
 const SHIFT: u32 = 3;
