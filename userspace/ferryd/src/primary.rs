@@ -669,3 +669,7 @@ use link_side::link_loop;
 #[cfg(test)]
 #[path = "primary_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "primary_e2e_tests.rs"]
+mod e2e_tests;
