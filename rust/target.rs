@@ -35,7 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use ferry_core::record::RecordKind;
 use ferry_core::table::{
     self, Mode, Opt, Overflow, Role, TableArgs, DEFAULT_BLOCK_TIMEOUT_S, DEFAULT_CHECKPOINT_MS,
-    DEFAULT_SPOOL_MB, GROUP_NAME_MAX,
+    DEFAULT_SPOOL_MB, GROUP_NAME_MAX, MAX_RESYNC_MBPS,
 };
 use kernel::ffi::c_int;
 use kernel::prelude::*;
@@ -68,6 +68,7 @@ struct Options {
     overflow: Option<Overflow>,
     checkpoint_ms: Option<u32>,
     block_timeout: Option<u32>,
+    resync_mbps: Option<u32>,
 }
 
 impl Options {
@@ -89,12 +90,21 @@ impl Options {
             overflow: t.overflow,
             checkpoint_ms: t.checkpoint_ms,
             block_timeout: t.block_timeout,
+            resync_mbps: t.resync_mbps,
         }
     }
 
     /// Writes the options; `mode` is the device's mode now (a promoted
-    /// secondary is a primary, and a reload with this line keeps it one).
-    fn write(&self, mode: Mode, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+    /// secondary is a primary, and a reload with this line keeps it one),
+    /// `resync_mbps` the group's cap now (the message changes it), shown
+    /// when the line gave one or it is not the default.
+    fn write(&self, mode: Mode, resync_mbps: Option<u32>, out: &mut StatusWriter<'_>) -> core::fmt::Result {
+        let mut given = self.given;
+        let mut cap = self.resync_mbps;
+        if let Some(r) = resync_mbps.filter(|&r| r != 0 || cap.is_some()) {
+            given |= Opt::ResyncMbps as u16;
+            cap = Some(r);
+        }
         let t = TableArgs {
             data_dev: c"",
             meta_dev: c"",
@@ -109,7 +119,8 @@ impl Options {
             overflow: self.overflow,
             checkpoint_ms: self.checkpoint_ms,
             block_timeout: self.block_timeout,
-            given: self.given,
+            resync_mbps: cap,
+            given,
         };
         t.write_options(out)
     }
@@ -209,12 +220,14 @@ impl Ferry {
             overflow: t.overflow.unwrap_or(Overflow::Bitmap),
             checkpoint_ms: t.checkpoint_ms.unwrap_or(DEFAULT_CHECKPOINT_MS),
             block_timeout_s: t.block_timeout.unwrap_or(DEFAULT_BLOCK_TIMEOUT_S),
+            resync_mbps: t.resync_mbps.unwrap_or(0),
         };
         let given = Given {
             spool_mb: t.spool_mb.is_some(),
             overflow: t.overflow.is_some(),
             checkpoint_ms: t.checkpoint_ms.is_some(),
             block_timeout: t.block_timeout.is_some(),
+            resync_mbps: t.resync_mbps.is_some(),
         };
         let chunk_shift = t.chunk_sectors().trailing_zeros();
         let group = group::registry()
@@ -236,7 +249,7 @@ impl Ferry {
             )
             .map_err(|e| match e {
                 JoinError::Settings => CtrError::inval(
-                    c"spool_mb, overflow, checkpoint_ms or block_timeout differ from the group's",
+                    c"spool_mb, overflow, checkpoint_ms, block_timeout or resync_mbps differ from the group's",
                 ),
                 JoinError::IdTaken => {
                     CtrError::inval(c"device_id already used by another device of the group")
@@ -478,8 +491,20 @@ impl Target for Ferry {
             [cmd, label] if cmd.to_bytes() == b"cp" => {
                 p.group.consistency_point(label.to_bytes()).map(|_| ())
             }
+            [cmd, v] if cmd.to_bytes() == b"resync_mbps" => {
+                match ferry_core::table::parse_u64(v.to_bytes()).and_then(|v| u32::try_from(v).ok()) {
+                    Some(v) if v <= MAX_RESYNC_MBPS => {
+                        p.group.set_resync_mbps(v);
+                        Ok(())
+                    }
+                    _ => {
+                        pr_warn!("ferry: resync_mbps: expected 0 (no cap) to {} MiB/s\n", MAX_RESYNC_MBPS);
+                        Err(EINVAL)
+                    }
+                }
+            }
             _ => {
-                pr_warn!("ferry: unknown message (checkpoint | cp <label>)\n");
+                pr_warn!("ferry: unknown message (checkpoint | cp <label> | resync_mbps <MiB/s>)\n");
                 Err(EINVAL)
             }
         }
@@ -544,7 +569,10 @@ impl Target for Ferry {
                 self.data.name().to_str().unwrap_or("?"),
                 self.meta.name().to_str().unwrap_or("?")
             )
-            .and_then(|()| self.opts.write(self.mode(), out)),
+            .and_then(|()| {
+                let cap = self.primary.as_ref().filter(|p| !p.group.is_secondary()).map(|p| p.group.resync_mbps());
+                self.opts.write(self.mode(), cap, out)
+            }),
             StatusType::Ima => write!(
                 out,
                 "target_name=ferry,target_version=0.3.0,data_device={},meta_device={},data_offset={},mode={};",

@@ -87,24 +87,33 @@ step "guest tools" 1800 - bash -c "scripts/guest-tools.sh >'$out/tools.list'"
 step "initramfs" 600 - bash -c "scripts/mkinitramfs.sh '$out/initramfs.cpio' dm-ferry.ko \$(cat '$out/tools.list')"
 
 disks=(--disk 256M --disk 256M --disk 64M --disk 64M)
-# The two lanes take about as long (measured, one run: the target's tests
-# 710 s, the primary path's 770 s, its power cuts 230 s): the overflow and
-# secondary tests (about 110 s) run in the target's.
+# Three lanes at once: the two single-guest suites, each followed by half
+# of the short two-guest tests (one boot of a pair of guests each; each
+# test starts from no module, no device and no ferryd state:
+# tests/guest/init), and the pair of guests of the crash points.  A lane's
+# guests wait much of the time (the crash points 5 s at each point for
+# the streams to go silent, the two-guest tests for the network): three
+# lanes keep the two cores busy where the two-guest boot alone, after the
+# lanes, kept 1.5 of them (see Documentation/testing.rst for the measured
+# steps).
 target() {
 	step "guest: target; overflow, secondary" 1600 "$out/vm-target" scripts/vm.sh --timeout 1500 \
 		--initrd "$out/initramfs.cpio" --out "$out/vm-target" "${disks[@]}" \
 		load passthrough segments bad-tables suspend remove-open flush-discard lifecycle overflow secondary
+	step "guests: full disks, PostgreSQL" 2000 "$out/vm-repl-app" scripts/vm.sh \
+		--guests 2 --smp 1 --mem 768 --timeout 1800 --initrd "$out/initramfs.cpio" --out "$out/vm-repl-app" "${disks[@]}" \
+		net-ping repl-full-log repl-full-spool repl-app
 }
 primary() {
 	step "guest: primary" 1600 "$out/vm-primary" scripts/vm.sh --timeout 1500 --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
 		primary gate chardev bigbio markers meta replay
 	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
+	step "guests: network, replication (drain, prefix, checksums), disk spool, resync, initial copy" 2000 "$out/vm-repl" scripts/vm.sh \
+		--guests 2 --smp 1 --mem 768 --timeout 1800 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" \
+		net-ping repl repl-spool repl-resync repl-initial
 }
 # The replication crash points and the secondary's power cuts, a pair of
-# guests, run beside the two single-guest lanes.  Measured (two CI runs on
-# one machine): the three lanes took 1,044 s where the two lanes and then
-# the pair took 484 + 677 s; beside the pair the single-guest suites run
-# about 1.5 times slower, the crash points 1.7 times (85 s a point).
+# guests.
 pairs() {
 	# 4 block points, 5 cut inside a resync, 2 applications (ext4, SQLite).
 	step "guests: replication crash points (G1, G2; inside resyncs)" 3000 "$out/repl-crash" \
@@ -113,10 +122,5 @@ pairs() {
 		"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 }
 lanes target primary pairs
-# One boot of the two guests for the short two-guest tests (each test
-# starts from no module, no device and no ferryd state: tests/guest/init),
-# alone: it keeps 1.4 cores busy.
-step "guests: network, replication (drain, prefix, checksums), disk spool, resync, initial copy, full disks, PostgreSQL" 2800 "$out/vm-repl" scripts/vm.sh \
-	--guests 2 --smp 1 --mem 768 --timeout 2400 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" net-ping repl repl-spool repl-resync repl-initial repl-full-log repl-full-spool repl-app
 
 finish

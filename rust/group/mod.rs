@@ -120,6 +120,10 @@ pub(crate) struct Settings {
     /// Bound, seconds, on writers held for spool room with none let in
     /// (`ferry_core::spool::Queue::expired`).
     pub(crate) block_timeout_s: u32,
+    /// The resync's read rate cap, MiB/s (0: none), as the table gave it;
+    /// the message `resync_mbps` changes the group's live value
+    /// ([`Group::set_resync_mbps`]).
+    pub(crate) resync_mbps: u32,
 }
 
 impl Settings {
@@ -176,6 +180,8 @@ pub(crate) struct Group {
     misc: MiscDev<Group>,
     /// When the last checkpoint marker went in (ms of the monotonic clock).
     last_checkpoint_ms: AtomicU64,
+    /// The resync's read rate cap now, MiB/s (0: none).
+    resync_mbps: AtomicU32,
     dead: AtomicBool,
     /// Records not shipped because the group was ahead or the write failed.
     dropped: AtomicU64,
@@ -249,6 +255,7 @@ impl Group {
                 meta <- new_mutex!(metas),
                 misc <- MiscDev::new(&n[..len]),
                 last_checkpoint_ms: AtomicU64::new(0),
+                resync_mbps: AtomicU32::new(settings.resync_mbps),
                 dead: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),

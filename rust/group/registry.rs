@@ -54,6 +54,7 @@ pub(crate) struct Given {
     pub(crate) overflow: bool,
     pub(crate) checkpoint_ms: bool,
     pub(crate) block_timeout: bool,
+    pub(crate) resync_mbps: bool,
 }
 
 impl Registry {
@@ -83,6 +84,7 @@ impl Registry {
                     || (given.overflow && s.overflow != settings.overflow)
                     || (given.checkpoint_ms && s.checkpoint_ms != settings.checkpoint_ms)
                     || (given.block_timeout && s.block_timeout_s != settings.block_timeout_s)
+                    || (given.resync_mbps && s.resync_mbps != settings.resync_mbps)
                 {
                     return Err(JoinError::Settings);
                 }

@@ -37,7 +37,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use ferry_core::command::start_flags;
 use ferry_core::intent::Room;
 use ferry_core::record::{Flags, RecordKind, MAX_WRITE_SECTORS};
-use ferry_core::resync::{app_first, ReadTicket, Resync, WriteTicket};
+use ferry_core::resync::{app_first, RateCap, ReadTicket, Resync, WriteTicket};
 use ferry_core::spool::{self, Reserve};
 use ferry_core::table::MAX_DEVICES;
 use kernel::page::PAGE_SIZE;
@@ -70,6 +70,8 @@ pub(super) struct ResyncState {
     pub(super) reads_done: u64,
     /// Spans whose end the secondary applied.
     pub(super) spans_applied: u64,
+    /// The read rate cap (`resync_mbps`), made again when the cap changes.
+    cap: RateCap,
 }
 
 impl ResyncState {
@@ -82,6 +84,7 @@ impl ResyncState {
             chunks_read: 0,
             reads_done: 0,
             spans_applied: 0,
+            cap: RateCap::new(0, 0),
         }
     }
 }
@@ -285,6 +288,39 @@ impl Group {
         Ok(())
     }
 
+    /// The resync's read rate cap now, MiB/s (0: none).
+    pub(crate) fn resync_mbps(&self) -> u32 {
+        self.resync_mbps.load(Relaxed)
+    }
+
+    /// Sets the resync's read rate cap (the message `resync_mbps`); the
+    /// resync work takes it at its next read.
+    pub(crate) fn set_resync_mbps(&self, mbps: u32) {
+        self.resync_mbps.store(mbps, Relaxed);
+        pr_info!(
+            "ferry: group {}: resync rate cap {} MiB/s{}\n",
+            core::str::from_utf8(self.name()).unwrap_or("?"),
+            mbps,
+            if mbps == 0 { " (none)" } else { "" }
+        );
+        self.resync_work_now();
+    }
+
+    /// Whether the rate cap lets a read of `bytes` go now; if not, the ms
+    /// to wait.  Under the state lock.
+    fn paced(&self, st: &mut State, bytes: u64) -> Option<u32> {
+        let bps = u64::from(self.resync_mbps.load(Relaxed)) << 20;
+        let now = kernel::time::Ktime::ktime_get().to_ns() as u64;
+        if st.resync.cap.bytes_per_sec() != bps {
+            st.resync.cap = RateCap::new(bps, now);
+        }
+        if st.resync.cap.take(now, bytes) {
+            return None;
+        }
+        let ms = st.resync.cap.wait_ns(bytes) / 1_000_000;
+        Some(u32::try_from(ms).unwrap_or(1000).clamp(1, 1000))
+    }
+
     /// Schedules the resync work now.
     pub(super) fn resync_work_now(&self) {
         let st = self.state.lock();
@@ -317,6 +353,8 @@ impl Group {
             drop(gone);
             match next {
                 Next::Idle => return,
+                // A chunk just taken: the next turn issues it.
+                Next::Later(0) => continue,
                 Next::Later(ms) => {
                     self.resync_later(ms);
                     return;
@@ -358,10 +396,16 @@ impl Group {
             return Next::Idle;
         }
         if let Some((_, id, t)) = st.resync.reading {
-            let ok = st.stream(id).and_then(|s| s.resync.as_ref()).map(|r| r.may_issue(t));
+            let ok = st
+                .stream(id)
+                .and_then(|s| Some((s.resync.as_ref()?.may_issue(t), s.intent.chunk_shift())));
             return match ok {
-                Some(true) => Next::Read(id, t),
-                Some(false) => Next::Later(1),
+                // A read goes once the rate cap lets it (`resync_mbps`).
+                Some((true, shift)) => match self.paced(st, 512u64 << shift) {
+                    None => Next::Read(id, t),
+                    Some(ms) => Next::Later(ms),
+                },
+                Some((false, _)) => Next::Later(1),
                 None => {
                     st.resync.reading = None;
                     Next::Later(0)
@@ -383,8 +427,10 @@ impl Group {
                 continue;
             }
             if let Some(t) = r.next_read() {
+                // Issued by the step that finds it taken: once the host
+                // writes before it completed and the rate cap lets it.
                 st.resync.reading = Some((gen, i as u32, t));
-                return if r.may_issue(t) { Next::Read(i as u32, t) } else { Next::Later(1) };
+                return Next::Later(0);
             }
         }
         match (any, all_done) {

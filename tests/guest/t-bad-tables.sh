@@ -32,6 +32,7 @@ bad "Data and meta device are the same device" "0 $D ferry /dev/vda $(devno /dev
 bad "Data device smaller than the target length" "0 $((D + 8)) ferry /dev/vda /dev/vdc"
 bad "data_offset + target length beyond the end of the data device" "0 $D ferry /dev/vda /dev/vdc 2 data_offset 8"
 bad "data_offset + target length beyond the end of the data device" "0 8 ferry /dev/vda /dev/vdc 2 data_offset 18446744073709551615"
+bad "Invalid resync_mbps" "0 $D ferry /dev/vda /dev/vdc 4 group g resync_mbps 65537"
 bad "Meta device too small" "0 $D ferry /dev/vda /dev/mapper/tiny"
 [ $n -ge 15 ] || fail "only $n bad lines"
 dm remove tiny

@@ -50,7 +50,7 @@ if [ "$FERRY_NODE" = 0 ]; then
 	for d in r0 r1; do /sbin/mke2fs -q -F -t ext4 /dev/mapper/$d || fail "mkfs.ext4 $d"; done
 	mounts || fail "mount"
 	mkdir -p /mnt/wal/wal && chown postgres:postgres /mnt/pg /mnt/wal/wal
-	pgu "$pg/initdb -D /mnt/pg/data --waldir=/mnt/wal/wal -E UTF8 --no-locale -A trust -U postgres" >/tmp/initdb.out 2>&1 ||
+	pgu "$pg/initdb --no-sync -D /mnt/pg/data --waldir=/mnt/wal/wal -E UTF8 --no-locale -A trust -U postgres" >/tmp/initdb.out 2>&1 ||
 		{ tail -20 /tmp/initdb.out; fail "initdb"; }
 	pg_start || fail "postgres start"
 	ok "initdb and start in $(( $(date +%s) - t0 )) s"

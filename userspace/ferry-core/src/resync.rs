@@ -504,6 +504,22 @@ impl RateCap {
         self.tokens -= need;
         true
     }
+
+    /// After [`take`](Self::take) refused `bytes`: the nanoseconds until
+    /// the bucket holds them (0 without a cap).
+    pub fn wait_ns(&self, bytes: u64) -> u64 {
+        if self.bytes_per_sec == 0 {
+            return 0;
+        }
+        let short = bytes.min(self.bytes_per_sec).saturating_sub(self.tokens);
+        // At most 2^36 bytes short (the largest cap): no overflow.
+        short.saturating_mul(1_000_000) / self.bytes_per_sec * 1000
+    }
+
+    /// The cap, bytes per second (0: none).
+    pub const fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec
+    }
 }
 
 /// The secondary's resync spans: which intervals must be applied as one.

@@ -342,6 +342,11 @@ fn rule9_the_rate_cap() {
     let mut c = RateCap::new(1000, 0);
     assert!(c.take(0, 600));
     assert!(!c.take(0, 600));
+    // 200 short at 1000 per second: 0.2 s.
+    assert_eq!(c.wait_ns(600), 200_000_000);
+    assert_eq!(c.wait_ns(400), 0);
+    // A read larger than a second's worth waits for a full bucket.
+    assert_eq!(c.wait_ns(5000), 600_000_000);
     // Half a second later, 500 more.
     assert!(!c.take(500_000_000, 1001));
     assert!(c.take(500_000_000, 900));
@@ -354,6 +359,8 @@ fn rule9_the_rate_cap() {
     // No cap.
     let mut none = RateCap::new(0, 0);
     assert!(none.take(0, u64::MAX));
+    assert_eq!(none.wait_ns(u64::MAX), 0);
+    assert_eq!(none.bytes_per_sec(), 0);
 }
 
 #[test]

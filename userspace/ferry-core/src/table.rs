@@ -17,8 +17,10 @@
 //! * `role log|data`: `log` devices lead `data` devices (default `data`).
 //! * `chunk_kb <n>`: dirty-chunk size of the bitmap (default 64).
 //! * `spool_mb <n>`, `overflow bitmap|block`, `checkpoint_ms <n>`,
-//!   `block_timeout <s>`: settings of the group; every device of a group
-//!   gives the same value or none.
+//!   `block_timeout <s>`, `resync_mbps <n>`: settings of the group; every
+//!   device of a group gives the same value or none.  `resync_mbps` caps
+//!   what a resync reads, in MiB/s (0, the default: no cap); the message
+//!   `resync_mbps <n>` changes it while the group runs.
 //!
 //! Parsing is pure: it needs no device and no kernel.  The kernel module
 //! checks the devices the line names and the group's consistency; every
@@ -48,6 +50,8 @@ pub const CHECKPOINT_MS_RANGE: (u32, u32) = (10, 3_600_000);
 pub const DEFAULT_BLOCK_TIMEOUT_S: u32 = 30;
 /// Smallest and largest `block_timeout`, seconds.
 pub const BLOCK_TIMEOUT_S_RANGE: (u32, u32) = (1, 3600);
+/// Largest `resync_mbps` (MiB/s; 0 is no cap).
+pub const MAX_RESYNC_MBPS: u32 = 65536;
 
 /// What the target does with writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,11 +128,12 @@ pub enum Opt {
     Overflow = 1 << 7,
     CheckpointMs = 1 << 8,
     BlockTimeout = 1 << 9,
+    ResyncMbps = 1 << 10,
 }
 
 impl Opt {
     /// Every option, in the order the table line is reproduced.
-    pub const ALL: [Opt; 10] = [
+    pub const ALL: [Opt; 11] = [
         Opt::DataOffset,
         Opt::Mode,
         Opt::Group,
@@ -139,6 +144,7 @@ impl Opt {
         Opt::Overflow,
         Opt::CheckpointMs,
         Opt::BlockTimeout,
+        Opt::ResyncMbps,
     ];
 
     /// The option's keyword.
@@ -154,6 +160,7 @@ impl Opt {
             Self::Overflow => "overflow",
             Self::CheckpointMs => "checkpoint_ms",
             Self::BlockTimeout => "block_timeout",
+            Self::ResyncMbps => "resync_mbps",
         }
     }
 
@@ -196,6 +203,8 @@ pub struct TableArgs<'a> {
     /// Group setting: bound, seconds, on writers held for spool room with
     /// none let in (`overflow block`).
     pub block_timeout: Option<u32>,
+    /// Group setting: the resync's read rate cap, MiB/s; 0: none.
+    pub resync_mbps: Option<u32>,
     /// The options given, as [`Opt`] bits.
     pub given: u16,
 }
@@ -236,6 +245,7 @@ impl TableArgs<'_> {
                 Opt::Overflow => out.write_str(self.overflow.map_or("", Overflow::name))?,
                 Opt::CheckpointMs => write!(out, "{}", self.checkpoint_ms.unwrap_or_default())?,
                 Opt::BlockTimeout => write!(out, "{}", self.block_timeout.unwrap_or_default())?,
+                Opt::ResyncMbps => write!(out, "{}", self.resync_mbps.unwrap_or_default())?,
             }
         }
         Ok(())
@@ -264,6 +274,7 @@ pub enum TableError {
     BadOverflow,
     BadCheckpointMs,
     BadBlockTimeout,
+    BadResyncMbps,
     PrimaryNeedsGroup,
     PassthroughWithGroupOptions,
 }
@@ -289,6 +300,7 @@ impl TableError {
                 Opt::Overflow => c"Optional argument overflow needs a value",
                 Opt::CheckpointMs => c"Optional argument checkpoint_ms needs a value",
                 Opt::BlockTimeout => c"Optional argument block_timeout needs a value",
+                Opt::ResyncMbps => c"Optional argument resync_mbps needs a value",
             },
             Self::BadDataOffset => c"Invalid data_offset: expected a decimal number of sectors",
             Self::DuplicateOption => c"Optional argument given twice",
@@ -305,9 +317,10 @@ impl TableError {
                 c"Invalid checkpoint_ms: expected 0 (on demand only) or 10 to 3600000"
             }
             Self::BadBlockTimeout => c"Invalid block_timeout: expected 1 to 3600 seconds",
+            Self::BadResyncMbps => c"Invalid resync_mbps: expected 0 (no cap) to 65536 MiB/s",
             Self::PrimaryNeedsGroup => c"mode primary or secondary needs a group",
             Self::PassthroughWithGroupOptions => {
-                c"mode passthrough takes no group, device_id, role, spool_mb, overflow, checkpoint_ms or block_timeout"
+                c"mode passthrough takes no group, device_id, role, spool_mb, overflow, checkpoint_ms, block_timeout or resync_mbps"
             }
         }
     }
@@ -365,6 +378,7 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         overflow: None,
         checkpoint_ms: None,
         block_timeout: None,
+        resync_mbps: None,
         given: 0,
     };
     let rest = &args[2..];
@@ -449,6 +463,10 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
                 let s = parse_u32_in(v, lo, hi).ok_or(TableError::BadBlockTimeout)?;
                 t.block_timeout = Some(s);
             }
+            Opt::ResyncMbps => {
+                let r = parse_u32_in(v, 0, MAX_RESYNC_MBPS).ok_or(TableError::BadResyncMbps)?;
+                t.resync_mbps = Some(r);
+            }
         }
     }
     let group_opts = Opt::Group.bit()
@@ -457,7 +475,8 @@ pub fn parse<'a>(args: &[&'a CStr]) -> Result<TableArgs<'a>, TableError> {
         | Opt::SpoolMb.bit()
         | Opt::Overflow.bit()
         | Opt::CheckpointMs.bit()
-        | Opt::BlockTimeout.bit();
+        | Opt::BlockTimeout.bit()
+        | Opt::ResyncMbps.bit();
     t.mode = match (mode, t.group) {
         (Some(Mode::Primary | Mode::Secondary), None) => return Err(TableError::PrimaryNeedsGroup),
         (Some(Mode::Passthrough), _) if t.given & group_opts != 0 => {

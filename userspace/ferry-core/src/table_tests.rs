@@ -29,7 +29,7 @@ fn accepts_replication_options() {
     let t = run(&[
         c"a",
         c"b",
-        c"18",
+        c"20",
         c"group",
         c"db1",
         c"device_id",
@@ -48,6 +48,8 @@ fn accepts_replication_options() {
         c"primary",
         c"block_timeout",
         c"3",
+        c"resync_mbps",
+        c"40",
     ])
     .unwrap();
     assert_eq!(t.mode, Mode::Primary);
@@ -60,6 +62,7 @@ fn accepts_replication_options() {
     assert_eq!(t.overflow, Some(Overflow::Block));
     assert_eq!(t.checkpoint_ms, Some(250));
     assert_eq!(t.block_timeout, Some(3));
+    assert_eq!(t.resync_mbps, Some(40));
     // A group alone makes a primary with defaults.
     let t = run(&[c"a", c"b", c"2", c"group", c"g"]).unwrap();
     assert_eq!(t.mode, Mode::Primary);
@@ -70,6 +73,11 @@ fn accepts_replication_options() {
         (t.spool_mb, t.overflow, t.checkpoint_ms, t.block_timeout),
         (None, None, None, None)
     );
+    assert_eq!(t.resync_mbps, None);
+    let t = run(&[c"a", c"b", c"4", c"group", c"g", c"resync_mbps", c"0"]).unwrap();
+    assert_eq!(t.resync_mbps, Some(0));
+    let t = run(&[c"a", c"b", c"4", c"group", c"g", c"resync_mbps", c"65536"]).unwrap();
+    assert_eq!(t.resync_mbps, Some(65536));
     let t = run(&[c"a", c"b", c"4", c"group", c"g", c"checkpoint_ms", c"0"]).unwrap();
     assert_eq!(t.checkpoint_ms, Some(0));
     let t = run(&[c"a", c"b", c"4", c"mode", c"passthrough", c"chunk_kb", c"4"]).unwrap();
@@ -203,6 +211,35 @@ fn rejects_each_bad_line_with_its_error() {
             ],
             PassthroughWithGroupOptions,
         ),
+        (
+            &[c"a", c"b", c"4", c"group", c"g", c"resync_mbps", c"65537"],
+            BadResyncMbps,
+        ),
+        (
+            &[c"a", c"b", c"4", c"group", c"g", c"resync_mbps", c"-1"],
+            BadResyncMbps,
+        ),
+        (
+            &[c"a", c"b", c"4", c"group", c"g", c"resync_mbps", c"2.5"],
+            BadResyncMbps,
+        ),
+        (
+            &[c"a", c"b", c"1", c"resync_mbps"],
+            MissingOptionValue(Opt::ResyncMbps),
+        ),
+        (&[c"a", c"b", c"2", c"resync_mbps", c"5"], PrimaryNeedsGroup),
+        (
+            &[
+                c"a",
+                c"b",
+                c"4",
+                c"mode",
+                c"passthrough",
+                c"resync_mbps",
+                c"5",
+            ],
+            PassthroughWithGroupOptions,
+        ),
         (&[c"a", c"b", c"2", c"mode", c"primary"], PrimaryNeedsGroup),
         (
             &[c"a", c"b", c"2", c"mode", c"secondary"],
@@ -240,6 +277,7 @@ fn messages_are_distinct() {
         BadOverflow,
         BadCheckpointMs,
         BadBlockTimeout,
+        BadResyncMbps,
         PrimaryNeedsGroup,
         PassthroughWithGroupOptions,
     ];
@@ -261,7 +299,9 @@ fn options_are_reproduced() {
         &[
             c"a",
             c"b",
-            c"14",
+            c"16",
+            c"resync_mbps",
+            c"12",
             c"block_timeout",
             c"3600",
             c"checkpoint_ms",
@@ -298,7 +338,7 @@ fn option_names_round_trip() {
         assert_eq!(Opt::from_word(o.name().as_bytes()), Some(o));
     }
     let bits: u16 = Opt::ALL.iter().map(|o| o.bit()).sum();
-    assert_eq!(bits.count_ones(), 10);
+    assert_eq!(bits.count_ones(), 11);
 }
 
 #[test]
