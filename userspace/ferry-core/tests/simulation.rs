@@ -79,6 +79,7 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                             local.spans_applied += s.spans_applied;
                             local.live_resyncs += s.live_resyncs;
                             local.full_resyncs += s.full_resyncs;
+                            local.reads_paced += s.reads_paced;
                             local.overflows += s.overflows;
                             local.ahead_writes += s.ahead_writes;
                             local.steps += s.steps;
@@ -113,6 +114,7 @@ fn sweep(start: u64, count: u64, bug: Option<Bug>, stop_at_first: bool) -> (Vec<
                 t.spans_applied += local.spans_applied;
                 t.live_resyncs += local.live_resyncs;
                 t.full_resyncs += local.full_resyncs;
+                t.reads_paced += local.reads_paced;
             });
         }
     });
@@ -131,7 +133,7 @@ fn run_seeds(default_count: u64) {
          write intent, {} sweeps cleared chunks, {} writes waited for spool room, {} overflows \
          went ahead, {} writes while ahead; resync: {} chunks read, {} copied by a host write, \
          {} host writes held for a read, {} spans applied whole, {} resyncs begun by START \
-         ({} of them full copies)",
+         ({} of them full copies), {} steps a read waited for the rate cap",
         t.elapsed(),
         s.steps,
         s.writes,
@@ -153,7 +155,8 @@ fn run_seeds(default_count: u64) {
         s.resync_held,
         s.spans_applied,
         s.live_resyncs,
-        s.full_resyncs
+        s.full_resyncs,
+        s.reads_paced
     );
     if !failures.is_empty() {
         let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
@@ -168,6 +171,7 @@ fn run_seeds(default_count: u64) {
         assert!(s.spool_waits > 0 && s.overflows > 0 && s.ahead_writes > 0);
         assert!(s.resync_reads > 0 && s.resync_by_write > 0 && s.resync_held > 0);
         assert!(s.spans_applied > 0 && s.live_resyncs > 0 && s.full_resyncs > 0);
+        assert!(s.reads_paced > 0, "the rate cap never held a read back");
     }
 }
 

@@ -51,7 +51,9 @@
 //! touch a chunk being read), copies charged to the spool, a span from
 //! `RESYNC_BEGIN` to `RESYNC_END` that the secondary applies as one batch
 //! (`resync::Span`), and the covered chunks cleared from the dirty bitmap
-//! once the secondary has applied it. Primary and secondary crash during
+//! once the secondary has applied it; every third seed runs the reads
+//! under the rate cap (`resync::RateCap`, as the kernel's resync work
+//! applies `resync_mbps`). Primary and secondary crash during
 //! resyncs as at any other time. The product does not run that part yet (a
 //! device that did not leave cleanly comes back `ahead`). The way out of
 //! `ahead` after an overflow under `overflow bitmap` is the kernel's: `START`
@@ -79,7 +81,7 @@ use ferry_core::record::{
     RecordKind, HEADER_LEN, SECTOR_SIZE,
 };
 use ferry_core::resync::{
-    app_first, start_begins, HostWrite, ReadTicket, Resync, Span, WriteTicket,
+    app_first, start_begins, HostWrite, RateCap, ReadTicket, Resync, Span, WriteTicket,
 };
 use ferry_core::select::{
     interval_limit, next_in_group_order, Insert, Received, Stamp, StreamWindow,
@@ -122,6 +124,12 @@ const WAKE: u64 = 300;
 /// Per mille, each step: the helper spools a data stream's records to the
 /// primary's disk (`SPOOLED`).
 const SPOOLED: u64 = 30;
+/// Bytes of a chunk, as the rate cap counts them.
+const CHUNK_BYTES: u64 = (PAGE as u64) << CHUNK_SHIFT;
+/// The rate cap of the runs that have one (every third seed): 30 chunks
+/// per second of simulated time (a step is a millisecond), a burst of 30
+/// chunks, then a chunk every 33 steps.
+const CAP_BYTES_PER_SEC: u64 = 30 * CHUNK_BYTES;
 
 /// A defect injected on purpose to show the oracle catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +242,8 @@ pub struct Stats {
     pub live_resyncs: u64,
     /// Of those, full copies (`FULL_RESYNC`: every chunk marked first).
     pub full_resyncs: u64,
+    /// Steps at which the rate cap (`resync_mbps`) held a read back.
+    pub reads_paced: u64,
 }
 
 struct Rng(u64);
@@ -715,6 +725,9 @@ struct Primary {
     covered: Vec<Vec<u64>>,
     /// Counts the resyncs begun: a write's ticket names its own.
     resync_gen: u64,
+    /// The resync's read rate cap (`resync_mbps`), as the kernel's
+    /// resync work applies it: a read is issued only when it lets it.
+    cap: RateCap,
 }
 
 // ---------------------------------------------------------------- secondary
@@ -962,6 +975,14 @@ pub fn run(cfg: Config) -> Result<Stats, Failure> {
             span_end: None,
             covered: vec![Vec::new(); DEVICES],
             resync_gen: 0,
+            cap: RateCap::new(
+                if cfg.seed % 3 == 1 {
+                    CAP_BYTES_PER_SEC
+                } else {
+                    0
+                },
+                0,
+            ),
         },
         s: Secondary::new(),
         o: Oracle {
@@ -1589,10 +1610,16 @@ impl World {
                     self.p.devs[dev].reads.push((t, None));
                 }
             }
+            let now_ns = self.now * 1_000_000;
+            let cap = &mut self.p.cap;
             let d = &mut self.p.devs[dev];
             let r = d.resync.as_mut().expect("resync");
             for (t, content) in &mut d.reads {
                 if content.is_none() && r.may_issue(*t) && self.rng.chance(500) {
+                    if !cap.take(now_ns, CHUNK_BYTES) {
+                        self.stats.reads_paced += 1;
+                        continue;
+                    }
                     let first = t.chunk << CHUNK_SHIFT;
                     let blocks = first..(first + (1 << CHUNK_SHIFT)).min(BLOCKS);
                     *content = Some(blocks.map(|b| d.image[b as usize]).collect());
