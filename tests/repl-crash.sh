@@ -26,7 +26,8 @@
 # that a link outage sent ahead and that the host cuts inside its resync
 # (G1 while resyncing: the secondary holds its last consistent point or
 # the span's end, never a part of the span); FERRY_REPL_APPS (default 4)
-# more points follow, alternating a file workload on ext4 (fsck) and
+# more points follow, alternating a file workload on ext4 (fsck), cut
+# inside the resync that follows an overflow as the resync points are, and
 # SQLite transactions (integrity check, committed prefix).  FERRY_REPL_SEED_BASE (default 1000): the writers'
 # seeds are it plus the point's number, and it moves the host's random
 # choices, so that two runs at once (make test) check different points.
@@ -60,7 +61,7 @@ kills=${FERRY_REPL_KILLS:-3}
 guest 1 "$out/secondary.log" listen repl-crash-secondary "ferry.points=$points ferry.block_points=$blocks ferry.resync_points=$resyncs ferry.seed_base=$seed_base ${FERRY_DEMO:+ferry.demo=1}"
 spid=$gpid
 wait_listen || { echo "repl-crash: the secondary guest does not listen"; exit 1; }
-boot=0 last=0 link_cuts=0 power_cuts=0 mid_resync=0
+boot=0 last=0 link_cuts=0 power_cuts=0 mid_resync=0 in_resync=0
 for i in $(seq 1 "$points"); do
 	if ! wait_for "$out/secondary.log" "^REPL-READY $i\$" 300 $spid; then
 		tail -40 "$out/secondary.log"; echo "repl-crash: secondary not ready for point $i"; exit 1
@@ -119,8 +120,9 @@ for i in $(seq 1 "$points"); do
 	echo "crash point $i ($workload, $cut ${delay}s after arming): ${line#REPL-POINT $i }"
 	case "$line" in *" PASS "*) ;; *) tail -40 "$out/secondary.log"; exit 1 ;; esac
 	case "$line" in *span_open_at_cut=true*) mid_resync=$((mid_resync + 1)) ;; esac
+	case "$workload" in resync | ext4) in_resync=$((in_resync + 1)) ;; esac
 done
 if ! wait_for "$out/secondary.log" '^FERRY-VERDICT' 300 $spid || ! grep -aq '^FERRY-VERDICT: PASS' "$out/secondary.log"; then
 	tail -40 "$out/secondary.log"; echo "repl-crash: secondary verdict not PASS"; exit 1
 fi
-echo "repl-crash: $points of $points crash points passed ($power_cuts power cuts, $link_cuts link cuts; $resyncs cut while resyncing, $mid_resync of them inside a resync span the secondary had open) in $(( $(date +%s) - t0 ))s"
+echo "repl-crash: $points of $points crash points passed ($power_cuts power cuts, $link_cuts link cuts; $in_resync cut while resyncing (ext4 ones included), $mid_resync of them inside a resync span the secondary had open) in $(( $(date +%s) - t0 ))s"

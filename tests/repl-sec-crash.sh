@@ -6,23 +6,29 @@
 # three more intervals, FERRY_SEC_CUTS times (default 2), and booted again
 # on the same disks each time; after the last boot the secondary waits for
 # the primary's drain, promotes and checks every write and the checksums.
+# FERRY_SEC_RESYNC=1: the primary's group has a 2 MiB spool and `overflow
+# bitmap`, so that it goes ahead while the secondary is down and resyncs
+# when it is back; every cut after the first falls inside that resync (the
+# secondary arms once its resync span is open with intervals staged), and
+# the last boot finds the span in its remote log and finishes it.
 #
 #   tests/repl-sec-crash.sh <initramfs.cpio> <out-dir> [cuts]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 initrd=$1 out=$2 cuts=${3:-${FERRY_SEC_CUTS:-2}}
+mode="ferry.sec_resync=${FERRY_SEC_RESYNC:-0}"
 mkdir -p "$out"
 rm -f "$out"/*.log "$out"/*.img
 . "$here/tests/guests.sh"
 
 t0=$(date +%s)
-guest 0 "$out/primary.log" listen repl-sec-primary "ferry.cuts=$cuts"
+guest 0 "$out/primary.log" listen repl-sec-primary "ferry.cuts=$cuts $mode"
 ppid=$gpid
 wait_listen || { echo "repl-sec-crash: the primary guest does not listen"; exit 1; }
 for c in $(seq 1 "$cuts"); do
 	slog="$out/secondary-$c.log"
 	# Killed before it could scan for leaks: no kmemleak.
-	guest 1 "$slog" connect repl-sec-secondary "ferry.cut=$c $NO_KMEMLEAK" keep
+	guest 1 "$slog" connect repl-sec-secondary "ferry.cut=$c $mode $NO_KMEMLEAK" keep
 	spid=$gpid
 	if ! wait_for "$slog" '^FERRY-ARMED' 600 $spid; then
 		tail -40 "$slog"; echo "repl-sec-crash: the secondary did not arm (boot $c)"; exit 1
@@ -33,7 +39,7 @@ for c in $(seq 1 "$cuts"); do
 	echo "secondary power cut $c: ${delay}s after arming; $({ tr -d '\r' <"$slog"; } | grep -a 'ok: ' | sed 's/^ *ok: //' | tr '\n' ';')"
 done
 slog="$out/secondary-final.log"
-guest 1 "$slog" connect repl-sec-secondary "ferry.cut=final" keep
+guest 1 "$slog" connect repl-sec-secondary "ferry.cut=final $mode" keep
 spid=$gpid
 rc=0
 for p in $ppid $spid; do

@@ -120,6 +120,10 @@ pairs() {
 		env FERRY_REPL_APPS="${FERRY_REPL_APPS:-2}" tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-4}"
 	step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
 		"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
+	# The first cut sends the primary ahead, the second falls inside the
+	# resync that follows.
+	step "guests: secondary power cuts inside a resync (G1, G4)" 1500 "$out/repl-sec-resync" \
+		env FERRY_SEC_RESYNC=1 tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-resync" 2
 }
 lanes target primary pairs
 

@@ -17,6 +17,8 @@
 #                       (repl-app): pgbench's scale (4; make test 1) and
 #                       seconds (60; make test 10)
 #   FERRY_SEC_CUTS      power cuts of a secondary (G4, G5) (10)
+#   FERRY_SEC_RESYNC_CUTS  power cuts of a secondary, all but the first
+#                       inside a resync (10)
 #   FERRY_LIFECYCLE_ROUNDS  create/remove cycles and concurrent churn of one
 #                       group (100; make test runs 10)
 #
@@ -86,5 +88,6 @@ fi
 [ "${FERRY_CRASH_POINTS:-100}" -gt 0 ] && { part "crash points"; tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-100}"; }
 [ "${FERRY_REPL_POINTS:-200}" -gt 0 ] && { part "replication crash points"; FERRY_REPL_KILLS=${FERRY_REPL_KILLS:-20} FERRY_REPL_RESYNCS=${FERRY_REPL_RESYNCS:-50} tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-200}"; }
 [ "${FERRY_SEC_CUTS:-10}" -gt 0 ] && { part "secondary power cuts"; tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-10}"; }
+[ "${FERRY_SEC_RESYNC_CUTS:-10}" -gt 0 ] && { part "secondary power cuts inside resyncs"; FERRY_SEC_RESYNC=1 tests/repl-sec-crash.sh "$out/initramfs.cpio" "$out/repl-sec-resync" "${FERRY_SEC_RESYNC_CUTS:-10}"; }
 tests/judge.sh "$out"
 echo "soak: PASS in $((SECONDS - t0))s, FERRY_SEED=$FERRY_SEED"

@@ -7,7 +7,9 @@
 # than the spool holds) and armed once the link is back and the kernel is
 # `resyncing`, so that the host's cut falls inside the resync; "ext4", a
 # file workload on ext4 with its journal on the log device (r0) and the
-# file system on the data device (r1); "sqlite", one transaction after
+# file system on the data device (r1), on a group set up as for "resync"
+# and sent ahead and resyncing the same way (the 8 MiB more written as a
+# file of that ext4), so that the cut falls inside its resync; "sqlite", one transaction after
 # another in an SQLite database on that ext4.  Once the secondary has
 # applied two intervals (an application: the interval open 6 s into it,
 # after its first commit), "FERRY-ARMED <point>", and the host cuts the
@@ -26,7 +28,11 @@
 go_ahead_and_resync() {
 	local t m0 m1 d0 d1 c0 c1 a0 a1
 	/sbin/tc qdisc add dev eth0 root netem loss 100% || fail "point $pt: netem"
-	dd if=/dev/urandom of=/dev/mapper/r1 bs=1M seek=16 count=8 oflag=direct 2>/dev/null || fail "point $pt: bulk write to r1"
+	if [ "$FERRY_WORKLOAD" = ext4 ]; then
+		dd if=/dev/urandom of=/mnt/fs/bulk bs=1M count=8 conv=fsync 2>/dev/null || fail "point $pt: bulk file on ext4"
+	else
+		dd if=/dev/urandom of=/dev/mapper/r1 bs=1M seek=16 count=8 oflag=direct 2>/dev/null || fail "point $pt: bulk write to r1"
+	fi
 	for t in $(seq 1 240); do
 		set -- $(dm status r0); m0=$8
 		[ "$m0" = ahead ] && break
@@ -69,17 +75,19 @@ for pt in $(seq "${FERRY_POINT:-1}" "${FERRY_LAST:-${FERRY_POINT:-1}}"); do
 	# The devices while the secondary checks the last point; ferryd once
 	# the link is back.
 	opts=
-	[ "$FERRY_WORKLOAD" = resync ] && opts="spool_mb 4 overflow bitmap"
+	resyncs=0
+	case "$FERRY_WORKLOAD" in resync | ext4) resyncs=1 ;; esac
+	[ $resyncs = 1 ] && opts="spool_mb 4 overflow bitmap"
 	REPL_PRIMARY_OPTS=$opts repl_devices primary
 	repl_config primary
-	[ "$FERRY_WORKLOAD" = resync ] && { echo 'spool_after_mb = 0'; echo 'resync = "auto"'; } >>/etc/ferry/gr.toml
+	[ $resyncs = 1 ] && { echo 'spool_after_mb = 0'; echo 'resync = "auto"'; } >>/etc/ferry/gr.toml
 	for t in $(seq 1 1500); do [ "$(carrier)" = 1 ] && break; sleep 0.2; done
 	[ "$(carrier)" = 1 ] || fail "point $pt: the host did not restore the link in 300 s"
 	phase "point $pt: link up"
 	ferryd_start
 	phase "point $pt: devices and ferryd up"
 	case "$FERRY_WORKLOAD" in
-	blocks|resync)
+	blocks | resync)
 		ferry-test write --dev /dev/mapper/r0 --dev /dev/mapper/r1 --count 100000000 --blocks $REPL_BLOCKS \
 			--seed $((${FERRY_SEED_BASE:-1000} + pt)) --log /dev/null >/tmp/w.out 2>&1 &
 		;;
@@ -141,7 +149,7 @@ for pt in $(seq "${FERRY_POINT:-1}" "${FERRY_LAST:-${FERRY_POINT:-1}}"); do
 		sleep 0.2
 	done
 	[ "$(fstatus applied_epoch)" -ge "$want" ] || { tail /tmp/ferryd.log; fail "the secondary did not apply interval $want in 120 s"; }
-	[ "$FERRY_WORKLOAD" = resync ] && go_ahead_and_resync
+	[ $resyncs = 1 ] && go_ahead_and_resync
 	phase "point $pt: armed"
 	echo "FERRY-ARMED $pt"
 	if [ "$pt" = "${FERRY_LAST:-${FERRY_POINT:-1}}" ]; then

@@ -88,11 +88,11 @@ for pt in $(seq 1 "$points"); do
 	ferryctl status gr >/tmp/st.out 2>&1 || true; sayout /tmp/st.out
 	say "\$ ferryctl promote gr"
 	resync=
-	if [ $workload = resync ]; then
+	if [ $workload = resync ] || [ $workload = ext4 ]; then
 		resync=" resync: span_open_at_cut=$span_at_cut span_intervals_staged=$(fstatus resync_span_intervals) spans_applied=$(fstatus resync_spans_applied)"
 	fi
 	ferryctl promote gr >/tmp/promote.out 2>&1 || { cat /tmp/promote.out /tmp/ferryd.log; fail "point $pt: promote"; }
-	if [ $workload = resync ] && grep -q 'resync span was open' /tmp/promote.out; then
+	if [ -n "$resync" ] && grep -q 'resync span was open' /tmp/promote.out; then
 		resync="$resync promote_dropped_the_span=yes"
 	fi
 	sayout /tmp/promote.out

@@ -6,7 +6,11 @@
 # the meta devices (an interval in progress when the power went is redone
 # by ferryd from the remote log).  The final boot waits for the primary's
 # drain, promotes and checks: every write present (prefix checker) and
-# checksums equal to the primary's.
+# checksums equal to the primary's.  ferry.sec_resync=1: the primary's
+# group goes ahead while this guest is down, and every boot but the first
+# arms once the resync's span is open with two intervals staged, so that
+# the cut falls inside the span (the next boot recovers the span from the
+# remote log and goes on staging it).
 peer=10.99.0.1
 mkdir -p /var/lib/ferry
 if [ "${FERRY_CUT:-1}" = 1 ]; then
@@ -27,6 +31,20 @@ if [ "$FERRY_CUT" != final ]; then
 	# until the last boot, so they come unless something is wrong: then
 	# say what, at most 240 s (of guest uptime) later.
 	epoch() { e=$(fstatus applied_epoch); echo "${e:-0}"; }
+	if [ "${FERRY_SEC_RESYNC:-0}" = 1 ] && [ "$FERRY_CUT" != 1 ]; then
+		end=$(( $(cut -d. -f1 /proc/uptime) + 300 ))
+		until [ "$(fstatus resync_span_open)" = true ] && [ "$(fstatus resync_span_intervals)" -ge 2 ] 2>/dev/null; do
+			[ "$(cut -d. -f1 /proc/uptime)" -lt $end ] || {
+				ferryctl status gr || true; tail -20 /tmp/ferryd.log
+				fail "boot ${FERRY_CUT}: no resync span open with 2 intervals staged in 300 s"
+			}
+			sleep 0.2
+		done
+		ok "boot ${FERRY_CUT}: resync span open, $(fstatus resync_span_intervals) intervals staged, applied $(epoch); armed"
+		echo FERRY-ARMED
+		sleep 100000
+		fail "still running"
+	fi
 	base=$(fstatus applied_epoch)
 	[ -n "$base" ] || { tail -20 /tmp/ferryd.log; fail "no status from ferryd"; }
 	end=$(( $(cut -d. -f1 /proc/uptime) + 240 ))
