@@ -6,7 +6,8 @@
 #                   on first use; or against KDIR=/path/to/your/kernel/build)
 #   make test       userspace tests + the guest suite (what CI runs)
 #   make demo       two guests replicating; kill the primary, promote, check
-#   make bench      ferry vs dm-linear vs the raw disk, and vs DRBD, in guests
+#   make bench      ferry vs dm-linear vs the raw disk, and vs DRBD, in guests;
+#                   the resync's throughput and its cost to the application
 #   make soak       the deep tier (tests/soak.sh): the simulation's soak,
 #                   each fuzz target, the replay checker over 256 MiB, and
 #                   FERRY_CRASH_POINTS (100), FERRY_REPL_POINTS (200) and

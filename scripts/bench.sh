@@ -24,13 +24,24 @@
 #    FERRY_BENCH_DRBD_ROUNDS rounds (default FERRY_BENCH_ROUNDS, else 3),
 #    FERRY_BENCH_REPL_SECS (default 20) per figure; a table of medians
 #    (tests/guest/t-bench-drbd.sh, Documentation/testing.rst).
+# 5. Resync (part "resync"): the same two guests, a group sent ahead by a
+#    link cut and brought back by the automatic resync
+#    (tests/guest/t-bench-resync.sh): A, the resync's throughput as a
+#    fraction of the FERRY_BENCH_LINK_MBIT link (FERRY_BENCH_RESYNC_MB,
+#    default 64, MiB dirty); B, 4 KiB random writes at QD8 for
+#    FERRY_BENCH_RESYNC_SECS (default 15) on FERRY_BENCH_RESYNC_APP_MBIT
+#    (default 200), replicating, during a resync without a cap and with
+#    FERRY_BENCH_RESYNC_CAP (default 2) MiB/s: IOPS and their ratios to
+#    the run without a resync, the resync's copy rate, whether it lasted
+#    the run.  FERRY_BENCH_RESYNC_ROUNDS rounds (default
+#    FERRY_BENCH_ROUNDS, else 3); a table of medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${FERRY_OUT:-$PWD/out}/bench
 rm -rf "$out"; mkdir -p "$out"
 rounds=${FERRY_BENCH_ROUNDS:-5} secs=${FERRY_BENCH_SECS:-8}
-# FERRY_BENCH_PARTS: which parts run (default all: "fio repl drbd").
-parts=${FERRY_BENCH_PARTS:-fio repl drbd}
+# FERRY_BENCH_PARTS: which parts run (default all: "fio repl drbd resync").
+parts=${FERRY_BENCH_PARTS:-fio repl drbd resync}
 kdir=$(scripts/build-kernel.sh release)
 make --no-print-directory module FLAVOUR=release
 # The release kernel's drbd.ko goes in too (the "drbd" part loads it).
@@ -104,24 +115,27 @@ tr -d '\r' <"$out/repl/g0.log" | grep -a '^bench-repl|' | cut -d'|' -f2- | sed '
 fi
 
 # 4. Side by side: ferry, DRBD 8.4 protocol A, dm-linear (two guests, the
-#    same disks and link as 3).  The guests get the host's TSC frequency
-#    (tsc_early_khz, tsc=reliable; FERRY_BENCH_TSC_KHZ overrides): under TCG
-#    the guest's calibration against the PIT fails at random, the clock
-#    falls back to jiffies and fio's latencies come out as 0 or 4 ms.
-[[ " $parts " == *" drbd "* ]] || exit 0
+#    same disks and link as 3).  The guests of 4 and 5 get the host's TSC
+#    frequency (tsc_early_khz, tsc=reliable; FERRY_BENCH_TSC_KHZ
+#    overrides): under TCG the guest's calibration against the PIT fails
+#    at random, the clock falls back to jiffies and fio's latencies come
+#    out as 0 or 4 ms.
+tscargs=
+if [[ " $parts " == *" drbd "* || " $parts " == *" resync "* ]]; then
+	tsc_khz=${FERRY_BENCH_TSC_KHZ:-}
+	if [ -z "$tsc_khz" ]; then
+		mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p; s/.*tsc: Detected \([0-9.]*\) MHz processor.*/\1/p' | tail -1)
+		# Without the kernel log: the CPU's nominal clock, when its TSC
+		# runs at a constant, known rate.
+		[ -n "$mhz" ] || ! grep -qw tsc_known_freq /proc/cpuinfo || mhz=$(awk -F': *' '/^cpu MHz/ { print $2; exit }' /proc/cpuinfo)
+		[ -z "$mhz" ] || tsc_khz=$(awk -v m="$mhz" 'BEGIN { printf "%d", m * 1000 }')
+	fi
+	if [ -n "$tsc_khz" ]; then tscargs="tsc_early_khz=$tsc_khz tsc=reliable"
+	else echo "bench: the host's TSC frequency is unknown (set FERRY_BENCH_TSC_KHZ): guest latencies may be wrong" >&2; fi
+fi
+if [[ " $parts " == *" drbd "* ]]; then
 drounds=${FERRY_BENCH_DRBD_ROUNDS:-${FERRY_BENCH_ROUNDS:-3}}
 dsecs=${FERRY_BENCH_REPL_SECS:-20} dmbit=${FERRY_BENCH_LINK_MBIT:-40}
-tsc_khz=${FERRY_BENCH_TSC_KHZ:-}
-if [ -z "$tsc_khz" ]; then
-	mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p; s/.*tsc: Detected \([0-9.]*\) MHz processor.*/\1/p' | tail -1)
-	# Without the kernel log: the CPU's nominal clock, when its TSC runs
-	# at a constant, known rate.
-	[ -n "$mhz" ] || ! grep -qw tsc_known_freq /proc/cpuinfo || mhz=$(awk -F': *' '/^cpu MHz/ { print $2; exit }' /proc/cpuinfo)
-	[ -z "$mhz" ] || tsc_khz=$(awk -v m="$mhz" 'BEGIN { printf "%d", m * 1000 }')
-fi
-tscargs=
-if [ -n "$tsc_khz" ]; then tscargs="tsc_early_khz=$tsc_khz tsc=reliable"
-else echo "bench: the host's TSC frequency is unknown (set FERRY_BENCH_TSC_KHZ): guest latencies may be wrong" >&2; fi
 scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
 	--disk 256M --disk 256M --disk 64M --disk 64M --timeout $((900 + drounds * (60 * dsecs + 300))) --out "$out/drbd" \
 	--append "ferry.bench_link_mbit=$dmbit ferry.bench_secs=$dsecs ferry.bench_rounds=$drounds ferry.bench_burst_mb=${FERRY_BENCH_BURST_MB:-48} $tscargs" bench-drbd >/dev/null ||
@@ -184,6 +198,111 @@ for fig, title, better in figs:
         if v: text.append(f"    {fig} {system}: " + " ".join(fmt(x) for x in v))
 for k in ("write_cache", "drbd"):
     if k in info: text.append(f"  {k}: {info[k]}")
+print("\n".join(text))
+open(f"{out}/table.txt", "w").write("\n".join(text) + "\n")
+PY
+fi
+
+# 5. Resync: two guests (release kernel), the disks of 3 and a 1 GiB disk
+#    for the secondary's remote log (a resync span is staged whole);
+#    tests/guest/t-bench-resync.sh, Documentation/testing.rst.
+[[ " $parts " == *" resync "* ]] || exit 0
+rrounds=${FERRY_BENCH_RESYNC_ROUNDS:-${FERRY_BENCH_ROUNDS:-3}}
+rsecs=${FERRY_BENCH_RESYNC_SECS:-15} rmbit=${FERRY_BENCH_LINK_MBIT:-40}
+scripts/vm.sh --kernel "$kdir/arch/x86/boot/bzImage" --initrd "$out/initramfs.cpio" --guests 2 --smp 1 \
+	--disk 256M --disk 256M --disk 64M --disk 64M --disk 1G --timeout $((900 + rrounds * (600 + 6 * rsecs))) --out "$out/resync" \
+	--append "ferry.bench_link_mbit=$rmbit ferry.bench_resync_app_mbit=${FERRY_BENCH_RESYNC_APP_MBIT:-200} ferry.bench_secs=$rsecs ferry.bench_rounds=$rrounds ferry.bench_resync_mb=${FERRY_BENCH_RESYNC_MB:-64} ferry.bench_resync_cap=${FERRY_BENCH_RESYNC_CAP:-2} $tscargs" bench-resync >/dev/null ||
+	{ tail -40 "$out/resync/g0.log"; echo "bench: resync run failed"; exit 1; }
+echo
+python3 - "$out/resync" <<'PY'
+import sys, statistics as st, collections
+out = sys.argv[1]
+vals = collections.defaultdict(dict)  # figure -> {round: value}
+info = {}
+for line in open(f"{out}/g0.log", errors="replace"):
+    line = line.strip().replace("\r", "")
+    if not line.startswith("bench-resync|"):
+        continue
+    _, r, fig, v = line.split("|", 3)
+    if r == "0":
+        info[fig] = v
+    else:
+        vals[fig][int(r)] = v
+def num(fig):
+    """{round: float} of a figure, its numeric rounds only."""
+    d = {}
+    for r, v in vals.get(fig, {}).items():
+        try: d[r] = float(v)
+        except ValueError: pass
+    return d
+def fmt(x):
+    if x is None: return "-"
+    a = abs(x)
+    if a == 0: return "0"
+    return f"{x:.3f}" if a < 1 else f"{x:.2f}" if a < 10 else f"{x:.1f}" if a < 100 else f"{x:.0f}"
+def med(d):
+    return st.median(d.values()) if d else None
+def per_round(d):
+    return " ".join(f"{fmt(d[r])}" for r in sorted(d))
+def table(rows):
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    t = []
+    for i, r in enumerate(rows):
+        t.append("  " + "  ".join(c.ljust(w[j]) if j == 0 else c.rjust(w[j]) for j, c in enumerate(r)))
+        if i == 0: t.append("  " + "  ".join("-" * x for x in w))
+    return t
+mbit, amb = info.get("link_mbit", "?"), info.get("app_link_mbit", "?")
+cap, secs = info.get("resync_cap_MiBps", "?"), info.get("fio_secs", "?")
+rounds = max((len(v) for v in vals.values()), default=0)
+text = [f"resync after a link outage: A on a 20 ms link of {mbit} Mbit/s, B on {amb} Mbit/s"
+        f" (two guests, release kernel, {rounds} rounds, medians)",
+        f"A  the resync's throughput: {info.get('a_write_MiB', '?')} MiB written to r1 (1 to r0) with the"
+        " link cut, timed from the link's restore until both devices are replicating"]
+figs = [
+    ("A_dirty_MiB", "dirty at the restore, MiB"),
+    ("A_spooled_MiB", "spooled at the restore (records from the cut), MiB"),
+    ("A_connected_s", "restore -> both streams connected, s"),
+    ("A_resyncing_s", "restore -> resyncing, s"),
+    ("A_s", "restore -> replicating (the span applied), s"),
+    ("A_MBps", "resync MB/s (dirty bytes / restore -> replicating)"),
+    ("A_fraction_of_link", f"fraction of the {mbit} Mbit/s link (the same)"),
+    ("A_moved_fraction_of_link_from_connected", "fraction of the link, dirty + spooled bytes from the connection on"),
+    ("A_eth0_bytes_per_dirty_byte", "bytes the primary's eth0 sent per dirty byte"),
+    ("A_eth0_bytes_per_moved_byte", "the same per byte moved (dirty + spooled)"),
+]
+rows = [("figure", "median", "per round")]
+for fig, title in figs:
+    d = num(fig)
+    rows.append((title, fmt(med(d)), per_round(d) or "-"))
+text += table(rows)
+conds = [("norsync", "replicating, no resync"), ("uncapped", "during a resync, no cap"),
+         ("capped", f"during a resync, cap {cap} MiB/s")]
+text.append("")
+text.append(f"B  4 KiB random writes, QD8, {secs} s on the last 64 MiB of r1; the resync copies the first"
+            f" {info.get('b_write_MiB', '?')} MiB written with the link cut")
+base = num("B_norsync_iops")
+rows = [("condition", "IOPS", "/no resync", "copy MB/s", "chunks copied", "resync lasted the run", "spool KiB", "dirty MiB")]
+notes = []
+for c, title in conds:
+    iops = num(f"B_{c}_iops")
+    ratio = {r: iops[r] / base[r] for r in iops if r in base and base[r] > 0}
+    running = vals.get(f"B_{c}_running_at_end", {})
+    lasted = "-" if c == "norsync" else f"{sum(1 for v in running.values() if v == 'yes')} of {len(running)}"
+    rows.append((title, fmt(med(iops)), "1" if c == "norsync" else fmt(med(ratio)),
+                 fmt(med(num(f"B_{c}_copy_MBps"))), fmt(med(num(f"B_{c}_copied_chunks"))), lasted,
+                 fmt(med(num(f"B_{c}_spool_median_KiB"))), fmt(med(num(f"B_{c}_dirty_MiB")))))
+    notes.append(f"    {c} IOPS: {per_round(iops) or '-'}")
+    if c != "norsync":
+        notes.append(f"    {c} IOPS / no resync: {per_round(ratio) or '-'}")
+        notes.append(f"    {c} copy MB/s: {per_round(num(f'B_{c}_copy_MBps')) or '-'}")
+        over = vals.get(f"B_{c}_over_after_s", {})
+        for r in sorted(running):
+            if running[r] != "yes":
+                notes.append(f"    {c} round {r}: the resync was over {over.get(r, '?')} s into the {secs} s run:"
+                             " the rest of the run had none")
+text += table(rows)
+text.append("  (per round:)")
+text += notes
 print("\n".join(text))
 open(f"{out}/table.txt", "w").write("\n".join(text) + "\n")
 PY
