@@ -131,6 +131,12 @@ pub struct Config {
     /// Secondary: the remote log's directory.
     #[serde(default)]
     pub log_dir: Option<PathBuf>,
+    /// Secondary: MiB of `log_dir` kept beyond a resync's copy (for the
+    /// application's writes during it, its markers, `state.json`): a
+    /// resync is refused before it begins unless its copy fits in what is
+    /// available less this (`crate::room`).
+    #[serde(default = "default_resync_reserve_mb")]
+    pub resync_reserve_mb: u64,
     /// Status and metrics (HTTP, read-only), on loopback.
     #[serde(default = "default_status")]
     pub status: SocketAddr,
@@ -149,6 +155,10 @@ fn default_spool_after_mb() -> u64 {
 
 fn default_spool_max_mb() -> u64 {
     4096
+}
+
+fn default_resync_reserve_mb() -> u64 {
+    crate::room::DEFAULT_RESERVE_MB
 }
 
 fn default_status() -> SocketAddr {
@@ -403,6 +413,12 @@ mod tests {
         assert_eq!(c.control_socket(), PathBuf::from("/run/ferry/g.sock"));
         assert_eq!((c.spool_after_mb, c.spool_max_mb), (16, 4096));
         assert_eq!(c.resync, Resync::Auto);
+        assert_eq!(c.resync_reserve_mb, 64);
+        let r: Config = toml::from_str(
+            "group = \"g\"\nrole = \"secondary\"\nlisten = \"0.0.0.0:1\"\nlog_dir = \"/l\"\nresync_reserve_mb = 0\n",
+        )
+        .unwrap();
+        assert_eq!(r.resync_reserve_mb, 0);
         // Without a key_file: the service's credential `key`.
         let cred: Config =
             toml::from_str("group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\n").unwrap();

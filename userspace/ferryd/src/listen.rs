@@ -268,13 +268,20 @@ where
                 "first frame is not a hello",
             ));
         };
-        if version != link::VERSION
-            || g != group
-            || !link::tag_ok(key, Side::Primary, &g, device, &ekm, &tag)
-        {
+        if version != link::VERSION {
             return Err(Refused::new(
                 Refusal::Key,
-                format!("version {version}, group {g:?}, or key does not match"),
+                format!(
+                    "the primary speaks link protocol version {version}, this ferryd version {}: \
+                     run ferryd of one version on both sites",
+                    link::VERSION
+                ),
+            ));
+        }
+        if g != group || !link::tag_ok(key, Side::Primary, &g, device, &ekm, &tag) {
+            return Err(Refused::new(
+                Refusal::Key,
+                format!("group {g:?} or key does not match"),
             ));
         }
         Ok(Authenticated { tls, device, ekm })

@@ -88,6 +88,7 @@ pub(crate) fn receiver_on(top: &Path, ids: &[u32], fs: Arc<dyn FileSystem>) -> A
         more: Notify::new(),
         rejected: Rejected::default(),
         listen: Arc::default(),
+        room: Mutex::default(),
     })
 }
 
@@ -349,6 +350,7 @@ fn idle(name: &str) -> (Arc<Sec>, PathBuf) {
         more: Notify::new(),
         rejected: Rejected::default(),
         listen: Arc::default(),
+        room: Mutex::default(),
     });
     (s, top)
 }
