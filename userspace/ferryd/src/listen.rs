@@ -572,6 +572,45 @@ mod tests {
         assert_eq!(r, Some(Refusal::Key));
     }
 
+    /// A primary of another link protocol version (one without the
+    /// question of room, say) is refused, and the reason names both
+    /// versions.
+    #[tokio::test]
+    async fn another_link_version_is_refused_and_said() {
+        let acceptor = TlsAcceptor::from(link::server_config().unwrap());
+        let (c, s) = pipe();
+        let client = tokio::spawn(async move {
+            let mut c = tls_client(c).await;
+            let mut ekm = [0u8; 32];
+            c.get_ref()
+                .1
+                .export_keying_material(&mut ekm, link::EXPORTER_LABEL, None)
+                .unwrap();
+            let f = Frame::Hello {
+                version: 1,
+                group: "g".into(),
+                device: 1,
+                tag: link::tag(&KEY, Side::Primary, "g", 1, &ekm),
+            };
+            link::write_frame(&mut c, &f).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let r = authenticate(&acceptor, s, &KEY, "g", Duration::from_secs(10)).await;
+        client.abort();
+        let Err(e) = r else {
+            panic!("a hello of version 1 was taken")
+        };
+        assert_eq!(e.why, Refusal::Key);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refused (key): the primary speaks link protocol version 1, this ferryd version \
+                 {}: run ferryd of one version on both sites",
+                link::VERSION
+            )
+        );
+    }
+
     #[tokio::test]
     async fn a_long_first_frame_is_refused_on_its_length() {
         let t = Instant::now();

@@ -292,6 +292,103 @@ fn the_initial_full_copy() {
     );
 }
 
+/// A `START` the secondary's answer of room held back (not written):
+/// the question is asked again after `RETRY`, not before; the link, a
+/// manual resync, lost records come first; the room not known is said.
+#[test]
+fn a_start_held_for_room() {
+    let t0 = Instant::now();
+    let a = ahead();
+    let held = |h| {
+        Some(Attempt {
+            at: t0,
+            errno: None,
+            held: Some(h),
+            full: false,
+        })
+    };
+    for h in [Held::NoRoom, Held::NoAnswer] {
+        assert_eq!(next(&a, held(h), t0), Next::Held(h));
+        assert_eq!(
+            next(&a, held(h), t0 + RETRY - Duration::from_millis(1)),
+            Next::Held(h)
+        );
+        // Asked again: a START (once the secondary has room).
+        assert_eq!(next(&a, held(h), t0 + RETRY), Next::Start(Why::Ahead));
+    }
+    let no_room = held(Held::NoRoom);
+    // Dirty chunks while replicating, and the initial full copy, alike.
+    let dirty = Facts {
+        mode: Mode::Replicating,
+        dirty: 3,
+        ..a
+    };
+    assert_eq!(next(&dirty, no_room, t0), Next::Held(Held::NoRoom));
+    assert_eq!(next(&dirty, no_room, t0 + RETRY), Next::Start(Why::Dirty));
+    let fresh = Facts {
+        all_fresh: true,
+        ..dirty
+    };
+    let full = Some(Attempt {
+        full: true,
+        ..no_room.unwrap()
+    });
+    assert_eq!(next(&fresh, full, t0), Next::Held(Held::NoRoom));
+    assert_eq!(next(&fresh, full, t0 + RETRY), Next::Start(Why::Full));
+    // Held, then resyncing (a START by other means) or clean: nothing.
+    for f in [
+        Facts {
+            mode: Mode::Resyncing,
+            ..a
+        },
+        Facts {
+            mode: Mode::Replicating,
+            dirty: 0,
+            ..a
+        },
+    ] {
+        assert_eq!(next(&f, no_room, t0), Next::Nothing);
+    }
+    // What comes before it.
+    let down = Facts {
+        all_connected: false,
+        ..a
+    };
+    assert_eq!(next(&down, no_room, t0), Next::Link(Why::Ahead));
+    let manual = Facts {
+        resync: Resync::Manual,
+        ..a
+    };
+    assert_eq!(next(&manual, no_room, t0), Next::Manual);
+    assert_eq!(next(&Facts { lost: true, ..a }, no_room, t0), Next::Lost);
+    // The room a resync needs not known: no START (and no question).
+    let no_size = Facts { sized: false, ..a };
+    assert_eq!(next(&no_size, None, t0), Next::Unsized);
+    assert_eq!(next(&no_size, no_room, t0 + RETRY), Next::Unsized);
+    assert_eq!(
+        next(
+            &Facts {
+                sized: false,
+                ..down
+            },
+            None,
+            t0
+        ),
+        Next::Link(Why::Ahead)
+    );
+    // Their words (the figures come with the secondary's answer).
+    let n = note(Next::Held(Held::NoRoom), "gr").unwrap();
+    assert!(
+        n.contains("refused by the secondary, no room in its log_dir")
+            && n.contains("asked again every 5 s"),
+        "{n}"
+    );
+    let n = note(Next::Held(Held::NoAnswer), "gr").unwrap();
+    assert!(n.contains("did not answer"), "{n}");
+    let n = note(Next::Unsized, "gr").unwrap();
+    assert!(n.contains("chunk size"), "{n}");
+}
+
 #[test]
 fn holding_nothing() {
     // What a secondary with an empty remote log and a new meta device

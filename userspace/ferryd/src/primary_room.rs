@@ -122,3 +122,7 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "primary_room_tests.rs"]
+mod tests;
