@@ -350,7 +350,13 @@ impl FileSystem for Os {
     fn available(&self, dir: &Path) -> io::Result<u64> {
         check(Op::Statvfs, dir)?;
         let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
-        Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+        // (Narrower than u64 on 32-bit targets.)
+        #[allow(clippy::useless_conversion)]
+        let (blocks, size) = (
+            u64::from(st.blocks_available()),
+            u64::from(st.fragment_size()),
+        );
+        Ok(blocks.saturating_mul(size))
     }
 }
 
