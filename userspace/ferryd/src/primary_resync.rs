@@ -39,7 +39,7 @@
 //! spool: those writes are not in the dirty bitmap, and the stream is
 //! stopped.
 
-use super::room_side::Answer;
+use super::room_side::NotStarted;
 use super::*;
 use ferry_core::command::start_flags;
 use ferryd::config::{InitialSync, Resync};
@@ -288,12 +288,12 @@ pub(super) struct ResyncState {
     pub(super) last: Option<Attempt>,
     /// The errno of the last refusal logged (a refusal is logged once
     /// while it repeats).
-    logged: Option<i32>,
+    pub(super) logged: Option<i32>,
     /// The last hold logged (logged once while it repeats).
-    logged_held: Option<Held>,
+    pub(super) logged_held: Option<Held>,
     /// The words of the hold in force, and the secondary's figures when
     /// it said no room.
-    held_words: Option<String>,
+    pub(super) held_words: Option<String>,
     pub(super) no_room: Option<NoRoom>,
     /// Resyncs the secondary refused for lack of room.
     pub(super) room_refusals: u64,
@@ -422,7 +422,7 @@ impl Shared {
     /// records and logs how the kernel took it; the errno that refused
     /// it, if one did.
     #[allow(clippy::too_many_arguments)]
-    fn start_resync(
+    pub(super) fn start_resync(
         &self,
         by: &str,
         reason: &str,
@@ -474,87 +474,6 @@ impl Shared {
             Err(_) => {}
         }
         r
-    }
-
-    /// A `START` for `by` and `reason` not written: the secondary said no
-    /// room (`Ok`, its figures) or did not answer (`Err`, why).  Records
-    /// it (asked again after [`RETRY`]), counts a refusal, logs it once
-    /// while it repeats (each time for `ferryctl resync`); its words.
-    fn held(
-        &self,
-        by: &str,
-        reason: &str,
-        full: bool,
-        answer: std::result::Result<NoRoom, String>,
-        now: Instant,
-    ) -> String {
-        let manual = by != "automatic";
-        let group = &self.cfg.group;
-        let again = if full { " --full" } else { "" };
-        let then = if !manual {
-            "and the resync starts by itself".to_string()
-        } else if self.cfg.resync == Resync::Auto && !full {
-            "and the automatic resync starts it by itself".to_string()
-        } else {
-            format!("then run ferryctl resync{again} {group} again")
-        };
-        let (kind, words, no_room) = match answer {
-            Ok(r) => (Held::NoRoom, r.words(&then), Some(r)),
-            Err(why) => (
-                Held::NoAnswer,
-                format!(
-                    "resync not started: the secondary did not answer whether its log_dir has \
-                     room for it ({why}); {}",
-                    if manual {
-                        format!("START not written, run ferryctl resync{again} {group} again")
-                    } else {
-                        format!("asked again every {} s", RETRY.as_secs())
-                    }
-                ),
-                None,
-            ),
-        };
-        let mut st = lock(&self.resync);
-        st.last = Some(Attempt {
-            at: now,
-            errno: None,
-            held: Some(kind),
-            full,
-        });
-        if kind == Held::NoRoom {
-            st.room_refusals += 1;
-        }
-        st.no_room = no_room;
-        st.held_words = Some(words.clone());
-        st.logged = None;
-        if manual || st.logged_held != Some(kind) {
-            st.logged_held = Some(kind);
-            warn!(full, "resync ({by}, {reason}): {words}");
-        }
-        words
-    }
-
-    /// Asks the secondary for room for `need` bytes, then writes `START`
-    /// as [`Shared::start_resync`] does on a yes; on a no, or no answer,
-    /// writes nothing ([`Shared::held`]).
-    #[allow(clippy::too_many_arguments)]
-    async fn room_then_start(
-        &self,
-        by: &str,
-        reason: &str,
-        full: bool,
-        initial: bool,
-        dirty: u64,
-        need: u64,
-        now: Instant,
-    ) -> std::result::Result<(), NotStarted> {
-        match self.ask_room(need).await {
-            Ok(Answer::Room) => self
-                .start_resync(by, reason, full, initial, dirty, need, now)
-                .map_err(NotStarted::Kernel),
-            Ok(Answer::NoRoom(r)) => Err(NotStarted::Held(self.held(by, reason, full, Ok(r), now))),
-            Err(why) => Err(NotStarted::Held(self.held(by, reason, full, Err(why), now))),
-        }
     }
 
     /// One look of the automatic resync (blocking: the kernel's lines):
@@ -697,15 +616,6 @@ pub(super) struct Go {
     pub(super) dirty: u64,
     /// The room it needs on the secondary, bytes.
     pub(super) need: u64,
-}
-
-/// Why a `START` was not taken.
-#[derive(Debug)]
-enum NotStarted {
-    /// The kernel refused it with this errno.
-    Kernel(i32),
-    /// Not written: the secondary's answer of room (its words).
-    Held(String),
 }
 
 /// The automatic resync's loop: a look ([`Shared::resync_look`]) each

@@ -3,9 +3,13 @@
 //! goes on the link of one connected stream (the lowest device id), as a
 //! [`Frame::RoomAsk`] between its batches; the secondary's
 //! [`Frame::Room`] comes back among its acknowledgements.  One question
-//! at a time: a newer one replaces one not answered.
+//! at a time: a newer one replaces one not answered.  On a yes `START` is
+//! written ([`Shared::room_then_start`]); on a no, or no answer, nothing
+//! is: the hold is recorded, counted, logged and said ([`Shared::held`]).
 
+use super::resync::{Attempt, Held, RETRY};
 use super::*;
+use ferryd::config::Resync;
 use ferryd::room::NoRoom;
 use tokio::sync::oneshot;
 
@@ -121,6 +125,98 @@ impl Shared {
             )),
         }
     }
+}
+
+impl Shared {
+    /// A `START` for `by` and `reason` not written: the secondary said no
+    /// room (`Ok`, its figures) or did not answer (`Err`, why).  Records
+    /// it (asked again after [`RETRY`]), counts a refusal, logs it once
+    /// while it repeats (each time for `ferryctl resync`); its words.
+    pub(super) fn held(
+        &self,
+        by: &str,
+        reason: &str,
+        full: bool,
+        answer: std::result::Result<NoRoom, String>,
+        now: Instant,
+    ) -> String {
+        let manual = by != "automatic";
+        let group = &self.cfg.group;
+        let again = if full { " --full" } else { "" };
+        let then = if !manual {
+            "and the resync starts by itself".to_string()
+        } else if self.cfg.resync == Resync::Auto && !full {
+            "and the automatic resync starts it by itself".to_string()
+        } else {
+            format!("then run ferryctl resync{again} {group} again")
+        };
+        let (kind, words, no_room) = match answer {
+            Ok(r) => (Held::NoRoom, r.words(&then), Some(r)),
+            Err(why) => (
+                Held::NoAnswer,
+                format!(
+                    "resync not started: the secondary did not answer whether its log_dir has \
+                     room for it ({why}); {}",
+                    if manual {
+                        format!("START not written, run ferryctl resync{again} {group} again")
+                    } else {
+                        format!("asked again every {} s", RETRY.as_secs())
+                    }
+                ),
+                None,
+            ),
+        };
+        let mut st = lock(&self.resync);
+        st.last = Some(Attempt {
+            at: now,
+            errno: None,
+            held: Some(kind),
+            full,
+        });
+        if kind == Held::NoRoom {
+            st.room_refusals += 1;
+        }
+        st.no_room = no_room;
+        st.held_words = Some(words.clone());
+        st.logged = None;
+        if manual || st.logged_held != Some(kind) {
+            st.logged_held = Some(kind);
+            warn!(full, "resync ({by}, {reason}): {words}");
+        }
+        words
+    }
+
+    /// Asks the secondary for room for `need` bytes, then writes `START`
+    /// as [`Shared::start_resync`] does on a yes; on a no, or no answer,
+    /// writes nothing ([`Shared::held`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn room_then_start(
+        &self,
+        by: &str,
+        reason: &str,
+        full: bool,
+        initial: bool,
+        dirty: u64,
+        need: u64,
+        now: Instant,
+    ) -> std::result::Result<(), NotStarted> {
+        match self.ask_room(need).await {
+            Ok(Answer::Room) => self
+                .start_resync(by, reason, full, initial, dirty, need, now)
+                .map_err(NotStarted::Kernel),
+            Ok(Answer::NoRoom(r)) => Err(NotStarted::Held(self.held(by, reason, full, Ok(r), now))),
+            Err(why) => Err(NotStarted::Held(self.held(by, reason, full, Err(why), now))),
+        }
+    }
+}
+
+/// Why a `START` was not taken.
+#[derive(Debug)]
+pub(super) enum NotStarted {
+    /// The kernel refused it with this errno.
+    Kernel(i32),
+    /// Not written: the secondary's answer of room (its words).
+    Held(String),
 }
 
 #[cfg(test)]
