@@ -356,15 +356,20 @@ impl Shared {
             let st = lock(&self.resync);
             (st.last, st.full_done)
         };
+        let all_fresh = self.all_fresh(view);
+        // (The chunk sizes are read only when a resync may be needed.)
+        let wanted = view.mode == Mode::Ahead
+            || view.dirty > 0
+            || (self.cfg.initial_sync == InitialSync::Full && all_fresh && !full_done);
         let facts = Facts {
             mode: view.mode,
             can_resync: view.can_resync,
             dirty: view.dirty,
             all_connected: self.all_connected(view),
-            sized: self.need_of(view, false).is_ok(),
+            sized: wanted && self.need_of(view, false).is_ok(),
             resync: self.cfg.resync,
             initial_sync: self.cfg.initial_sync,
-            all_fresh: self.all_fresh(view),
+            all_fresh,
             full_done,
             lost: self.any_lost(),
         };
