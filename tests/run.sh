@@ -108,9 +108,9 @@ primary() {
 	step "guest: primary" 1600 "$out/vm-primary" scripts/vm.sh --timeout 1500 --initrd "$out/initramfs.cpio" --out "$out/vm-primary" "${disks[@]}" \
 		primary gate chardev bigbio markers meta replay
 	step "guest: crash points (G3)" 1200 "$out/crash" tests/crash.sh "$out/initramfs.cpio" "$out/crash" "${FERRY_CRASH_POINTS:-3}"
-	step "guests: network, replication (drain, prefix, checksums), disk spool, resync, initial copy" 2000 "$out/vm-repl" scripts/vm.sh \
+	step "guests: network, replication (drain, prefix, checksums), disk spool, resync, initial copy, room for a resync" 2000 "$out/vm-repl" scripts/vm.sh \
 		--guests 2 --smp 1 --mem 768 --timeout 1800 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" \
-		net-ping repl repl-spool repl-resync repl-initial
+		net-ping repl repl-spool repl-resync repl-initial repl-room
 }
 # The replication crash points and the secondary's power cuts, a pair of
 # guests.

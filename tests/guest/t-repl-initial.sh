@@ -74,7 +74,14 @@ else
 	ferry_load
 	meta_wipe /dev/vdc /dev/vdd
 	REPL_SECTORS=$SECT repl_devices secondary keep
-	repl_config secondary
+	# The remote log on a tmpfs with room for the whole copy (both
+	# devices, and a record header a chunk) beyond the 64 MiB reserve: the
+	# secondary refuses a resync it has no room for (/tmp's tmpfs, half of
+	# the guest's memory, has not for 256 MiB devices).  Only the random
+	# quarter takes memory: the zeros are write-zeroes records.
+	mkdir -p /var/lib/ferry
+	mount -t tmpfs -o size=$(( 2 * MB + 96 ))m,mode=0700 tmpfs /var/lib/ferry || fail "tmpfs"
+	repl_config secondary /var/lib/ferry/gr
 	ferryd_start
 	# During the copy: no consistent point, and promote refused.
 	fetch copying /tmp/copying 600 || fail "the primary never said it copies"

@@ -142,9 +142,11 @@ pub enum Cmd {
         force: bool,
     },
     /// Start a resync on this primary: ferryd (asked on its control socket,
-    /// as root) writes START, and a group that is ahead (or replicating with
-    /// dirty chunks) copies its dirty chunks to the secondary, then
-    /// replicates again.  Exits 1 with the kernel's reason when it refuses.
+    /// as root) asks the secondary for room in its log_dir, then writes
+    /// START, and a group that is ahead (or replicating with dirty chunks)
+    /// copies its dirty chunks to the secondary, then replicates again.
+    /// Exits 1 with the secondary's figures when it has no room, with the
+    /// kernel's reason when it refuses.
     Resync {
         group: String,
         /// Copy every chunk of every device (START with FULL_RESYNC), in

@@ -131,6 +131,10 @@ pub struct Config {
     /// Secondary: the remote log's directory.
     #[serde(default)]
     pub log_dir: Option<PathBuf>,
+    /// Secondary: MiB of `log_dir` kept beyond a resync's copy: a resync
+    /// is refused unless its copy fits in the rest (`crate::room`).
+    #[serde(default = "default_resync_reserve_mb")]
+    pub resync_reserve_mb: u64,
     /// Status and metrics (HTTP, read-only), on loopback.
     #[serde(default = "default_status")]
     pub status: SocketAddr,
@@ -149,6 +153,10 @@ fn default_spool_after_mb() -> u64 {
 
 fn default_spool_max_mb() -> u64 {
     4096
+}
+
+fn default_resync_reserve_mb() -> u64 {
+    crate::room::DEFAULT_RESERVE_MB
 }
 
 fn default_status() -> SocketAddr {
@@ -403,6 +411,7 @@ mod tests {
         assert_eq!(c.control_socket(), PathBuf::from("/run/ferry/g.sock"));
         assert_eq!((c.spool_after_mb, c.spool_max_mb), (16, 4096));
         assert_eq!(c.resync, Resync::Auto);
+        assert_eq!(c.resync_reserve_mb, 64);
         // Without a key_file: the service's credential `key`.
         let cred: Config =
             toml::from_str("group = \"g\"\nrole = \"primary\"\npeer = \"h:1\"\n").unwrap();
@@ -465,10 +474,11 @@ mod tests {
         // A secondary takes the key and ignores it, as the other primary
         // keys.
         let sec = Config::parse(
-            "group = \"g\"\nrole = \"secondary\"\nlisten = \"0.0.0.0:1\"\nlog_dir = \"/l\"\ninitial_sync = \"none\"\n",
+            "group = \"g\"\nrole = \"secondary\"\nlisten = \"0.0.0.0:1\"\nlog_dir = \"/l\"\ninitial_sync = \"none\"\nresync_reserve_mb = 0\n",
         )
         .unwrap();
         assert!(sec.problems().is_empty());
+        assert_eq!(sec.resync_reserve_mb, 0);
     }
 
     #[test]

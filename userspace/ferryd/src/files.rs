@@ -101,6 +101,9 @@ pub(crate) trait FileSystem: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// The names of the entries of `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The bytes available to `ferryd` in the file system of `dir`
+    /// (`statvfs`: `f_bavail * f_frsize`).
+    fn available(&self, dir: &Path) -> io::Result<u64>;
 }
 
 /// Reads the whole of `f` from `off`, retrying short reads.
@@ -174,6 +177,7 @@ pub(crate) enum Op {
     Rename,
     SyncDir,
     List,
+    Statvfs,
 }
 
 impl Op {
@@ -190,6 +194,7 @@ impl Op {
             Op::Rename => "files::rename",
             Op::SyncDir => "files::sync_dir",
             Op::List => "files::list",
+            Op::Statvfs => "files::statvfs",
         }
     }
 }
@@ -341,6 +346,17 @@ impl FileSystem for Os {
         std::fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect()
+    }
+    fn available(&self, dir: &Path) -> io::Result<u64> {
+        check(Op::Statvfs, dir)?;
+        let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+        // (Narrower than u64 on 32-bit targets.)
+        #[allow(clippy::useless_conversion)]
+        let (blocks, size) = (
+            u64::from(st.blocks_available()),
+            u64::from(st.fragment_size()),
+        );
+        Ok(blocks.saturating_mul(size))
     }
 }
 

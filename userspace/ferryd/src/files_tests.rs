@@ -43,6 +43,8 @@ struct Rules {
     /// fsyncs of a descriptor whose fsync failed before (Linux says
     /// they succeed: the error was reported once).
     blind_syncs: u32,
+    /// The bytes `available` says (`None`: the file system's).
+    available: Option<u64>,
 }
 
 /// The real file system with faults injected as a test says: the
@@ -76,6 +78,12 @@ impl Faulty {
             fault,
             times,
         });
+    }
+
+    /// From now on, `available` says `bytes` (`None`: what the file
+    /// system says).
+    pub(crate) fn set_available(&self, bytes: Option<u64>) {
+        self.rules.lock().unwrap().available = bytes;
     }
 
     /// No more faults (space came back).
@@ -165,6 +173,14 @@ impl FileSystem for Faulty {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.check(Op::List, dir)?;
         Os.list(dir)
+    }
+    fn available(&self, dir: &Path) -> io::Result<u64> {
+        self.check(Op::Statvfs, dir)?;
+        let set = self.rules.lock().unwrap().available;
+        match set {
+            Some(b) => Ok(b),
+            None => Os.available(dir),
+        }
     }
 }
 

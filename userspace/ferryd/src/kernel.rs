@@ -155,6 +155,8 @@ pub(crate) struct View {
     pub(crate) devices: Vec<u32>,
     /// Chunks marked dirty, over the group's devices.
     pub(crate) dirty: u64,
+    /// By device: its chunks marked dirty, and its length in sectors.
+    pub(crate) sizes: BTreeMap<u32, (u64, u64)>,
     /// Of the running resync, by device: chunks left to copy, and chunks
     /// in it (both 0 when none runs).
     pub(crate) resync: BTreeMap<u32, (u64, u64)>,
@@ -169,6 +171,25 @@ impl View {
         self.resync
             .values()
             .fold((0, 0), |(l, t), (dl, dt)| (l + dl, t + dt))
+    }
+
+    /// The room a resync needs on the secondary (`ferryd::room::need`):
+    /// of the dirty chunks, or of every chunk when `full`, with each
+    /// device's chunk size in KiB from `chunk_kib`; `None` when one of
+    /// them is not known.
+    pub(crate) fn resync_need(&self, chunk_kib: &BTreeMap<u32, u64>, full: bool) -> Option<u64> {
+        let mut devs = Vec::new();
+        for id in &self.devices {
+            let c = chunk_kib.get(id)? << 10;
+            let (dirty, sectors) = self.sizes.get(id).copied().unwrap_or_default();
+            let chunks = if full {
+                ferryd::room::chunks_of(sectors, c)
+            } else {
+                dirty
+            };
+            devs.push((chunks, c));
+        }
+        Some(ferryd::room::need(devs))
     }
 
     /// The same in bytes, with each device's chunk size in KiB from
@@ -206,7 +227,8 @@ pub(crate) fn view(lines: &str, group: &str) -> Option<View> {
         found = true;
         v.mode = v.mode.max_with(Mode::of(mode));
         let num = |k: usize| w.get(i + k).and_then(|t| t.parse::<u64>().ok());
-        v.dirty += num(12).unwrap_or(0);
+        let dirty = num(12).unwrap_or(0);
+        v.dirty += dirty;
         let resync = num(16).zip(num(17));
         v.can_resync &= resync.is_some();
         if let Ok(id) = id.parse::<u32>() {
@@ -214,6 +236,12 @@ pub(crate) fn view(lines: &str, group: &str) -> Option<View> {
                 v.devices.push(id);
             }
             v.resync.insert(id, resync.unwrap_or((0, 0)));
+            // `<len>` comes before `ferry`.
+            let len = i
+                .checked_sub(1)
+                .and_then(|k| w[k].parse::<u64>().ok())
+                .unwrap_or(0);
+            v.sizes.insert(id, (dirty, len));
         }
     }
     v.devices.sort_unstable();
@@ -295,6 +323,7 @@ pt: 0 65536 ferry passthrough 0 0 0 0 0
                 mode: Mode::Replicating,
                 devices: vec![0, 1],
                 dirty: 0,
+                sizes: BTreeMap::from([(0, (0, 65536)), (1, (0, 65536))]),
                 resync: BTreeMap::from([(0, (0, 0)), (1, (0, 0))]),
                 can_resync: false,
             }
@@ -353,6 +382,30 @@ p1: 0 8 ferry primary gr 1 data resyncing 1 1 1 1 0 1024 5 3 0 0 5 5
         let v = view(old, "gr").unwrap();
         assert_eq!((v.resync_chunks(), v.can_resync), ((0, 0), false));
         assert_eq!(Mode::Resyncing.word(), "resyncing");
+    }
+
+    /// The room a resync needs: the dirty chunks of each device in its
+    /// own chunk size, or all of them for a full copy.
+    #[test]
+    fn the_need_of_a_resync() {
+        let lines = "\
+p0: 0 8192 ferry primary gr 0 log ahead 5 5 5 5 4 1024 3 2 0 0 0 0
+p1: 0 65536 ferry primary gr 1 data ahead 5 5 5 5 4 1024 512 2 0 0 0 0
+";
+        let v = view(lines, "gr").unwrap();
+        assert_eq!(v.sizes, BTreeMap::from([(0, (3, 8192)), (1, (512, 65536))]));
+        let kib = BTreeMap::from([(0, 4), (1, 64)]);
+        assert_eq!(
+            v.resync_need(&kib, false),
+            Some(3 * (4096 + 112) + 512 * ((64 << 10) + 112))
+        );
+        // Full: 4 MiB in 4 KiB chunks, 32 MiB in 64 KiB ones.
+        assert_eq!(
+            v.resync_need(&kib, true),
+            Some(1024 * (4096 + 112) + 512 * ((64 << 10) + 112))
+        );
+        // A chunk size not known: no figure.
+        assert_eq!(v.resync_need(&BTreeMap::from([(1, 64)]), false), None);
     }
 
     #[test]

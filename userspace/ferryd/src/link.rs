@@ -23,8 +23,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Version of the link protocol.
-pub const VERSION: u16 = 1;
+/// Version of the link protocol: 2 has the question of room for a resync
+/// ([`Frame::RoomAsk`], [`Frame::Room`]).  Both sites speak the same one: a
+/// hello of another version is refused.
+pub const VERSION: u16 = 2;
 /// Largest frame accepted (a batch of records, compressed or not).
 pub const FRAME_MAX: usize = 8 << 20;
 /// Largest uncompressed batch.
@@ -34,6 +36,8 @@ pub const TAG_LEN: usize = 32;
 /// Largest frame accepted before the peer is authenticated: the largest
 /// hello (type, version, a group name of 255 bytes, device id, tag).
 pub const HELLO_MAX: usize = 1 + 2 + 1 + 255 + 4 + TAG_LEN;
+/// Longest `log_dir` an answer of room carries (longer: cut).
+pub const LOG_DIR_MAX: usize = 4096;
 
 /// Frame types.
 pub mod ty {
@@ -45,6 +49,10 @@ pub mod ty {
     pub const RECORDS: u8 = 3;
     /// Secondary -> primary: records durable, intervals applied.
     pub const ACK: u8 = 4;
+    /// Primary -> secondary: is there room for a resync of so many bytes?
+    pub const ROOM_ASK: u8 = 5;
+    /// Secondary -> primary: the answer, with its figures.
+    pub const ROOM: u8 = 6;
 }
 
 /// Batch codecs.
@@ -94,6 +102,38 @@ pub enum Frame {
         /// The last interval applied.
         applied: u64,
     },
+    /// Before a resync: has the secondary's `log_dir` room for `need`
+    /// bytes of it (`crate::room::need`)?
+    RoomAsk {
+        /// The question's number, given back in the answer.
+        ask: u64,
+        /// Bytes the resync stages.
+        need: u64,
+    },
+    /// The answer to [`Frame::RoomAsk`] `ask`: room or not (the
+    /// secondary's decision, `crate::room::decide`), and its figures.
+    Room {
+        ask: u64,
+        /// Room for the resync.
+        ok: bool,
+        /// The bytes asked for.
+        need: u64,
+        /// Bytes available in `log_dir`'s file system.
+        available: u64,
+        /// Bytes kept beyond a resync (`resync_reserve_mb`).
+        reserve: u64,
+        /// The secondary's `log_dir` (at most [`LOG_DIR_MAX`] bytes).
+        log_dir: String,
+    },
+}
+
+/// `s` cut to at most `max` bytes, at a character's boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -138,6 +178,29 @@ impl Frame {
                 b.push(ty::ACK);
                 b.extend_from_slice(&dev_seq.to_le_bytes());
                 b.extend_from_slice(&applied.to_le_bytes());
+            }
+            Self::RoomAsk { ask, need } => {
+                b.push(ty::ROOM_ASK);
+                b.extend_from_slice(&ask.to_le_bytes());
+                b.extend_from_slice(&need.to_le_bytes());
+            }
+            Self::Room {
+                ask,
+                ok,
+                need,
+                available,
+                reserve,
+                log_dir,
+            } => {
+                b.push(ty::ROOM);
+                b.extend_from_slice(&ask.to_le_bytes());
+                b.push(u8::from(*ok));
+                b.extend_from_slice(&need.to_le_bytes());
+                b.extend_from_slice(&available.to_le_bytes());
+                b.extend_from_slice(&reserve.to_le_bytes());
+                let dir = clip(log_dir, LOG_DIR_MAX);
+                b.extend_from_slice(&(dir.len() as u16).to_le_bytes());
+                b.extend_from_slice(dir.as_bytes());
             }
         }
         let len = (b.len() - 4) as u32;
@@ -216,6 +279,42 @@ impl Frame {
                 Ok(Self::Ack {
                     dev_seq: u64_at(rest, 0)?,
                     applied: u64_at(rest, 8)?,
+                })
+            }
+            ty::ROOM_ASK => {
+                if rest.len() != 16 {
+                    return Err(bad("room question length"));
+                }
+                Ok(Self::RoomAsk {
+                    ask: u64_at(rest, 0)?,
+                    need: u64_at(rest, 8)?,
+                })
+            }
+            ty::ROOM => {
+                // ask, ok, need, available, reserve, the length of log_dir.
+                const FIXED: usize = 8 + 1 + 8 + 8 + 8 + 2;
+                let n = rest
+                    .get(FIXED - 2..FIXED)
+                    .map(|l| usize::from(u16::from_le_bytes([l[0], l[1]])))
+                    .ok_or_else(|| bad("room answer truncated"))?;
+                if n > LOG_DIR_MAX || rest.len() != FIXED + n {
+                    return Err(bad("room answer length"));
+                }
+                let ok = match rest[8] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(bad("room answer: neither yes nor no")),
+                };
+                let log_dir = std::str::from_utf8(&rest[FIXED..])
+                    .map_err(|_| bad("log_dir not UTF-8"))?
+                    .to_string();
+                Ok(Self::Room {
+                    ask: u64_at(rest, 0)?,
+                    ok,
+                    need: u64_at(rest, 9)?,
+                    available: u64_at(rest, 17)?,
+                    reserve: u64_at(rest, 25)?,
+                    log_dir,
                 })
             }
             _ => Err(bad("unknown frame type")),
@@ -431,6 +530,26 @@ mod tests {
                 dev_seq: 5,
                 applied: 2,
             },
+            Frame::RoomAsk {
+                ask: 3,
+                need: 33_624_400,
+            },
+            Frame::Room {
+                ask: 3,
+                ok: false,
+                need: 33_624_400,
+                available: 7 << 20,
+                reserve: 64 << 20,
+                log_dir: "/var/lib/ferry/gr".into(),
+            },
+            Frame::Room {
+                ask: u64::MAX,
+                ok: true,
+                need: 0,
+                available: u64::MAX,
+                reserve: 0,
+                log_dir: String::new(),
+            },
         ];
         for f in frames {
             let b = f.encode();
@@ -454,6 +573,60 @@ mod tests {
         assert_eq!(unpack(codec, raw_len, data).unwrap(), b"abcabcabcabc");
         assert!(unpack(codec::LZ4, 100, vec![1, 2, 3]).is_err());
         assert!(Frame::decode(&[99]).is_err());
+    }
+
+    /// The question of room and its answer: exact lengths, a yes or a
+    /// no, a `log_dir` of UTF-8 within its bound; a long one is cut on
+    /// the way out.
+    #[test]
+    fn malformed_room_frames_are_refused() {
+        let ask = Frame::RoomAsk { ask: 1, need: 2 }.encode();
+        assert_eq!(ask.len() - 4, 17);
+        let mut long = ask[4..].to_vec();
+        long.push(0);
+        assert!(Frame::decode(&long).is_err());
+        assert!(Frame::decode(&ask[4..ask.len() - 1]).is_err());
+        let answer = |log_dir: &str| Frame::Room {
+            ask: 1,
+            ok: true,
+            need: 2,
+            available: 3,
+            reserve: 4,
+            log_dir: log_dir.into(),
+        };
+        let b = answer("/l").encode();
+        let body = b[4..].to_vec();
+        assert_eq!(Frame::decode(&body).unwrap(), answer("/l"));
+        // Neither yes (1) nor no (0).
+        let mut maybe = body.clone();
+        maybe[9] = 2;
+        let e = Frame::decode(&maybe).unwrap_err();
+        assert!(e.to_string().contains("neither yes nor no"), "{e}");
+        // A byte more, or less, than its log_dir's length says.
+        let mut more = body.clone();
+        more.push(b'x');
+        assert!(Frame::decode(&more).is_err());
+        assert!(Frame::decode(&body[..body.len() - 1]).is_err());
+        // Cut before the length.
+        assert!(Frame::decode(&body[..20]).is_err());
+        // Not UTF-8.
+        let mut bad = body.clone();
+        let n = bad.len();
+        bad[n - 1] = 0xff;
+        assert!(Frame::decode(&bad).is_err());
+        // A length beyond the bound, with as many bytes.
+        let mut huge = body[..body.len() - 4].to_vec();
+        huge.extend_from_slice(&((LOG_DIR_MAX + 1) as u16).to_le_bytes());
+        huge.extend(std::iter::repeat_n(b'a', LOG_DIR_MAX + 1));
+        assert!(Frame::decode(&huge).is_err());
+        // A log_dir longer than the bound is cut (at a character).
+        let long_dir = "é".repeat(LOG_DIR_MAX);
+        let b = answer(&long_dir).encode();
+        let Frame::Room { log_dir, .. } = Frame::decode(&b[4..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(log_dir.len(), LOG_DIR_MAX);
+        assert!(long_dir.starts_with(&log_dir));
     }
 
     #[tokio::test]

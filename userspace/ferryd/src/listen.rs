@@ -268,13 +268,20 @@ where
                 "first frame is not a hello",
             ));
         };
-        if version != link::VERSION
-            || g != group
-            || !link::tag_ok(key, Side::Primary, &g, device, &ekm, &tag)
-        {
+        if version != link::VERSION {
             return Err(Refused::new(
                 Refusal::Key,
-                format!("version {version}, group {g:?}, or key does not match"),
+                format!(
+                    "the primary speaks link protocol version {version}, this ferryd version {}: \
+                     run ferryd of one version on both sites",
+                    link::VERSION
+                ),
+            ));
+        }
+        if g != group || !link::tag_ok(key, Side::Primary, &g, device, &ekm, &tag) {
+            return Err(Refused::new(
+                Refusal::Key,
+                format!("group {g:?} or key does not match"),
             ));
         }
         Ok(Authenticated { tls, device, ekm })
@@ -563,6 +570,45 @@ mod tests {
         })
         .await;
         assert_eq!(r, Some(Refusal::Key));
+    }
+
+    /// A primary of another link protocol version (one without the
+    /// question of room, say) is refused, and the reason names both
+    /// versions.
+    #[tokio::test]
+    async fn another_link_version_is_refused_and_said() {
+        let acceptor = TlsAcceptor::from(link::server_config().unwrap());
+        let (c, s) = pipe();
+        let client = tokio::spawn(async move {
+            let mut c = tls_client(c).await;
+            let mut ekm = [0u8; 32];
+            c.get_ref()
+                .1
+                .export_keying_material(&mut ekm, link::EXPORTER_LABEL, None)
+                .unwrap();
+            let f = Frame::Hello {
+                version: 1,
+                group: "g".into(),
+                device: 1,
+                tag: link::tag(&KEY, Side::Primary, "g", 1, &ekm),
+            };
+            link::write_frame(&mut c, &f).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let r = authenticate(&acceptor, s, &KEY, "g", Duration::from_secs(10)).await;
+        client.abort();
+        let Err(e) = r else {
+            panic!("a hello of version 1 was taken")
+        };
+        assert_eq!(e.why, Refusal::Key);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refused (key): the primary speaks link protocol version 1, this ferryd version \
+                 {}: run ferryd of one version on both sites",
+                link::VERSION
+            )
+        );
     }
 
     #[tokio::test]

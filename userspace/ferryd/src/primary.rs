@@ -149,6 +149,9 @@ struct Shared {
     stamp_ahead: AtomicU64,
     /// The resync's last `START` and what the log said (`resync`).
     resync: Mutex<resync::ResyncState>,
+    /// The question of room for a resync asked of the secondary
+    /// (`room_side`).
+    room: Mutex<room_side::Questions>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -450,6 +453,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         kernel_unread: AtomicBool::new(false),
         stamp_ahead: AtomicU64::new(0),
         resync: Mutex::default(),
+        room: Mutex::default(),
     });
     s.recover(found);
     // The status endpoint last: once it answers, nothing of the start is
@@ -661,6 +665,9 @@ mod report;
 
 #[path = "primary_resync.rs"]
 mod resync;
+
+#[path = "primary_room.rs"]
+mod room_side;
 
 #[path = "primary_link.rs"]
 mod link_side;

@@ -46,6 +46,8 @@ struct KernelState {
     /// Per device: the last record completed, the last acknowledged.
     completed: BTreeMap<u32, u64>,
     acked: BTreeMap<u32, u64>,
+    /// The flags of each `START` written.
+    starts: Vec<u32>,
 }
 
 impl FakeKernel {
@@ -158,6 +160,10 @@ impl Write for KernelCommands {
                     (device, dev_seq)
                 }
                 Command::Spooled { device, dev_seq } => (device, dev_seq),
+                Command::Start { flags } => {
+                    st.starts.push(flags);
+                    continue;
+                }
                 _ => continue,
             };
             let mut freed = 0;
@@ -241,8 +247,19 @@ fn start_on(
     peer: &str,
     fs: Arc<dyn FileSystem>,
 ) -> Arc<Shared> {
+    start_lines(top, k, peer, fs, Arc::default())
+}
+
+/// A [`start_on`] whose kernel's status lines are `lines`.
+fn start_lines(
+    top: &std::path::Path,
+    k: &Arc<FakeKernel>,
+    peer: &str,
+    fs: Arc<dyn FileSystem>,
+    lines: Arc<super::tests::Lines>,
+) -> Arc<Shared> {
     let (r, w) = k.open();
-    let (s, key) = primary_fs(top, Arc::default(), peer, 1 << 20, Box::new(w), fs);
+    let (s, key) = primary_fs(top, lines, peer, 1 << 20, Box::new(w), fs);
     s.recover(spool::load(&*s.fs, &s.spool_dir, &key).unwrap());
     tokio::spawn(spool_retry_loop(s.clone()));
     let s2 = s.clone();
@@ -545,6 +562,81 @@ async fn a_segment_that_cannot_be_read_is_read_again() {
     assert!(why.starts_with("read:"), "{why}");
     drained(&k, &s, &sec, Duration::from_secs(30)).await;
     assert!(s.status().spool_error.is_none());
+    s.stop().await;
+    std::fs::remove_dir_all(&top).unwrap();
+}
+
+/// Room for a resync over the real link: the primary's question goes on
+/// a stream's connection to the real secondary's receive path, which
+/// answers from its `log_dir`'s space less its reserve (64 MiB).  The
+/// secondary holds nothing: the initial full copy of two 32 MiB devices
+/// is due.  No room: no `START` reaches the kernel, the group stays
+/// ahead, both sides count the refusal and say its figures; room: the
+/// full `START`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_waits_for_room_on_the_secondary() {
+    const MIB: u64 = 1 << 20;
+    let top = fresh_dir("pri-room-link");
+    std::fs::create_dir_all(&top).unwrap();
+    let sfs = crate::files::tests::Faulty::default();
+    sfs.set_available(Some(8 * MIB));
+    let sec = crate::secondary::tests::receiver_on(
+        &top.join("secondary"),
+        &[0, 1],
+        Arc::new(sfs.clone()),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = l.local_addr().unwrap().to_string();
+    tokio::spawn(crate::secondary::tests::accept_on(sec.clone(), l));
+    let lines = Arc::new(super::tests::Lines::default());
+    *lock(&lines.0) = Some(
+        "p0: 0 65536 ferry primary gr 0 log ahead 1 1 1 1 0 1024 3 1 0 0 0 0\n\
+         p1: 0 65536 ferry primary gr 1 data ahead 1 1 1 1 0 1024 512 1 0 0 0 0\n"
+            .into(),
+    );
+    let k = Arc::new(FakeKernel::default());
+    let s = start_lines(&top.join("primary"), &k, &peer, Arc::new(files::Os), lines);
+    // A record on each device: its stream connects.
+    let key = gr_key();
+    let k2 = k.clone();
+    tokio::task::spawn_blocking(move || {
+        k2.write(&key, 0, 4096, usize::MAX);
+        k2.write(&key, 1, 4096, usize::MAX);
+    })
+    .await
+    .unwrap();
+    drained(&k, &s, &sec, Duration::from_secs(20)).await;
+    // Every chunk of both devices, and a record header and tail each.
+    let need = 1024 * ((64 << 10) + 112);
+    let t0 = Instant::now();
+    s.resync_tick(t0).await;
+    assert!(lock(&k.st).starts.is_empty(), "START written with no room");
+    let st = sec.status();
+    assert_eq!(st.resync_room_refusals, 1);
+    let r = st.resync_room.clone().expect("the refusal's figures");
+    assert_eq!((r.need, r.available, r.reserve), (need, 8 * MIB, 64 * MIB));
+    assert_eq!(r.log_dir, top.join("secondary").display().to_string());
+    assert!(st
+        .prometheus()
+        .contains("\nferry_resync_room_refusals_total{group=\"gr\"} 1\n"));
+    let st = s.status();
+    assert_eq!((st.state.as_str(), st.resync_room_refusals), ("ahead", 1));
+    assert_eq!(st.resync_room, Some(r));
+    let n = st.resync_note.unwrap_or_default();
+    assert!(
+        n.starts_with("resync refused by the secondary: it needs 64.1 MiB in its log_dir (")
+            && n.contains("0 B are free (8.0 MiB available, less its reserve of 64.0 MiB)"),
+        "{n}"
+    );
+    // Room: the next question gets a yes, and START goes to the kernel.
+    sfs.set_available(Some(256 * MIB));
+    s.resync_tick(t0 + super::resync::RETRY).await;
+    let full =
+        ferry_core::command::start_flags::FULL_RESYNC | ferry_core::command::start_flags::INITIAL;
+    assert_eq!(lock(&k.st).starts, [full]);
+    assert_eq!(sec.status().resync_room_refusals, 1);
+    let st = s.status();
+    assert_eq!((st.resync_room_refusals, st.resync_room), (1, None));
     s.stop().await;
     std::fs::remove_dir_all(&top).unwrap();
 }

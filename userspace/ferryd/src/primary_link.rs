@@ -2,7 +2,9 @@
 //! connection to the secondary (reconnecting with backoff), authenticates
 //! its stream, sends its queue from where the secondary says it stands,
 //! and hands the acknowledgements that come back to the kernel
-//! ([`super`] holds the queues and the reader of the character device).
+//! ([`super`] holds the queues and the reader of the character device);
+//! it carries the questions of room before a resync, and their answers
+//! (`primary_room.rs`).
 
 use super::*;
 
@@ -19,6 +21,7 @@ pub(super) async fn link_loop(s: Arc<Shared>, d: Arc<Dev>) {
             Err(e) => warn!(device = d.id, "link: {e:#}"),
         }
         lock(&d.q).connected = false;
+        s.room_link_closed(d.id);
         if s.stopping() {
             return;
         }
@@ -52,6 +55,10 @@ async fn session(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<()> {
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
+/// Why a secondary closes a connection without a welcome.
+const NO_WELCOME: &str = "no welcome: the secondary refused the hello (wrong key or group, or \
+    a ferryd of another link protocol version there: its log says which)";
+
 /// Connects and authenticates device `d`'s stream; returns the first
 /// record the secondary wants.
 async fn connect(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<(Tls, u64)> {
@@ -84,8 +91,8 @@ async fn connect(s: &Arc<Shared>, d: &Arc<Dev>) -> Result<(Tls, u64)> {
     .await?;
     let welcome = tokio::time::timeout(Duration::from_secs(10), link::read_frame(&mut tls))
         .await
-        .context("no welcome (wrong key or group?)")?
-        .context("no welcome (wrong key or group?)")?;
+        .context(NO_WELCOME)?
+        .context(NO_WELCOME)?;
     let Frame::Welcome { tag, next, applied } = welcome else {
         bail!("unexpected frame instead of welcome");
     };
@@ -116,6 +123,23 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
         loop {
             match link::read_frame(&mut rd).await? {
                 Frame::Ack { dev_seq, applied } => s.acked(d, dev_seq, applied)?,
+                Frame::Room {
+                    ask,
+                    ok,
+                    need,
+                    available,
+                    reserve,
+                    log_dir,
+                } => s.room_answered(
+                    ask,
+                    ok,
+                    ferryd::room::NoRoom {
+                        need,
+                        available,
+                        reserve,
+                        log_dir,
+                    },
+                ),
                 other => bail!("unexpected frame {other:?}"),
             }
         }
@@ -133,6 +157,18 @@ async fn stream(s: &Arc<Shared>, d: &Arc<Dev>, tls: Tls, next: u64) -> Result<()
                     return Ok(cursor - 1);
                 }
                 let notified = d.more.notified();
+                // A question of room before a resync goes between batches.
+                if let Some(f) = s.room_question(d.id) {
+                    let wire = f.encode();
+                    use tokio::io::AsyncWriteExt;
+                    d.beat
+                        .wait(async {
+                            wr.write_all(&wire).await?;
+                            wr.flush().await
+                        })
+                        .await?;
+                    continue;
+                }
                 let parts = {
                     let q = lock(&d.q);
                     // What the secondary acknowledged (also what came on an

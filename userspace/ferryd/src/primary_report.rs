@@ -14,7 +14,7 @@ impl Report for Shared {
         let view = self.kernel_view();
         let resync_note = view
             .as_ref()
-            .and_then(|v| resync::note(self.resync_next(v, Instant::now()), &self.cfg.group));
+            .and_then(|v| self.resync_note(self.resync_next(v, Instant::now())));
         let (left, total) = view.as_ref().map_or((0, 0), |v| v.resync_chunks());
         let bytes = match &view {
             Some(v) if total > 0 => self
@@ -26,6 +26,10 @@ impl Report for Shared {
             None => None,
         };
         let dirty = view.as_ref().map_or(0, |v| v.dirty);
+        let (room_refusals, no_room) = {
+            let st = lock(&self.resync);
+            (st.room_refusals, st.no_room.clone())
+        };
         let now = kernel::mono_ns();
         let ahead_ns = self.stamp_ahead.load(Relaxed);
         let devs = lock(&self.devs);
@@ -122,6 +126,8 @@ impl Report for Shared {
             resync_chunks_total: total,
             resync_bytes_left: bytes.map(|b| b.0),
             resync_bytes_total: bytes.map(|b| b.1),
+            resync_room_refusals: room_refusals,
+            resync_room: no_room,
         }
     }
 }
@@ -132,6 +138,6 @@ impl crate::Control for Shared {
     }
 
     async fn resync(&self, full: bool) -> Result<ferryd::ctl::Started, String> {
-        self.resync_now(full)
+        self.resync_now(full).await
     }
 }

@@ -21,6 +21,14 @@
 //! * otherwise when the group is `ahead`;
 //! * otherwise when it is `replicating` with dirty chunks.
 //!
+//! Before it writes `START` (automatic or `ferryctl resync`, full or
+//! not), `ferryd` asks the secondary whether its `log_dir` has room for
+//! the resync's copy (`ferryd::room`, `primary_room.rs`): the secondary
+//! stages a span whole until its end.  On a no (or no answer) `START` is
+//! not written: the group stays as it is, the log says so once with the
+//! secondary's figures, the status says why the resync waits, and the
+//! question is asked again each [`RETRY`].
+//!
 //! A refusal is logged once and tried again each [`RETRY`], but
 //! `EOPNOTSUPP` (a member came back unclean: no resync can continue its
 //! stream), which is not tried again.  With `resync = "manual"` nothing is
@@ -31,10 +39,12 @@
 //! spool: those writes are not in the dirty bitmap, and the stream is
 //! stopped.
 
+use super::room_side::NotStarted;
 use super::*;
 use ferry_core::command::start_flags;
 use ferryd::config::{InitialSync, Resync};
 use ferryd::ctl::Started;
+use ferryd::room::NoRoom;
 
 use crate::kernel::Mode;
 
@@ -55,14 +65,26 @@ pub(super) fn holds_nothing(next: u64, applied: u64) -> bool {
     next == 1 && applied == 0
 }
 
-/// A `START` written, and how the kernel took it.
+/// A `START` written, and how the kernel took it; or one held back by
+/// the secondary's answer of room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Attempt {
     pub(super) at: Instant,
-    /// The errno that refused it; `None`: accepted.
+    /// The errno that refused it; `None`: accepted (or not written).
     pub(super) errno: Option<i32>,
+    /// Not written: why (`None`: written).
+    pub(super) held: Option<Held>,
     /// With `FULL_RESYNC`.
     pub(super) full: bool,
+}
+
+/// Why a `START` was not written: the secondary's answer of room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Held {
+    /// No room in its `log_dir` for the resync.
+    NoRoom,
+    /// No answer (no stream connected, the link closed, none in time).
+    NoAnswer,
 }
 
 /// Why the automatic resync writes `START`.
@@ -110,9 +132,15 @@ pub(super) enum Next {
     ManualFull,
     /// Waiting for every stream to be connected (to start this).
     Link(Why),
+    /// The room the resync needs on the secondary is not known: a
+    /// device's chunk size is not (the kernel's tables).
+    Unsized,
     /// The last `START` was refused with this errno (or accepted, `None`,
     /// and the group needs one again): the next one after [`RETRY`].
     Retry(Option<i32>),
+    /// The last `START` was not written, the secondary's answer of room
+    /// held it: asked again after [`RETRY`].
+    Held(Held),
 }
 
 /// What [`next`] decides from.
@@ -126,6 +154,9 @@ pub(super) struct Facts {
     pub(super) dirty: u64,
     /// Every stream of the group is connected.
     pub(super) all_connected: bool,
+    /// The room a resync needs on the secondary is known (every device's
+    /// chunk size).
+    pub(super) sized: bool,
     /// The configuration's `resync` and `initial_sync`.
     pub(super) resync: Resync,
     pub(super) initial_sync: InitialSync,
@@ -170,8 +201,14 @@ pub(super) fn next(f: &Facts, last: Option<Attempt>, now: Instant) -> Next {
     if !f.all_connected {
         return Next::Link(why);
     }
+    if !f.sized {
+        return Next::Unsized;
+    }
     match last {
-        Some(a) if now.saturating_duration_since(a.at) < RETRY => Next::Retry(a.errno),
+        Some(a) if now.saturating_duration_since(a.at) < RETRY => match a.held {
+            Some(h) => Next::Held(h),
+            None => Next::Retry(a.errno),
+        },
         _ => Next::Start(why),
     }
 }
@@ -219,6 +256,19 @@ pub(super) fn note(next: Next, group: &str) -> Option<String> {
                 .into()
         }
         Next::Link(_) => "automatic resync: waiting for every stream to connect".into(),
+        Next::Unsized => "automatic resync: the room it needs on the secondary is not known (a \
+            device's chunk size is not in the kernel's tables: dmsetup table --target ferry)"
+            .into(),
+        Next::Held(Held::NoRoom) => format!(
+            "automatic resync: refused by the secondary, no room in its log_dir; asked again \
+             every {} s",
+            RETRY.as_secs()
+        ),
+        Next::Held(Held::NoAnswer) => format!(
+            "automatic resync: the secondary did not answer whether its log_dir has room for \
+             it; asked again every {} s",
+            RETRY.as_secs()
+        ),
         Next::Retry(None) => format!(
             "automatic resync: a resync is needed again after one started, started again within {} s",
             RETRY.as_secs()
@@ -234,11 +284,19 @@ pub(super) fn note(next: Next, group: &str) -> Option<String> {
 /// What the resync knows between ticks.
 #[derive(Default)]
 pub(super) struct ResyncState {
-    /// The last `START` written.
+    /// The last `START` written (or held back).
     pub(super) last: Option<Attempt>,
     /// The errno of the last refusal logged (a refusal is logged once
     /// while it repeats).
-    logged: Option<i32>,
+    pub(super) logged: Option<i32>,
+    /// The last hold logged (logged once while it repeats).
+    pub(super) logged_held: Option<Held>,
+    /// The words of the hold in force, and the secondary's figures when
+    /// it said no room.
+    pub(super) held_words: Option<String>,
+    pub(super) no_room: Option<NoRoom>,
+    /// Resyncs the secondary refused for lack of room.
+    pub(super) room_refusals: u64,
     /// What the log last said of the group needing a resync.
     said: Option<Next>,
     /// A full `START` was accepted by this process, or refused with
@@ -258,6 +316,9 @@ impl ResyncState {
         self.last = None;
         self.logged = None;
         self.said = None;
+        self.logged_held = None;
+        self.held_words = None;
+        self.no_room = None;
     }
 }
 
@@ -295,24 +356,55 @@ impl Shared {
             let st = lock(&self.resync);
             (st.last, st.full_done)
         };
+        let all_fresh = self.all_fresh(view);
+        // (The chunk sizes are read only when a resync may be needed.)
+        let wanted = view.mode == Mode::Ahead
+            || view.dirty > 0
+            || (self.cfg.initial_sync == InitialSync::Full && all_fresh && !full_done);
         let facts = Facts {
             mode: view.mode,
             can_resync: view.can_resync,
             dirty: view.dirty,
             all_connected: self.all_connected(view),
+            sized: wanted && self.need_of(view, false).is_ok(),
             resync: self.cfg.resync,
             initial_sync: self.cfg.initial_sync,
-            all_fresh: self.all_fresh(view),
+            all_fresh,
             full_done,
             lost: self.any_lost(),
         };
         next(&facts, last, now)
     }
 
+    /// The status's words on `n` ([`note`]), with the secondary's figures
+    /// when its answer of room holds the resync.
+    pub(super) fn resync_note(&self, n: Next) -> Option<String> {
+        if let Next::Held(_) = n {
+            if let Some(w) = lock(&self.resync).held_words.clone() {
+                return Some(w);
+            }
+        }
+        note(n, &self.cfg.group)
+    }
+
+    /// The room a resync of the group as `view` shows it (`full`: of
+    /// every chunk) needs on the secondary (`ferryd::room::need`); why it
+    /// is not known otherwise.
+    pub(super) fn need_of(
+        &self,
+        view: &kernel::View,
+        full: bool,
+    ) -> std::result::Result<u64, String> {
+        let tables = self.kernel.tables().map_err(|e| {
+            format!("the devices' chunk sizes cannot be read (dmsetup table: {e:#})")
+        })?;
+        view.resync_need(&kernel::chunk_kib(&tables, &self.cfg.group), full)
+            .ok_or_else(|| "a device's chunk size is not in the kernel's tables".to_string())
+    }
+
     /// Writes `START` (with `FULL_RESYNC` when `full`, and `INITIAL` too
-    /// when it is the initial copy: the secondary held nothing, so its
-    /// devices are not the primary's); the errno that refused it, if one
-    /// did.
+    /// when `initial`: the secondary held nothing, so its devices are not
+    /// the primary's); the errno that refused it, if one did.
     fn write_start(&self, full: bool, initial: bool) -> std::result::Result<(), i32> {
         let mut b = [0u8; 16];
         let flags = match (full, initial) {
@@ -329,29 +421,33 @@ impl Shared {
         r.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     }
 
-    /// Writes `START` (`full`: with `FULL_RESYNC`) at `now` for `by`
-    /// (`automatic`, or `ferryctl resync`) and `reason`, records and logs
-    /// how the kernel took it; the errno that refused it, if one did.
+    /// Writes `START` (`full`: with `FULL_RESYNC`; `initial`: the initial
+    /// copy) at `now` for `by` (`automatic`, or `ferryctl resync`) and
+    /// `reason`, once the secondary said it has room for `need` bytes;
+    /// records and logs how the kernel took it; the errno that refused
+    /// it, if one did.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_resync(
         &self,
         by: &str,
         reason: &str,
         full: bool,
+        initial: bool,
         dirty: u64,
+        need: u64,
         now: Instant,
     ) -> std::result::Result<(), i32> {
-        // A full copy is the initial one when every stream's secondary held
-        // nothing at its welcome ([`holds_nothing`]): automatic
-        // ([`Why::Full`]) or `ferryctl resync --full` (manual mode); over a
-        // secondary that holds something, it keeps its consistent point.
-        let initial = full && self.kernel_view().is_some_and(|v| self.all_fresh(&v));
         let r = self.write_start(full, initial);
         let mut st = lock(&self.resync);
         st.last = Some(Attempt {
             at: now,
             errno: r.err(),
+            held: None,
             full,
         });
+        st.logged_held = None;
+        st.held_words = None;
+        st.no_room = None;
         let manual = by != "automatic";
         if full && matches!(r, Ok(()) | Err(libc::EOPNOTSUPP)) {
             st.full_done = true;
@@ -362,7 +458,9 @@ impl Shared {
                 st.full_copy |= full;
                 info!(
                     dirty_chunks = dirty,
-                    full, "resync ({by}, {reason}): START accepted"
+                    full,
+                    room_needed = need,
+                    "resync ({by}, {reason}): START accepted"
                 );
             }
             Err(e) if st.logged != Some(e) => {
@@ -383,12 +481,12 @@ impl Shared {
         r
     }
 
-    /// One look of the automatic resync: writes `START` when [`next`]
-    /// says so; logs once what keeps it from starting one that is needed.
-    pub(super) fn resync_tick(&self, now: Instant) {
-        let Some(view) = self.kernel_view() else {
-            return;
-        };
+    /// One look of the automatic resync (blocking: the kernel's lines):
+    /// the `START` to write when [`next`] says so, once the secondary has
+    /// room ([`Shared::resync_go`]); logs once what keeps it from starting
+    /// one that is needed.
+    pub(super) fn resync_look(&self, now: Instant) -> Option<Go> {
+        let view = self.kernel_view()?;
         if view.mode == Mode::Replicating && view.dirty == 0 {
             lock(&self.resync).full_copy = false;
         }
@@ -396,11 +494,28 @@ impl Shared {
         match n {
             Next::Nothing => lock(&self.resync).forget(),
             Next::Start(why) => {
-                let _ =
-                    self.start_resync("automatic", why.reason(), why == Why::Full, view.dirty, now);
+                let full = why == Why::Full;
+                match self.need_of(&view, full) {
+                    Ok(need) => {
+                        return Some(Go {
+                            why,
+                            full,
+                            initial: full && self.all_fresh(&view),
+                            dirty: view.dirty,
+                            need,
+                        })
+                    }
+                    // (Known a moment ago: the next look says.)
+                    Err(e) => warn!("automatic resync: {e}"),
+                }
             }
-            Next::Retry(_) | Next::Cannot => {}
-            Next::Lost | Next::NoResync | Next::Manual | Next::ManualFull | Next::Link(_) => {
+            Next::Retry(_) | Next::Cannot | Next::Held(_) => {}
+            Next::Lost
+            | Next::NoResync
+            | Next::Manual
+            | Next::ManualFull
+            | Next::Link(_)
+            | Next::Unsized => {
                 let mut st = lock(&self.resync);
                 if st.said != Some(n) {
                     st.said = Some(n);
@@ -415,26 +530,78 @@ impl Shared {
                 }
             }
         }
+        None
     }
 
-    /// `ferryctl resync [--full]`: writes `START` whatever `resync` says;
-    /// refused when records were lost from the disk spool (no resync covers
-    /// them).
-    pub(super) fn resync_now(&self, full: bool) -> std::result::Result<Started, String> {
-        let view = self.kernel_view();
+    /// The automatic `START` of `go` at `now`, once the secondary has room.
+    pub(super) async fn resync_go(&self, go: Go, now: Instant) {
+        let _ = self
+            .room_then_start(
+                "automatic",
+                go.why.reason(),
+                go.full,
+                go.initial,
+                go.dirty,
+                go.need,
+                now,
+            )
+            .await;
+    }
+
+    /// A look and, when it says so, the `START` (the tests' tick).
+    #[cfg(test)]
+    pub(super) async fn resync_tick(&self, now: Instant) {
+        if let Some(go) = self.resync_look(now) {
+            self.resync_go(go, now).await;
+        }
+    }
+
+    /// `ferryctl resync [--full]`: writes `START` whatever `resync` says,
+    /// once the secondary said it has room when it begins a resync (the
+    /// group `ahead`, dirty chunks while `replicating`, or `full`);
+    /// refused when records were lost from the disk spool (no resync
+    /// covers them), or when the room it needs is not known.
+    pub(super) async fn resync_now(&self, full: bool) -> std::result::Result<Started, String> {
         if self.any_lost() {
             return Err(note(Next::Lost, &self.cfg.group).unwrap_or_default());
         }
-        let (was, dirty) = view
-            .as_ref()
-            .map_or(("unknown", 0), |v| (v.mode.word(), v.dirty));
+        let Some(view) = self.kernel_view() else {
+            return Err(
+                "the kernel's status cannot be read (see ferryd's log): the room the \
+                 resync needs on the secondary is not known; START not written"
+                    .into(),
+            );
+        };
+        let (was, dirty) = (view.mode.word(), view.dirty);
         let reason = if full {
             "full copy".to_string()
         } else {
             format!("the group was {was}")
         };
-        self.start_resync("ferryctl resync", &reason, full, dirty, Instant::now())
-            .map_err(|e| format!("the kernel refused START: {}", refused(e)))?;
+        let begins =
+            full || view.mode == Mode::Ahead || (view.mode == Mode::Replicating && view.dirty > 0);
+        // A full copy is the initial one when every stream's secondary held
+        // nothing at its welcome ([`holds_nothing`]); over a secondary that
+        // holds something, it keeps its consistent point.
+        let initial = full && self.all_fresh(&view);
+        let by = "ferryctl resync";
+        let now = Instant::now();
+        let r = if begins {
+            let need = self
+                .need_of(&view, full)
+                .map_err(|e| format!("the room the resync needs on the secondary is not known: {e}; START not written"))?;
+            self.room_then_start(by, &reason, full, initial, dirty, need, now)
+                .await
+        } else {
+            // Nothing to copy: START changes nothing, there is nothing to
+            // ask.
+            self.start_resync(by, &reason, full, initial, dirty, 0, now)
+                .map_err(NotStarted::Kernel)
+        };
+        r.map_err(|e| match e {
+            NotStarted::Kernel(e) => format!("the kernel refused START: {}", refused(e)),
+            NotStarted::Held(words) => words,
+        })?;
         Ok(Started {
             was: was.to_string(),
             dirty_chunks: dirty,
@@ -443,8 +610,21 @@ impl Shared {
     }
 }
 
-/// The automatic resync's loop: a [`Shared::resync_tick`] each [`TICK`]
-/// until the stop.
+/// A `START` the automatic resync is to write, once the secondary has
+/// room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Go {
+    pub(super) why: Why,
+    pub(super) full: bool,
+    /// The initial copy (`INITIAL`): every stream's secondary held nothing.
+    pub(super) initial: bool,
+    pub(super) dirty: u64,
+    /// The room it needs on the secondary, bytes.
+    pub(super) need: u64,
+}
+
+/// The automatic resync's loop: a look ([`Shared::resync_look`]) each
+/// [`TICK`] until the stop, and the `START` it says.
 pub(super) async fn resync_loop(s: Arc<Shared>) {
     let mut stop = s.stop.subscribe();
     loop {
@@ -452,9 +632,15 @@ pub(super) async fn resync_loop(s: Arc<Shared>) {
             _ = tokio::time::sleep(TICK) => {}
             _ = stop.wait_for(|v| *v) => return,
         }
-        let s2 = s.clone();
+        let (s2, now) = (s.clone(), Instant::now());
         // dmsetup runs in it.
-        let _ = tokio::task::spawn_blocking(move || s2.resync_tick(Instant::now())).await;
+        let go = tokio::task::spawn_blocking(move || s2.resync_look(now)).await;
+        if let Ok(Some(go)) = go {
+            tokio::select! {
+                _ = s.resync_go(go, now) => {}
+                _ = stop.wait_for(|v| *v) => return,
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ fn ahead() -> Facts {
         can_resync: true,
         dirty: 12,
         all_connected: true,
+        sized: true,
         resync: Resync::Auto,
         initial_sync: InitialSync::Full,
         all_fresh: false,
@@ -19,7 +20,12 @@ fn ahead() -> Facts {
 }
 
 fn attempt(at: Instant, errno: Option<i32>, full: bool) -> Option<Attempt> {
-    Some(Attempt { at, errno, full })
+    Some(Attempt {
+        at,
+        errno,
+        held: None,
+        full,
+    })
 }
 
 #[test]
@@ -286,6 +292,103 @@ fn the_initial_full_copy() {
     );
 }
 
+/// A `START` the secondary's answer of room held back (not written):
+/// the question is asked again after `RETRY`, not before; the link, a
+/// manual resync, lost records come first; the room not known is said.
+#[test]
+fn a_start_held_for_room() {
+    let t0 = Instant::now();
+    let a = ahead();
+    let held = |h| {
+        Some(Attempt {
+            at: t0,
+            errno: None,
+            held: Some(h),
+            full: false,
+        })
+    };
+    for h in [Held::NoRoom, Held::NoAnswer] {
+        assert_eq!(next(&a, held(h), t0), Next::Held(h));
+        assert_eq!(
+            next(&a, held(h), t0 + RETRY - Duration::from_millis(1)),
+            Next::Held(h)
+        );
+        // Asked again: a START (once the secondary has room).
+        assert_eq!(next(&a, held(h), t0 + RETRY), Next::Start(Why::Ahead));
+    }
+    let no_room = held(Held::NoRoom);
+    // Dirty chunks while replicating, and the initial full copy, alike.
+    let dirty = Facts {
+        mode: Mode::Replicating,
+        dirty: 3,
+        ..a
+    };
+    assert_eq!(next(&dirty, no_room, t0), Next::Held(Held::NoRoom));
+    assert_eq!(next(&dirty, no_room, t0 + RETRY), Next::Start(Why::Dirty));
+    let fresh = Facts {
+        all_fresh: true,
+        ..dirty
+    };
+    let full = Some(Attempt {
+        full: true,
+        ..no_room.unwrap()
+    });
+    assert_eq!(next(&fresh, full, t0), Next::Held(Held::NoRoom));
+    assert_eq!(next(&fresh, full, t0 + RETRY), Next::Start(Why::Full));
+    // Held, then resyncing (a START by other means) or clean: nothing.
+    for f in [
+        Facts {
+            mode: Mode::Resyncing,
+            ..a
+        },
+        Facts {
+            mode: Mode::Replicating,
+            dirty: 0,
+            ..a
+        },
+    ] {
+        assert_eq!(next(&f, no_room, t0), Next::Nothing);
+    }
+    // What comes before it.
+    let down = Facts {
+        all_connected: false,
+        ..a
+    };
+    assert_eq!(next(&down, no_room, t0), Next::Link(Why::Ahead));
+    let manual = Facts {
+        resync: Resync::Manual,
+        ..a
+    };
+    assert_eq!(next(&manual, no_room, t0), Next::Manual);
+    assert_eq!(next(&Facts { lost: true, ..a }, no_room, t0), Next::Lost);
+    // The room a resync needs not known: no START (and no question).
+    let no_size = Facts { sized: false, ..a };
+    assert_eq!(next(&no_size, None, t0), Next::Unsized);
+    assert_eq!(next(&no_size, no_room, t0 + RETRY), Next::Unsized);
+    assert_eq!(
+        next(
+            &Facts {
+                sized: false,
+                ..down
+            },
+            None,
+            t0
+        ),
+        Next::Link(Why::Ahead)
+    );
+    // Their words (the figures come with the secondary's answer).
+    let n = note(Next::Held(Held::NoRoom), "gr").unwrap();
+    assert!(
+        n.contains("refused by the secondary, no room in its log_dir")
+            && n.contains("asked again every 5 s"),
+        "{n}"
+    );
+    let n = note(Next::Held(Held::NoAnswer), "gr").unwrap();
+    assert!(n.contains("did not answer"), "{n}");
+    let n = note(Next::Unsized, "gr").unwrap();
+    assert!(n.contains("chunk size"), "{n}");
+}
+
 #[test]
 fn holding_nothing() {
     // What a secondary with an empty remote log and a new meta device
@@ -336,7 +439,7 @@ fn refusals_in_words() {
 }
 
 mod flow {
-    use super::super::super::tests::{connect, primary_in, Chardev, Lines};
+    use super::super::super::tests::{connect, primary_in, Chardev, Lines, Room};
     use super::*;
     use crate::files::tests::fresh_dir;
 
@@ -365,6 +468,7 @@ mod flow {
     #[tokio::test]
     async fn a_new_secondary_gets_a_full_copy() {
         let (s, lines, dev) = two_streams("pri-full", true);
+        Room::new(u64::MAX, 0).answer(&s);
         let t0 = Instant::now();
         let st = s.status();
         assert_eq!(st.initial_sync, "full");
@@ -373,7 +477,7 @@ mod flow {
             st.resync_note.as_deref(),
             Some("automatic full copy: starting")
         );
-        s.resync_tick(t0);
+        s.resync_tick(t0).await;
         // The initial copy: the secondary held nothing.
         assert_eq!(
             dev.starts_with(start_flags::FULL_RESYNC | start_flags::INITIAL),
@@ -386,7 +490,7 @@ mod flow {
              p1: 0 8 ferry primary gr 1 data resyncing 5 5 5 5 0 1024 64 1 0 0 60 64\n"
                 .into(),
         );
-        s.resync_tick(t0 + RETRY);
+        s.resync_tick(t0 + RETRY).await;
         let st = s.status();
         assert_eq!(st.state, "resyncing");
         assert!(st.resync_full);
@@ -397,7 +501,7 @@ mod flow {
         // Done: replicating, nothing dirty.
         *lock(&lines.0) = Some(REPLICATING.into());
         for k in 2..10 {
-            s.resync_tick(t0 + RETRY * k);
+            s.resync_tick(t0 + RETRY * k).await;
         }
         let st = s.status();
         assert!(!st.resync_full);
@@ -415,9 +519,10 @@ mod flow {
     #[tokio::test]
     async fn a_secondary_that_holds_something() {
         let (s, lines, dev) = two_streams("pri-held", true);
+        Room::new(u64::MAX, 0).answer(&s);
         lock(&lock(&s.devs)[&1].q).fresh = false;
         let t0 = Instant::now();
-        s.resync_tick(t0);
+        s.resync_tick(t0).await;
         assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 0);
         assert_eq!(dev.starts(), 0);
         assert_eq!(s.status().resync_note, None);
@@ -426,13 +531,13 @@ mod flow {
              p1: 0 8 ferry primary gr 1 data replicating 5 5 5 5 0 1024 3 1 0 0 0 0\n"
                 .into(),
         );
-        s.resync_tick(t0 + RETRY);
+        s.resync_tick(t0 + RETRY).await;
         assert_eq!(dev.starts(), 1);
         assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 0);
         assert!(!s.status().resync_full);
         // `ferryctl resync --full` over it: a full copy, not the initial
         // one (the secondary keeps its consistent point meanwhile).
-        s.resync_now(true).unwrap();
+        s.resync_now(true).await.unwrap();
         assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 1);
         assert_eq!(
             dev.starts_with(start_flags::FULL_RESYNC | start_flags::INITIAL),
@@ -441,7 +546,8 @@ mod flow {
         // initial_sync = "none" and fresh secondaries: no full copy.
         let (mut s, _, dev) = two_streams("pri-none", true);
         Arc::get_mut(&mut s).unwrap().cfg.initial_sync = InitialSync::None;
-        s.resync_tick(t0);
+        Room::new(u64::MAX, 0).answer(&s);
+        s.resync_tick(t0).await;
         assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 0);
         assert_eq!(s.status().initial_sync, "none");
     }
@@ -452,9 +558,10 @@ mod flow {
     async fn manual_full_copy() {
         let (mut s, _, dev) = two_streams("pri-full-manual", true);
         Arc::get_mut(&mut s).unwrap().cfg.resync = Resync::Manual;
+        Room::new(u64::MAX, 0).answer(&s);
         let t0 = Instant::now();
         for k in 0..5 {
-            s.resync_tick(t0 + RETRY * k);
+            s.resync_tick(t0 + RETRY * k).await;
         }
         assert_eq!(dev.starts_with(start_flags::FULL_RESYNC), 0);
         let st = s.status();
@@ -464,7 +571,7 @@ mod flow {
                 .is_some_and(|n| n.ends_with("ferryctl resync --full gr")),
             "{st:?}"
         );
-        let r = s.resync_now(true).unwrap();
+        let r = s.resync_now(true).await.unwrap();
         assert_eq!(
             (r.was.as_str(), r.dirty_chunks, r.full),
             ("replicating", 0, true)
@@ -479,7 +586,7 @@ mod flow {
         assert_eq!(s.status().resync_note, None);
         // Refused with EOPNOTSUPP (an unclean member): said so.
         lock(&dev.0).1 = Some(libc::EOPNOTSUPP);
-        let e = s.resync_now(true).unwrap_err();
+        let e = s.resync_now(true).await.unwrap_err();
         assert!(e.contains("unclean shutdown"), "{e}");
     }
 }

@@ -14,6 +14,71 @@ impl DmStatus for Arc<Lines> {
     fn lines(&self) -> Result<String> {
         lock(&self.0).clone().context("no dmsetup here")
     }
+
+    /// The tables of the primary devices the lines name, without
+    /// `chunk_kb` (64 KiB chunks).
+    fn tables(&self) -> Result<String> {
+        let lines = self.lines()?;
+        Ok(lines
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let i = w.iter().position(|t| *t == "ferry")?;
+                let [name, start, len] = w.get(..3)?.try_into().ok()?;
+                let (g, id) = (w.get(i + 2)?, w.get(i + 3)?);
+                Some(format!(
+                    "{name} {start} {len} ferry 253:0 253:1 4 group {g} device_id {id}\n"
+                ))
+            })
+            .collect())
+    }
+}
+
+/// The secondary's side of the questions of room, in place of the
+/// links: what its `log_dir` has available and keeps in reserve, and
+/// the needs it was asked about.
+#[derive(Clone, Default)]
+pub(super) struct Room(pub(super) Arc<Mutex<(u64, u64, Vec<u64>)>>);
+
+impl Room {
+    /// A secondary with `available` bytes in `log_dir`, keeping `reserve`.
+    pub(super) fn new(available: u64, reserve: u64) -> Self {
+        Self(Arc::new(Mutex::new((available, reserve, Vec::new()))))
+    }
+
+    /// The needs asked about so far.
+    pub(super) fn asked(&self) -> Vec<u64> {
+        lock(&self.0).2.clone()
+    }
+
+    /// Answers every question of `s` as a secondary's `ferryd` does
+    /// (`ferryd::room::decide`), until `s` stops.
+    pub(super) fn answer(&self, s: &Arc<Shared>) {
+        let (room, s) = (self.clone(), s.clone());
+        tokio::spawn(async move {
+            while !s.stopping() {
+                let ids: Vec<u32> = lock(&s.devs).keys().copied().collect();
+                for id in ids {
+                    if let Some(Frame::RoomAsk { ask, need }) = s.room_question(id) {
+                        let (available, reserve) = {
+                            let mut r = lock(&room.0);
+                            r.2.push(need);
+                            (r.0, r.1)
+                        };
+                        let ok = ferryd::room::decide(need, available, reserve);
+                        let no = ferryd::room::NoRoom {
+                            need,
+                            available,
+                            reserve,
+                            log_dir: "/var/lib/ferry/gr".into(),
+                        };
+                        s.room_answered(ask, ok, no);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
 }
 
 /// A primary whose kernel is `lines`, its "character device" a file
@@ -83,6 +148,7 @@ pub(super) fn primary_fs(
         kernel_unread: AtomicBool::new(false),
         stamp_ahead: AtomicU64::new(0),
         resync: Mutex::default(),
+        room: Mutex::default(),
     });
     (s, gkey)
 }
@@ -278,13 +344,14 @@ async fn automatic_resync_once_every_stream_is_connected() {
     std::fs::create_dir_all(&top).unwrap();
     let dev = Chardev::default();
     let (s, _) = primary_in(&top, lines.clone(), "127.0.0.1:9", 0, Box::new(dev.clone()));
+    Room::new(u64::MAX, 0).answer(&s);
     let ahead = "p0: 0 8 ferry primary gr 0 log ahead 5 5 5 5 0 1024 3 1 0 0 0 0\n\
                  p1: 0 8 ferry primary gr 1 data ahead 5 5 5 5 0 1024 9 1 0 0 0 0\n";
     *lock(&lines.0) = Some(ahead.into());
     let t0 = Instant::now();
     // Only device 0 connected: waits, and says so.
     connect(&s, 0, true);
-    s.resync_tick(t0);
+    s.resync_tick(t0).await;
     assert_eq!(dev.starts(), 0);
     let st = s.status();
     assert_eq!((st.state.as_str(), st.dirty_chunks), ("ahead", 12));
@@ -295,9 +362,9 @@ async fn automatic_resync_once_every_stream_is_connected() {
     );
     // Both: START, once.
     connect(&s, 1, true);
-    s.resync_tick(t0);
+    s.resync_tick(t0).await;
     assert_eq!(dev.starts(), 1);
-    s.resync_tick(t0 + Duration::from_secs(1));
+    s.resync_tick(t0 + Duration::from_secs(1)).await;
     assert_eq!(dev.starts(), 1, "the kernel's lines not read again yet");
     // Taken: the kernel resyncs.
     *lock(&lines.0) = Some(
@@ -305,13 +372,16 @@ async fn automatic_resync_once_every_stream_is_connected() {
          p1: 0 8 ferry primary gr 1 data resyncing 5 5 5 5 0 1024 9 1 0 0 6 9\n"
             .into(),
     );
-    s.resync_tick(t0 + Duration::from_secs(6));
+    s.resync_tick(t0 + Duration::from_secs(6)).await;
     assert_eq!(dev.starts(), 1);
     let st = s.status();
     assert_eq!(st.state, "resyncing");
     assert_eq!((st.resync_chunks_left, st.resync_chunks_total), (7, 12));
-    // No tables here: chunks only.
-    assert_eq!((st.resync_bytes_left, st.resync_bytes_total), (None, None));
+    // The tables say 64 KiB chunks.
+    assert_eq!(
+        (st.resync_bytes_left, st.resync_bytes_total),
+        (Some(7 << 16), Some(12 << 16))
+    );
     assert_eq!(st.resync_note, None);
     let m = st.prometheus();
     assert!(
@@ -330,28 +400,29 @@ async fn automatic_resync_once_every_stream_is_connected() {
     // the backoff, not before.
     *lock(&lines.0) = Some(ahead.into());
     lock(&dev.0).1 = Some(libc::ENOSPC);
-    s.resync_tick(t0 + Duration::from_secs(7));
+    s.resync_tick(t0 + Duration::from_secs(7)).await;
     assert_eq!(dev.starts(), 1);
     let st = s.status();
     assert!(st.resync_note.unwrap().contains("START refused (no room"));
     lock(&dev.0).1 = None;
-    s.resync_tick(t0 + Duration::from_secs(9));
+    s.resync_tick(t0 + Duration::from_secs(9)).await;
     assert_eq!(dev.starts(), 1, "within the backoff");
-    s.resync_tick(t0 + Duration::from_secs(7) + RESYNC_RETRY);
+    s.resync_tick(t0 + Duration::from_secs(7) + RESYNC_RETRY)
+        .await;
     assert_eq!(dev.starts(), 2);
     // EOPNOTSUPP: never again on its own.
     lock(&dev.0).1 = Some(libc::EOPNOTSUPP);
     let later = t0 + Duration::from_secs(20);
-    s.resync_tick(later);
+    s.resync_tick(later).await;
     lock(&dev.0).1 = None;
     for k in 3..10 {
-        s.resync_tick(later + RESYNC_RETRY * k);
+        s.resync_tick(later + RESYNC_RETRY * k).await;
     }
     assert_eq!(dev.starts(), 2);
     assert!(s.status().resync_note.unwrap().contains("unclean shutdown"));
     // ferryctl resync says the same.
     lock(&dev.0).1 = Some(libc::EOPNOTSUPP);
-    let e = s.resync_now(false).unwrap_err();
+    let e = s.resync_now(false).await.unwrap_err();
     assert!(e.contains("the kernel refused START: a member"), "{e}");
     lock(&dev.0).1 = None;
     // Replicating again: forgotten.
@@ -360,12 +431,12 @@ async fn automatic_resync_once_every_stream_is_connected() {
          p1: 0 8 ferry primary gr 1 data replicating 5 5 5 5 0 1024 0 1 0 0 0 0\n"
             .into(),
     );
-    s.resync_tick(later);
+    s.resync_tick(later).await;
     assert_eq!(s.status().state, "replicating");
     // Records lost from the disk spool: no resync, automatic or asked.
     *lock(&lines.0) = Some(ahead.into());
     lock(&lock(&s.devs)[&1].q).lost = true;
-    s.resync_tick(later + RESYNC_RETRY * 20);
+    s.resync_tick(later + RESYNC_RETRY * 20).await;
     assert_eq!(dev.starts(), 2);
     let st = s.status();
     assert!(st
@@ -374,12 +445,13 @@ async fn automatic_resync_once_every_stream_is_connected() {
         .contains("records were lost from the disk spool"));
     assert!(s
         .resync_now(false)
+        .await
         .unwrap_err()
         .contains("not in the dirty bitmap"));
     assert_eq!(dev.starts(), 2);
     lock(&lock(&s.devs)[&1].q).lost = false;
     // ferryctl resync: START, and what the kernel was in.
-    let r = s.resync_now(false).unwrap();
+    let r = s.resync_now(false).await.unwrap();
     assert_eq!((r.was.as_str(), r.dirty_chunks), ("ahead", 12));
     assert_eq!(dev.starts(), 3);
 }
@@ -393,11 +465,12 @@ async fn manual_resync_waits_for_ferryctl() {
     let dev = Chardev::default();
     let (mut s, _) = primary_in(&top, lines.clone(), "127.0.0.1:9", 0, Box::new(dev.clone()));
     Arc::get_mut(&mut s).unwrap().cfg.resync = ferryd::config::Resync::Manual;
+    Room::new(u64::MAX, 0).answer(&s);
     *lock(&lines.0) =
         Some("p0: 0 8 ferry primary gr 0 data ahead 5 5 5 5 0 1024 3 1 0 0 0 0\n".into());
     connect(&s, 0, true);
     for k in 0..10 {
-        s.resync_tick(Instant::now() + RESYNC_RETRY * k);
+        s.resync_tick(Instant::now() + RESYNC_RETRY * k).await;
     }
     assert_eq!(dev.starts(), 0);
     let st = s.status();
@@ -406,7 +479,7 @@ async fn manual_resync_waits_for_ferryctl() {
         st.resync_note.as_deref(),
         Some("manual resync (resync = \"manual\"): ferryctl resync gr")
     );
-    assert_eq!(s.resync_now(false).unwrap().was, "ahead");
+    assert_eq!(s.resync_now(false).await.unwrap().was, "ahead");
     assert_eq!(dev.starts(), 1);
     // An old module: no resync fields, no resync.
     *lock(&lines.0) = Some("p0: 0 8 ferry primary gr 0 data ahead 5 5 5 5 0 1024 3 1 0 0\n".into());

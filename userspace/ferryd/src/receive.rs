@@ -1,7 +1,8 @@
 //! The secondary's receiving side: one authenticated connection per
 //! stream, each batch verified (G5), appended and fsynced to the remote
 //! log, taken into the stream's window and the rendezvous, and
-//! acknowledged.
+//! acknowledged; a question of room for a resync answered
+//! (`secondary_room.rs`).
 
 use std::sync::Arc;
 
@@ -129,13 +130,19 @@ pub(super) async fn serve(
             info!(device, "connection replaced by a newer one of the stream");
             bail!("device {device}: replaced by a newer connection");
         }
-        let Frame::Records {
-            codec,
-            raw_len,
-            data,
-        } = f
-        else {
-            bail!("unexpected frame");
+        let (codec, raw_len, data) = match f {
+            Frame::Records {
+                codec,
+                raw_len,
+                data,
+            } => (codec, raw_len, data),
+            // Before a resync: room for it in log_dir?
+            Frame::RoomAsk { ask, need } => {
+                let answer = s.room_answer(device, ask, need);
+                link::write_frame(&mut tls, &answer).await?;
+                continue;
+            }
+            _ => bail!("unexpected frame"),
         };
         let wire = data.len() as u64 + 10;
         let raw = u64::from(raw_len);

@@ -119,6 +119,13 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
                     None => writeln!(o)?,
                 }
             }
+            if s.resync_room_refusals > 0 {
+                writeln!(
+                    o,
+                    "  resyncs the secondary refused for room in its log_dir: {}",
+                    s.resync_room_refusals
+                )?;
+            }
         }
         Role::Secondary => {
             if let Some(why) = &s.log_full {
@@ -126,6 +133,17 @@ fn write_status(o: &mut String, s: &Status, h: &Assessment) -> std::fmt::Result 
             }
             if let Some(why) = &s.apply_error {
                 writeln!(o, "  APPLYING STOPPED: {why}")?;
+            }
+            if s.resync_room_refusals > 0 {
+                write!(
+                    o,
+                    "  resyncs refused for room in log_dir: {}",
+                    s.resync_room_refusals
+                )?;
+                match &s.resync_room {
+                    Some(r) => writeln!(o, ", the last {}", r.figures())?,
+                    None => writeln!(o)?,
+                }
             }
             if s.inconsistent {
                 writeln!(
@@ -372,6 +390,51 @@ mod tests {
         let text = status(&s, &assess(&s, 30.0));
         assert!(
             text.contains("\n  resync: 30 of 40 chunks left (1.9 MiB of 2.5 MiB)\n"),
+            "{text}"
+        );
+    }
+
+    /// A resync refused for room: the primary's note names both
+    /// numbers, and the count; the secondary's count and last figures.
+    #[test]
+    fn a_resync_refused_for_room_in_words() {
+        let no = crate::room::NoRoom {
+            need: 33_624_400,
+            available: 8 << 20,
+            reserve: 64 << 20,
+            log_dir: "/var/lib/ferry/gr".into(),
+        };
+        let mut s = secondary();
+        s.role = Role::Primary;
+        s.rejected.clear();
+        s.state = "ahead".into();
+        s.dirty_chunks = 512;
+        s.resync_room_refusals = 3;
+        s.resync_note = Some(no.words("and the resync starts by itself"));
+        s.resync_room = Some(no.clone());
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains(
+                "\n  dirty chunks 512; resync refused by the secondary: it needs 32.1 MiB in its \
+                 log_dir (/var/lib/ferry/gr), 0 B are free (8.0 MiB available, less its reserve \
+                 of 64.0 MiB); free space there, or raise it, and the resync starts by itself\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  resyncs the secondary refused for room in its log_dir: 3\n"),
+            "{text}"
+        );
+        let mut s = secondary();
+        assert!(!status(&s, &assess(&s, 30.0)).contains("refused for room"));
+        s.resync_room_refusals = 2;
+        s.resync_room = Some(no);
+        let text = status(&s, &assess(&s, 30.0));
+        assert!(
+            text.contains(
+                "\n  resyncs refused for room in log_dir: 2, the last needed 32.1 MiB, 0 B free \
+                 (8.0 MiB available less the reserve of 64.0 MiB) in /var/lib/ferry/gr\n"
+            ),
             "{text}"
         );
     }

@@ -230,6 +230,8 @@ pub(crate) struct Sec {
     rejected: Rejected,
     /// The listener's: accept errors, peers refused.
     listen: Arc<Counters>,
+    /// The resyncs refused for lack of room in `log_dir`.
+    room: Mutex<room::Refusals>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -591,6 +593,7 @@ pub(crate) async fn run(cfg: Config, key: Vec<u8>) -> Result<()> {
         more: Notify::new(),
         rejected: Rejected::default(),
         listen: Arc::default(),
+        room: Mutex::default(),
     });
     let ctl = crate::serve_control(&s.cfg, s.clone())?;
     let tls = tokio_rustls::TlsAcceptor::from(link::server_config()?);
@@ -658,6 +661,9 @@ fn advance_points(points: &mut Points, streams: &[StreamState], windows: &[Windo
 
 #[path = "secondary_report.rs"]
 mod report;
+
+#[path = "secondary_room.rs"]
+mod room;
 
 #[cfg(test)]
 #[path = "secondary_tests.rs"]

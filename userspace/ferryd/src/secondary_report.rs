@@ -14,6 +14,10 @@ impl Report for Sec {
                 (l.stopped().map(str::to_owned), l.full().map(str::to_owned))
             })
             .unzip();
+        let (room_refusals, room_last) = {
+            let r = lock(&self.room);
+            (r.count, r.last.clone())
+        };
         let st = lock(&self.state);
         // The first of the streams' appends that found no room, or the
         // save of state.json.
@@ -94,6 +98,8 @@ impl Report for Sec {
             resync_span_bytes: span.bytes,
             resync_spans_applied: st.spans.spans_applied(),
             inconsistent: st.spans.inconsistent(),
+            resync_room_refusals: room_refusals,
+            resync_room: room_last,
             ..Status::default()
         }
     }

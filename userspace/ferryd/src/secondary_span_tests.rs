@@ -161,6 +161,7 @@ pub(super) fn restarted(dir: &Path, applied: u64, applying: u64, dev: &str) -> A
         more: Notify::new(),
         rejected: Rejected::default(),
         listen: Arc::default(),
+        room: Mutex::default(),
     })
 }
 

@@ -88,6 +88,7 @@ pub(crate) fn receiver_on(top: &Path, ids: &[u32], fs: Arc<dyn FileSystem>) -> A
         more: Notify::new(),
         rejected: Rejected::default(),
         listen: Arc::default(),
+        room: Mutex::default(),
     })
 }
 
@@ -349,6 +350,7 @@ fn idle(name: &str) -> (Arc<Sec>, PathBuf) {
         more: Notify::new(),
         rejected: Rejected::default(),
         listen: Arc::default(),
+        room: Mutex::default(),
     });
     (s, top)
 }
@@ -507,5 +509,76 @@ async fn a_full_log_dir_holds_the_state_until_there_is_room() {
     );
     s.stop();
     stopped.await.unwrap().unwrap();
+    std::fs::remove_dir_all(&top).unwrap();
+}
+
+/// The answer of room for a resync: room when the need fits in what
+/// `log_dir` has available less `resync_reserve_mb`; a refusal is
+/// counted and its figures kept, and the status and the metric say so;
+/// a `log_dir` whose space cannot be read has none.
+#[test]
+fn room_for_a_resync_is_what_is_available_less_the_reserve() {
+    const MIB: u64 = 1 << 20;
+    let top = fresh_dir("sec-room");
+    let fs = files::tests::Faulty::default();
+    fs.set_available(Some(100 * MIB));
+    let mut s = receiver_on(&top, &[1], Arc::new(fs.clone()));
+    assert_eq!(s.cfg.resync_reserve_mb, 64);
+    let answer = |s: &Sec, need| match s.room_answer(1, 7, need) {
+        Frame::Room {
+            ask,
+            ok,
+            need: n,
+            available,
+            reserve,
+            log_dir,
+        } => {
+            assert_eq!((ask, n), (7, need));
+            assert_eq!(log_dir, top.display().to_string());
+            (ok, available, reserve)
+        }
+        f => panic!("not an answer of room: {f:?}"),
+    };
+    // 100 MiB available, 64 kept: 36 free.
+    assert_eq!(answer(&s, 36 * MIB), (true, 100 * MIB, 64 * MIB));
+    assert_eq!(answer(&s, 0), (true, 100 * MIB, 64 * MIB));
+    assert_eq!(s.status().resync_room_refusals, 0);
+    assert_eq!(answer(&s, 36 * MIB + 1), (false, 100 * MIB, 64 * MIB));
+    let st = s.status();
+    assert_eq!(st.resync_room_refusals, 1);
+    assert_eq!(
+        st.resync_room,
+        Some(ferryd::room::NoRoom {
+            need: 36 * MIB + 1,
+            available: 100 * MIB,
+            reserve: 64 * MIB,
+            log_dir: top.display().to_string(),
+        })
+    );
+    assert!(st
+        .prometheus()
+        .contains("\nferry_resync_room_refusals_total{group=\"gr\"} 1\n"));
+    // Less than the reserve available: nothing is free.
+    fs.set_available(Some(8 * MIB));
+    assert_eq!(answer(&s, 1), (false, 8 * MIB, 64 * MIB));
+    // Without a reserve: all that is available.
+    Arc::get_mut(&mut s).unwrap().cfg.resync_reserve_mb = 0;
+    assert_eq!(answer(&s, 8 * MIB), (true, 8 * MIB, 0));
+    assert_eq!(answer(&s, 8 * MIB + 1), (false, 8 * MIB, 0));
+    // The space cannot be read: refused.
+    fs.inject(
+        files::Op::Statvfs,
+        "",
+        files::Fault::Errno(libc::EIO),
+        Some(1),
+    );
+    assert_eq!(answer(&s, 1), (false, 0, 0));
+    let st = s.status();
+    assert_eq!(st.resync_room_refusals, 4);
+    assert_eq!(st.resync_room.map(|r| (r.need, r.available)), Some((1, 0)));
+    // The real file system's figure.
+    fs.set_available(None);
+    let (_, available, _) = answer(&s, 0);
+    assert!(available > 0);
     std::fs::remove_dir_all(&top).unwrap();
 }

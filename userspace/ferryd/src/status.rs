@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::config::Role;
 use crate::cpoints::Point;
+use crate::room::NoRoom;
 
 /// One device stream.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -176,6 +177,16 @@ pub struct Status {
     pub resync_bytes_left: Option<u64>,
     #[serde(default)]
     pub resync_bytes_total: Option<u64>,
+    /// Resyncs refused before they began for lack of room in the
+    /// secondary's `log_dir` (`crate::room`): on a secondary, those it
+    /// refused; on a primary, those its secondary refused it.
+    #[serde(default)]
+    pub resync_room_refusals: u64,
+    /// The figures of such a refusal: on a secondary, the last one; on a
+    /// primary, the one that holds the resync now (`None` once one
+    /// starts, or none is needed).
+    #[serde(default)]
+    pub resync_room: Option<NoRoom>,
 }
 
 /// Serves `GET /status` (the document, JSON) and `GET /metrics` (its

@@ -323,6 +323,13 @@ impl Collector for Metrics {
         )?;
         family(
             e,
+            "resync_room_refusals",
+            "Resyncs refused before they began for lack of room in the secondary's log_dir (secondary: refused here; primary: refused by the secondary)",
+            None,
+            vec![(self.group(), counter(st.resync_room_refusals))],
+        )?;
+        family(
+            e,
             "apply_stopped",
             "Secondary: applying stopped on an error (see the log and the status)",
             None,

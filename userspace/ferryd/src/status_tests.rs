@@ -56,7 +56,7 @@ pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
 }
 
 /// Every family ferryd exposes, and its type.
-pub(crate) const FAMILIES: [(&str, &str); 33] = [
+pub(crate) const FAMILIES: [(&str, &str); 34] = [
     ("ferry_build_info", "gauge"),
     ("ferry_state", "gauge"),
     ("ferry_connected", "gauge"),
@@ -89,6 +89,7 @@ pub(crate) const FAMILIES: [(&str, &str); 33] = [
     ("ferry_resync_chunks_left", "gauge"),
     ("ferry_resync_chunks", "gauge"),
     ("ferry_resync_full", "gauge"),
+    ("ferry_resync_room_refusals_total", "counter"),
     ("ferry_apply_stopped", "gauge"),
 ];
 

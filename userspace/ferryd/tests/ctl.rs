@@ -336,6 +336,30 @@ async fn ferryctl_resync_messages() {
         .unwrap()
         .unwrap_err();
     assert!(format!("{e:#}").contains("no room"), "{e:#}");
+    drop(_s);
+
+    // The secondary has no room for the resync: exit 1, its figures said.
+    let no = ferryd::room::NoRoom {
+        need: 96 << 20,
+        available: 76 << 20,
+        reserve: 64 << 20,
+        log_dir: "/var/lib/ferry/gr".into(),
+    };
+    let fake = Fake::new(Err(no.words("then run ferryctl resync gr again")));
+    let _s = ctl::serve(ctl::bind(&sock).unwrap(), &sock, fake.clone(), own_uid());
+    let out = run(args(&cfg)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(
+            "ferryd did not start a resync: resync refused by the secondary: it needs 96.0 MiB \
+             in its log_dir (/var/lib/ferry/gr), 12.0 MiB are free (76.0 MiB available, less its \
+             reserve of 64.0 MiB); free space there, or raise it, then run ferryctl resync gr \
+             again"
+        ),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
     std::fs::remove_dir_all(&top).unwrap();
 }
 

@@ -108,6 +108,7 @@ fn primary() -> Status {
     st.spool_records = 80_004;
     st.disk_spool_records = 79_000;
     st.disk_spool_bytes = 323_584_000;
+    st.resync_room_refusals = 4;
     st
 }
 
@@ -146,6 +147,13 @@ fn secondary() -> Status {
     st.resync_span_bytes = 19_660_800;
     st.resync_spans_applied = 1;
     st.inconsistent = true;
+    st.resync_room_refusals = 2;
+    st.resync_room = Some(ferryd::room::NoRoom {
+        need: 33_808_720,
+        available: 8_388_608,
+        reserve: 67_108_864,
+        log_dir: "/var/lib/ferry/db".into(),
+    });
     st.apply_error =
         Some("a record of 2097152 bytes: above the 1048576 a secondary applies".into());
     st
