@@ -213,6 +213,18 @@ pub(super) fn next(f: &Facts, last: Option<Attempt>, now: Instant) -> Next {
     }
 }
 
+/// A `START` to write: who asks (`automatic`, or `ferryctl resync`), why,
+/// what it copies, and the room it needs on the secondary (bytes).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StartReq<'a> {
+    pub(super) by: &'a str,
+    pub(super) reason: &'a str,
+    pub(super) full: bool,
+    pub(super) initial: bool,
+    pub(super) dirty: u64,
+    pub(super) need: u64,
+}
+
 /// What `errno` refusing `START` means.
 pub(super) fn refused(errno: i32) -> String {
     match errno {
@@ -426,17 +438,19 @@ impl Shared {
     /// `reason`, once the secondary said it has room for `need` bytes;
     /// records and logs how the kernel took it; the errno that refused
     /// it, if one did.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn start_resync(
         &self,
-        by: &str,
-        reason: &str,
-        full: bool,
-        initial: bool,
-        dirty: u64,
-        need: u64,
+        req: &StartReq<'_>,
         now: Instant,
     ) -> std::result::Result<(), i32> {
+        let StartReq {
+            by,
+            reason,
+            full,
+            initial,
+            dirty,
+            need,
+        } = *req;
         let r = self.write_start(full, initial);
         let mut st = lock(&self.resync);
         st.last = Some(Attempt {
@@ -535,17 +549,15 @@ impl Shared {
 
     /// The automatic `START` of `go` at `now`, once the secondary has room.
     pub(super) async fn resync_go(&self, go: Go, now: Instant) {
-        let _ = self
-            .room_then_start(
-                "automatic",
-                go.why.reason(),
-                go.full,
-                go.initial,
-                go.dirty,
-                go.need,
-                now,
-            )
-            .await;
+        let req = StartReq {
+            by: "automatic",
+            reason: go.why.reason(),
+            full: go.full,
+            initial: go.initial,
+            dirty: go.dirty,
+            need: go.need,
+        };
+        let _ = self.room_then_start(&req, now).await;
     }
 
     /// A look and, when it says so, the `START` (the tests' tick).
@@ -586,17 +598,23 @@ impl Shared {
         let initial = full && self.all_fresh(&view);
         let by = "ferryctl resync";
         let now = Instant::now();
+        let mut req = StartReq {
+            by,
+            reason: &reason,
+            full,
+            initial,
+            dirty,
+            need: 0,
+        };
         let r = if begins {
-            let need = self
+            req.need = self
                 .need_of(&view, full)
                 .map_err(|e| format!("the room the resync needs on the secondary is not known: {e}; START not written"))?;
-            self.room_then_start(by, &reason, full, initial, dirty, need, now)
-                .await
+            self.room_then_start(&req, now).await
         } else {
             // Nothing to copy: START changes nothing, there is nothing to
             // ask.
-            self.start_resync(by, &reason, full, initial, dirty, 0, now)
-                .map_err(NotStarted::Kernel)
+            self.start_resync(&req, now).map_err(NotStarted::Kernel)
         };
         r.map_err(|e| match e {
             NotStarted::Kernel(e) => format!("the kernel refused START: {}", refused(e)),

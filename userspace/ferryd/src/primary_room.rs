@@ -7,7 +7,7 @@
 //! written ([`Shared::room_then_start`]); on a no, or no answer, nothing
 //! is: the hold is recorded, counted, logged and said ([`Shared::held`]).
 
-use super::resync::{Attempt, Held, RETRY};
+use super::resync::{Attempt, Held, StartReq, RETRY};
 use super::*;
 use ferryd::config::Resync;
 use ferryd::room::NoRoom;
@@ -189,21 +189,14 @@ impl Shared {
     /// Asks the secondary for room for `need` bytes, then writes `START`
     /// as [`Shared::start_resync`] does on a yes; on a no, or no answer,
     /// writes nothing ([`Shared::held`]).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn room_then_start(
         &self,
-        by: &str,
-        reason: &str,
-        full: bool,
-        initial: bool,
-        dirty: u64,
-        need: u64,
+        req: &StartReq<'_>,
         now: Instant,
     ) -> std::result::Result<(), NotStarted> {
-        match self.ask_room(need).await {
-            Ok(Answer::Room) => self
-                .start_resync(by, reason, full, initial, dirty, need, now)
-                .map_err(NotStarted::Kernel),
+        let (by, reason, full) = (req.by, req.reason, req.full);
+        match self.ask_room(req.need).await {
+            Ok(Answer::Room) => self.start_resync(req, now).map_err(NotStarted::Kernel),
             Ok(Answer::NoRoom(r)) => Err(NotStarted::Held(self.held(by, reason, full, Ok(r), now))),
             Err(why) => Err(NotStarted::Held(self.held(by, reason, full, Err(why), now))),
         }
