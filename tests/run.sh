@@ -47,6 +47,12 @@ step() {
 	fi
 	# A failed step's guests are judged too: a splat explains a failure.
 	[ "$logs" = - ] || tests/judge.sh "$logs" || true
+	# What failed, in the summary: with the lanes' output interleaved, the
+	# summary is what is read at the end of a long log.
+	if [ "$logs" != - ]; then
+		grep -ars '^FAIL\|^FERRY-TEST .* FAIL' "$logs" 2>/dev/null |
+			sed "s|^$logs/||" | cut -c1-300 | tail -n 12 | sed 's/^/    /' >>"$summary" || true
+	fi
 	finish
 	exit 1
 }
