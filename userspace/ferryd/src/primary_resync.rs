@@ -389,9 +389,11 @@ impl Shared {
     }
 
     /// The status's words on `n` ([`note`]), with the secondary's figures
-    /// when its answer of room holds the resync.
+    /// when its answer of room holds the resync: also once the retry is
+    /// due (`Start`), until the secondary answers again, so that the
+    /// status does not hide a refusal that goes on.
     pub(super) fn resync_note(&self, n: Next) -> Option<String> {
-        if let Next::Held(_) = n {
+        if let Next::Held(_) | Next::Start(_) = n {
             if let Some(w) = lock(&self.resync).held_words.clone() {
                 return Some(w);
             }

@@ -75,6 +75,11 @@ async fn a_resync_the_secondary_has_no_room_for_waits() {
     // Not asked again before the retry.
     s.resync_tick(t0 + Duration::from_secs(1)).await;
     assert_eq!(room.asked().len(), 1);
+    // The retry due, the secondary not asked yet: the status still says
+    // the refusal (not "starting").
+    let view = s.kernel_view().unwrap();
+    let due = s.resync_note(s.resync_next(&view, t0 + RETRY));
+    assert_eq!(due, st.resync_note);
     // Asked again: still no room, counted, nothing written.
     s.resync_tick(t0 + RETRY).await;
     assert_eq!(room.asked(), [NEED, NEED]);
