@@ -26,7 +26,13 @@ kmemleak_check() {
 # Debian's busybox runs its own applets before anything on PATH: call the
 # real tools that share an applet's name (blkdiscard, mke2fs) by full path.
 
-fail() { echo "FAIL: $*"; exit 1; }
+# A two-guest test's failure is published (`failed`), so that the peer's
+# fetch gives up at once instead of waiting out its tries.
+fail() {
+	echo "FAIL: $*"
+	[ -z "${WWW:-}" ] || publish failed "$*" 2>/dev/null || true
+	exit 1
+}
 ok() { echo "  ok: $*"; }
 
 # dmsetup without udev (the guest has none).  libdevmapper's note that the
@@ -246,10 +252,15 @@ await_peer_file() {  # await_peer_file <peer> <file>
 	return 1
 }
 # $peer is the other guest.  fetch <path> <out> <tries>: until the peer
-# serves <path> of this test.
+# serves <path> of this test; fails at once when the peer's test failed
+# (it serves `failed`, see fail).
 fetch() {
 	for t in $(seq 1 "$3"); do
 		timeout 20 wget -q -O "$2" "http://$peer:7000/$WWW_DIR/$1" 2>/dev/null && return 0
+		if timeout 5 wget -q -O /tmp/peer.failed "http://$peer:7000/$WWW_DIR/failed" 2>/dev/null; then
+			echo "fetch $1: the peer's test failed: $(cat /tmp/peer.failed)"
+			return 1
+		fi
 		sleep 1
 	done
 	return 1
