@@ -112,16 +112,18 @@ single() {
 	step "guests: full disks, PostgreSQL" 2000 "$out/vm-repl-app" scripts/vm.sh \
 		--guests 2 --smp 1 --mem 768 --timeout 1800 --initrd "$out/initramfs.cpio" --out "$out/vm-repl-app" "${disks[@]}" \
 		net-ping repl-full-log repl-full-spool repl-app
-	step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
-		"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 }
 pairs() {
 	step "guests: network, replication (drain, prefix, checksums), disk spool, resync, initial copy, room for a resync" 2000 "$out/vm-repl" scripts/vm.sh \
 		--guests 2 --smp 1 --mem 768 --timeout 1800 --initrd "$out/initramfs.cpio" --out "$out/vm-repl" "${disks[@]}" \
 		net-ping repl repl-spool repl-resync repl-initial repl-room
-	# 4 block points, 5 cut inside a resync, 2 applications (ext4, SQLite).
+	# 2 block points, 3 cut inside a resync, 2 applications (ext4, SQLite);
+	# make soak runs 200, 50 and 4.
 	step "guests: replication crash points (G1, G2; inside resyncs)" 3000 "$out/repl-crash" \
-		env FERRY_REPL_APPS="${FERRY_REPL_APPS:-2}" tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-4}"
+		env FERRY_REPL_RESYNCS="${FERRY_REPL_RESYNCS:-3}" FERRY_REPL_APPS="${FERRY_REPL_APPS:-2}" \
+		tests/repl-crash.sh "$out/initramfs.cpio" "$out/repl-crash" "${FERRY_REPL_POINTS:-2}"
+	step "guests: secondary power cuts (G4, G5)" 1500 "$out/repl-sec-crash" tests/repl-sec-crash.sh \
+		"$out/initramfs.cpio" "$out/repl-sec-crash" "${FERRY_SEC_CUTS:-1}"
 	# The first cut sends the primary ahead, the second falls inside the
 	# resync that follows.
 	step "guests: secondary power cuts inside a resync (G1, G4)" 1500 "$out/repl-sec-resync" \
