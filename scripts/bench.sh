@@ -281,7 +281,8 @@ text.append("")
 text.append(f"B  4 KiB random writes, QD8, {secs} s on the last 64 MiB of r1; the resync copies the first"
             f" {info.get('b_write_MiB', '?')} MiB written with the link cut")
 base = num("B_norsync_iops")
-rows = [("condition", "IOPS", "/no resync", "copy MB/s", "chunks copied", "resync lasted the run", "spool KiB", "dirty MiB")]
+rows = [("condition", "IOPS", "/no resync", "copy MB/s", "chunks copied", "resync lasted the run", "spool KiB", "dirty MiB",
+         "primary CPU busy")]
 notes = []
 for c, title in conds:
     iops = num(f"B_{c}_iops")
@@ -290,7 +291,8 @@ for c, title in conds:
     lasted = "-" if c == "norsync" else f"{sum(1 for v in running.values() if v == 'yes')} of {len(running)}"
     rows.append((title, fmt(med(iops)), "1" if c == "norsync" else fmt(med(ratio)),
                  fmt(med(num(f"B_{c}_copy_MBps"))), fmt(med(num(f"B_{c}_copied_chunks"))), lasted,
-                 fmt(med(num(f"B_{c}_spool_median_KiB"))), fmt(med(num(f"B_{c}_dirty_MiB")))))
+                 fmt(med(num(f"B_{c}_spool_median_KiB"))), fmt(med(num(f"B_{c}_dirty_MiB"))),
+                 fmt(med(num(f"B_{c}_cpu_busy")))))
     notes.append(f"    {c} IOPS: {per_round(iops) or '-'}")
     if c != "norsync":
         notes.append(f"    {c} IOPS / no resync: {per_round(ratio) or '-'}")

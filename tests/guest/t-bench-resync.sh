@@ -55,7 +55,8 @@
 #      Reported: fio's IOPS; for the resyncs the chunks copied during the
 #      run (`resync_left`, fields 16 and 17 of the status) and their rate,
 #      and whether the resync was still running when fio ended (if it
-#      ended first: when).  The status is polled every second in all three
+#      ended first: when), and the share of the primary guest's one CPU
+#      that was busy over the run (/proc/stat).  The status is polled every second in all three
 #      conditions, the spool's fill with it (median reported).  After a
 #      capped run the cap goes back to 0 and the rest of the copy runs out.
 #
@@ -246,6 +247,7 @@ bench_b() {
 			die "B $c: no copy under way 300 s after the link came back: r0 $m0 ($l0 of $n0 left), r1 $m1 ($l1 of $n1 left)"
 	fi
 	L0=$((l0 + l1)) N0=$((n0 + n1))
+	cpu0=$(head -1 /proc/stat)
 	fio --thread --name=b --filename=/dev/mapper/r1 --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=8 \
 		--offset="${APP_OFF}M" --size="${APP_MB}M" --time_based --runtime="$secs" \
 		--minimal --terse-version=3 >/tmp/fio.b 2>&1 &
@@ -269,6 +271,12 @@ bench_b() {
 	wait "$fp" || { fp=; cat /tmp/fio.b; die "B $c: fio"; }
 	fp=
 	t1=$(up)
+	# The guest's one CPU over the run: the share not idle (idle and
+	# iowait are fields 5 and 6 of the cpu line).
+	echo "$cpu0 $(head -1 /proc/stat)" | awk -v r="$r" -v c="$c" '{
+		n = NF / 2; t = 0; i = 0
+		for (k = 2; k <= n; k++) { d = $(n + k) - $k; t += d; if (k == 5 || k == 6) i += d }
+		if (t > 0) printf "bench-resync|%d|B_%s_cpu_busy|%.3f\n", r, c, 1 - i / t }'
 	st
 	# terse v3: field 49 write IOPS
 	out "B_${c}_iops" "$(awk -F';' 'NF > 100 { print $49 }' /tmp/fio.b)"
