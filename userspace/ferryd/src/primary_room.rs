@@ -196,7 +196,26 @@ impl Shared {
     ) -> std::result::Result<(), NotStarted> {
         let (by, reason, full) = (req.by, req.reason, req.full);
         match self.ask_room(req.need).await {
-            Ok(Answer::Room) => self.start_resync(req, now).map_err(NotStarted::Kernel),
+            Ok(Answer::Room) => {
+                // The dirty data may have grown while the question was
+                // on its way (the application writes while `ahead`; a
+                // question can wait in TCP through a short cut): a yes
+                // to less than the resync needs now starts nothing, and
+                // the next question asks for what it needs then.
+                self.kernel.forget();
+                let grown = self
+                    .kernel_view()
+                    .and_then(|v| self.need_of(&v, full).ok())
+                    .filter(|&n| n > req.need);
+                if let Some(n) = grown {
+                    let why = format!(
+                        "the dirty data grew while the secondary answered, from {} to {}                          bytes; asked again",
+                        req.need, n
+                    );
+                    return Err(NotStarted::Held(self.held(by, reason, full, Err(why), now)));
+                }
+                self.start_resync(req, now).map_err(NotStarted::Kernel)
+            }
             Ok(Answer::NoRoom(r)) => Err(NotStarted::Held(self.held(by, reason, full, Ok(r), now))),
             Err(why) => Err(NotStarted::Held(self.held(by, reason, full, Err(why), now))),
         }
