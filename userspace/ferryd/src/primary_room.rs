@@ -209,8 +209,8 @@ impl Shared {
                     .filter(|&n| n > req.need);
                 if let Some(n) = grown {
                     let why = format!(
-                        "the dirty data grew while the secondary answered, from {} to {}                          bytes; asked again",
-                        req.need, n
+                        "its yes was for {} bytes; the dirty data grew to {n} bytes since",
+                        req.need
                     );
                     return Err(NotStarted::Held(self.held(by, reason, full, Err(why), now)));
                 }

@@ -195,3 +195,64 @@ async fn no_answer_writes_nothing() {
     s.resync_tick(Instant::now() + RETRY).await;
     assert_eq!(dev.starts(), 1);
 }
+
+/// A yes to less than the resync needs now (the application wrote while
+/// the question was on its way) starts nothing; the next question asks
+/// for the new need, and its yes starts the resync.
+#[tokio::test]
+async fn a_yes_to_a_need_that_grew_starts_nothing() {
+    let lines = Arc::new(Lines::default());
+    let top = fresh_dir("pri-room-grew");
+    std::fs::create_dir_all(&top).unwrap();
+    let dev = Chardev::default();
+    let (s, _) = primary_in(&top, lines.clone(), "127.0.0.1:9", 0, Box::new(dev.clone()));
+    // Ahead with 3 dirty chunks on p0 and none yet on p1.
+    *lock(&lines.0) = Some(AHEAD.replace(" 1024 512 1 ", " 1024 0 1 "));
+    for id in [0, 1] {
+        connect(&s, id, true);
+    }
+    // The secondary says yes to everything; the first time, the writes
+    // have dirtied all of p1 by the time the yes comes.
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (s, lines, asked) = (s.clone(), lines.clone(), asked.clone());
+        tokio::spawn(async move {
+            while !s.stopping() {
+                let ids: Vec<u32> = lock(&s.devs).keys().copied().collect();
+                for id in ids {
+                    if let Some(Frame::RoomAsk { ask, need }) = s.room_question(id) {
+                        lock(&asked).push(need);
+                        *lock(&lines.0) = Some(AHEAD.into());
+                        let no = ferryd::room::NoRoom {
+                            need,
+                            available: 1 << 40,
+                            reserve: 0,
+                            log_dir: "/var/lib/ferry/gr".into(),
+                        };
+                        s.room_answered(ask, true, no);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+    let t0 = Instant::now();
+    s.resync_tick(t0).await;
+    let small = 3 * ((64 << 10) + 112);
+    assert_eq!(*lock(&asked), [small]);
+    assert_eq!(
+        dev.starts(),
+        0,
+        "START written on a yes to {small} bytes with {NEED} needed"
+    );
+    assert!(
+        s.status().resync_note.is_some_and(|n| n.contains(&format!(
+            "its yes was for {small} bytes; the dirty data grew to {NEED} bytes since"
+        ))),
+        "{:?}",
+        s.status()
+    );
+    s.resync_tick(t0 + RETRY).await;
+    assert_eq!(*lock(&asked), [small, NEED]);
+    assert_eq!(dev.starts(), 1);
+}
